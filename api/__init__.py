@@ -1,0 +1,1 @@
+"""The customer, dispatcher and ops REST API: reads from replicas through PgBouncer."""

@@ -1,0 +1,86 @@
+"""The api HTTP app."""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+import psycopg
+from fastapi import Depends, FastAPI, Header
+from fastapi.responses import Response
+from prometheus_client import CollectorRegistry, Counter
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from api.config import ApiSettings
+from api.positions import read_driver_position
+from runtime.auth import TokenVerifier, bearer_token, require_role
+from runtime.http import ApiError, install_error_handlers, json_response, metrics_response
+from runtime.postgres import open_pool
+from schemas.auth import Principal, Role
+
+Pool = AsyncConnectionPool[AsyncConnection[Any]]
+DB_UNAVAILABLE = ApiError(503, "database unavailable, retry later", headers={"Retry-After": "1"})
+
+
+def create_app(settings: ApiSettings) -> FastAPI:
+    if settings.jwt_public_key_path is None:
+        raise ValueError("API_JWT_PUBLIC_KEY_PATH is required")
+    verifier = TokenVerifier.from_file(
+        settings.jwt_public_key_path, audience=settings.jwt_audience, issuer=settings.jwt_issuer
+    )
+    registry = CollectorRegistry()
+    db_errors = Counter("api_db_unavailable", "Requests failed by the database", registry=registry)
+    pools: dict[str, Pool] = {}
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        pools["read"] = await open_pool(
+            settings.read_dsn,
+            min_size=1, max_size=settings.pool_max_size, name="api-read",
+            timeout_s=settings.pool_timeout_s,
+        )
+        yield
+        for pool in pools.values():
+            await pool.close(timeout=5)
+
+    app = FastAPI(title="telemetry api", lifespan=lifespan)
+    install_error_handlers(app)
+
+    async def principal(authorization: Annotated[str | None, Header()] = None) -> Principal:
+        return verifier.verify(bearer_token(authorization))
+
+    async def dispatcher_or_ops(who: Annotated[Principal, Depends(principal)]) -> Principal:
+        return require_role(who, [Role.DISPATCHER, Role.OPS])
+
+    @app.get("/v1/drivers/{driver_id}/position")
+    async def driver_position(
+        driver_id: str, _: Annotated[Principal, Depends(dispatcher_or_ops)]
+    ) -> Response:
+        try:
+            async with pools["read"].connection() as conn:
+                position = await read_driver_position(conn, driver_id)
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            db_errors.inc()
+            raise DB_UNAVAILABLE from exc
+        if position is None:
+            raise ApiError(404, f"no position known for driver {driver_id}")
+        return json_response(position.model_dump(mode="json"))
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return json_response({"status": "ok"})
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        try:
+            async with pools["read"].connection(timeout=1) as conn:
+                await conn.execute("SELECT 1")
+        except (psycopg.Error, PoolTimeout):
+            return json_response({"status": "unavailable", "database": False}, 503, {"Retry-After": "1"})
+        return json_response({"status": "ready"})
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return metrics_response(registry)
+
+    return app

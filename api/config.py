@@ -1,0 +1,17 @@
+"""Api settings (env prefix API_)."""
+
+from pydantic_settings import SettingsConfigDict
+
+from runtime.settings import ServiceSettings
+
+
+class ApiSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="API_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 18101
+    # PgBouncer's read-only entry (the replica) and read-write entry (the primary).
+    read_dsn: str = "host=127.0.0.1 port=16432 dbname=telemetry_ro user=telemetry"
+    write_dsn: str = "host=127.0.0.1 port=16432 dbname=telemetry user=telemetry"
+    pool_max_size: int = 10
+    pool_timeout_s: float = 2.0

@@ -1,0 +1,61 @@
+"""Where the local stack lives and which ports it uses (env prefix TELEMETRY_)."""
+
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class StackConfig(BaseSettings):
+    """Defaults avoid the standard ports so the stack can run beside a system PostgreSQL,
+    Redis or Kafka; every one can be overridden (TELEMETRY_KAFKA_PORT=...)."""
+
+    model_config = SettingsConfigDict(env_prefix="TELEMETRY_", extra="ignore")
+
+    state_dir: Path = REPO_ROOT / ".telemetry"
+    # Downloads (Kafka's jars) outlive any one state dir: tests and `up` share them.
+    cache_dir: Path = Path.home() / ".cache" / "telemetry"
+    kafka_version: str = "4.4.0"
+
+    kafka_port: int = 19092
+    kafka_controller_port: int = 19093
+    postgres_primary_port: int = 15432
+    postgres_replica_port: int = 15433
+    pgbouncer_port: int = 16432
+    redis_port: int = 16379
+    ingest_port: int = 18001  # ingest-N listens on ingest_port + N - 1
+    api_port: int = 18101  # api-N likewise
+    streams_web_port: int = 18201  # streams-N's Faust web server likewise
+
+    ingest_processes: int = 1
+    api_processes: int = 1
+    stream_workers: int = 1
+
+    kafka_heap_mb: int = 768
+    startup_timeout_s: float = 120.0
+
+    # --- derived paths -------------------------------------------------------
+    @property
+    def logs_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.state_dir / "run"
+
+    @property
+    def kafka_lib_dir(self) -> Path:
+        return self.cache_dir / f"kafka-{self.kafka_version}" / "lib"
+
+    @property
+    def jwt_private_key(self) -> Path:
+        return self.state_dir / "keys" / "jwt_ed25519.pem"
+
+    @property
+    def jwt_public_key(self) -> Path:
+        return self.state_dir / "keys" / "jwt_ed25519.pub.pem"
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        return f"127.0.0.1:{self.kafka_port}"

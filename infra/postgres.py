@@ -1,0 +1,209 @@
+"""PostgreSQL 15: a primary and a streaming replica, run as the postgres OS user."""
+
+import secrets
+import signal
+from pathlib import Path
+
+import psycopg
+
+from infra.config import StackConfig
+from infra.install import PG_BIN
+from infra.procs import ProcessRef, StackError, chown_for_service, run, spawn
+
+DATABASE = "telemetry"
+APP_USER = "telemetry"
+REPLICATION_USER = "replicator"
+SUPERUSER = "postgres"
+
+# Fast shutdown: abort open transactions, checkpoint, exit (PostgreSQL's SIGINT).
+STOP_SIGNAL = signal.SIGINT
+
+
+def pg_root(config: StackConfig) -> Path:
+    return config.state_dir / "postgres"
+
+
+def data_dir(config: StackConfig, role: str) -> Path:
+    return pg_root(config) / role
+
+
+def socket_dir(config: StackConfig, role: str) -> Path:
+    return pg_root(config) / f"{role}-socket"
+
+
+def password(config: StackConfig) -> str:
+    """The app and replication password, made once per state dir."""
+    path = pg_root(config) / "password"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(24))
+    return path.read_text().strip()
+
+
+def port(config: StackConfig, role: str) -> int:
+    return config.postgres_primary_port if role == "primary" else config.postgres_replica_port
+
+
+def dsn(config: StackConfig, role: str, *, user: str = APP_USER, dbname: str = DATABASE) -> str:
+    return (
+        f"host=127.0.0.1 port={port(config, role)} dbname={dbname} "
+        f"user={user} password={password(config)} connect_timeout=5"
+    )
+
+
+def superuser_dsn(config: StackConfig, role: str = "primary") -> str:
+    # Over the private unix socket: local connections are trusted, TCP needs a password.
+    return (
+        f"host={socket_dir(config, role)} port={port(config, role)} "
+        f"dbname={DATABASE} user={SUPERUSER} connect_timeout=5"
+    )
+
+
+def _make_service_dir(path: Path, mode: int = 0o700) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(mode)
+    chown_for_service(path)
+
+
+def _prepare_state_dirs(config: StackConfig) -> None:
+    root = pg_root(config)
+    root.mkdir(parents=True, exist_ok=True)
+    # The postgres user must be able to walk down to its own dirs.
+    for parent in (config.state_dir, root):
+        parent.chmod(parent.stat().st_mode | 0o711)
+    for role in ("primary", "replica"):
+        _make_service_dir(socket_dir(config, role))
+
+
+PRIMARY_CONF = """
+# --- telemetry stack ---
+listen_addresses = '127.0.0.1'
+max_connections = 200
+shared_buffers = 256MB
+wal_level = replica
+max_wal_senders = 5
+max_replication_slots = 5
+wal_keep_size = 512MB
+hot_standby = on
+hot_standby_feedback = on
+"""
+
+PRIMARY_HBA = f"""
+local   all             all                                     trust
+host    all             {SUPERUSER}        127.0.0.1/32          reject
+host    replication     {REPLICATION_USER} 127.0.0.1/32          scram-sha-256
+host    all             all             127.0.0.1/32            scram-sha-256
+"""
+
+
+def init_primary(config: StackConfig) -> bool:
+    """initdb once; returns True when it created the cluster."""
+    _prepare_state_dirs(config)
+    data = data_dir(config, "primary")
+    if (data / "PG_VERSION").exists():
+        return False
+    _make_service_dir(data)
+    pwfile = pg_root(config) / "initdb-password"
+    pwfile.write_text(password(config))
+    chown_for_service(pwfile)
+    try:
+        run(
+            [
+                str(PG_BIN / "initdb"), "-D", str(data), "-U", SUPERUSER,
+                "--auth-local=trust", "--auth-host=scram-sha-256",
+                "--encoding=UTF8", "--locale=C.UTF-8",
+            ],
+            as_service_user=True,
+        )
+    finally:
+        pwfile.unlink()
+    with open(data / "postgresql.conf", "a") as conf:
+        conf.write(PRIMARY_CONF)
+    (data / "pg_hba.conf").write_text(PRIMARY_HBA)
+    return True
+
+
+def start(config: StackConfig, role: str) -> ProcessRef:
+    argv = [
+        str(PG_BIN / "postgres"),
+        "-D", str(data_dir(config, role)),
+        "-p", str(port(config, role)),
+        "-c", f"unix_socket_directories={socket_dir(config, role)}",
+    ]
+    return spawn(argv, log_path=config.logs_dir / f"postgres-{role}.log", as_service_user=True)
+
+
+def bootstrap_roles(config: StackConfig) -> None:
+    """Creates the app role and database and the replication role; idempotent."""
+    secret = password(config)
+    admin = (
+        f"host={socket_dir(config, 'primary')} port={config.postgres_primary_port} "
+        f"dbname=postgres user={SUPERUSER} connect_timeout=5"
+    )
+    with psycopg.connect(admin, autocommit=True) as conn:
+        for role, attrs in ((APP_USER, "LOGIN"), (REPLICATION_USER, "LOGIN REPLICATION")):
+            exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [role]).fetchone()
+            verb = "ALTER" if exists else "CREATE"
+            conn.execute(
+                psycopg.sql.SQL("{} ROLE {} WITH {} PASSWORD {}").format(
+                    psycopg.sql.SQL(verb),
+                    psycopg.sql.Identifier(role),
+                    psycopg.sql.SQL(attrs),
+                    psycopg.sql.Literal(secret),
+                )
+            )
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [DATABASE]).fetchone():
+            conn.execute(
+                psycopg.sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                    psycopg.sql.Identifier(DATABASE), psycopg.sql.Identifier(APP_USER)
+                )
+            )
+
+
+def init_replica(config: StackConfig) -> bool:
+    """pg_basebackup -R from the running primary, once; returns True when it cloned."""
+    data = data_dir(config, "replica")
+    if (data / "PG_VERSION").exists():
+        return False
+    _make_service_dir(data)
+    run(
+        [
+            str(PG_BIN / "pg_basebackup"),
+            "-h", "127.0.0.1", "-p", str(config.postgres_primary_port),
+            "-U", REPLICATION_USER, "-D", str(data),
+            "-R", "-X", "stream", "-c", "fast",
+        ],
+        as_service_user=True,
+        env={"PGPASSWORD": password(config)},
+    )
+    return True
+
+
+def ready(config: StackConfig, role: str) -> bool:
+    try:
+        with psycopg.connect(dsn(config, role), connect_timeout=2) as conn:
+            in_recovery = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+    except psycopg.Error:
+        return False
+    return in_recovery is not None and in_recovery[0] == (role == "replica")
+
+
+def ensure_superuser_ready(config: StackConfig) -> bool:
+    try:
+        with psycopg.connect(
+            f"host={socket_dir(config, 'primary')} port={config.postgres_primary_port} "
+            f"dbname=postgres user={SUPERUSER}",
+            connect_timeout=2,
+        ):
+            return True
+    except psycopg.Error:
+        return False
+
+
+def describe_failure(config: StackConfig, role: str) -> str:
+    log = config.logs_dir / f"postgres-{role}.log"
+    tail = log.read_text(errors="replace").strip().splitlines()[-5:] if log.exists() else []
+    return "\n".join(tail)
+
+

@@ -1,0 +1,184 @@
+"""Starting, finding and stopping the stack's processes, by pid and never by name."""
+
+import contextlib
+import os
+import pwd
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+# PostgreSQL and PgBouncer refuse to run as root (design section 13).
+SERVICE_USER = "postgres"
+
+
+class StackError(Exception):
+    """Something the operator must fix; the message says what failed and how to fix it."""
+
+
+@dataclass(frozen=True)
+class ProcessRef:
+    """A pid plus its kernel start time: a recycled pid is never mistaken for ours."""
+
+    pid: int
+    start_ticks: int
+
+    def alive(self) -> bool:
+        return start_ticks(self.pid) == self.start_ticks
+
+
+def start_ticks(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces: split after its closing parenthesis.
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] == "Z":  # a zombie has exited already
+        return None
+    return int(fields[19])
+
+
+def running_as_root() -> bool:
+    return os.geteuid() == 0
+
+
+def service_user_ids() -> tuple[int, int] | None:
+    """(uid, gid) to drop to when we are root, else None (run as ourselves)."""
+    if not running_as_root():
+        return None
+    try:
+        entry = pwd.getpwnam(SERVICE_USER)
+    except KeyError as exc:
+        raise StackError(
+            f"running as root needs the '{SERVICE_USER}' OS user for PostgreSQL and PgBouncer; "
+            "install Debian's postgresql package or run as a normal user"
+        ) from exc
+    return entry.pw_uid, entry.pw_gid
+
+
+def chown_for_service(path: Path) -> None:
+    ids = service_user_ids()
+    if ids is not None:
+        os.chown(path, *ids)
+
+
+def _demote(uid: int, gid: int) -> Callable[[], None]:
+    def apply() -> None:
+        os.setgroups([])
+        os.setgid(gid)
+        os.setuid(uid)
+
+    return apply
+
+
+def spawn(
+    argv: Sequence[str],
+    *,
+    log_path: Path,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    as_service_user: bool = False,
+) -> ProcessRef:
+    """Start a long-running process in its own session, detached from ours, logging to a file."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    ids = service_user_ids() if as_service_user else None
+    full_env = dict(os.environ) | dict(env or {})
+    if ids is not None:
+        full_env["HOME"] = pwd.getpwuid(ids[0]).pw_dir
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+            cwd=cwd,
+            start_new_session=True,
+            preexec_fn=_demote(*ids) if ids is not None else None,  # noqa: PLW1509
+        )
+    ticks = start_ticks(proc.pid)
+    if ticks is None:
+        raise StackError(f"{argv[0]} exited at once; see {log_path}")
+    return ProcessRef(proc.pid, ticks)
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    as_service_user: bool = False,
+    env: Mapping[str, str] | None = None,
+    timeout_s: float = 300,
+    cwd: Path | None = None,
+) -> str:
+    """Run a command to completion; StackError with its output if it fails."""
+    ids = service_user_ids() if as_service_user else None
+    try:
+        done = subprocess.run(
+            list(argv),
+            capture_output=True,
+            text=True,
+            env=dict(os.environ) | dict(env or {}),
+            timeout=timeout_s,
+            cwd=cwd,
+            preexec_fn=_demote(*ids) if ids is not None else None,  # noqa: PLW1509
+            check=False,
+        )
+    except FileNotFoundError as exc:
+        raise StackError(f"{argv[0]} not found: {exc}") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise StackError(f"{' '.join(argv)} did not finish in {timeout_s:.0f} s") from exc
+    if done.returncode != 0:
+        output = (done.stdout + done.stderr).strip()[-2000:]
+        raise StackError(f"{' '.join(argv)} failed (exit {done.returncode}):\n{output}")
+    return done.stdout
+
+
+def stop(ref: ProcessRef, *, sig: int = signal.SIGTERM, timeout_s: float = 30.0) -> None:
+    """Signal the process, wait for it to exit, SIGKILL it (and its group) past the timeout."""
+    if not ref.alive():
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(ref.pid, sig)
+    if wait_until(lambda: not ref.alive(), timeout_s):
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(ref.pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(ref.pid, signal.SIGKILL)
+    wait_until(lambda: not ref.alive(), 10.0)
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float, interval_s: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if condition():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval_s)
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def ensure_port_free(port: int, what: str, env_var: str) -> None:
+    if port_open(port):
+        raise StackError(
+            f"port {port} for {what} is already in use by another process; "
+            f"stop that process or choose another port with {env_var}=<port>"
+        )
+
+
+def free_port() -> int:
+    """A port the kernel says is free now (for tests and ephemeral stacks)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port

@@ -1,0 +1,78 @@
+"""Our own service processes (ingest, streams, api), started with settings passed by env."""
+
+import sys
+from dataclasses import dataclass
+
+import httpx
+
+from infra import pgbouncer
+from infra.config import REPO_ROOT, StackConfig
+from infra.procs import ProcessRef, spawn
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    name: str  # e.g. "ingest-1"
+    module: str  # run as `python -m module`
+    port: int
+    env: dict[str, str]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+
+def _auth_env(prefix: str, config: StackConfig) -> dict[str, str]:
+    return {f"{prefix}JWT_PUBLIC_KEY_PATH": str(config.jwt_public_key)}
+
+
+def specs(config: StackConfig) -> list[ServiceSpec]:
+    result: list[ServiceSpec] = []
+    for i in range(config.ingest_processes):
+        port = config.ingest_port + i
+        env = _auth_env("INGEST_", config) | {
+            "INGEST_PORT": str(port),
+            "INGEST_KAFKA_BOOTSTRAP": config.kafka_bootstrap,
+        }
+        result.append(ServiceSpec(f"ingest-{i + 1}", "ingest", port, env))
+    for i in range(config.stream_workers):
+        port = config.streams_web_port + i
+        env = {
+            "STREAMS_WEB_PORT": str(port),
+            "STREAMS_KAFKA_BOOTSTRAP": config.kafka_bootstrap,
+            "STREAMS_DATABASE_DSN": pgbouncer.dsn(config, read_only=False),
+        }
+        result.append(ServiceSpec(f"streams-{i + 1}", "streams", port, env))
+    for i in range(config.api_processes):
+        port = config.api_port + i
+        env = _auth_env("API_", config) | {
+            "API_PORT": str(port),
+            "API_READ_DSN": pgbouncer.dsn(config, read_only=True),
+            "API_WRITE_DSN": pgbouncer.dsn(config, read_only=False),
+        }
+        result.append(ServiceSpec(f"api-{i + 1}", "api", port, env))
+    return result
+
+
+def start(config: StackConfig, spec: ServiceSpec) -> ProcessRef:
+    return spawn(
+        [sys.executable, "-m", spec.module],
+        log_path=config.logs_dir / f"{spec.name}.log",
+        env=spec.env,
+        cwd=REPO_ROOT,
+    )
+
+
+def url_ready(url: str, name: str) -> bool:
+    # Faust's web server has no dependency probe of ours: the page answering means the
+    # worker is up. The FastAPI services answer /readyz only when their dependencies are.
+    path = "/healthz" if name.startswith("streams") else "/readyz"
+    try:
+        return httpx.get(url + path, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def ready(spec: ServiceSpec) -> bool:
+    return url_ready(spec.url, spec.name)

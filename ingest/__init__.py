@@ -1,0 +1,1 @@
+"""Driver ping ingestion: validate, produce to Kafka, answer 202 once the broker acked."""

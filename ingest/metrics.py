@@ -1,0 +1,23 @@
+"""Ingest's Prometheus metrics, on a registry of the app's own (no global state)."""
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+
+class IngestMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.accepted = Counter(
+            "ingest_pings_accepted", "Pings acknowledged by Kafka", registry=self.registry
+        )
+        self.rejected = Counter(
+            "ingest_pings_rejected", "Pings rejected by validation", registry=self.registry
+        )
+        self.unavailable = Counter(
+            "ingest_unavailable", "Requests answered 503", ["cause"], registry=self.registry
+        )
+        self.produce_latency = Histogram(
+            "ingest_produce_latency_seconds",
+            "Time from produce to broker ack",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0),
+            registry=self.registry,
+        )

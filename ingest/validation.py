@@ -1,0 +1,83 @@
+"""Pure validation of a posted batch: which pings are accepted and why others are not."""
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+
+from ingest.errors import InvalidBatch
+from schemas.pings import MAX_PINGS_PER_BATCH, Ping
+
+MAX_FUTURE = timedelta(minutes=5)
+MAX_AGE = timedelta(days=7)
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    index: int
+    ping_id: str | None
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "ping_id": self.ping_id, "reason": self.reason}
+
+
+@dataclass(frozen=True, slots=True)
+class BatchVerdict:
+    accepted: list[Ping]
+    rejected: list[Rejection]
+
+
+def parse_batch(body: bytes) -> list[Any]:
+    """The raw `pings` list of a body, or InvalidBatch saying what is wrong with the shape."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidBatch(f"body is not valid JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise InvalidBatch('body must be a JSON object {"pings": [...]}')
+    unknown = sorted(set(doc) - {"pings"})
+    if unknown:
+        raise InvalidBatch(f"unknown fields: {', '.join(unknown)}")
+    pings = doc.get("pings")
+    if not isinstance(pings, list):
+        raise InvalidBatch('"pings" must be a list')
+    if not 1 <= len(pings) <= MAX_PINGS_PER_BATCH:
+        raise InvalidBatch(f'"pings" must hold 1 to {MAX_PINGS_PER_BATCH} pings, got {len(pings)}')
+    return pings
+
+
+def _reason(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(p) for p in err["loc"])
+        parts.append(f"{loc}: {err['msg']}" if loc else err["msg"])
+    return "; ".join(parts)
+
+
+def validate_ping(raw: Any, now: datetime) -> Ping | str:
+    """The ping, or the reason it is rejected. `now` is injected: the time window moves."""
+    try:
+        ping = Ping.model_validate(raw)
+    except ValidationError as exc:
+        return _reason(exc)
+    if ping.ts > now + MAX_FUTURE:
+        return "ts: more than 5 minutes in the future"
+    if ping.ts < now - MAX_AGE:
+        return "ts: more than 7 days old"
+    return ping
+
+
+def validate_batch(raw_pings: list[Any], now: datetime) -> BatchVerdict:
+    accepted: list[Ping] = []
+    rejected: list[Rejection] = []
+    for index, raw in enumerate(raw_pings):
+        result = validate_ping(raw, now)
+        if isinstance(result, Ping):
+            accepted.append(result)
+            continue
+        ping_id = raw.get("ping_id") if isinstance(raw, dict) else None
+        rejected.append(Rejection(index, ping_id if isinstance(ping_id, str) else None, result))
+    return BatchVerdict(accepted, rejected)

@@ -1,0 +1,112 @@
+"""JWT: Ed25519-signed tokens. Services verify with the public key; only tooling signs."""
+
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from schemas.auth import JWT_AUDIENCE, JWT_ISSUER, Principal, Role
+
+# Hard-coded: the algorithm is never taken from the token header ("alg: none", HS256
+# signed with the public key as a secret, and so on are all refused).
+ALGORITHMS = ["EdDSA"]
+REQUIRED_CLAIMS = ["exp", "iat", "aud", "iss", "sub"]
+
+
+class AuthError(Exception):
+    """The token is missing, malformed, expired or not ours (HTTP 401)."""
+
+
+class ForbiddenError(Exception):
+    """The token is valid but its role may not do this (HTTP 403)."""
+
+
+class TokenVerifier:
+    def __init__(self, public_key: Ed25519PublicKey, *, audience: str, issuer: str) -> None:
+        self._key = public_key
+        self._audience = audience
+        self._issuer = issuer
+
+    @classmethod
+    def from_file(cls, path: Path, *, audience: str, issuer: str) -> "TokenVerifier":
+        key = serialization.load_pem_public_key(path.read_bytes())
+        if not isinstance(key, Ed25519PublicKey):
+            raise ValueError(f"{path} is not an Ed25519 public key")
+        return cls(key, audience=audience, issuer=issuer)
+
+    def verify(self, token: str) -> Principal:
+        try:
+            claims = jwt.decode(
+                token,
+                self._key,
+                algorithms=ALGORITHMS,
+                audience=self._audience,
+                issuer=self._issuer,
+                options={"require": REQUIRED_CLAIMS},
+            )
+            return Principal(sub=str(claims["sub"]), role=Role(claims["role"]))
+        except (jwt.PyJWTError, KeyError, ValueError) as exc:
+            raise AuthError(f"invalid token: {exc}") from exc
+
+
+def require_role(principal: Principal, allowed: Iterable[Role]) -> Principal:
+    if principal.role not in set(allowed):
+        raise ForbiddenError(f"role {principal.role.value!r} may not do this")
+    return principal
+
+
+def bearer_token(authorization: str | None) -> str:
+    """The token from an `Authorization: Bearer ...` header, or AuthError."""
+    if not authorization:
+        raise AuthError("missing Authorization header")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthError("Authorization must be 'Bearer <token>'")
+    return token.strip()
+
+
+def generate_keypair(private_path: Path, public_path: Path) -> None:
+    """Write a new Ed25519 keypair as PEM; the private key readable by its owner only."""
+    key = Ed25519PrivateKey.generate()
+    private_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    public_pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    private_path.touch(mode=0o600)
+    private_path.write_bytes(private_pem)
+    public_path.write_bytes(public_pem)
+
+
+def issue_token(
+    private_key_path: Path,
+    *,
+    sub: str,
+    role: Role,
+    ttl_s: int = 3600,
+    audience: str = JWT_AUDIENCE,
+    issuer: str = JWT_ISSUER,
+    now: float | None = None,
+    extra: dict[str, Any] | None = None,
+) -> str:
+    key = serialization.load_pem_private_key(private_key_path.read_bytes(), password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ValueError(f"{private_key_path} is not an Ed25519 private key")
+    issued = int(now if now is not None else time.time())
+    claims: dict[str, Any] = {
+        "sub": sub,
+        "role": role.value,
+        "iat": issued,
+        "exp": issued + ttl_s,
+        "aud": audience,
+        "iss": issuer,
+        **(extra or {}),
+    }
+    return jwt.encode(claims, key, algorithm="EdDSA")

@@ -1,0 +1,26 @@
+"""PostgreSQL connection pools, safe behind PgBouncer in transaction mode."""
+
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
+
+
+async def open_pool(
+    dsn: str, *, min_size: int, max_size: int, name: str, timeout_s: float = 5.0
+) -> AsyncConnectionPool[AsyncConnection[Any]]:
+    """An opened pool. `prepare_threshold=None`: PgBouncer 1.18 in transaction mode hands
+    each transaction a different server connection, so server-side prepared statements
+    would be missing or clash (design section 13)."""
+    pool: AsyncConnectionPool[AsyncConnection[Any]] = AsyncConnectionPool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        name=name,
+        timeout=timeout_s,
+        kwargs={"prepare_threshold": None, "autocommit": True},
+        open=False,
+    )
+    # wait=False: a service must start (and answer /readyz with 503) while the database is down.
+    await pool.open(wait=False)
+    return pool

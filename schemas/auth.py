@@ -1,0 +1,26 @@
+"""Who a caller is: the roles and the JWT claims every service checks."""
+
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict
+
+
+class Role(StrEnum):
+    DRIVER = "driver"
+    CUSTOMER = "customer"
+    DISPATCHER = "dispatcher"
+    OPS = "ops"
+
+
+class Principal(BaseModel):
+    """The verified identity behind a request: `sub` is the driver/customer/... id."""
+
+    model_config = ConfigDict(frozen=True)
+
+    sub: str
+    role: Role
+
+
+# The token's audience and issuer are part of the contract: every service checks both.
+JWT_AUDIENCE = "telemetry"
+JWT_ISSUER = "telemetry-auth"

@@ -1,0 +1,16 @@
+"""Kafka topic names (design section 4): a fixed interface, versioned in the name."""
+
+from typing import Final
+
+PINGS: Final = "pings.v1"
+POSITIONS: Final = "positions.v1"
+JOB_EVENTS: Final = "job-events.v1"
+TASKS: Final = "tasks.v1"
+
+# Partition count of the driver-keyed topics; per-driver state relies on it staying fixed.
+DRIVER_TOPIC_PARTITIONS: Final = 12
+
+
+def dlq(topic: str) -> str:
+    """The dead-letter topic of `topic`: poison messages land there with their error."""
+    return f"{topic}.dlq"

@@ -1,0 +1,119 @@
+"""The Faust app: a thin agent around the pure decode/rows steps and the sink."""
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import faust
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from runtime.postgres import open_pool
+from schemas import topics
+from streams.config import StreamsSettings
+from streams.decode import split_batch
+from streams.errors import SinkUnavailable
+from streams.metrics import StreamsMetrics
+from streams.rows import ping_rows
+from streams.sink import PingSink
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: StreamsSettings, metrics: StreamsMetrics | None = None) -> faust.App:
+    metrics = metrics or StreamsMetrics()
+    app = faust.App(
+        settings.app_id,
+        broker=f"kafka://{settings.kafka_bootstrap}",
+        store="memory://",
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        web_in_thread=False,
+        topic_partitions=topics.DRIVER_TOPIC_PARTITIONS,
+        topic_allow_declare=True,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        broker_commit_every=1000,
+        broker_commit_interval=1.0,
+    )
+    pings = app.topic(
+        settings.pings_topic,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=topics.DRIVER_TOPIC_PARTITIONS,
+    )
+    dlq = app.topic(
+        topics.dlq(settings.pings_topic), key_serializer="raw", value_serializer="raw"
+    )
+    state: dict[str, Any] = {}
+
+    async def sink() -> PingSink:
+        if "sink" not in state:
+            pool = await open_pool(
+                settings.database_dsn, min_size=1, max_size=settings.pool_max_size, name="streams"
+            )
+            state["pool"] = pool
+            state["sink"] = PingSink(pool)
+        result: PingSink = state["sink"]
+        return result
+
+    async def write_until_done(rows: list[Any]) -> None:
+        # Offsets of this batch are acked only when this returns, so retrying here (rather
+        # than skipping) is what keeps at-least-once: nothing is committed past unwritten rows.
+        backoff_s = 0.1
+        target = await sink()
+        while True:
+            started = time.perf_counter()
+            try:
+                await target.write(rows)
+            except SinkUnavailable as exc:
+                metrics.sink_failures.inc()
+                log.warning("sink write failed, retrying in %.1f s: %s", backoff_s, exc)
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(backoff_s * 2, settings.retry_backoff_max_s)
+                continue
+            metrics.flush_latency.observe(time.perf_counter() - started)
+            return
+
+    @app.agent(pings)
+    async def process_pings(stream: Any) -> None:
+        async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
+            messages = [(e.message.key, e.message.value) for e in events]
+            records, poison = split_batch(messages)
+            for bad in poison:
+                log.warning("poison record to DLQ: %s", bad.error[:200])
+                await dlq.send(key=bad.key, value=bad.value, headers={"error": bad.error.encode()[:4000]})
+            metrics.poison.inc(len(poison))
+            rows = ping_rows(records)
+            await write_until_done(rows)
+            metrics.records.inc(len(records))
+            metrics.pings.inc(len(rows))
+
+    @app.timer(interval=settings.maintenance_interval_s, on_leader=False)
+    async def maintain_partitions() -> None:
+        try:
+            created = await (await sink()).ensure_partitions(
+                settings.partition_days_back, settings.partition_days_ahead
+            )
+        except Exception as exc:  # maintenance must never kill the worker; it runs again
+            log.warning("partition maintenance failed: %r", exc)
+            return
+        if created:
+            log.info("created %d pings partitions", created)
+
+    @app.task
+    async def maintain_partitions_at_start() -> None:
+        await maintain_partitions()
+
+    # Faust's view functions receive its web adapter and the request.
+    @app.page("/healthz")
+    async def healthz(web: Any, request: Any) -> Any:
+        return web.json({"status": "ok"})
+
+    @app.page("/metrics")
+    async def prometheus(web: Any, request: Any) -> Any:
+        return web.bytes(generate_latest(metrics.registry), content_type=CONTENT_TYPE_LATEST)
+
+    return app

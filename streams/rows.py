@@ -1,0 +1,34 @@
+"""Pure mapping from decoded batches to `pings` rows, in the sink's column order."""
+
+from datetime import datetime
+from uuid import UUID
+
+from schemas.pings import PingBatchRecord
+
+PING_COLUMNS = (
+    "driver_id", "ts", "ping_id", "lat", "lon", "accuracy_m", "speed_mps",
+    "heading_deg", "battery_pct", "job_id", "received_at", "flags",
+)  # fmt: skip
+PING_TYPES = (
+    "text", "timestamptz", "uuid", "float8", "float8", "float4", "float4",
+    "float4", "float4", "uuid", "timestamptz", "text[]",
+)  # fmt: skip
+
+PingRow = tuple[
+    str, datetime, UUID, float, float, float | None, float | None,
+    float | None, float | None, UUID | None, datetime, list[str],
+]  # fmt: skip
+
+
+def ping_rows(records: list[PingBatchRecord]) -> list[PingRow]:
+    rows: list[PingRow] = []
+    for record in records:
+        for p in record.pings:
+            rows.append(
+                (
+                    record.driver_id, p.ts, p.ping_id, p.lat, p.lon, p.accuracy_m, p.speed_mps,
+                    p.heading_deg, p.battery_pct, p.job_id, record.received_at, [],
+                )  # fmt: skip
+            )
+    return rows
+
