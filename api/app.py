@@ -36,7 +36,9 @@ def create_app(settings: ApiSettings) -> FastAPI:
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         pools["read"] = await open_pool(
             settings.read_dsn,
-            min_size=1, max_size=settings.pool_max_size, name="api-read",
+            min_size=1,
+            max_size=settings.pool_max_size,
+            name="api-read",
             timeout_s=settings.pool_timeout_s,
         )
         yield
@@ -76,7 +78,9 @@ def create_app(settings: ApiSettings) -> FastAPI:
             async with pools["read"].connection(timeout=1) as conn:
                 await conn.execute("SELECT 1")
         except (psycopg.Error, PoolTimeout):
-            return json_response({"status": "unavailable", "database": False}, 503, {"Retry-After": "1"})
+            return json_response(
+                {"status": "unavailable", "database": False}, 503, {"Retry-After": "1"}
+            )
         return json_response({"status": "ready"})
 
     @app.get("/metrics")

@@ -3,12 +3,14 @@
 import argparse
 import json
 import logging
+import re
 import sys
 from collections.abc import Sequence
 
 from rich.console import Console
 from rich.table import Table
 
+from infra import install
 from infra.config import StackConfig
 from infra.procs import StackError
 from infra.stack import Stack
@@ -40,6 +42,18 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_install(args: argparse.Namespace) -> int:
+    config = StackConfig()
+    installed = install.ensure_debian_packages()
+    console.print(
+        f"Debian packages: {'installed ' + ' '.join(installed) if installed else 'present'}"
+    )
+    fetched = install.ensure_kafka_jars(config)
+    state = "fetched" if fetched else "cached"
+    console.print(f"Kafka {config.kafka_version}: {state} in {config.kafka_lib_dir}")
+    return 0
+
+
 def cmd_down(args: argparse.Namespace) -> int:
     Stack(StackConfig(), lambda step: console.log(step)).down()
     console.print("stack stopped")
@@ -55,16 +69,24 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if all(c["healthy"] for c in components.values()) else 1
 
 
+def _display(value: object) -> str:
+    # The table is for eyes on a terminal: DSNs lose their password (status --json keeps it).
+    return re.sub(r"password=\S+ ?", "", str(value)).strip()
+
+
 def print_endpoints(components: dict[str, dict[str, object]]) -> None:
     table = Table(title="telemetry stack")
     for column in ("component", "endpoint", "pid", "healthy"):
         table.add_column(column)
     for name, info in components.items():
-        endpoint = info.get("url") or info.get("bootstrap") or info.get("dsn_read_only") or info.get("dsn")
-        healthy = "[green]yes[/green]" if info["healthy"] else "[red]no[/red]"
         if "dsn_read_only" in info:
-            endpoint = f"rw: {info['dsn_read_write']}\nro: {info['dsn_read_only']}"
-        table.add_row(name, str(endpoint), str(info["pid"] or "-"), healthy)
+            endpoint = (
+                f"rw: {_display(info['dsn_read_write'])}\nro: {_display(info['dsn_read_only'])}"
+            )
+        else:
+            endpoint = _display(info.get("url") or info.get("bootstrap") or info.get("dsn"))
+        healthy = "[green]yes[/green]" if info["healthy"] else "[red]no[/red]"
+        table.add_row(name, endpoint, str(info["pid"] or "-"), healthy)
     Console().print(table)
 
 
@@ -72,7 +94,10 @@ def cmd_token(args: argparse.Namespace) -> int:
     config = StackConfig()
     if not config.jwt_private_key.exists():
         raise StackError(f"no signing key at {config.jwt_private_key}: run 'telemetry up' first")
-    sys.stdout.write(issue_token(config.jwt_private_key, sub=args.sub, role=Role(args.role), ttl_s=args.ttl) + "\n")
+    sys.stdout.write(
+        issue_token(config.jwt_private_key, sub=args.sub, role=Role(args.role), ttl_s=args.ttl)
+        + "\n"
+    )
     return 0
 
 
@@ -86,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--workers", dest="stream_workers", type=int, help="Faust worker processes")
     up.set_defaults(func=cmd_up)
 
+    sub.add_parser("install", help="install the Debian packages and Kafka's jars").set_defaults(
+        func=cmd_install
+    )
     sub.add_parser("down", help="stop everything `up` started").set_defaults(func=cmd_down)
 
     status = sub.add_parser("status", help="each component's endpoint, pid and health")

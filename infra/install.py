@@ -48,7 +48,10 @@ def ensure_debian_packages() -> list[str]:
 def java_binary() -> str:
     java = shutil.which("java")
     if java is None:
-        raise StackError("Java 17+ is required for Kafka: install it with 'apt-get install openjdk-17-jre-headless'")
+        raise StackError(
+            "Java 17+ is required for Kafka: install it with "
+            "'apt-get install openjdk-17-jre-headless'"
+        )
     return java
 
 
@@ -62,14 +65,20 @@ def ensure_kafka_jars(config: StackConfig) -> bool:
     java_binary()
     mvn = shutil.which("mvn")
     if mvn is None:
-        raise StackError("Maven is required to fetch Kafka: install it with 'apt-get install maven'")
+        raise StackError(
+            "Maven is required to fetch Kafka: install it with 'apt-get install maven'"
+        )
     if lib.exists():
         shutil.rmtree(lib)  # a half-finished download from an interrupted run
     lib.mkdir(parents=True)
     try:
         subprocess.run(
             [
-                mvn, "-q", "-B", "-f", str(KAFKA_POM),
+                mvn,
+                "-q",
+                "-B",
+                "-f",
+                str(KAFKA_POM),
                 f"-Dkafka.version={config.kafka_version}",
                 "dependency:copy-dependencies",
                 f"-DoutputDirectory={lib}",

@@ -1,6 +1,7 @@
 """One Apache Kafka node in KRaft mode (broker and controller) from Maven Central's jars."""
 
 import asyncio
+import contextlib
 from pathlib import Path
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -117,10 +118,9 @@ async def _create_topics(bootstrap: str, wanted: list[tuple[str, int]]) -> None:
         existing = set(await asyncio.wait_for(admin.list_topics(), 15))
         new = [NewTopic(name, parts, 1) for name, parts in wanted if name not in existing]
         if new:
-            try:
+            # Another `up` may have created them in the meantime.
+            with contextlib.suppress(TopicAlreadyExistsError):
                 await asyncio.wait_for(admin.create_topics(new), 15)
-            except TopicAlreadyExistsError:
-                pass
     finally:
         await asyncio.wait_for(admin.close(), 10)
 
@@ -129,7 +129,9 @@ def create_topics(config: StackConfig, wanted: list[tuple[str, int]] = TOPICS) -
     try:
         asyncio.run(_create_topics(config.kafka_bootstrap, wanted))
     except (KafkaError, TimeoutError, OSError) as exc:
-        raise StackError(f"could not create Kafka topics on {config.kafka_bootstrap}: {exc!r}") from exc
+        raise StackError(
+            f"could not create Kafka topics on {config.kafka_bootstrap}: {exc!r}"
+        ) from exc
 
 
 async def _broker_ready(bootstrap: str) -> bool:
@@ -141,10 +143,8 @@ async def _broker_ready(bootstrap: str) -> bool:
     except (KafkaError, TimeoutError, OSError):
         return False
     finally:
-        try:
+        with contextlib.suppress(KafkaError, TimeoutError, OSError):
             await asyncio.wait_for(admin.close(), 5)
-        except (KafkaError, TimeoutError, OSError):
-            pass
 
 
 def ready(config: StackConfig) -> bool:

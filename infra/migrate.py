@@ -41,7 +41,9 @@ def apply_all(dsn: str, migrations: list[Migration] | None = None) -> list[str]:
                        checksum   text NOT NULL,
                        applied_at timestamptz NOT NULL DEFAULT now())"""
             )
-            applied = dict(conn.execute("SELECT version, checksum FROM schema_migrations").fetchall())
+            applied: dict[str, str] = dict(
+                conn.execute("SELECT version, checksum FROM schema_migrations").fetchall()
+            )
             for migration in migrations if migrations is not None else discover():
                 if migration.version in applied:
                     if applied[migration.version] != migration.checksum:

@@ -1,4 +1,4 @@
-"""PgBouncer in transaction mode: `telemetry` routes to the primary, `telemetry_ro` to the replica."""
+"""PgBouncer in transaction mode: `telemetry` goes to the primary, `telemetry_ro` to the replica."""
 
 from pathlib import Path
 
@@ -55,7 +55,9 @@ stats_users = {postgres.APP_USER}
 
 def start(config: StackConfig) -> ProcessRef:
     ini = write_config(config)
-    return spawn([PGBOUNCER, str(ini)], log_path=config.logs_dir / "pgbouncer.log", as_service_user=True)
+    return spawn(
+        [PGBOUNCER, str(ini)], log_path=config.logs_dir / "pgbouncer.log", as_service_user=True
+    )
 
 
 def dsn(config: StackConfig, *, read_only: bool) -> str:
@@ -68,9 +70,13 @@ def dsn(config: StackConfig, *, read_only: bool) -> str:
 
 def ready(config: StackConfig) -> bool:
     try:
-        with psycopg.connect(dsn(config, read_only=True), prepare_threshold=None, connect_timeout=2) as conn:
+        with psycopg.connect(
+            dsn(config, read_only=True), prepare_threshold=None, connect_timeout=2
+        ) as conn:
             conn.execute("SELECT 1")
-        with psycopg.connect(dsn(config, read_only=False), prepare_threshold=None, connect_timeout=2) as conn:
+        with psycopg.connect(
+            dsn(config, read_only=False), prepare_threshold=None, connect_timeout=2
+        ) as conn:
             conn.execute("SELECT 1")
     except psycopg.Error:
         return False

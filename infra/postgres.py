@@ -8,7 +8,7 @@ import psycopg
 
 from infra.config import StackConfig
 from infra.install import PG_BIN
-from infra.procs import ProcessRef, StackError, chown_for_service, run, spawn
+from infra.procs import ProcessRef, chown_for_service, run, spawn
 
 DATABASE = "telemetry"
 APP_USER = "telemetry"
@@ -110,9 +110,15 @@ def init_primary(config: StackConfig) -> bool:
     try:
         run(
             [
-                str(PG_BIN / "initdb"), "-D", str(data), "-U", SUPERUSER,
-                "--auth-local=trust", "--auth-host=scram-sha-256",
-                "--encoding=UTF8", "--locale=C.UTF-8",
+                str(PG_BIN / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                SUPERUSER,
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                "--encoding=UTF8",
+                "--locale=C.UTF-8",
             ],
             as_service_user=True,
         )
@@ -127,9 +133,12 @@ def init_primary(config: StackConfig) -> bool:
 def start(config: StackConfig, role: str) -> ProcessRef:
     argv = [
         str(PG_BIN / "postgres"),
-        "-D", str(data_dir(config, role)),
-        "-p", str(port(config, role)),
-        "-c", f"unix_socket_directories={socket_dir(config, role)}",
+        "-D",
+        str(data_dir(config, role)),
+        "-p",
+        str(port(config, role)),
+        "-c",
+        f"unix_socket_directories={socket_dir(config, role)}",
     ]
     return spawn(argv, log_path=config.logs_dir / f"postgres-{role}.log", as_service_user=True)
 
@@ -170,9 +179,19 @@ def init_replica(config: StackConfig) -> bool:
     run(
         [
             str(PG_BIN / "pg_basebackup"),
-            "-h", "127.0.0.1", "-p", str(config.postgres_primary_port),
-            "-U", REPLICATION_USER, "-D", str(data),
-            "-R", "-X", "stream", "-c", "fast",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(config.postgres_primary_port),
+            "-U",
+            REPLICATION_USER,
+            "-D",
+            str(data),
+            "-R",
+            "-X",
+            "stream",
+            "-c",
+            "fast",
         ],
         as_service_user=True,
         env={"PGPASSWORD": password(config)},
@@ -205,5 +224,3 @@ def describe_failure(config: StackConfig, role: str) -> str:
     log = config.logs_dir / f"postgres-{role}.log"
     tail = log.read_text(errors="replace").strip().splitlines()[-5:] if log.exists() else []
     return "\n".join(tail)
-
-

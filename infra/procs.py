@@ -98,7 +98,7 @@ def spawn(
             env=full_env,
             cwd=cwd,
             start_new_session=True,
-            preexec_fn=_demote(*ids) if ids is not None else None,  # noqa: PLW1509
+            preexec_fn=_demote(*ids) if ids is not None else None,
         )
     ticks = start_ticks(proc.pid)
     if ticks is None:
@@ -124,7 +124,7 @@ def run(
             env=dict(os.environ) | dict(env or {}),
             timeout=timeout_s,
             cwd=cwd,
-            preexec_fn=_demote(*ids) if ids is not None else None,  # noqa: PLW1509
+            preexec_fn=_demote(*ids) if ids is not None else None,
             check=False,
         )
     except FileNotFoundError as exc:

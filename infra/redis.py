@@ -13,15 +13,23 @@ def start(config: StackConfig) -> ProcessRef:
     directory.mkdir(parents=True, exist_ok=True)
     argv = [
         REDIS_SERVER,
-        "--bind", "127.0.0.1",
-        "--port", str(config.redis_port),
-        "--dir", str(directory),
-        "--daemonize", "no",
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        str(config.redis_port),
+        "--dir",
+        str(directory),
+        "--daemonize",
+        "no",
         # A cache and rate-limit counters: nothing here must survive a restart.
-        "--save", "",
-        "--appendonly", "no",
-        "--maxmemory", "512mb",
-        "--maxmemory-policy", "allkeys-lru",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--maxmemory",
+        "512mb",
+        "--maxmemory-policy",
+        "allkeys-lru",
     ]
     return spawn(argv, log_path=config.logs_dir / "redis.log")
 

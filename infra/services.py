@@ -22,7 +22,6 @@ class ServiceSpec:
         return f"http://127.0.0.1:{self.port}"
 
 
-
 def _auth_env(prefix: str, config: StackConfig) -> dict[str, str]:
     return {f"{prefix}JWT_PUBLIC_KEY_PATH": str(config.jwt_public_key)}
 

@@ -103,7 +103,11 @@ def _ports(config: StackConfig) -> dict[str, list[tuple[int, str]]]:
         "pgbouncer": [(config.pgbouncer_port, "TELEMETRY_PGBOUNCER_PORT")],
         "redis": [(config.redis_port, "TELEMETRY_REDIS_PORT")],
     }
-    env_var = {"ingest": "TELEMETRY_INGEST_PORT", "api": "TELEMETRY_API_PORT", "streams": "TELEMETRY_STREAMS_WEB_PORT"}
+    env_var = {
+        "ingest": "TELEMETRY_INGEST_PORT",
+        "api": "TELEMETRY_API_PORT",
+        "streams": "TELEMETRY_STREAMS_WEB_PORT",
+    }
     for spec in services.specs(config):
         ports[spec.name] = [(spec.port, env_var[spec.module])]
     return ports
@@ -142,7 +146,9 @@ class Stack:
 
         def ok() -> bool:
             if not record.ref.alive():
-                raise StackError(f"{name} exited during start-up; see {self._log(name)}:\n{self._tail(name)}")
+                raise StackError(
+                    f"{name} exited during start-up; see {self._log(name)}:\n{self._tail(name)}"
+                )
             return check()
 
         if not wait_until(ok, self.config.startup_timeout_s, interval_s=0.25):
@@ -233,6 +239,10 @@ class Stack:
     def down(self) -> None:
         self._stop(list(self.records))
 
+    def _healthy(self, name: str, endpoint: dict[str, str]) -> bool:
+        check = self._ready.get(name)
+        return check() if check is not None else services.url_ready(endpoint["url"], name)
+
     def status(self) -> dict[str, dict[str, Any]]:
         """Every expected component, plus any recorded one (`up --ingest 3` adds ingest-3)."""
         expected = endpoints(self.config)
@@ -242,14 +252,10 @@ class Stack:
             record = self.records.get(name)
             alive = record is not None and record.ref.alive()
             endpoint = record.endpoint if record is not None else expected[name]
-            if name in self._ready:
-                check = self._ready[name]
-            else:
-                check = lambda url=endpoint["url"], n=name: services.url_ready(url, n)  # noqa: E731
             result[name] = {
                 **endpoint,
                 "pid": record.ref.pid if record is not None and alive else None,
                 "running": alive,
-                "healthy": alive and check(),
+                "healthy": alive and self._healthy(name, endpoint),
             }
         return result

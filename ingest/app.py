@@ -88,7 +88,9 @@ def create_app(settings: IngestSettings, *, clock: Clock = utc_now) -> FastAPI:
             await publisher.publish(principal.sub.encode(), record.model_dump_json().encode())
         except BrokerUnavailable as exc:
             metrics.unavailable.labels("kafka").inc()
-            raise ApiError(503, "event log unavailable, retry later", headers={"Retry-After": "1"}) from exc
+            raise ApiError(
+                503, "event log unavailable, retry later", headers={"Retry-After": "1"}
+            ) from exc
         metrics.accepted.inc(len(verdict.accepted))
         return json_response({"accepted": len(verdict.accepted), "rejected": rejected}, 202)
 

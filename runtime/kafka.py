@@ -3,7 +3,9 @@
 from aiokafka import AIOKafkaProducer
 
 
-def durable_producer(bootstrap: str, *, client_id: str, request_timeout_ms: int = 5000) -> AIOKafkaProducer:
+def durable_producer(
+    bootstrap: str, *, client_id: str, request_timeout_ms: int = 5000
+) -> AIOKafkaProducer:
     """A producer whose ack means durable: acks=all and idempotence, both explicit because
     aiokafka defaults to acks=1 without idempotence (design section 13). Not started."""
     return AIOKafkaProducer(

@@ -1,1 +1,1 @@
-"""The wire contract shared by every service: models, topic names, roles. Imports nothing of ours."""
+"""The wire contract shared by all services: models, topic names, roles. Imports nothing of ours."""

@@ -44,9 +44,7 @@ def create_app(settings: StreamsSettings, metrics: StreamsMetrics | None = None)
         value_serializer="raw",
         partitions=topics.DRIVER_TOPIC_PARTITIONS,
     )
-    dlq = app.topic(
-        topics.dlq(settings.pings_topic), key_serializer="raw", value_serializer="raw"
-    )
+    dlq = app.topic(topics.dlq(settings.pings_topic), key_serializer="raw", value_serializer="raw")
     state: dict[str, Any] = {}
 
     async def sink() -> PingSink:
@@ -84,14 +82,15 @@ def create_app(settings: StreamsSettings, metrics: StreamsMetrics | None = None)
             records, poison = split_batch(messages)
             for bad in poison:
                 log.warning("poison record to DLQ: %s", bad.error[:200])
-                await dlq.send(key=bad.key, value=bad.value, headers={"error": bad.error.encode()[:4000]})
+                await dlq.send(
+                    key=bad.key, value=bad.value, headers={"error": bad.error.encode()[:4000]}
+                )
             metrics.poison.inc(len(poison))
             rows = ping_rows(records)
             await write_until_done(rows)
             metrics.records.inc(len(records))
             metrics.pings.inc(len(rows))
 
-    @app.timer(interval=settings.maintenance_interval_s, on_leader=False)
     async def maintain_partitions() -> None:
         try:
             created = await (await sink()).ensure_partitions(
@@ -103,9 +102,9 @@ def create_app(settings: StreamsSettings, metrics: StreamsMetrics | None = None)
         if created:
             log.info("created %d pings partitions", created)
 
-    @app.task
-    async def maintain_partitions_at_start() -> None:
-        await maintain_partitions()
+    # Every worker keeps the daily partitions ahead: at start, then periodically. Idempotent.
+    app.task(maintain_partitions)
+    app.timer(interval=settings.maintenance_interval_s, on_leader=False)(maintain_partitions)
 
     # Faust's view functions receive its web adapter and the request.
     @app.page("/healthz")

@@ -6,8 +6,12 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 class StreamsMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
-        self.records = Counter("streams_records", "pings.v1 records processed", registry=self.registry)
-        self.pings = Counter("streams_pings_written", "Pings written to history", registry=self.registry)
+        self.records = Counter(
+            "streams_records", "pings.v1 records processed", registry=self.registry
+        )
+        self.pings = Counter(
+            "streams_pings_written", "Pings written to history", registry=self.registry
+        )
         self.poison = Counter("streams_poison", "Records sent to the DLQ", registry=self.registry)
         self.sink_failures = Counter(
             "streams_sink_failures", "Failed sink writes (retried)", registry=self.registry

@@ -21,14 +21,9 @@ PingRow = tuple[
 
 
 def ping_rows(records: list[PingBatchRecord]) -> list[PingRow]:
-    rows: list[PingRow] = []
-    for record in records:
-        for p in record.pings:
-            rows.append(
-                (
-                    record.driver_id, p.ts, p.ping_id, p.lat, p.lon, p.accuracy_m, p.speed_mps,
-                    p.heading_deg, p.battery_pct, p.job_id, record.received_at, [],
-                )  # fmt: skip
-            )
-    return rows
-
+    return [
+        (record.driver_id, p.ts, p.ping_id, p.lat, p.lon, p.accuracy_m, p.speed_mps,
+         p.heading_deg, p.battery_pct, p.job_id, record.received_at, [])
+        for record in records
+        for p in record.pings
+    ]  # fmt: skip

@@ -12,9 +12,7 @@ from streams.rows import PING_COLUMNS, PING_TYPES, PingRow
 
 log = logging.getLogger(__name__)
 
-_STAGE = sql.SQL(
-    "CREATE TEMP TABLE pings_in (LIKE pings INCLUDING DEFAULTS) ON COMMIT DROP"
-)
+_STAGE = sql.SQL("CREATE TEMP TABLE pings_in (LIKE pings INCLUDING DEFAULTS) ON COMMIT DROP")
 _COPY = sql.SQL("COPY pings_in ({}) FROM STDIN (FORMAT BINARY)").format(
     sql.SQL(", ").join(map(sql.Identifier, PING_COLUMNS))
 )

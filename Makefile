@@ -1,0 +1,46 @@
+# One target per task. `make up` and `make test` install whatever is missing first.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install system up down status simulate test test-unit test-integration lint format typecheck clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP) ## the Python environment, Debian packages and Kafka's jars
+	$(BIN)/telemetry install
+
+up: install ## start the whole platform (telemetry up)
+	$(BIN)/telemetry up $(UP_ARGS)
+
+down: $(STAMP)
+	$(BIN)/telemetry down
+
+status: $(STAMP)
+	$(BIN)/telemetry status
+
+test: install ## unit and integration tests; the integration tests start their own stack
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-unit: $(STAMP)
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: install
+	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean: down
+	rm -rf .telemetry

@@ -1,0 +1,74 @@
+"""Session fixtures that start the real stack (Kafka, PostgreSQL primary + replica, PgBouncer,
+Redis, and our services) on free ports in a scratch state dir, and stop it afterwards."""
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+from infra.config import StackConfig
+from infra.procs import free_port
+from infra.stack import Stack
+from runtime.auth import issue_token
+from schemas.auth import Role
+
+T = TypeVar("T")
+
+
+def scratch_config(**overrides: object) -> StackConfig:
+    # Under /tmp and world-traversable: the postgres OS user must reach its data dirs,
+    # which pytest's own tmp_path (mode 0700, owned by root) would not allow.
+    state = Path(tempfile.mkdtemp(prefix="telemetry-test-"))
+    state.chmod(0o755)
+    ports = {
+        name: free_port()
+        for name in (
+            "kafka_port", "kafka_controller_port", "postgres_primary_port",
+            "postgres_replica_port", "pgbouncer_port", "redis_port",
+            "ingest_port", "api_port", "streams_web_port",
+        )
+    }  # fmt: skip
+    return StackConfig(state_dir=state, **(ports | overrides))  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[Stack]:
+    config = scratch_config()
+    running = Stack(config, report=lambda step: print(f"[stack] {step}", flush=True))
+    try:
+        running.up()
+        yield running
+    finally:
+        running.down()
+        if not os.environ.get("TELEMETRY_KEEP_TEST_STATE"):
+            shutil.rmtree(config.state_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def config(stack: Stack) -> StackConfig:
+    return stack.config
+
+
+@pytest.fixture(scope="session")
+def token(config: StackConfig) -> Callable[..., str]:
+    def make(role: Role, sub: str, **kwargs: object) -> str:
+        return issue_token(config.jwt_private_key, sub=sub, role=role, **kwargs)  # type: ignore[arg-type]
+
+    return make
+
+
+def wait_for(probe: Callable[[], T | None], timeout_s: float = 30.0, interval_s: float = 0.1) -> T:
+    """Polls `probe` until it returns something other than None; fails past the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = probe()
+        if result is not None:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout_s} s")
+        time.sleep(interval_s)

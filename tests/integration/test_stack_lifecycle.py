@@ -1,0 +1,47 @@
+"""`up` fails clearly leaving nothing behind; `up` twice is harmless; status tells the truth."""
+
+import shutil
+import socket
+
+import pytest
+
+from infra.procs import StackError
+from infra.stack import Stack
+from tests.integration.conftest import scratch_config
+
+pytestmark = pytest.mark.integration
+
+
+def test_taken_port_fails_clearly_and_stops_what_was_started() -> None:
+    config = scratch_config(startup_timeout_s=60)
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", config.redis_port))
+    blocker.listen()
+    stack = Stack(config)
+    try:
+        with pytest.raises(StackError) as failure:
+            stack.up()
+        message = str(failure.value)
+        assert str(config.redis_port) in message
+        assert "TELEMETRY_REDIS_PORT" in message
+        # Kafka was started before Redis failed: it must have been stopped again.
+        assert stack.records == {}
+        assert Stack(config).records == {}
+    finally:
+        blocker.close()
+        stack.down()
+        shutil.rmtree(config.state_dir, ignore_errors=True)
+
+
+def test_up_again_is_idempotent_and_status_reports_every_component(stack: Stack) -> None:
+    pids = {name: record.ref.pid for name, record in stack.records.items()}
+    again = Stack(stack.config)
+    again.up()
+    assert {name: record.ref.pid for name, record in again.records.items()} == pids
+    status = again.status()
+    for name in ("kafka", "postgres-primary", "postgres-replica", "pgbouncer", "redis",
+                 "ingest-1", "streams-1", "api-1"):  # fmt: skip
+        assert status[name]["healthy"], name
+        assert status[name]["pid"] == pids[name]
+    assert status["kafka"]["bootstrap"] == stack.config.kafka_bootstrap
+    assert "dbname=telemetry_ro" in status["pgbouncer"]["dsn_read_only"]

@@ -1,0 +1,146 @@
+"""JWT verification refuses every token it should (design section 6)."""
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from runtime.auth import (
+    AuthError,
+    ForbiddenError,
+    TokenVerifier,
+    bearer_token,
+    generate_keypair,
+    issue_token,
+    require_role,
+)
+from schemas.auth import JWT_AUDIENCE, JWT_ISSUER, Principal, Role
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    private, public = tmp_path / "k.pem", tmp_path / "k.pub.pem"
+    generate_keypair(private, public)
+    yield private, public
+
+
+@pytest.fixture
+def verifier(keys: tuple[Path, Path]) -> TokenVerifier:
+    return TokenVerifier.from_file(keys[1], audience=JWT_AUDIENCE, issuer=JWT_ISSUER)
+
+
+def test_a_valid_token_gives_its_principal(
+    keys: tuple[Path, Path], verifier: TokenVerifier
+) -> None:
+    principal = verifier.verify(issue_token(keys[0], sub="drv-7", role=Role.DRIVER))
+    assert (principal.sub, principal.role) == ("drv-7", Role.DRIVER)
+
+
+def test_private_key_is_owner_only(keys: tuple[Path, Path]) -> None:
+    assert keys[0].stat().st_mode & 0o077 == 0
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def test_alg_none_is_refused(verifier: TokenVerifier) -> None:
+    now = int(time.time())
+    claims = {
+        "sub": "x",
+        "role": "driver",
+        "iat": now,
+        "exp": now + 60,
+        "aud": JWT_AUDIENCE,
+        "iss": JWT_ISSUER,
+    }
+    token = jwt.encode(claims, key=None, algorithm="none")
+    with pytest.raises(AuthError):
+        verifier.verify(token)
+
+
+def test_hs256_signed_with_the_public_key_is_refused(
+    keys: tuple[Path, Path], verifier: TokenVerifier
+) -> None:
+    now = int(time.time())
+    claims = {
+        "sub": "x",
+        "role": "ops",
+        "iat": now,
+        "exp": now + 60,
+        "aud": JWT_AUDIENCE,
+        "iss": JWT_ISSUER,
+    }
+    header = _b64(b'{"alg":"HS256","typ":"JWT"}')
+    payload = _b64(json.dumps(claims).encode())
+    signature = hmac.new(
+        keys[1].read_bytes(), f"{header}.{payload}".encode(), hashlib.sha256
+    ).digest()
+    with pytest.raises(AuthError):
+        verifier.verify(f"{header}.{payload}.{_b64(signature)}")
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"ttl_s": -10},
+        {"audience": "someone-else"},
+        {"issuer": "evil"},
+    ],
+)
+def test_expired_wrong_audience_or_issuer_is_refused(
+    keys: tuple[Path, Path], verifier: TokenVerifier, kwargs: dict[str, object]
+) -> None:
+    with pytest.raises(AuthError):
+        verifier.verify(issue_token(keys[0], sub="x", role=Role.DRIVER, **kwargs))  # type: ignore[arg-type]
+
+
+def test_tampered_signature_or_payload_is_refused(
+    keys: tuple[Path, Path], verifier: TokenVerifier
+) -> None:
+    token = issue_token(keys[0], sub="drv-1", role=Role.DRIVER)
+    header, payload, signature = token.split(".")
+    flipped = signature[:-2] + ("A" if signature[-2] != "A" else "B") + signature[-1]
+    with pytest.raises(AuthError):
+        verifier.verify(f"{header}.{payload}.{flipped}")
+    forged = _b64(b'{"sub":"drv-2","role":"ops"}')
+    with pytest.raises(AuthError):
+        verifier.verify(f"{header}.{forged}.{signature}")
+
+
+def test_a_token_from_another_key_is_refused(tmp_path: Path, verifier: TokenVerifier) -> None:
+    other_private, other_public = tmp_path / "o.pem", tmp_path / "o.pub"
+    generate_keypair(other_private, other_public)
+    with pytest.raises(AuthError):
+        verifier.verify(issue_token(other_private, sub="x", role=Role.OPS))
+
+
+def test_missing_claims_are_refused(keys: tuple[Path, Path], verifier: TokenVerifier) -> None:
+    key = serialization.load_pem_private_key(keys[0].read_bytes(), password=None)
+    token = jwt.encode(
+        {"sub": "x", "role": "driver", "aud": JWT_AUDIENCE, "iss": JWT_ISSUER},
+        key,
+        algorithm="EdDSA",
+    )  # type: ignore[arg-type]
+    with pytest.raises(AuthError):
+        verifier.verify(token)  # no exp
+
+
+@pytest.mark.parametrize("header", [None, "", "Basic abc", "Bearer", "Bearer   "])
+def test_bad_authorization_headers(header: str | None) -> None:
+    with pytest.raises(AuthError):
+        bearer_token(header)
+
+
+def test_roles_are_enforced() -> None:
+    driver = Principal(sub="d", role=Role.DRIVER)
+    assert require_role(driver, [Role.DRIVER]) is driver
+    with pytest.raises(ForbiddenError):
+        require_role(driver, [Role.DISPATCHER, Role.OPS])

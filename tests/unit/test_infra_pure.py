@@ -1,0 +1,52 @@
+"""Pure parts of the stack tooling: migrations discovery, pid identity, configs."""
+
+import os
+from pathlib import Path
+
+from infra import kafka, pgbouncer
+from infra.config import StackConfig
+from infra.migrate import Migration, discover
+from infra.procs import ProcessRef, free_port, port_open, start_ticks
+
+
+def test_migrations_are_ordered_and_start_with_pings() -> None:
+    migrations = discover()
+    versions = [m.version for m in migrations]
+    assert versions == sorted(versions)
+    assert versions[0] == "0001_pings"
+    assert "PARTITION BY RANGE (ts)" in migrations[0].sql
+
+
+def test_an_edited_migration_has_another_checksum() -> None:
+    assert Migration("1", "SELECT 1").checksum != Migration("1", "SELECT 2").checksum
+
+
+def test_a_recycled_pid_is_not_ours() -> None:
+    me = ProcessRef(os.getpid(), start_ticks(os.getpid()) or 0)
+    assert me.alive()
+    assert not ProcessRef(me.pid, me.start_ticks + 1).alive()
+
+
+def test_free_port_is_free() -> None:
+    assert not port_open(free_port())
+
+
+def test_kafka_properties_use_the_configured_ports(tmp_path: Path) -> None:
+    config = StackConfig(state_dir=tmp_path, kafka_port=29092, kafka_controller_port=29093)
+    text = kafka.write_properties(config).read_text()
+    assert "listeners=PLAINTEXT://127.0.0.1:29092,CONTROLLER://127.0.0.1:29093" in text
+    assert "controller.quorum.voters=1@127.0.0.1:29093" in text
+
+
+def test_pgbouncer_runs_transaction_mode_with_both_entries(tmp_path: Path) -> None:
+    config = StackConfig(
+        state_dir=tmp_path,
+        postgres_primary_port=25432,
+        postgres_replica_port=25433,
+        pgbouncer_port=26432,
+    )
+    ini = pgbouncer.write_config(config).read_text()
+    assert "pool_mode = transaction" in ini
+    assert "telemetry = host=127.0.0.1 port=25432" in ini
+    assert "telemetry_ro = host=127.0.0.1 port=25433" in ini
+    assert "dbname=telemetry_ro" in pgbouncer.dsn(config, read_only=True)
