@@ -15,8 +15,9 @@ $(STAMP): pyproject.toml
 install: $(STAMP) ## the Python environment, Debian packages and Kafka's jars
 	$(BIN)/telemetry install
 
-up: install ## start the whole platform (telemetry up)
-	$(BIN)/telemetry up $(UP_ARGS)
+SIMULATE ?= 200
+up: install ## start the whole platform with a simulated fleet of $(SIMULATE) drivers
+	$(BIN)/telemetry up --simulate $(SIMULATE) $(UP_ARGS)
 
 down: $(STAMP)
 	$(BIN)/telemetry down

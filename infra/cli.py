@@ -8,8 +8,13 @@ import sys
 from collections.abc import Sequence
 
 from rich.console import Console
+from rich.live import Live
 from rich.table import Table
 
+from bench.display import fleet_line, fleet_table
+from bench.fleet import FleetConfig, run_fleet
+from bench.routes import CITIES
+from bench.stats import FleetStats
 from infra import install
 from infra.config import StackConfig
 from infra.procs import StackError
@@ -37,7 +42,10 @@ def cmd_up(args: argparse.Namespace) -> int:
             status.update(step)
             console.log(step)
 
-        Stack(config, report).up()
+        stack = Stack(config, report)
+        stack.up()
+        if args.simulate:
+            stack.start_simulator(args.simulate)
     print_endpoints(Stack(config).status())
     return 0
 
@@ -90,6 +98,51 @@ def print_endpoints(components: dict[str, dict[str, object]]) -> None:
     Console().print(table)
 
 
+def _ingest_urls(stack: Stack) -> list[str]:
+    urls = [
+        r.endpoint["url"]
+        for n, r in stack.records.items()
+        if n.startswith("ingest-") and r.ref.alive()
+    ]
+    if not urls:
+        raise StackError("no ingest process is running: start the platform with 'telemetry up'")
+    return urls
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    config = StackConfig()
+    fleet = FleetConfig(
+        drivers=args.drivers,
+        interval_s=args.interval,
+        duration_s=args.duration,
+        ingest_urls=_ingest_urls(Stack(config)),
+        private_key_path=config.jwt_private_key,
+        city=args.city,
+        seed=args.seed,
+        processes=args.processes,
+        max_requests_per_s=args.rate_limit,
+    )
+    if args.plain:
+        last = [0.0]
+
+        def log_line(stats: FleetStats, elapsed: float) -> None:
+            if elapsed - last[0] >= 10:
+                last[0] = elapsed
+                print(fleet_line(stats, elapsed), flush=True)
+
+        stats = run_fleet(fleet, log_line)
+        print(fleet_line(stats, args.duration), flush=True)
+    else:
+        with Live(console=console, refresh_per_second=2) as live:
+
+            def show(stats: FleetStats, elapsed: float) -> None:
+                live.update(fleet_table(stats, elapsed, args.drivers))
+
+            stats = run_fleet(fleet, show)
+            live.update(fleet_table(stats, args.duration, args.drivers))
+    return 0 if stats.failed_batches == 0 else 1
+
+
 def cmd_token(args: argparse.Namespace) -> int:
     config = StackConfig()
     if not config.jwt_private_key.exists():
@@ -109,6 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--ingest", dest="ingest_processes", type=int, help="ingest processes")
     up.add_argument("--api", dest="api_processes", type=int, help="api processes")
     up.add_argument("--workers", dest="stream_workers", type=int, help="Faust worker processes")
+    up.add_argument(
+        "--simulate", type=int, metavar="DRIVERS", default=0,
+        help="also run a simulated fleet of DRIVERS drivers until `down`",
+    )  # fmt: skip
     up.set_defaults(func=cmd_up)
 
     sub.add_parser("install", help="install the Debian packages and Kafka's jars").set_defaults(
@@ -119,6 +176,17 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="each component's endpoint, pid and health")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=cmd_status)
+
+    sim = sub.add_parser("simulate", help="drive a simulated fleet against the running ingest")
+    sim.add_argument("--drivers", type=int, default=100)
+    sim.add_argument("--interval", type=float, default=4.0, help="seconds between fixes")
+    sim.add_argument("--duration", type=float, default=60.0, help="seconds to run")
+    sim.add_argument("--rate-limit", type=float, default=None, help="cap on requests/s")
+    sim.add_argument("--processes", type=int, default=1, help="load generator processes")
+    sim.add_argument("--city", choices=sorted(CITIES), default="bengaluru")
+    sim.add_argument("--seed", type=int, default=1)
+    sim.add_argument("--plain", action="store_true", help="log lines instead of a live table")
+    sim.set_defaults(func=cmd_simulate)
 
     token = sub.add_parser("token", help="print a signed JWT")
     token.add_argument("--role", required=True, choices=[r.value for r in Role])

@@ -1,0 +1,1 @@
+"""The fleet simulator, load generators, benchmark scenarios and their reports."""

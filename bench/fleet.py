@@ -1,0 +1,261 @@
+"""Runs a simulated fleet against ingest: one coroutine per driver, spread over processes
+so that the load generator is not the bottleneck."""
+
+import asyncio
+import contextlib
+import multiprocessing
+import queue
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+
+from bench.driver_app import DriverApp, PingDict
+from bench.retry import RetryPolicy
+from bench.routes import CITIES, Vehicle
+from bench.stats import FleetStats
+from runtime.auth import issue_token
+from schemas.auth import Role
+
+
+@dataclass(frozen=True)
+class FleetConfig:
+    drivers: int
+    interval_s: float
+    duration_s: float
+    ingest_urls: list[str]
+    private_key_path: Path
+    city: str = "bengaluru"
+    seed: int = 1
+    processes: int = 1
+    max_requests_per_s: float | None = None
+    dead_zone_rate_per_s: float = 1 / 900
+    teleport_probability: float = 0.0
+    driver_prefix: str = "sim"
+    request_timeout_s: float = 10.0
+    connections_per_process: int = 200
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+    def driver_id(self, index: int) -> str:
+        return f"{self.driver_prefix}-{index:06d}"
+
+
+class RateLimiter:
+    """A token bucket shared by one process's drivers (the fleet's --rate-limit)."""
+
+    def __init__(self, per_s: float) -> None:
+        self._per_s = per_s
+        self._tokens = per_s
+        self._last = time.monotonic()
+        self._lock = asyncio.Lock()
+
+    async def acquire(self) -> None:
+        async with self._lock:
+            while True:
+                now = time.monotonic()
+                self._tokens = min(self._per_s, self._tokens + (now - self._last) * self._per_s)
+                self._last = now
+                if self._tokens >= 1:
+                    self._tokens -= 1
+                    return
+                await asyncio.sleep((1 - self._tokens) / self._per_s)
+
+
+class Poster:
+    """Posts one batch, retrying with the same ping_ids as a real app must."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        config: FleetConfig,
+        stats: FleetStats,
+        limiter: RateLimiter | None,
+        rng: random.Random,
+    ) -> None:
+        self._session = session
+        self._config = config
+        self._stats = stats
+        self._limiter = limiter
+        self._rng = rng
+
+    async def post(self, url: str, token: str, batch: list[PingDict]) -> None:
+        stats = self._stats
+        body = orjson.dumps({"pings": batch})
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        stats.pings_sent += len(batch)
+        attempt = 0
+        while True:
+            if self._limiter is not None:
+                await self._limiter.acquire()
+            started = time.perf_counter()
+            status: int | None = None
+            retry_after: str | None = None
+            answer: Any = None
+            try:
+                async with self._session.post(url, data=body, headers=headers) as response:
+                    status = response.status
+                    retry_after = response.headers.get("Retry-After")
+                    answer = orjson.loads(await response.read())
+                stats.record_latency(time.perf_counter() - started)
+            except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError):
+                pass
+            stats.requests += 1
+            stats.count_status(status if status is not None else "error")
+            if status == 202:
+                stats.accepted += int(answer["accepted"])
+                stats.rejected += len(answer["rejected"])
+                return
+            if status == 422:
+                stats.rejected += len(batch)
+                return
+            delay = self._config.retry.delay_s(
+                attempt, status, retry_after, self._rng, datetime.now(UTC)
+            )
+            if delay is None:
+                stats.failed_batches += 1
+                stats.failed_pings += len(batch)
+                return
+            stats.retried += 1
+            attempt += 1
+            await asyncio.sleep(delay)
+
+
+async def _drive(
+    app: DriverApp, url: str, token: str, poster: Poster, first_fix: float, end: float
+) -> None:
+    """One driver: a fix every interval (caught up after long retries, with the right
+    timestamps), posted whenever the app is online."""
+    interval = app.interval_s
+    next_fix = first_fix
+    while next_fix < end:
+        await asyncio.sleep(max(0.0, next_fix - time.time()))
+        while next_fix <= time.time() and next_fix < end:
+            app.record_fix(datetime.fromtimestamp(next_fix, UTC))
+            next_fix += interval
+        now = datetime.now(UTC)
+        while batch := app.take_batch(now):
+            await poster.post(url, token, batch)
+    # Coming back online at the end of the run: flush what the phone still holds.
+    final = datetime.now(UTC) + timedelta(days=1)
+    while batch := app.take_batch(final):
+        await poster.post(url, token, batch)
+
+
+def build_driver(config: FleetConfig, index: int) -> DriverApp:
+    rng = random.Random(config.seed * 1_000_003 + index)
+    return DriverApp(
+        driver_id=config.driver_id(index),
+        vehicle=Vehicle(rng, CITIES[config.city]),
+        rng=rng,
+        interval_s=config.interval_s,
+        dead_zone_rate_per_s=config.dead_zone_rate_per_s,
+        teleport_probability=config.teleport_probability,
+    )
+
+
+async def run_slice_async(
+    config: FleetConfig, slice_index: int, report: Callable[[FleetStats, bool], None]
+) -> FleetStats:
+    stats = FleetStats()
+    indices = range(slice_index, config.drivers, config.processes)
+    apps = [build_driver(config, i) for i in indices]
+    ttl = int(config.duration_s) + 3600
+    tokens = [
+        issue_token(config.private_key_path, sub=a.driver_id, role=Role.DRIVER, ttl_s=ttl)
+        for a in apps
+    ]
+    per_process = (
+        config.max_requests_per_s / config.processes if config.max_requests_per_s else None
+    )
+    limiter = RateLimiter(per_process) if per_process else None
+    start = time.time()
+    end = start + config.duration_s
+    timeout = aiohttp.ClientTimeout(total=config.request_timeout_s)
+    connector = aiohttp.TCPConnector(limit=config.connections_per_process)
+    rng = random.Random(config.seed + slice_index)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+        poster = Poster(session, config, stats, limiter, rng)
+        drivers = [
+            _drive(
+                app,
+                config.ingest_urls[i % len(config.ingest_urls)] + "/v1/pings",
+                token,
+                poster,
+                start + rng.uniform(0, config.interval_s),
+                end,
+            )
+            for i, (app, token) in zip(indices, zip(apps, tokens, strict=True), strict=True)
+        ]
+
+        async def progress() -> None:
+            while True:
+                await asyncio.sleep(1.0)
+                stats.dropped_offline = sum(a.dropped for a in apps)
+                report(stats, False)
+
+        reporter = asyncio.create_task(progress())
+        try:
+            await asyncio.gather(*drivers)
+        finally:
+            reporter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reporter
+    stats.dropped_offline = sum(a.dropped for a in apps)
+    report(stats, True)
+    return stats
+
+
+def _slice_process(
+    config: FleetConfig, slice_index: int, out: "multiprocessing.Queue[Any]"
+) -> None:
+    def report(stats: FleetStats, done: bool) -> None:
+        out.put((slice_index, stats.snapshot(), done))
+
+    asyncio.run(run_slice_async(config, slice_index, report))
+
+
+def run_fleet(
+    config: FleetConfig, on_progress: Callable[[FleetStats, float], None] | None = None
+) -> FleetStats:
+    """Runs the fleet in `config.processes` processes; returns the merged stats."""
+    ctx = multiprocessing.get_context("spawn")
+    out: multiprocessing.Queue[Any] = ctx.Queue()
+    workers = [
+        ctx.Process(target=_slice_process, args=(config, i, out), daemon=True)
+        for i in range(config.processes)
+    ]
+    started = time.monotonic()
+    for worker in workers:
+        worker.start()
+    latest: dict[int, dict[str, Any]] = {}
+    done: set[int] = set()
+    # Retries may outlast the run itself; beyond this the slices are stopped.
+    deadline = started + config.duration_s + config.retry.cap_s * 2 + 60
+    try:
+        while len(done) < config.processes and time.monotonic() < deadline:
+            try:
+                index, snapshot, finished = out.get(timeout=0.5)
+            except queue.Empty:
+                if all(not w.is_alive() for w in workers) and out.empty():
+                    break
+                continue
+            latest[index] = snapshot
+            if finished:
+                done.add(index)
+            if on_progress is not None:
+                on_progress(FleetStats.merged(list(latest.values())), time.monotonic() - started)
+    finally:
+        for worker in workers:
+            worker.join(timeout=5)
+            if worker.is_alive():
+                worker.terminate()
+                worker.join(timeout=5)
+    if len(done) < config.processes:
+        raise RuntimeError(f"only {len(done)} of {config.processes} fleet processes finished")
+    return FleetStats.merged(list(latest.values()))
