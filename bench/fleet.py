@@ -36,6 +36,7 @@ class FleetConfig:
     processes: int = 1
     max_requests_per_s: float | None = None
     dead_zone_rate_per_s: float = 1 / 900
+    dead_zone_s: tuple[float, float] = (20.0, 180.0)
     teleport_probability: float = 0.0
     driver_prefix: str = "sim"
     request_timeout_s: float = 10.0
@@ -155,6 +156,7 @@ def build_driver(config: FleetConfig, index: int) -> DriverApp:
         rng=rng,
         interval_s=config.interval_s,
         dead_zone_rate_per_s=config.dead_zone_rate_per_s,
+        dead_zone_s=config.dead_zone_s,
         teleport_probability=config.teleport_probability,
     )
 

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from bench import harness
 from bench.display import fleet_line, fleet_table
 from bench.fleet import FleetConfig, run_fleet
 from bench.routes import CITIES
@@ -143,6 +144,29 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0 if stats.failed_batches == 0 else 1
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    options: dict[str, str] = {}
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise StackError(f"--set takes KEY=VALUE, got {item!r}")
+        options[key] = value
+    stack = Stack(StackConfig(), lambda step: console.log(step))
+    started_here = not any(r.ref.alive() for r in stack.records.values())
+    if started_here:
+        stack.up()
+    try:
+        command = " ".join(["telemetry bench", *sys.argv[2:]])
+        report = harness.run(args.scenario, stack, options=options, command=command)
+    finally:
+        if started_here:
+            stack.down()
+    for line in harness.load(args.scenario).summary(report):
+        console.print(line)
+    console.print(f"report: {report['files']['json']} and {report['files']['png']}")
+    return 0
+
+
 def cmd_token(args: argparse.Namespace) -> int:
     config = StackConfig()
     if not config.jwt_private_key.exists():
@@ -187,6 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--seed", type=int, default=1)
     sim.add_argument("--plain", action="store_true", help="log lines instead of a live table")
     sim.set_defaults(func=cmd_simulate)
+
+    bench = sub.add_parser("bench", help="run a benchmark scenario, write JSON and PNG reports")
+    bench.add_argument("scenario", choices=harness.SCENARIOS)
+    bench.add_argument("--set", action="append", metavar="KEY=VALUE", help="scenario option")
+    bench.set_defaults(func=cmd_bench)
 
     token = sub.add_parser("token", help="print a signed JWT")
     token.add_argument("--role", required=True, choices=[r.value for r in Role])

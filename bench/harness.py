@@ -1,0 +1,116 @@
+"""Runs a scenario against a stack and records what it saw: fleet progress, CPU, lag."""
+
+import importlib
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from bench.fleet import FleetConfig, run_fleet
+from bench.report import append_summary, plot, write_json
+from bench.sampler import Sampler
+from bench.stats import FleetStats
+from infra.config import REPO_ROOT
+from infra.stack import Stack
+from schemas import topics
+
+SCENARIOS = ("smoke",)
+PERCENTILES = (50.0, 75.0, 90.0, 95.0, 99.0, 99.9, 100.0)
+STREAMS_GROUP = "telemetry-streams"
+
+
+class Scenario(Protocol):
+    def run(self, stack: Stack, options: dict[str, Any]) -> dict[str, Any]: ...
+
+    def summary(self, report: dict[str, Any]) -> list[str]: ...
+
+
+def load(name: str) -> Scenario:
+    if name not in SCENARIOS:
+        raise ValueError(f"unknown scenario {name!r}; choose one of {', '.join(SCENARIOS)}")
+    module: Any = importlib.import_module(f"bench.scenarios.{name}")
+    return module  # type: ignore[no-any-return]
+
+
+@dataclass
+class FleetRun:
+    """The outcome of one fleet run, with what was sampled during it."""
+
+    stats: FleetStats
+    progress: list[dict[str, float]]
+    samples: list[dict[str, Any]]
+    wall_s: float
+    generator_cpu_s: float
+
+    def as_report(self) -> dict[str, Any]:
+        hist = self.stats
+        return {
+            "fleet": hist.summary(),
+            "progress": self.progress,
+            "samples": self.samples,
+            "wall_s": round(self.wall_s, 2),
+            "generator_cpu_cores": round(self.generator_cpu_s / self.wall_s, 2)
+            if self.wall_s
+            else 0,
+            "latency_percentiles_ms": {str(p): hist.percentile_ms(p) for p in PERCENTILES},
+        }
+
+
+def drive_fleet(stack: Stack, fleet: FleetConfig) -> FleetRun:
+    """Runs the fleet while sampling CPU of every stack process and the streams' lag."""
+    processes = {name: record.ref for name, record in stack.records.items() if record.ref.alive()}
+    sampler = Sampler(
+        processes, stack.config.kafka_bootstrap, STREAMS_GROUP, [topics.PINGS]
+    ).start()
+    progress: list[dict[str, float]] = []
+    last = {"t": 0.0, "accepted": 0}
+
+    def on_progress(stats: FleetStats, elapsed: float) -> None:
+        if elapsed - last["t"] >= 1.0:
+            rate = (stats.accepted - last["accepted"]) / (elapsed - last["t"])
+            progress.append({"t_s": round(elapsed, 2), "accepted_per_s": round(rate, 1)})
+            last.update(t=elapsed, accepted=stats.accepted)
+
+    children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.monotonic()
+    try:
+        stats = run_fleet(fleet, on_progress)
+    finally:
+        samples = sampler.stop()
+    wall = time.monotonic() - started
+    children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (children_after.ru_utime - children_before.ru_utime) + (
+        children_after.ru_stime - children_before.ru_stime
+    )
+    return FleetRun(stats, progress, samples, wall, cpu)
+
+
+def run(
+    name: str,
+    stack: Stack,
+    *,
+    options: dict[str, Any] | None = None,
+    out_dir: Path | None = None,
+    docs: Path | None = REPO_ROOT / "docs" / "benchmarks.md",
+    command: str | None = None,
+    report_step: Callable[[str], None] = lambda _: None,
+) -> dict[str, Any]:
+    scenario = load(name)
+    started_at = datetime.now(UTC)
+    report_step(f"running scenario {name}")
+    report = scenario.run(stack, options or {})
+    report["scenario"] = name
+    report["started_at"] = started_at.isoformat(timespec="seconds")
+    directory = out_dir or REPO_ROOT / "bench" / "reports" / f"{name}-{started_at:%Y%m%dT%H%M%S}"
+    report["files"] = {
+        "json": str(directory / "report.json"),
+        "png": str(directory / "report.png"),
+    }
+    plot(report, directory / "report.png")
+    write_json(report, directory / "report.json")
+    if docs is not None:
+        append_summary(docs, command or f"telemetry bench {name}", scenario.summary(report))
+    return report

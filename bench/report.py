@@ -1,0 +1,77 @@
+"""Benchmark reports: a JSON file, a PNG of the run over time, a summary in docs/benchmarks.md."""
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on servers and in CI
+import matplotlib.pyplot as plt
+import orjson
+
+
+def write_json(report: dict[str, Any], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
+    return path
+
+
+def plot(report: dict[str, Any], path: Path) -> Path:
+    """Throughput, latency percentiles, consumer lag and CPU per component."""
+    progress = report.get("progress", [])
+    samples = report.get("samples", [])
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    fig.suptitle(f"{report['scenario']} - {report['started_at']}")
+
+    ax = axes[0][0]
+    times = [p["t_s"] for p in progress]
+    rates = [p["accepted_per_s"] for p in progress]
+    ax.plot(times, rates)
+    ax.set_title("accepted pings/s")
+    ax.set_xlabel("s")
+
+    ax = axes[0][1]
+    curve = report.get("latency_percentiles_ms", {})
+    if curve:
+        ax.plot([float(p) for p in curve], list(curve.values()), marker="o")
+    ax.set_title("request latency by percentile")
+    ax.set_xlabel("percentile")
+    ax.set_ylabel("ms")
+
+    ax = axes[1][0]
+    lag_t = [s["t_s"] for s in samples if s["lag_seconds"] is not None]
+    ax.plot(lag_t, [s["lag_seconds"] for s in samples if s["lag_seconds"] is not None])
+    ax.set_title("consumer lag (s)")
+    ax.set_xlabel("s")
+
+    ax = axes[1][1]
+    names = sorted({name for s in samples for name in s["cpu_pct"]})
+    for name in names:
+        ax.plot(
+            [s["t_s"] for s in samples], [s["cpu_pct"].get(name, 0.0) for s in samples], label=name
+        )
+    ax.set_title("CPU % per component")
+    ax.set_xlabel("s")
+    if names:
+        ax.legend(fontsize="small")
+
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def append_summary(docs: Path, command: str, lines: list[str]) -> None:
+    """Appends one run's figures and the exact command that produced them."""
+    docs.parent.mkdir(parents=True, exist_ok=True)
+    if not docs.exists():
+        docs.write_text(
+            "# Benchmarks\n\nEvery section is one run, appended by `telemetry bench`, "
+            "with the exact command. Figures are from the machine the run was on.\n"
+        )
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    body = "\n".join(f"- {line}" for line in lines)
+    with docs.open("a") as out:
+        out.write(f"\n## {command} ({stamp})\n\n```\n{command}\n```\n\n{body}\n")

@@ -1,0 +1,1 @@
+"""Benchmark scenarios: each module has `run(stack, options) -> report` and `summary(report)`."""

@@ -1,0 +1,112 @@
+"""Consumer lag per group and partition: end offset, committed offset, lag in messages and
+in seconds (the age of the oldest record not yet committed). Reused by ops and benchmarks."""
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+
+@dataclass(frozen=True)
+class PartitionLag:
+    group: str
+    topic: str
+    partition: int
+    end_offset: int
+    committed_offset: int | None  # None: the group never committed here
+    lag_messages: int
+    lag_seconds: float
+
+
+def lag_messages(end_offset: int, committed: int | None, beginning: int) -> int:
+    """Records not yet committed; from the log's start when nothing was committed."""
+    start = committed if committed is not None else beginning
+    return max(0, end_offset - start)
+
+
+async def consumer_group_lag(
+    bootstrap: str,
+    group: str,
+    topics: list[str],
+    *,
+    timeout_s: float = 5.0,
+    now_s: float | None = None,
+) -> list[PartitionLag]:
+    """Lag of `group` on every partition of `topics`."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000)
+    )
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        request_timeout_ms=int(timeout_s * 1000),
+    )
+    await asyncio.wait_for(admin.start(), timeout_s)
+    try:
+        await asyncio.wait_for(consumer.start(), timeout_s)
+        try:
+            return await _lag(admin, consumer, group, topics, timeout_s, now_s)
+        finally:
+            await asyncio.wait_for(consumer.stop(), timeout_s)
+    finally:
+        await asyncio.wait_for(admin.close(), timeout_s)
+
+
+async def _lag(
+    admin: AIOKafkaAdminClient,
+    consumer: AIOKafkaConsumer,
+    group: str,
+    topics: list[str],
+    timeout_s: float,
+    now_s: float | None,
+) -> list[PartitionLag]:
+    await asyncio.wait_for(consumer.topics(), timeout_s)  # refreshes the cluster metadata
+    partitions: list[TopicPartition] = []
+    for topic in topics:
+        ids = consumer.partitions_for_topic(topic) or set()
+        partitions += [TopicPartition(topic, p) for p in sorted(ids)]
+    committed_raw = await asyncio.wait_for(admin.list_consumer_group_offsets(group), timeout_s)
+    committed = {tp: meta.offset for tp, meta in committed_raw.items() if meta.offset >= 0}
+    ends = await asyncio.wait_for(consumer.end_offsets(partitions), timeout_s)
+    beginnings = await asyncio.wait_for(consumer.beginning_offsets(partitions), timeout_s)
+    lagging = {
+        tp: committed.get(tp, beginnings[tp])
+        for tp in partitions
+        if lag_messages(ends[tp], committed.get(tp), beginnings[tp]) > 0
+    }
+    oldest_ms = await _oldest_timestamps(consumer, lagging, timeout_s)
+    now = now_s if now_s is not None else time.time()
+    return [
+        PartitionLag(
+            group=group,
+            topic=tp.topic,
+            partition=tp.partition,
+            end_offset=ends[tp],
+            committed_offset=committed.get(tp),
+            lag_messages=lag_messages(ends[tp], committed.get(tp), beginnings[tp]),
+            lag_seconds=max(0.0, now - oldest_ms[tp] / 1000.0) if tp in oldest_ms else 0.0,
+        )
+        for tp in partitions
+    ]
+
+
+async def _oldest_timestamps(
+    consumer: AIOKafkaConsumer, positions: dict[TopicPartition, int], timeout_s: float
+) -> dict[TopicPartition, int]:
+    """The timestamp (ms) of the record at each partition's position."""
+    if not positions:
+        return {}
+    consumer.assign(list(positions))
+    for tp, offset in positions.items():
+        consumer.seek(tp, offset)
+    found: dict[TopicPartition, int] = {}
+    deadline = time.monotonic() + timeout_s
+    while len(found) < len(positions) and time.monotonic() < deadline:
+        batch = await consumer.getmany(timeout_ms=200, max_records=len(positions) * 4)
+        for tp, records in batch.items():
+            if tp not in found and records:
+                found[tp] = records[0].timestamp
+                consumer.pause(tp)
+    return found

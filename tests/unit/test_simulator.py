@@ -1,0 +1,125 @@
+"""The fleet simulator's pure parts: routes, the driver app's offline buffer, retries."""
+
+import itertools
+import random
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from bench.driver_app import DriverApp
+from bench.retry import RetryPolicy, parse_retry_after
+from bench.routes import CITIES, Vehicle, random_route
+from bench.stats import FleetStats
+from runtime.geo import haversine_m
+
+T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+CITY = CITIES["bengaluru"]
+
+
+def app(seed: int = 7, **kwargs: object) -> DriverApp:
+    rng = random.Random(seed)
+    return DriverApp(driver_id="d", vehicle=Vehicle(rng, CITY), rng=rng, interval_s=1.0, **kwargs)  # type: ignore[arg-type]
+
+
+def test_routes_stay_in_the_city_with_street_length_legs() -> None:
+    rng = random.Random(3)
+    for _ in range(50):
+        route = random_route(rng, CITY, legs=10)
+        assert len(route) == 11
+        assert all(CITY.contains(p) for p in route)
+        legs = [haversine_m(*a, *b) for a, b in itertools.pairwise(route)]
+        assert all(140 <= leg <= 1510 for leg in legs)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_vehicle_speeds_are_realistic_and_it_never_teleports(seed: int) -> None:
+    vehicle = Vehicle(random.Random(seed), CITY)
+    previous = vehicle.advance(0.0)
+    for _ in range(3000):  # 50 minutes of driving, one-second steps
+        fix = vehicle.advance(1.0)
+        assert 0.0 <= fix.speed_mps <= vehicle.max_speed_mps
+        # True position moves at most max speed per second (corner cutting aside).
+        assert (
+            haversine_m(previous.lat, previous.lon, fix.lat, fix.lon) <= vehicle.max_speed_mps + 0.5
+        )
+        assert CITY.contains((fix.lat, fix.lon))
+        previous = fix
+
+
+def test_vehicle_stops_sometimes() -> None:
+    vehicle = Vehicle(random.Random(11), CITY, stop_probability=1.0)
+    speeds = [vehicle.advance(1.0).speed_mps for _ in range(1200)]
+    assert any(s == 0.0 for s in speeds)
+    assert any(s > 0.0 for s in speeds)
+
+
+def test_reported_fixes_are_noisy_but_never_teleport_unless_asked() -> None:
+    driver = app()
+    pings = [driver.record_fix(T0 + timedelta(seconds=i)) for i in range(2000)]
+    jumps = [
+        haversine_m(a["lat"], a["lon"], b["lat"], b["lon"]) for a, b in itertools.pairwise(pings)
+    ]
+    assert max(jumps) < 100.0  # 100 m/s is the stream's teleport threshold
+    assert len({p["ping_id"] for p in pings}) == len(pings)
+
+    jumpy = app(teleport_probability=0.05)
+    pings = [jumpy.record_fix(T0 + timedelta(seconds=i)) for i in range(400)]
+    jumps = [
+        haversine_m(a["lat"], a["lon"], b["lat"], b["lon"]) for a, b in itertools.pairwise(pings)
+    ]
+    assert max(jumps) > 1000.0
+
+
+def test_offline_fixes_are_buffered_and_flushed_as_one_batch_when_back() -> None:
+    driver = app(dead_zone_rate_per_s=1.0, dead_zone_s=(30.0, 30.0))
+    driver.record_fix(T0)  # enters a 30 s dead zone right away
+    assert not driver.online(T0 + timedelta(seconds=1))
+    for i in range(1, 20):
+        driver.record_fix(T0 + timedelta(seconds=i))
+    assert driver.take_batch(T0 + timedelta(seconds=20)) == []
+    flushed = driver.take_batch(T0 + timedelta(seconds=31))
+    assert len(flushed) == 20
+    assert [p["ts"] for p in flushed] == sorted(p["ts"] for p in flushed)
+
+
+def test_offline_buffer_is_bounded_and_counts_what_it_drops() -> None:
+    driver = app(dead_zone_rate_per_s=1.0, dead_zone_s=(1e6, 1e6), buffer_max=50)
+    for i in range(80):
+        driver.record_fix(T0 + timedelta(seconds=i))
+    assert len(driver.outbox) == 50
+    assert driver.dropped == 30
+    batches = [driver.take_batch(T0 + timedelta(days=30), max_pings=20) for _ in range(3)]
+    assert [len(b) for b in batches] == [20, 20, 10]
+
+
+def test_retry_policy_honours_retry_after_and_gives_up() -> None:
+    policy = RetryPolicy(max_attempts=3, base_s=0.5, cap_s=10.0)
+    rng = random.Random(1)
+    delay = policy.delay_s(0, 503, "2", rng, T0)
+    assert delay is not None and 2.0 <= delay <= 2.5
+    assert policy.delay_s(0, 429, "1", rng, T0) is not None
+    backoff = policy.delay_s(2, None, None, rng, T0)
+    assert backoff is not None and 0.0 <= backoff <= 2.0
+    assert policy.delay_s(3, 503, "1", rng, T0) is None  # out of attempts
+    assert policy.delay_s(0, 400, None, rng, T0) is None  # the same bytes fail again
+    assert policy.delay_s(0, 401, None, rng, T0) is None
+
+
+def test_retry_after_parses_seconds_and_http_dates() -> None:
+    assert parse_retry_after("3", T0) == 3.0
+    assert parse_retry_after("Fri, 27 Nov 2026 12:00:05 GMT", T0) == 5.0
+    assert parse_retry_after("soon", T0) is None
+    assert parse_retry_after(None, T0) is None
+
+
+def test_stats_merge_across_processes() -> None:
+    a, b = FleetStats(), FleetStats()
+    a.accepted, b.accepted = 10, 5
+    a.record_latency(0.010)
+    b.record_latency(0.020)
+    b.count_status(202)
+    merged = FleetStats.merged([a.snapshot(), b.snapshot()])
+    assert merged.accepted == 15
+    assert merged.latency_us.get_total_count() == 2
+    assert merged.status_counts == {"202": 1}
+    assert 19.0 <= merged.percentile_ms(100) <= 20.1
