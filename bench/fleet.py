@@ -253,11 +253,12 @@ def run_fleet(
             if on_progress is not None:
                 on_progress(FleetStats.merged(list(latest.values())), time.monotonic() - started)
     finally:
+        # Normal end: every slice reported done and exits. Otherwise (deadline, SIGTERM,
+        # Ctrl-C) the slices are stopped rather than left to run on.
         for worker in workers:
-            worker.join(timeout=5)
-            if worker.is_alive():
+            if len(done) < config.processes:
                 worker.terminate()
-                worker.join(timeout=5)
+            worker.join(timeout=5)
     if len(done) < config.processes:
         raise RuntimeError(f"only {len(done)} of {config.processes} fleet processes finished")
     return FleetStats.merged(list(latest.values()))

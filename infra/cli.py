@@ -4,6 +4,7 @@ import argparse
 import json
 import logging
 import re
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -89,9 +90,11 @@ def print_endpoints(components: dict[str, dict[str, object]]) -> None:
         table.add_column(column)
     for name, info in components.items():
         if "dsn_read_only" in info:
-            endpoint = (
+            endpoint: str = (
                 f"rw: {_display(info['dsn_read_write'])}\nro: {_display(info['dsn_read_only'])}"
             )
+        elif "drivers" in info:
+            endpoint = f"{info['drivers']} simulated drivers"
         else:
             endpoint = _display(info.get("url") or info.get("bootstrap") or info.get("dsn"))
         healthy = "[green]yes[/green]" if info["healthy"] else "[red]no[/red]"
@@ -123,6 +126,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         processes=args.processes,
         max_requests_per_s=args.rate_limit,
     )
+    # `telemetry down` ends a background simulator with SIGTERM: unwind so that
+    # run_fleet stops its load processes.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.plain:
         last = [0.0]
 

@@ -143,13 +143,14 @@ def stop(ref: ProcessRef, *, sig: int = signal.SIGTERM, timeout_s: float = 30.0)
         return
     with contextlib.suppress(ProcessLookupError):
         os.kill(ref.pid, sig)
-    if wait_until(lambda: not ref.alive(), timeout_s):
-        return
+    if not wait_until(lambda: not ref.alive(), timeout_s):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(ref.pid, signal.SIGKILL)
+        wait_until(lambda: not ref.alive(), 10.0)
+    # spawn() made the process a session (and group) leader: whatever it left behind in its
+    # group (helpers, forked workers) is ours to end too.
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(ref.pid, signal.SIGKILL)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(ref.pid, signal.SIGKILL)
-    wait_until(lambda: not ref.alive(), 10.0)
 
 
 def wait_until(condition: Callable[[], bool], timeout_s: float, interval_s: float = 0.1) -> bool:
