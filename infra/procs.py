@@ -177,9 +177,12 @@ def ensure_port_free(port: int, what: str, env_var: str) -> None:
         )
 
 
-def free_port() -> int:
-    """A port the kernel says is free now (for tests and ephemeral stacks)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+def free_port(span: int = 1) -> int:
+    """A port the kernel says is free now, with the `span - 1` ports after it free too
+    (for tests and ephemeral stacks; `ingest-N` listens on port + N - 1)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port: int = sock.getsockname()[1]
+        if port + span <= 65535 and not any(port_open(p) for p in range(port + 1, port + span)):
+            return port

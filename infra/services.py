@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from infra import pgbouncer
+from infra import pgbouncer, redis
 from infra.config import REPO_ROOT, StackConfig
 from infra.procs import ProcessRef, spawn
 
@@ -33,6 +33,7 @@ def specs(config: StackConfig) -> list[ServiceSpec]:
         env = _auth_env("INGEST_", config) | {
             "INGEST_PORT": str(port),
             "INGEST_KAFKA_BOOTSTRAP": config.kafka_bootstrap,
+            "INGEST_REDIS_URL": redis.url(config),
         }
         result.append(ServiceSpec(f"ingest-{i + 1}", "ingest", port, env))
     for i in range(config.stream_workers):

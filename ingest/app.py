@@ -1,10 +1,12 @@
 """The ingest HTTP app: POST /v1/pings and the probes."""
 
+import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Annotated
 
+import redis.asyncio as aioredis
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.responses import Response
 
@@ -12,6 +14,7 @@ from ingest.config import IngestSettings
 from ingest.errors import BrokerUnavailable, InvalidBatch
 from ingest.metrics import IngestMetrics
 from ingest.publisher import PingPublisher
+from ingest.ratelimit import RateLimiter
 from ingest.validation import parse_batch, validate_batch
 from runtime.auth import TokenVerifier, bearer_token, require_role
 from runtime.http import ApiError, install_error_handlers, json_response, metrics_response
@@ -19,10 +22,29 @@ from schemas.auth import Principal, Role
 from schemas.pings import MAX_BATCH_BYTES, PingBatchRecord
 
 Clock = Callable[[], datetime]
+RETRY_1S = {"Retry-After": "1"}
 
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+class InFlight:
+    """A non-blocking counting limit: a request gets a slot now or is refused. (A semaphore
+    would queue the excess: the unbounded buffer the design forbids.)"""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._count = 0
+
+    def try_enter(self) -> bool:
+        if self._count >= self._limit:
+            return False
+        self._count += 1
+        return True
+
+    def leave(self) -> None:
+        self._count -= 1
 
 
 async def read_body_limited(request: Request, limit: int) -> bytes:
@@ -54,12 +76,23 @@ def create_app(settings: IngestSettings, *, clock: Clock = utc_now) -> FastAPI:
         shutdown_timeout_s=settings.shutdown_timeout_s,
         metrics=metrics,
     )
+    limiter = RateLimiter(
+        aioredis.Redis.from_url(
+            settings.redis_url,
+            socket_timeout=settings.redis_timeout_s,
+            socket_connect_timeout=settings.redis_timeout_s,
+        ),
+        rate_per_s=settings.rate_limit_per_s,
+        burst=settings.rate_limit_burst,
+    )
+    in_flight = InFlight(settings.max_in_flight)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await publisher.start()
         yield
         await publisher.close()
+        await limiter.close()
 
     app = FastAPI(title="telemetry ingest", lifespan=lifespan)
     install_error_handlers(app)
@@ -70,6 +103,29 @@ def create_app(settings: IngestSettings, *, clock: Clock = utc_now) -> FastAPI:
 
     Driver = Annotated[Principal, Depends(driver)]
 
+    async def enforce_rate_limit(driver_id: str) -> None:
+        decision = await limiter.check(driver_id)
+        if not decision.checked:
+            metrics.rate_limit_unchecked.inc()
+        if not decision.allowed:
+            metrics.rate_limited.inc()
+            retry_after = str(max(1, math.ceil(decision.retry_after_s)))
+            raise ApiError(429, "rate limit exceeded", headers={"Retry-After": retry_after})
+
+    async def publish(record: PingBatchRecord) -> None:
+        if not in_flight.try_enter():
+            metrics.unavailable.labels("backpressure").inc()
+            raise ApiError(503, "too many requests in flight, retry later", headers=RETRY_1S)
+        metrics.in_flight.inc()
+        try:
+            await publisher.publish(record.driver_id.encode(), record.model_dump_json().encode())
+        except BrokerUnavailable as exc:
+            metrics.unavailable.labels("kafka").inc()
+            raise ApiError(503, "event log unavailable, retry later", headers=RETRY_1S) from exc
+        finally:
+            in_flight.leave()
+            metrics.in_flight.dec()
+
     @app.post("/v1/pings", status_code=202)
     async def post_pings(request: Request, principal: Driver) -> Response:
         body = await read_body_limited(request, MAX_BATCH_BYTES)
@@ -79,18 +135,17 @@ def create_app(settings: IngestSettings, *, clock: Clock = utc_now) -> FastAPI:
             raise ApiError(422, str(exc)) from exc
         now = clock()
         verdict = validate_batch(raw_pings, now)
+        for rejection in verdict.rejected:
+            metrics.rejected.labels(rejection.code).inc()
         rejected = [r.as_dict() for r in verdict.rejected]
-        metrics.rejected.inc(len(rejected))
         if not verdict.accepted:
             raise ApiError(422, "no valid ping in the batch", details={"rejected": rejected})
-        record = PingBatchRecord(driver_id=principal.sub, received_at=now, pings=verdict.accepted)
-        try:
-            await publisher.publish(principal.sub.encode(), record.model_dump_json().encode())
-        except BrokerUnavailable as exc:
-            metrics.unavailable.labels("kafka").inc()
-            raise ApiError(
-                503, "event log unavailable, retry later", headers={"Retry-After": "1"}
-            ) from exc
+        if settings.rate_limit_enabled:
+            await enforce_rate_limit(principal.sub)
+        # One record per request, keyed by driver: the driver id comes from the token only.
+        await publish(
+            PingBatchRecord(driver_id=principal.sub, received_at=now, pings=verdict.accepted)
+        )
         metrics.accepted.inc(len(verdict.accepted))
         return json_response({"accepted": len(verdict.accepted), "rejected": rejected}, 202)
 
@@ -100,11 +155,12 @@ def create_app(settings: IngestSettings, *, clock: Clock = utc_now) -> FastAPI:
 
     @app.get("/readyz")
     async def readyz() -> Response:
+        # Redis is not required: the rate limiter fails open without it.
         if not publisher.ready:
             await publisher.start()
         if publisher.ready:
             return json_response({"status": "ready"})
-        return json_response({"status": "unavailable", "kafka": False}, 503, {"Retry-After": "1"})
+        return json_response({"status": "unavailable", "kafka": False}, 503, RETRY_1S)
 
     @app.get("/metrics")
     async def prometheus() -> Response:

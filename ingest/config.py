@@ -12,7 +12,16 @@ class IngestSettings(ServiceSettings):
     port: int = 18001
     kafka_bootstrap: str = "127.0.0.1:19092"
     pings_topic: str = "pings.v1"
-    # The contract promises a 503 within 2 s when Kafka is down; keep the produce wait under it.
+    # The contract promises a 503 within 2 s when Kafka is down: the whole wait for the
+    # broker (connecting included) stays under it.
     produce_timeout_s: float = 1.5
     # How long a stalled producer may hold up shutdown (aiokafka issue 1101).
     shutdown_timeout_s: float = 5.0
+    # Requests waiting for a Kafka ack at once; beyond it, 503 rather than unbounded memory.
+    max_in_flight: int = 2000
+    redis_url: str = "redis://127.0.0.1:16379/0"
+    redis_timeout_s: float = 0.2
+    # Per driver: an app pings every few seconds and flushes a buffer after a dead zone.
+    rate_limit_per_s: float = 5.0
+    rate_limit_burst: int = 20
+    rate_limit_enabled: bool = True

@@ -1,6 +1,6 @@
 """Ingest's Prometheus metrics, on a registry of the app's own (no global state)."""
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 class IngestMetrics:
@@ -10,10 +10,24 @@ class IngestMetrics:
             "ingest_pings_accepted", "Pings acknowledged by Kafka", registry=self.registry
         )
         self.rejected = Counter(
-            "ingest_pings_rejected", "Pings rejected by validation", registry=self.registry
+            "ingest_pings_rejected",
+            "Pings refused by validation",
+            ["reason"],
+            registry=self.registry,
         )
         self.unavailable = Counter(
             "ingest_unavailable", "Requests answered 503", ["cause"], registry=self.registry
+        )
+        self.rate_limited = Counter(
+            "ingest_rate_limited", "Requests answered 429", registry=self.registry
+        )
+        self.rate_limit_unchecked = Counter(
+            "ingest_rate_limit_fail_open",
+            "Requests let through unchecked because Redis was unavailable",
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "ingest_produce_in_flight", "Requests waiting for a Kafka ack", registry=self.registry
         )
         self.produce_latency = Histogram(
             "ingest_produce_latency_seconds",

@@ -1,4 +1,4 @@
-"""The Kafka adapter: publishes a driver's batch and waits, with a bound, for the ack."""
+"""The Kafka adapter: publishes a driver's batch and waits, within a deadline, for the ack."""
 
 import asyncio
 import logging
@@ -15,7 +15,8 @@ log = logging.getLogger(__name__)
 
 
 class PingPublisher:
-    """Owns one producer; recreates it when the broker was unreachable at start."""
+    """Owns one producer; creates it lazily so the service starts (and answers 503) while
+    the broker is down, and recovers by itself when it returns."""
 
     def __init__(
         self,
@@ -44,38 +45,43 @@ class PingPublisher:
                 return self._producer
             producer = durable_producer(self._bootstrap, client_id="ingest")
             try:
-                # start() itself may hang while no broker answers (aiokafka issue 1101).
-                await asyncio.wait_for(producer.start(), self._timeout_s)
-            except (TimeoutError, KafkaError, OSError) as exc:
-                await self._stop(producer)
-                raise BrokerUnavailable(f"Kafka unreachable: {exc!r}") from exc
+                await producer.start()
+            except BaseException:
+                # Failed or cancelled by the caller's deadline: drop this producer (its
+                # background tasks included) and try a fresh one next time.
+                await asyncio.shield(self._stop(producer))
+                raise
             self._producer = producer
             return producer
 
     async def start(self) -> None:
         """Try once; a broker that is down now must not stop the service from starting."""
         try:
-            await self._ensure_started()
-        except BrokerUnavailable as exc:
-            log.warning("producer not started yet: %s", exc)
+            async with asyncio.timeout(self._timeout_s):
+                await self._ensure_started()
+        except (TimeoutError, KafkaError, OSError) as exc:
+            log.warning("producer not started yet: %r", exc)
 
     async def publish(self, key: bytes, value: bytes) -> None:
-        """Returns once the broker acked (acks=all); BrokerUnavailable otherwise."""
-        producer = await self._ensure_started()
+        """Returns once the broker acked (acks=all); BrokerUnavailable past the deadline."""
         started = time.perf_counter()
         try:
-            await asyncio.wait_for(
-                producer.send_and_wait(self._topic, value=value, key=key), self._timeout_s
-            )
-        except (TimeoutError, KafkaError) as exc:
-            # The record may still be written after we gave up: the client will retry with
+            # One deadline for everything: connecting, queueing and the ack. aiokafka can
+            # otherwise wait forever when every broker is gone (aiokafka issue 1101).
+            async with asyncio.timeout(self._timeout_s):
+                producer = await self._ensure_started()
+                ack = await producer.send(self._topic, value=value, key=key)
+                await ack
+        except (TimeoutError, KafkaError, OSError) as exc:
+            # The record may still be written after we gave up: the client retries with
             # the same ping_ids and the stream deduplicates them (design section 13).
             raise BrokerUnavailable(f"Kafka did not acknowledge: {exc!r}") from exc
         self._metrics.produce_latency.observe(time.perf_counter() - started)
 
     async def _stop(self, producer: AIOKafkaProducer) -> None:
         try:
-            await asyncio.wait_for(producer.stop(), self._shutdown_timeout_s)
+            async with asyncio.timeout(self._shutdown_timeout_s):
+                await producer.stop()
         except (TimeoutError, KafkaError, OSError) as exc:
             log.warning("producer did not stop cleanly: %r", exc)
 

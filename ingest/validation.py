@@ -15,13 +15,28 @@ MAX_AGE = timedelta(days=7)
 
 
 @dataclass(frozen=True, slots=True)
+class Problem:
+    """Why one ping is refused: `code` is a small fixed vocabulary (metrics label on it),
+    `reason` the human sentence."""
+
+    code: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Rejection:
     index: int
     ping_id: str | None
+    code: str
     reason: str
 
     def as_dict(self) -> dict[str, Any]:
-        return {"index": self.index, "ping_id": self.ping_id, "reason": self.reason}
+        return {
+            "index": self.index,
+            "ping_id": self.ping_id,
+            "code": self.code,
+            "reason": self.reason,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,24 +64,36 @@ def parse_batch(body: bytes) -> list[Any]:
     return pings
 
 
-def _reason(exc: ValidationError) -> str:
+def _problem(exc: ValidationError) -> Problem:
+    errors = exc.errors(include_url=False)
     parts = []
-    for err in exc.errors(include_url=False):
+    for err in errors:
         loc = ".".join(str(p) for p in err["loc"])
         parts.append(f"{loc}: {err['msg']}" if loc else err["msg"])
-    return "; ".join(parts)
+    first = errors[0]
+    if first["type"] == "extra_forbidden":
+        code = "unknown_field"
+    elif first["type"] == "model_type":
+        code = "not_an_object"
+    elif first["loc"]:
+        code = str(first["loc"][0])  # a field of Ping: a fixed set
+    elif "(0, 0)" in first["msg"]:
+        code = "null_island"
+    else:
+        code = "invalid"
+    return Problem(code, "; ".join(parts))
 
 
-def validate_ping(raw: Any, now: datetime) -> Ping | str:
-    """The ping, or the reason it is rejected. `now` is injected: the time window moves."""
+def validate_ping(raw: Any, now: datetime) -> Ping | Problem:
+    """The ping, or why it is refused. `now` is injected: the time window moves."""
     try:
         ping = Ping.model_validate(raw)
     except ValidationError as exc:
-        return _reason(exc)
+        return _problem(exc)
     if ping.ts > now + MAX_FUTURE:
-        return "ts: more than 5 minutes in the future"
+        return Problem("ts_future", "ts: more than 5 minutes in the future")
     if ping.ts < now - MAX_AGE:
-        return "ts: more than 7 days old"
+        return Problem("ts_too_old", "ts: more than 7 days old")
     return ping
 
 
@@ -79,5 +106,6 @@ def validate_batch(raw_pings: list[Any], now: datetime) -> BatchVerdict:
             accepted.append(result)
             continue
         ping_id = raw.get("ping_id") if isinstance(raw, dict) else None
-        rejected.append(Rejection(index, ping_id if isinstance(ping_id, str) else None, result))
+        ping_id = ping_id if isinstance(ping_id, str) else None
+        rejected.append(Rejection(index, ping_id, result.code, result.reason))
     return BatchVerdict(accepted, rejected)

@@ -26,7 +26,7 @@ def scratch_config(**overrides: object) -> StackConfig:
     state = Path(tempfile.mkdtemp(prefix="telemetry-test-"))
     state.chmod(0o755)
     ports = {
-        name: free_port()
+        name: free_port(span=4)
         for name in (
             "kafka_port", "kafka_controller_port", "postgres_primary_port",
             "postgres_replica_port", "pgbouncer_port", "redis_port",
@@ -38,7 +38,8 @@ def scratch_config(**overrides: object) -> StackConfig:
 
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Stack]:
-    config = scratch_config()
+    # Two ingest processes: every test also exercises the scale-out path.
+    config = scratch_config(ingest_processes=2)
     running = Stack(config, report=lambda step: print(f"[stack] {step}", flush=True))
     try:
         running.up()
