@@ -17,8 +17,58 @@ def write_json(report: dict[str, Any], path: Path) -> Path:
     return path
 
 
+def plot_phases(report: dict[str, Any], path: Path) -> Path:
+    """One bar per phase: accepted pings/s, latency p50/p99, CPU of the busiest components."""
+    phases = report["phases"]
+    names = [p["name"] for p in phases]
+    fig, axes = plt.subplots(1, 3, figsize=(20, 7))
+    fig.suptitle(f"{report['scenario']} - {report['started_at']}")
+    ax = axes[0]
+    ax.barh(names, [p.get("accepted_pings_per_s", 0.0) for p in phases])
+    ax.set_xscale("log")
+    ax.set_title("accepted pings/s (log scale)")
+    ax = axes[1]
+    y = range(len(phases))
+    ax.barh(
+        [i + 0.2 for i in y],
+        [p.get("latency_ms", {}).get("p99", 0.0) for p in phases],
+        0.4,
+        label="p99",
+    )
+    ax.barh(
+        [i - 0.2 for i in y],
+        [p.get("latency_ms", {}).get("p50", 0.0) for p in phases],
+        0.4,
+        label="p50",
+    )
+    ax.set_yticks(list(y), names)
+    ax.set_xscale("log")
+    ax.set_title("request latency, ms (log scale)")
+    ax.legend()
+    ax = axes[2]
+    components = sorted({c for p in phases for c in p.get("cpu_pct", {})})
+    width = 0.8 / max(1, len(components))
+    for k, component in enumerate(components):
+        ax.barh(
+            [i - 0.4 + k * width for i in y],
+            [p.get("cpu_pct", {}).get(component, 0.0) for p in phases],
+            width,
+            label=component,
+        )
+    ax.set_yticks(list(y), names)
+    ax.set_title("mean CPU % per component")
+    ax.legend(fontsize="x-small")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
 def plot(report: dict[str, Any], path: Path) -> Path:
     """Throughput, latency percentiles, consumer lag and CPU per component."""
+    if "phases" in report:
+        return plot_phases(report, path)
     progress = report.get("progress", [])
     samples = report.get("samples", [])
     fig, axes = plt.subplots(2, 2, figsize=(12, 8))

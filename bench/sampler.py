@@ -15,14 +15,24 @@ from runtime.kafka_lag import consumer_group_lag
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time of a process so far."""
-    try:
-        stat = open(f"/proc/{pid}/stat").read()  # noqa: SIM115
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+def session_cpu_seconds() -> dict[int, float]:
+    """User + system CPU seconds so far of every process, summed by session id. The stack
+    starts each component as a session leader, so a component's session holds its workers
+    too (PostgreSQL's backends, for one)."""
+    totals: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        session = int(fields[3])
+        totals[session] = (
+            totals.get(session, 0.0) + (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        )
+    return totals
 
 
 @dataclass
@@ -32,6 +42,8 @@ class Sampler:
     group: str
     topics: list[str]
     interval_s: float = 1.0
+    # Lag needs Kafka clients every sample: off where only CPU matters (it costs CPU too).
+    sample_lag: bool = True
     samples: list[dict[str, Any]] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -47,6 +59,15 @@ class Sampler:
             self._thread.join(timeout=30)
         return self.samples
 
+    def mean_cpu_pct(self) -> dict[str, float]:
+        names = {name for s in self.samples for name in s["cpu_pct"]}
+        return {
+            name: round(
+                sum(s["cpu_pct"].get(name, 0.0) for s in self.samples) / len(self.samples), 1
+            )
+            for name in sorted(names)
+        }
+
     def _lag(self) -> tuple[int, float] | None:
         try:
             lags = asyncio.run(
@@ -58,19 +79,17 @@ class Sampler:
 
     def _run(self) -> None:
         started = time.monotonic()
-        last_cpu = {name: cpu_seconds(ref.pid) for name, ref in self.processes.items()}
+        last_cpu = session_cpu_seconds()
         last_t = started
         while not self._stop.wait(self.interval_s):
             now = time.monotonic()
+            current = session_cpu_seconds()
             cpu: dict[str, float] = {}
             for name, ref in self.processes.items():
-                current = cpu_seconds(ref.pid)
-                before = last_cpu.get(name)
-                if current is not None and before is not None:
-                    cpu[name] = 100.0 * (current - before) / (now - last_t)
-                last_cpu[name] = current
-            last_t = now
-            lag = self._lag()
+                if ref.pid in current and ref.pid in last_cpu:
+                    cpu[name] = 100.0 * (current[ref.pid] - last_cpu[ref.pid]) / (now - last_t)
+            last_cpu, last_t = current, now
+            lag = self._lag() if self.sample_lag else None
             self.samples.append(
                 {
                     "t_s": round(now - started, 2),

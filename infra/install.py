@@ -18,13 +18,13 @@ DEBIAN_PACKAGES = {
 }
 
 
-def missing_debian_packages() -> list[str]:
-    return [pkg for pkg, probe in DEBIAN_PACKAGES.items() if not probe.exists()]
+def missing_debian_packages(packages: dict[str, Path]) -> list[str]:
+    return [pkg for pkg, probe in packages.items() if not probe.exists()]
 
 
-def ensure_debian_packages() -> list[str]:
+def ensure_debian_packages(packages: dict[str, Path] = DEBIAN_PACKAGES) -> list[str]:
     """Installs the missing packages with apt-get; returns what it installed."""
-    missing = missing_debian_packages()
+    missing = missing_debian_packages(packages)
     if not missing:
         return []
     if not running_as_root() or shutil.which("apt-get") is None:
@@ -39,7 +39,7 @@ def ensure_debian_packages() -> list[str]:
         # A fresh machine has no package lists yet: update once, then try again.
         run(["apt-get", "update", "-q"], env=env, timeout_s=600)
         run(["apt-get", "install", "-y", "-q", *missing], env=env, timeout_s=900)
-    still = missing_debian_packages()
+    still = missing_debian_packages(packages)
     if still:
         raise StackError(f"apt-get ran but these are still missing: {' '.join(still)}")
     return missing

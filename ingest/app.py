@@ -15,7 +15,7 @@ from ingest.errors import BrokerUnavailable, InvalidBatch
 from ingest.metrics import IngestMetrics
 from ingest.publisher import PingPublisher
 from ingest.ratelimit import RateLimiter
-from ingest.validation import parse_batch, validate_batch
+from ingest.validation import validate_body
 from runtime.auth import TokenVerifier, bearer_token, require_role
 from runtime.http import ApiError, install_error_handlers, json_response, metrics_response
 from schemas.auth import Principal, Role
@@ -129,12 +129,11 @@ def create_app(settings: IngestSettings, *, clock: Clock = utc_now) -> FastAPI:
     @app.post("/v1/pings", status_code=202)
     async def post_pings(request: Request, principal: Driver) -> Response:
         body = await read_body_limited(request, MAX_BATCH_BYTES)
+        now = clock()
         try:
-            raw_pings = parse_batch(body)
+            verdict = validate_body(body, now)
         except InvalidBatch as exc:
             raise ApiError(422, str(exc)) from exc
-        now = clock()
-        verdict = validate_batch(raw_pings, now)
         for rejection in verdict.rejected:
             metrics.rejected.labels(rejection.code).inc()
         rejected = [r.as_dict() for r in verdict.rejected]

@@ -1,7 +1,8 @@
 """JWT: Ed25519-signed tokens. Services verify with the public key; only tooling signs."""
 
 import time
-from collections.abc import Iterable
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +27,26 @@ class ForbiddenError(Exception):
 
 
 class TokenVerifier:
-    def __init__(self, public_key: Ed25519PublicKey, *, audience: str, issuer: str) -> None:
+    """Verifies tokens, remembering the ones it verified: a driver app sends the same token
+    with every ping, and the signature check is most of the cost of a small request. The
+    cache is keyed by the whole token (signature included), bounded, and an entry never
+    outlives its token's `exp`."""
+
+    def __init__(
+        self,
+        public_key: Ed25519PublicKey,
+        *,
+        audience: str,
+        issuer: str,
+        cache_size: int = 100_000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._key = public_key
         self._audience = audience
         self._issuer = issuer
+        self._cache: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
+        self._cache_size = cache_size
+        self._clock = clock
 
     @classmethod
     def from_file(cls, path: Path, *, audience: str, issuer: str) -> "TokenVerifier":
@@ -39,6 +56,21 @@ class TokenVerifier:
         return cls(key, audience=audience, issuer=issuer)
 
     def verify(self, token: str) -> Principal:
+        cached = self._cache.get(token)
+        if cached is not None:
+            principal, expires_at = cached
+            if self._clock() < expires_at:
+                self._cache.move_to_end(token)
+                return principal
+            del self._cache[token]
+            raise AuthError("invalid token: Signature has expired")
+        principal, expires_at = self._verify(token)
+        self._cache[token] = (principal, expires_at)
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return principal
+
+    def _verify(self, token: str) -> tuple[Principal, float]:
         try:
             claims = jwt.decode(
                 token,
@@ -48,7 +80,8 @@ class TokenVerifier:
                 issuer=self._issuer,
                 options={"require": REQUIRED_CLAIMS},
             )
-            return Principal(sub=str(claims["sub"]), role=Role(claims["role"]))
+            principal = Principal(sub=str(claims["sub"]), role=Role(claims["role"]))
+            return principal, float(claims["exp"])
         except (jwt.PyJWTError, KeyError, ValueError) as exc:
             raise AuthError(f"invalid token: {exc}") from exc
 

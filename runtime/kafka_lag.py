@@ -4,9 +4,11 @@ in seconds (the age of the oldest record not yet committed). Reused by ops and b
 import asyncio
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import CoordinatorLoadInProgressError, GroupCoordinatorNotAvailableError
 
 
 @dataclass(frozen=True)
@@ -62,12 +64,14 @@ async def _lag(
     timeout_s: float,
     now_s: float | None,
 ) -> list[PartitionLag]:
-    await asyncio.wait_for(consumer.topics(), timeout_s)  # refreshes the cluster metadata
+    described = await asyncio.wait_for(admin.describe_topics(topics), timeout_s)
     partitions: list[TopicPartition] = []
-    for topic in topics:
-        ids = consumer.partitions_for_topic(topic) or set()
-        partitions += [TopicPartition(topic, p) for p in sorted(ids)]
-    committed_raw = await asyncio.wait_for(admin.list_consumer_group_offsets(group), timeout_s)
+    for topic in described:
+        if topic["error_code"] != 0:
+            raise LookupError(f"topic {topic['topic']!r}: Kafka error {topic['error_code']}")
+        ids = sorted(p["partition"] for p in topic["partitions"])
+        partitions += [TopicPartition(topic["topic"], p) for p in ids]
+    committed_raw = await _committed_offsets(admin, group, timeout_s)
     committed = {tp: meta.offset for tp, meta in committed_raw.items() if meta.offset >= 0}
     ends = await asyncio.wait_for(consumer.end_offsets(partitions), timeout_s)
     beginnings = await asyncio.wait_for(consumer.beginning_offsets(partitions), timeout_s)
@@ -90,6 +94,24 @@ async def _lag(
         )
         for tp in partitions
     ]
+
+
+async def _committed_offsets(
+    admin: AIOKafkaAdminClient, group: str, timeout_s: float
+) -> dict[TopicPartition, Any]:
+    # A fresh cluster creates __consumer_offsets on the first coordinator lookup and says
+    # "coordinator not available" until it is ready: retry that within the deadline.
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            result: dict[TopicPartition, Any] = await asyncio.wait_for(
+                admin.list_consumer_group_offsets(group), timeout_s
+            )
+            return result
+        except (GroupCoordinatorNotAvailableError, CoordinatorLoadInProgressError):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
 
 
 async def _oldest_timestamps(

@@ -10,14 +10,24 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from runtime.postgres import open_pool
 from schemas import topics
+from schemas.pings import PingBatchRecord
+from schemas.positions import PositionUpdate
+from streams.clean import LATE, TELEPORT, CleanBatch, CleanPing
 from streams.config import StreamsSettings
 from streams.decode import split_batch
 from streams.errors import SinkUnavailable
 from streams.metrics import StreamsMetrics
-from streams.rows import ping_rows
 from streams.sink import PingSink
 
 log = logging.getLogger(__name__)
+
+
+def position_update(moved: CleanPing) -> PositionUpdate:
+    p = moved.ping
+    return PositionUpdate(
+        driver_id=moved.driver_id, ping_id=p.ping_id, ts=p.ts, lat=p.lat, lon=p.lon,
+        speed_mps=p.speed_mps, heading_deg=p.heading_deg, job_id=p.job_id,
+    )  # fmt: skip
 
 
 def create_app(settings: StreamsSettings, metrics: StreamsMetrics | None = None) -> faust.App:
@@ -44,6 +54,7 @@ def create_app(settings: StreamsSettings, metrics: StreamsMetrics | None = None)
         value_serializer="raw",
         partitions=topics.DRIVER_TOPIC_PARTITIONS,
     )
+    positions = app.topic(settings.positions_topic, key_serializer="raw", value_serializer="raw")
     dlq = app.topic(topics.dlq(settings.pings_topic), key_serializer="raw", value_serializer="raw")
     state: dict[str, Any] = {}
 
@@ -57,15 +68,15 @@ def create_app(settings: StreamsSettings, metrics: StreamsMetrics | None = None)
         result: PingSink = state["sink"]
         return result
 
-    async def write_until_done(rows: list[Any]) -> None:
-        # Offsets of this batch are acked only when this returns, so retrying here (rather
-        # than skipping) is what keeps at-least-once: nothing is committed past unwritten rows.
+    async def write_until_done(records: list[PingBatchRecord]) -> CleanBatch:
+        # The batch's offsets are acked only when this returns, so retrying here (rather
+        # than skipping) keeps at-least-once: nothing is committed past unwritten rows.
         backoff_s = 0.1
         target = await sink()
         while True:
             started = time.perf_counter()
             try:
-                await target.write(rows)
+                batch = await target.write(records)
             except SinkUnavailable as exc:
                 metrics.sink_failures.inc()
                 log.warning("sink write failed, retrying in %.1f s: %s", backoff_s, exc)
@@ -73,7 +84,7 @@ def create_app(settings: StreamsSettings, metrics: StreamsMetrics | None = None)
                 backoff_s = min(backoff_s * 2, settings.retry_backoff_max_s)
                 continue
             metrics.flush_latency.observe(time.perf_counter() - started)
-            return
+            return batch
 
     @app.agent(pings)
     async def process_pings(stream: Any) -> None:
@@ -86,21 +97,30 @@ def create_app(settings: StreamsSettings, metrics: StreamsMetrics | None = None)
                     key=bad.key, value=bad.value, headers={"error": bad.error.encode()[:4000]}
                 )
             metrics.poison.inc(len(poison))
-            rows = ping_rows(records)
-            await write_until_done(rows)
+            batch = await write_until_done(records)
+            # After the commit: the notifier only ever hears of positions that are stored.
+            for moved in batch.moved.values():
+                update = position_update(moved)
+                await positions.send(
+                    key=moved.driver_id.encode(), value=update.model_dump_json().encode()
+                )
             metrics.records.inc(len(records))
-            metrics.pings.inc(len(rows))
+            metrics.pings.inc(len(batch.pings))
+            for flag in (TELEPORT, LATE):
+                metrics.flagged.labels(flag).inc(sum(1 for p in batch.pings if flag in p.flags))
 
     async def maintain_partitions() -> None:
         try:
-            created = await (await sink()).ensure_partitions(
+            target = await sink()
+            created = await target.ensure_partitions(
                 settings.partition_days_back, settings.partition_days_ahead
             )
+            dropped = await target.drop_partitions_older_than(settings.retention_days)
         except Exception as exc:  # maintenance must never kill the worker; it runs again
             log.warning("partition maintenance failed: %r", exc)
             return
-        if created:
-            log.info("created %d pings partitions", created)
+        if created or dropped:
+            log.info("pings partitions: %d created, %d dropped", created, dropped)
 
     # Every worker keeps the daily partitions ahead: at start, then periodically. Idempotent.
     app.task(maintain_partitions)

@@ -1,5 +1,8 @@
 """Streams settings (env prefix STREAMS_)."""
 
+from typing import Self
+
+from pydantic import model_validator
 from pydantic_settings import SettingsConfigDict
 
 from runtime.settings import ServiceSettings
@@ -11,6 +14,7 @@ class StreamsSettings(ServiceSettings):
     app_id: str = "telemetry-streams"
     kafka_bootstrap: str = "127.0.0.1:19092"
     pings_topic: str = "pings.v1"
+    positions_topic: str = "positions.v1"
     # Through PgBouncer to the primary.
     database_dsn: str = "host=127.0.0.1 port=16432 dbname=telemetry user=telemetry"
     pool_max_size: int = 4
@@ -23,4 +27,13 @@ class StreamsSettings(ServiceSettings):
     retry_backoff_max_s: float = 5.0
     partition_days_back: int = 8
     partition_days_ahead: int = 3
+    retention_days: int = 30
     maintenance_interval_s: float = 3600.0
+
+    @model_validator(mode="after")
+    def _retention_keeps_the_accepted_window(self) -> Self:
+        # Partitions are created `partition_days_back` days back for pings ingest still
+        # accepts; a shorter retention would drop them again at once.
+        if self.retention_days <= self.partition_days_back:
+            raise ValueError("retention_days must be greater than partition_days_back")
+        return self

@@ -13,6 +13,12 @@ class StreamsMetrics:
             "streams_pings_written", "Pings written to history", registry=self.registry
         )
         self.poison = Counter("streams_poison", "Records sent to the DLQ", registry=self.registry)
+        self.flagged = Counter(
+            "streams_pings_flagged",
+            "Pings kept in history but flagged",
+            ["flag"],
+            registry=self.registry,
+        )
         self.sink_failures = Counter(
             "streams_sink_failures", "Failed sink writes (retried)", registry=self.registry
         )

@@ -1,29 +1,37 @@
-"""Pure mapping from decoded batches to `pings` rows, in the sink's column order."""
+"""Pure mapping from cleaned pings to `pings` rows, in the sink's column order."""
 
 from datetime import datetime
 from uuid import UUID
 
-from schemas.pings import PingBatchRecord
+import h3
+
+from streams.clean import CleanPing
+
+H3_RESOLUTION = 8  # cells of about 0.7 km2: a few city blocks
 
 PING_COLUMNS = (
     "driver_id", "ts", "ping_id", "lat", "lon", "accuracy_m", "speed_mps",
-    "heading_deg", "battery_pct", "job_id", "received_at", "flags",
+    "heading_deg", "battery_pct", "job_id", "received_at", "flags", "h3_cell",
 )  # fmt: skip
 PING_TYPES = (
     "text", "timestamptz", "uuid", "float8", "float8", "float4", "float4",
-    "float4", "float4", "uuid", "timestamptz", "text[]",
+    "float4", "float4", "uuid", "timestamptz", "text[]", "int8",
 )  # fmt: skip
 
 PingRow = tuple[
     str, datetime, UUID, float, float, float | None, float | None,
-    float | None, float | None, UUID | None, datetime, list[str],
+    float | None, float | None, UUID | None, datetime, list[str], int,
 ]  # fmt: skip
 
 
-def ping_rows(records: list[PingBatchRecord]) -> list[PingRow]:
+def h3_cell(lat: float, lon: float) -> int:
+    return int(h3.str_to_int(h3.latlng_to_cell(lat, lon, H3_RESOLUTION)))
+
+
+def ping_rows(pings: list[CleanPing]) -> list[PingRow]:
     return [
-        (record.driver_id, p.ts, p.ping_id, p.lat, p.lon, p.accuracy_m, p.speed_mps,
-         p.heading_deg, p.battery_pct, p.job_id, record.received_at, [])
-        for record in records
-        for p in record.pings
+        (c.driver_id, c.ping.ts, c.ping.ping_id, c.ping.lat, c.ping.lon, c.ping.accuracy_m,
+         c.ping.speed_mps, c.ping.heading_deg, c.ping.battery_pct, c.ping.job_id, c.received_at,
+         list(c.flags), h3_cell(c.ping.lat, c.ping.lon))
+        for c in pings
     ]  # fmt: skip

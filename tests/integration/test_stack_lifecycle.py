@@ -2,11 +2,16 @@
 
 import shutil
 import socket
+import uuid
+from datetime import UTC, datetime
 
+import httpx
 import pytest
 
 from infra.procs import StackError
 from infra.stack import Stack
+from runtime.auth import issue_token
+from schemas.auth import Role
 from tests.integration.conftest import scratch_config
 
 pytestmark = pytest.mark.integration
@@ -45,3 +50,22 @@ def test_up_again_is_idempotent_and_status_reports_every_component(stack: Stack)
         assert status[name]["pid"] == pids[name]
     assert status["kafka"]["bootstrap"] == stack.config.kafka_bootstrap
     assert "dbname=telemetry_ro" in status["pgbouncer"]["dsn_read_only"]
+
+
+def test_every_ingest_process_serves(stack: Stack) -> None:
+    # The test stack runs `--ingest 2`: both processes accept pings on their own ports.
+    urls = [r.endpoint["url"] for n, r in stack.records.items() if n.startswith("ingest-")]
+    assert len(urls) == 2
+    token = issue_token(stack.config.jwt_private_key, sub="drv-scale", role=Role.DRIVER)
+    for url in urls:
+        ping = {
+            "ping_id": str(uuid.uuid4()),
+            "ts": datetime.now(UTC).isoformat(),
+            "lat": 1.5,
+            "lon": 2.5,
+        }
+        r = httpx.post(
+            f"{url}/v1/pings", json={"pings": [ping]}, headers={"Authorization": f"Bearer {token}"}
+        )
+        assert r.status_code == 202, url
+    assert stack.status()["ingest-2"]["healthy"]

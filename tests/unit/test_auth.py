@@ -144,3 +144,31 @@ def test_roles_are_enforced() -> None:
     assert require_role(driver, [Role.DRIVER]) is driver
     with pytest.raises(ForbiddenError):
         require_role(driver, [Role.DISPATCHER, Role.OPS])
+
+
+def test_a_cached_token_still_expires(keys: tuple[Path, Path]) -> None:
+    now = [time.time()]
+    verifier = TokenVerifier.from_file(keys[1], audience=JWT_AUDIENCE, issuer=JWT_ISSUER)
+    verifier._clock = lambda: now[0]  # type: ignore[method-assign]
+    token = issue_token(keys[0], sub="d", role=Role.DRIVER, ttl_s=60, now=time.time())
+    assert verifier.verify(token).sub == "d"
+    assert verifier.verify(token).sub == "d"  # from the cache
+    now[0] = time.time() + 61
+    with pytest.raises(AuthError):
+        verifier.verify(token)
+
+
+def test_the_cache_is_bounded_and_never_trusts_a_changed_token(keys: tuple[Path, Path]) -> None:
+    verifier = TokenVerifier(
+        serialization.load_pem_public_key(keys[1].read_bytes()),  # type: ignore[arg-type]
+        audience=JWT_AUDIENCE,
+        issuer=JWT_ISSUER,
+        cache_size=3,
+    )
+    tokens = [issue_token(keys[0], sub=f"d{i}", role=Role.DRIVER) for i in range(10)]
+    for t in tokens:
+        verifier.verify(t)
+    assert len(verifier._cache) == 3
+    head, payload, signature = tokens[-1].split(".")
+    with pytest.raises(AuthError):
+        verifier.verify(f"{head}.{payload}.{signature[:-1]}{'A' if signature[-1] != 'A' else 'B'}")

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ingest.errors import InvalidBatch
-from ingest.validation import Problem, parse_batch, validate_batch, validate_ping
+from ingest.validation import Problem, parse_batch, validate_batch, validate_body, validate_ping
 from schemas.pings import Ping
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
@@ -132,3 +132,28 @@ def test_every_ping_is_either_accepted_or_rejected_with_a_reason(raw: list[Any])
     for ping in verdict.accepted:
         assert -90 <= ping.lat <= 90 and -180 <= ping.lon <= 180
         assert NOW - timedelta(days=7) <= ping.ts <= NOW + timedelta(minutes=5)
+
+
+def test_the_fast_path_and_the_ping_by_ping_path_agree() -> None:
+    all_good = [good(), good(), good()]
+    verdict = validate_body(orjson.dumps({"pings": all_good}), NOW)
+    assert [str(p.ping_id) for p in verdict.accepted] == [p["ping_id"] for p in all_good]
+    assert verdict.rejected == []
+
+    stale = good(ts=(NOW - timedelta(days=8)).isoformat())
+    mixed = [good(), stale, good(lat=100.0), good()]
+    fast = validate_body(orjson.dumps({"pings": mixed}), NOW)
+    slow = validate_batch(mixed, NOW)
+    assert fast == slow
+    assert [r.index for r in fast.rejected] == [1, 2]
+    # Only the time window is wrong: structurally valid, still reported per ping.
+    only_stale = validate_body(orjson.dumps({"pings": [good(), stale]}), NOW)
+    assert [(r.index, r.code) for r in only_stale.rejected] == [(1, "ts_too_old")]
+    assert len(only_stale.accepted) == 1
+
+
+def test_a_body_that_is_no_batch_is_refused_whole_on_either_path() -> None:
+    with pytest.raises(InvalidBatch):
+        validate_body(b'{"pings": []}', NOW)
+    with pytest.raises(InvalidBatch):
+        validate_body(b"\xff", NOW)

@@ -1,0 +1,220 @@
+"""ingest: how many pings/s one ingest process accepts, and at what latency, beside the
+ceiling (a bare aiokafka producer sending the same records) and the floor (the naive design:
+one INSERT per ping inside the request), all measured in the same run on the same stack.
+
+Load comes from wrk (C) with a Lua script, so the generator is not the bottleneck; its CPU
+is reported. Options (--set KEY=VALUE): duration_s (per phase, default 20), connections
+(default 64), drivers (distinct tokens, default 20000), fixed_rate (requests/s of single
+pings for the latency phase, default 3750)."""
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench.baselines.bare_producer import produce
+from bench.harness import STREAMS_GROUP
+from bench.sampler import Sampler
+from bench.wrk_runner import run_wrk
+from infra import install, pgbouncer
+from infra.config import REPO_ROOT
+from infra.procs import ProcessRef, free_port, port_open, spawn, stop, wait_until
+from infra.stack import Stack
+from runtime.auth import issue_token
+from runtime.kafka_lag import consumer_group_lag
+from schemas import topics
+from schemas.auth import Role
+from schemas.pings import Ping, PingBatchRecord
+
+
+def _tokens_file(stack: Stack, drivers: int, path: Path) -> Path:
+    key = stack.config.jwt_private_key
+    prefix = f"bench{uuid.uuid4().hex[:6]}"
+    path.write_text(
+        "\n".join(
+            issue_token(key, sub=f"{prefix}-{i}", role=Role.DRIVER, ttl_s=7200)
+            for i in range(drivers)
+        )
+    )
+    return path
+
+
+def _records(count: int, batch: int) -> list[tuple[bytes, bytes]]:
+    """The records ingest would produce for `count` requests of `batch` pings."""
+    now = datetime.now(UTC)
+    out = []
+    for i in range(count):
+        driver = f"bare-{i % 5000}"
+        pings = [
+            Ping(ping_id=uuid.uuid4(), ts=now, lat=12.9 + j * 1e-5, lon=77.6, speed_mps=5.0)
+            for j in range(batch)
+        ]
+        record = PingBatchRecord(driver_id=driver, received_at=now, pings=pings)
+        out.append((driver.encode(), record.model_dump_json().encode()))
+    return out
+
+
+def _drain(stack: Stack, timeout_s: float = 300.0) -> float:
+    """Waits until the stream has caught up (no lag), so that its catching up after a
+    phase does not take CPU from the next one. Returns the seconds it took."""
+    started = time.monotonic()
+
+    def caught_up() -> bool:
+        lags = asyncio.run(
+            consumer_group_lag(stack.config.kafka_bootstrap, STREAMS_GROUP, [topics.PINGS])
+        )
+        return sum(p.lag_messages for p in lags) == 0
+
+    wait_until(caught_up, timeout_s, interval_s=1.0)
+    return round(time.monotonic() - started, 1)
+
+
+@contextlib.contextmanager
+def _paused(ref: ProcessRef) -> Iterator[None]:
+    """Freezes a process (SIGSTOP) for the block: isolates ingest from the stream's CPU."""
+    os.kill(ref.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(ref.pid, signal.SIGCONT)
+
+
+@contextlib.contextmanager
+def _naive_endpoint(stack: Stack) -> Iterator[tuple[str, ProcessRef]]:
+    port = free_port()
+    ref = spawn(
+        [sys.executable, "-m", "bench.baselines.naive_ingest"],
+        log_path=stack.config.logs_dir / "bench-naive.log",
+        env={
+            "NAIVE_PORT": str(port),
+            "NAIVE_DSN": pgbouncer.dsn(stack.config, read_only=False),
+            "NAIVE_JWT_PUBLIC_KEY_PATH": str(stack.config.jwt_public_key),
+        },
+        cwd=REPO_ROOT,
+    )
+    try:
+        if not wait_until(lambda: port_open(port), 30):
+            raise RuntimeError("the naive baseline endpoint did not start")
+        yield f"http://127.0.0.1:{port}/v1/pings", ref
+    finally:
+        stop(ref)
+
+
+def _measured(
+    stack: Stack, name: str, extra: dict[str, ProcessRef], body: Callable[[], dict[str, Any]]
+) -> dict[str, Any]:
+    processes = {n: r.ref for n, r in stack.records.items() if r.ref.alive()} | extra
+    sampler = Sampler(processes, stack.config.kafka_bootstrap, "", [], sample_lag=False).start()
+    try:
+        result = body()
+    finally:
+        sampler.stop()
+    return {"name": name, **result, "cpu_pct": sampler.mean_cpu_pct()}
+
+
+def run(stack: Stack, options: dict[str, Any]) -> dict[str, Any]:
+    install.ensure_debian_packages({"wrk": Path("/usr/bin/wrk")})
+    duration = int(options.get("duration_s", 20))
+    connections = int(options.get("connections", 64))
+    fixed_rate = float(options.get("fixed_rate", 3750))
+    workdir = stack.config.state_dir / "bench"
+    workdir.mkdir(parents=True, exist_ok=True)
+    tokens = _tokens_file(stack, int(options.get("drivers", 20000)), workdir / "tokens.txt")
+    ingest_url = stack.records["ingest-1"].endpoint["url"] + "/v1/pings"
+    streams = [r.ref for n, r in stack.records.items() if n.startswith("streams-")]
+    phases: list[dict[str, Any]] = []
+
+    def wrk_phase(
+        name: str,
+        url: str,
+        batch: int,
+        rate: float = 0.0,
+        conns: int = connections,
+        extra: dict[str, ProcessRef] | None = None,
+    ) -> None:
+        def body() -> dict[str, Any]:
+            result = run_wrk(
+                url, tokens, batch=batch, duration_s=duration, connections=conns, rate_per_s=rate
+            )
+            return {"batch": batch, "offered_requests_per_s": rate or None, **result.summary(batch)}
+
+        phases.append(_measured(stack, name, extra or {}, body))
+        phases[-1]["drain_s"] = _drain(stack)
+
+    # The ceiling: the same kind of records, straight into the broker.
+    records = _records(2000, 100)
+
+    def bare() -> dict[str, Any]:
+        result = asyncio.run(produce(stack.config.kafka_bootstrap, topics.PINGS, records, duration))
+        return {
+            "batch": 100,
+            "seconds": round(result.seconds, 2),
+            "records_per_s": round(result.records_per_s, 1),
+            "accepted_pings_per_s": round(result.records_per_s * 100, 1),
+        }
+
+    _drain(stack)
+    phases.append(_measured(stack, "bare producer (ceiling), 100/record", {}, bare))
+    phases[-1]["drain_s"] = _drain(stack)
+    wrk_phase("ingest, 100/request, whole stack", ingest_url, 100)
+    with contextlib.ExitStack() as paused:
+        for ref in streams:
+            paused.enter_context(_paused(ref))
+        wrk_phase("ingest, 100/request, streams paused", ingest_url, 100)
+        wrk_phase("ingest, 1/request, streams paused", ingest_url, 1)
+    wrk_phase("ingest, 1/request, whole stack", ingest_url, 1)
+    # The latency goal's load (15,000 drivers, a ping every 4 s): as single-ping requests,
+    # and as the same pings/s in 10-ping requests.
+    # wrk paces each connection by a delay after each answer, so an offered rate is only
+    # reached with connections enough that the delay dwarfs the latency.
+    wrk_phase(
+        f"ingest, 1/request at {fixed_rate:.0f} req/s offered", ingest_url, 1, fixed_rate, 1024
+    )
+    wrk_phase(
+        f"ingest, 10/request at {fixed_rate / 10:.0f} req/s offered",
+        ingest_url,
+        10,
+        fixed_rate / 10,
+        512,
+    )
+    with _naive_endpoint(stack) as (naive_url, naive):
+        extra = {"naive": naive}
+        wrk_phase("naive insert-per-ping (floor), 100/request", naive_url, 100, extra=extra)
+        wrk_phase("naive insert-per-ping (floor), 1/request", naive_url, 1, extra=extra)
+    return {
+        "config": {
+            "duration_s": duration,
+            "connections": connections,
+            "fixed_rate": fixed_rate,
+            "ingest_processes": sum(1 for n in stack.records if n.startswith("ingest-")),
+            "cpus": os.cpu_count(),
+        },
+        "phases": phases,
+    }
+
+
+def summary(report: dict[str, Any]) -> list[str]:
+    config = report["config"]
+    lines = [
+        f"{config['cpus']} cores, whole stack on the same machine; {config['duration_s']} s "
+        f"per phase; wrk with {config['connections']} connections"
+    ]
+    for p in report["phases"]:
+        line = f"{p['name']}: {p['accepted_pings_per_s']:,.0f} pings/s"
+        if "requests_per_s" in p:
+            lat = p["latency_ms"]
+            line += (
+                f", {p['requests_per_s']:,.0f} req/s, p50 {lat['p50']:.1f} ms, "
+                f"p99 {lat['p99']:.1f} ms, statuses {p['statuses']}, "
+                f"wrk CPU {p['generator_cpu_cores']} cores"
+            )
+        cpu = ", ".join(f"{k} {v:.0f}%" for k, v in p["cpu_pct"].items() if v >= 5)
+        lines.append(f"{line}; CPU: {cpu}")
+    return lines
