@@ -17,7 +17,7 @@ from infra.config import REPO_ROOT
 from infra.stack import Stack
 from schemas import topics
 
-SCENARIOS = ("smoke", "ingest")
+SCENARIOS = ("smoke", "ingest", "pipeline")
 PERCENTILES = (50.0, 75.0, 90.0, 95.0, 99.0, 99.9, 100.0)
 STREAMS_GROUP = "telemetry-streams"
 

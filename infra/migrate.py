@@ -3,6 +3,7 @@
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -25,8 +26,31 @@ class MigrationError(Exception):
     """A migration failed, or one already applied was edited afterwards."""
 
 
-def discover(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
-    return [Migration(p.stem, p.read_text()) for p in sorted(directory.glob("*.sql"))]
+TIMESCALE_SUFFIX = ".timescale"
+
+
+def discover(directory: Path = MIGRATIONS_DIR, *, timescale: bool = False) -> list[Migration]:
+    """The migrations in order. `NNNN_name.timescale.sql`, where present, replaces
+    `NNNN_name.sql` on a TimescaleDB database."""
+    migrations = []
+    for path in sorted(directory.glob("*.sql")):
+        if path.stem.endswith(TIMESCALE_SUFFIX):
+            continue
+        variant = path.with_name(path.stem + TIMESCALE_SUFFIX + ".sql")
+        chosen = variant if timescale and variant.exists() else path
+        migrations.append(Migration(path.stem, chosen.read_text()))
+    return migrations
+
+
+def uses_timescale(conn: psycopg.Connection[Any], fresh: bool) -> bool:
+    """TimescaleDB when the database already has it, or when it is new and the server
+    offers it: a database keeps the storage it was created with."""
+    if conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'").fetchone():
+        return True
+    available = conn.execute(
+        "SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'"
+    ).fetchone()
+    return fresh and available is not None
 
 
 def apply_all(dsn: str, migrations: list[Migration] | None = None) -> list[str]:
@@ -44,7 +68,9 @@ def apply_all(dsn: str, migrations: list[Migration] | None = None) -> list[str]:
             applied: dict[str, str] = dict(
                 conn.execute("SELECT version, checksum FROM schema_migrations").fetchall()
             )
-            for migration in migrations if migrations is not None else discover():
+            if migrations is None:
+                migrations = discover(timescale=uses_timescale(conn, fresh=not applied))
+            for migration in migrations:
                 if migration.version in applied:
                     if applied[migration.version] != migration.checksum:
                         raise MigrationError(

@@ -45,6 +45,9 @@ def create_app(settings: StreamsSettings, metrics: StreamsMetrics | None = None)
         producer_acks=-1,
         broker_commit_every=1000,
         broker_commit_interval=1.0,
+        # A worker killed without goodbye holds its partitions until this runs out.
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=settings.session_timeout_s / 5,
     )
     pings = app.topic(
         settings.pings_topic,
@@ -133,6 +136,9 @@ def create_app(settings: StreamsSettings, metrics: StreamsMetrics | None = None)
 
     @app.page("/metrics")
     async def prometheus(web: Any, request: Any) -> Any:
-        return web.bytes(generate_latest(metrics.registry), content_type=CONTENT_TYPE_LATEST)
+        # aiohttp refuses a charset inside content_type: pass the full header instead.
+        return web.bytes(
+            generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
 
     return app

@@ -18,6 +18,7 @@ class StreamsSettings(ServiceSettings):
     # Through PgBouncer to the primary.
     database_dsn: str = "host=127.0.0.1 port=16432 dbname=telemetry user=telemetry"
     pool_max_size: int = 4
+    session_timeout_s: float = 10.0
     web_host: str = "127.0.0.1"
     web_port: int = 18201
     # A batch is flushed when it holds batch_max records or batch_within_s has passed.

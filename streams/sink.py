@@ -114,6 +114,7 @@ class PingSink:
     def __init__(self, pool: AsyncConnectionPool[AsyncConnection[Any]]) -> None:
         self._pool = pool
         self._days_with_partitions: set[date] = set()
+        self._hourly_in_stream: bool | None = None
 
     async def write(self, records: list[PingBatchRecord]) -> CleanBatch:
         """Writes the batch in one transaction and returns how it was cleaned;
@@ -142,10 +143,22 @@ class PingSink:
                 await conn.execute(_LOCK_CELLS)
                 await conn.execute(_DRIVER_STATS)
                 await conn.execute(_CELL_DENSITY)
-                await conn.execute(_DRIVER_STATS_HOURLY)
+                if await self._maintains_hourly(conn):
+                    await conn.execute(_DRIVER_STATS_HOURLY)
         except (psycopg.Error, TimeoutError) as exc:
             raise SinkUnavailable(f"writing {len(records)} records failed: {exc}") from exc
         return batch
+
+    async def _maintains_hourly(self, conn: AsyncConnection[Any]) -> bool:
+        """On TimescaleDB the hourly rollup is a continuous aggregate (a view) that the
+        database maintains; on plain PostgreSQL it is a table this stream maintains."""
+        if self._hourly_in_stream is None:
+            cur = await conn.execute(
+                "SELECT relkind FROM pg_class WHERE oid = to_regclass('driver_stats_1h')"
+            )
+            row = await cur.fetchone()
+            self._hourly_in_stream = row is not None and row[0] == "r"
+        return self._hourly_in_stream
 
     async def _ensure_days(self, days: set[date]) -> None:
         """A ping of a day without a partition would fail the whole batch, every retry."""

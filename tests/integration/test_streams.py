@@ -250,3 +250,17 @@ async def test_moved_positions_are_published_on_positions_v1(
         await consumer.stop()
     # One update per batch that moved the driver: the newest valid ping of it.
     assert [str(u.ping_id) for u in updates] == [newest["ping_id"]]
+
+
+def test_the_worker_exposes_health_and_prometheus_metrics(config: StackConfig) -> None:
+    base = f"http://127.0.0.1:{config.streams_web_port}"
+    assert httpx.get(f"{base}/healthz").json() == {"status": "ok"}
+    metrics = httpx.get(f"{base}/metrics")
+    assert metrics.status_code == 200
+    assert metrics.headers["content-type"].startswith("text/plain")
+    for name in (
+        "streams_records_total",
+        "streams_sink_failures_total",
+        "streams_flush_seconds_bucket",
+    ):
+        assert name in metrics.text

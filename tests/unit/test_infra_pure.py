@@ -17,6 +17,25 @@ def test_migrations_are_ordered_and_start_with_pings() -> None:
     assert "PARTITION BY RANGE (ts)" in migrations[0].sql
 
 
+def test_the_timescale_path_swaps_in_hypertables_and_policies() -> None:
+    native = {m.version: m.sql for m in discover()}
+    timescale = {m.version: m.sql for m in discover(timescale=True)}
+    assert native.keys() == timescale.keys()  # same versions whichever storage
+    assert "create_hypertable('pings', by_range('ts'" in timescale["0001_pings"]
+    assert "add_compression_policy('pings'" in timescale["0001_pings"]
+    assert "add_retention_policy('pings'" in timescale["0001_pings"]
+    assert "PARTITION BY" not in timescale["0001_pings"]
+    aggregates = timescale["0002_clean_and_aggregates"]
+    assert "WITH (timescaledb.continuous)" in aggregates
+    assert "add_continuous_aggregate_policy('driver_stats_1h'" in aggregates
+    # The stream calls these on either storage; on TimescaleDB they have nothing to do.
+    for function in ("ensure_pings_partitions", "drop_pings_partitions_before", "haversine_m"):
+        assert f"CREATE FUNCTION {function}" in timescale["0001_pings"] + aggregates
+    # Every table the stream writes exists with the same columns.
+    for table in ("pings", "driver_positions", "driver_stats_1m", "cell_density_1m"):
+        assert f"CREATE TABLE {table} (" in timescale["0001_pings"] + aggregates
+
+
 def test_an_edited_migration_has_another_checksum() -> None:
     assert Migration("1", "SELECT 1").checksum != Migration("1", "SELECT 2").checksum
 

@@ -1,0 +1,234 @@
+"""The stream under failure, on a stack of its own: a worker killed with SIGKILL, the
+database stopped for a while, a second worker joining and leaving. Every time, every
+accepted ping ends up stored exactly once and the aggregates equal a recomputation."""
+
+import asyncio
+import shutil
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import psycopg
+import pytest
+
+from infra import postgres, services
+from infra.config import StackConfig
+from infra.procs import stop
+from infra.stack import Record, Stack
+from runtime.auth import issue_token
+from runtime.geo import destination
+from runtime.kafka_lag import consumer_group_lag
+from schemas import topics
+from schemas.auth import Role
+from tests.integration.conftest import scratch_config, wait_for
+from tests.integration.recompute import assert_stats_match
+
+pytestmark = pytest.mark.integration
+GROUP = "telemetry-streams"
+
+
+@pytest.fixture(scope="module")
+def own_stack() -> Iterator[Stack]:
+    stack = Stack(scratch_config(stream_workers=2), report=lambda s: print(f"[own stack] {s}"))
+    try:
+        # Start with one worker; the rebalance test starts the second itself.
+        stack.config.stream_workers = 1
+        stack.up()
+        stack.config.stream_workers = 2
+        yield stack
+    finally:
+        stack.down()
+        shutil.rmtree(stack.config.state_dir, ignore_errors=True)
+
+
+class Fleet(threading.Thread):
+    """Drivers posting pings through ingest until stopped; remembers every accepted ping id
+    and retries refused batches with the same ids, as the apps do."""
+
+    def __init__(self, config: StackConfig, drivers: int = 12) -> None:
+        super().__init__(daemon=True)
+        self.url = f"http://127.0.0.1:{config.ingest_port}/v1/pings"
+        prefix = uuid.uuid4().hex[:6]
+        self.drivers = [f"rel-{prefix}-{i}" for i in range(drivers)]
+        self.tokens = {
+            d: issue_token(config.jwt_private_key, sub=d, role=Role.DRIVER) for d in self.drivers
+        }
+        self.accepted: set[str] = set()
+        self.halt = threading.Event()
+        self._step = dict.fromkeys(self.drivers, 0)
+        self._start = datetime.now(UTC) - timedelta(minutes=40)
+
+    def _batch(self, driver: str, size: int) -> list[dict[str, object]]:
+        pings = []
+        for _ in range(size):
+            n = self._step[driver]
+            self._step[driver] += 1
+            lat, lon = destination(12.95, 77.6, 90.0, 15.0 * n)
+            ts = self._start + timedelta(seconds=2 * n)
+            pings.append(
+                {"ping_id": str(uuid.uuid4()), "ts": ts.isoformat(), "lat": lat, "lon": lon}
+            )
+        return pings
+
+    def run(self) -> None:
+        with httpx.Client(timeout=5) as client:
+            i = 0
+            while not self.halt.is_set():
+                driver = self.drivers[i % len(self.drivers)]
+                batch = self._batch(driver, 1 + i % 4)
+                i += 1
+                while not self.halt.is_set():
+                    try:
+                        r = client.post(
+                            self.url,
+                            json={"pings": batch},
+                            headers={"Authorization": f"Bearer {self.tokens[driver]}"},
+                        )
+                    except httpx.HTTPError:
+                        continue
+                    if r.status_code == 202:
+                        self.accepted.update(str(p["ping_id"]) for p in batch)
+                        break
+                    self.halt.wait(float(r.headers.get("Retry-After", "0.2")))
+                self.halt.wait(0.01)
+
+    def wait_accepted(self, more_than: int) -> None:
+        wait_for(lambda: True if len(self.accepted) > more_than else None, timeout_s=60)
+
+    def finish(self) -> set[str]:
+        self.halt.set()
+        self.join(timeout=30)
+        return set(self.accepted)
+
+
+def stored_ids(config: StackConfig, drivers: list[str]) -> list[str]:
+    with psycopg.connect(postgres.dsn(config, "primary"), connect_timeout=2) as conn:
+        return [
+            r[0]
+            for r in conn.execute(
+                "SELECT ping_id::text FROM pings WHERE driver_id = ANY(%s)", [drivers]
+            ).fetchall()
+        ]
+
+
+def wait_stored(config: StackConfig, fleet: Fleet, count: int, timeout_s: float = 120) -> list[str]:
+    def probe() -> list[str] | None:
+        try:
+            ids = stored_ids(config, fleet.drivers)
+        except psycopg.OperationalError:
+            return None
+        return ids if len(ids) >= count else None
+
+    return wait_for(probe, timeout_s=timeout_s, interval_s=0.5)
+
+
+def assert_exactly_once(config: StackConfig, fleet: Fleet, accepted: set[str]) -> None:
+    ids = wait_stored(config, fleet, len(accepted))
+    assert len(ids) == len(set(ids)), "a ping was stored twice"
+    assert set(ids) == accepted
+    assert_stats_match(postgres.dsn(config, "primary"), fleet.drivers)
+
+
+def restart(stack: Stack, name: str, start: "Record") -> None:
+    stack.records[name] = start
+    stack.state.save(stack.records)
+
+
+def test_a_worker_killed_mid_stream_loses_and_duplicates_nothing(own_stack: Stack) -> None:
+    config = own_stack.config
+    fleet = Fleet(config)
+    fleet.start()
+    try:
+        fleet.wait_accepted(300)
+        wait_stored(config, fleet, 100)
+        spec = next(s for s in services.specs(config) if s.name == "streams-1")
+        stop(own_stack.records["streams-1"].ref, sig=signal.SIGKILL)
+        fleet.wait_accepted(len(fleet.accepted) + 300)  # ingest goes on: the log holds them
+        restart(
+            own_stack,
+            "streams-1",
+            Record("streams-1", services.start(config, spec), {"url": spec.url}),
+        )
+        fleet.wait_accepted(len(fleet.accepted) + 200)
+    finally:
+        accepted = fleet.finish()
+    assert_exactly_once(config, fleet, accepted)
+
+
+def committed(config: StackConfig) -> dict[int, int | None]:
+    lags = asyncio.run(consumer_group_lag(config.kafka_bootstrap, GROUP, [topics.PINGS]))
+    return {p.partition: p.committed_offset for p in lags}
+
+
+def sink_failures(stack: Stack) -> float:
+    text = httpx.get(stack.records["streams-1"].endpoint["url"] + "/metrics", timeout=2).text
+    for line in text.splitlines():
+        if line.startswith("streams_sink_failures_total "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def test_no_offset_moves_while_the_database_is_down_and_nothing_is_missing_after(
+    own_stack: Stack,
+) -> None:
+    config = own_stack.config
+    fleet = Fleet(config)
+    fleet.start()
+    primary = own_stack.records["postgres-primary"]
+    try:
+        fleet.wait_accepted(200)
+        wait_stored(config, fleet, 50)
+        stop(primary.ref, sig=signal.SIGINT)
+        fleet.wait_accepted(len(fleet.accepted) + 150)
+        # Once the stream has failed a write, and its 1 s commit timer has run since, the
+        # committed offsets are those of the last batch written before the outage.
+        wait_for(lambda: True if sink_failures(own_stack) > 0 else None, timeout_s=60)
+        settle = time.monotonic() + 2.5
+        wait_for(lambda: True if time.monotonic() > settle else None, timeout_s=10)
+        before = committed(config)
+        fleet.wait_accepted(len(fleet.accepted) + 150)
+        later = time.monotonic() + 3
+        wait_for(lambda: True if time.monotonic() > later else None, timeout_s=10)
+        assert committed(config) == before, "an offset was committed past rows never written"
+    finally:
+        restart(
+            own_stack,
+            "postgres-primary",
+            Record(
+                "postgres-primary",
+                postgres.start(config, "primary"),
+                primary.endpoint,
+                primary.stop_signal,
+            ),
+        )
+        wait_for(lambda: True if postgres.ready(config, "primary") else None, timeout_s=60)
+    try:
+        fleet.wait_accepted(len(fleet.accepted) + 100)
+    finally:
+        accepted = fleet.finish()
+    assert_exactly_once(config, fleet, accepted)
+
+
+def test_a_second_worker_joining_and_leaving_loses_and_double_counts_nothing(
+    own_stack: Stack,
+) -> None:
+    config = own_stack.config
+    fleet = Fleet(config)
+    fleet.start()
+    spec = next(s for s in services.specs(config) if s.name == "streams-2")
+    try:
+        fleet.wait_accepted(200)
+        own_stack.records["streams-2"] = Record(
+            "streams-2", services.start(config, spec), {"url": spec.url}
+        )
+        wait_for(lambda: True if services.ready(spec) else None, timeout_s=60)
+        fleet.wait_accepted(len(fleet.accepted) + 400)
+        stop(own_stack.records.pop("streams-2").ref, sig=signal.SIGTERM)
+        fleet.wait_accepted(len(fleet.accepted) + 300)
+    finally:
+        accepted = fleet.finish()
+    assert_exactly_once(config, fleet, accepted)
