@@ -1,24 +1,16 @@
-"""`python -m api`: serve the api app with uvicorn."""
-
-import uvicorn
+"""`python -m api`: serve the api app."""
 
 from api.app import create_app
 from api.config import ApiSettings
 from runtime.logging import configure_logging
+from runtime.serve import serve
 
 
 def main() -> None:
     settings = ApiSettings()
     configure_logging(settings.log_level)
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        loop="uvloop",
-        http="httptools",
-        log_level=settings.log_level.lower(),
-        access_log=False,
-        timeout_graceful_shutdown=10,
+    serve(
+        create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level
     )
 
 

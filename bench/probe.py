@@ -5,6 +5,7 @@ import threading
 import time
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 
 import httpx
 import psycopg
@@ -19,7 +20,7 @@ class LatencyProbe(threading.Thread):
         self,
         ingest_url: str,
         dsn: str,
-        private_key: str,
+        private_key: Path,
         interval_s: float = 0.25,
         give_up_s: float = 30.0,
     ) -> None:
@@ -27,7 +28,7 @@ class LatencyProbe(threading.Thread):
         self.driver = f"probe-{uuid.uuid4().hex[:8]}"
         self._url = ingest_url
         self._dsn = dsn
-        self._token = issue_token(private_key, sub=self.driver, role=Role.DRIVER)  # type: ignore[arg-type]
+        self._token = issue_token(private_key, sub=self.driver, role=Role.DRIVER)
         self._interval_s = interval_s
         self._give_up_s = give_up_s
         self._halt = threading.Event()

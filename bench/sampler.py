@@ -15,11 +15,11 @@ from runtime.kafka_lag import consumer_group_lag
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def session_cpu_seconds() -> dict[int, float]:
-    """User + system CPU seconds so far of every process, summed by session id. The stack
-    starts each component as a session leader, so a component's session holds its workers
-    too (PostgreSQL's backends, for one)."""
-    totals: dict[int, float] = {}
+def tree_cpu_seconds(roots: set[int]) -> dict[int, float]:
+    """User + system CPU seconds so far of each root process and all its descendants.
+    (By process tree, not session: PostgreSQL's backends start sessions of their own.)"""
+    parent: dict[int, int] = {}
+    cpu: dict[int, float] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -28,10 +28,16 @@ def session_cpu_seconds() -> dict[int, float]:
                 fields = f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue  # exited meanwhile
-        session = int(fields[3])
-        totals[session] = (
-            totals.get(session, 0.0) + (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-        )
+        pid = int(entry)
+        parent[pid] = int(fields[1])
+        cpu[pid] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    totals = dict.fromkeys(roots, 0.0)
+    for pid, seconds in cpu.items():
+        node, hops = pid, 0
+        while node not in roots and node > 1 and hops < 64:
+            node, hops = parent.get(node, 0), hops + 1
+        if node in roots:
+            totals[node] += seconds
     return totals
 
 
@@ -79,11 +85,12 @@ class Sampler:
 
     def _run(self) -> None:
         started = time.monotonic()
-        last_cpu = session_cpu_seconds()
+        roots = {ref.pid for ref in self.processes.values()}
+        last_cpu = tree_cpu_seconds(roots)
         last_t = started
         while not self._stop.wait(self.interval_s):
             now = time.monotonic()
-            current = session_cpu_seconds()
+            current = tree_cpu_seconds(roots)
             cpu: dict[str, float] = {}
             for name, ref in self.processes.items():
                 if ref.pid in current and ref.pid in last_cpu:

@@ -81,7 +81,9 @@ async def consume_copy(bootstrap: str, topic: str, dsn: str, duration_s: float) 
                         for p in record.pings
                     ]  # fmt: skip
                 async with conn.transaction():
-                    await conn.execute(f"CREATE TEMP TABLE stage (LIKE {TABLE}) ON COMMIT DROP")
+                    await conn.execute(
+                        f"CREATE TEMP TABLE stage (LIKE {TABLE} INCLUDING DEFAULTS) ON COMMIT DROP"
+                    )
                     async with conn.cursor().copy(
                         f"COPY stage ({COLUMNS}) FROM STDIN (FORMAT BINARY)"
                     ) as copy:

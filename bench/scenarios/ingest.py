@@ -4,8 +4,8 @@ one INSERT per ping inside the request), all measured in the same run on the sam
 
 Load comes from wrk (C) with a Lua script, so the generator is not the bottleneck; its CPU
 is reported. Options (--set KEY=VALUE): duration_s (per phase, default 20), connections
-(default 64), drivers (distinct tokens, default 20000), fixed_rate (requests/s of single
-pings for the latency phase, default 3750)."""
+(default 64), drivers (distinct tokens, default 20000), fleet_drivers (the latency phase's
+fleet, default 15000: 3,750 pings/s)."""
 
 import asyncio
 import contextlib
@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.baselines.bare_producer import produce
-from bench.harness import STREAMS_GROUP
+from bench.fleet import FleetConfig
+from bench.harness import STREAMS_GROUP, drive_fleet
 from bench.sampler import Sampler
 from bench.wrk_runner import run_wrk
 from infra import install, pgbouncer
@@ -123,7 +124,6 @@ def run(stack: Stack, options: dict[str, Any]) -> dict[str, Any]:
     install.ensure_debian_packages({"wrk": Path("/usr/bin/wrk")})
     duration = int(options.get("duration_s", 20))
     connections = int(options.get("connections", 64))
-    fixed_rate = float(options.get("fixed_rate", 3750))
     workdir = stack.config.state_dir / "bench"
     workdir.mkdir(parents=True, exist_ok=True)
     tokens = _tokens_file(stack, int(options.get("drivers", 20000)), workdir / "tokens.txt")
@@ -175,19 +175,39 @@ def run(stack: Stack, options: dict[str, Any]) -> dict[str, Any]:
         wrk_phase("ingest, 100/request, streams paused", ingest_url, 100, drain=False)
         wrk_phase("ingest, 1/request, streams paused", ingest_url, 1, drain=False)
     wrk_phase("ingest, 1/request, whole stack", ingest_url, 1)
-    # The latency goal's load (15,000 drivers, a ping every 4 s): as single-ping requests,
-    # and as the same pings/s in 10-ping requests.
-    # wrk paces each connection by a delay after each answer, so an offered rate is only
-    # reached with connections enough that the delay dwarfs the latency.
-    wrk_phase(
-        f"ingest, 1/request at {fixed_rate:.0f} req/s offered", ingest_url, 1, fixed_rate, 1024
-    )
-    wrk_phase(
-        f"ingest, 10/request at {fixed_rate / 10:.0f} req/s offered",
-        ingest_url,
-        10,
-        fixed_rate / 10,
-        512,
+    # The latency goal's load, 15,000 drivers each posting a ping every 4 s, from the
+    # fleet simulator: open loop per driver, so a slow answer does not slow the offered
+    # rate (wrk's pacing delay does, and inflates latency with the connection count).
+    fleet_drivers = int(options.get("fleet_drivers", 15000))
+
+    def fleet() -> dict[str, Any]:
+        config = FleetConfig(
+            drivers=fleet_drivers,
+            interval_s=4.0,
+            duration_s=duration,
+            ingest_urls=[stack.records["ingest-1"].endpoint["url"]],
+            private_key_path=stack.config.jwt_private_key,
+            driver_prefix=f"fleet{uuid.uuid4().hex[:6]}",
+            processes=2,
+            dead_zone_rate_per_s=0.0,  # steady load: no bursts in this phase
+        )
+        run = drive_fleet(stack, config)
+        stats = run.stats.summary()
+        seconds = run.wall_s
+        return {
+            "batch": 1,
+            "offered_requests_per_s": fleet_drivers / 4.0,
+            "seconds": round(seconds, 2),
+            "requests_per_s": round(stats["requests"] / seconds, 1),
+            "accepted_pings_per_s": round(stats["accepted"] / seconds, 1),
+            "statuses": stats["status_counts"],
+            "latency_ms": stats["latency_ms"],
+            "generator_cpu_cores": run.as_report()["generator_cpu_cores"],
+        }
+
+    _drain(stack)
+    phases.append(
+        _measured(stack, f"ingest, fleet of {fleet_drivers} drivers, 1 ping / 4 s each", {}, fleet)
     )
     with _naive_endpoint(stack) as (naive_url, naive):
         extra = {"naive": naive}
@@ -197,7 +217,7 @@ def run(stack: Stack, options: dict[str, Any]) -> dict[str, Any]:
         "config": {
             "duration_s": duration,
             "connections": connections,
-            "fixed_rate": fixed_rate,
+            "fleet_drivers": fleet_drivers,
             "ingest_processes": sum(1 for n in stack.records if n.startswith("ingest-")),
             "cpus": os.cpu_count(),
         },

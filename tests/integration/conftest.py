@@ -25,14 +25,21 @@ def scratch_config(**overrides: object) -> StackConfig:
     # which pytest's own tmp_path (mode 0700, owned by root) would not allow.
     state = Path(tempfile.mkdtemp(prefix="telemetry-test-"))
     state.chmod(0o755)
-    ports = {
-        name: free_port(span=4)
-        for name in (
-            "kafka_port", "kafka_controller_port", "postgres_primary_port",
-            "postgres_replica_port", "pgbouncer_port", "redis_port",
-            "ingest_port", "api_port", "streams_web_port",
-        )
-    }  # fmt: skip
+    # Each base port is followed by 3 for `ingest-2`, `streams-2`...: no range may overlap
+    # another, or two components would be given the same port.
+    names = (
+        "kafka_port", "kafka_controller_port", "postgres_primary_port",
+        "postgres_replica_port", "pgbouncer_port", "redis_port",
+        "ingest_port", "api_port", "streams_web_port",
+    )  # fmt: skip
+    ports: dict[str, int] = {}
+    taken: set[int] = set()
+    for name in names:
+        port = free_port(span=4)
+        while taken & set(range(port, port + 4)):
+            port = free_port(span=4)
+        ports[name] = port
+        taken |= set(range(port, port + 4))
     return StackConfig(state_dir=state, **(ports | overrides))  # type: ignore[arg-type]
 
 

@@ -2,11 +2,7 @@
 fail-open, and arbitrary bodies never causing a 500."""
 
 import asyncio
-import base64
-import hashlib
-import hmac
 import json
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -25,8 +21,9 @@ from infra.config import StackConfig
 from infra.procs import stop
 from infra.stack import Record, Stack
 from schemas import topics
-from schemas.auth import JWT_AUDIENCE, JWT_ISSUER, Role
+from schemas.auth import Role
 from schemas.pings import PingBatchRecord
+from tests.forged_tokens import b64url, claims, hs256_with_public_key
 from tests.integration.conftest import wait_for
 
 pytestmark = pytest.mark.integration
@@ -91,39 +88,17 @@ def _partition_of(config: StackConfig, driver: str) -> int:
     return DefaultPartitioner()(driver.encode(), list(range(topics.DRIVER_TOPIC_PARTITIONS)), [])  # type: ignore[no-any-return]
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _claims(**changes: Any) -> dict[str, Any]:
-    now = int(time.time())
-    base = {
-        "sub": "drv-x",
-        "role": "driver",
-        "iat": now,
-        "exp": now + 60,
-        "aud": JWT_AUDIENCE,
-        "iss": JWT_ISSUER,
-    }
-    return base | changes
-
-
 def bad_tokens(config: StackConfig, token: Callable[..., str]) -> Iterator[tuple[str, str | None]]:
     yield "missing", None
-    yield "alg none", jwt.encode(_claims(), key=None, algorithm="none")
-    header = _b64(b'{"alg":"HS256","typ":"JWT"}')
-    payload = _b64(json.dumps(_claims()).encode())
-    mac = hmac.new(
-        config.jwt_public_key.read_bytes(), f"{header}.{payload}".encode(), hashlib.sha256
-    )
-    yield "HS256 keyed with the public key", f"{header}.{payload}.{_b64(mac.digest())}"
+    yield "alg none", jwt.encode(claims(), key=None, algorithm="none")
+    yield "HS256 keyed with the public key", hs256_with_public_key(config.jwt_public_key)
     yield "expired", token(Role.DRIVER, "drv-x", ttl_s=-30)
     yield "wrong aud", token(Role.DRIVER, "drv-x", audience="other")
     yield "wrong iss", token(Role.DRIVER, "drv-x", issuer="other")
     good = token(Role.DRIVER, "drv-x")
     head, body, sig = good.split(".")
     yield "tampered signature", f"{head}.{body}.{sig[:-3]}{'AAA' if sig[-3:] != 'AAA' else 'BBB'}"
-    yield "tampered payload", f"{head}.{_b64(json.dumps(_claims(sub='drv-y')).encode())}.{sig}"
+    yield "tampered payload", f"{head}.{b64url(json.dumps(claims(sub='drv-y')).encode())}.{sig}"
     yield "garbage", "not.a.jwt"
 
 

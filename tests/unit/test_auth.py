@@ -1,9 +1,5 @@
 """JWT verification refuses every token it should (design section 6)."""
 
-import base64
-import hashlib
-import hmac
-import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +18,7 @@ from runtime.auth import (
     require_role,
 )
 from schemas.auth import JWT_AUDIENCE, JWT_ISSUER, Principal, Role
+from tests.forged_tokens import b64url, claims, hs256_with_public_key
 
 
 @pytest.fixture
@@ -47,21 +44,8 @@ def test_private_key_is_owner_only(keys: tuple[Path, Path]) -> None:
     assert keys[0].stat().st_mode & 0o077 == 0
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
 def test_alg_none_is_refused(verifier: TokenVerifier) -> None:
-    now = int(time.time())
-    claims = {
-        "sub": "x",
-        "role": "driver",
-        "iat": now,
-        "exp": now + 60,
-        "aud": JWT_AUDIENCE,
-        "iss": JWT_ISSUER,
-    }
-    token = jwt.encode(claims, key=None, algorithm="none")
+    token = jwt.encode(claims(), key=None, algorithm="none")
     with pytest.raises(AuthError):
         verifier.verify(token)
 
@@ -69,22 +53,8 @@ def test_alg_none_is_refused(verifier: TokenVerifier) -> None:
 def test_hs256_signed_with_the_public_key_is_refused(
     keys: tuple[Path, Path], verifier: TokenVerifier
 ) -> None:
-    now = int(time.time())
-    claims = {
-        "sub": "x",
-        "role": "ops",
-        "iat": now,
-        "exp": now + 60,
-        "aud": JWT_AUDIENCE,
-        "iss": JWT_ISSUER,
-    }
-    header = _b64(b'{"alg":"HS256","typ":"JWT"}')
-    payload = _b64(json.dumps(claims).encode())
-    signature = hmac.new(
-        keys[1].read_bytes(), f"{header}.{payload}".encode(), hashlib.sha256
-    ).digest()
     with pytest.raises(AuthError):
-        verifier.verify(f"{header}.{payload}.{_b64(signature)}")
+        verifier.verify(hs256_with_public_key(keys[1], role="ops"))
 
 
 @pytest.mark.parametrize(
@@ -110,7 +80,7 @@ def test_tampered_signature_or_payload_is_refused(
     flipped = signature[:-2] + ("A" if signature[-2] != "A" else "B") + signature[-1]
     with pytest.raises(AuthError):
         verifier.verify(f"{header}.{payload}.{flipped}")
-    forged = _b64(b'{"sub":"drv-2","role":"ops"}')
+    forged = b64url(b'{"sub":"drv-2","role":"ops"}')
     with pytest.raises(AuthError):
         verifier.verify(f"{header}.{forged}.{signature}")
 
