@@ -79,4 +79,4 @@ def wait_for(probe: Callable[[], T | None], timeout_s: float = 30.0, interval_s:
             return result
         if time.monotonic() > deadline:
             pytest.fail(f"condition not met within {timeout_s} s")
-        time.sleep(interval_s)
+        time.sleep(interval_s)  # the poll interval; the deadline above bounds the wait
