@@ -10,8 +10,7 @@ class ApiSettings(ServiceSettings):
 
     host: str = "127.0.0.1"
     port: int = 18101
-    # PgBouncer's read-only entry (the replica) and read-write entry (the primary).
+    # PgBouncer's read-only entry: the replica.
     read_dsn: str = "host=127.0.0.1 port=16432 dbname=telemetry_ro user=telemetry"
-    write_dsn: str = "host=127.0.0.1 port=16432 dbname=telemetry user=telemetry"
     pool_max_size: int = 10
     pool_timeout_s: float = 2.0

@@ -1,8 +1,10 @@
 """Runs a scenario against a stack and records what it saw: fleet progress, CPU, lag."""
 
+import asyncio
 import importlib
 import resource
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -14,8 +16,12 @@ from bench.report import append_summary, plot, write_json
 from bench.sampler import Sampler
 from bench.stats import FleetStats
 from infra.config import REPO_ROOT
+from infra.procs import wait_until
 from infra.stack import Stack
+from runtime.auth import issue_token
+from runtime.kafka_lag import consumer_group_lag
 from schemas import topics
+from schemas.auth import Role
 
 SCENARIOS = ("smoke", "ingest", "pipeline")
 PERCENTILES = (50.0, 75.0, 90.0, 95.0, 99.0, 99.9, 100.0)
@@ -57,6 +63,34 @@ class FleetRun:
             else 0,
             "latency_percentiles_ms": {str(p): hist.percentile_ms(p) for p in PERCENTILES},
         }
+
+
+def driver_tokens_file(stack: Stack, drivers: int, path: Path) -> Path:
+    """A file of `drivers` driver tokens, one per line, for load generators."""
+    key = stack.config.jwt_private_key
+    prefix = f"bench{uuid.uuid4().hex[:6]}"
+    path.write_text(
+        "\n".join(
+            issue_token(key, sub=f"{prefix}-{i}", role=Role.DRIVER, ttl_s=7200)
+            for i in range(drivers)
+        )
+    )
+    return path
+
+
+def drain_stream(stack: Stack, timeout_s: float = 300.0) -> float:
+    """Waits until the stream has caught up (no lag), so that its catching up after a
+    phase does not take CPU from the next one. Returns the seconds it took."""
+    started = time.monotonic()
+
+    def caught_up() -> bool:
+        lags = asyncio.run(
+            consumer_group_lag(stack.config.kafka_bootstrap, STREAMS_GROUP, [topics.PINGS])
+        )
+        return sum(p.lag_messages for p in lags) == 0
+
+    wait_until(caught_up, timeout_s, interval_s=1.0)
+    return round(time.monotonic() - started, 1)
 
 
 def drive_fleet(stack: Stack, fleet: FleetConfig) -> FleetRun:

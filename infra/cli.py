@@ -103,11 +103,7 @@ def print_endpoints(components: dict[str, dict[str, object]]) -> None:
 
 
 def _ingest_urls(stack: Stack) -> list[str]:
-    urls = [
-        r.endpoint["url"]
-        for n, r in stack.records.items()
-        if n.startswith("ingest-") and r.ref.alive()
-    ]
+    urls = stack.urls("ingest")
     if not urls:
         raise StackError("no ingest process is running: start the platform with 'telemetry up'")
     return urls

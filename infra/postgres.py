@@ -52,11 +52,12 @@ def dsn(config: StackConfig, role: str, *, user: str = APP_USER, dbname: str = D
     )
 
 
-def superuser_dsn(config: StackConfig, role: str = "primary") -> str:
-    # Over the private unix socket: local connections are trusted, TCP needs a password.
+def superuser_dsn(config: StackConfig) -> str:
+    """The primary's superuser, over the private unix socket: local connections are
+    trusted, TCP ones need a password. `postgres` database: ours may not exist yet."""
     return (
-        f"host={socket_dir(config, role)} port={port(config, role)} "
-        f"dbname={DATABASE} user={SUPERUSER} connect_timeout=5"
+        f"host={socket_dir(config, 'primary')} port={config.postgres_primary_port} "
+        f"dbname=postgres user={SUPERUSER} connect_timeout=5"
     )
 
 
@@ -146,11 +147,7 @@ def start(config: StackConfig, role: str) -> ProcessRef:
 def bootstrap_roles(config: StackConfig) -> None:
     """Creates the app role and database and the replication role; idempotent."""
     secret = password(config)
-    admin = (
-        f"host={socket_dir(config, 'primary')} port={config.postgres_primary_port} "
-        f"dbname=postgres user={SUPERUSER} connect_timeout=5"
-    )
-    with psycopg.connect(admin, autocommit=True) as conn:
+    with psycopg.connect(superuser_dsn(config), autocommit=True) as conn:
         for role, attrs in ((APP_USER, "LOGIN"), (REPLICATION_USER, "LOGIN REPLICATION")):
             exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [role]).fetchone()
             verb = "ALTER" if exists else "CREATE"
@@ -210,17 +207,7 @@ def ready(config: StackConfig, role: str) -> bool:
 
 def ensure_superuser_ready(config: StackConfig) -> bool:
     try:
-        with psycopg.connect(
-            f"host={socket_dir(config, 'primary')} port={config.postgres_primary_port} "
-            f"dbname=postgres user={SUPERUSER}",
-            connect_timeout=2,
-        ):
+        with psycopg.connect(superuser_dsn(config), connect_timeout=2):
             return True
     except psycopg.Error:
         return False
-
-
-def describe_failure(config: StackConfig, role: str) -> str:
-    log = config.logs_dir / f"postgres-{role}.log"
-    tail = log.read_text(errors="replace").strip().splitlines()[-5:] if log.exists() else []
-    return "\n".join(tail)

@@ -261,6 +261,14 @@ class Stack:
     def down(self) -> None:
         self._stop(list(self.records))
 
+    def urls(self, service: str) -> list[str]:
+        """The URLs of the running processes of `service` (`ingest` gives ingest-1...)."""
+        return [
+            r.endpoint["url"]
+            for n, r in self.records.items()
+            if n.startswith(f"{service}-") and r.ref.alive()
+        ]
+
     def _healthy(self, name: str, endpoint: dict[str, str]) -> bool:
         check = self._ready.get(name)
         if check is not None:

@@ -12,7 +12,6 @@ import contextlib
 import os
 import signal
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -21,30 +20,15 @@ from typing import Any
 
 from bench.baselines.bare_producer import produce
 from bench.fleet import FleetConfig
-from bench.harness import STREAMS_GROUP, drive_fleet
+from bench.harness import drain_stream, drive_fleet, driver_tokens_file
 from bench.sampler import Sampler
 from bench.wrk_runner import run_wrk
 from infra import install, pgbouncer
 from infra.config import REPO_ROOT
 from infra.procs import ProcessRef, free_port, port_open, spawn, stop, wait_until
 from infra.stack import Stack
-from runtime.auth import issue_token
-from runtime.kafka_lag import consumer_group_lag
 from schemas import topics
-from schemas.auth import Role
 from schemas.pings import Ping, PingBatchRecord
-
-
-def _tokens_file(stack: Stack, drivers: int, path: Path) -> Path:
-    key = stack.config.jwt_private_key
-    prefix = f"bench{uuid.uuid4().hex[:6]}"
-    path.write_text(
-        "\n".join(
-            issue_token(key, sub=f"{prefix}-{i}", role=Role.DRIVER, ttl_s=7200)
-            for i in range(drivers)
-        )
-    )
-    return path
 
 
 def _records(count: int, batch: int) -> list[tuple[bytes, bytes]]:
@@ -60,21 +44,6 @@ def _records(count: int, batch: int) -> list[tuple[bytes, bytes]]:
         record = PingBatchRecord(driver_id=driver, received_at=now, pings=pings)
         out.append((driver.encode(), record.model_dump_json().encode()))
     return out
-
-
-def _drain(stack: Stack, timeout_s: float = 300.0) -> float:
-    """Waits until the stream has caught up (no lag), so that its catching up after a
-    phase does not take CPU from the next one. Returns the seconds it took."""
-    started = time.monotonic()
-
-    def caught_up() -> bool:
-        lags = asyncio.run(
-            consumer_group_lag(stack.config.kafka_bootstrap, STREAMS_GROUP, [topics.PINGS])
-        )
-        return sum(p.lag_messages for p in lags) == 0
-
-    wait_until(caught_up, timeout_s, interval_s=1.0)
-    return round(time.monotonic() - started, 1)
 
 
 @contextlib.contextmanager
@@ -126,7 +95,7 @@ def run(stack: Stack, options: dict[str, Any]) -> dict[str, Any]:
     connections = int(options.get("connections", 64))
     workdir = stack.config.state_dir / "bench"
     workdir.mkdir(parents=True, exist_ok=True)
-    tokens = _tokens_file(stack, int(options.get("drivers", 20000)), workdir / "tokens.txt")
+    tokens = driver_tokens_file(stack, int(options.get("drivers", 20000)), workdir / "tokens.txt")
     ingest_url = stack.records["ingest-1"].endpoint["url"] + "/v1/pings"
     streams = [r.ref for n, r in stack.records.items() if n.startswith("streams-")]
     phases: list[dict[str, Any]] = []
@@ -142,7 +111,7 @@ def run(stack: Stack, options: dict[str, Any]) -> dict[str, Any]:
     ) -> None:
         # Start from a caught-up stream, so that its catching up does not take CPU from
         # this phase (not possible while the stream is paused on purpose).
-        drain_s = _drain(stack) if drain else None
+        drain_s = drain_stream(stack) if drain else None
 
         def body() -> dict[str, Any]:
             result = run_wrk(
@@ -164,11 +133,11 @@ def run(stack: Stack, options: dict[str, Any]) -> dict[str, Any]:
             "accepted_pings_per_s": round(result.records_per_s * 100, 1),
         }
 
-    drain_s = _drain(stack)
+    drain_s = drain_stream(stack)
     phases.append(_measured(stack, "bare producer (ceiling), 100/record", {}, bare))
     phases[-1]["drain_before_s"] = drain_s
     wrk_phase("ingest, 100/request, whole stack", ingest_url, 100)
-    _drain(stack)
+    drain_stream(stack)
     with contextlib.ExitStack() as paused:
         for ref in streams:
             paused.enter_context(_paused(ref))
@@ -205,7 +174,7 @@ def run(stack: Stack, options: dict[str, Any]) -> dict[str, Any]:
             "generator_cpu_cores": run.as_report()["generator_cpu_cores"],
         }
 
-    _drain(stack)
+    drain_stream(stack)
     phases.append(
         _measured(stack, f"ingest, fleet of {fleet_drivers} drivers, 1 ping / 4 s each", {}, fleet)
     )

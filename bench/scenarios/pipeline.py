@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.baselines.bare_consumer import consume_copy
-from bench.harness import STREAMS_GROUP
+from bench.harness import STREAMS_GROUP, drain_stream, driver_tokens_file
 from bench.probe import LatencyProbe
 from bench.sampler import Sampler
-from bench.scenarios.ingest import _drain, _tokens_file
 from bench.wrk_runner import run_wrk
 from infra import install, postgres
 from infra.stack import Stack
@@ -35,13 +34,13 @@ def run(stack: Stack, options: dict[str, Any]) -> dict[str, Any]:
     config = stack.config
     workdir = config.state_dir / "bench"
     workdir.mkdir(parents=True, exist_ok=True)
-    tokens = _tokens_file(stack, 20000, workdir / "tokens.txt")
+    tokens = driver_tokens_file(stack, 20000, workdir / "tokens.txt")
     ingest = stack.records["ingest-1"].endpoint["url"] + "/v1/pings"
     primary = postgres.dsn(config, "primary")
     processes = {n: r.ref for n, r in stack.records.items() if r.ref.alive()}
     results: list[dict[str, Any]] = []
     for rate in steps:
-        _drain(stack)
+        drain_stream(stack)
         sampler = Sampler(processes, config.kafka_bootstrap, STREAMS_GROUP, [topics.PINGS]).start()
         probe = LatencyProbe(ingest, primary, config.jwt_private_key)
         probe.start()
@@ -86,7 +85,7 @@ def run(stack: Stack, options: dict[str, Any]) -> dict[str, Any]:
         results.append(step)
         if not step["sustained"]:
             break
-    _drain(stack, timeout_s=600)
+    drain_stream(stack, timeout_s=600)
     ceiling = asyncio.run(
         consume_copy(
             config.kafka_bootstrap, topics.PINGS, primary, float(options.get("ceiling_s", 30))

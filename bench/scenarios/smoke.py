@@ -23,7 +23,7 @@ def stored_pings(stack: Stack, prefix: str) -> int:
 
 def run(stack: Stack, options: dict[str, Any]) -> dict[str, Any]:
     prefix = f"smoke{uuid.uuid4().hex[:8]}"
-    urls = [r.endpoint["url"] for n, r in stack.records.items() if n.startswith("ingest-")]
+    urls = stack.urls("ingest")
     fleet = FleetConfig(
         drivers=int(options.get("drivers", 20)),
         interval_s=float(options.get("interval_s", 0.5)),
