@@ -1,5 +1,7 @@
 """`python -m api`: serve the api app."""
 
+from prometheus_client import CollectorRegistry
+
 from api.app import create_app
 from api.config import ApiSettings
 from runtime.logging import configure_logging
@@ -9,9 +11,8 @@ from runtime.serve import serve
 def main() -> None:
     settings = ApiSettings()
     configure_logging(settings.log_level)
-    serve(
-        create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level
-    )
+    registry = CollectorRegistry()
+    serve(create_app(settings, registry), settings, registry)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import psycopg
-from fastapi import Depends, FastAPI, Header
+from fastapi import Depends, FastAPI, Header, Path
 from fastapi.responses import Response
 from prometheus_client import CollectorRegistry, Counter
 from psycopg import AsyncConnection
@@ -13,22 +13,26 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from api.config import ApiSettings
 from api.positions import read_driver_position
-from runtime.auth import TokenVerifier, bearer_token, require_role
-from runtime.http import ApiError, install_error_handlers, json_response, metrics_response
+from runtime.auth import bearer_token, require_role, verifier_from_settings
+from runtime.http import (
+    ApiError,
+    app_options,
+    install_error_handlers,
+    json_response,
+    metrics_response,
+)
 from runtime.postgres import open_pool
 from schemas.auth import Principal, Role
+from schemas.ids import ID_PATTERN, MAX_ID_LENGTH
 
 Pool = AsyncConnectionPool[AsyncConnection[Any]]
-DB_UNAVAILABLE = ApiError(503, "database unavailable, retry later", headers={"Retry-After": "1"})
+# A path id is checked before any query: a NUL byte or a megabyte id is a 422, not a 500.
+PathId = Annotated[str, Path(pattern=ID_PATTERN, max_length=MAX_ID_LENGTH)]
 
 
-def create_app(settings: ApiSettings) -> FastAPI:
-    if settings.jwt_public_key_path is None:
-        raise ValueError("API_JWT_PUBLIC_KEY_PATH is required")
-    verifier = TokenVerifier.from_file(
-        settings.jwt_public_key_path, audience=settings.jwt_audience, issuer=settings.jwt_issuer
-    )
-    registry = CollectorRegistry()
+def create_app(settings: ApiSettings, registry: CollectorRegistry | None = None) -> FastAPI:
+    verifier = verifier_from_settings(settings)
+    registry = registry or CollectorRegistry()
     db_errors = Counter("api_db_unavailable", "Requests failed by the database", registry=registry)
     pools: dict[str, Pool] = {}
 
@@ -45,7 +49,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
         for pool in pools.values():
             await pool.close(timeout=5)
 
-    app = FastAPI(title="telemetry api", lifespan=lifespan)
+    app = FastAPI(title="telemetry api", lifespan=lifespan, **app_options(settings.docs_enabled))
     install_error_handlers(app)
 
     async def principal(authorization: Annotated[str | None, Header()] = None) -> Principal:
@@ -56,14 +60,16 @@ def create_app(settings: ApiSettings) -> FastAPI:
 
     @app.get("/v1/drivers/{driver_id}/position")
     async def driver_position(
-        driver_id: str, _: Annotated[Principal, Depends(dispatcher_or_ops)]
+        driver_id: PathId, _: Annotated[Principal, Depends(dispatcher_or_ops)]
     ) -> Response:
         try:
             async with pools["read"].connection() as conn:
                 position = await read_driver_position(conn, driver_id)
         except (psycopg.OperationalError, PoolTimeout) as exc:
             db_errors.inc()
-            raise DB_UNAVAILABLE from exc
+            raise ApiError(
+                503, "database unavailable, retry later", headers={"Retry-After": "1"}
+            ) from exc
         if position is None:
             raise ApiError(404, f"no position known for driver {driver_id}")
         return json_response(position.model_dump(mode="json"))
@@ -83,8 +89,10 @@ def create_app(settings: ApiSettings) -> FastAPI:
             )
         return json_response({"status": "ready"})
 
-    @app.get("/metrics")
-    async def prometheus() -> Response:
-        return metrics_response(registry)
+    if settings.metrics_port is None:
+
+        @app.get("/metrics")
+        async def prometheus() -> Response:
+            return metrics_response(registry)
 
     return app

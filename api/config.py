@@ -2,13 +2,12 @@
 
 from pydantic_settings import SettingsConfigDict
 
-from runtime.settings import ServiceSettings
+from runtime.settings import HttpServiceSettings
 
 
-class ApiSettings(ServiceSettings):
+class ApiSettings(HttpServiceSettings):
     model_config = SettingsConfigDict(env_prefix="API_", extra="ignore")
 
-    host: str = "127.0.0.1"
     port: int = 18101
     # PgBouncer's read-only entry: the replica.
     read_dsn: str = "host=127.0.0.1 port=16432 dbname=telemetry_ro user=telemetry"

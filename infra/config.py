@@ -32,6 +32,9 @@ class StackConfig(BaseSettings):
     api_processes: int = 1
     stream_workers: int = 1
 
+    # PostgreSQL and PgBouncer end a transaction left idle this long (a paused client).
+    idle_in_transaction_timeout_s: int = 15
+
     kafka_heap_mb: int = 768
     startup_timeout_s: float = 120.0
 

@@ -58,7 +58,9 @@ def write_properties(config: StackConfig) -> Path:
                 "num.partitions=12",
                 # Consumer groups in tests and dev should not wait 3 s for a first rebalance.
                 "group.initial.rebalance.delay.ms=0",
-                "auto.create.topics.enable=true",
+                # Topics are created by the stack with their partition counts (TOPICS), never by
+                # a typo in a producer.
+                "auto.create.topics.enable=false",
                 "log.retention.hours=168",
                 "",
             ]

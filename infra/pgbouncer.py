@@ -45,6 +45,7 @@ default_pool_size = 20
 reserve_pool_size = 5
 server_connect_timeout = 5
 query_wait_timeout = 10
+idle_transaction_timeout = {config.idle_in_transaction_timeout_s}
 ignore_startup_parameters = extra_float_digits,options
 stats_users = {postgres.APP_USER}
 """

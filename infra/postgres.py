@@ -8,7 +8,7 @@ import psycopg
 
 from infra.config import StackConfig
 from infra.install import PG_BIN
-from infra.procs import ProcessRef, chown_for_service, run, spawn
+from infra.procs import ProcessRef, chown_for_service, run, spawn, write_private
 
 DATABASE = "telemetry"
 APP_USER = "telemetry"
@@ -36,8 +36,7 @@ def password(config: StackConfig) -> str:
     path = pg_root(config) / "password"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch(mode=0o600)
-        path.write_text(secrets.token_urlsafe(24))
+        write_private(path, secrets.token_urlsafe(24))
     return path.read_text().strip()
 
 
@@ -106,7 +105,7 @@ def init_primary(config: StackConfig) -> bool:
         return False
     _make_service_dir(data)
     pwfile = pg_root(config) / "initdb-password"
-    pwfile.write_text(password(config))
+    write_private(pwfile, password(config))
     chown_for_service(pwfile)
     try:
         run(
@@ -140,6 +139,10 @@ def start(config: StackConfig, role: str) -> ProcessRef:
         str(port(config, role)),
         "-c",
         f"unix_socket_directories={socket_dir(config, role)}",
+        # A client paused inside a transaction (a stopped stream worker) loses it, and the
+        # locks it held, after this.
+        "-c",
+        f"idle_in_transaction_session_timeout={config.idle_in_transaction_timeout_s}s",
     ]
     return spawn(argv, log_path=config.logs_dir / f"postgres-{role}.log", as_service_user=True)
 

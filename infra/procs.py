@@ -42,6 +42,16 @@ def start_ticks(pid: int) -> int | None:
     return int(fields[19])
 
 
+def write_private(path: Path, text: str) -> None:
+    """Writes a file readable by its owner only (secrets: passwords, DSNs, keys), created
+    with that mode so it is never readable by others, even for a moment."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an existing file keeps its old mode through O_CREAT
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
 def running_as_root() -> bool:
     return os.geteuid() == 0
 

@@ -64,11 +64,9 @@ def start(config: StackConfig, spec: ServiceSpec) -> ProcessRef:
 
 
 def url_ready(url: str, name: str) -> bool:
-    # Faust's web server has no dependency probe of ours: the page answering means the
-    # worker is up. The FastAPI services answer /readyz only when their dependencies are.
-    path = "/healthz" if name.startswith("streams") else "/readyz"
+    """Every service answers /readyz with 200 only when its dependencies answer."""
     try:
-        return httpx.get(url + path, timeout=2).status_code == 200
+        return httpx.get(url + "/readyz", timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
 

@@ -10,7 +10,15 @@ from typing import Any
 
 from infra import install, kafka, migrate, pgbouncer, postgres, redis, services
 from infra.config import REPO_ROOT, StackConfig
-from infra.procs import ProcessRef, StackError, ensure_port_free, spawn, stop, wait_until
+from infra.procs import (
+    ProcessRef,
+    StackError,
+    ensure_port_free,
+    spawn,
+    stop,
+    wait_until,
+    write_private,
+)
 from runtime.auth import generate_keypair
 
 Reporter = Callable[[str], None]
@@ -57,9 +65,9 @@ class StateFile:
         return {name: Record.from_json(name, value) for name, value in raw.items()}
 
     def save(self, records: dict[str, Record]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # It holds DSNs with the database password: owner only.
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({n: r.as_json() for n, r in records.items()}, indent=2))
+        write_private(tmp, json.dumps({n: r.as_json() for n, r in records.items()}, indent=2))
         tmp.replace(self.path)
 
 
@@ -291,5 +299,7 @@ class Stack:
                 "pid": record.ref.pid if record is not None and alive else None,
                 "running": alive,
                 "healthy": alive and self._healthy(name, endpoint),
+                # The simulator is a guest: the platform does not need it to be healthy.
+                "required": name != SIMULATOR,
             }
         return result

@@ -1,32 +1,84 @@
-"""The ingest HTTP app: POST /v1/pings and the probes."""
+"""The ingest HTTP app: POST /v1/pings and the probes. Adapters come from outside
+(`build_adapters` for the real ones), so the HTTP layer runs on in-memory fakes in tests."""
 
 import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Protocol
 
 import redis.asyncio as aioredis
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.responses import Response
 
+from ingest import http_errors
 from ingest.config import IngestSettings
-from ingest.errors import BrokerUnavailable, InvalidBatch
+from ingest.errors import Backpressure, NoValidPing, RateLimited
 from ingest.metrics import IngestMetrics
 from ingest.publisher import PingPublisher
-from ingest.ratelimit import RateLimiter
+from ingest.ratelimit import Decision, RateLimiter
 from ingest.validation import validate_body
-from runtime.auth import TokenVerifier, bearer_token, require_role
-from runtime.http import ApiError, install_error_handlers, json_response, metrics_response
+from runtime.auth import TokenVerifier, bearer_token, require_role, verifier_from_settings
+from runtime.http import (
+    app_options,
+    install_error_handlers,
+    json_response,
+    metrics_response,
+    read_body_limited,
+)
+from runtime.kafka import AckedProducer, durable_producer
 from schemas.auth import Principal, Role
 from schemas.pings import MAX_BATCH_BYTES, PingBatchRecord
 
 Clock = Callable[[], datetime]
-RETRY_1S = {"Retry-After": "1"}
 
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+class Publisher(Protocol):
+    async def start(self) -> None: ...
+    async def publish(self, key: bytes, value: bytes) -> None: ...
+    async def ready(self) -> bool: ...
+    async def close(self) -> None: ...
+
+
+class Limiter(Protocol):
+    async def check(self, driver_id: str, cost: int = 1) -> Decision: ...
+    async def close(self) -> None: ...
+
+
+@dataclass
+class Adapters:
+    publisher: Publisher
+    limiter: Limiter
+    verifier: TokenVerifier
+    metrics: IngestMetrics
+
+
+def build_adapters(settings: IngestSettings) -> Adapters:
+    metrics = IngestMetrics()
+    producer = AckedProducer(
+        lambda: durable_producer(settings.kafka_bootstrap, client_id="ingest"),
+        timeout_s=settings.produce_timeout_s,
+        shutdown_timeout_s=settings.shutdown_timeout_s,
+    )
+    redis = aioredis.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=settings.redis_timeout_s,
+        socket_connect_timeout=settings.redis_timeout_s,
+        max_connections=settings.redis_max_connections,
+    )
+    return Adapters(
+        publisher=PingPublisher(producer, settings.pings_topic, metrics),
+        limiter=RateLimiter(
+            redis, rate_per_s=settings.rate_limit_per_s, burst=settings.rate_limit_burst
+        ),
+        verifier=verifier_from_settings(settings),
+        metrics=metrics,
+    )
 
 
 class InFlight:
@@ -47,44 +99,8 @@ class InFlight:
         self._count -= 1
 
 
-async def read_body_limited(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it passes `limit` bytes, before any parsing."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise ApiError(413, f"body larger than {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, f"body larger than {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def create_app(settings: IngestSettings, *, clock: Clock = utc_now) -> FastAPI:
-    if settings.jwt_public_key_path is None:
-        raise ValueError("INGEST_JWT_PUBLIC_KEY_PATH is required")
-    verifier = TokenVerifier.from_file(
-        settings.jwt_public_key_path, audience=settings.jwt_audience, issuer=settings.jwt_issuer
-    )
-    metrics = IngestMetrics()
-    publisher = PingPublisher(
-        settings.kafka_bootstrap,
-        settings.pings_topic,
-        timeout_s=settings.produce_timeout_s,
-        shutdown_timeout_s=settings.shutdown_timeout_s,
-        metrics=metrics,
-    )
-    limiter = RateLimiter(
-        aioredis.Redis.from_url(
-            settings.redis_url,
-            socket_timeout=settings.redis_timeout_s,
-            socket_connect_timeout=settings.redis_timeout_s,
-        ),
-        rate_per_s=settings.rate_limit_per_s,
-        burst=settings.rate_limit_burst,
-    )
+def create_app(settings: IngestSettings, adapters: Adapters, *, clock: Clock = utc_now) -> FastAPI:
+    publisher, limiter, metrics = adapters.publisher, adapters.limiter, adapters.metrics
     in_flight = InFlight(settings.max_in_flight)
 
     @asynccontextmanager
@@ -94,11 +110,12 @@ def create_app(settings: IngestSettings, *, clock: Clock = utc_now) -> FastAPI:
         await publisher.close()
         await limiter.close()
 
-    app = FastAPI(title="telemetry ingest", lifespan=lifespan)
+    app = FastAPI(title="telemetry ingest", lifespan=lifespan, **app_options(settings.docs_enabled))
     install_error_handlers(app)
+    http_errors.install(app)
 
     async def driver(authorization: Annotated[str | None, Header()] = None) -> Principal:
-        principal = verifier.verify(bearer_token(authorization))
+        principal = adapters.verifier.verify(bearer_token(authorization))
         return require_role(principal, [Role.DRIVER])
 
     Driver = Annotated[Principal, Depends(driver)]
@@ -109,38 +126,35 @@ def create_app(settings: IngestSettings, *, clock: Clock = utc_now) -> FastAPI:
             metrics.rate_limit_unchecked.inc()
         if not decision.allowed:
             metrics.rate_limited.inc()
-            retry_after = str(max(1, math.ceil(decision.retry_after_s)))
-            raise ApiError(429, "rate limit exceeded", headers={"Retry-After": retry_after})
+            raise RateLimited(max(1, math.ceil(decision.retry_after_s)))
 
     async def publish(record: PingBatchRecord) -> None:
         if not in_flight.try_enter():
             metrics.unavailable.labels("backpressure").inc()
-            raise ApiError(503, "too many requests in flight, retry later", headers=RETRY_1S)
+            raise Backpressure()
         metrics.in_flight.inc()
         try:
             await publisher.publish(record.driver_id.encode(), record.model_dump_json().encode())
-        except BrokerUnavailable as exc:
+        except Exception:
             metrics.unavailable.labels("kafka").inc()
-            raise ApiError(503, "event log unavailable, retry later", headers=RETRY_1S) from exc
+            raise
         finally:
             in_flight.leave()
             metrics.in_flight.dec()
 
     @app.post("/v1/pings", status_code=202)
     async def post_pings(request: Request, principal: Driver) -> Response:
-        body = await read_body_limited(request, MAX_BATCH_BYTES)
+        # Charged before the body is even read: a flood of invalid bodies is a flood too.
+        if settings.rate_limit_enabled:
+            await enforce_rate_limit(principal.sub)
+        body = await read_body_limited(request, MAX_BATCH_BYTES, settings.body_timeout_s)
         now = clock()
-        try:
-            verdict = validate_body(body, now)
-        except InvalidBatch as exc:
-            raise ApiError(422, str(exc)) from exc
+        verdict = validate_body(body, now)
         for rejection in verdict.rejected:
             metrics.rejected.labels(rejection.code).inc()
         rejected = [r.as_dict() for r in verdict.rejected]
         if not verdict.accepted:
-            raise ApiError(422, "no valid ping in the batch", details={"rejected": rejected})
-        if settings.rate_limit_enabled:
-            await enforce_rate_limit(principal.sub)
+            raise NoValidPing(rejected)
         # One record per request, keyed by driver: the driver id comes from the token only.
         await publish(
             PingBatchRecord(driver_id=principal.sub, received_at=now, pings=verdict.accepted)
@@ -154,15 +168,15 @@ def create_app(settings: IngestSettings, *, clock: Clock = utc_now) -> FastAPI:
 
     @app.get("/readyz")
     async def readyz() -> Response:
-        # Redis is not required: the rate limiter fails open without it.
-        if not publisher.ready:
-            await publisher.start()
-        if publisher.ready:
+        # Kafka must answer a metadata request; Redis is not required (the limiter fails open).
+        if await publisher.ready():
             return json_response({"status": "ready"})
-        return json_response({"status": "unavailable", "kafka": False}, 503, RETRY_1S)
+        return json_response({"status": "unavailable", "kafka": False}, 503, http_errors.RETRY_1S)
 
-    @app.get("/metrics")
-    async def prometheus() -> Response:
-        return metrics_response(metrics.registry)
+    if settings.metrics_port is None:
+
+        @app.get("/metrics")
+        async def prometheus() -> Response:
+            return metrics_response(metrics.registry)
 
     return app

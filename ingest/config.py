@@ -2,16 +2,16 @@
 
 from pydantic_settings import SettingsConfigDict
 
-from runtime.settings import ServiceSettings
+from runtime.settings import HttpServiceSettings
+from schemas import topics
 
 
-class IngestSettings(ServiceSettings):
+class IngestSettings(HttpServiceSettings):
     model_config = SettingsConfigDict(env_prefix="INGEST_", extra="ignore")
 
-    host: str = "127.0.0.1"
     port: int = 18001
     kafka_bootstrap: str = "127.0.0.1:19092"
-    pings_topic: str = "pings.v1"
+    pings_topic: str = topics.PINGS
     # The contract promises a 503 within 2 s when Kafka is down: the whole wait for the
     # broker (connecting included) stays under it.
     produce_timeout_s: float = 1.5
@@ -21,6 +21,8 @@ class IngestSettings(ServiceSettings):
     max_in_flight: int = 2000
     redis_url: str = "redis://127.0.0.1:16379/0"
     redis_timeout_s: float = 0.2
+    # Connections to Redis at once; a request finding none free fails open like a timeout.
+    redis_max_connections: int = 64
     # Per driver: an app pings every few seconds and flushes a buffer after a dead zone.
     rate_limit_per_s: float = 5.0
     rate_limit_burst: int = 20

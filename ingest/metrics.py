@@ -35,3 +35,8 @@ class IngestMetrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0),
             registry=self.registry,
         )
+        self.producers_replaced = Gauge(
+            "ingest_producers_replaced",
+            "Kafka producers discarded after a fatal error and replaced",
+            registry=self.registry,
+        )

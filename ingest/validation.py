@@ -1,17 +1,14 @@
 """Pure validation of a posted batch: which pings are accepted and why others are not."""
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ingest.errors import InvalidBatch
-from schemas.pings import MAX_PINGS_PER_BATCH, Ping
-
-MAX_FUTURE = timedelta(minutes=5)
-MAX_AGE = timedelta(days=7)
+from schemas.pings import MAX_PING_AGE, MAX_PING_AHEAD, MAX_PINGS_PER_BATCH, Ping
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,9 +87,9 @@ def validate_ping(raw: Any, now: datetime) -> Ping | Problem:
         ping = Ping.model_validate(raw)
     except ValidationError as exc:
         return _problem(exc)
-    if ping.ts > now + MAX_FUTURE:
+    if ping.ts > now + MAX_PING_AHEAD:
         return Problem("ts_future", "ts: more than 5 minutes in the future")
-    if ping.ts < now - MAX_AGE:
+    if ping.ts < now - MAX_PING_AGE:
         return Problem("ts_too_old", "ts: more than 7 days old")
     return ping
 
@@ -113,7 +110,7 @@ def validate_body(body: bytes, now: datetime) -> BatchVerdict:
     except ValidationError:
         # Something is wrong: redo it ping by ping to say which ones and why.
         return validate_batch(parse_batch(body), now)
-    earliest, latest = now - MAX_AGE, now + MAX_FUTURE
+    earliest, latest = now - MAX_PING_AGE, now + MAX_PING_AHEAD
     if all(earliest <= p.ts <= latest for p in pings):
         return BatchVerdict(pings, [])
     return validate_batch([p.model_dump(mode="json") for p in pings], now)

@@ -10,6 +10,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from runtime.settings import HttpServiceSettings
 from schemas.auth import JWT_AUDIENCE, JWT_ISSUER, Principal, Role
 
 # Hard-coded: the algorithm is never taken from the token header ("alg: none", HS256
@@ -38,22 +39,26 @@ class TokenVerifier:
         *,
         audience: str,
         issuer: str,
+        max_lifetime_s: int = 24 * 3600,
+        leeway_s: int = 30,
         cache_size: int = 100_000,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._key = public_key
         self._audience = audience
         self._issuer = issuer
+        self._max_lifetime_s = max_lifetime_s
+        self._leeway_s = leeway_s
         self._cache: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
         self._cache_size = cache_size
         self._clock = clock
 
     @classmethod
-    def from_file(cls, path: Path, *, audience: str, issuer: str) -> "TokenVerifier":
+    def from_file(cls, path: Path, **kwargs: Any) -> "TokenVerifier":
         key = serialization.load_pem_public_key(path.read_bytes())
         if not isinstance(key, Ed25519PublicKey):
             raise ValueError(f"{path} is not an Ed25519 public key")
-        return cls(key, audience=audience, issuer=issuer)
+        return cls(key, **kwargs)
 
     def verify(self, token: str) -> Principal:
         cached = self._cache.get(token)
@@ -79,11 +84,29 @@ class TokenVerifier:
                 audience=self._audience,
                 issuer=self._issuer,
                 options={"require": REQUIRED_CLAIMS},
+                leeway=self._leeway_s,
             )
             principal = Principal(sub=str(claims["sub"]), role=Role(claims["role"]))
-            return principal, float(claims["exp"])
-        except (jwt.PyJWTError, KeyError, ValueError) as exc:
+            lifetime = float(claims["exp"]) - float(claims["iat"])
+        except (jwt.PyJWTError, KeyError, ValueError, TypeError) as exc:
             raise AuthError(f"invalid token: {exc}") from exc
+        # A stolen long-lived token is a long-lived breach: refuse what no issuer of ours
+        # would sign, and an iat in the future beyond the leeway (PyJWT checks nbf).
+        if lifetime > self._max_lifetime_s:
+            raise AuthError(f"invalid token: lifetime {lifetime:.0f} s exceeds the maximum")
+        if float(claims["iat"]) > self._clock() + self._leeway_s:
+            raise AuthError("invalid token: issued in the future")
+        return principal, float(claims["exp"])
+
+
+def verifier_from_settings(settings: HttpServiceSettings) -> TokenVerifier:
+    return TokenVerifier.from_file(
+        settings.jwt_public_key_path,
+        audience=settings.jwt_audience,
+        issuer=settings.jwt_issuer,
+        max_lifetime_s=settings.token_max_lifetime_s,
+        leeway_s=settings.token_leeway_s,
+    )
 
 
 def require_role(principal: Principal, allowed: Iterable[Role]) -> Principal:

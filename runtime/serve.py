@@ -2,16 +2,23 @@
 
 import uvicorn
 from fastapi import FastAPI
+from prometheus_client import CollectorRegistry, start_http_server
+
+from runtime.http import ConcurrencyCap
+from runtime.settings import HttpServiceSettings
 
 
-def serve(app: FastAPI, *, host: str, port: int, log_level: str) -> None:
+def serve(app: FastAPI, settings: HttpServiceSettings, registry: CollectorRegistry) -> None:
+    if settings.metrics_port is not None:
+        # Scrapes on a port of their own (not exposed with the API), from a thread.
+        start_http_server(settings.metrics_port, addr=settings.host, registry=registry)
     uvicorn.run(
-        app,
-        host=host,
-        port=port,
+        ConcurrencyCap(app, settings.max_concurrent_requests),
+        host=settings.host,
+        port=settings.port,
         loop="uvloop",
         http="httptools",
-        log_level=log_level.lower(),
+        log_level=settings.log_level.lower(),
         access_log=False,
         # Within the 10 s the contract gives a shutdown, whatever is in flight.
         timeout_graceful_shutdown=8,

@@ -1,4 +1,4 @@
-"""Settings every service shares; each service subclasses it with its own env prefix."""
+"""Settings every service shares; each service subclasses one with its own env prefix."""
 
 from pathlib import Path
 
@@ -11,6 +11,27 @@ class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore")
 
     log_level: str = "INFO"
-    jwt_public_key_path: Path | None = None
+
+
+class HttpServiceSettings(ServiceSettings):
+    """An HTTP service that verifies tokens: where it listens and how it bounds its work."""
+
+    # Loopback unless told otherwise: an edge (HAProxy) is what faces the network.
+    host: str = "127.0.0.1"
+    port: int
+    # Required: a service that cannot verify tokens must refuse to start.
+    jwt_public_key_path: Path
     jwt_audience: str = JWT_AUDIENCE
     jwt_issuer: str = JWT_ISSUER
+    # Tokens living longer than this (exp - iat) are refused; `iat`/`nbf` may be this far
+    # in the future (clock skew between the issuer and us).
+    token_max_lifetime_s: int = 24 * 3600
+    token_leeway_s: int = 30
+    # /docs and /openapi.json; off in a deployment that does not publish them.
+    docs_enabled: bool = True
+    # Serve /metrics on its own port (None: on the service's port).
+    metrics_port: int | None = None
+    # Requests in progress at once, beyond which the answer is 503 (nothing queues).
+    max_concurrent_requests: int = 4000
+    # The whole body must arrive within this (a slow sender holds a slot otherwise).
+    body_timeout_s: float = 10.0

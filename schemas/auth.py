@@ -4,6 +4,8 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict
 
+from schemas.ids import EntityId
+
 
 class Role(StrEnum):
     DRIVER = "driver"
@@ -17,7 +19,7 @@ class Principal(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    sub: str
+    sub: EntityId
     role: Role
 
 

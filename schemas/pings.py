@@ -1,14 +1,20 @@
 """GPS pings: what a driver app posts, and the Kafka record ingest produces for a batch."""
 
-from datetime import datetime
-from typing import Annotated, Literal, Self
+from datetime import timedelta
+from typing import Annotated, Final, Literal, Self
 from uuid import UUID
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
+from schemas.ids import EntityId
+
 MAX_PINGS_PER_BATCH = 500
 MAX_BATCH_BYTES = 256 * 1024
 MAX_SPEED_MPS = 100.0
+# A fix time is accepted from MAX_PING_AGE before its receipt to MAX_PING_AHEAD after it
+# (design section 8): ingest checks it against its clock, the stream re-checks the record.
+MAX_PING_AGE: Final = timedelta(days=7)
+MAX_PING_AHEAD: Final = timedelta(minutes=5)
 
 Latitude = Annotated[float, Field(ge=-90.0, le=90.0)]
 Longitude = Annotated[float, Field(ge=-180.0, le=180.0)]
@@ -49,6 +55,19 @@ class PingBatchRecord(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     v: Literal[1] = 1
-    driver_id: str = Field(min_length=1)
-    received_at: datetime
-    pings: list[Ping] = Field(min_length=1)
+    driver_id: EntityId
+    received_at: AwareDatetime
+    pings: list[Ping] = Field(min_length=1, max_length=MAX_PINGS_PER_BATCH)
+
+    @model_validator(mode="after")
+    def _pings_within_the_accepted_window(self) -> Self:
+        # Anyone who can write to the topic can bypass ingest: a ping dated year 1 would
+        # otherwise make the sink create a partition for every day since.
+        earliest, latest = self.received_at - MAX_PING_AGE, self.received_at + MAX_PING_AHEAD
+        for ping in self.pings:
+            if not earliest <= ping.ts <= latest:
+                raise ValueError(
+                    f"ping {ping.ping_id} at {ping.ts.isoformat()} lies outside "
+                    f"[received_at - {MAX_PING_AGE}, received_at + {MAX_PING_AHEAD}]"
+                )
+        return self

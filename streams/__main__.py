@@ -1,17 +1,34 @@
 """`python -m streams`: run one Faust worker."""
 
+import signal
+from typing import Any
+
 import faust
 
 from runtime.logging import configure_logging
 from streams.app import create_app
 from streams.config import StreamsSettings
+from streams.pipeline import PingBatchProcessor
+
+
+class StreamWorker(faust.Worker):
+    """Tells the batch processor first when a stop signal arrives: Faust's own stop waits
+    for the batch in flight to be acked, which, while the database is down, is never."""
+
+    def __init__(self, app: faust.App, processor: PingBatchProcessor, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self._processor = processor
+
+    def _schedule_shutdown(self, signum: signal.Signals) -> None:
+        self._processor.request_stop()
+        super()._schedule_shutdown(signum)
 
 
 def main() -> None:
     settings = StreamsSettings()
     configure_logging(settings.log_level)
-    app = create_app(settings)
-    worker = faust.Worker(app, loglevel=settings.log_level.lower())
+    streams = create_app(settings)
+    worker = StreamWorker(streams.app, streams.processor, loglevel=settings.log_level.lower())
     worker.execute_from_commandline()
 
 

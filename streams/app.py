@@ -1,48 +1,106 @@
-"""The Faust app: a thin agent around the pure decode/rows steps and the sink."""
+"""The Faust app: a thin agent around the batch step (streams/pipeline.py), partition and
+retention maintenance, and the worker's probes."""
 
-import asyncio
 import logging
+import os
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import faust
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from runtime.kafka import AckedProducer, Message, ProduceFailed, durable_producer
 from runtime.postgres import open_pool
 from schemas import topics
 from schemas.pings import PingBatchRecord
-from schemas.positions import PositionUpdate
-from streams.clean import LATE, TELEPORT, CleanBatch, CleanPing
+from streams.clean import CleanBatch
 from streams.config import StreamsSettings
-from streams.decode import split_batch
-from streams.errors import SinkUnavailable
+from streams.errors import SendFailed, SinkUnavailable
 from streams.metrics import StreamsMetrics
-from streams.sink import PingSink
+from streams.pipeline import Backoff, Outgoing, PingBatchProcessor
+from streams.sink import PingSink, SinkLimits
 
 log = logging.getLogger(__name__)
+# The exit status of a worker that stopped with a batch it could not finish: it exits
+# without committing, so whoever takes its partitions replays the batch.
+EXIT_UNFINISHED_BATCH = 75
 
 
-def position_update(moved: CleanPing) -> PositionUpdate:
-    p = moved.ping
-    return PositionUpdate(
-        driver_id=moved.driver_id, ping_id=p.ping_id, ts=p.ts, lat=p.lat, lon=p.lon,
-        speed_mps=p.speed_mps, heading_deg=p.heading_deg, job_id=p.job_id,
-    )  # fmt: skip
+def exit_without_commit() -> None:
+    logging.shutdown()
+    os._exit(EXIT_UNFINISHED_BATCH)
 
 
-def create_app(settings: StreamsSettings, metrics: StreamsMetrics | None = None) -> faust.App:
+class KafkaSender:
+    """The pipeline's Sender on our own durable producer: Faust's producer is neither
+    idempotent nor bounded in time (its request timeout is 1200 s)."""
+
+    def __init__(self, producer: AckedProducer) -> None:
+        self._producer = producer
+
+    async def send_all(self, messages: list[Outgoing]) -> None:
+        try:
+            await self._producer.send_all(
+                [Message(m.topic, m.key, m.value, m.headers) for m in messages]
+            )
+        except ProduceFailed as exc:
+            raise SendFailed(str(exc)) from exc
+
+
+class LazySink:
+    """Opens the pool on first use (inside the worker's event loop), then delegates."""
+
+    def __init__(self, settings: StreamsSettings) -> None:
+        self._settings = settings
+        self._sink: PingSink | None = None
+
+    async def get(self) -> PingSink:
+        if self._sink is None:
+            s = self._settings
+            pool = await open_pool(
+                s.database_dsn, min_size=1, max_size=s.pool_max_size, name="streams"
+            )
+            limits = SinkLimits(
+                lock_timeout_ms=s.lock_timeout_ms,
+                statement_timeout_ms=s.statement_timeout_ms,
+                future_tolerance=timedelta(seconds=s.future_tolerance_s),
+            )
+            self._sink = PingSink(pool, limits)
+        return self._sink
+
+    async def write(self, records: list[PingBatchRecord]) -> CleanBatch:
+        return await (await self.get()).write(records)
+
+
+@dataclass
+class StreamsApp:
+    """The Faust app, with the processor its worker must tell when it is stopping."""
+
+    app: faust.App
+    processor: PingBatchProcessor
+
+
+def create_app(
+    settings: StreamsSettings,
+    metrics: StreamsMetrics | None = None,
+    *,
+    on_unfinished_batch: Callable[[], None] = exit_without_commit,
+) -> StreamsApp:
     metrics = metrics or StreamsMetrics()
     app = faust.App(
         settings.app_id,
         broker=f"kafka://{settings.kafka_bootstrap}",
         store="memory://",
         web_host=settings.web_host,
+        web_bind=settings.web_host,
         web_port=settings.web_port,
         web_in_thread=False,
         topic_partitions=topics.DRIVER_TOPIC_PARTITIONS,
         topic_allow_declare=True,
         consumer_auto_offset_reset="earliest",
-        producer_acks=-1,
         broker_commit_every=1000,
         broker_commit_interval=1.0,
         # A worker killed without goodbye holds its partitions until this runs out.
@@ -57,82 +115,80 @@ def create_app(settings: StreamsSettings, metrics: StreamsMetrics | None = None)
         value_serializer="raw",
         partitions=topics.DRIVER_TOPIC_PARTITIONS,
     )
-    positions = app.topic(settings.positions_topic, key_serializer="raw", value_serializer="raw")
-    dlq = app.topic(topics.dlq(settings.pings_topic), key_serializer="raw", value_serializer="raw")
-    state: dict[str, Any] = {}
-
-    async def sink() -> PingSink:
-        if "sink" not in state:
-            pool = await open_pool(
-                settings.database_dsn, min_size=1, max_size=settings.pool_max_size, name="streams"
-            )
-            state["pool"] = pool
-            state["sink"] = PingSink(pool)
-        result: PingSink = state["sink"]
-        return result
-
-    async def write_until_done(records: list[PingBatchRecord]) -> CleanBatch:
-        # The batch's offsets are acked only when this returns, so retrying here (rather
-        # than skipping) keeps at-least-once: nothing is committed past unwritten rows.
-        backoff_s = 0.1
-        target = await sink()
-        while True:
-            started = time.perf_counter()
-            try:
-                batch = await target.write(records)
-            except SinkUnavailable as exc:
-                metrics.sink_failures.inc()
-                log.warning("sink write failed, retrying in %.1f s: %s", backoff_s, exc)
-                await asyncio.sleep(backoff_s)
-                backoff_s = min(backoff_s * 2, settings.retry_backoff_max_s)
-                continue
-            metrics.flush_latency.observe(time.perf_counter() - started)
-            return batch
+    sink = LazySink(settings)
+    producer = AckedProducer(
+        lambda: durable_producer(settings.kafka_bootstrap, client_id="streams"),
+        timeout_s=settings.produce_timeout_s,
+        shutdown_timeout_s=settings.shutdown_grace_s,
+    )
+    processor = PingBatchProcessor(
+        sink,
+        KafkaSender(producer),
+        positions_topic=settings.positions_topic,
+        dlq_topic=topics.dlq(settings.pings_topic),
+        metrics=metrics,
+        backoff=Backoff(max_s=settings.retry_backoff_max_s),
+        shutdown_grace_s=settings.shutdown_grace_s,
+    )
 
     @app.agent(pings)
     async def process_pings(stream: Any) -> None:
         async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
-            messages = [(e.message.key, e.message.value) for e in events]
-            records, poison = split_batch(messages)
-            for bad in poison:
-                log.warning("poison record to DLQ: %s", bad.error[:200])
-                await dlq.send(
-                    key=bad.key, value=bad.value, headers={"error": bad.error.encode()[:4000]}
-                )
-            metrics.poison.inc(len(poison))
-            batch = await write_until_done(records)
-            # After the commit: the notifier only ever hears of positions that are stored.
-            for moved in batch.moved.values():
-                update = position_update(moved)
-                await positions.send(
-                    key=moved.driver_id.encode(), value=update.model_dump_json().encode()
-                )
-            metrics.records.inc(len(records))
-            metrics.pings.inc(len(batch.pings))
-            for flag in (TELEPORT, LATE):
-                metrics.flagged.labels(flag).inc(sum(1 for p in batch.pings if flag in p.flags))
+            try:
+                await processor.process([(e.message.key, e.message.value) for e in events])
+            except BaseException:
+                # Leaving this loop body by an exception would ack the batch (take_events
+                # acks in a `finally`), and Faust would commit it on its way out: exit
+                # without committing instead; the batch is replayed.
+                log.critical("batch not finished; exiting without committing", exc_info=True)
+                on_unfinished_batch()
+                raise
 
-    async def maintain_partitions() -> None:
+    @app.on_before_shutdown.connect
+    async def close_producer(*_: Any, **__: Any) -> None:
+        await producer.close()
+
+    async def maintain() -> None:
         try:
-            target = await sink()
+            target = await sink.get()
             created = await target.ensure_partitions(
                 settings.partition_days_back, settings.partition_days_ahead
             )
             dropped = await target.drop_partitions_older_than(settings.retention_days)
+            rows = await target.drop_aggregates_older_than(
+                timedelta(days=settings.minute_aggregates_retention_days),
+                timedelta(days=settings.hourly_aggregates_retention_days),
+            )
         except Exception as exc:  # maintenance must never kill the worker; it runs again
-            log.warning("partition maintenance failed: %r", exc)
+            log.warning("maintenance failed: %r", exc)
             return
-        if created or dropped:
-            log.info("pings partitions: %d created, %d dropped", created, dropped)
+        if created or dropped or rows:
+            log.info(
+                "maintenance: %d partitions created, %d dropped, %d aggregate rows expired",
+                created, dropped, rows,
+            )  # fmt: skip
 
     # Every worker keeps the daily partitions ahead: at start, then periodically. Idempotent.
-    app.task(maintain_partitions)
-    app.timer(interval=settings.maintenance_interval_s, on_leader=False)(maintain_partitions)
+    app.task(maintain)
+    app.timer(interval=settings.maintenance_interval_s, on_leader=False)(maintain)
 
     # Faust's view functions receive its web adapter and the request.
     @app.page("/healthz")
     async def healthz(web: Any, request: Any) -> Any:
+        stalled_s = processor.health.stalled_for(time.monotonic())
+        if stalled_s > settings.health_stall_s:
+            return web.json(
+                {"status": "stalled", "batch_waiting_s": round(stalled_s, 1)}, status=503
+            )
         return web.json({"status": "ok"})
+
+    @app.page("/readyz")
+    async def readyz(web: Any, request: Any) -> Any:
+        try:
+            await (await sink.get()).ping()
+        except SinkUnavailable as exc:
+            return web.json({"status": "unavailable", "database": str(exc)}, status=503)
+        return web.json({"status": "ready"})
 
     @app.page("/metrics")
     async def prometheus(web: Any, request: Any) -> Any:
@@ -141,4 +197,4 @@ def create_app(settings: StreamsSettings, metrics: StreamsMetrics | None = None)
             generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )
 
-    return app
+    return StreamsApp(app, processor)

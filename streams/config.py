@@ -6,6 +6,7 @@ from pydantic import model_validator
 from pydantic_settings import SettingsConfigDict
 
 from runtime.settings import ServiceSettings
+from schemas import topics
 
 
 class StreamsSettings(ServiceSettings):
@@ -13,22 +14,38 @@ class StreamsSettings(ServiceSettings):
 
     app_id: str = "telemetry-streams"
     kafka_bootstrap: str = "127.0.0.1:19092"
-    pings_topic: str = "pings.v1"
-    positions_topic: str = "positions.v1"
+    pings_topic: str = topics.PINGS
+    positions_topic: str = topics.POSITIONS
     # Through PgBouncer to the primary.
     database_dsn: str = "host=127.0.0.1 port=16432 dbname=telemetry user=telemetry"
     pool_max_size: int = 4
     session_timeout_s: float = 10.0
+    # The worker's web server (/healthz, /readyz, /metrics): loopback unless told otherwise.
     web_host: str = "127.0.0.1"
     web_port: int = 18201
     # A batch is flushed when it holds batch_max records or batch_within_s has passed.
     batch_max: int = 500
     batch_within_s: float = 0.1
-    # Writes retry with backoff for as long as the database is down; offsets do not move.
+    # Writes and sends retry with jittered backoff for as long as they fail; offsets do
+    # not move meanwhile.
     retry_backoff_max_s: float = 5.0
+    # Every sink transaction's bounded waits (a zombie worker's locks, a hung statement).
+    lock_timeout_ms: int = 5_000
+    statement_timeout_ms: int = 30_000
+    # A ping further than this ahead of its record's receipt is flagged `future`.
+    future_tolerance_s: float = 30.0
+    # /healthz answers 503 once a batch has waited unwritten this long.
+    health_stall_s: float = 30.0
+    # On SIGTERM a batch in flight may finish within this; past it the worker exits
+    # without committing (the batch is replayed by whoever takes the partitions).
+    shutdown_grace_s: float = 5.0
+    # Dead letters and positions: the whole wait for Kafka's acks.
+    produce_timeout_s: float = 5.0
     partition_days_back: int = 8
     partition_days_ahead: int = 3
     retention_days: int = 30
+    minute_aggregates_retention_days: int = 90
+    hourly_aggregates_retention_days: int = 730
     maintenance_interval_s: float = 3600.0
 
     @model_validator(mode="after")

@@ -9,6 +9,16 @@ from streams.errors import InvalidMessage
 
 
 @dataclass(frozen=True, slots=True)
+class Incoming:
+    """A decoded record with the bytes it came from (a record refused later by the
+    database is dead-lettered as it arrived)."""
+
+    key: bytes | None
+    value: bytes
+    record: PingBatchRecord
+
+
+@dataclass(frozen=True, slots=True)
 class Poison:
     key: bytes | None
     value: bytes
@@ -16,20 +26,20 @@ class Poison:
 
 
 def decode_record(value: bytes) -> PingBatchRecord:
+    """The record, or InvalidMessage: undecodable, the wrong schema, a malformed driver id,
+    or a ping outside the record's time window (the stream trusts no producer)."""
     try:
         return PingBatchRecord.model_validate_json(value)
     except ValidationError as exc:
         raise InvalidMessage(str(exc)) from exc
 
 
-def split_batch(
-    messages: list[tuple[bytes | None, bytes]],
-) -> tuple[list[PingBatchRecord], list[Poison]]:
-    records: list[PingBatchRecord] = []
+def split_batch(messages: list[tuple[bytes | None, bytes]]) -> tuple[list[Incoming], list[Poison]]:
+    records: list[Incoming] = []
     poison: list[Poison] = []
     for key, value in messages:
         try:
-            records.append(decode_record(value))
+            records.append(Incoming(key, value, decode_record(value)))
         except InvalidMessage as exc:
             poison.append(Poison(key, value, str(exc)))
     return records, poison

@@ -10,4 +10,14 @@ class InvalidMessage(StreamsError):
 
 
 class SinkUnavailable(StreamsError):
-    """The database refused or timed out; the batch is retried, offsets stay put."""
+    """The database refused or timed out (connection, lock or statement timeout,
+    serialization failure): transient, so the batch is retried and offsets stay put."""
+
+
+class BadData(StreamsError):
+    """The database refused the batch's data (a NUL byte, a value out of range): retrying
+    the same rows fails the same way, so the offending record is isolated and dead-lettered."""
+
+
+class SendFailed(StreamsError):
+    """Kafka did not acknowledge a dead-letter or position record in time (transient)."""

@@ -19,9 +19,15 @@ class StreamsMetrics:
             ["flag"],
             registry=self.registry,
         )
-        self.sink_failures = Counter(
-            "streams_sink_failures", "Failed sink writes (retried)", registry=self.registry
+        self.batch_failures = Counter(
+            "streams_batch_failures",
+            "Failed attempts at a batch's write or sends (retried; the batch stays unacked)",
+            ["step", "kind"],
+            registry=self.registry,
         )
+        for step in ("write", "send"):
+            for kind in ("transient", "unexpected"):
+                self.batch_failures.labels(step, kind)
         self.flush_latency = Histogram(
             "streams_flush_seconds",
             "Time to write one batch",

@@ -3,19 +3,35 @@
 aggregates the batch touched from the stored pings (so replays never double count)."""
 
 import logging
-from datetime import UTC, date
+from dataclasses import dataclass
+from datetime import UTC, date, timedelta
 from typing import Any
 
 import psycopg
 from psycopg import AsyncConnection, sql
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from schemas.pings import PingBatchRecord
 from streams.clean import CleanBatch, Position, clean
-from streams.errors import SinkUnavailable
+from streams.errors import BadData, SinkUnavailable
 from streams.rows import PING_COLUMNS, PING_TYPES, ping_rows
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class SinkLimits:
+    """Bounded waits for every sink transaction (set per transaction with set_config(...,
+    true), which PgBouncer's transaction mode keeps within the transaction)."""
+
+    lock_timeout_ms: int = 5_000
+    statement_timeout_ms: int = 30_000
+    future_tolerance: timedelta = timedelta(seconds=30)
+
+
+# Which pings count in the aggregates, `NOT (flags && '{future,teleport}'::text[])`, is
+# spelled the same in every query below and in the partial index of migration 0003.
+_LIMITS = "SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true)"
 
 # Serialises writers of the same driver (two workers overlap briefly during a rebalance)
 # and of the same cell-minute (cells span drivers, so partitions, so workers). Taken in
@@ -26,7 +42,8 @@ SELECT count(pg_advisory_xact_lock(k)) FROM (
 ) AS keys
 """
 _READ_LATEST = (
-    "SELECT driver_id, ts, lat, lon FROM driver_positions WHERE driver_id = ANY(%s::text[])"
+    "SELECT driver_id, ts, lat, lon, ping_id FROM driver_positions"
+    " WHERE driver_id = ANY(%s::text[])"
 )
 _STAGE = "CREATE TEMP TABLE pings_in (LIKE pings INCLUDING DEFAULTS) ON COMMIT DROP"
 _COPY = sql.SQL("COPY pings_in ({}) FROM STDIN (FORMAT BINARY)").format(
@@ -49,28 +66,33 @@ WHERE excluded.ts > cur.ts
 _LOCK_CELLS = """
 SELECT count(pg_advisory_xact_lock(k)) FROM (
     SELECT DISTINCT hashtextextended('cell:' || h3_cell || ':' || date_trunc('minute', ts), 0) AS k
-    FROM pings_in WHERE cardinality(flags) = 0 ORDER BY k
+    FROM pings_in WHERE NOT (flags && '{future,teleport}'::text[]) ORDER BY k
 ) AS keys
 """
-# Each (driver, minute) the batch touched, recomputed whole from the valid stored pings.
+# Each (driver, minute) the batch touched, recomputed whole from the counted stored pings.
+# The step from a minute's last ping to the next minute's first belongs to the later
+# minute: so a batch touches the minute after each of its pings too, and each minute reads
+# the one before it for its first step.
 _DRIVER_STATS = """
 WITH touched AS (
-    SELECT DISTINCT driver_id, date_trunc('minute', ts) AS bucket
-    FROM pings_in WHERE cardinality(flags) = 0
-), valid AS (
+    SELECT DISTINCT driver_id, b.bucket
+    FROM pings_in, LATERAL (VALUES (date_trunc('minute', ts)),
+                                   (date_trunc('minute', ts) + interval '1 minute')) AS b(bucket)
+    WHERE NOT (flags && '{future,teleport}'::text[])
+), counted AS (
     SELECT p.driver_id, t.bucket, p.ts, p.ping_id, p.lat, p.lon, p.speed_mps
     FROM touched t JOIN pings p ON p.driver_id = t.driver_id
-        AND p.ts >= t.bucket AND p.ts < t.bucket + interval '1 minute'
-    WHERE cardinality(p.flags) = 0
+        AND p.ts >= t.bucket - interval '1 minute' AND p.ts < t.bucket + interval '1 minute'
+    WHERE NOT (p.flags && '{future,teleport}'::text[])
 ), steps AS (
-    SELECT driver_id, bucket, speed_mps,
+    SELECT driver_id, bucket, ts, speed_mps,
         haversine_m(lag(lat) OVER w, lag(lon) OVER w, lat, lon) AS step_m
-    FROM valid WINDOW w AS (PARTITION BY driver_id, bucket ORDER BY ts, ping_id)
+    FROM counted WINDOW w AS (PARTITION BY driver_id, bucket ORDER BY ts, ping_id)
 )
 INSERT INTO driver_stats_1m
     (driver_id, bucket, pings, distance_m, avg_speed_mps, max_speed_mps)
 SELECT driver_id, bucket, count(*), coalesce(sum(step_m), 0), avg(speed_mps), max(speed_mps)
-FROM steps GROUP BY driver_id, bucket
+FROM steps WHERE ts >= bucket GROUP BY driver_id, bucket
 ON CONFLICT (driver_id, bucket) DO UPDATE SET
     pings = excluded.pings, distance_m = excluded.distance_m,
     avg_speed_mps = excluded.avg_speed_mps, max_speed_mps = excluded.max_speed_mps
@@ -78,21 +100,23 @@ ON CONFLICT (driver_id, bucket) DO UPDATE SET
 _CELL_DENSITY = """
 WITH touched AS (
     SELECT DISTINCT h3_cell AS cell, date_trunc('minute', ts) AS bucket
-    FROM pings_in WHERE cardinality(flags) = 0
+    FROM pings_in WHERE NOT (flags && '{future,teleport}'::text[])
 )
 INSERT INTO cell_density_1m (cell, bucket, drivers)
 SELECT t.cell, t.bucket, count(DISTINCT p.driver_id)
 FROM touched t JOIN pings p ON p.h3_cell = t.cell
     AND p.ts >= t.bucket AND p.ts < t.bucket + interval '1 minute'
-WHERE cardinality(p.flags) = 0
+WHERE NOT (p.flags && '{future,teleport}'::text[])
 GROUP BY t.cell, t.bucket
 ON CONFLICT (cell, bucket) DO UPDATE SET drivers = excluded.drivers
 """
 # Hourly rollups from the minute rows (no TimescaleDB here for continuous aggregates).
 _DRIVER_STATS_HOURLY = """
 WITH touched AS (
-    SELECT DISTINCT driver_id, date_trunc('hour', ts) AS bucket
-    FROM pings_in WHERE cardinality(flags) = 0
+    -- the minute after a ping may lie in the next hour (see _DRIVER_STATS)
+    SELECT DISTINCT driver_id, date_trunc('hour', b.ts) AS bucket
+    FROM pings_in, LATERAL (VALUES (ts), (ts + interval '1 minute')) AS b(ts)
+    WHERE NOT (flags && '{future,teleport}'::text[])
 )
 INSERT INTO driver_stats_1h
     (driver_id, bucket, pings, distance_m, avg_speed_mps, max_speed_mps)
@@ -109,26 +133,43 @@ ON CONFLICT (driver_id, bucket) DO UPDATE SET
     avg_speed_mps = excluded.avg_speed_mps, max_speed_mps = excluded.max_speed_mps
 """
 
+# Transient: the same write may succeed later (connection lost, lock or statement timeout,
+# serialization failure: all OperationalError). What psycopg raises about the data itself
+# fails the same way on every retry.
+_TRANSIENT = (psycopg.OperationalError, PoolTimeout, TimeoutError, OSError)
+_DATA = (psycopg.DataError, psycopg.IntegrityError)
+
 
 class PingSink:
-    def __init__(self, pool: AsyncConnectionPool[AsyncConnection[Any]]) -> None:
+    """Writes batches of `pings.v1` records, each in one transaction. Idempotent: writing a
+    batch again (a replay after a crash, an overlap during a rebalance) stores nothing
+    twice and recomputes the same aggregates, so at-least-once delivery gives
+    exactly-once results."""
+
+    def __init__(self, pool: AsyncConnectionPool[AsyncConnection[Any]], limits: SinkLimits) -> None:
         self._pool = pool
+        self._limits = limits
         self._days_with_partitions: set[date] = set()
         self._hourly_in_stream: bool | None = None
 
     async def write(self, records: list[PingBatchRecord]) -> CleanBatch:
-        """Writes the batch in one transaction and returns how it was cleaned;
-        SinkUnavailable if the database fails (nothing of the batch is then written)."""
+        """Writes the batch in one transaction and returns how it was cleaned. Raises
+        SinkUnavailable (transient) or BadData (the rows themselves); either way nothing
+        of the batch is written."""
         if not records:
             return CleanBatch([], {})
         drivers = sorted({r.driver_id for r in records})
         try:
             await self._ensure_days({p.ts.astimezone(UTC).date() for r in records for p in r.pings})
             async with self._pool.connection() as conn, conn.transaction():
+                await self._bound_waits(conn)
                 await conn.execute(_LOCK_DRIVERS, [drivers])
                 cur = await conn.execute(_READ_LATEST, [drivers])
-                latest = {d: Position(ts, lat, lon) for d, ts, lat, lon in await cur.fetchall()}
-                batch = clean(records, latest)
+                latest = {
+                    d: Position(ts, lat, lon, ping_id)
+                    for d, ts, lat, lon, ping_id in await cur.fetchall()
+                }
+                batch = clean(records, latest, self._limits.future_tolerance)
                 await conn.execute(_STAGE)
                 async with conn.cursor().copy(_COPY) as copy:
                     copy.set_types(list(PING_TYPES))
@@ -145,9 +186,20 @@ class PingSink:
                 await conn.execute(_CELL_DENSITY)
                 if await self._maintains_hourly(conn):
                     await conn.execute(_DRIVER_STATS_HOURLY)
-        except (psycopg.Error, TimeoutError) as exc:
-            raise SinkUnavailable(f"writing {len(records)} records failed: {exc}") from exc
+        except _DATA as exc:
+            raise BadData(f"the database refused {len(records)} records: {exc}") from exc
+        except _TRANSIENT as exc:
+            raise SinkUnavailable(f"writing {len(records)} records failed: {exc!r}") from exc
         return batch
+
+    async def _bound_waits(self, conn: AsyncConnection[Any]) -> None:
+        # A zombie worker (paused mid-transaction) holding a driver's or a cell's lock must
+        # not stall the others for longer than this; the server's
+        # idle_in_transaction_session_timeout then ends the zombie's transaction.
+        await conn.execute(
+            _LIMITS,
+            [f"{self._limits.lock_timeout_ms}ms", f"{self._limits.statement_timeout_ms}ms"],
+        )
 
     async def _maintains_hourly(self, conn: AsyncConnection[Any]) -> bool:
         """On TimescaleDB the hourly rollup is a continuous aggregate (a view) that the
@@ -161,32 +213,49 @@ class PingSink:
         return self._hourly_in_stream
 
     async def _ensure_days(self, days: set[date]) -> None:
-        """A ping of a day without a partition would fail the whole batch, every retry."""
+        """A ping of a day without a partition would fail the whole batch, every retry.
+        The record's time window (schemas.pings) bounds how many days this can be."""
         missing = days - self._days_with_partitions
         if not missing:
             return
-        async with self._pool.connection() as conn:
+        async with self._pool.connection() as conn, conn.transaction():
+            await self._bound_waits(conn)
             await conn.execute(
                 "SELECT ensure_pings_partitions(%s, %s)", [min(missing), max(missing)]
             )
         self._days_with_partitions |= missing
 
-    async def ensure_partitions(self, days_back: int, days_ahead: int) -> int:
-        """Creates the daily `pings` partitions around today; returns how many it made."""
-        async with self._pool.connection() as conn:
-            cur = await conn.execute(
-                "SELECT ensure_pings_partitions("
-                " (now() AT TIME ZONE 'UTC')::date - %s, (now() AT TIME ZONE 'UTC')::date + %s)",
-                [days_back, days_ahead],
-            )
+    async def _call(self, query: str, params: list[Any]) -> int:
+        async with self._pool.connection() as conn, conn.transaction():
+            await self._bound_waits(conn)
+            cur = await conn.execute(query, params)
             row = await cur.fetchone()
         return int(row[0]) if row else 0
 
+    async def ensure_partitions(self, days_back: int, days_ahead: int) -> int:
+        """Creates the daily `pings` partitions around today; returns how many it made."""
+        return await self._call(
+            "SELECT ensure_pings_partitions("
+            " (now() AT TIME ZONE 'UTC')::date - %s, (now() AT TIME ZONE 'UTC')::date + %s)",
+            [days_back, days_ahead],
+        )
+
     async def drop_partitions_older_than(self, retention_days: int) -> int:
-        async with self._pool.connection() as conn:
-            cur = await conn.execute(
-                "SELECT drop_pings_partitions_before((now() AT TIME ZONE 'UTC')::date - %s)",
-                [retention_days],
-            )
-            row = await cur.fetchone()
-        return int(row[0]) if row else 0
+        return await self._call(
+            "SELECT drop_pings_partitions_before((now() AT TIME ZONE 'UTC')::date - %s)",
+            [retention_days],
+        )
+
+    async def drop_aggregates_older_than(self, minutes: timedelta, hours: timedelta) -> int:
+        """Deletes minute rows older than `minutes` and hourly rows older than `hours`."""
+        return await self._call(
+            "SELECT drop_aggregates_before(now() - %s, now() - %s)", [minutes, hours]
+        )
+
+    async def ping(self) -> None:
+        """Raises SinkUnavailable unless the database answers (for /readyz)."""
+        try:
+            async with self._pool.connection(timeout=1.0) as conn:
+                await conn.execute("SELECT 1")
+        except (*_TRANSIENT, psycopg.Error) as exc:
+            raise SinkUnavailable(f"database unreachable: {exc!r}") from exc

@@ -1,9 +1,8 @@
 """Test helpers: recompute the stream's aggregates from the stored raw pings, in Python."""
 
 from collections import defaultdict
-from datetime import datetime
+from datetime import datetime, timedelta
 from itertools import pairwise
-from typing import Any
 
 import psycopg
 
@@ -21,20 +20,26 @@ def stored_stats(dsn: str, drivers: list[str]) -> dict[tuple[str, datetime], tup
 
 
 def recomputed_stats(dsn: str, drivers: list[str]) -> dict[tuple[str, datetime], tuple[int, float]]:
-    """(pings, distance_m) per driver and minute, from the valid stored pings."""
+    """(pings, distance_m) per driver and minute, from the stored pings that count (all but
+    `future` and `teleport`). Each step between consecutive pings belongs to the later
+    ping's minute, when the earlier one lies in that minute or the one before it."""
     with psycopg.connect(dsn) as conn:
         raw = conn.execute(
             "SELECT driver_id, ts, lat, lon FROM pings WHERE driver_id = ANY(%s)"
-            " AND cardinality(flags) = 0 ORDER BY driver_id, ts, ping_id",
+            " AND NOT (flags && '{future,teleport}'::text[]) ORDER BY driver_id, ts, ping_id",
             [drivers],
         ).fetchall()
-    minutes: dict[tuple[str, datetime], list[Any]] = defaultdict(list)
+    stats: dict[tuple[str, datetime], list[float]] = defaultdict(lambda: [0, 0.0])
     for row in raw:
-        minutes[(row[0], row[1].replace(second=0, microsecond=0))].append(row)
-    return {
-        key: (len(rows), sum(haversine_m(a[2], a[3], b[2], b[3]) for a, b in pairwise(rows)))
-        for key, rows in minutes.items()
-    }
+        stats[(row[0], minute(row[1]))][0] += 1
+    for a, b in pairwise(raw):
+        if a[0] == b[0] and minute(b[1]) - minute(a[1]) <= timedelta(minutes=1):
+            stats[(b[0], minute(b[1]))][1] += haversine_m(a[2], a[3], b[2], b[3])
+    return {key: (int(n), dist) for key, (n, dist) in stats.items()}
+
+
+def minute(ts: datetime) -> datetime:
+    return ts.replace(second=0, microsecond=0)
 
 
 def assert_stats_match(dsn: str, drivers: list[str]) -> None:

@@ -1,5 +1,9 @@
 """The walking skeleton: POST /v1/pings -> Kafka -> Faust -> PostgreSQL -> replica -> api."""
 
+import os
+import stat
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -11,6 +15,7 @@ import pytest
 
 from infra import postgres
 from infra.config import StackConfig
+from infra.stack import Stack
 from schemas.auth import Role
 from tests.integration.conftest import wait_for
 
@@ -136,3 +141,27 @@ def test_api_position_errors(config: StackConfig, token: Callable[..., str]) -> 
     assert missing.json()["error"]["code"] == "not_found"
     customer = {"Authorization": f"Bearer {token(Role.CUSTOMER, 'c-1')}"}
     assert httpx.get(url, headers=customer).status_code == 403
+    # A NUL byte or an over-long id in the path: the envelope, never a 500.
+    for bad in ("a%00b", "d" * 129):
+        r = httpx.get(f"{api_url(config)}/v1/drivers/{bad}/position", headers=ops)
+        assert r.status_code == 422, r.text
+        assert r.json()["error"]["code"] == "invalid"
+    # A 405 keeps its Allow header.
+    r = httpx.post(url, headers=ops)
+    assert (r.status_code, r.headers["Allow"]) == (405, "GET")
+
+
+def test_status_json_redacts_passwords_and_the_state_file_is_private(stack: Stack) -> None:
+    env = os.environ | {
+        f"TELEMETRY_{name.upper()}": str(value) for name, value in stack.config.model_dump().items()
+    }
+    run = [sys.executable, "-m", "infra.cli", "status", "--json"]
+    shown = subprocess.run(run, env=env, capture_output=True, text=True, check=False)
+    assert shown.returncode == 0, shown.stderr
+    assert "password=***" in shown.stdout
+    assert postgres.password(stack.config) not in shown.stdout
+    secret = subprocess.run(
+        [*run, "--show-secrets"], env=env, capture_output=True, text=True, check=False
+    )
+    assert postgres.password(stack.config) in secret.stdout
+    assert stat.S_IMODE(stack.state.path.stat().st_mode) == 0o600

@@ -11,6 +11,7 @@ from itertools import pairwise
 from typing import Any
 
 import httpx
+import orjson
 import psycopg
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -22,6 +23,7 @@ from schemas import topics
 from schemas.auth import Role
 from schemas.positions import PositionUpdate
 from tests.integration.conftest import wait_for
+from tests.integration.recompute import recomputed_stats
 
 pytestmark = pytest.mark.integration
 ORIGIN = (12.97, 77.59)
@@ -157,29 +159,22 @@ def test_stats_equal_a_recomputation_from_the_stored_raw_pings_after_many_batche
             ).fetchall()
         )
     assert len(raw) == total  # the retried pings are stored once
-    # Recompute in Python from the raw rows.
-    minutes: dict[tuple[str, datetime], list[tuple[Any, ...]]] = defaultdict(list)
+    # Recompute from the raw rows. The first half, sent second, is late: late pings count.
+    assert any(row[5] == ["late"] for row in raw)
+    assert all(set(row[5]) <= {"late"} for row in raw)
     cells: dict[tuple[int, datetime], set[str]] = defaultdict(set)
+    top_speed: dict[tuple[str, datetime], float] = defaultdict(float)
     for row in raw:
-        if row[5]:
-            continue
         bucket = row[1].replace(second=0, microsecond=0)
-        minutes[(row[0], bucket)].append(row)
         cells[(row[6], bucket)].add(row[0])
-    expected = {
-        key: (
-            len(rows),
-            sum(haversine_m(a[2], a[3], b[2], b[3]) for a, b in pairwise(rows)),
-            max(r[4] for r in rows),
-        )
-        for key, rows in minutes.items()
-    }
+        top_speed[(row[0], bucket)] = max(top_speed[(row[0], bucket)], row[4])
+    expected = recomputed_stats(postgres.dsn(config, "primary"), drivers)
     actual = {(d, b): (n, dist, mx) for d, b, n, dist, mx in stats}
     assert actual.keys() == expected.keys()
-    for key, (n, dist, mx) in expected.items():
+    for key, (n, dist) in expected.items():
         assert actual[key][0] == n
         assert math.isclose(actual[key][1], dist, rel_tol=1e-6, abs_tol=1e-6)
-        assert actual[key][2] == pytest.approx(mx)
+        assert actual[key][2] == pytest.approx(top_speed[key])
     # Only our drivers' pings in those cells in these minutes: the density is at least ours.
     for key, members in cells.items():
         assert density[key] >= len(members)
@@ -207,13 +202,20 @@ async def test_poison_goes_to_the_dlq_and_the_partition_keeps_flowing(
             await producer.send_and_wait(
                 topics.PINGS, b'{"v": 1, "driver_id": "x"}', key=driver.encode()
             )
+            # Records that decode but that ingest would never have produced: the stream
+            # re-checks them (a NUL byte in the driver id, a ping dated year 1).
+            for record in (
+                raw_record("drv\x00nul", datetime.now(UTC)),
+                raw_record(driver, datetime(1, 1, 1, tzinfo=UTC)),
+            ):
+                await producer.send_and_wait(topics.PINGS, record, key=driver.encode())
         finally:
             await producer.stop()
         post(config, token(Role.DRIVER, driver), [ping_at(datetime.now(UTC), 0)])
         await asyncio.to_thread(wait_stored, config, driver, 1)
         dead: list[Any] = []
         async with asyncio.timeout(20):
-            while len(dead) < 2:
+            while len(dead) < 4:
                 for messages in (await consumer.getmany(timeout_ms=500)).values():
                     dead += [m for m in messages if m.key == driver.encode()]
     finally:
@@ -221,6 +223,15 @@ async def test_poison_goes_to_the_dlq_and_the_partition_keeps_flowing(
     assert marker in dead[0].value
     assert dict(dead[0].headers)["error"]
     assert dead[1].value == b'{"v": 1, "driver_id": "x"}'
+    assert b"driver_id" in dict(dead[2].headers)["error"]
+    assert b"outside" in dict(dead[3].headers)["error"]
+    assert len(stored(config, driver)) == 1  # the good ping only; no year-1 partitions
+
+
+def raw_record(driver_id: str, ts: datetime) -> bytes:
+    ping = ping_at(ts, 0)
+    received = datetime.now(UTC).isoformat()
+    return orjson.dumps({"v": 1, "driver_id": driver_id, "received_at": received, "pings": [ping]})
 
 
 async def test_moved_positions_are_published_on_positions_v1(
@@ -255,12 +266,73 @@ async def test_moved_positions_are_published_on_positions_v1(
 def test_the_worker_exposes_health_and_prometheus_metrics(config: StackConfig) -> None:
     base = f"http://127.0.0.1:{config.streams_web_port}"
     assert httpx.get(f"{base}/healthz").json() == {"status": "ok"}
+    assert httpx.get(f"{base}/readyz").json() == {"status": "ready"}
     metrics = httpx.get(f"{base}/metrics")
     assert metrics.status_code == 200
     assert metrics.headers["content-type"].startswith("text/plain")
     for name in (
         "streams_records_total",
-        "streams_sink_failures_total",
+        "streams_batch_failures_total",
         "streams_flush_seconds_bucket",
     ):
         assert name in metrics.text
+
+
+def stats_of(config: StackConfig, driver: str) -> dict[datetime, tuple[int, float]]:
+    with psycopg.connect(postgres.dsn(config, "primary")) as conn:
+        rows = conn.execute(
+            "SELECT bucket, pings, distance_m FROM driver_stats_1m WHERE driver_id = %s",
+            [driver],
+        ).fetchall()
+    return {bucket: (n, dist) for bucket, n, dist in rows}
+
+
+def test_a_ping_ahead_of_its_receipt_is_flagged_future_and_never_freezes_the_driver(
+    config: StackConfig, token: Callable[..., str]
+) -> None:
+    driver = f"drv-{uuid.uuid4().hex[:8]}"
+    jwt = token(Role.DRIVER, driver)
+    now = datetime.now(UTC)
+    ahead = ping_at(now + timedelta(minutes=4), 0)  # ingest accepts up to 5 min ahead
+    post(config, jwt, [ahead])
+    wait_stored(config, driver, 1)
+    real = ping_at(now, 10)
+    post(config, jwt, [real])
+    rows = wait_stored(config, driver, 2)
+    assert {r[0]: r[5] for r in rows} == {real["ping_id"]: [], ahead["ping_id"]: ["future"]}
+    assert position(config, driver) == (real["ping_id"], datetime.fromisoformat(real["ts"]))
+    assert sum(n for n, _ in stats_of(config, driver).values()) == 1  # future is not counted
+
+
+def test_late_pings_count_in_the_minute_aggregates(
+    config: StackConfig, token: Callable[..., str]
+) -> None:
+    driver = f"drv-{uuid.uuid4().hex[:8]}"
+    jwt = token(Role.DRIVER, driver)
+    bucket = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=3)
+    early = [ping_at(bucket + timedelta(seconds=5 * i), 20.0 * i) for i in range(1, 6)]
+    newest = ping_at(bucket + timedelta(seconds=40), 160)
+    post(config, jwt, [newest])
+    wait_stored(config, driver, 1)
+    post(config, jwt, early)  # a retry after a 503, arriving after the newer ping
+    rows = wait_stored(config, driver, 6)
+    assert sum(1 for r in rows if r[5] == ["late"]) == 5
+    assert position(config, driver) == (newest["ping_id"], datetime.fromisoformat(newest["ts"]))
+    _, distance = wait_for(
+        lambda: got if (got := stats_of(config, driver).get(bucket)) and got[0] == 6 else None
+    )
+    assert distance == pytest.approx(140.0, rel=1e-3)  # from 20 m east to 160 m east
+
+
+def test_the_step_across_a_minute_boundary_belongs_to_the_later_minute(
+    config: StackConfig, token: Callable[..., str]
+) -> None:
+    driver = f"drv-{uuid.uuid4().hex[:8]}"
+    start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=5)
+    # A straight 150 s trace at 10 m/s, a fix every 10 s over three minutes: 1,500 m.
+    trace = [ping_at(start + timedelta(seconds=10 * i + 5), 100.0 * i) for i in range(16)]
+    post(config, token(Role.DRIVER, driver), trace)
+    wait_stored(config, driver, 16)
+    stats = wait_for(lambda: got if len(got := stats_of(config, driver)) == 3 else None)
+    assert sum(n for n, _ in stats.values()) == 16
+    assert sum(d for _, d in stats.values()) == pytest.approx(1500.0, rel=1e-3)

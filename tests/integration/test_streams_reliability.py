@@ -3,6 +3,7 @@ database stopped for a while, a second worker joining and leaving. Every time, e
 accepted ping ends up stored exactly once and the aggregates equal a recomputation."""
 
 import asyncio
+import os
 import shutil
 import signal
 import threading
@@ -15,7 +16,7 @@ import httpx
 import psycopg
 import pytest
 
-from infra import postgres, services
+from infra import pgbouncer, postgres, services
 from infra.config import StackConfig
 from infra.procs import stop
 from infra.stack import Record, Stack
@@ -31,9 +32,14 @@ pytestmark = pytest.mark.integration
 GROUP = "telemetry-streams"
 
 
+# A worker reports a stall on /healthz once a batch waits unwritten this long.
+HEALTH_STALL_S = 2
+
+
 @pytest.fixture(scope="module")
 def own_stack() -> Iterator[Stack]:
     stack = Stack(scratch_config(stream_workers=2), report=lambda s: print(f"[own stack] {s}"))
+    os.environ["STREAMS_HEALTH_STALL_S"] = str(HEALTH_STALL_S)  # passed on to the workers
     try:
         # Start with one worker; the rebalance test starts the second itself.
         stack.config.stream_workers = 1
@@ -41,6 +47,7 @@ def own_stack() -> Iterator[Stack]:
         stack.config.stream_workers = 2
         yield stack
     finally:
+        os.environ.pop("STREAMS_HEALTH_STALL_S", None)
         stack.down()
         shutil.rmtree(stack.config.state_dir, ignore_errors=True)
 
@@ -164,12 +171,17 @@ def committed(config: StackConfig) -> dict[int, int | None]:
     return {p.partition: p.committed_offset for p in lags}
 
 
-def sink_failures(stack: Stack) -> float:
+def write_failures(stack: Stack) -> float:
     text = httpx.get(stack.records["streams-1"].endpoint["url"] + "/metrics", timeout=2).text
-    for line in text.splitlines():
-        if line.startswith("streams_sink_failures_total "):
-            return float(line.split()[1])
-    return 0.0
+    return sum(
+        float(line.split()[1])
+        for line in text.splitlines()
+        if line.startswith("streams_batch_failures_total{") and 'step="write"' in line
+    )
+
+
+def health(stack: Stack, name: str) -> int:
+    return httpx.get(stack.records[name].endpoint["url"] + "/healthz", timeout=2).status_code
 
 
 def test_no_offset_moves_while_the_database_is_down_and_nothing_is_missing_after(
@@ -186,7 +198,7 @@ def test_no_offset_moves_while_the_database_is_down_and_nothing_is_missing_after
         fleet.wait_accepted(len(fleet.accepted) + 150)
         # Once the stream has failed a write, and its 1 s commit timer has run since, the
         # committed offsets are those of the last batch written before the outage.
-        wait_for(lambda: True if sink_failures(own_stack) > 0 else None, timeout_s=60)
+        wait_for(lambda: True if write_failures(own_stack) > 0 else None, timeout_s=60)
         settle = time.monotonic() + 2.5
         wait_for(lambda: True if time.monotonic() > settle else None, timeout_s=10)
         before = committed(config)
@@ -194,6 +206,14 @@ def test_no_offset_moves_while_the_database_is_down_and_nothing_is_missing_after
         later = time.monotonic() + 3
         wait_for(lambda: True if time.monotonic() > later else None, timeout_s=10)
         assert committed(config) == before, "an offset was committed past rows never written"
+        # The worker says it is stuck, and a stop ends it in time without committing.
+        wait_for(lambda: True if health(own_stack, "streams-1") == 503 else None, timeout_s=30)
+        worker = own_stack.records["streams-1"]
+        signalled = time.monotonic()
+        os.kill(worker.ref.pid, signal.SIGTERM)
+        wait_for(lambda: None if worker.ref.alive() else True, timeout_s=30)
+        assert time.monotonic() - signalled < 10, "shutdown during the outage took too long"
+        assert committed(config) == before, "the stopping worker committed an unwritten batch"
     finally:
         restart(
             own_stack,
@@ -206,6 +226,13 @@ def test_no_offset_moves_while_the_database_is_down_and_nothing_is_missing_after
             ),
         )
         wait_for(lambda: True if postgres.ready(config, "primary") else None, timeout_s=60)
+        if not own_stack.records["streams-1"].ref.alive():
+            spec = next(s for s in services.specs(config) if s.name == "streams-1")
+            restart(
+                own_stack,
+                "streams-1",
+                Record("streams-1", services.start(config, spec), {"url": spec.url}),
+            )
     try:
         fleet.wait_accepted(len(fleet.accepted) + 100)
     finally:
@@ -229,6 +256,63 @@ def test_a_second_worker_joining_and_leaving_loses_and_double_counts_nothing(
         fleet.wait_accepted(len(fleet.accepted) + 400)
         stop(own_stack.records.pop("streams-2").ref, sig=signal.SIGTERM)
         fleet.wait_accepted(len(fleet.accepted) + 300)
+    finally:
+        accepted = fleet.finish()
+    assert_exactly_once(config, fleet, accepted)
+
+
+def test_a_transaction_left_open_by_a_paused_worker_blocks_the_others_only_briefly(
+    own_stack: Stack,
+) -> None:
+    config = own_stack.config
+    driver = f"zombie-{uuid.uuid4().hex[:8]}"
+    # What a worker paused mid-batch leaves behind: an open transaction, through PgBouncer,
+    # holding the driver's lock. Without the server's idle-in-transaction timeout the live
+    # worker would wait for it forever.
+    zombie = psycopg.connect(pgbouncer.dsn(config, read_only=False))
+    zombie.execute("SELECT pg_advisory_xact_lock(hashtextextended('driver:' || %s, 0))", [driver])
+    ts = datetime.now(UTC).isoformat()
+    jwt = issue_token(config.jwt_private_key, sub=driver, role=Role.DRIVER)
+    r = httpx.post(
+        f"http://127.0.0.1:{config.ingest_port}/v1/pings",
+        json={"pings": [{"ping_id": str(uuid.uuid4()), "ts": ts, "lat": 12.9, "lon": 77.6}]},
+        headers={"Authorization": f"Bearer {jwt}"},
+    )
+    assert r.status_code == 202
+    limit = config.idle_in_transaction_timeout_s + 30
+    wait_for(lambda: True if stored_ids(config, [driver]) else None, timeout_s=limit)
+    with pytest.raises(psycopg.Error, match="idle-in-transaction"):
+        zombie.execute("SELECT 1")  # the server ended the zombie's transaction
+    zombie.close()
+
+
+def test_a_worker_stopped_with_sigstop_stalls_nothing_and_double_counts_nothing(
+    own_stack: Stack,
+) -> None:
+    config = own_stack.config
+    fleet = Fleet(config)
+    fleet.start()
+    spec = next(s for s in services.specs(config) if s.name == "streams-2")
+    try:
+        fleet.wait_accepted(200)
+        own_stack.records["streams-2"] = Record(
+            "streams-2", services.start(config, spec), {"url": spec.url}
+        )
+        wait_for(lambda: True if services.ready(spec) else None, timeout_s=60)
+        fleet.wait_accepted(len(fleet.accepted) + 300)
+        zombie = own_stack.records["streams-2"].ref
+        os.kill(zombie.pid, signal.SIGSTOP)
+        try:
+            # Its partitions move to streams-1 after the session timeout; whatever locks it
+            # held end with the idle-in-transaction timeout. Everything accepted meanwhile
+            # gets stored.
+            fleet.wait_accepted(len(fleet.accepted) + 300)
+            accepted_now = len(fleet.accepted)
+            wait_stored(config, fleet, accepted_now, timeout_s=90)
+        finally:
+            os.kill(zombie.pid, signal.SIGCONT)
+        fleet.wait_accepted(len(fleet.accepted) + 200)
+        stop(own_stack.records.pop("streams-2").ref, sig=signal.SIGTERM)
     finally:
         accepted = fleet.finish()
     assert_exactly_once(config, fleet, accepted)

@@ -60,7 +60,7 @@ def test_hs256_signed_with_the_public_key_is_refused(
 @pytest.mark.parametrize(
     "kwargs",
     [
-        {"ttl_s": -10},
+        {"ttl_s": -120},  # beyond the 30 s leeway
         {"audience": "someone-else"},
         {"issuer": "evil"},
     ],
@@ -142,3 +142,29 @@ def test_the_cache_is_bounded_and_never_trusts_a_changed_token(keys: tuple[Path,
     head, payload, signature = tokens[-1].split(".")
     with pytest.raises(AuthError):
         verifier.verify(f"{head}.{payload}.{signature[:-1]}{'A' if signature[-1] != 'A' else 'B'}")
+
+
+def test_a_token_living_longer_than_the_maximum_is_refused(keys: tuple[Path, Path]) -> None:
+    strict = TokenVerifier.from_file(
+        keys[1], audience=JWT_AUDIENCE, issuer=JWT_ISSUER, max_lifetime_s=24 * 3600
+    )
+    assert strict.verify(issue_token(keys[0], sub="d", role=Role.OPS, ttl_s=24 * 3600))
+    ten_years = issue_token(keys[0], sub="d", role=Role.OPS, ttl_s=10 * 365 * 24 * 3600)
+    with pytest.raises(AuthError, match="lifetime"):
+        strict.verify(ten_years)
+
+
+def test_a_token_issued_in_the_future_beyond_the_leeway_is_refused(
+    keys: tuple[Path, Path], verifier: TokenVerifier
+) -> None:
+    assert verifier.verify(issue_token(keys[0], sub="d", role=Role.DRIVER, now=time.time() + 10))
+    with pytest.raises(AuthError):
+        verifier.verify(issue_token(keys[0], sub="d", role=Role.DRIVER, now=time.time() + 300))
+
+
+@pytest.mark.parametrize("sub", ["drv\x00x", "", "a b", "d" * 129])
+def test_a_malformed_subject_is_refused(
+    keys: tuple[Path, Path], verifier: TokenVerifier, sub: str
+) -> None:
+    with pytest.raises(AuthError):
+        verifier.verify(issue_token(keys[0], sub=sub, role=Role.DRIVER))

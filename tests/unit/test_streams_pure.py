@@ -3,6 +3,8 @@
 import uuid
 from datetime import UTC, datetime
 
+import orjson
+
 from schemas.pings import Ping, PingBatchRecord
 from streams.decode import split_batch
 
@@ -26,6 +28,20 @@ def test_good_records_decode_and_poison_is_separated_with_its_bytes() -> None:
         (None, wrong_schema),
     ]
     records, poison = split_batch(messages)
-    assert records == [good]
+    assert [i.record for i in records] == [good]
     assert [(p.key, p.value) for p in poison] == [(b"k", b"\xff\x00garbage"), (None, wrong_schema)]
     assert all(p.error for p in poison)
+
+
+def test_the_stream_dead_letters_what_ingest_would_have_refused() -> None:
+    base = record()
+    nul_driver = base.model_dump(mode="json") | {"driver_id": "drv\x00x"}
+    year_one = base.model_dump(mode="json")
+    year_one["pings"][0]["ts"] = "0001-01-01T00:00:00Z"
+    ahead = base.model_dump(mode="json")
+    ahead["pings"][0]["ts"] = "2026-11-27T12:05:01Z"  # received_at + 5 min + 1 s
+    long_id = base.model_dump(mode="json") | {"driver_id": "d" * 129}
+    messages = [(None, orjson.dumps(doc)) for doc in (nul_driver, year_one, ahead, long_id)]
+    records, poison = split_batch(messages)
+    assert records == []
+    assert len(poison) == 4

@@ -1,0 +1,209 @@
+"""The stream's batch step: decode, write (isolating poison), dead-letter, publish
+positions. It returns only when all of that is durable, so the Faust agent around it acks
+the batch's offsets only after everything the batch produced is stored or acked by Kafka."""
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
+
+from schemas.pings import PingBatchRecord
+from schemas.positions import PositionUpdate
+from streams.clean import FUTURE, LATE, TELEPORT, CleanBatch, CleanPing
+from streams.decode import Incoming, Poison, split_batch
+from streams.errors import BadData, SendFailed, SinkUnavailable
+from streams.metrics import StreamsMetrics
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+# Kafka header values are bytes; keep the error readable and the record under the limit.
+MAX_ERROR_HEADER_BYTES = 4000
+
+
+class Sink(Protocol):
+    async def write(self, records: list[PingBatchRecord]) -> CleanBatch: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+class Sender(Protocol):
+    async def send_all(self, messages: list[Outgoing]) -> None:
+        """Returns once Kafka acked every message; SendFailed otherwise."""
+
+
+class Stopping(Exception):
+    """The worker is stopping and the batch is not done: it must not be acknowledged."""
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Exponential backoff with full jitter: after an outage, workers do not retry in step."""
+
+    initial_s: float = 0.1
+    max_s: float = 5.0
+
+    def delay_s(self, attempt: int, rng: random.Random) -> float:
+        return rng.uniform(0, min(self.max_s, self.initial_s * 2**attempt))
+
+
+@dataclass
+class Health:
+    """What /healthz tells: a batch waiting unwritten past a threshold is a stall."""
+
+    pending_since: float | None = None
+    last_write: float | None = None
+
+    def stalled_for(self, now: float) -> float:
+        return 0.0 if self.pending_since is None else now - self.pending_since
+
+
+@dataclass
+class _Written:
+    moved: dict[str, CleanPing] = field(default_factory=dict)
+    pings: list[CleanPing] = field(default_factory=list)
+    dead: list[Poison] = field(default_factory=list)
+
+    def merge(self, other: "_Written") -> "_Written":
+        moved = dict(self.moved)
+        for driver, ping in other.moved.items():
+            if driver not in moved or ping.ping.ts >= moved[driver].ping.ts:
+                moved[driver] = ping
+        return _Written(moved, self.pings + other.pings, self.dead + other.dead)
+
+
+def position_update(moved: CleanPing) -> PositionUpdate:
+    p = moved.ping
+    return PositionUpdate(
+        driver_id=moved.driver_id, ping_id=p.ping_id, ts=p.ts, lat=p.lat, lon=p.lon,
+        speed_mps=p.speed_mps, heading_deg=p.heading_deg, job_id=p.job_id,
+    )  # fmt: skip
+
+
+class PingBatchProcessor:
+    def __init__(
+        self,
+        sink: Sink,
+        sender: Sender,
+        *,
+        positions_topic: str,
+        dlq_topic: str,
+        metrics: StreamsMetrics,
+        backoff: Backoff,
+        shutdown_grace_s: float,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._sink = sink
+        self._sender = sender
+        self._positions_topic = positions_topic
+        self._dlq_topic = dlq_topic
+        self._metrics = metrics
+        self._backoff = backoff
+        self._grace_s = shutdown_grace_s
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._stopping = asyncio.Event()
+        self.health = Health()
+
+    def request_stop(self) -> None:
+        """From the worker's signal handler: finish within the grace period or give up."""
+        self._stopping.set()
+
+    async def process(self, messages: list[tuple[bytes | None, bytes]]) -> None:
+        """Stores or dead-letters every record and publishes the moved positions; returns
+        only when all of it is durable. Raises Stopping if the worker stops first."""
+        self.health.pending_since = self._clock()
+        started = time.perf_counter()
+        incoming, poison = split_batch(messages)
+        written = await self._retry("write", lambda: self._write_isolating(incoming))
+        dead = poison + written.dead
+        outgoing = [self._dead_letter(p) for p in dead] + [
+            Outgoing(
+                self._positions_topic,
+                moved.driver_id.encode(),
+                position_update(moved).model_dump_json().encode(),
+            )
+            for moved in written.moved.values()
+        ]
+        # After the commit: the notifier only ever hears of positions that are stored.
+        if outgoing:
+            await self._retry("send", lambda: self._sender.send_all(outgoing))
+        self._count(len(incoming), written, dead)
+        self._metrics.flush_latency.observe(time.perf_counter() - started)
+        self.health.pending_since = None
+        self.health.last_write = self._clock()
+
+    async def _write_isolating(self, incoming: list[Incoming]) -> _Written:
+        """Writes the records; when the database refuses their data, splits the batch
+        until the offending record is alone, and dead-letters it with the error."""
+        try:
+            batch = await self._sink.write([i.record for i in incoming])
+        except BadData as exc:
+            if len(incoming) == 1:
+                log.warning("record refused by the database, to the DLQ: %s", exc)
+                return _Written(dead=[Poison(incoming[0].key, incoming[0].value, str(exc))])
+            half = len(incoming) // 2
+            first = await self._write_isolating(incoming[:half])
+            return first.merge(await self._write_isolating(incoming[half:]))
+        return _Written(dict(batch.moved), list(batch.pings))
+
+    def _dead_letter(self, poison: Poison) -> Outgoing:
+        error = poison.error.encode()[:MAX_ERROR_HEADER_BYTES]
+        return Outgoing(self._dlq_topic, poison.key, poison.value, (("error", error),))
+
+    async def _retry(self, what: str, operation: Callable[[], Awaitable[T]]) -> T:
+        """Runs `operation` until it succeeds. Transient failures and unexpected errors
+        alike are retried with jittered backoff: a batch is never given up (acked) unwritten.
+        When the worker stops, raises Stopping after the grace period."""
+        attempt = 0
+        while True:
+            try:
+                return await self._unless_stopping(operation())
+            except Stopping:
+                raise
+            except (SinkUnavailable, SendFailed) as exc:
+                self._metrics.batch_failures.labels(what, "transient").inc()
+                log.warning("%s failed, retrying: %s", what, exc)
+            except Exception:
+                self._metrics.batch_failures.labels(what, "unexpected").inc()
+                log.exception("%s failed unexpectedly, retrying (the batch stays unacked)", what)
+            if self._stopping.is_set():
+                raise Stopping(f"stopping while the batch's {what} is not done")
+            delay = self._backoff.delay_s(attempt, self._rng)
+            attempt += 1
+            try:
+                await asyncio.wait_for(self._stopping.wait(), timeout=delay)
+            except TimeoutError:
+                continue
+            raise Stopping(f"stopping while the batch's {what} is not done")
+
+    async def _unless_stopping(self, work: Awaitable[T]) -> T:
+        task = asyncio.ensure_future(work)
+        stop = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if not task.done():
+                # Asked to stop mid-write: a healthy write finishes within the grace period.
+                await asyncio.wait({task}, timeout=self._grace_s)
+            if not task.done():
+                task.cancel()
+                raise Stopping("the batch did not finish within the shutdown grace period")
+            return task.result()
+        finally:
+            stop.cancel()
+
+    def _count(self, records: int, written: _Written, dead: list[Poison]) -> None:
+        self._metrics.records.inc(records)
+        self._metrics.pings.inc(len(written.pings))
+        self._metrics.poison.inc(len(dead))
+        for flag in (FUTURE, LATE, TELEPORT):
+            self._metrics.flagged.labels(flag).inc(sum(1 for p in written.pings if flag in p.flags))

@@ -1,0 +1,208 @@
+"""Ingest's HTTP layer on in-memory fakes: backpressure, rate limit before validation,
+the error envelope, 405's Allow, the body deadline, the concurrency cap, docs switched off."""
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from ingest.app import Adapters, create_app
+from ingest.config import IngestSettings
+from ingest.errors import BrokerUnavailable
+from ingest.metrics import IngestMetrics
+from ingest.ratelimit import Decision
+from runtime.auth import TokenVerifier, generate_keypair, issue_token
+from runtime.http import ConcurrencyCap
+from schemas.auth import JWT_AUDIENCE, JWT_ISSUER, Role
+
+NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+
+
+class FakePublisher:
+    def __init__(self) -> None:
+        self.published: list[bytes] = []
+        self.release: asyncio.Event | None = None
+        self.waiting = 0
+        self.two_waiting = asyncio.Event()
+        self.fail = False
+
+    async def start(self) -> None:
+        pass
+
+    async def publish(self, key: bytes, value: bytes) -> None:
+        if self.release is not None:
+            self.waiting += 1
+            if self.waiting == 2:
+                self.two_waiting.set()
+            await self.release.wait()
+        if self.fail:
+            raise BrokerUnavailable("down")
+        self.published.append(value)
+
+    async def ready(self) -> bool:
+        return not self.fail
+
+    async def close(self) -> None:
+        pass
+
+
+class FakeLimiter:
+    """Allows `budget` requests, then refuses."""
+
+    def __init__(self, budget: int = 1_000_000) -> None:
+        self.budget = budget
+        self.checked = 0
+
+    async def check(self, driver_id: str, cost: int = 1) -> Decision:
+        self.checked += 1
+        if self.checked > self.budget:
+            return Decision(False, 2.5)
+        return Decision(True)
+
+    async def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> tuple[Path, Path]:
+    private, public = tmp_path / "k.pem", tmp_path / "k.pub.pem"
+    generate_keypair(private, public)
+    return private, public
+
+
+def settings(public: Path, **overrides: object) -> IngestSettings:
+    return IngestSettings(jwt_public_key_path=public, **overrides)  # type: ignore[arg-type]
+
+
+def adapters(public: Path, publisher: FakePublisher, limiter: FakeLimiter) -> Adapters:
+    verifier = TokenVerifier.from_file(public, audience=JWT_AUDIENCE, issuer=JWT_ISSUER)
+    return Adapters(publisher, limiter, verifier, IngestMetrics())
+
+
+def body() -> dict[str, object]:
+    ping = {"ping_id": str(uuid.uuid4()), "ts": NOW.isoformat(), "lat": 12.9, "lon": 77.6}
+    return {"pings": [ping]}
+
+
+@pytest.fixture
+def publisher() -> FakePublisher:
+    return FakePublisher()
+
+
+@pytest.fixture
+def client(keys: tuple[Path, Path], publisher: FakePublisher) -> Iterator[TestClient]:
+    app = create_app(
+        settings(keys[1]), adapters(keys[1], publisher, FakeLimiter(3)), clock=lambda: NOW
+    )
+    with TestClient(app) as c:
+        c.headers["Authorization"] = "Bearer " + issue_token(keys[0], sub="d1", role=Role.DRIVER)
+        yield c
+
+
+def test_a_valid_batch_is_published_once_and_answered_202(
+    client: TestClient, publisher: FakePublisher
+) -> None:
+    r = client.post("/v1/pings", json=body())
+    assert (r.status_code, r.json()) == (202, {"accepted": 1, "rejected": []})
+    assert len(publisher.published) == 1
+
+
+def test_a_flood_of_invalid_bodies_is_rate_limited_like_any_other(client: TestClient) -> None:
+    codes = [client.post("/v1/pings", content=b"{not json").status_code for _ in range(5)]
+    assert codes == [422, 422, 422, 429, 429]
+    r = client.post("/v1/pings", content=b"{not json")
+    assert r.headers["Retry-After"] == "3"
+    assert r.json()["error"]["code"] == "rate_limited"
+
+
+def test_kafka_down_is_a_503_with_retry_after(client: TestClient, publisher: FakePublisher) -> None:
+    publisher.fail = True
+    r = client.post("/v1/pings", json=body())
+    assert (r.status_code, r.headers["Retry-After"]) == (503, "1")
+    assert client.get("/readyz").status_code == 503
+
+
+async def test_past_the_in_flight_limit_the_answer_is_503_at_once(keys: tuple[Path, Path]) -> None:
+    publisher = FakePublisher()
+    publisher.release = asyncio.Event()
+    app = create_app(
+        settings(keys[1], max_in_flight=2),
+        adapters(keys[1], publisher, FakeLimiter()),
+        clock=lambda: NOW,
+    )
+    token = issue_token(keys[0], sub="d1", role=Role.DRIVER)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://ingest") as c:
+        headers = {"Authorization": f"Bearer {token}"}
+        waiting = [asyncio.ensure_future(c.post("/v1/pings", json=body(), headers=headers))]
+        waiting.append(asyncio.ensure_future(c.post("/v1/pings", json=body(), headers=headers)))
+        await asyncio.wait_for(publisher.two_waiting.wait(), timeout=5)
+        third = await c.post("/v1/pings", json=body(), headers=headers)
+        assert third.status_code == 503
+        assert third.json()["error"]["message"].startswith("too many requests in flight")
+        publisher.release.set()
+        assert [r.status_code for r in await asyncio.gather(*waiting)] == [202, 202]
+
+
+def test_a_405_keeps_its_allow_header_and_the_envelope(client: TestClient) -> None:
+    r = client.get("/v1/pings")
+    assert r.status_code == 405
+    assert r.headers["Allow"] == "POST"
+    assert r.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_docs_and_openapi_can_be_switched_off(keys: tuple[Path, Path]) -> None:
+    app = create_app(
+        settings(keys[1], docs_enabled=False, metrics_port=9),
+        adapters(keys[1], FakePublisher(), FakeLimiter()),
+    )
+    with TestClient(app) as c:
+        assert [c.get(p).status_code for p in ("/docs", "/openapi.json", "/metrics")] == [404] * 3
+
+
+async def test_a_body_that_does_not_arrive_in_time_is_a_408(keys: tuple[Path, Path]) -> None:
+    app = create_app(
+        settings(keys[1], body_timeout_s=0.2),
+        adapters(keys[1], FakePublisher(), FakeLimiter()),
+        clock=lambda: NOW,
+    )
+
+    async def slow_body() -> object:
+        yield b'{"pings": ['
+        await asyncio.sleep(5)  # a slow sender; the deadline ends it after 0.2 s
+        yield b"]}"
+
+    token = issue_token(keys[0], sub="d1", role=Role.DRIVER)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://ingest"
+    ) as c:
+        r = await c.post(
+            "/v1/pings", content=slow_body(), headers={"Authorization": f"Bearer {token}"}
+        )
+    assert r.status_code == 408
+    assert r.json()["error"]["code"] == "request_timeout"
+
+
+async def test_the_concurrency_cap_refuses_at_once_beyond_its_limit() -> None:
+    release = asyncio.Event()
+
+    async def slow_app(scope: object, receive: object, send: object) -> None:
+        await release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})  # type: ignore[operator]
+        await send({"type": "http.response.body", "body": b"ok"})  # type: ignore[operator]
+
+    capped = ConcurrencyCap(slow_app, limit=1)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=capped), base_url="http://x"
+    ) as c:
+        first = asyncio.ensure_future(c.get("/"))
+        await asyncio.sleep(0.05)  # let the first request take the only slot
+        second = await c.get("/")
+        release.set()
+        assert (await first).status_code == 200
+    assert (second.status_code, second.headers["Retry-After"]) == (503, "1")
