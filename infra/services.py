@@ -16,6 +16,8 @@ class ServiceSpec:
     module: str  # run as `python -m module`
     port: int
     env: dict[str, str]
+    port_env: str  # the TELEMETRY_ variable that moves the port
+    after: tuple[str, ...]  # the components it needs
 
     @property
     def url(self) -> str:
@@ -35,7 +37,11 @@ def specs(config: StackConfig) -> list[ServiceSpec]:
             "INGEST_KAFKA_BOOTSTRAP": config.kafka_bootstrap,
             "INGEST_REDIS_URL": redis.url(config),
         }
-        result.append(ServiceSpec(f"ingest-{i + 1}", "ingest", port, env))
+        result.append(
+            ServiceSpec(
+                f"ingest-{i + 1}", "ingest", port, env, "TELEMETRY_INGEST_PORT", ("kafka", "redis")
+            )
+        )
     for i in range(config.stream_workers):
         port = config.streams_web_port + i
         env = {
@@ -43,14 +49,25 @@ def specs(config: StackConfig) -> list[ServiceSpec]:
             "STREAMS_KAFKA_BOOTSTRAP": config.kafka_bootstrap,
             "STREAMS_DATABASE_DSN": pgbouncer.dsn(config, read_only=False),
         }
-        result.append(ServiceSpec(f"streams-{i + 1}", "streams", port, env))
+        result.append(
+            ServiceSpec(
+                f"streams-{i + 1}",
+                "streams",
+                port,
+                env,
+                "TELEMETRY_STREAMS_WEB_PORT",
+                ("kafka", "pgbouncer"),
+            )
+        )
     for i in range(config.api_processes):
         port = config.api_port + i
         env = _auth_env("API_", config) | {
             "API_PORT": str(port),
             "API_READ_DSN": pgbouncer.dsn(config, read_only=True),
         }
-        result.append(ServiceSpec(f"api-{i + 1}", "api", port, env))
+        result.append(
+            ServiceSpec(f"api-{i + 1}", "api", port, env, "TELEMETRY_API_PORT", ("pgbouncer",))
+        )
     return result
 
 

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from infra import install, kafka, migrate, pgbouncer, postgres, redis, services
+from infra import install, services
+from infra.components import Component, components
 from infra.config import REPO_ROOT, StackConfig
 from infra.procs import (
     ProcessRef,
@@ -71,88 +72,70 @@ class StateFile:
         tmp.replace(self.path)
 
 
-def endpoints(config: StackConfig) -> dict[str, dict[str, str]]:
-    """Every component's address, by name (the shape of `telemetry status --json`)."""
-    result: dict[str, dict[str, str]] = {
-        "kafka": {"bootstrap": config.kafka_bootstrap},
-        "postgres-primary": {"dsn": postgres.dsn(config, "primary")},
-        "postgres-replica": {"dsn": postgres.dsn(config, "replica")},
-        "pgbouncer": {
-            "dsn": pgbouncer.dsn(config, read_only=False),
-            "dsn_read_write": pgbouncer.dsn(config, read_only=False),
-            "dsn_read_only": pgbouncer.dsn(config, read_only=True),
-        },
-        "redis": {"url": redis.url(config)},
-    }
-    for spec in services.specs(config):
-        result[spec.name] = {"url": spec.url}
-    return result
-
-
-def _readiness(config: StackConfig) -> dict[str, Callable[[], bool]]:
-    checks: dict[str, Callable[[], bool]] = {
-        "kafka": lambda: kafka.ready(config),
-        "postgres-primary": lambda: postgres.ready(config, "primary"),
-        "postgres-replica": lambda: postgres.ready(config, "replica"),
-        "pgbouncer": lambda: pgbouncer.ready(config),
-        "redis": lambda: redis.ready(config),
-    }
-    for spec in services.specs(config):
-        checks[spec.name] = lambda spec=spec: services.ready(spec)  # type: ignore[misc]
-    return checks
-
-
-def _ports(config: StackConfig) -> dict[str, list[tuple[int, str]]]:
-    ports = {
-        "kafka": [
-            (config.kafka_port, "TELEMETRY_KAFKA_PORT"),
-            (config.kafka_controller_port, "TELEMETRY_KAFKA_CONTROLLER_PORT"),
-        ],
-        "postgres-primary": [(config.postgres_primary_port, "TELEMETRY_POSTGRES_PRIMARY_PORT")],
-        "postgres-replica": [(config.postgres_replica_port, "TELEMETRY_POSTGRES_REPLICA_PORT")],
-        "pgbouncer": [(config.pgbouncer_port, "TELEMETRY_PGBOUNCER_PORT")],
-        "redis": [(config.redis_port, "TELEMETRY_REDIS_PORT")],
-    }
-    env_var = {
-        "ingest": "TELEMETRY_INGEST_PORT",
-        "api": "TELEMETRY_API_PORT",
-        "streams": "TELEMETRY_STREAMS_WEB_PORT",
-    }
-    for spec in services.specs(config):
-        ports[spec.name] = [(spec.port, env_var[spec.module])]
-    return ports
-
-
 class Stack:
+    """The local stack: its components (infra/components.py), the state file of what runs,
+    and the operations on both. `start`, `stop` and `kill` act on one component, for tests
+    and operators; `up` and `down` on all of them."""
+
     def __init__(self, config: StackConfig, report: Reporter = _quiet) -> None:
         self.config = config
         self.report = report
         self.state = StateFile(config)
         self.records = self.state.load()
-        self._ready = _readiness(config)
+        self.components = {c.name: c for c in components(config, report)}
+        self._readied: set[str] = set()
 
-    # --- helpers ---------------------------------------------------------------
-    def _running(self, name: str) -> bool:
+    # --- one component ----------------------------------------------------------
+    def running(self, name: str) -> bool:
         record = self.records.get(name)
         return record is not None and record.ref.alive()
 
-    def _start(
-        self, name: str, starter: Callable[[], ProcessRef], stop_signal: int = signal.SIGTERM
-    ) -> None:
-        if self._running(name):
-            self.report(f"{name} already running")
+    def start(self, name: str) -> None:
+        """Starts one component (its dependencies must be up) and waits until it is ready."""
+        self._start(self.components[name])
+        self._readied.discard(name)
+        self._ensure_ready(name)
+
+    def stop(self, name: str, sig: int | None = None) -> None:
+        """Stops one component with its own stop signal (or `sig`) and forgets it."""
+        record = self.records.pop(name, None)
+        if record is None:
             return
-        for port, env_var in _ports(self.config)[name]:
-            ensure_port_free(port, name, env_var)
-        self.report(f"starting {name}")
-        ref = starter()
-        self.records[name] = Record(name, ref, endpoints(self.config)[name], stop_signal)
+        if record.ref.alive():
+            self.report(f"stopping {name} (pid {record.ref.pid})")
+            stop(record.ref, sig=record.stop_signal if sig is None else sig, timeout_s=30)
+        self._readied.discard(name)
         self.state.save(self.records)
 
-    def _wait_ready(self, name: str) -> None:
+    def kill(self, name: str) -> None:
+        """SIGKILL: the crash of a component, for the fault tests."""
+        self.stop(name, sig=signal.SIGKILL)
+
+    def _start(self, component: Component) -> None:
+        if self.running(component.name):
+            self.report(f"{component.name} already running")
+            return
+        for port, env_var in component.ports:
+            ensure_port_free(port, component.name, env_var)
+        component.prepare()
+        self.report(f"starting {component.name}")
+        ref = component.start()
+        self.records[component.name] = Record(
+            component.name, ref, component.endpoint, component.stop_signal
+        )
+        self.state.save(self.records)
+
+    def _ensure_ready(self, name: str) -> None:
+        if name in self._readied:
+            return
+        component = self.components[name]
+        self._wait_ready(name, component.startup_ready or component.ready)
+        component.on_ready()
+        self._readied.add(name)
+
+    def _wait_ready(self, name: str, check: Callable[[], bool]) -> None:
         self.report(f"waiting for {name}")
         record = self.records[name]
-        check = self._ready[name]
 
         def ok() -> bool:
             if not record.ref.alive():
@@ -176,7 +159,7 @@ class Stack:
             return ""
         return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
 
-    # --- the commands ----------------------------------------------------------
+    # --- the whole stack ---------------------------------------------------------
     def up(self) -> None:
         """Install what is missing, start everything, migrate, wait until healthy.
         On failure, stops what this call started and re-raises: nothing half-started stays."""
@@ -201,43 +184,19 @@ class Stack:
             path.mkdir(parents=True, exist_ok=True)
         if not cfg.jwt_private_key.exists():
             generate_keypair(cfg.jwt_private_key, cfg.jwt_public_key)
-
-        # Kafka's JVM takes longest to come up: start it first, wait for it last.
-        self._start("kafka", lambda: kafka.start(cfg))
-        self._start("redis", lambda: redis.start(cfg))
-        if postgres.init_primary(cfg):
-            self.report("initialised the PostgreSQL primary")
-        self._start("postgres-primary", lambda: postgres.start(cfg, "primary"), signal.SIGINT)
-        self.report("waiting for postgres-primary")
-        if not wait_until(lambda: postgres.ensure_superuser_ready(cfg), cfg.startup_timeout_s, 0.2):
-            raise StackError(f"postgres-primary did not start:\n{self._tail('postgres-primary')}")
-        postgres.bootstrap_roles(cfg)
-        self._wait_ready("postgres-primary")
-        self.report("applying migrations")
-        applied = migrate.apply_all(postgres.dsn(cfg, "primary"))
-        if applied:
-            self.report(f"applied migrations {', '.join(applied)}")
-        if postgres.init_replica(cfg):
-            self.report("cloned the replica (pg_basebackup)")
-        self._start("postgres-replica", lambda: postgres.start(cfg, "replica"), signal.SIGINT)
-        self._wait_ready("postgres-replica")
-        self._start("pgbouncer", lambda: pgbouncer.start(cfg))
-        self._wait_ready("pgbouncer")
-        self._wait_ready("redis")
-        self._wait_ready("kafka")
-        self.report("creating Kafka topics")
-        kafka.create_topics(cfg)
-
-        specs = services.specs(cfg)
-        for spec in specs:
-            self._start(spec.name, lambda spec=spec: services.start(cfg, spec))  # type: ignore[misc]
-        for spec in specs:
-            self._wait_ready(spec.name)
+        # Each component starts once its dependencies are ready; the others are waited
+        # for at the end, so slow starters (Kafka's JVM) overlap with the rest.
+        for component in self.components.values():
+            for dependency in component.after:
+                self._ensure_ready(dependency)
+            self._start(component)
+        for name in self.components:
+            self._ensure_ready(name)
         self.report("all components healthy")
 
     def start_simulator(self, drivers: int, interval_s: float = 4.0) -> None:
         """A simulated fleet posting to ingest until `down`, logging to simulator.log."""
-        if self._running(SIMULATOR):
+        if self.running(SIMULATOR):
             self.report("simulator already running")
             return
         self.report(f"starting a simulated fleet of {drivers} drivers")
@@ -257,14 +216,7 @@ class Stack:
 
     def _stop(self, names: list[str]) -> None:
         for name in reversed(names):
-            record = self.records.get(name)
-            if record is None:
-                continue
-            if record.ref.alive():
-                self.report(f"stopping {name} (pid {record.ref.pid})")
-                stop(record.ref, sig=record.stop_signal, timeout_s=30)
-            del self.records[name]
-            self.state.save(self.records)
+            self.stop(name)
 
     def down(self) -> None:
         self._stop(list(self.records))
@@ -278,16 +230,16 @@ class Stack:
         ]
 
     def _healthy(self, name: str, endpoint: dict[str, str]) -> bool:
-        check = self._ready.get(name)
-        if check is not None:
-            return check()
+        component = self.components.get(name)
+        if component is not None:
+            return component.ready()
         # A recorded HTTP service beyond the configured count (`up --ingest 3`), or the
         # simulator, which has no endpoint: running is all it can be.
         return services.url_ready(endpoint["url"], name) if "url" in endpoint else True
 
     def status(self) -> dict[str, dict[str, Any]]:
         """Every expected component, plus any recorded one (`up --ingest 3` adds ingest-3)."""
-        expected = endpoints(self.config)
+        expected = {name: c.endpoint for name, c in self.components.items()}
         names = list(expected) + [n for n in self.records if n not in expected]
         result: dict[str, dict[str, Any]] = {}
         for name in names:

@@ -1,5 +1,6 @@
 """Pure decoding of `pings.v1` records into typed batches, poison separated out."""
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pydantic import ValidationError
@@ -34,7 +35,9 @@ def decode_record(value: bytes) -> PingBatchRecord:
         raise InvalidMessage(str(exc)) from exc
 
 
-def split_batch(messages: list[tuple[bytes | None, bytes]]) -> tuple[list[Incoming], list[Poison]]:
+def split_batch(
+    messages: Sequence[tuple[bytes | None, bytes]],
+) -> tuple[list[Incoming], list[Poison]]:
     records: list[Incoming] = []
     poison: list[Poison] = []
     for key, value in messages:

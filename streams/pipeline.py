@@ -6,7 +6,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
@@ -118,7 +118,7 @@ class PingBatchProcessor:
         """From the worker's signal handler: finish within the grace period or give up."""
         self._stopping.set()
 
-    async def process(self, messages: list[tuple[bytes | None, bytes]]) -> None:
+    async def process(self, messages: Sequence[tuple[bytes | None, bytes]]) -> None:
         """Stores or dead-letters every record and publishes the moved positions; returns
         only when all of it is durable. Raises Stopping if the worker stops first."""
         self.health.pending_since = self._clock()

@@ -171,10 +171,10 @@ def test_stats_equal_a_recomputation_from_the_stored_raw_pings_after_many_batche
     expected = recomputed_stats(postgres.dsn(config, "primary"), drivers)
     actual = {(d, b): (n, dist, mx) for d, b, n, dist, mx in stats}
     assert actual.keys() == expected.keys()
-    for key, (n, dist) in expected.items():
-        assert actual[key][0] == n
-        assert math.isclose(actual[key][1], dist, rel_tol=1e-6, abs_tol=1e-6)
-        assert actual[key][2] == pytest.approx(top_speed[key])
+    for minute, (n, dist) in expected.items():
+        assert actual[minute][0] == n
+        assert math.isclose(actual[minute][1], dist, rel_tol=1e-6, abs_tol=1e-6)
+        assert actual[minute][2] == pytest.approx(top_speed[minute])
     # Only our drivers' pings in those cells in these minutes: the density is at least ours.
     for key, members in cells.items():
         assert density[key] >= len(members)

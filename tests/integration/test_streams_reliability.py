@@ -16,10 +16,9 @@ import httpx
 import psycopg
 import pytest
 
-from infra import pgbouncer, postgres, services
+from infra import pgbouncer, postgres
 from infra.config import StackConfig
-from infra.procs import stop
-from infra.stack import Record, Stack
+from infra.stack import Stack
 from runtime.auth import issue_token
 from runtime.geo import destination
 from runtime.kafka_lag import consumer_group_lag
@@ -32,6 +31,16 @@ pytestmark = pytest.mark.integration
 GROUP = "telemetry-streams"
 
 
+# Faust commits acked offsets every second (broker_commit_interval in streams/app.py).
+COMMIT_INTERVAL_S = 1.0
+
+
+def let_the_commit_timer_run(times: int) -> None:
+    """A deliberate window, not synchronisation: a negative check ("no offset moved")
+    means something only once the worker's commit timer has had `times` chances to fire."""
+    threading.Event().wait(times * COMMIT_INTERVAL_S)
+
+
 # A worker reports a stall on /healthz once a batch waits unwritten this long.
 HEALTH_STALL_S = 2
 
@@ -41,10 +50,9 @@ def own_stack() -> Iterator[Stack]:
     stack = Stack(scratch_config(stream_workers=2), report=lambda s: print(f"[own stack] {s}"))
     os.environ["STREAMS_HEALTH_STALL_S"] = str(HEALTH_STALL_S)  # passed on to the workers
     try:
-        # Start with one worker; the rebalance test starts the second itself.
-        stack.config.stream_workers = 1
         stack.up()
-        stack.config.stream_workers = 2
+        # One worker to begin with; the rebalance and SIGSTOP tests start the second.
+        stack.stop("streams-2")
         yield stack
     finally:
         os.environ.pop("STREAMS_HEALTH_STALL_S", None)
@@ -140,11 +148,6 @@ def assert_exactly_once(config: StackConfig, fleet: Fleet, accepted: set[str]) -
     assert_stats_match(postgres.dsn(config, "primary"), fleet.drivers)
 
 
-def restart(stack: Stack, name: str, start: "Record") -> None:
-    stack.records[name] = start
-    stack.state.save(stack.records)
-
-
 def test_a_worker_killed_mid_stream_loses_and_duplicates_nothing(own_stack: Stack) -> None:
     config = own_stack.config
     fleet = Fleet(config)
@@ -152,14 +155,9 @@ def test_a_worker_killed_mid_stream_loses_and_duplicates_nothing(own_stack: Stac
     try:
         fleet.wait_accepted(300)
         wait_stored(config, fleet, 100)
-        spec = next(s for s in services.specs(config) if s.name == "streams-1")
-        stop(own_stack.records["streams-1"].ref, sig=signal.SIGKILL)
+        own_stack.kill("streams-1")
         fleet.wait_accepted(len(fleet.accepted) + 300)  # ingest goes on: the log holds them
-        restart(
-            own_stack,
-            "streams-1",
-            Record("streams-1", services.start(config, spec), {"url": spec.url}),
-        )
+        own_stack.start("streams-1")
         fleet.wait_accepted(len(fleet.accepted) + 200)
     finally:
         accepted = fleet.finish()
@@ -190,21 +188,18 @@ def test_no_offset_moves_while_the_database_is_down_and_nothing_is_missing_after
     config = own_stack.config
     fleet = Fleet(config)
     fleet.start()
-    primary = own_stack.records["postgres-primary"]
     try:
         fleet.wait_accepted(200)
         wait_stored(config, fleet, 50)
-        stop(primary.ref, sig=signal.SIGINT)
+        own_stack.stop("postgres-primary")
         fleet.wait_accepted(len(fleet.accepted) + 150)
         # Once the stream has failed a write, and its 1 s commit timer has run since, the
         # committed offsets are those of the last batch written before the outage.
         wait_for(lambda: True if write_failures(own_stack) > 0 else None, timeout_s=60)
-        settle = time.monotonic() + 2.5
-        wait_for(lambda: True if time.monotonic() > settle else None, timeout_s=10)
+        let_the_commit_timer_run(times=2)
         before = committed(config)
         fleet.wait_accepted(len(fleet.accepted) + 150)
-        later = time.monotonic() + 3
-        wait_for(lambda: True if time.monotonic() > later else None, timeout_s=10)
+        let_the_commit_timer_run(times=3)
         assert committed(config) == before, "an offset was committed past rows never written"
         # The worker says it is stuck, and a stop ends it in time without committing.
         wait_for(lambda: True if health(own_stack, "streams-1") == 503 else None, timeout_s=30)
@@ -215,24 +210,9 @@ def test_no_offset_moves_while_the_database_is_down_and_nothing_is_missing_after
         assert time.monotonic() - signalled < 10, "shutdown during the outage took too long"
         assert committed(config) == before, "the stopping worker committed an unwritten batch"
     finally:
-        restart(
-            own_stack,
-            "postgres-primary",
-            Record(
-                "postgres-primary",
-                postgres.start(config, "primary"),
-                primary.endpoint,
-                primary.stop_signal,
-            ),
-        )
-        wait_for(lambda: True if postgres.ready(config, "primary") else None, timeout_s=60)
-        if not own_stack.records["streams-1"].ref.alive():
-            spec = next(s for s in services.specs(config) if s.name == "streams-1")
-            restart(
-                own_stack,
-                "streams-1",
-                Record("streams-1", services.start(config, spec), {"url": spec.url}),
-            )
+        own_stack.start("postgres-primary")
+        if not own_stack.running("streams-1"):
+            own_stack.start("streams-1")
     try:
         fleet.wait_accepted(len(fleet.accepted) + 100)
     finally:
@@ -246,15 +226,11 @@ def test_a_second_worker_joining_and_leaving_loses_and_double_counts_nothing(
     config = own_stack.config
     fleet = Fleet(config)
     fleet.start()
-    spec = next(s for s in services.specs(config) if s.name == "streams-2")
     try:
         fleet.wait_accepted(200)
-        own_stack.records["streams-2"] = Record(
-            "streams-2", services.start(config, spec), {"url": spec.url}
-        )
-        wait_for(lambda: True if services.ready(spec) else None, timeout_s=60)
+        own_stack.start("streams-2")
         fleet.wait_accepted(len(fleet.accepted) + 400)
-        stop(own_stack.records.pop("streams-2").ref, sig=signal.SIGTERM)
+        own_stack.stop("streams-2")
         fleet.wait_accepted(len(fleet.accepted) + 300)
     finally:
         accepted = fleet.finish()
@@ -292,13 +268,9 @@ def test_a_worker_stopped_with_sigstop_stalls_nothing_and_double_counts_nothing(
     config = own_stack.config
     fleet = Fleet(config)
     fleet.start()
-    spec = next(s for s in services.specs(config) if s.name == "streams-2")
     try:
         fleet.wait_accepted(200)
-        own_stack.records["streams-2"] = Record(
-            "streams-2", services.start(config, spec), {"url": spec.url}
-        )
-        wait_for(lambda: True if services.ready(spec) else None, timeout_s=60)
+        own_stack.start("streams-2")
         fleet.wait_accepted(len(fleet.accepted) + 300)
         zombie = own_stack.records["streams-2"].ref
         os.kill(zombie.pid, signal.SIGSTOP)
@@ -312,7 +284,7 @@ def test_a_worker_stopped_with_sigstop_stalls_nothing_and_double_counts_nothing(
         finally:
             os.kill(zombie.pid, signal.SIGCONT)
         fleet.wait_accepted(len(fleet.accepted) + 200)
-        stop(own_stack.records.pop("streams-2").ref, sig=signal.SIGTERM)
+        own_stack.stop("streams-2")
     finally:
         accepted = fleet.finish()
     assert_exactly_once(config, fleet, accepted)

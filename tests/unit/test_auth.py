@@ -7,6 +7,7 @@ from pathlib import Path
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from runtime.auth import (
     AuthError,
@@ -45,7 +46,7 @@ def test_private_key_is_owner_only(keys: tuple[Path, Path]) -> None:
 
 
 def test_alg_none_is_refused(verifier: TokenVerifier) -> None:
-    token = jwt.encode(claims(), key=None, algorithm="none")
+    token = jwt.encode(claims(), key=None, algorithm="none")  # type: ignore[arg-type]
     with pytest.raises(AuthError):
         verifier.verify(token)
 
@@ -94,11 +95,12 @@ def test_a_token_from_another_key_is_refused(tmp_path: Path, verifier: TokenVeri
 
 def test_missing_claims_are_refused(keys: tuple[Path, Path], verifier: TokenVerifier) -> None:
     key = serialization.load_pem_private_key(keys[0].read_bytes(), password=None)
+    assert isinstance(key, Ed25519PrivateKey)
     token = jwt.encode(
         {"sub": "x", "role": "driver", "aud": JWT_AUDIENCE, "iss": JWT_ISSUER},
         key,
         algorithm="EdDSA",
-    )  # type: ignore[arg-type]
+    )
     with pytest.raises(AuthError):
         verifier.verify(token)  # no exp
 
@@ -118,8 +120,9 @@ def test_roles_are_enforced() -> None:
 
 def test_a_cached_token_still_expires(keys: tuple[Path, Path]) -> None:
     now = [time.time()]
-    verifier = TokenVerifier.from_file(keys[1], audience=JWT_AUDIENCE, issuer=JWT_ISSUER)
-    verifier._clock = lambda: now[0]  # type: ignore[method-assign]
+    verifier = TokenVerifier.from_file(
+        keys[1], audience=JWT_AUDIENCE, issuer=JWT_ISSUER, clock=lambda: now[0]
+    )
     token = issue_token(keys[0], sub="d", role=Role.DRIVER, ttl_s=60, now=time.time())
     assert verifier.verify(token).sub == "d"
     assert verifier.verify(token).sub == "d"  # from the cache

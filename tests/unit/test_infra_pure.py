@@ -4,6 +4,7 @@ import os
 from pathlib import Path
 
 from infra import kafka, pgbouncer
+from infra.components import components
 from infra.config import StackConfig
 from infra.migrate import Migration, discover
 from infra.procs import ProcessRef, free_port, port_open, start_ticks
@@ -69,3 +70,16 @@ def test_pgbouncer_runs_transaction_mode_with_both_entries(tmp_path: Path) -> No
     assert "telemetry = host=127.0.0.1 port=25432" in ini
     assert "telemetry_ro = host=127.0.0.1 port=25433" in ini
     assert "dbname=telemetry_ro" in pgbouncer.dsn(config, read_only=True)
+
+
+def test_the_registry_lists_each_component_after_its_dependencies(tmp_path: Path) -> None:
+    config = StackConfig(state_dir=tmp_path, ingest_processes=2, stream_workers=2)
+    listed = components(config, report=lambda _: None)
+    names = [c.name for c in listed]
+    assert names[:5] == ["kafka", "redis", "postgres-primary", "postgres-replica", "pgbouncer"]
+    assert {"ingest-1", "ingest-2", "streams-1", "streams-2", "api-1"} <= set(names)
+    for position, component in enumerate(listed):
+        assert set(component.after) <= set(names[:position]), component.name
+    ports = [port for c in listed for port, _ in c.ports]
+    assert len(ports) == len(set(ports))
+    assert all(env.startswith("TELEMETRY_") for c in listed for _, env in c.ports)

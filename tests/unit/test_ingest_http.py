@@ -3,7 +3,7 @@ the error envelope, 405's Allow, the body deadline, the concurrency cap, docs sw
 
 import asyncio
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -172,7 +172,7 @@ async def test_a_body_that_does_not_arrive_in_time_is_a_408(keys: tuple[Path, Pa
         clock=lambda: NOW,
     )
 
-    async def slow_body() -> object:
+    async def slow_body() -> AsyncIterator[bytes]:
         yield b'{"pings": ['
         await asyncio.sleep(5)  # a slow sender; the deadline ends it after 0.2 s
         yield b"]}"
@@ -189,9 +189,10 @@ async def test_a_body_that_does_not_arrive_in_time_is_a_408(keys: tuple[Path, Pa
 
 
 async def test_the_concurrency_cap_refuses_at_once_beyond_its_limit() -> None:
-    release = asyncio.Event()
+    release, entered = asyncio.Event(), asyncio.Event()
 
     async def slow_app(scope: object, receive: object, send: object) -> None:
+        entered.set()
         await release.wait()
         await send({"type": "http.response.start", "status": 200, "headers": []})  # type: ignore[operator]
         await send({"type": "http.response.body", "body": b"ok"})  # type: ignore[operator]
@@ -201,7 +202,7 @@ async def test_the_concurrency_cap_refuses_at_once_beyond_its_limit() -> None:
         transport=httpx.ASGITransport(app=capped), base_url="http://x"
     ) as c:
         first = asyncio.ensure_future(c.get("/"))
-        await asyncio.sleep(0.05)  # let the first request take the only slot
+        await asyncio.wait_for(entered.wait(), timeout=5)  # it holds the only slot
         second = await c.get("/")
         release.set()
         assert (await first).status_code == 200

@@ -133,17 +133,18 @@ async def test_a_stop_during_an_outage_gives_up_without_returning() -> None:
 
 
 async def test_a_stop_lets_a_healthy_write_finish_within_the_grace_period() -> None:
-    release = asyncio.Event()
+    release, entered = asyncio.Event(), asyncio.Event()
 
     class Slow(FakeSink):
         async def write(self, records: list[PingBatchRecord]) -> CleanBatch:
+            entered.set()
             await release.wait()
             return await super().write(records)
 
     sink = Slow()
     proc = processor(sink, FakeSender(), grace_s=5.0)
     task = asyncio.ensure_future(proc.process([message("a")]))
-    await asyncio.sleep(0)
+    await asyncio.wait_for(entered.wait(), timeout=2)  # the write is in flight
     proc.request_stop()
     release.set()
     await asyncio.wait_for(task, timeout=2)

@@ -1,0 +1,137 @@
+"""The component registry: every process of the local stack, declared once with how it
+starts, when it is ready, its ports, its endpoint, its dependencies and how it stops.
+Adding a component (the notifier, HAProxy, Prometheus) is one entry here."""
+
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from infra import kafka, migrate, pgbouncer, postgres, redis, services
+from infra.config import StackConfig
+from infra.procs import ProcessRef, StackError, wait_until
+
+
+def _nothing() -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class Component:
+    name: str
+    start: Callable[[], ProcessRef]
+    # Healthy now (status, and the wait after start unless `startup_ready` is given).
+    ready: Callable[[], bool]
+    # (port, the env var that moves it): checked free before starting.
+    ports: tuple[tuple[int, str], ...]
+    endpoint: dict[str, str]
+    # Started only once these are ready (and their `on_ready` has run).
+    after: tuple[str, ...] = ()
+    stop_signal: int = signal.SIGTERM
+    # Runs before start (initdb, a replica's clone); idempotent.
+    prepare: Callable[[], None] = _nothing
+    # What "up far enough for on_ready" means, when not `ready` itself.
+    startup_ready: Callable[[], bool] | None = None
+    # Runs once it is ready, on every `up` (migrations, topics); idempotent.
+    on_ready: Callable[[], None] = _nothing
+    logs: tuple[str, ...] = field(default=())
+
+    @property
+    def log_name(self) -> str:
+        return self.logs[0] if self.logs else self.name
+
+
+def _bootstrap_primary(config: StackConfig, report: Callable[[str], None]) -> None:
+    postgres.bootstrap_roles(config)
+    if not wait_until(lambda: postgres.ready(config, "primary"), config.startup_timeout_s, 0.2):
+        raise StackError("postgres-primary accepts no application login after bootstrap")
+    report("applying migrations")
+    try:
+        applied = migrate.apply_all(postgres.dsn(config, "primary"))
+    except migrate.MigrationError as exc:
+        raise StackError(str(exc)) from exc
+    if applied:
+        report(f"applied migrations {', '.join(applied)}")
+
+
+def components(config: StackConfig, report: Callable[[str], None]) -> list[Component]:
+    """The stack's components in a valid start order (each after its dependencies)."""
+
+    def init_primary() -> None:
+        if postgres.init_primary(config):
+            report("initialised the PostgreSQL primary")
+
+    def init_replica() -> None:
+        if postgres.init_replica(config):
+            report("cloned the replica (pg_basebackup)")
+
+    def create_topics() -> None:
+        report("creating Kafka topics")
+        kafka.create_topics(config)
+
+    result = [
+        # Kafka's JVM takes longest to come up: first in the list, waited for only when a
+        # component that needs it is about to start.
+        Component(
+            "kafka",
+            start=lambda: kafka.start(config),
+            ready=lambda: kafka.ready(config),
+            ports=(
+                (config.kafka_port, "TELEMETRY_KAFKA_PORT"),
+                (config.kafka_controller_port, "TELEMETRY_KAFKA_CONTROLLER_PORT"),
+            ),
+            endpoint={"bootstrap": config.kafka_bootstrap},
+            on_ready=create_topics,
+        ),
+        Component(
+            "redis",
+            start=lambda: redis.start(config),
+            ready=lambda: redis.ready(config),
+            ports=((config.redis_port, "TELEMETRY_REDIS_PORT"),),
+            endpoint={"url": redis.url(config)},
+        ),
+        Component(
+            "postgres-primary",
+            start=lambda: postgres.start(config, "primary"),
+            ready=lambda: postgres.ready(config, "primary"),
+            ports=((config.postgres_primary_port, "TELEMETRY_POSTGRES_PRIMARY_PORT"),),
+            endpoint={"dsn": postgres.dsn(config, "primary")},
+            stop_signal=signal.SIGINT,  # PostgreSQL's fast shutdown
+            prepare=init_primary,
+            startup_ready=lambda: postgres.ensure_superuser_ready(config),
+            on_ready=lambda: _bootstrap_primary(config, report),
+        ),
+        Component(
+            "postgres-replica",
+            start=lambda: postgres.start(config, "replica"),
+            ready=lambda: postgres.ready(config, "replica"),
+            ports=((config.postgres_replica_port, "TELEMETRY_POSTGRES_REPLICA_PORT"),),
+            endpoint={"dsn": postgres.dsn(config, "replica")},
+            after=("postgres-primary",),
+            stop_signal=signal.SIGINT,
+            prepare=init_replica,
+        ),
+        Component(
+            "pgbouncer",
+            start=lambda: pgbouncer.start(config),
+            ready=lambda: pgbouncer.ready(config),
+            ports=((config.pgbouncer_port, "TELEMETRY_PGBOUNCER_PORT"),),
+            endpoint={
+                "dsn": pgbouncer.dsn(config, read_only=False),
+                "dsn_read_write": pgbouncer.dsn(config, read_only=False),
+                "dsn_read_only": pgbouncer.dsn(config, read_only=True),
+            },
+            after=("postgres-primary", "postgres-replica"),
+        ),
+    ]
+    for spec in services.specs(config):
+        result.append(
+            Component(
+                spec.name,
+                start=lambda spec=spec: services.start(config, spec),  # type: ignore[misc]
+                ready=lambda spec=spec: services.ready(spec),  # type: ignore[misc]
+                ports=((spec.port, spec.port_env),),
+                endpoint={"url": spec.url},
+                after=spec.after,
+            )
+        )
+    return result
