@@ -5,18 +5,24 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import psycopg
-from fastapi import Depends, FastAPI, Header, Path
+from fastapi import Depends, FastAPI, Path, Security
 from fastapi.responses import Response
+from fastapi.security import HTTPAuthorizationCredentials
 from prometheus_client import CollectorRegistry, Counter
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from api.config import ApiSettings
-from api.positions import read_driver_position
-from runtime.auth import bearer_token, require_role, verifier_from_settings
+from api.positions import DriverPosition, read_driver_position
+from runtime.auth import require_role, verifier_from_settings
 from runtime.http import (
+    METRICS_RESPONSES,
+    PROBE_RESPONSES,
     ApiError,
     app_options,
+    bearer_credentials,
+    bearer_scheme,
+    error_responses,
     install_error_handlers,
     json_response,
     metrics_response,
@@ -52,13 +58,20 @@ def create_app(settings: ApiSettings, registry: CollectorRegistry | None = None)
     app = FastAPI(title="telemetry api", lifespan=lifespan, **app_options(settings.docs_enabled))
     install_error_handlers(app)
 
-    async def principal(authorization: Annotated[str | None, Header()] = None) -> Principal:
-        return verifier.verify(bearer_token(authorization))
+    async def principal(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)],
+    ) -> Principal:
+        return verifier.verify(bearer_credentials(credentials))
 
     async def dispatcher_or_ops(who: Annotated[Principal, Depends(principal)]) -> Principal:
         return require_role(who, [Role.DISPATCHER, Role.OPS])
 
-    @app.get("/v1/drivers/{driver_id}/position")
+    @app.get(
+        "/v1/drivers/{driver_id}/position",
+        summary="A driver's latest position",
+        response_model=DriverPosition,
+        responses=error_responses(401, 403, 404, 422, 503),
+    )
     async def driver_position(
         driver_id: PathId, _: Annotated[Principal, Depends(dispatcher_or_ops)]
     ) -> Response:
@@ -74,11 +87,11 @@ def create_app(settings: ApiSettings, registry: CollectorRegistry | None = None)
             raise ApiError(404, f"no position known for driver {driver_id}")
         return json_response(position.model_dump(mode="json"))
 
-    @app.get("/healthz")
+    @app.get("/healthz", responses=PROBE_RESPONSES)
     async def healthz() -> Response:
         return json_response({"status": "ok"})
 
-    @app.get("/readyz")
+    @app.get("/readyz", responses=PROBE_RESPONSES)
     async def readyz() -> Response:
         try:
             async with pools["read"].connection(timeout=1) as conn:
@@ -91,7 +104,7 @@ def create_app(settings: ApiSettings, registry: CollectorRegistry | None = None)
 
     if settings.metrics_port is None:
 
-        @app.get("/metrics")
+        @app.get("/metrics", responses=METRICS_RESPONSES)
         async def prometheus() -> Response:
             return metrics_response(registry)
 

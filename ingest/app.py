@@ -9,8 +9,9 @@ from datetime import UTC, datetime
 from typing import Annotated, Protocol
 
 import redis.asyncio as aioredis
-from fastapi import Depends, FastAPI, Header, Request
+from fastapi import Depends, FastAPI, Request, Security
 from fastapi.responses import Response
+from fastapi.security import HTTPAuthorizationCredentials
 
 from ingest import http_errors
 from ingest.config import IngestSettings
@@ -19,17 +20,24 @@ from ingest.metrics import IngestMetrics
 from ingest.publisher import PingPublisher
 from ingest.ratelimit import Decision, RateLimiter
 from ingest.validation import validate_body
-from runtime.auth import TokenVerifier, bearer_token, require_role, verifier_from_settings
+from runtime.auth import TokenVerifier, require_role, verifier_from_settings
 from runtime.http import (
+    METRICS_RESPONSES,
+    PROBE_RESPONSES,
     app_options,
+    bearer_credentials,
+    bearer_scheme,
+    error_responses,
     install_error_handlers,
     json_response,
     metrics_response,
+    publish_models,
     read_body_limited,
+    request_body,
 )
 from runtime.kafka import AckedProducer, durable_producer
 from schemas.auth import Principal, Role
-from schemas.pings import MAX_BATCH_BYTES, PingBatchRecord
+from schemas.pings import MAX_BATCH_BYTES, PingBatch, PingBatchRecord, PingsAccepted
 
 Clock = Callable[[], datetime]
 
@@ -113,9 +121,12 @@ def create_app(settings: IngestSettings, adapters: Adapters, *, clock: Clock = u
     app = FastAPI(title="telemetry ingest", lifespan=lifespan, **app_options(settings.docs_enabled))
     install_error_handlers(app)
     http_errors.install(app)
+    publish_models(app, PingBatch)
 
-    async def driver(authorization: Annotated[str | None, Header()] = None) -> Principal:
-        principal = adapters.verifier.verify(bearer_token(authorization))
+    async def driver(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)],
+    ) -> Principal:
+        principal = adapters.verifier.verify(bearer_credentials(credentials))
         return require_role(principal, [Role.DRIVER])
 
     Driver = Annotated[Principal, Depends(driver)]
@@ -142,7 +153,16 @@ def create_app(settings: IngestSettings, adapters: Adapters, *, clock: Clock = u
             in_flight.leave()
             metrics.in_flight.dec()
 
-    @app.post("/v1/pings", status_code=202)
+    # The body is read raw (a size cap before parsing, then one fast validation), so its
+    # schema is declared rather than inferred.
+    @app.post(
+        "/v1/pings",
+        status_code=202,
+        summary="Post a driver's GPS pings",
+        response_model=PingsAccepted,
+        responses=error_responses(401, 403, 408, 413, 422, 429, 503),
+        openapi_extra=request_body(PingBatch),
+    )
     async def post_pings(request: Request, principal: Driver) -> Response:
         # Charged before the body is even read: a flood of invalid bodies is a flood too.
         if settings.rate_limit_enabled:
@@ -162,11 +182,11 @@ def create_app(settings: IngestSettings, adapters: Adapters, *, clock: Clock = u
         metrics.accepted.inc(len(verdict.accepted))
         return json_response({"accepted": len(verdict.accepted), "rejected": rejected}, 202)
 
-    @app.get("/healthz")
+    @app.get("/healthz", responses=PROBE_RESPONSES)
     async def healthz() -> Response:
         return json_response({"status": "ok"})
 
-    @app.get("/readyz")
+    @app.get("/readyz", responses=PROBE_RESPONSES)
     async def readyz() -> Response:
         # Kafka must answer a metadata request; Redis is not required (the limiter fails open).
         if await publisher.ready():
@@ -175,7 +195,7 @@ def create_app(settings: IngestSettings, adapters: Adapters, *, clock: Clock = u
 
     if settings.metrics_port is None:
 
-        @app.get("/metrics")
+        @app.get("/metrics", responses=METRICS_RESPONSES)
         async def prometheus() -> Response:
             return metrics_response(metrics.registry)
 

@@ -5,10 +5,10 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 from ingest.errors import InvalidBatch
-from schemas.pings import MAX_PING_AGE, MAX_PING_AHEAD, MAX_PINGS_PER_BATCH, Ping
+from schemas.pings import MAX_PING_AGE, MAX_PING_AHEAD, MAX_PINGS_PER_BATCH, Ping, PingBatch
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,19 +94,12 @@ def validate_ping(raw: Any, now: datetime) -> Ping | Problem:
     return ping
 
 
-class _StrictBatch(BaseModel):
-    """The whole body at once, parsed by pydantic-core straight from JSON bytes: the fast
-    path for the usual request in which every ping is valid."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    pings: list[Ping] = Field(min_length=1, max_length=MAX_PINGS_PER_BATCH)
-
-
 def validate_body(body: bytes, now: datetime) -> BatchVerdict:
     """Validates a posted body. InvalidBatch if it is not a batch at all."""
     try:
-        pings = _StrictBatch.model_validate_json(body).pings
+        # The whole body at once, parsed by pydantic-core straight from JSON bytes: the
+        # fast path for the usual request in which every ping is valid.
+        pings = PingBatch.model_validate_json(body).pings
     except ValidationError:
         # Something is wrong: redo it ping by ping to say which ones and why.
         return validate_batch(parse_batch(body), now)

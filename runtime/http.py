@@ -7,11 +7,15 @@ from typing import Any
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from runtime.auth import AuthError, ForbiddenError
+from schemas.errors import ErrorBody
 
 _STATUS_CODES = {
     400: "bad_request",
@@ -146,3 +150,78 @@ class ConcurrencyCap:
             await self._app(scope, receive, send)
         finally:
             self._active -= 1
+
+
+# The bearer scheme, declared once: routes that depend on it carry it in their OpenAPI.
+# auto_error=False: a missing or malformed header is our AuthError (401, our envelope).
+bearer_scheme = HTTPBearer(auto_error=False, description="An EdDSA-signed JWT (see README)")
+
+
+def bearer_credentials(credentials: HTTPAuthorizationCredentials | None) -> str:
+    if credentials is None or not credentials.credentials.strip():
+        raise AuthError("Authorization must be 'Bearer <token>'")
+    return credentials.credentials.strip()
+
+
+_MEANINGS = {
+    401: "No token, or an invalid one",
+    403: "The token's role may not do this",
+    404: "Not found",
+    408: "The body did not arrive in time",
+    413: "Body too large",
+    422: "Invalid request",
+    429: "Over the rate limit; retry after `Retry-After` seconds",
+    503: "A dependency is unavailable or the server is busy; retry after `Retry-After`",
+}
+_RETRY_AFTER = {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for the error statuses a route can answer, each the envelope."""
+    return {
+        status: {
+            "model": ErrorBody,
+            "description": _MEANINGS[status],
+            **({"headers": _RETRY_AFTER} if status in (429, 503) else {}),
+        }
+        for status in statuses
+    }
+
+
+PROBE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}},
+    503: {
+        "description": "A dependency is unavailable",
+        "content": {"application/json": {"schema": {"type": "object"}}},
+        "headers": _RETRY_AFTER,
+    },
+}
+METRICS_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "Prometheus text format", "content": {"text/plain": {}}}
+}
+
+
+def request_body(model: type[BaseModel]) -> dict[str, Any]:
+    """`openapi_extra` declaring a JSON body for a route that reads the raw body itself."""
+    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+
+
+def publish_models(app: FastAPI, *models: type[BaseModel]) -> None:
+    """Adds models that no route signature names (raw-body routes) to the OpenAPI
+    components, so `request_body`'s references resolve."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title, version=app.version, routes=app.routes, openapi_version="3.1.0"
+            )
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for model in models:
+                found = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(found.pop("$defs", {}))
+                components[model.__name__] = found
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

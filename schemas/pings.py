@@ -71,3 +71,27 @@ class PingBatchRecord(BaseModel):
                     f"[received_at - {MAX_PING_AGE}, received_at + {MAX_PING_AHEAD}]"
                 )
         return self
+
+
+class PingBatch(BaseModel):
+    """The body of `POST /v1/pings`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pings: list[Ping] = Field(min_length=1, max_length=MAX_PINGS_PER_BATCH)
+
+
+class PingRejection(BaseModel):
+    """Why one ping of a batch was refused; `code` is a small fixed vocabulary."""
+
+    index: int
+    ping_id: str | None
+    code: str
+    reason: str
+
+
+class PingsAccepted(BaseModel):
+    """The answer to `POST /v1/pings` (202): the valid pings are durable in Kafka."""
+
+    accepted: int
+    rejected: list[PingRejection]
