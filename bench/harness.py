@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from bench.fleet import FleetConfig, run_fleet
 from bench.report import append_summary, plot, write_json
 from bench.sampler import Sampler
+from bench.scenarios import SCENARIOS
 from bench.stats import FleetStats
 from infra.config import REPO_ROOT
 from infra.procs import wait_until
@@ -23,7 +24,6 @@ from runtime.kafka_lag import consumer_group_lag
 from schemas import topics
 from schemas.auth import Role
 
-SCENARIOS = ("smoke", "ingest", "pipeline")
 PERCENTILES = (50.0, 75.0, 90.0, 95.0, 99.0, 99.9, 100.0)
 STREAMS_GROUP = "telemetry-streams"
 

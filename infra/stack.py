@@ -201,7 +201,7 @@ class Stack:
             return
         self.report(f"starting a simulated fleet of {drivers} drivers")
         argv = [
-            sys.executable, "-m", "infra.cli", "simulate", "--plain",
+            sys.executable, "-m", "cli", "simulate", "--plain",
             "--drivers", str(drivers), "--interval", str(interval_s),
             "--duration", str(365 * 24 * 3600),
         ]  # fmt: skip

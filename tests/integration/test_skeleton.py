@@ -155,7 +155,7 @@ def test_status_json_redacts_passwords_and_the_state_file_is_private(stack: Stac
     env = os.environ | {
         f"TELEMETRY_{name.upper()}": str(value) for name, value in stack.config.model_dump().items()
     }
-    run = [sys.executable, "-m", "infra.cli", "status", "--json"]
+    run = [sys.executable, "-m", "cli", "status", "--json"]
     shown = subprocess.run(run, env=env, capture_output=True, text=True, check=False)
     assert shown.returncode == 0, shown.stderr
     assert "password=***" in shown.stdout

@@ -7,25 +7,32 @@ import re
 import signal
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from bench import harness
-from bench.display import fleet_line, fleet_table
-from bench.fleet import FleetConfig, run_fleet
+# Only light parts of bench here: the fleet and the harness pull in aiohttp, HdrHistogram
+# and matplotlib, which `telemetry token` or `status` must not pay for.
 from bench.routes import CITIES
-from bench.stats import FleetStats
-from infra import install
+from bench.scenarios import SCENARIOS
 from infra.config import StackConfig
 from infra.procs import StackError
-from infra.stack import Stack
 from runtime.auth import issue_token
 from schemas.auth import Role
 
+if TYPE_CHECKING:
+    from infra.stack import Stack
+
 console = Console(stderr=True)
+
+
+def _stack(config: StackConfig, report: Any = None) -> "Stack":
+    # Imported when needed: `telemetry token` has no use for the stack's machinery.
+    from infra.stack import Stack
+
+    return Stack(config, report) if report is not None else Stack(config)
 
 
 def _config(args: argparse.Namespace) -> StackConfig:
@@ -45,16 +52,18 @@ def cmd_up(args: argparse.Namespace) -> int:
             status.update(step)
             console.log(step)
 
-        stack = Stack(config, report)
+        stack = _stack(config, report)
         stack.up()
         if args.simulate:
             stack.start_simulator(args.simulate)
-    print_endpoints(Stack(config).status())
+    print_endpoints(_stack(config).status())
     return 0
 
 
 def cmd_install(args: argparse.Namespace) -> int:
     config = StackConfig()
+    from infra import install
+
     installed = install.ensure_debian_packages()
     console.print(
         f"Debian packages: {'installed ' + ' '.join(installed) if installed else 'present'}"
@@ -66,13 +75,13 @@ def cmd_install(args: argparse.Namespace) -> int:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    Stack(StackConfig(), lambda step: console.log(step)).down()
+    _stack(StackConfig(), lambda step: console.log(step)).down()
     console.print("stack stopped")
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    components = Stack(StackConfig()).status()
+    components = _stack(StackConfig()).status()
     if args.json:
         shown = components if args.show_secrets else redact(components)
         sys.stdout.write(json.dumps({"components": shown}, indent=2) + "\n")
@@ -119,7 +128,7 @@ def print_endpoints(components: dict[str, dict[str, object]]) -> None:
     Console().print(table)
 
 
-def _ingest_urls(stack: Stack) -> list[str]:
+def _ingest_urls(stack: "Stack") -> list[str]:
     urls = stack.urls("ingest")
     if not urls:
         raise StackError("no ingest process is running: start the platform with 'telemetry up'")
@@ -127,12 +136,16 @@ def _ingest_urls(stack: Stack) -> list[str]:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
+    from bench.display import fleet_line, fleet_table
+    from bench.fleet import FleetConfig, run_fleet
+    from bench.stats import FleetStats
+
     config = StackConfig()
     fleet = FleetConfig(
         drivers=args.drivers,
         interval_s=args.interval,
         duration_s=args.duration,
-        ingest_urls=_ingest_urls(Stack(config)),
+        ingest_urls=_ingest_urls(_stack(config)),
         private_key_path=config.jwt_private_key,
         city=args.city,
         seed=args.seed,
@@ -164,13 +177,15 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    from bench import harness
+
     options: dict[str, str] = {}
     for item in args.set or []:
         key, sep, value = item.partition("=")
         if not sep:
             raise StackError(f"--set takes KEY=VALUE, got {item!r}")
         options[key] = value
-    stack = Stack(StackConfig(), lambda step: console.log(step))
+    stack = _stack(StackConfig(), lambda step: console.log(step))
     started_here = not any(r.ref.alive() for r in stack.records.values())
     if started_here:
         stack.up()
@@ -235,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.set_defaults(func=cmd_simulate)
 
     bench = sub.add_parser("bench", help="run a benchmark scenario, write JSON and PNG reports")
-    bench.add_argument("scenario", choices=harness.SCENARIOS)
+    bench.add_argument("scenario", choices=SCENARIOS)
     bench.add_argument("--set", action="append", metavar="KEY=VALUE", help="scenario option")
     bench.set_defaults(func=cmd_bench)
 

@@ -1,0 +1,2 @@
+"""The `telemetry` command: the one place that imports both the stack (infra) and the
+benchmarks (bench)."""

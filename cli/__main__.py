@@ -1,0 +1,7 @@
+"""`python -m cli`: the `telemetry` command."""
+
+import sys
+
+from cli.main import main
+
+sys.exit(main())
