@@ -12,13 +12,14 @@ from prometheus_client import CollectorRegistry, Counter
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from api import http_errors
 from api.config import ApiSettings
+from api.errors import DatabaseUnavailable, NotFound
 from api.positions import DriverPosition, read_driver_position
 from runtime.auth import require_role, verifier_from_settings
 from runtime.http import (
     METRICS_RESPONSES,
     PROBE_RESPONSES,
-    ApiError,
     app_options,
     bearer_credentials,
     bearer_scheme,
@@ -57,6 +58,7 @@ def create_app(settings: ApiSettings, registry: CollectorRegistry | None = None)
 
     app = FastAPI(title="telemetry api", lifespan=lifespan, **app_options(settings.docs_enabled))
     install_error_handlers(app)
+    http_errors.install(app)
 
     async def principal(
         credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)],
@@ -80,11 +82,9 @@ def create_app(settings: ApiSettings, registry: CollectorRegistry | None = None)
                 position = await read_driver_position(conn, driver_id)
         except (psycopg.OperationalError, PoolTimeout) as exc:
             db_errors.inc()
-            raise ApiError(
-                503, "database unavailable, retry later", headers={"Retry-After": "1"}
-            ) from exc
+            raise DatabaseUnavailable(str(exc)) from exc
         if position is None:
-            raise ApiError(404, f"no position known for driver {driver_id}")
+            raise NotFound(f"no position known for driver {driver_id}")
         return json_response(position.model_dump(mode="json"))
 
     @app.get("/healthz", responses=PROBE_RESPONSES)

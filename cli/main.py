@@ -87,7 +87,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         sys.stdout.write(json.dumps({"components": shown}, indent=2) + "\n")
     else:
         print_endpoints(components)
-    # Only what the platform needs decides the exit status: a stopped simulator does not.
+    return status_exit_code(components)
+
+
+def status_exit_code(components: dict[str, dict[str, Any]]) -> int:
+    """1 when a component the platform needs is unhealthy; a stopped simulator is not one."""
     return 0 if all(c["healthy"] for c in components.values() if c.get("required")) else 1
 
 

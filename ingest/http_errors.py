@@ -1,11 +1,10 @@
 """The one place where ingest's errors become HTTP answers (the envelope of design
 section 6). A fresh ApiError per answer: no exception instance is shared."""
 
-from fastapi import FastAPI, Request
-from fastapi.responses import Response
+from fastapi import FastAPI
 
 from ingest.errors import Backpressure, BrokerUnavailable, InvalidBatch, NoValidPing, RateLimited
-from runtime.http import ApiError, error_response
+from runtime.http import ApiError, map_errors
 
 RETRY_1S = {"Retry-After": "1"}
 
@@ -26,8 +25,5 @@ def to_api_error(exc: Exception) -> ApiError:
 
 
 def install(app: FastAPI) -> None:
-    async def handler(_: Request, exc: Exception) -> Response:
-        return error_response(to_api_error(exc))
-
-    for kind in (InvalidBatch, NoValidPing, RateLimited, Backpressure, BrokerUnavailable):
-        app.add_exception_handler(kind, handler)
+    kinds = (InvalidBatch, NoValidPing, RateLimited, Backpressure, BrokerUnavailable)
+    map_errors(app, kinds, to_api_error)

@@ -2,6 +2,7 @@
 limit and deadline, the concurrency cap, probes."""
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -95,6 +96,19 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ForbiddenError, on_forbidden)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
+
+
+def map_errors(
+    app: FastAPI, kinds: tuple[type[Exception], ...], to_api_error: Callable[[Exception], ApiError]
+) -> None:
+    """Answers a service's own errors through its one mapping function (design section 11:
+    HTTP errors mapped in one module; the domain code knows nothing of HTTP)."""
+
+    async def handler(_: Request, exc: Exception) -> Response:
+        return error_response(to_api_error(exc))
+
+    for kind in kinds:
+        app.add_exception_handler(kind, handler)
 
 
 def metrics_response(registry: CollectorRegistry) -> Response:

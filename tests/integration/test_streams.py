@@ -336,3 +336,34 @@ def test_the_step_across_a_minute_boundary_belongs_to_the_later_minute(
     stats = wait_for(lambda: got if len(got := stats_of(config, driver)) == 3 else None)
     assert sum(n for n, _ in stats.values()) == 16
     assert sum(d for _, d in stats.values()) == pytest.approx(1500.0, rel=1e-3)
+
+
+def test_aggregate_retention_drops_only_expired_rows(config: StackConfig) -> None:
+    driver = f"drv-{uuid.uuid4().hex[:8]}"
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    minutes = [now - timedelta(days=91), now - timedelta(days=1)]
+    hours = [
+        now.replace(minute=0) - timedelta(days=731),
+        now.replace(minute=0) - timedelta(days=91),
+    ]
+    with psycopg.connect(postgres.dsn(config, "primary"), autocommit=True) as conn:
+        for table, buckets in (("driver_stats_1m", minutes), ("driver_stats_1h", hours)):
+            for bucket in buckets:
+                conn.execute(
+                    f"INSERT INTO {table} (driver_id, bucket, pings, distance_m)"
+                    " VALUES (%s, %s, 1, 0)",
+                    [driver, bucket],
+                )
+        conn.execute("SELECT drop_aggregates_before(now() - interval '90 days',"
+                     " now() - interval '730 days')")  # fmt: skip
+        kept = {
+            table: [
+                r[0]
+                for r in conn.execute(
+                    f"SELECT bucket FROM {table} WHERE driver_id = %s",
+                    [driver],
+                ).fetchall()
+            ]
+            for table in ("driver_stats_1m", "driver_stats_1h")
+        }
+    assert kept == {"driver_stats_1m": [minutes[1]], "driver_stats_1h": [hours[1]]}

@@ -3,6 +3,7 @@
 import os
 from pathlib import Path
 
+from cli.main import redact, status_exit_code
 from infra import kafka, pgbouncer
 from infra.components import components
 from infra.config import StackConfig
@@ -83,3 +84,15 @@ def test_the_registry_lists_each_component_after_its_dependencies(tmp_path: Path
     ports = [port for c in listed for port, _ in c.ports]
     assert len(ports) == len(set(ports))
     assert all(env.startswith("TELEMETRY_") for c in listed for _, env in c.ports)
+
+
+def test_status_fails_only_for_a_required_component() -> None:
+    healthy = {"healthy": True, "required": True}
+    simulator_stopped = {"healthy": False, "required": False}
+    assert status_exit_code({"kafka": healthy, "simulator": simulator_stopped}) == 0
+    assert status_exit_code({"kafka": {"healthy": False, "required": True}}) == 1
+
+
+def test_status_json_hides_passwords() -> None:
+    shown = redact({"pgbouncer": {"dsn": "host=h password=s3cret user=u", "pid": 7}})
+    assert shown == {"pgbouncer": {"dsn": "host=h password=*** user=u", "pid": 7}}

@@ -1,0 +1,20 @@
+"""The one place where the api's errors become HTTP answers (design section 6). A fresh
+ApiError per answer: no exception instance is shared between requests."""
+
+from fastapi import FastAPI
+
+from api.errors import DatabaseUnavailable, NotFound
+from runtime.http import ApiError, map_errors
+
+
+def to_api_error(exc: Exception) -> ApiError:
+    match exc:
+        case NotFound():
+            return ApiError(404, str(exc))
+        case DatabaseUnavailable():
+            return ApiError(503, "database unavailable, retry later", headers={"Retry-After": "1"})
+    raise TypeError(f"no HTTP mapping for {exc!r}")
+
+
+def install(app: FastAPI) -> None:
+    map_errors(app, (NotFound, DatabaseUnavailable), to_api_error)
