@@ -259,6 +259,7 @@ def run_fleet(
             if len(done) < config.processes:
                 worker.terminate()
             worker.join(timeout=5)
-    if len(done) < config.processes:
-        raise RuntimeError(f"only {len(done)} of {config.processes} fleet processes finished")
-    return FleetStats.merged(list(latest.values()))
+    stats = FleetStats.merged(list(latest.values()))
+    # Reported, not raised: an overloaded ingest is a result to show, not a crash.
+    stats.unfinished_slices = config.processes - len(done)
+    return stats

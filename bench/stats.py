@@ -23,6 +23,9 @@ class FleetStats:
     failed_batches: int = 0  # given up after retries, or refused as a whole
     failed_pings: int = 0
     dropped_offline: int = 0  # fell off a full offline buffer on the phone
+    # Fleet processes stopped at the deadline with retries still pending (an overloaded
+    # ingest): their figures are those of their last report.
+    unfinished_slices: int = 0
     status_counts: dict[str, int] = field(default_factory=dict)
     latency_us: HdrHistogram = field(default_factory=new_histogram)
 
@@ -70,6 +73,7 @@ class FleetStats:
             "failed_batches": self.failed_batches,
             "failed_pings": self.failed_pings,
             "dropped_offline": self.dropped_offline,
+            "unfinished_slices": self.unfinished_slices,
             "status_counts": dict(self.status_counts),
             "latency_ms": {
                 "p50": self.percentile_ms(50),

@@ -55,8 +55,10 @@ def run_wrk(
     connections: int,
     threads: int = 2,
     rate_per_s: float = 0.0,
+    shape: str = "trace",
 ) -> WrkResult:
     env = os.environ | {
+        "WRK_SHAPE": shape,
         "WRK_TOKENS": str(tokens_file),
         "WRK_BATCH": str(batch),
         "WRK_RATE": str(rate_per_s),

@@ -177,7 +177,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
             stats = run_fleet(fleet, show)
             live.update(fleet_table(stats, args.duration, args.drivers))
-    return 0 if stats.failed_batches == 0 else 1
+    return 0 if stats.failed_batches == 0 and stats.unfinished_slices == 0 else 1
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

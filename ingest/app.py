@@ -15,7 +15,7 @@ from fastapi.security import HTTPAuthorizationCredentials
 
 from ingest import http_errors
 from ingest.config import IngestSettings
-from ingest.errors import Backpressure, NoValidPing, RateLimited
+from ingest.errors import Backpressure, BrokerUnavailable, NoValidPing, RateLimited
 from ingest.metrics import IngestMetrics
 from ingest.publisher import PingPublisher
 from ingest.ratelimit import Decision, RateLimiter
@@ -146,7 +146,7 @@ def create_app(settings: IngestSettings, adapters: Adapters, *, clock: Clock = u
         metrics.in_flight.inc()
         try:
             await publisher.publish(record.driver_id.encode(), record.model_dump_json().encode())
-        except Exception:
+        except BrokerUnavailable:
             metrics.unavailable.labels("kafka").inc()
             raise
         finally:

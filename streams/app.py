@@ -1,6 +1,7 @@
 """The Faust app: a thin agent around the batch step (streams/pipeline.py), partition and
 retention maintenance, and the worker's probes."""
 
+import asyncio
 import logging
 import os
 import time
@@ -56,8 +57,14 @@ class LazySink:
     def __init__(self, settings: StreamsSettings) -> None:
         self._settings = settings
         self._sink: PingSink | None = None
+        # The first batch and the maintenance task ask at once: one pool, not two.
+        self._opening = asyncio.Lock()
 
     async def get(self) -> PingSink:
+        async with self._opening:
+            return await self._open()
+
+    async def _open(self) -> PingSink:
         if self._sink is None:
             s = self._settings
             pool = await open_pool(

@@ -45,12 +45,31 @@ _READ_LATEST = (
     "SELECT driver_id, ts, lat, lon, ping_id FROM driver_positions"
     " WHERE driver_id = ANY(%s::text[])"
 )
-_STAGE = "CREATE TEMP TABLE pings_in (LIKE pings INCLUDING DEFAULTS) ON COMMIT DROP"
-_COPY = sql.SQL("COPY pings_in ({}) FROM STDIN (FORMAT BINARY)").format(
-    sql.SQL(", ").join(map(sql.Identifier, PING_COLUMNS))
+# Staging tables live as long as their server connection and empty at every commit:
+# creating and dropping them in every transaction churns the catalog. Safe under
+# PgBouncer's transaction mode, since each is used within one transaction only.
+_COLUMNS = sql.SQL(", ").join(map(sql.Identifier, PING_COLUMNS))
+_STAGE_IN = sql.SQL("CREATE TEMP TABLE IF NOT EXISTS pings_in ({}) ON COMMIT DELETE ROWS").format(
+    sql.SQL(", ").join(
+        sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(t))
+        for c, t in zip(PING_COLUMNS, PING_TYPES, strict=True)
+    )
 )
-# Replays and client retries deliver the same ping again: the primary key drops them.
-_INSERT_HISTORY = "INSERT INTO pings SELECT * FROM pings_in ON CONFLICT DO NOTHING"
+_STAGE_NEW = (
+    "CREATE TEMP TABLE IF NOT EXISTS pings_new"
+    " (driver_id text, ts timestamptz, h3_cell bigint, flags text[]) ON COMMIT DELETE ROWS"
+)
+_COPY = sql.SQL("COPY pings_in ({}) FROM STDIN (FORMAT BINARY)").format(_COLUMNS)
+# Replays and client retries deliver the same ping again: the primary key drops them. What
+# was really inserted drives the aggregates below: a replayed batch (committed before with
+# its aggregates, in one transaction) inserts nothing, so there is nothing to recompute.
+_INSERT_HISTORY = sql.SQL("""
+WITH inserted AS (
+    INSERT INTO pings ({cols}) SELECT {cols} FROM pings_in ON CONFLICT DO NOTHING
+    RETURNING driver_id, ts, h3_cell, flags
+)
+INSERT INTO pings_new SELECT * FROM inserted
+""").format(cols=_COLUMNS)
 _UPSERT_POSITIONS = """
 INSERT INTO driver_positions AS cur
     (driver_id, ts, ping_id, lat, lon, speed_mps, heading_deg, accuracy_m, job_id, updated_at)
@@ -63,75 +82,8 @@ ON CONFLICT (driver_id) DO UPDATE SET
     accuracy_m = excluded.accuracy_m, job_id = excluded.job_id, updated_at = excluded.updated_at
 WHERE excluded.ts > cur.ts
 """
-_LOCK_CELLS = """
-SELECT count(pg_advisory_xact_lock(k)) FROM (
-    SELECT DISTINCT hashtextextended('cell:' || h3_cell || ':' || date_trunc('minute', ts), 0) AS k
-    FROM pings_in WHERE NOT (flags && '{future,teleport}'::text[]) ORDER BY k
-) AS keys
-"""
-# Each (driver, minute) the batch touched, recomputed whole from the counted stored pings.
-# The step from a minute's last ping to the next minute's first belongs to the later
-# minute: so a batch touches the minute after each of its pings too, and each minute reads
-# the one before it for its first step.
-_DRIVER_STATS = """
-WITH touched AS (
-    SELECT DISTINCT driver_id, b.bucket
-    FROM pings_in, LATERAL (VALUES (date_trunc('minute', ts)),
-                                   (date_trunc('minute', ts) + interval '1 minute')) AS b(bucket)
-    WHERE NOT (flags && '{future,teleport}'::text[])
-), counted AS (
-    SELECT p.driver_id, t.bucket, p.ts, p.ping_id, p.lat, p.lon, p.speed_mps
-    FROM touched t JOIN pings p ON p.driver_id = t.driver_id
-        AND p.ts >= t.bucket - interval '1 minute' AND p.ts < t.bucket + interval '1 minute'
-    WHERE NOT (p.flags && '{future,teleport}'::text[])
-), steps AS (
-    SELECT driver_id, bucket, ts, speed_mps,
-        haversine_m(lag(lat) OVER w, lag(lon) OVER w, lat, lon) AS step_m
-    FROM counted WINDOW w AS (PARTITION BY driver_id, bucket ORDER BY ts, ping_id)
-)
-INSERT INTO driver_stats_1m
-    (driver_id, bucket, pings, distance_m, avg_speed_mps, max_speed_mps)
-SELECT driver_id, bucket, count(*), coalesce(sum(step_m), 0), avg(speed_mps), max(speed_mps)
-FROM steps WHERE ts >= bucket GROUP BY driver_id, bucket
-ON CONFLICT (driver_id, bucket) DO UPDATE SET
-    pings = excluded.pings, distance_m = excluded.distance_m,
-    avg_speed_mps = excluded.avg_speed_mps, max_speed_mps = excluded.max_speed_mps
-"""
-_CELL_DENSITY = """
-WITH touched AS (
-    SELECT DISTINCT h3_cell AS cell, date_trunc('minute', ts) AS bucket
-    FROM pings_in WHERE NOT (flags && '{future,teleport}'::text[])
-)
-INSERT INTO cell_density_1m (cell, bucket, drivers)
-SELECT t.cell, t.bucket, count(DISTINCT p.driver_id)
-FROM touched t JOIN pings p ON p.h3_cell = t.cell
-    AND p.ts >= t.bucket AND p.ts < t.bucket + interval '1 minute'
-WHERE NOT (p.flags && '{future,teleport}'::text[])
-GROUP BY t.cell, t.bucket
-ON CONFLICT (cell, bucket) DO UPDATE SET drivers = excluded.drivers
-"""
-# Hourly rollups from the minute rows (no TimescaleDB here for continuous aggregates).
-_DRIVER_STATS_HOURLY = """
-WITH touched AS (
-    -- the minute after a ping may lie in the next hour (see _DRIVER_STATS)
-    SELECT DISTINCT driver_id, date_trunc('hour', b.ts) AS bucket
-    FROM pings_in, LATERAL (VALUES (ts), (ts + interval '1 minute')) AS b(ts)
-    WHERE NOT (flags && '{future,teleport}'::text[])
-)
-INSERT INTO driver_stats_1h
-    (driver_id, bucket, pings, distance_m, avg_speed_mps, max_speed_mps)
-SELECT m.driver_id, t.bucket, sum(m.pings), sum(m.distance_m),
-    -- minute averages weighted by their ping counts
-    sum(m.avg_speed_mps * m.pings) FILTER (WHERE m.avg_speed_mps IS NOT NULL)
-        / nullif(sum(m.pings) FILTER (WHERE m.avg_speed_mps IS NOT NULL), 0),
-    max(m.max_speed_mps)
-FROM touched t JOIN driver_stats_1m m ON m.driver_id = t.driver_id
-    AND m.bucket >= t.bucket AND m.bucket < t.bucket + interval '1 hour'
-GROUP BY m.driver_id, t.bucket
-ON CONFLICT (driver_id, bucket) DO UPDATE SET
-    pings = excluded.pings, distance_m = excluded.distance_m,
-    avg_speed_mps = excluded.avg_speed_mps, max_speed_mps = excluded.max_speed_mps
-"""
+# The aggregate step: a function of migration 0004 (plans cached per server connection).
+_RECOMPUTE_AGGREGATES = "SELECT stream_recompute_aggregates(%s)"
 
 # Transient: the same write may succeed later (connection lost, lock or statement timeout,
 # serialization failure: all OperationalError). What psycopg raises about the data itself
@@ -170,7 +122,8 @@ class PingSink:
                     for d, ts, lat, lon, ping_id in await cur.fetchall()
                 }
                 batch = clean(records, latest, self._limits.future_tolerance)
-                await conn.execute(_STAGE)
+                await conn.execute(_STAGE_IN)
+                await conn.execute(_STAGE_NEW)
                 async with conn.cursor().copy(_COPY) as copy:
                     copy.set_types(list(PING_TYPES))
                     for row in ping_rows(batch.pings):
@@ -181,11 +134,7 @@ class PingSink:
                     _UPSERT_POSITIONS,
                     [[m.driver_id for m in moved], [m.ping.ping_id for m in moved]],
                 )
-                await conn.execute(_LOCK_CELLS)
-                await conn.execute(_DRIVER_STATS)
-                await conn.execute(_CELL_DENSITY)
-                if await self._maintains_hourly(conn):
-                    await conn.execute(_DRIVER_STATS_HOURLY)
+                await conn.execute(_RECOMPUTE_AGGREGATES, [await self._maintains_hourly(conn)])
         except _DATA as exc:
             raise BadData(f"the database refused {len(records)} records: {exc}") from exc
         except _TRANSIENT as exc:

@@ -172,6 +172,7 @@ def run(stack: Stack, options: dict[str, Any]) -> dict[str, Any]:
             "statuses": stats["status_counts"],
             "latency_ms": stats["latency_ms"],
             "generator_cpu_cores": run.as_report()["generator_cpu_cores"],
+            "unfinished_slices": stats["unfinished_slices"],
         }
 
     drain_stream(stack)
@@ -208,6 +209,11 @@ def summary(report: dict[str, Any]) -> list[str]:
                 f", {p['requests_per_s']:,.0f} req/s, p50 {lat['p50']:.1f} ms, "
                 f"p99 {lat['p99']:.1f} ms, statuses {p['statuses']}, "
                 f"wrk CPU {p['generator_cpu_cores']} cores"
+            )
+        if p.get("unfinished_slices"):
+            line += (
+                f", {p['unfinished_slices']} fleet process(es) still retrying at the deadline"
+                " (figures up to their last report)"
             )
         cpu = ", ".join(f"{k} {v:.0f}%" for k, v in p["cpu_pct"].items() if v >= 5)
         lines.append(f"{line}; CPU: {cpu}")

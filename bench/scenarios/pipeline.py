@@ -31,6 +31,8 @@ def run(stack: Stack, options: dict[str, Any]) -> dict[str, Any]:
     ]
     step_s = int(options.get("step_s", 30))
     batch = int(options.get("batch", 10))
+    # "trace" (realistic: a flush along a road) or "burst" (same second, random places).
+    shape = str(options.get("shape", "trace"))
     config = stack.config
     workdir = config.state_dir / "bench"
     workdir.mkdir(parents=True, exist_ok=True)
@@ -56,6 +58,7 @@ def run(stack: Stack, options: dict[str, Any]) -> dict[str, Any]:
                 duration_s=step_s,
                 connections=connections,
                 rate_per_s=requests_per_s,
+                shape=shape,
             )
         finally:
             probe.stop()
@@ -106,7 +109,13 @@ def run(stack: Stack, options: dict[str, Any]) -> dict[str, Any]:
         {"name": "bare consumer + COPY (ceiling)", "accepted_pings_per_s": ceiling.pings_per_s}
     )
     return {
-        "config": {"step_s": step_s, "batch": batch, "cpus": os.cpu_count(), "workers": workers},
+        "config": {
+            "step_s": step_s,
+            "batch": batch,
+            "shape": shape,
+            "cpus": os.cpu_count(),
+            "workers": workers,
+        },
         "steps": results,
         "highest_sustained_pings_per_s": max(sustained) if sustained else 0.0,
         "ceiling": {
@@ -123,7 +132,8 @@ def summary(report: dict[str, Any]) -> list[str]:
     config = report["config"]
     lines = [
         f"{config['cpus']} cores, whole stack on the machine, {config['workers']} stream "
-        f"worker(s); {config['step_s']} s per step, {config['batch']} pings per request (wrk)",
+        f"worker(s); {config['step_s']} s per step, {config['batch']} pings per request (wrk, "
+        f"{config.get('shape', 'burst')} shape)",
         f"highest sustained rate (lag < {MAX_LAG_S:.0f} s): "
         f"{report['highest_sustained_pings_per_s']:,.0f} pings/s",
         "ceiling, bare consumer + COPY into a copy of pings: "

@@ -1,12 +1,16 @@
 -- wrk script: POST /v1/pings with fresh ping ids, spread over many drivers' tokens.
 -- Environment: WRK_TOKENS (file, one JWT per line), WRK_BATCH (pings per request),
--- WRK_RATE (requests/s for the whole run, 0 = as fast as possible), WRK_CONNECTIONS.
+-- WRK_RATE (requests/s for the whole run, 0 = as fast as possible), WRK_CONNECTIONS,
+-- WRK_SHAPE: "trace" (a driver's flush after a dead zone: one fix a second along a road,
+-- 10 m apart, the newest now) or "burst" (every ping at the same second at random places
+-- across the city: all but one are `late`, and each lands in its own H3 cell).
 -- Prints one JSON line "WRK_RESULT {...}" at the end for the harness to parse.
 
 local tokens = {}
 local batch = tonumber(os.getenv("WRK_BATCH") or "1")
 local rate = tonumber(os.getenv("WRK_RATE") or "0")
 local connections = tonumber(os.getenv("WRK_CONNECTIONS") or "1")
+local shape = os.getenv("WRK_SHAPE") or "trace"
 local threads = {}
 local counter = 0
 
@@ -34,13 +38,21 @@ end
 
 function request()
   counter = counter + 1
-  local ts = os.date("!%Y-%m-%dT%H:%M:%SZ")
+  local now = os.time()
   local parts = {}
+  local lat, lon = 12.9 + math.random() * 0.15, 77.5 + math.random() * 0.2
   for i = 1, batch do
+    local ts, speed = now, math.random() * 15
+    if shape == "burst" then
+      lat, lon = 12.9 + math.random() * 0.15, 77.5 + math.random() * 0.2
+    else
+      ts = now - (batch - i)
+      lon = lon + 0.000092  -- about 10 m east at this latitude
+      speed = 10.0
+    end
     parts[i] = string.format(
       '{"ping_id":"%s","ts":"%s","lat":%.6f,"lon":%.6f,"speed_mps":%.1f,"heading_deg":%.1f,"accuracy_m":5.0}',
-      uuid4(), ts, 12.9 + math.random() * 0.15, 77.5 + math.random() * 0.2,
-      math.random() * 15, math.random() * 359)
+      uuid4(), os.date("!%Y-%m-%dT%H:%M:%SZ", ts), lat, lon, speed, math.random() * 359)
   end
   local body = '{"pings":[' .. table.concat(parts, ",") .. ']}'
   local token = tokens[(counter % #tokens) + 1]
