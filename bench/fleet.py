@@ -127,8 +127,33 @@ class Poster:
             await asyncio.sleep(delay)
 
 
+class DriverTokens:
+    """Each simulated driver's token, renewed before it expires, as an app refreshes its
+    session: services refuse tokens living longer than a day, and `up --simulate` runs
+    for as long as the stack does."""
+
+    TTL_S = 12 * 3600
+    RENEW_BEFORE_S = 3600
+
+    def __init__(self, private_key_path: Path, clock: Callable[[], float] = time.time) -> None:
+        self._key = private_key_path
+        self._clock = clock
+        self._tokens: dict[str, tuple[str, float]] = {}
+
+    def get(self, driver_id: str) -> str:
+        now = self._clock()
+        held = self._tokens.get(driver_id)
+        if held is None or held[1] - now < self.RENEW_BEFORE_S:
+            token = issue_token(
+                self._key, sub=driver_id, role=Role.DRIVER, ttl_s=self.TTL_S, now=now
+            )
+            held = (token, now + self.TTL_S)
+            self._tokens[driver_id] = held
+        return held[0]
+
+
 async def _drive(
-    app: DriverApp, url: str, token: str, poster: Poster, first_fix: float, end: float
+    app: DriverApp, url: str, tokens: DriverTokens, poster: Poster, first_fix: float, end: float
 ) -> None:
     """One driver: a fix every interval (caught up after long retries, with the right
     timestamps), posted whenever the app is online."""
@@ -141,11 +166,11 @@ async def _drive(
             next_fix += interval
         now = datetime.now(UTC)
         while batch := app.take_batch(now):
-            await poster.post(url, token, batch)
+            await poster.post(url, tokens.get(app.driver_id), batch)
     # Coming back online at the end of the run: flush what the phone still holds.
     final = datetime.now(UTC) + timedelta(days=1)
     while batch := app.take_batch(final):
-        await poster.post(url, token, batch)
+        await poster.post(url, tokens.get(app.driver_id), batch)
 
 
 def build_driver(config: FleetConfig, index: int) -> DriverApp:
@@ -167,11 +192,9 @@ async def run_slice_async(
     stats = FleetStats()
     indices = range(slice_index, config.drivers, config.processes)
     apps = [build_driver(config, i) for i in indices]
-    ttl = int(config.duration_s) + 3600
-    tokens = [
-        issue_token(config.private_key_path, sub=a.driver_id, role=Role.DRIVER, ttl_s=ttl)
-        for a in apps
-    ]
+    tokens = DriverTokens(config.private_key_path)
+    for app in apps:
+        tokens.get(app.driver_id)  # signed up front: signing is not part of the load
     per_process = (
         config.max_requests_per_s / config.processes if config.max_requests_per_s else None
     )
@@ -187,12 +210,12 @@ async def run_slice_async(
             _drive(
                 app,
                 config.ingest_urls[i % len(config.ingest_urls)] + "/v1/pings",
-                token,
+                tokens,
                 poster,
                 start + rng.uniform(0, config.interval_s),
                 end,
             )
-            for i, (app, token) in zip(indices, zip(apps, tokens, strict=True), strict=True)
+            for i, app in zip(indices, apps, strict=True)
         ]
 
         async def progress() -> None:

@@ -6,13 +6,15 @@ import uuid
 from datetime import UTC, datetime
 
 import httpx
+import psycopg
 import pytest
 
+from infra import postgres
 from infra.procs import StackError
 from infra.stack import Stack
 from runtime.auth import issue_token
 from schemas.auth import Role
-from tests.integration.conftest import scratch_config
+from tests.integration.conftest import scratch_config, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -69,3 +71,21 @@ def test_every_ingest_process_serves(stack: Stack) -> None:
         )
         assert r.status_code == 202, url
     assert stack.status()["ingest-2"]["healthy"]
+
+
+def test_the_simulated_fleet_of_up_simulate_gets_its_pings_stored(stack: Stack) -> None:
+    def stored_sim_pings() -> int:
+        with psycopg.connect(postgres.dsn(stack.config, "primary")) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM pings WHERE driver_id LIKE 'sim-%%'"
+                " AND received_at > now() - interval '10 minutes'"
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+    before = stored_sim_pings()
+    stack.start_simulator(5, interval_s=1.0)
+    try:
+        wait_for(lambda: True if stored_sim_pings() > before + 10 else None, timeout_s=90)
+    finally:
+        stack.stop("simulator")
+    assert not stack.running("simulator")

@@ -2,15 +2,21 @@
 
 import itertools
 import random
+import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import jwt
 import pytest
 
 from bench.driver_app import DriverApp
+from bench.fleet import DriverTokens
 from bench.retry import RetryPolicy, parse_retry_after
 from bench.routes import CITIES, Vehicle, random_route
 from bench.stats import FleetStats
+from runtime.auth import TokenVerifier, generate_keypair
 from runtime.geo import haversine_m
+from schemas.auth import JWT_AUDIENCE, JWT_ISSUER
 
 T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 CITY = CITIES["bengaluru"]
@@ -123,3 +129,20 @@ def test_stats_merge_across_processes() -> None:
     assert merged.latency_us.get_total_count() == 2
     assert merged.status_counts == {"202": 1}
     assert 19.0 <= merged.percentile_ms(100) <= 20.1
+
+
+def test_a_long_running_fleet_renews_tokens_the_services_accept(tmp_path: Path) -> None:
+    private, public = tmp_path / "k.pem", tmp_path / "k.pub.pem"
+    generate_keypair(private, public)
+    now = [time.time()]
+    verifier = TokenVerifier.from_file(public, audience=JWT_AUDIENCE, issuer=JWT_ISSUER)
+    tokens = DriverTokens(private, clock=lambda: now[0])
+    first = tokens.get("sim-1")
+    assert verifier.verify(first).sub == "sim-1"  # within the default 24 h lifetime cap
+    assert tokens.get("sim-1") == first  # reused while it has long to live
+    # Half an hour before it expires (PyJWT checks times against the real clock, so the
+    # renewed token's claims are read rather than verified here).
+    now[0] += DriverTokens.TTL_S - DriverTokens.RENEW_BEFORE_S / 2
+    renewed = jwt.decode(tokens.get("sim-1"), options={"verify_signature": False})
+    assert renewed["iat"] == int(now[0])
+    assert renewed["exp"] - renewed["iat"] == DriverTokens.TTL_S <= 24 * 3600
