@@ -1,6 +1,6 @@
 """The api HTTP app."""
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
@@ -37,21 +37,40 @@ Pool = AsyncConnectionPool[AsyncConnection[Any]]
 PathId = Annotated[str, Path(pattern=ID_PATTERN, max_length=MAX_ID_LENGTH)]
 
 
-def create_app(settings: ApiSettings, registry: CollectorRegistry | None = None) -> FastAPI:
-    verifier = verifier_from_settings(settings)
-    registry = registry or CollectorRegistry()
-    db_errors = Counter("api_db_unavailable", "Requests failed by the database", registry=registry)
-    pools: dict[str, Pool] = {}
+# Pools open inside the server's event loop, so the app is given how to open one.
+PoolOpener = Callable[[], Awaitable[Pool]]
 
-    @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        pools["read"] = await open_pool(
+
+def read_pool_opener(settings: ApiSettings) -> PoolOpener:
+    """The real read pool: PgBouncer's read-only entry (the replica)."""
+
+    async def open_read_pool() -> Pool:
+        return await open_pool(
             settings.read_dsn,
             min_size=1,
             max_size=settings.pool_max_size,
             name="api-read",
             timeout_s=settings.pool_timeout_s,
         )
+
+    return open_read_pool
+
+
+def create_app(
+    settings: ApiSettings,
+    registry: CollectorRegistry | None = None,
+    *,
+    open_read_pool: PoolOpener | None = None,
+) -> FastAPI:
+    verifier = verifier_from_settings(settings)
+    registry = registry or CollectorRegistry()
+    db_errors = Counter("api_db_unavailable", "Requests failed by the database", registry=registry)
+    open_read = open_read_pool or read_pool_opener(settings)
+    pools: dict[str, Pool] = {}
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        pools["read"] = await open_read()
         yield
         for pool in pools.values():
             await pool.close(timeout=5)

@@ -1,0 +1,51 @@
+"""The api's HTTP layer on an in-memory pool: the database's failure is a 503 with
+Retry-After in the envelope, and a path id is checked before any query."""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, cast
+
+from fastapi.testclient import TestClient
+from psycopg_pool import PoolTimeout
+
+from api.app import Pool, create_app
+from api.config import ApiSettings
+from runtime.auth import generate_keypair, issue_token
+from schemas.auth import Role
+
+
+class UnavailablePool:
+    """A pool whose database never answers; counts the connections asked for."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+
+    @asynccontextmanager
+    async def connection(self, timeout: float | None = None) -> AsyncIterator[Any]:  # noqa: ASYNC109 (psycopg_pool's signature)
+        self.asked += 1
+        raise PoolTimeout("no connection within the timeout")
+        yield  # pragma: no cover (an async generator must yield)
+
+    async def close(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109 (the same)
+        pass
+
+
+def test_database_unavailable_is_a_503_and_a_bad_id_never_reaches_it(tmp_path: Path) -> None:
+    private, public = tmp_path / "k.pem", tmp_path / "k.pub.pem"
+    generate_keypair(private, public)
+    pool = UnavailablePool()
+
+    async def open_pool() -> Pool:
+        return cast(Pool, pool)
+
+    app = create_app(ApiSettings(jwt_public_key_path=public), open_read_pool=open_pool)
+    ops = {"Authorization": "Bearer " + issue_token(private, sub="ops-1", role=Role.OPS)}
+    with TestClient(app) as client:
+        r = client.get("/v1/drivers/drv-1/position", headers=ops)
+        assert (r.status_code, r.headers["Retry-After"]) == (503, "1")
+        assert r.json()["error"]["code"] == "unavailable"
+        assert client.get("/readyz").status_code == 503
+        asked = pool.asked
+        assert client.get("/v1/drivers/a%00b/position", headers=ops).status_code == 422
+        assert pool.asked == asked
