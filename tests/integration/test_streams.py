@@ -125,18 +125,24 @@ def test_stats_equal_a_recomputation_from_the_stored_raw_pings_after_many_batche
 ) -> None:
     drivers = [f"drv-{uuid.uuid4().hex[:8]}" for _ in range(5)]
     start = datetime.now(UTC) - timedelta(minutes=10)
-    total = 0
-    for n, driver in enumerate(drivers):
-        jwt = token(Role.DRIVER, driver)
-        pings = [
+    tracks = {
+        driver: [
             ping_at(start + timedelta(seconds=7 * i), 60.0 * i + n, speed_mps=float(i % 9))
             for i in range(60)
         ]
-        # Several requests, the second half sent first: the stream must order them.
-        post(config, jwt, pings[30:])
+        for n, driver in enumerate(drivers)
+    }
+    total = 60 * len(drivers)
+    # The second half is sent and stored first, so the first half arrives late for certain
+    # (posted together, both could land in one batch, which the stream orders itself).
+    for driver, pings in tracks.items():
+        post(config, token(Role.DRIVER, driver), pings[30:])
+    for driver in drivers:
+        wait_stored(config, driver, 30)
+    for driver, pings in tracks.items():
+        jwt = token(Role.DRIVER, driver)
         post(config, jwt, pings[:30])
         post(config, jwt, pings[10:20])  # a client retry: the same ping ids again
-        total += 60
     for driver in drivers:
         wait_stored(config, driver, 60)
     with psycopg.connect(postgres.dsn(config, "primary")) as conn:
