@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e ".[dev,bench]"
 	touch $(STAMP)
 
-install: $(STAMP) ## the Python environment, Debian packages and Kafka's jars
+install: $(STAMP) ## the Python environment, Debian packages, Kafka's jars and TimescaleDB
 	$(BIN)/telemetry install
 
 SIMULATE ?= 200
@@ -25,8 +25,11 @@ down: $(STAMP)
 status: $(STAMP)
 	$(BIN)/telemetry status
 
+# The whole suite on the installed storage (TimescaleDB where it builds), then the
+# storage-specific tests again on native PostgreSQL.
 test: install ## unit and integration tests; the integration tests start their own stack
 	$(BIN)/pytest $(PYTEST_ARGS)
+	TELEMETRY_STORAGE=native $(BIN)/pytest -m storage tests/integration $(PYTEST_ARGS)
 
 test-unit: $(STAMP)
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)

@@ -62,7 +62,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def cmd_install(args: argparse.Namespace) -> int:
     config = StackConfig()
-    from infra import install
+    from infra import install, storage
 
     installed = install.ensure_debian_packages()
     console.print(
@@ -71,6 +71,7 @@ def cmd_install(args: argparse.Namespace) -> int:
     fetched = install.ensure_kafka_jars(config)
     state = "fetched" if fetched else "cached"
     console.print(f"Kafka {config.kafka_version}: {state} in {config.kafka_lib_dir}")
+    console.print(f"storage: {storage.prepare(config, lambda step: console.log(step))}")
     return 0
 
 
@@ -127,6 +128,8 @@ def print_endpoints(components: dict[str, dict[str, object]]) -> None:
             endpoint = f"{info['drivers']} simulated drivers"
         else:
             endpoint = _display(info.get("url") or info.get("bootstrap") or info.get("dsn"))
+            if "storage" in info:
+                endpoint += f"\nstorage: {info['storage']}"
         healthy = "[green]yes[/green]" if info["healthy"] else "[red]no[/red]"
         table.add_row(name, endpoint, str(info["pid"] or "-"), healthy)
     Console().print(table)
@@ -230,9 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     up.set_defaults(func=cmd_up)
 
-    sub.add_parser("install", help="install the Debian packages and Kafka's jars").set_defaults(
-        func=cmd_install
-    )
+    sub.add_parser(
+        "install",
+        help="install the Debian packages, Kafka's jars and TimescaleDB (built once per machine)",
+    ).set_defaults(func=cmd_install)
     sub.add_parser("down", help="stop everything `up` started").set_defaults(func=cmd_down)
 
     status = sub.add_parser("status", help="each component's endpoint, pid and health")

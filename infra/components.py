@@ -6,7 +6,7 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from infra import kafka, migrate, pgbouncer, postgres, redis, services
+from infra import kafka, migrate, pgbouncer, postgres, redis, services, storage
 from infra.config import StackConfig
 from infra.procs import ProcessRef, StackError, wait_until
 
@@ -34,6 +34,8 @@ class Component:
     # Runs once it is ready, on every `up` (migrations, topics); idempotent.
     on_ready: Callable[[], None] = _nothing
     logs: tuple[str, ...] = field(default=())
+    # What a healthy component says about itself in `status` (PostgreSQL: its storage).
+    describe: Callable[[], dict[str, str]] = dict
 
     @property
     def log_name(self) -> str:
@@ -46,7 +48,9 @@ def _bootstrap_primary(config: StackConfig, report: Callable[[str], None]) -> No
         raise StackError("postgres-primary accepts no application login after bootstrap")
     report("applying migrations")
     try:
-        applied = migrate.apply_all(postgres.dsn(config, "primary"))
+        applied = migrate.apply_all(
+            postgres.dsn(config, "primary"), timescale=storage.recorded(config) == "timescaledb"
+        )
     except migrate.MigrationError as exc:
         raise StackError(str(exc)) from exc
     if applied:
@@ -91,10 +95,13 @@ def components(config: StackConfig, report: Callable[[str], None]) -> list[Compo
         ),
         Component(
             "postgres-primary",
-            start=lambda: postgres.start(config, "primary"),
+            start=lambda: postgres.start(
+                config, "primary", timescaledb=storage.recorded(config) == "timescaledb"
+            ),
             ready=lambda: postgres.ready(config, "primary"),
             ports=((config.postgres_primary_port, "TELEMETRY_POSTGRES_PRIMARY_PORT"),),
             endpoint={"dsn": postgres.dsn(config, "primary")},
+            describe=lambda: postgres.describe(config, "primary"),
             stop_signal=signal.SIGINT,  # PostgreSQL's fast shutdown
             prepare=init_primary,
             startup_ready=lambda: postgres.ensure_superuser_ready(config),
@@ -102,10 +109,13 @@ def components(config: StackConfig, report: Callable[[str], None]) -> list[Compo
         ),
         Component(
             "postgres-replica",
-            start=lambda: postgres.start(config, "replica"),
+            start=lambda: postgres.start(
+                config, "replica", timescaledb=storage.recorded(config) == "timescaledb"
+            ),
             ready=lambda: postgres.ready(config, "replica"),
             ports=((config.postgres_replica_port, "TELEMETRY_POSTGRES_REPLICA_PORT"),),
             endpoint={"dsn": postgres.dsn(config, "replica")},
+            describe=lambda: postgres.describe(config, "replica"),
             after=("postgres-primary",),
             stop_signal=signal.SIGINT,
             prepare=init_replica,

@@ -1,6 +1,7 @@
 """Where the local stack lives and which ports it uses (env prefix TELEMETRY_)."""
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -17,6 +18,18 @@ class StackConfig(BaseSettings):
     # Downloads (Kafka's jars) outlive any one state dir: tests and `up` share them.
     cache_dir: Path = Path.home() / ".cache" / "telemetry"
     kafka_version: str = "4.4.0"
+
+    # Where pings and aggregates live. `auto`: TimescaleDB when it is installed or can be
+    # built here (`telemetry install`), else native PostgreSQL with a warning. A database
+    # keeps the storage it was created with.
+    storage: Literal["auto", "timescaledb", "native"] = "auto"
+    # TimescaleDB's source tarball, a path or an URL; empty: the copy in `vendor_dir` when
+    # there is one, else the release tag's tarball on GitHub.
+    timescaledb_source: str = ""
+    # The tarball's expected sha256; empty: the digest of the release we build.
+    timescaledb_sha256: str = ""
+    # Source tarballs for machines that cannot download them (see infra/timescaledb.py).
+    vendor_dir: Path = REPO_ROOT.parent / "shared" / "vendor"
 
     kafka_port: int = 19092
     kafka_controller_port: int = 19093

@@ -32,11 +32,18 @@ SETTINGS: list[tuple[str, type[BaseSettings], str]] = [
 def _default(value: Any) -> str:
     if value is None:
         return "unset"
+    if value == "":
+        return "empty"
     if isinstance(value, Path):
-        # Paths under the checkout or the home dir differ per machine: say where.
-        text = str(value)
-        text = text.replace(str(REPO_ROOT), "<repo>").replace(str(Path.home()), "~")
-        return f"`{text}`"
+        # Paths under the checkout, beside it or in the home dir differ per machine.
+        for base, name in (
+            (REPO_ROOT, "<repo>"),
+            (Path.home(), "~"),
+            (REPO_ROOT.parent, "<repo>/.."),
+        ):
+            if value.is_relative_to(base):
+                return f"`{name}/{value.relative_to(base)}`"
+        return f"`{value}`"
     return f"`{value}`"
 
 

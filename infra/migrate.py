@@ -42,19 +42,18 @@ def discover(directory: Path = MIGRATIONS_DIR, *, timescale: bool = False) -> li
     return migrations
 
 
-def uses_timescale(conn: psycopg.Connection[Any], fresh: bool) -> bool:
-    """TimescaleDB when the database already has it, or when it is new and the server
-    offers it: a database keeps the storage it was created with."""
-    if conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'").fetchone():
-        return True
-    available = conn.execute(
-        "SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'"
-    ).fetchone()
-    return fresh and available is not None
+def _has_timescaledb(conn: psycopg.Connection[Any]) -> bool:
+    return (
+        conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'").fetchone()
+        is not None
+    )
 
 
-def apply_all(dsn: str, migrations: list[Migration] | None = None) -> list[str]:
-    """Applies the pending migrations, each in its own transaction; returns their versions."""
+def apply_all(
+    dsn: str, migrations: list[Migration] | None = None, *, timescale: bool = False
+) -> list[str]:
+    """Applies the pending migrations, each in its own transaction; returns their versions.
+    `timescale` picks the TimescaleDB variants; a database keeps the storage it began on."""
     pending_versions: list[str] = []
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", [LOCK_KEY])
@@ -68,8 +67,11 @@ def apply_all(dsn: str, migrations: list[Migration] | None = None) -> list[str]:
             applied: dict[str, str] = dict(
                 conn.execute("SELECT version, checksum FROM schema_migrations").fetchall()
             )
+            if applied and _has_timescaledb(conn) != timescale:
+                began = "TimescaleDB" if not timescale else "native PostgreSQL"
+                raise MigrationError(f"the database was created on {began}; it cannot switch")
             if migrations is None:
-                migrations = discover(timescale=uses_timescale(conn, fresh=not applied))
+                migrations = discover(timescale=timescale)
             for migration in migrations:
                 if migration.version in applied:
                     if applied[migration.version] != migration.checksum:

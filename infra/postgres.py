@@ -31,6 +31,15 @@ def socket_dir(config: StackConfig, role: str) -> Path:
     return pg_root(config) / f"{role}-socket"
 
 
+def cluster_exists(config: StackConfig) -> bool:
+    return (data_dir(config, "primary") / "PG_VERSION").exists()
+
+
+def storage_record(config: StackConfig) -> Path:
+    """Which storage the cluster was created with (infra/storage.py writes it)."""
+    return pg_root(config) / "storage"
+
+
 def password(config: StackConfig) -> str:
     """The app and replication password, made once per state dir."""
     path = pg_root(config) / "password"
@@ -101,7 +110,7 @@ def init_primary(config: StackConfig) -> bool:
     """initdb once; returns True when it created the cluster."""
     _prepare_state_dirs(config)
     data = data_dir(config, "primary")
-    if (data / "PG_VERSION").exists():
+    if cluster_exists(config):
         return False
     _make_service_dir(data)
     pwfile = pg_root(config) / "initdb-password"
@@ -130,7 +139,18 @@ def init_primary(config: StackConfig) -> bool:
     return True
 
 
-def start(config: StackConfig, role: str) -> ProcessRef:
+# Both servers load TimescaleDB at start (it cannot be loaded later); a replica needs the
+# same worker settings as its primary to run hot standby.
+TIMESCALEDB_SETTINGS = {
+    "shared_preload_libraries": "timescaledb",
+    "timescaledb.telemetry_level": "off",  # no phoning home
+    "max_worker_processes": "16",
+    "timescaledb.max_background_workers": "8",
+}
+
+
+def start(config: StackConfig, role: str, *, timescaledb: bool) -> ProcessRef:
+    settings = TIMESCALEDB_SETTINGS if timescaledb else {}
     argv = [
         str(PG_BIN / "postgres"),
         "-D",
@@ -143,6 +163,7 @@ def start(config: StackConfig, role: str) -> ProcessRef:
         # locks it held, after this.
         "-c",
         f"idle_in_transaction_session_timeout={config.idle_in_transaction_timeout_s}s",
+        *(arg for name, value in settings.items() for arg in ("-c", f"{name}={value}")),
     ]
     return spawn(argv, log_path=config.logs_dir / f"postgres-{role}.log", as_service_user=True)
 
@@ -206,6 +227,18 @@ def ready(config: StackConfig, role: str) -> bool:
     except psycopg.Error:
         return False
     return in_recovery is not None and in_recovery[0] == (role == "replica")
+
+
+def describe(config: StackConfig, role: str) -> dict[str, str]:
+    """The storage the server really runs, read from the server."""
+    try:
+        with psycopg.connect(dsn(config, role), connect_timeout=2) as conn:
+            row = conn.execute(
+                "SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'"
+            ).fetchone()
+    except psycopg.Error:
+        return {}
+    return {"storage": f"timescaledb {row[0]}" if row else "native"}
 
 
 def ensure_superuser_ready(config: StackConfig) -> bool:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from infra import install, services
+from infra import install, services, storage
 from infra.components import Component, components
 from infra.config import REPO_ROOT, StackConfig
 from infra.procs import (
@@ -180,6 +180,7 @@ class Stack:
         self.report("checking Kafka jars (Maven Central)")
         if install.ensure_kafka_jars(cfg):
             self.report(f"fetched Kafka {cfg.kafka_version}")
+        self.report(f"storage: {storage.prepare(cfg, self.report)}")
         for path in (cfg.state_dir, cfg.logs_dir, cfg.run_dir, cfg.jwt_private_key.parent):
             path.mkdir(parents=True, exist_ok=True)
         if not cfg.jwt_private_key.exists():
@@ -246,11 +247,14 @@ class Stack:
             record = self.records.get(name)
             alive = record is not None and record.ref.alive()
             endpoint = record.endpoint if record is not None else expected[name]
+            healthy = alive and self._healthy(name, endpoint)
+            component = self.components.get(name)
             result[name] = {
                 **endpoint,
+                **(component.describe() if healthy and component is not None else {}),
                 "pid": record.ref.pid if record is not None and alive else None,
                 "running": alive,
-                "healthy": alive and self._healthy(name, endpoint),
+                "healthy": healthy,
                 # The simulator is a guest: the platform does not need it to be healthy.
                 "required": name != SIMULATOR,
             }

@@ -11,6 +11,7 @@ from typing import TypeVar
 
 import pytest
 
+from infra import timescaledb
 from infra.config import StackConfig
 from infra.procs import free_port
 from infra.stack import Stack
@@ -18,6 +19,15 @@ from runtime.auth import issue_token
 from schemas.auth import Role
 
 T = TypeVar("T")
+
+
+def session_storage() -> str:
+    """The storage this session's stack runs: TELEMETRY_STORAGE, where `auto` means
+    TimescaleDB when it is installed (`make test` installs it first)."""
+    chosen = StackConfig().storage
+    if chosen == "auto":
+        return "timescaledb" if timescaledb.installed() else "native"
+    return chosen
 
 
 def scratch_config(**overrides: object) -> StackConfig:
@@ -40,7 +50,18 @@ def scratch_config(**overrides: object) -> StackConfig:
             port = free_port(span=4)
         ports[name] = port
         taken |= set(range(port, port + 4))
-    return StackConfig(state_dir=state, **(ports | overrides))  # type: ignore[arg-type]
+    settings = {"storage": session_storage()} | ports | overrides
+    return StackConfig(state_dir=state, **settings)  # type: ignore[arg-type]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests of one storage's own features (`@pytest.mark.timescaledb`, `.native`) are
+    deselected, not skipped, when the session runs the other storage."""
+    other = "native" if session_storage() == "timescaledb" else "timescaledb"
+    deselected = [item for item in items if item.get_closest_marker(other)]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [item for item in items if not item.get_closest_marker(other)]
 
 
 @pytest.fixture(scope="session")

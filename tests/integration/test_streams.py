@@ -18,42 +18,15 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from infra import postgres
 from infra.config import StackConfig
-from runtime.geo import destination, haversine_m
+from runtime.geo import haversine_m
 from schemas import topics
 from schemas.auth import Role
 from schemas.positions import PositionUpdate
 from tests.integration.conftest import wait_for
+from tests.integration.driving import ping_at, post, stored, wait_stored
 from tests.integration.recompute import recomputed_stats
 
-pytestmark = pytest.mark.integration
-ORIGIN = (12.97, 77.59)
-
-
-def ping_at(ts: datetime, metres_east: float, **extra: Any) -> dict[str, Any]:
-    lat, lon = destination(*ORIGIN, 90.0, metres_east)
-    return {"ping_id": str(uuid.uuid4()), "ts": ts.isoformat(), "lat": lat, "lon": lon, **extra}
-
-
-def post(config: StackConfig, token: str, pings: list[dict[str, Any]]) -> None:
-    r = httpx.post(
-        f"http://127.0.0.1:{config.ingest_port}/v1/pings",
-        json={"pings": pings},
-        headers={"Authorization": f"Bearer {token}"},
-    )
-    assert r.status_code == 202, r.text
-
-
-def stored(config: StackConfig, driver: str) -> list[tuple[Any, ...]]:
-    with psycopg.connect(postgres.dsn(config, "primary")) as conn:
-        return conn.execute(
-            "SELECT ping_id::text, ts, lat, lon, speed_mps, flags, h3_cell FROM pings"
-            " WHERE driver_id = %s ORDER BY ts, ping_id",
-            [driver],
-        ).fetchall()
-
-
-def wait_stored(config: StackConfig, driver: str, count: int) -> list[tuple[Any, ...]]:
-    return wait_for(lambda: rows if len(rows := stored(config, driver)) >= count else None, 30)
+pytestmark = [pytest.mark.integration, pytest.mark.storage]
 
 
 def position(config: StackConfig, driver: str) -> tuple[Any, ...] | None:
@@ -103,9 +76,6 @@ def test_a_teleport_is_stored_flagged_and_ignored_by_position_and_aggregates(
             " WHERE driver_id = %s AND bucket = %s",
             [driver, bucket],
         ).fetchone()
-        hourly = conn.execute(
-            "SELECT pings, distance_m FROM driver_stats_1h WHERE driver_id = %s", [driver]
-        ).fetchone()
     assert stats is not None
     valid = [p for p, r in zip(pings, rows, strict=True) if not r[5]]
     expected_m = sum(
@@ -115,9 +85,26 @@ def test_a_teleport_is_stored_flagged_and_ignored_by_position_and_aggregates(
     assert stats[1] == pytest.approx(expected_m, rel=1e-6)
     assert stats[2] == pytest.approx((5.0 + 10.0 + 20.0) / 3)
     assert stats[3] == pytest.approx(20.0)
-    assert (
-        hourly is not None and hourly[0] == 3 and hourly[1] == pytest.approx(expected_m, rel=1e-6)
+
+    def hourly() -> tuple[int, float] | None:
+        with psycopg.connect(postgres.dsn(config, "primary")) as conn:
+            row = conn.execute(
+                "SELECT pings, distance_m FROM driver_stats_1h WHERE driver_id = %s", [driver]
+            ).fetchone()
+        return None if row is None else (row[0], row[1])
+
+    # On TimescaleDB an hour materialised just before these pings were stored catches up at
+    # the continuous aggregate's next refresh (every minute); on native PostgreSQL at once.
+    expected = (3, expected_m)
+    caught_up = wait_for(
+        lambda: (
+            h
+            if (h := hourly()) and h[0] == 3 and math.isclose(h[1], expected_m, rel_tol=1e-6)
+            else None
+        ),
+        timeout_s=120,
     )
+    assert caught_up == pytest.approx(expected, rel=1e-6)
 
 
 def test_stats_equal_a_recomputation_from_the_stored_raw_pings_after_many_batches(
@@ -342,34 +329,3 @@ def test_the_step_across_a_minute_boundary_belongs_to_the_later_minute(
     stats = wait_for(lambda: got if len(got := stats_of(config, driver)) == 3 else None)
     assert sum(n for n, _ in stats.values()) == 16
     assert sum(d for _, d in stats.values()) == pytest.approx(1500.0, rel=1e-3)
-
-
-def test_aggregate_retention_drops_only_expired_rows(config: StackConfig) -> None:
-    driver = f"drv-{uuid.uuid4().hex[:8]}"
-    now = datetime.now(UTC).replace(second=0, microsecond=0)
-    minutes = [now - timedelta(days=91), now - timedelta(days=1)]
-    hours = [
-        now.replace(minute=0) - timedelta(days=731),
-        now.replace(minute=0) - timedelta(days=91),
-    ]
-    with psycopg.connect(postgres.dsn(config, "primary"), autocommit=True) as conn:
-        for table, buckets in (("driver_stats_1m", minutes), ("driver_stats_1h", hours)):
-            for bucket in buckets:
-                conn.execute(
-                    f"INSERT INTO {table} (driver_id, bucket, pings, distance_m)"
-                    " VALUES (%s, %s, 1, 0)",
-                    [driver, bucket],
-                )
-        conn.execute("SELECT drop_aggregates_before(now() - interval '90 days',"
-                     " now() - interval '730 days')")  # fmt: skip
-        kept = {
-            table: [
-                r[0]
-                for r in conn.execute(
-                    f"SELECT bucket FROM {table} WHERE driver_id = %s",
-                    [driver],
-                ).fetchall()
-            ]
-            for table in ("driver_stats_1m", "driver_stats_1h")
-        }
-    assert kept == {"driver_stats_1m": [minutes[1]], "driver_stats_1h": [hours[1]]}

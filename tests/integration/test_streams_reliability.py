@@ -27,7 +27,7 @@ from schemas.auth import Role
 from tests.integration.conftest import scratch_config, wait_for
 from tests.integration.recompute import assert_stats_match
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.storage]
 GROUP = "telemetry-streams"
 
 

@@ -1,0 +1,418 @@
+"""The storage under the stream: which one runs, its migrations, retention on each, and
+TimescaleDB's own features (compression, the continuous aggregate) on real TimescaleDB."""
+
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+
+from infra import migrate, postgres, timescaledb
+from infra.config import StackConfig
+from schemas.auth import Role
+from tests.integration.conftest import session_storage, wait_for
+from tests.integration.driving import ping_at, post, wait_stored
+from tests.integration.recompute import recomputed_stats
+
+pytestmark = [pytest.mark.integration, pytest.mark.storage]
+
+
+def superuser(config: StackConfig, dbname: str = postgres.DATABASE) -> psycopg.Connection[Any]:
+    dsn = postgres.superuser_dsn(config).replace("dbname=postgres", f"dbname={dbname}")
+    return psycopg.connect(dsn, autocommit=True)
+
+
+def primary(config: StackConfig) -> psycopg.Connection[Any]:
+    return psycopg.connect(postgres.dsn(config, "primary"), autocommit=True)
+
+
+def job_id(conn: psycopg.Connection[Any], proc: str, relation: str) -> int:
+    """The TimescaleDB job of policy `proc` on a hypertable or continuous aggregate."""
+    row = conn.execute(
+        """SELECT j.job_id FROM timescaledb_information.jobs j
+           LEFT JOIN timescaledb_information.continuous_aggregates c
+               ON c.materialization_hypertable_name = j.hypertable_name
+           WHERE j.proc_name = %s AND coalesce(c.view_name, j.hypertable_name) = %s""",
+        [proc, relation],
+    ).fetchone()
+    assert row is not None, f"no {proc} job on {relation}"
+    return int(row[0])
+
+
+def run_job(config: StackConfig, proc: str, relation: str) -> None:
+    with primary(config) as conn:
+        conn.execute("CALL run_job(%s)", [job_id(conn, proc, relation)])
+
+
+def insert_raw_pings(conn: psycopg.Connection[Any], driver: str, times: list[datetime]) -> None:
+    """Rows as the stream writes them, for days ingest no longer accepts."""
+    with conn.cursor().copy(
+        "COPY pings (driver_id, ts, ping_id, lat, lon, speed_mps, received_at, h3_cell) FROM STDIN"
+    ) as copy:
+        for n, ts in enumerate(times):
+            copy.write_row([driver, ts, uuid.uuid4(), 12.9 + n * 1e-4, 77.6, 5.0, ts, 1])
+
+
+def chunks(conn: psycopg.Connection[Any], hypertable: str) -> dict[str, bool]:
+    """Chunk name -> compressed."""
+    return dict(
+        conn.execute(
+            "SELECT chunk_name, is_compressed FROM timescaledb_information.chunks"
+            " WHERE hypertable_name = %s",
+            [hypertable],
+        ).fetchall()
+    )
+
+
+def chunk_of(conn: psycopg.Connection[Any], hypertable: str, ts: datetime) -> str:
+    row = conn.execute(
+        "SELECT chunk_name FROM timescaledb_information.chunks WHERE hypertable_name = %s"
+        " AND range_start <= %s AND %s < range_end",
+        [hypertable, ts, ts],
+    ).fetchone()
+    assert row is not None, f"no chunk of {hypertable} holds {ts}"
+    return str(row[0])
+
+
+# --- both storages -------------------------------------------------------------------
+
+
+def test_primary_and_replica_run_the_chosen_storage(config: StackConfig) -> None:
+    expected = [(timescaledb.VERSION,)] if session_storage() == "timescaledb" else []
+    for role in ("primary", "replica"):
+        with psycopg.connect(postgres.dsn(config, role)) as conn:
+            versions = conn.execute(
+                "SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'"
+            ).fetchall()
+            assert versions == expected, role
+            if expected:
+                assert conn.execute("SHOW timescaledb.telemetry_level").fetchone() == ("off",)
+        described = postgres.describe(config, role)["storage"]
+        assert described == ("native" if not expected else f"timescaledb {timescaledb.VERSION}")
+
+
+@pytest.fixture
+def fresh_database(config: StackConfig) -> Iterator[str]:
+    """An empty database on the stack's primary, owned by the app role."""
+    name = f"migrations_{uuid.uuid4().hex[:8]}"
+    with superuser(config, "postgres") as conn:
+        conn.execute(f"CREATE DATABASE {name} OWNER {postgres.APP_USER}")
+    try:
+        yield postgres.dsn(config, "primary", dbname=name)
+    finally:
+        with superuser(config, "postgres") as conn:
+            conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+def test_migrations_apply_once_and_keep_their_storage(fresh_database: str) -> None:
+    timescale = session_storage() == "timescaledb"
+    every = [m.version for m in migrate.discover()]
+    assert migrate.apply_all(fresh_database, timescale=timescale) == every
+    assert migrate.apply_all(fresh_database, timescale=timescale) == []  # applied once
+    with psycopg.connect(fresh_database) as conn:
+        kind = conn.execute("SELECT relkind FROM pg_class WHERE oid = 'pings'::regclass")
+        # Native: a partitioned table; TimescaleDB: a plain table made a hypertable.
+        assert kind.fetchone() == ("r" if timescale else "p",)
+    with pytest.raises(migrate.MigrationError, match="cannot switch"):
+        migrate.apply_all(fresh_database, timescale=not timescale)
+    edited = [
+        migrate.Migration(m.version, m.sql + "\n-- edited")
+        for m in migrate.discover(timescale=timescale)
+    ]
+    with pytest.raises(migrate.MigrationError, match="edited after it was applied"):
+        migrate.apply_all(fresh_database, edited, timescale=timescale)
+
+
+def test_a_replayed_six_day_old_ping_is_stored_once(
+    config: StackConfig, token: Callable[..., str]
+) -> None:
+    """Ingest accepts pings up to 7 days old; on TimescaleDB their chunk must still take
+    writes after the compression policy ran (it compresses past that window only)."""
+    driver = f"drv-{uuid.uuid4().hex[:8]}"
+    jwt = token(Role.DRIVER, driver)
+    old = ping_at(datetime.now(UTC) - timedelta(days=6), 0)
+    post(config, jwt, [old])
+    wait_stored(config, driver, 1)
+    if session_storage() == "timescaledb":
+        run_job(config, "policy_compression", "pings")
+        with primary(config) as conn:
+            chunk = chunk_of(conn, "pings", datetime.fromisoformat(old["ts"]))
+            assert chunks(conn, "pings")[chunk] is False
+    newer = ping_at(datetime.now(UTC) - timedelta(days=6) + timedelta(seconds=10), 50)
+    post(config, jwt, [old, newer])  # the app's retry, plus one more
+    rows = wait_stored(config, driver, 2)
+    assert sorted(r[0] for r in rows) == sorted([old["ping_id"], newer["ping_id"]])
+
+
+# --- native PostgreSQL ---------------------------------------------------------------
+
+
+@pytest.mark.native
+def test_native_aggregate_retention_drops_only_expired_rows(config: StackConfig) -> None:
+    driver = f"drv-{uuid.uuid4().hex[:8]}"
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    minutes = [now - timedelta(days=91), now - timedelta(days=1)]
+    hours = [
+        now.replace(minute=0) - timedelta(days=731),
+        now.replace(minute=0) - timedelta(days=91),
+    ]
+    with primary(config) as conn:
+        for table, buckets in (("driver_stats_1m", minutes), ("driver_stats_1h", hours)):
+            for bucket in buckets:
+                conn.execute(
+                    f"INSERT INTO {table} (driver_id, bucket, pings, distance_m)"
+                    " VALUES (%s, %s, 1, 0)",
+                    [driver, bucket],
+                )
+        conn.execute("SELECT drop_aggregates_before(now() - interval '90 days',"
+                     " now() - interval '730 days')")  # fmt: skip
+        kept = {
+            table: [
+                r[0]
+                for r in conn.execute(
+                    f"SELECT bucket FROM {table} WHERE driver_id = %s", [driver]
+                ).fetchall()
+            ]
+            for table in ("driver_stats_1m", "driver_stats_1h")
+        }
+    assert kept == {"driver_stats_1m": [minutes[1]], "driver_stats_1h": [hours[1]]}
+
+
+@pytest.mark.native
+def test_native_ping_retention_drops_whole_day_partitions(config: StackConfig) -> None:
+    driver = f"drv-{uuid.uuid4().hex[:8]}"
+    today = datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0)
+    expired, kept = today - timedelta(days=40), today - timedelta(days=20)
+    with primary(config) as conn:
+        conn.execute("SELECT ensure_pings_partitions(%s, %s)", [expired.date(), kept.date()])
+        insert_raw_pings(conn, driver, [expired, kept])
+        dropped = conn.execute(
+            "SELECT drop_pings_partitions_before((now() AT TIME ZONE 'UTC')::date - 30)"
+        ).fetchone()
+        partitions = [
+            r[0]
+            for r in conn.execute(
+                "SELECT inhrelid::regclass::text FROM pg_inherits"
+                " WHERE inhparent = 'pings'::regclass"
+            ).fetchall()
+        ]
+        left = conn.execute("SELECT ts FROM pings WHERE driver_id = %s", [driver]).fetchall()
+    assert dropped is not None and dropped[0] >= 1
+    assert f"pings_{expired:%Y%m%d}" not in partitions
+    assert f"pings_{kept:%Y%m%d}" in partitions
+    assert left == [(kept,)]
+
+
+# --- TimescaleDB -----------------------------------------------------------------------
+
+
+@pytest.mark.timescaledb
+def test_compression_runs_on_old_chunks_and_their_rows_read_the_same(
+    config: StackConfig,
+) -> None:
+    driver = f"drv-{uuid.uuid4().hex[:8]}"
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=10)
+    times = [start + timedelta(seconds=4 * i) for i in range(500)]
+    query = (
+        "SELECT driver_id, ts, ping_id, lat, lon, speed_mps, flags, h3_cell FROM pings"
+        " WHERE driver_id = %s ORDER BY ts"
+    )
+    with primary(config) as conn:
+        insert_raw_pings(conn, driver, times)
+        before = conn.execute(query, [driver]).fetchall()
+        chunk = chunk_of(conn, "pings", start)
+        assert chunks(conn, "pings")[chunk] is False
+    run_job(config, "policy_compression", "pings")
+    with primary(config) as conn:
+        assert chunks(conn, "pings")[chunk] is True
+        stats = conn.execute(
+            "SELECT before_compression_total_bytes, after_compression_total_bytes"
+            " FROM chunk_compression_stats('pings') WHERE chunk_name = %s",
+            [chunk],
+        ).fetchone()
+        assert stats is not None and stats[1] < stats[0]
+        assert conn.execute(query, [driver]).fetchall() == before
+        # A write the stream could still make there (a replay of a stored ping) keeps
+        # exactly-once: the primary key holds on a compressed chunk too.
+        conn.execute(
+            "INSERT INTO pings (driver_id, ts, ping_id, lat, lon, received_at)"
+            " VALUES (%s, %s, %s, 0, 0, now()) ON CONFLICT DO NOTHING",
+            [driver, before[0][1], before[0][2]],
+        )
+        assert conn.execute(query, [driver]).fetchall() == before
+    # on the replica as well
+    with psycopg.connect(postgres.dsn(config, "replica")) as conn:
+        wait_for(lambda: True if conn.execute(query, [driver]).fetchall() == before else None)
+
+
+@pytest.mark.timescaledb
+def test_retention_policies_drop_chunks_and_follow_the_stream_settings(
+    config: StackConfig,
+) -> None:
+    driver = f"drv-{uuid.uuid4().hex[:8]}"
+    now = datetime.now(UTC).replace(microsecond=0)
+    expired, kept = now - timedelta(days=45), now - timedelta(days=20)
+    with primary(config) as conn:
+        insert_raw_pings(conn, driver, [expired, kept])
+        conn.execute(
+            "INSERT INTO driver_stats_1m (driver_id, bucket, pings, distance_m)"
+            " VALUES (%s, %s, 1, 0), (%s, %s, 1, 0)",
+            [driver, now - timedelta(days=120), driver, now - timedelta(days=1)],
+        )
+        old_chunk = chunk_of(conn, "pings", expired)
+        old_minutes_chunk = chunk_of(conn, "driver_stats_1m", now - timedelta(days=120))
+    run_job(config, "policy_retention", "pings")
+    run_job(config, "policy_retention", "driver_stats_1m")
+    with primary(config) as conn:
+        assert old_chunk not in chunks(conn, "pings")
+        assert old_minutes_chunk not in chunks(conn, "driver_stats_1m")
+        assert conn.execute("SELECT ts FROM pings WHERE driver_id = %s", [driver]).fetchall() == [
+            (kept,)
+        ]
+        assert (
+            len(
+                conn.execute(
+                    "SELECT 1 FROM driver_stats_1m WHERE driver_id = %s", [driver]
+                ).fetchall()
+            )
+            == 1
+        )
+
+        def horizons() -> dict[str, str]:
+            return {
+                rel: conn.execute(
+                    "SELECT config ->> 'drop_after' FROM timescaledb_information.jobs"
+                    " WHERE job_id = %s",
+                    [job_id(conn, "policy_retention", rel)],
+                ).fetchone()[0]  # type: ignore[index]
+                for rel in ("pings", "driver_stats_1m", "cell_density_1m", "driver_stats_1h")
+            }
+
+        defaults = horizons()
+        assert defaults == {
+            "pings": "30 days",
+            "driver_stats_1m": "90 days",
+            "cell_density_1m": "90 days",
+            "driver_stats_1h": "730 days",
+        }
+        # What the stream's maintenance calls with its settings moves the policies.
+        conn.execute("SELECT drop_pings_partitions_before((now() AT TIME ZONE 'UTC')::date - 14)")
+        conn.execute(
+            "SELECT drop_aggregates_before(now() - interval '60 days', now() - interval '400 days')"
+        )
+        assert horizons() == {
+            "pings": "14 days",
+            "driver_stats_1m": "60 days",
+            "cell_density_1m": "60 days",
+            "driver_stats_1h": "400 days",
+        }
+        conn.execute("SELECT drop_pings_partitions_before((now() AT TIME ZONE 'UTC')::date - 30)")
+        conn.execute(
+            "SELECT drop_aggregates_before(now() - interval '90 days', now() - interval '730 days')"
+        )
+        assert horizons() == defaults
+
+
+def hourly_from_raw(dsn: str, drivers: list[str]) -> dict[tuple[str, datetime], tuple[int, float]]:
+    hours: dict[tuple[str, datetime], list[float]] = defaultdict(lambda: [0, 0.0])
+    for (driver, minute), (n, dist) in recomputed_stats(dsn, drivers).items():
+        hours[(driver, minute.replace(minute=0))][0] += n
+        hours[(driver, minute.replace(minute=0))][1] += dist
+    return {key: (int(n), dist) for key, (n, dist) in hours.items()}
+
+
+def hourly_view(dsn: str, drivers: list[str]) -> dict[tuple[str, datetime], tuple[int, float]]:
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT driver_id, bucket, pings, distance_m FROM driver_stats_1h"
+            " WHERE driver_id = ANY(%s)",
+            [drivers],
+        ).fetchall()
+    return {(d, b): (n, dist) for d, b, n, dist in rows}
+
+
+def assert_same(
+    actual: dict[Any, tuple[int, float]], expected: dict[Any, tuple[int, float]]
+) -> None:
+    assert actual.keys() == expected.keys()
+    for key, (n, dist) in expected.items():
+        assert actual[key][0] == n, key
+        assert abs(actual[key][1] - dist) <= 1e-6 * max(1.0, dist), key
+
+
+@pytest.mark.timescaledb
+def test_the_hourly_continuous_aggregate_equals_a_recomputation_from_raw_pings(
+    config: StackConfig, token: Callable[..., str]
+) -> None:
+    drivers = [f"drv-{uuid.uuid4().hex[:8]}" for _ in range(3)]
+    recent = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=2)
+    late = recent - timedelta(days=3)  # an hour the refresh has materialised already
+    primary_dsn = postgres.dsn(config, "primary")
+    for n, driver in enumerate(drivers):
+        track = [ping_at(recent + timedelta(seconds=30 * i), 40.0 * i + n) for i in range(200)]
+        track += [ping_at(late + timedelta(seconds=20 * i), 30.0 * i) for i in range(60)]
+        post(config, token(Role.DRIVER, driver), track)
+    for driver in drivers:
+        wait_stored(config, driver, 260)
+    # Real-time aggregation: right away, before any refresh, the view is complete.
+    assert_same(hourly_view(primary_dsn, drivers), hourly_from_raw(primary_dsn, drivers))
+    with primary(config) as conn:
+        # Complete hours only, as the policy does: a refresh into the current hour would move
+        # the watermark past it, hiding its newer pings from real-time aggregation.
+        conn.execute(
+            "CALL refresh_continuous_aggregate('driver_stats_1h', NULL, date_trunc('hour', now()))"
+        )
+    assert_same(hourly_view(primary_dsn, drivers), hourly_from_raw(primary_dsn, drivers))
+
+    # Pings three days late change materialised hours; the refresh policy picks them up.
+    for driver in drivers:
+        more = [ping_at(late + timedelta(seconds=20 * i + 10), 30.0 * i + 5) for i in range(60)]
+        post(config, token(Role.DRIVER, driver), more)
+    for driver in drivers:
+        wait_stored(config, driver, 320)
+    assert hourly_view(primary_dsn, drivers) != hourly_from_raw(primary_dsn, drivers)
+    run_job(config, "policy_refresh_continuous_aggregate", "driver_stats_1h")
+    expected = hourly_from_raw(primary_dsn, drivers)
+    assert_same(hourly_view(primary_dsn, drivers), expected)
+    # The replica serves the same view (the customer API reads there).
+    replica_dsn = postgres.dsn(config, "replica")
+    wait_for(lambda: True if hourly_view(replica_dsn, drivers).keys() == expected.keys() else None)
+    assert_same(hourly_view(replica_dsn, drivers), expected)
+
+
+@pytest.mark.timescaledb
+def test_position_and_track_queries_read_hypertables_on_the_replica(
+    config: StackConfig, token: Callable[..., str]
+) -> None:
+    driver = f"drv-{uuid.uuid4().hex[:8]}"
+    jwt = token(Role.DRIVER, driver)
+    start = datetime.now(UTC) - timedelta(hours=1)
+    pings = [ping_at(start + timedelta(seconds=10 * i), 25.0 * i) for i in range(100)]
+    post(config, jwt, pings)
+    wait_stored(config, driver, 100)
+    url = f"http://127.0.0.1:{config.api_port}/v1/drivers/{driver}/position"
+    headers = {"Authorization": f"Bearer {token(Role.DISPATCHER, 'disp-1')}"}
+    body = wait_for(
+        lambda: r.json() if (r := httpx.get(url, headers=headers)).status_code == 200 else None
+    )
+    assert datetime.fromisoformat(body["ts"]) == datetime.fromisoformat(pings[-1]["ts"])
+    with psycopg.connect(postgres.dsn(config, "replica")) as conn:
+        plan = "\n".join(
+            r[0]
+            for r in conn.execute(
+                "EXPLAIN SELECT ts, lat, lon FROM pings WHERE driver_id = %s"
+                " AND ts >= %s AND ts < %s ORDER BY ts",
+                [driver, start, start + timedelta(hours=24)],
+            ).fetchall()
+        )
+        track = conn.execute(
+            "SELECT ping_id::text FROM pings WHERE driver_id = %s AND ts >= %s AND ts < %s"
+            " ORDER BY ts",
+            [driver, start, start + timedelta(hours=24)],
+        ).fetchall()
+    assert [r[0] for r in track] == [p["ping_id"] for p in pings]
+    assert "_hyper_" in plan  # the query reads the hypertable's chunks
