@@ -143,7 +143,7 @@ def run(
         "json": str(directory / "report.json"),
         "png": str(directory / "report.png"),
     }
-    plot(report, directory / "report.png")
+    getattr(scenario, "plot", plot)(report, directory / "report.png")
     write_json(report, directory / "report.json")
     if docs is not None:
         append_summary(docs, command or f"telemetry bench {name}", scenario.summary(report))

@@ -193,7 +193,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
             raise StackError(f"--set takes KEY=VALUE, got {item!r}")
         options[key] = value
     stack = _stack(StackConfig(), lambda step: console.log(step))
-    started_here = not any(r.ref.alive() for r in stack.records.values())
+    # Most scenarios measure the running stack (or one started here); some start their own.
+    needs_stack = getattr(harness.load(args.scenario), "NEEDS_STACK", True)
+    started_here = needs_stack and not any(r.ref.alive() for r in stack.records.values())
     if started_here:
         stack.up()
     try:

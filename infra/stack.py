@@ -3,6 +3,7 @@
 import json
 import signal
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from infra.procs import (
     ProcessRef,
     StackError,
     ensure_port_free,
+    free_port,
     spawn,
     stop,
     wait_until,
@@ -259,3 +261,27 @@ class Stack:
                 "required": name != SIMULATOR,
             }
         return result
+
+
+def scratch_config(prefix: str, **overrides: object) -> StackConfig:
+    """A stack in a new temporary state dir on free ports, beside any other stack (tests,
+    benchmarks that compare configurations). The caller removes the dir."""
+    # Under /tmp and world-traversable: the postgres OS user must reach its data dirs.
+    state = Path(tempfile.mkdtemp(prefix=prefix))
+    state.chmod(0o755)
+    # Each base port is followed by 3 for `ingest-2`, `streams-2`...: no range may overlap
+    # another, or two components would be given the same port.
+    names = (
+        "kafka_port", "kafka_controller_port", "postgres_primary_port",
+        "postgres_replica_port", "pgbouncer_port", "redis_port",
+        "ingest_port", "api_port", "streams_web_port",
+    )  # fmt: skip
+    ports: dict[str, int] = {}
+    taken: set[int] = set()
+    for name in names:
+        port = free_port(span=4)
+        while taken & set(range(port, port + 4)):
+            port = free_port(span=4)
+        ports[name] = port
+        taken |= set(range(port, port + 4))
+    return StackConfig(state_dir=state, **(ports | overrides))  # type: ignore[arg-type]

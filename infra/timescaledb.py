@@ -185,7 +185,9 @@ def ensure(config: StackConfig, report: Report) -> bool:
     """Makes TimescaleDB available to PostgreSQL; returns True when it built or copied it."""
     if installed():
         return False
-    staged = build(config, report)
-    install_into_postgres(staged)
+    try:
+        install_into_postgres(build(config, report))
+    except (OSError, tarfile.TarError) as exc:  # a corrupt tarball, a full disk...
+        raise StackError(f"building or installing TimescaleDB failed: {exc!r}") from exc
     report(f"installed TimescaleDB {VERSION} into PostgreSQL 15")
     return True

@@ -3,17 +3,15 @@ Redis, and our services) on free ports in a scratch state dir, and stop it after
 
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import TypeVar
 
 import pytest
 
+from infra import stack as stack_module
 from infra import timescaledb
 from infra.config import StackConfig
-from infra.procs import free_port
 from infra.stack import Stack
 from runtime.auth import issue_token
 from schemas.auth import Role
@@ -31,27 +29,9 @@ def session_storage() -> str:
 
 
 def scratch_config(**overrides: object) -> StackConfig:
-    # Under /tmp and world-traversable: the postgres OS user must reach its data dirs,
-    # which pytest's own tmp_path (mode 0700, owned by root) would not allow.
-    state = Path(tempfile.mkdtemp(prefix="telemetry-test-"))
-    state.chmod(0o755)
-    # Each base port is followed by 3 for `ingest-2`, `streams-2`...: no range may overlap
-    # another, or two components would be given the same port.
-    names = (
-        "kafka_port", "kafka_controller_port", "postgres_primary_port",
-        "postgres_replica_port", "pgbouncer_port", "redis_port",
-        "ingest_port", "api_port", "streams_web_port",
-    )  # fmt: skip
-    ports: dict[str, int] = {}
-    taken: set[int] = set()
-    for name in names:
-        port = free_port(span=4)
-        while taken & set(range(port, port + 4)):
-            port = free_port(span=4)
-        ports[name] = port
-        taken |= set(range(port, port + 4))
-    settings = {"storage": session_storage()} | ports | overrides
-    return StackConfig(state_dir=state, **settings)  # type: ignore[arg-type]
+    return stack_module.scratch_config(
+        "telemetry-test-", **({"storage": session_storage()} | overrides)
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

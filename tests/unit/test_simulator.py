@@ -3,7 +3,7 @@
 import itertools
 import random
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import jwt
@@ -13,10 +13,12 @@ from bench.driver_app import DriverApp
 from bench.fleet import DriverTokens
 from bench.retry import RetryPolicy, parse_retry_after
 from bench.routes import CITIES, Vehicle, random_route
+from bench.scenarios import storage as storage_scenario
 from bench.stats import FleetStats
 from runtime.auth import TokenVerifier, generate_keypair
 from runtime.geo import haversine_m
 from schemas.auth import JWT_AUDIENCE, JWT_ISSUER
+from schemas.pings import PingBatchRecord
 
 T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 CITY = CITIES["bengaluru"]
@@ -146,3 +148,20 @@ def test_a_long_running_fleet_renews_tokens_the_services_accept(tmp_path: Path) 
     renewed = jwt.decode(tokens.get("sim-1"), options={"verify_signature": False})
     assert renewed["iat"] == int(now[0])
     assert renewed["exp"] - renewed["iat"] == DriverTokens.TTL_S <= 24 * 3600
+
+
+def test_the_storage_benchmark_backlog_is_what_the_stream_accepts() -> None:
+    records = list(storage_scenario.backlog_records(2_000, drivers=50))
+    assert sum(len(r.pings) for r in records) == 2_000
+    assert len({r.driver_id for r in records}) == 50
+    for record in records:  # revalidated as the stream does: inside its window, in order
+        again = PingBatchRecord.model_validate_json(record.model_dump_json())
+        assert [p.ts for p in again.pings] == sorted(p.ts for p in again.pings)
+
+
+def test_the_storage_benchmark_day_is_a_ping_every_4_s_per_driver() -> None:
+    day = date(2026, 1, 1)
+    rows = list(storage_scenario.day_rows(["a", "b"], day))
+    assert len(rows) == 2 * 24 * 3600 // 4
+    assert {r[1].date() for r in rows} == {day}
+    assert rows[1][1] - rows[0][1] == timedelta(seconds=4)

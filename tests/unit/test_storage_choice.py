@@ -11,6 +11,8 @@ from infra.procs import StackError
 
 
 def config_in(tmp_path: Path, **settings: object) -> StackConfig:
+    # `auto` unless a test says otherwise, whatever TELEMETRY_STORAGE the shell has (CI's).
+    settings = {"storage": "auto"} | settings
     return StackConfig(state_dir=tmp_path / "state", **settings)  # type: ignore[arg-type]
 
 
