@@ -27,7 +27,6 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import h3
 import matplotlib
 
 matplotlib.use("Agg")
@@ -44,15 +43,12 @@ from infra.stack import Stack, scratch_config
 from runtime.kafka_lag import consumer_group_lag
 from schemas import topics
 from schemas.pings import Ping, PingBatchRecord
+from streams.rows import PING_COLUMNS, PingRow, h3_cell
 
 # This scenario starts its own stacks; the harness need not start the default one.
 NEEDS_STACK = False
 PINGS_PER_RECORD = 10
 INTERVAL_S = 4
-COLUMNS = (
-    "driver_id, ts, ping_id, lat, lon, accuracy_m, speed_mps, heading_deg, battery_pct,"
-    " received_at, h3_cell"
-)
 
 
 def run(stack: Stack, options: dict[str, Any]) -> dict[str, Any]:
@@ -219,7 +215,8 @@ def stream_throughput(stack: Stack, backlog: int) -> dict[str, Any]:
 # --- a day of pings ----------------------------------------------------------------------
 
 
-def day_rows(drivers: list[str], day: date) -> Iterator[tuple[Any, ...]]:
+def day_rows(drivers: list[str], day: date) -> Iterator[PingRow]:
+    """A day of pings as the stream stores them (none flagged)."""
     rng = random.Random(11)
     city = CITIES["bengaluru"]
     midnight = datetime(day.year, day.month, day.day, tzinfo=UTC)
@@ -230,10 +227,10 @@ def day_rows(drivers: list[str], day: date) -> Iterator[tuple[Any, ...]]:
             fix = vehicle.advance(INTERVAL_S)
             ts = midnight + timedelta(seconds=step * INTERVAL_S)
             battery = max(5.0, battery - 0.002)
-            cell = int(h3.str_to_int(h3.latlng_to_cell(fix.lat, fix.lon, 8)))
             yield (
                 driver, ts, uuid.uuid4(), fix.lat, fix.lon, rng.uniform(3, 15), fix.speed_mps,
-                fix.heading_deg % 360, round(battery, 1), ts + timedelta(seconds=1), cell,
+                fix.heading_deg % 360, round(battery, 1), None, ts + timedelta(seconds=1), [],
+                h3_cell(fix.lat, fix.lon),
             )  # fmt: skip
 
 
@@ -243,7 +240,7 @@ def load_day(conn: psycopg.Connection[Any], drivers: list[str], day: date, times
     if not timescale:
         conn.execute("SELECT ensure_pings_partitions(%s, %s)", [day, day])
     rows = 0
-    with conn.cursor().copy(f"COPY pings ({COLUMNS}) FROM STDIN") as copy:
+    with conn.cursor().copy(f"COPY pings ({', '.join(PING_COLUMNS)}) FROM STDIN") as copy:
         for row in day_rows(drivers, day):
             copy.write_row(row)
             rows += 1
