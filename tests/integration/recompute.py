@@ -8,18 +8,20 @@ import psycopg
 
 from runtime.geo import haversine_m
 
+Stats = dict[tuple[str, datetime], tuple[int, float]]
 
-def stored_stats(dsn: str, drivers: list[str]) -> dict[tuple[str, datetime], tuple[int, float]]:
+
+def stored_stats(dsn: str, drivers: list[str], table: str = "driver_stats_1m") -> Stats:
+    """(pings, distance_m) per driver and bucket, as stored in `table`."""
     with psycopg.connect(dsn) as conn:
         rows = conn.execute(
-            "SELECT driver_id, bucket, pings, distance_m FROM driver_stats_1m"
-            " WHERE driver_id = ANY(%s)",
+            f"SELECT driver_id, bucket, pings, distance_m FROM {table} WHERE driver_id = ANY(%s)",
             [drivers],
         ).fetchall()
     return {(d, b): (n, dist) for d, b, n, dist in rows}
 
 
-def recomputed_stats(dsn: str, drivers: list[str]) -> dict[tuple[str, datetime], tuple[int, float]]:
+def recomputed_stats(dsn: str, drivers: list[str]) -> Stats:
     """(pings, distance_m) per driver and minute, from the stored pings that count (all but
     `future` and `teleport`). Each step between consecutive pings belongs to the later
     ping's minute, when the earlier one lies in that minute or the one before it."""
@@ -42,8 +44,20 @@ def minute(ts: datetime) -> datetime:
     return ts.replace(second=0, microsecond=0)
 
 
+def recomputed_hourly(dsn: str, drivers: list[str]) -> Stats:
+    """The hourly rollup of `recomputed_stats`."""
+    hours: dict[tuple[str, datetime], list[float]] = defaultdict(lambda: [0, 0.0])
+    for (driver, bucket), (n, dist) in recomputed_stats(dsn, drivers).items():
+        hours[(driver, bucket.replace(minute=0))][0] += n
+        hours[(driver, bucket.replace(minute=0))][1] += dist
+    return {key: (int(n), dist) for key, (n, dist) in hours.items()}
+
+
 def assert_stats_match(dsn: str, drivers: list[str]) -> None:
-    actual, expected = stored_stats(dsn, drivers), recomputed_stats(dsn, drivers)
+    assert_same(stored_stats(dsn, drivers), recomputed_stats(dsn, drivers))
+
+
+def assert_same(actual: Stats, expected: Stats) -> None:
     assert actual.keys() == expected.keys()
     for key, (n, dist) in expected.items():
         assert actual[key][0] == n, key

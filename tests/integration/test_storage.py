@@ -1,8 +1,8 @@
 """The storage under the stream: which one runs, its migrations, retention on each, and
 TimescaleDB's own features (compression, the continuous aggregate) on real TimescaleDB."""
 
+import asyncio
 import uuid
-from collections import defaultdict
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -10,13 +10,16 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from aiokafka import AIOKafkaProducer
 
 from infra import migrate, postgres, timescaledb
 from infra.config import StackConfig
+from schemas import topics
 from schemas.auth import Role
+from schemas.pings import PingBatchRecord
 from tests.integration.conftest import session_storage, wait_for
-from tests.integration.driving import ping_at, post, wait_stored
-from tests.integration.recompute import recomputed_stats
+from tests.integration.driving import ping_at, post, stored, wait_stored
+from tests.integration.recompute import Stats, assert_same, recomputed_hourly, stored_stats
 
 pytestmark = [pytest.mark.integration, pytest.mark.storage]
 
@@ -248,6 +251,39 @@ def test_compression_runs_on_old_chunks_and_their_rows_read_the_same(
     with psycopg.connect(postgres.dsn(config, "replica")) as conn:
         wait_for(lambda: True if conn.execute(query, [driver]).fetchall() == before else None)
 
+    # The stream writes into the compressed chunk too (a record it gets a day late): new
+    # pings are stored, a replayed one is not stored twice.
+    newer = [ping_at(times[-1] + timedelta(seconds=4 * (i + 1)), 10.0 * i) for i in range(5)]
+    replayed = {
+        "ping_id": str(before[0][2]),
+        "ts": before[0][1].isoformat(),
+        "lat": 12.9,
+        "lon": 77.6,
+    }
+    record = PingBatchRecord.model_validate(
+        {
+            "driver_id": driver,
+            "received_at": times[-1] + timedelta(minutes=1),
+            "pings": [replayed, *newer],
+        }
+    )
+    asyncio.run(produce(config, record))
+    rows = wait_for(lambda: r if len(r := stored(config, driver)) >= 505 else None)
+    assert len(rows) == 505
+    assert {r[0] for r in rows} >= {p["ping_id"] for p in newer}
+    with primary(config) as conn:
+        assert chunks(conn, "pings")[chunk] is True  # still compressed, rows in it or beside
+
+
+async def produce(config: StackConfig, record: PingBatchRecord) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=config.kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        value = record.model_dump_json().encode()
+        await producer.send_and_wait(topics.PINGS, value, key=record.driver_id.encode())
+    finally:
+        await producer.stop()
+
 
 @pytest.mark.timescaledb
 def test_retention_policies_drop_chunks_and_follow_the_stream_settings(
@@ -317,31 +353,8 @@ def test_retention_policies_drop_chunks_and_follow_the_stream_settings(
         assert horizons() == defaults
 
 
-def hourly_from_raw(dsn: str, drivers: list[str]) -> dict[tuple[str, datetime], tuple[int, float]]:
-    hours: dict[tuple[str, datetime], list[float]] = defaultdict(lambda: [0, 0.0])
-    for (driver, minute), (n, dist) in recomputed_stats(dsn, drivers).items():
-        hours[(driver, minute.replace(minute=0))][0] += n
-        hours[(driver, minute.replace(minute=0))][1] += dist
-    return {key: (int(n), dist) for key, (n, dist) in hours.items()}
-
-
-def hourly_view(dsn: str, drivers: list[str]) -> dict[tuple[str, datetime], tuple[int, float]]:
-    with psycopg.connect(dsn) as conn:
-        rows = conn.execute(
-            "SELECT driver_id, bucket, pings, distance_m FROM driver_stats_1h"
-            " WHERE driver_id = ANY(%s)",
-            [drivers],
-        ).fetchall()
-    return {(d, b): (n, dist) for d, b, n, dist in rows}
-
-
-def assert_same(
-    actual: dict[Any, tuple[int, float]], expected: dict[Any, tuple[int, float]]
-) -> None:
-    assert actual.keys() == expected.keys()
-    for key, (n, dist) in expected.items():
-        assert actual[key][0] == n, key
-        assert abs(actual[key][1] - dist) <= 1e-6 * max(1.0, dist), key
+def hourly_view(dsn: str, drivers: list[str]) -> Stats:
+    return stored_stats(dsn, drivers, table="driver_stats_1h")
 
 
 @pytest.mark.timescaledb
@@ -359,14 +372,14 @@ def test_the_hourly_continuous_aggregate_equals_a_recomputation_from_raw_pings(
     for driver in drivers:
         wait_stored(config, driver, 260)
     # Real-time aggregation: right away, before any refresh, the view is complete.
-    assert_same(hourly_view(primary_dsn, drivers), hourly_from_raw(primary_dsn, drivers))
+    assert_same(hourly_view(primary_dsn, drivers), recomputed_hourly(primary_dsn, drivers))
     with primary(config) as conn:
         # Complete hours only, as the policy does: a refresh into the current hour would move
         # the watermark past it, hiding its newer pings from real-time aggregation.
         conn.execute(
             "CALL refresh_continuous_aggregate('driver_stats_1h', NULL, date_trunc('hour', now()))"
         )
-    assert_same(hourly_view(primary_dsn, drivers), hourly_from_raw(primary_dsn, drivers))
+    assert_same(hourly_view(primary_dsn, drivers), recomputed_hourly(primary_dsn, drivers))
 
     # Pings three days late change materialised hours; the refresh policy picks them up.
     for driver in drivers:
@@ -374,9 +387,9 @@ def test_the_hourly_continuous_aggregate_equals_a_recomputation_from_raw_pings(
         post(config, token(Role.DRIVER, driver), more)
     for driver in drivers:
         wait_stored(config, driver, 320)
-    assert hourly_view(primary_dsn, drivers) != hourly_from_raw(primary_dsn, drivers)
+    assert hourly_view(primary_dsn, drivers) != recomputed_hourly(primary_dsn, drivers)
     run_job(config, "policy_refresh_continuous_aggregate", "driver_stats_1h")
-    expected = hourly_from_raw(primary_dsn, drivers)
+    expected = recomputed_hourly(primary_dsn, drivers)
     assert_same(hourly_view(primary_dsn, drivers), expected)
     # The replica serves the same view (the customer API reads there).
     replica_dsn = postgres.dsn(config, "replica")
