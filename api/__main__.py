@@ -2,7 +2,7 @@
 
 from prometheus_client import CollectorRegistry
 
-from api.app import create_app, read_pool_opener
+from api.app import create_app
 from api.config import ApiSettings
 from runtime.logging import configure_logging
 from runtime.serve import serve
@@ -12,7 +12,7 @@ def main() -> None:
     settings = ApiSettings()
     configure_logging(settings.log_level)
     registry = CollectorRegistry()
-    app = create_app(settings, registry, open_read_pool=read_pool_opener(settings))
+    app = create_app(settings, registry)
     serve(app, settings, registry)
 
 

@@ -15,6 +15,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from api import http_errors
 from api.config import ApiSettings
 from api.errors import DatabaseUnavailable, NotFound
+from api.job_routes import job_router
 from api.positions import DriverPosition, read_driver_position
 from runtime.auth import require_role, verifier_from_settings
 from runtime.http import (
@@ -41,19 +42,20 @@ PathId = Annotated[str, Path(pattern=ID_PATTERN, max_length=MAX_ID_LENGTH)]
 PoolOpener = Callable[[], Awaitable[Pool]]
 
 
-def read_pool_opener(settings: ApiSettings) -> PoolOpener:
-    """The real read pool: PgBouncer's read-only entry (the replica)."""
+def pool_opener(settings: ApiSettings, dsn: str, name: str) -> PoolOpener:
+    """A real pool through PgBouncer: its read-only entry (the replica) or its read-write
+    one (the primary)."""
 
-    async def open_read_pool() -> Pool:
+    async def open_real_pool() -> Pool:
         return await open_pool(
-            settings.read_dsn,
+            dsn,
             min_size=1,
             max_size=settings.pool_max_size,
-            name="api-read",
+            name=name,
             timeout_s=settings.pool_timeout_s,
         )
 
-    return open_read_pool
+    return open_real_pool
 
 
 def create_app(
@@ -61,16 +63,21 @@ def create_app(
     registry: CollectorRegistry | None = None,
     *,
     open_read_pool: PoolOpener | None = None,
+    open_write_pool: PoolOpener | None = None,
 ) -> FastAPI:
     verifier = verifier_from_settings(settings)
     registry = registry or CollectorRegistry()
     db_errors = Counter("api_db_unavailable", "Requests failed by the database", registry=registry)
-    open_read = open_read_pool or read_pool_opener(settings)
+    openers = {
+        "read": open_read_pool or pool_opener(settings, settings.read_dsn, "api-read"),
+        "write": open_write_pool or pool_opener(settings, settings.write_dsn, "api-write"),
+    }
     pools: dict[str, Pool] = {}
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        pools["read"] = await open_read()
+        for name, opener in openers.items():
+            pools[name] = await opener()
         yield
         for pool in pools.values():
             await pool.close(timeout=5)
@@ -86,6 +93,8 @@ def create_app(
 
     async def dispatcher_or_ops(who: Annotated[Principal, Depends(principal)]) -> Principal:
         return require_role(who, [Role.DISPATCHER, Role.OPS])
+
+    app.include_router(job_router(pools, principal, db_errors.inc))
 
     @app.get(
         "/v1/drivers/{driver_id}/position",

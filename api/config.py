@@ -11,5 +11,8 @@ class ApiSettings(HttpServiceSettings):
     port: int = 18101
     # PgBouncer's read-only entry: the replica.
     read_dsn: str = "host=127.0.0.1 port=16432 dbname=telemetry_ro user=telemetry"
+    # PgBouncer's read-write entry: the primary (job writes, and job reads until the read
+    # path checks the replica has replayed the caller's writes).
+    write_dsn: str = "host=127.0.0.1 port=16432 dbname=telemetry user=telemetry"
     pool_max_size: int = 10
     pool_timeout_s: float = 2.0

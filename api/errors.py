@@ -11,3 +11,19 @@ class NotFound(ApiServiceError):
 
 class DatabaseUnavailable(ApiServiceError):
     """The database did not answer in time; the client should retry later."""
+
+
+class Forbidden(ApiServiceError):
+    """The caller's role may not do this, or the job is not theirs to act on."""
+
+
+class Conflict(ApiServiceError):
+    """The job's status does not allow this transition."""
+
+
+class IdempotencyKeyReused(ApiServiceError):
+    """An Idempotency-Key already used by this caller for a different request."""
+
+
+class InvalidInput(ApiServiceError):
+    """A parameter that passed its schema but is not valid (a cursor this api never made)."""

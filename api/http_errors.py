@@ -3,7 +3,14 @@ ApiError per answer: no exception instance is shared between requests."""
 
 from fastapi import FastAPI
 
-from api.errors import DatabaseUnavailable, NotFound
+from api.errors import (
+    Conflict,
+    DatabaseUnavailable,
+    Forbidden,
+    IdempotencyKeyReused,
+    InvalidInput,
+    NotFound,
+)
 from runtime.http import ApiError, map_errors
 
 
@@ -11,10 +18,22 @@ def to_api_error(exc: Exception) -> ApiError:
     match exc:
         case NotFound():
             return ApiError(404, str(exc))
+        case Forbidden():
+            return ApiError(403, str(exc))
+        case Conflict():
+            return ApiError(409, str(exc))
+        case InvalidInput():
+            return ApiError(422, str(exc))
+        case IdempotencyKeyReused():
+            return ApiError(422, str(exc), code="idempotency_key_reused")
         case DatabaseUnavailable():
             return ApiError(503, "database unavailable, retry later", headers={"Retry-After": "1"})
     raise TypeError(f"no HTTP mapping for {exc!r}")
 
 
 def install(app: FastAPI) -> None:
-    map_errors(app, (NotFound, DatabaseUnavailable), to_api_error)
+    map_errors(
+        app,
+        (NotFound, Forbidden, Conflict, InvalidInput, IdempotencyKeyReused, DatabaseUnavailable),
+        to_api_error,
+    )

@@ -64,6 +64,7 @@ def specs(config: StackConfig) -> list[ServiceSpec]:
         env = _auth_env("API_", config) | {
             "API_PORT": str(port),
             "API_READ_DSN": pgbouncer.dsn(config, read_only=True),
+            "API_WRITE_DSN": pgbouncer.dsn(config, read_only=False),
         }
         result.append(
             ServiceSpec(f"api-{i + 1}", "api", port, env, "TELEMETRY_API_PORT", ("pgbouncer",))

@@ -179,8 +179,9 @@ def bearer_credentials(credentials: HTTPAuthorizationCredentials | None) -> str:
 
 _MEANINGS = {
     401: "No token, or an invalid one",
-    403: "The token's role may not do this",
+    403: "The token's role (or identity) may not do this",
     404: "Not found",
+    409: "The current state does not allow this",
     408: "The body did not arrive in time",
     413: "Body too large",
     422: "Invalid request",

@@ -39,8 +39,12 @@ def test_database_unavailable_is_a_503_and_a_bad_id_never_reaches_it(tmp_path: P
     async def open_pool() -> Pool:
         return cast(Pool, pool)
 
-    app = create_app(ApiSettings(jwt_public_key_path=public), open_read_pool=open_pool)
+    app = create_app(
+        ApiSettings(jwt_public_key_path=public), open_read_pool=open_pool, open_write_pool=open_pool
+    )
     ops = {"Authorization": "Bearer " + issue_token(private, sub="ops-1", role=Role.OPS)}
+    driver = {"Authorization": "Bearer " + issue_token(private, sub="drv-1", role=Role.DRIVER)}
+    job = {"pickup": {"lat": 12.9, "lon": 77.6}, "dropoff": {"lat": 12.95, "lon": 77.62}}
     with TestClient(app) as client:
         r = client.get("/v1/drivers/drv-1/position", headers=ops)
         assert (r.status_code, r.headers["Retry-After"]) == (503, "1")
@@ -48,4 +52,12 @@ def test_database_unavailable_is_a_503_and_a_bad_id_never_reaches_it(tmp_path: P
         assert client.get("/readyz").status_code == 503
         asked = pool.asked
         assert client.get("/v1/drivers/a%00b/position", headers=ops).status_code == 422
+        assert client.get("/v1/jobs/not-a-uuid", headers=ops).status_code == 422
+        assert client.get("/v1/jobs?cursor=%00", headers=ops).status_code == 422
+        # A driver may not create jobs: refused before any query.
+        assert client.post("/v1/jobs", json=job, headers=driver).status_code == 403
+        assert client.post("/v1/jobs", json={"pickup": {}}, headers=ops).status_code == 422
         assert pool.asked == asked
+        dispatcher = issue_token(private, sub="disp-1", role=Role.DISPATCHER)
+        r = client.post("/v1/jobs", json=job, headers={"Authorization": f"Bearer {dispatcher}"})
+        assert (r.status_code, r.headers["Retry-After"]) == (503, "1")

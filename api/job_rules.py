@@ -1,0 +1,98 @@
+"""The rules of a job's life, pure: who sees a job, who may do what, and which status
+follows which (created -> assigned -> picked_up -> completing -> completed; cancelled
+before pickup)."""
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from api.errors import Conflict, Forbidden, NotFound
+from schemas.auth import Principal, Role
+from schemas.jobs import JobStatus
+
+
+class Action(StrEnum):
+    ASSIGN = "assign"
+    PICKUP = "pickup"
+    COMPLETE = "complete"  # the proof is accepted; a worker finishes it
+    FINISH = "finish"  # the worker, after processing the proof
+    CANCEL = "cancel"
+
+
+@dataclass(frozen=True)
+class Rule:
+    roles: frozenset[Role]
+    before: frozenset[JobStatus]
+    after: JobStatus
+    # Only the driver the job is assigned to (for driver actions).
+    assigned_driver_only: bool = False
+
+
+S = JobStatus
+RULES: dict[Action, Rule] = {
+    # A dispatcher may assign again (another driver) until the pickup.
+    Action.ASSIGN: Rule(
+        frozenset({Role.DISPATCHER}), frozenset({S.CREATED, S.ASSIGNED}), S.ASSIGNED
+    ),
+    Action.PICKUP: Rule(frozenset({Role.DRIVER}), frozenset({S.ASSIGNED}), S.PICKED_UP, True),
+    Action.COMPLETE: Rule(frozenset({Role.DRIVER}), frozenset({S.PICKED_UP}), S.COMPLETING, True),
+    Action.FINISH: Rule(frozenset(), frozenset({S.COMPLETING}), S.COMPLETED),
+    # Once the goods are picked up, the job ends by delivery, not by a cancel.
+    Action.CANCEL: Rule(
+        frozenset({Role.CUSTOMER, Role.DISPATCHER}), frozenset({S.CREATED, S.ASSIGNED}), S.CANCELLED
+    ),
+}
+
+CREATORS = frozenset({Role.CUSTOMER, Role.DISPATCHER})
+
+
+@dataclass(frozen=True)
+class Owners:
+    """Whose job it is: the fields visibility depends on."""
+
+    customer_id: str | None
+    driver_id: str | None
+
+
+def visible(who: Principal, job: Owners) -> bool:
+    """A customer sees their own jobs, a driver the jobs assigned to them, a dispatcher
+    (and ops) all."""
+    match who.role:
+        case Role.DISPATCHER | Role.OPS:
+            return True
+        case Role.CUSTOMER:
+            return job.customer_id == who.sub
+        case Role.DRIVER:
+            return job.driver_id == who.sub
+    return False
+
+
+def check_visible(who: Principal, job: Owners | None, job_id: object) -> Owners:
+    """The job, or NotFound: someone else's job is as unknown as a missing one."""
+    if job is None or not visible(who, job):
+        raise NotFound(f"no job {job_id}")
+    return job
+
+
+def next_status(who: Principal | None, action: Action, job: Owners, status: JobStatus) -> JobStatus:
+    """The status `action` leads to, after checking the caller may take it (None: the
+    platform itself, such as the proof worker). Raises Forbidden or Conflict."""
+    rule = RULES[action]
+    if who is not None:
+        if who.role not in rule.roles:
+            raise Forbidden(f"role {who.role.value!r} may not {action.value} a job")
+        if rule.assigned_driver_only and job.driver_id != who.sub:
+            raise Forbidden(f"only the assigned driver may {action.value} this job")
+    if status not in rule.before:
+        raise Conflict(f"cannot {action.value} a job that is {status.value}")
+    return rule.after
+
+
+def check_creator(who: Principal, customer_id: str | None) -> str | None:
+    """The customer a new job belongs to: a customer's own, or the one a dispatcher names."""
+    if who.role not in CREATORS:
+        raise Forbidden(f"role {who.role.value!r} may not create jobs")
+    if who.role == Role.CUSTOMER:
+        if customer_id not in (None, who.sub):
+            raise Forbidden("a customer creates jobs for themselves only")
+        return who.sub
+    return customer_id

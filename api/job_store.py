@@ -1,0 +1,218 @@
+"""Jobs in PostgreSQL. Every change writes the job row, its `job_events` row and an
+`outbox` row in one transaction: the event exists exactly when the change does, and its
+seq comes from the job row, which the transaction holds locked."""
+
+import base64
+import hashlib
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import orjson
+import psycopg
+from psycopg import AsyncConnection
+from psycopg.rows import dict_row
+from uuid6 import uuid7
+
+from api.errors import IdempotencyKeyReused
+from api.job_rules import Action, Owners, check_visible, next_status
+from schemas import topics
+from schemas.auth import Principal, Role
+from schemas.jobs import EventType, Job, JobCreate, JobEvent, JobPage, JobStatus, Point
+
+_COLUMNS = (
+    "job_id, status, customer_id, driver_id, pickup_lat, pickup_lon, dropoff_lat,"
+    " dropoff_lon, reference, seq, created_at, updated_at"
+)
+
+
+def _job(row: dict[str, Any]) -> Job:
+    return Job(
+        job_id=row["job_id"],
+        status=JobStatus(row["status"]),
+        customer_id=row["customer_id"],
+        driver_id=row["driver_id"],
+        pickup=Point(lat=row["pickup_lat"], lon=row["pickup_lon"]),
+        dropoff=Point(lat=row["dropoff_lat"], lon=row["dropoff_lon"]),
+        reference=row["reference"],
+        seq=row["seq"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+async def _record_event(
+    conn: AsyncConnection[Any], job: Job, event_type: EventType, at: datetime, data: dict[str, Any]
+) -> None:
+    event = JobEvent(
+        job_id=job.job_id, seq=job.seq, type=event_type, status=job.status, at=at, data=data
+    )
+    payload = event.model_dump(mode="json")
+    await conn.execute(
+        "INSERT INTO job_events (job_id, seq, type, data, at) VALUES (%s, %s, %s, %s, %s)",
+        [job.job_id, job.seq, event_type, orjson.dumps(data).decode(), at],
+    )
+    await conn.execute(
+        "INSERT INTO outbox (topic, key, payload) VALUES (%s, %s, %s)",
+        [topics.JOB_EVENTS, str(job.job_id), orjson.dumps(payload).decode()],
+    )
+
+
+async def create(
+    conn: AsyncConnection[Any], who: Principal, body: JobCreate, customer_id: str | None
+) -> Job:
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            f"INSERT INTO jobs (job_id, customer_id, created_by, status, pickup_lat, pickup_lon,"
+            f" dropoff_lat, dropoff_lon, reference, seq)"
+            f" VALUES (%s, %s, %s, 'created', %s, %s, %s, %s, %s, 1) RETURNING {_COLUMNS}",
+            [
+                uuid7(),
+                customer_id,
+                who.sub,
+                body.pickup.lat,
+                body.pickup.lon,
+                body.dropoff.lat,
+                body.dropoff.lon,
+                body.reference,
+            ],
+        )
+        row = await cur.fetchone()
+    assert row is not None
+    job = _job(row)
+    await _record_event(conn, job, "job.created", job.created_at, {"created_by": who.sub})
+    return job
+
+
+async def read(conn: AsyncConnection[Any], job_id: UUID, *, lock: bool = False) -> Job | None:
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            f"SELECT {_COLUMNS} FROM jobs WHERE job_id = %s{' FOR UPDATE' if lock else ''}",
+            [job_id],
+        )
+        row = await cur.fetchone()
+    return None if row is None else _job(row)
+
+
+def owners(job: Job | None) -> Owners | None:
+    return None if job is None else Owners(job.customer_id, job.driver_id)
+
+
+async def transition(
+    conn: AsyncConnection[Any],
+    who: Principal | None,
+    job_id: UUID,
+    action: Action,
+    *,
+    driver_id: str | None = None,
+) -> Job:
+    """Moves a job on by `action` inside the caller's transaction (the row stays locked
+    until it ends). `who` None: the platform (a worker), which sees every job."""
+    job = await read(conn, job_id, lock=True)
+    if who is not None:
+        check_visible(who, owners(job), job_id)
+    if job is None:
+        raise AssertionError(f"job {job_id} vanished")  # pragma: no cover - FK guarded
+    status = next_status(who, action, Owners(job.customer_id, job.driver_id), job.status)
+    stamp = {
+        JobStatus.ASSIGNED: "assigned_at",
+        JobStatus.PICKED_UP: "picked_up_at",
+        JobStatus.COMPLETED: "completed_at",
+    }.get(status)
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            f"UPDATE jobs SET status = %s, driver_id = coalesce(%s, driver_id), seq = seq + 1,"
+            f" updated_at = now(){f', {stamp} = now()' if stamp else ''}"
+            f" WHERE job_id = %s RETURNING {_COLUMNS}",
+            [status.value, driver_id, job_id],
+        )
+        row = await cur.fetchone()
+    assert row is not None
+    changed = _job(row)
+    data = {"action": action.value, "by": who.sub if who is not None else "platform"}
+    if driver_id is not None:
+        data["driver_id"] = driver_id
+    event: EventType = "job.completed" if status == JobStatus.COMPLETED else "job.status"
+    await _record_event(conn, changed, event, changed.updated_at, data)
+    return changed
+
+
+PAGE_SIZE = 50
+
+
+def encode_cursor(job_id: UUID) -> str:
+    return base64.urlsafe_b64encode(job_id.bytes).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> UUID:
+    """A cursor from `encode_cursor`; ValueError for anything else."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        return UUID(bytes=raw)
+    except (ValueError, TypeError) as exc:
+        raise ValueError("not a cursor this api made") from exc
+
+
+async def page(
+    conn: AsyncConnection[Any], who: Principal, cursor: UUID | None, limit: int = PAGE_SIZE
+) -> JobPage:
+    """The caller's jobs, newest first (UUIDv7 ids sort by creation time)."""
+    scopes: dict[Role, tuple[str, list[Any]]] = {
+        Role.CUSTOMER: ("customer_id = %s", [who.sub]),
+        Role.DRIVER: ("driver_id = %s", [who.sub]),
+    }
+    where, params = scopes.get(who.role, ("true", []))
+    if cursor is not None:
+        where += " AND job_id < %s"
+        params = [*params, cursor]
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            f"SELECT {_COLUMNS} FROM jobs WHERE {where} ORDER BY job_id DESC LIMIT %s",
+            [*params, limit + 1],
+        )
+        rows = await cur.fetchall()
+    jobs = [_job(r) for r in rows[:limit]]
+    more = len(rows) > limit
+    return JobPage(jobs=jobs, next_cursor=encode_cursor(jobs[-1].job_id) if more else None)
+
+
+# --- idempotency keys -------------------------------------------------------------------
+
+
+def request_hash(method: str, path: str, body: bytes) -> bytes:
+    return hashlib.sha256(b"\0".join([method.encode(), path.encode(), body])).digest()
+
+
+async def replayed(
+    conn: AsyncConnection[Any], who: Principal, key: str, digest: bytes
+) -> tuple[int, bytes] | None:
+    """The first answer to this key, or None when it is new. Refuses a key that came
+    with another request."""
+    cur = await conn.execute(
+        "SELECT request_hash, status, response FROM idempotency_keys"
+        " WHERE principal = %s AND key = %s",
+        [f"{who.role.value}:{who.sub}", key],
+    )
+    row = await cur.fetchone()
+    if row is None:
+        return None
+    if bytes(row[0]) != digest:
+        raise IdempotencyKeyReused(
+            f"Idempotency-Key {key!r} was used for a different request; use a new key"
+        )
+    return int(row[1]), bytes(row[2])
+
+
+async def remember(
+    conn: AsyncConnection[Any], who: Principal, key: str, digest: bytes, status: int, body: bytes
+) -> None:
+    """Stores the answer in the transaction that made it; a concurrent twin that got
+    there first makes this raise UniqueViolation (the caller then replays its answer)."""
+    await conn.execute(
+        "INSERT INTO idempotency_keys (principal, key, request_hash, status, response)"
+        " VALUES (%s, %s, %s, %s, %s)",
+        [f"{who.role.value}:{who.sub}", key, digest, status, body],
+    )
+
+
+UniqueViolation = psycopg.errors.UniqueViolation

@@ -1,0 +1,87 @@
+-- The customer API's domain: jobs, their event log, the transactional outbox, background
+-- tasks, share links and idempotency keys. Plain tables on either storage. Ids are UUIDv7
+-- made by the api (time-ordered: index locality, no central sequence; design section 17).
+
+CREATE TABLE jobs (
+    job_id          uuid             PRIMARY KEY,
+    -- The customer the job belongs to (a customer's own sub, or named by a dispatcher);
+    -- NULL for a dispatcher's job on nobody's behalf.
+    customer_id     text,
+    created_by      text             NOT NULL,
+    status          text             NOT NULL CHECK (status IN
+                        ('created', 'assigned', 'picked_up', 'completing', 'completed',
+                         'cancelled')),
+    driver_id       text,
+    pickup_lat      double precision NOT NULL,
+    pickup_lon      double precision NOT NULL,
+    dropoff_lat     double precision NOT NULL,
+    dropoff_lon     double precision NOT NULL,
+    reference       text,
+    -- The seq of the job's newest event: the next event gets seq + 1 in the same
+    -- transaction that changes the row (the row lock orders writers; no gaps, no reuse).
+    seq             integer          NOT NULL DEFAULT 0,
+    created_at      timestamptz      NOT NULL DEFAULT now(),
+    updated_at      timestamptz      NOT NULL DEFAULT now(),
+    assigned_at     timestamptz,
+    picked_up_at    timestamptz,
+    completed_at    timestamptz
+);
+-- The caller's jobs, newest first, cursor-paginated by job_id (UUIDv7 sorts by time).
+CREATE INDEX jobs_by_customer ON jobs (customer_id, job_id DESC);
+CREATE INDEX jobs_by_driver ON jobs (driver_id, job_id DESC) WHERE driver_id IS NOT NULL;
+CREATE INDEX jobs_by_id_desc ON jobs (job_id DESC);
+
+CREATE TABLE job_events (
+    job_id      uuid        NOT NULL REFERENCES jobs (job_id),
+    seq         integer     NOT NULL CHECK (seq > 0),
+    type        text        NOT NULL,
+    data        jsonb       NOT NULL,
+    at          timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (job_id, seq)
+);
+
+-- Rows to publish, written in the transaction of the change they announce; a relay
+-- publishes them in id order (so in seq order per job) and marks them sent.
+CREATE TABLE outbox (
+    id          bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    topic       text        NOT NULL,
+    key         text        NOT NULL,
+    payload     jsonb       NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    sent_at     timestamptz
+);
+CREATE INDEX outbox_unsent ON outbox (id) WHERE sent_at IS NULL;
+
+CREATE TABLE tasks (
+    task_id     uuid        PRIMARY KEY,
+    kind        text        NOT NULL,
+    job_id      uuid        REFERENCES jobs (job_id),
+    status      text        NOT NULL CHECK (status IN ('pending', 'running', 'done', 'failed')),
+    input       jsonb       NOT NULL DEFAULT '{}',
+    result      jsonb,
+    error       text,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE share_links (
+    -- sha256 of the token: a leaked table does not leak working links
+    token_hash  bytea       PRIMARY KEY,
+    job_id      uuid        NOT NULL REFERENCES jobs (job_id),
+    created_by  text        NOT NULL,
+    expires_at  timestamptz NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+
+-- A POST retried with the same Idempotency-Key by the same principal gets the first
+-- answer again; the same key with another body is refused.
+CREATE TABLE idempotency_keys (
+    principal      text        NOT NULL,
+    key            text        NOT NULL,
+    request_hash   bytea       NOT NULL,
+    status         integer     NOT NULL,
+    response       bytea       NOT NULL,  -- the first answer's exact body
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (principal, key)
+);
+CREATE INDEX idempotency_keys_created ON idempotency_keys (created_at);

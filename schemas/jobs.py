@@ -1,0 +1,92 @@
+"""Jobs: the api's request and answer bodies (design section 6) and the events on
+`job-events.v1`, which the notifier reads too."""
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.ids import EntityId
+from schemas.pings import Latitude, Longitude
+
+
+class JobStatus(StrEnum):
+    CREATED = "created"
+    ASSIGNED = "assigned"
+    PICKED_UP = "picked_up"
+    COMPLETING = "completing"  # the proof photo is being processed
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+
+
+class Point(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    lat: Latitude
+    lon: Longitude
+
+
+class JobCreate(BaseModel):
+    """`POST /v1/jobs`. A dispatcher may name the customer the job is for; a customer's
+    job is always their own."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pickup: Point
+    dropoff: Point
+    reference: Annotated[str, Field(max_length=200)] | None = None
+    customer_id: EntityId | None = None
+
+
+class JobAssign(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    driver_id: EntityId
+
+
+class DriverPositionView(BaseModel):
+    lat: float
+    lon: float
+    ts: datetime
+    speed_mps: float | None
+
+
+class Job(BaseModel):
+    job_id: UUID
+    status: JobStatus
+    customer_id: str | None
+    driver_id: str | None
+    pickup: Point
+    dropoff: Point
+    reference: str | None
+    seq: int
+    created_at: datetime
+    updated_at: datetime
+    driver_position: DriverPositionView | None = None
+    eta_seconds: int | None = None
+
+
+class JobPage(BaseModel):
+    jobs: list[Job]
+    # Pass as `cursor` for the next (older) page; null on the last page.
+    next_cursor: str | None
+
+
+EventType = Literal["job.created", "job.status", "job.completed", "job.arrived"]
+
+
+class JobEvent(BaseModel):
+    """The value of a `job-events.v1` record (key: the job id). `seq` is the job's own
+    sequence, assigned when the event was committed: consumers drop a seq they have."""
+
+    model_config = ConfigDict(frozen=True)
+
+    v: Literal[1] = 1
+    job_id: UUID
+    seq: int
+    type: EventType
+    status: JobStatus
+    at: datetime
+    data: dict[str, Any] = Field(default_factory=dict)

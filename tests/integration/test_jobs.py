@@ -1,0 +1,232 @@
+"""Jobs against the real api, PgBouncer and PostgreSQL: the lifecycle, who may do what,
+idempotent retries, events and outbox rows written with each change, pagination."""
+
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+
+from infra import postgres
+from infra.config import StackConfig
+from schemas.auth import Role
+from tests.integration.conftest import wait_for
+from tests.integration.driving import ping_at, post
+
+pytestmark = pytest.mark.integration
+
+BODY = {"pickup": {"lat": 12.97, "lon": 77.59}, "dropoff": {"lat": 12.93, "lon": 77.62}}
+
+
+class Caller:
+    """One principal talking to the api."""
+
+    def __init__(self, config: StackConfig, token: Callable[..., str], role: Role, sub: str):
+        self.sub = sub
+        self.base = f"http://127.0.0.1:{config.api_port}"
+        self.headers = {"Authorization": f"Bearer {token(role, sub)}"}
+
+    def post(self, path: str, body: Any = None, key: str | None = None) -> httpx.Response:
+        headers = self.headers | ({"Idempotency-Key": key} if key else {})
+        return httpx.post(self.base + path, json=body, headers=headers)
+
+    def get(self, path: str, **params: Any) -> httpx.Response:
+        return httpx.get(self.base + path, headers=self.headers, params=params)
+
+
+@pytest.fixture
+def people(config: StackConfig, token: Callable[..., str]) -> dict[str, Caller]:
+    tag = uuid.uuid4().hex[:6]
+    return {
+        "customer": Caller(config, token, Role.CUSTOMER, f"cus-{tag}"),
+        "other_customer": Caller(config, token, Role.CUSTOMER, f"cus2-{tag}"),
+        "dispatcher": Caller(config, token, Role.DISPATCHER, f"disp-{tag}"),
+        "driver": Caller(config, token, Role.DRIVER, f"drv-{tag}"),
+        "other_driver": Caller(config, token, Role.DRIVER, f"drv2-{tag}"),
+        "ops": Caller(config, token, Role.OPS, f"ops-{tag}"),
+    }
+
+
+def events(config: StackConfig, job_id: str) -> list[tuple[int, str, str]]:
+    with psycopg.connect(postgres.dsn(config, "primary")) as conn:
+        rows = conn.execute(
+            "SELECT seq, type, data ->> 'action' FROM job_events WHERE job_id = %s ORDER BY seq",
+            [job_id],
+        ).fetchall()
+        outbox = conn.execute(
+            "SELECT (payload ->> 'seq')::int FROM outbox WHERE key = %s ORDER BY id", [job_id]
+        ).fetchall()
+    # Every event has its outbox row, in the same order.
+    assert [r[0] for r in outbox] == [r[0] for r in rows]
+    return [(r[0], r[1], r[2]) for r in rows]
+
+
+def test_a_job_goes_from_created_to_picked_up_with_an_event_per_change(
+    config: StackConfig, people: dict[str, Caller], token: Callable[..., str]
+) -> None:
+    customer, dispatcher, driver = people["customer"], people["dispatcher"], people["driver"]
+    r = customer.post("/v1/jobs", BODY | {"reference": "order 17"})
+    assert r.status_code == 201, r.text
+    job = r.json()
+    assert (job["status"], job["customer_id"], job["driver_id"]) == (
+        "created", customer.sub, None,
+    )  # fmt: skip
+    assert job["seq"] == 1 and job["reference"] == "order 17"
+    path = f"/v1/jobs/{job['job_id']}"
+
+    r = dispatcher.post(f"{path}/assign", {"driver_id": driver.sub})
+    assert (r.status_code, r.json()["status"], r.json()["driver_id"]) == (
+        200, "assigned", driver.sub,
+    )  # fmt: skip
+    # The driver's position shows on the job while it is under way.
+    post(config, token(Role.DRIVER, driver.sub), [ping_at(datetime.now(UTC), 0)])
+    seen = wait_for(
+        lambda: body if (body := customer.get(path).json())["driver_position"] else None
+    )
+    assert seen["status"] == "assigned" and seen["driver_position"]["lat"] == pytest.approx(
+        12.97, abs=0.01
+    )
+    r = driver.post(f"{path}/pickup")
+    assert (r.status_code, r.json()["status"], r.json()["seq"]) == (200, "picked_up", 3)
+    assert driver.get(path).json()["status"] == "picked_up"
+    assert events(config, job["job_id"]) == [
+        (1, "job.created", None),
+        (2, "job.status", "assign"),
+        (3, "job.status", "pickup"),
+    ]
+    # Wrong order: a conflict, and nothing written.
+    assert dispatcher.post(f"{path}/assign", {"driver_id": "drv-x"}).status_code == 409
+    assert customer.post(f"{path}/cancel").status_code == 409
+    assert len(events(config, job["job_id"])) == 3
+
+
+def test_who_may_do_what(people: dict[str, Caller]) -> None:
+    customer, dispatcher = people["customer"], people["dispatcher"]
+    job = customer.post("/v1/jobs", BODY).json()
+    path = f"/v1/jobs/{job['job_id']}"
+    # Not yet assigned: the driver does not see it.
+    expected_get = {
+        "customer": 200, "other_customer": 404, "dispatcher": 200, "driver": 404,
+        "other_driver": 404, "ops": 200,
+    }  # fmt: skip
+    for name, caller in people.items():
+        assert caller.get(path).status_code == expected_get[name], name
+    assert dispatcher.post(f"{path}/assign", {"driver_id": people["driver"].sub}).status_code == 200
+    expected = {
+        # role: (create, assign, pickup)
+        "customer": (201, 403, 403),
+        "other_customer": (201, 404, 404),
+        "dispatcher": (201, 200, 403),
+        "driver": (403, 403, 200),
+        "other_driver": (403, 404, 404),
+        "ops": (403, 403, 403),
+    }
+    for name, (create, assign, pickup) in expected.items():
+        caller = people[name]
+        assert caller.post("/v1/jobs", BODY).status_code == create, name
+        answer = caller.post(f"{path}/assign", {"driver_id": people["driver"].sub})
+        assert answer.status_code == assign, (name, answer.text)
+        if name != "driver":  # the driver's pickup is last: it changes the status
+            assert caller.post(f"{path}/pickup").status_code == pickup, name
+    assert people["driver"].post(f"{path}/pickup").status_code == 200
+    assert people["other_customer"].get("/v1/jobs/" + str(uuid.uuid4())).status_code == 404
+    r = customer.post("/v1/jobs", BODY | {"customer_id": "someone-else"})
+    assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
+
+
+def test_bad_input_is_refused_in_the_envelope(people: dict[str, Caller]) -> None:
+    dispatcher = people["dispatcher"]
+    for body in (
+        {},
+        {"pickup": {"lat": 91, "lon": 0}, "dropoff": BODY["dropoff"]},
+        BODY | {"unknown": 1},
+        BODY | {"reference": "x" * 201},
+        BODY | {"customer_id": "bad id with spaces"},
+    ):
+        r = dispatcher.post("/v1/jobs", body)
+        assert r.status_code == 422, body
+        assert r.json()["error"]["code"] == "invalid"
+    job = dispatcher.post("/v1/jobs", BODY).json()
+    r = dispatcher.post(f"/v1/jobs/{job['job_id']}/assign", {"driver_id": "a\u0000b"})
+    assert r.status_code == 422
+    assert dispatcher.get("/v1/jobs", cursor="not-a-cursor").status_code == 422
+    assert dispatcher.get("/v1/jobs", limit=0).status_code == 422
+
+
+def test_a_retried_post_with_its_idempotency_key_changes_nothing_twice(
+    config: StackConfig, people: dict[str, Caller]
+) -> None:
+    customer, dispatcher = people["customer"], people["dispatcher"]
+    key = uuid.uuid4().hex
+    first = customer.post("/v1/jobs", BODY, key=key)
+    again = customer.post("/v1/jobs", BODY, key=key)
+    assert first.status_code == again.status_code == 201
+    assert first.json() == again.json()
+    # The same key with another body is a client bug: refused, nothing created.
+    other = customer.post("/v1/jobs", BODY | {"reference": "other"}, key=key)
+    assert other.status_code == 422
+    assert other.json()["error"]["code"] == "idempotency_key_reused"
+    # Keys belong to their principal: another customer's same key is theirs alone.
+    assert people["other_customer"].post("/v1/jobs", BODY, key=key).json() != first.json()
+
+    # Concurrent retries of one assign: one change, one event, the same answer to all.
+    job_id = first.json()["job_id"]
+    assign_key = uuid.uuid4().hex
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(
+            pool.map(
+                lambda _: dispatcher.post(
+                    f"/v1/jobs/{job_id}/assign", {"driver_id": people["driver"].sub}, assign_key
+                ),
+                range(8),
+            )
+        )
+    assert {a.status_code for a in answers} == {200}
+    assert len({a.text for a in answers}) == 1
+    assert [e[2] for e in events(config, job_id)] == [None, "assign"]
+    with psycopg.connect(postgres.dsn(config, "primary")) as conn:
+        created = conn.execute(
+            "SELECT count(*) FROM jobs WHERE customer_id = %s", [customer.sub]
+        ).fetchone()
+    assert created == (1,)
+
+
+def test_the_callers_jobs_come_newest_first_in_pages(people: dict[str, Caller]) -> None:
+    customer, dispatcher, driver = people["customer"], people["dispatcher"], people["driver"]
+    made = [customer.post("/v1/jobs", BODY).json()["job_id"] for _ in range(5)]
+    people["other_customer"].post("/v1/jobs", BODY)
+    seen: list[str] = []
+    cursor = None
+    while True:
+        params = {"limit": 2} | ({"cursor": cursor} if cursor else {})
+        page = customer.get("/v1/jobs", **params).json()
+        seen += [j["job_id"] for j in page["jobs"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == list(reversed(made))
+    dispatcher.post(f"/v1/jobs/{made[0]}/assign", {"driver_id": driver.sub})
+    assert [j["job_id"] for j in driver.get("/v1/jobs").json()["jobs"]] == [made[0]]
+    assert dispatcher.get("/v1/jobs", limit=200).status_code == 200
+
+
+def test_a_job_is_cancelled_before_pickup_by_its_customer(
+    config: StackConfig, people: dict[str, Caller]
+) -> None:
+    customer = people["customer"]
+    job = customer.post("/v1/jobs", BODY).json()
+    path = f"/v1/jobs/{job['job_id']}"
+    assert people["other_customer"].post(f"{path}/cancel").status_code == 404
+    r = customer.post(f"{path}/cancel")
+    assert (r.status_code, r.json()["status"]) == (200, "cancelled")
+    assert customer.post(f"{path}/cancel").status_code == 409
+    assert people["dispatcher"].post(f"{path}/assign", {"driver_id": "d"}).status_code == 409
+    assert [e[1:] for e in events(config, job["job_id"])] == [
+        ("job.created", None),
+        ("job.status", "cancel"),
+    ]
+    assert customer.get(path).json()["driver_position"] is None  # never under way
