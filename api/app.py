@@ -1,5 +1,7 @@
 """The api HTTP app."""
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -12,7 +14,7 @@ from prometheus_client import CollectorRegistry, Counter
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from api import http_errors
+from api import http_errors, outbox_relay
 from api.config import ApiSettings
 from api.errors import DatabaseUnavailable, NotFound
 from api.job_routes import job_router
@@ -29,6 +31,7 @@ from runtime.http import (
     json_response,
     metrics_response,
 )
+from runtime.kafka import AckedProducer, durable_producer
 from runtime.postgres import open_pool
 from schemas.auth import Principal, Role
 from schemas.ids import ID_PATTERN, MAX_ID_LENGTH
@@ -58,6 +61,31 @@ def pool_opener(settings: ApiSettings, dsn: str, name: str) -> PoolOpener:
     return open_real_pool
 
 
+@asynccontextmanager
+async def _relay(settings: ApiSettings, pool: Pool) -> AsyncIterator[None]:
+    """The outbox relay as a background task of the process, when enabled."""
+    if not settings.relay_enabled:
+        yield
+        return
+    producer = AckedProducer(
+        lambda: durable_producer(settings.kafka_bootstrap, client_id="api-outbox-relay"),
+        timeout_s=settings.relay_send_timeout_s,
+        shutdown_timeout_s=2.0,
+    )
+    stopping = asyncio.Event()
+    limits = outbox_relay.RelayLimits(batch=settings.relay_batch, poll_s=settings.relay_poll_s)
+    task = asyncio.create_task(outbox_relay.run(pool, producer, limits, stopping))
+    try:
+        yield
+    finally:
+        stopping.set()
+        # A round in flight gets its send deadline to finish; past it, its rows stay unsent
+        # and the next relay sends them.
+        with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+            await asyncio.wait_for(task, settings.relay_send_timeout_s + 1)
+        await producer.close()
+
+
 def create_app(
     settings: ApiSettings,
     registry: CollectorRegistry | None = None,
@@ -78,7 +106,8 @@ def create_app(
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         for name, opener in openers.items():
             pools[name] = await opener()
-        yield
+        async with _relay(settings, pools["write"]):
+            yield
         for pool in pools.values():
             await pool.close(timeout=5)
 

@@ -15,4 +15,11 @@ class ApiSettings(HttpServiceSettings):
     # path checks the replica has replayed the caller's writes).
     write_dsn: str = "host=127.0.0.1 port=16432 dbname=telemetry user=telemetry"
     pool_max_size: int = 10
+    # The outbox relay (api/outbox_relay.py) runs in every api process; one publishes at
+    # a time.
+    kafka_bootstrap: str = "127.0.0.1:19092"
+    relay_enabled: bool = True
+    relay_batch: int = 500
+    relay_poll_s: float = 0.1
+    relay_send_timeout_s: float = 5.0
     pool_timeout_s: float = 2.0

@@ -65,9 +65,12 @@ def specs(config: StackConfig) -> list[ServiceSpec]:
             "API_PORT": str(port),
             "API_READ_DSN": pgbouncer.dsn(config, read_only=True),
             "API_WRITE_DSN": pgbouncer.dsn(config, read_only=False),
+            "API_KAFKA_BOOTSTRAP": config.kafka_bootstrap,
         }
         result.append(
-            ServiceSpec(f"api-{i + 1}", "api", port, env, "TELEMETRY_API_PORT", ("pgbouncer",))
+            ServiceSpec(
+                f"api-{i + 1}", "api", port, env, "TELEMETRY_API_PORT", ("pgbouncer", "kafka")
+            )
         )
     return result
 

@@ -1,6 +1,7 @@
 """Jobs against the real api, PgBouncer and PostgreSQL: the lifecycle, who may do what,
 idempotent retries, events and outbox rows written with each change, pagination."""
 
+import asyncio
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -10,10 +11,14 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from infra import postgres
 from infra.config import StackConfig
+from infra.stack import Stack
+from schemas import topics
 from schemas.auth import Role
+from schemas.jobs import JobEvent
 from tests.integration.conftest import wait_for
 from tests.integration.driving import ping_at, post
 
@@ -230,3 +235,99 @@ def test_a_job_is_cancelled_before_pickup_by_its_customer(
         ("job.status", "cancel"),
     ]
     assert customer.get(path).json()["driver_position"] is None  # never under way
+
+
+async def consume_events(config: StackConfig, start: dict[Any, int], jobs: set[str]) -> list[Any]:
+    """(job_id, seq) of every job-events.v1 record of `jobs` from `start`, in arrival order
+    per partition (a job's events all lie in one partition: keyed by job id)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=config.kafka_bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign(list(start))
+        for tp, offset in start.items():
+            consumer.seek(tp, offset)
+        end = await consumer.end_offsets(list(start))
+        seen: list[tuple[str, int]] = []
+
+        async def behind() -> bool:
+            return any([await consumer.position(tp) < end[tp] for tp in start])
+
+        while await behind():
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                for record in records:
+                    event = JobEvent.model_validate_json(record.value)
+                    if str(event.job_id) in jobs:
+                        assert record.key == str(event.job_id).encode()
+                        seen.append((str(event.job_id), event.seq))
+        return seen
+    finally:
+        await consumer.stop()
+
+
+async def end_offsets(config: StackConfig) -> dict[Any, int]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=config.kafka_bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topics.JOB_EVENTS, p) for p in range(topics.DRIVER_TOPIC_PARTITIONS)]
+        consumer.assign(tps)
+        return dict(await consumer.end_offsets(tps))
+    finally:
+        await consumer.stop()
+
+
+def test_the_relay_killed_mid_flight_publishes_every_event_once_in_order(
+    stack: Stack, config: StackConfig, token: Callable[..., str]
+) -> None:
+    start = asyncio.run(end_offsets(config))
+    customer = Caller(config, token, Role.CUSTOMER, f"cus-{uuid.uuid4().hex[:6]}")
+    dispatcher = Caller(config, token, Role.DISPATCHER, "disp-relay")
+
+    def make_job(_: int) -> None:
+        try:
+            job = customer.post("/v1/jobs", BODY).json()
+            dispatcher.post(f"/v1/jobs/{job['job_id']}/assign", {"driver_id": "drv-relay"})
+        except (httpx.HTTPError, KeyError):
+            pass  # the api was killed under this request: whatever it committed must go out
+
+    with ThreadPoolExecutor(8) as pool:
+        first = pool.map(make_job, range(40))
+        wait_for(lambda: True if len(job_ids(config, customer.sub)) >= 10 else None)
+        stack.kill("api-1")  # the relay dies with its process, probably mid-round
+        list(first)
+    stack.start("api-1")
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(make_job, range(10)))
+    expected = job_events(config, customer.sub)
+    wait_for(lambda: True if unsent(config) == 0 else None, timeout_s=60)
+
+    seen = asyncio.run(consume_events(config, start, set(expected)))
+    for job_id, seqs in expected.items():
+        arrived = [seq for j, seq in seen if j == job_id]
+        # Consumers drop a seq they already have; what is left is every event, in order.
+        deduplicated = [seq for n, seq in enumerate(arrived) if seq not in arrived[:n]]
+        assert deduplicated == seqs, job_id
+
+
+def job_ids(config: StackConfig, customer: str) -> list[str]:
+    with psycopg.connect(postgres.dsn(config, "primary")) as conn:
+        rows = conn.execute("SELECT job_id::text FROM jobs WHERE customer_id = %s", [customer])
+        return [r[0] for r in rows.fetchall()]
+
+
+def job_events(config: StackConfig, customer: str) -> dict[str, list[int]]:
+    with psycopg.connect(postgres.dsn(config, "primary")) as conn:
+        rows = conn.execute(
+            "SELECT e.job_id::text, e.seq FROM job_events e WHERE e.job_id IN"
+            " (SELECT job_id FROM jobs WHERE customer_id = %s) ORDER BY e.job_id, e.seq",
+            [customer],
+        ).fetchall()
+    events: dict[str, list[int]] = {}
+    for job_id, seq in rows:
+        events.setdefault(job_id, []).append(seq)
+    return events
+
+
+def unsent(config: StackConfig) -> int:
+    with psycopg.connect(postgres.dsn(config, "primary")) as conn:
+        row = conn.execute("SELECT count(*) FROM outbox WHERE sent_at IS NULL").fetchone()
+    return int(row[0]) if row else -1

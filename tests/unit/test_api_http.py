@@ -40,7 +40,9 @@ def test_database_unavailable_is_a_503_and_a_bad_id_never_reaches_it(tmp_path: P
         return cast(Pool, pool)
 
     app = create_app(
-        ApiSettings(jwt_public_key_path=public), open_read_pool=open_pool, open_write_pool=open_pool
+        ApiSettings(jwt_public_key_path=public, relay_enabled=False),
+        open_read_pool=open_pool,
+        open_write_pool=open_pool,
     )
     ops = {"Authorization": "Bearer " + issue_token(private, sub="ops-1", role=Role.OPS)}
     driver = {"Authorization": "Bearer " + issue_token(private, sub="drv-1", role=Role.DRIVER)}

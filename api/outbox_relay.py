@@ -1,0 +1,84 @@
+"""The outbox relay: publishes `outbox` rows to Kafka in id order, then marks them sent.
+
+It runs in every api process. A transaction-scoped advisory lock lets one relay at a time
+take a round (a session lock would not survive PgBouncer's transaction mode), so rows
+leave in id order, which is seq order per job. A round publishes, awaits the broker's
+acks, and marks its rows sent in the same transaction that holds the lock: a relay killed
+mid-round leaves its rows unmarked, and the next round sends them again, in the same
+order. Nothing is lost or reordered; a consumer drops a seq it already has.
+"""
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from runtime.kafka import AckedProducer, Message, ProduceFailed
+
+log = logging.getLogger(__name__)
+LOCK_KEY = 0x0B0C_5E1A  # "outbox relay"
+
+
+@dataclass(frozen=True)
+class RelayLimits:
+    batch: int = 500
+    # Idle wait between empty rounds: an event waits at most this long (plus the send).
+    poll_s: float = 0.1
+    retry_s: float = 1.0
+
+
+async def relay_round(
+    pool: AsyncConnectionPool[AsyncConnection[Any]], producer: AckedProducer, batch: int
+) -> int:
+    """Publishes up to `batch` unsent rows; returns how many (0: none, or another relay
+    holds the lock)."""
+    async with pool.connection() as conn, conn.transaction():
+        locked = await (
+            await conn.execute("SELECT pg_try_advisory_xact_lock(%s)", [LOCK_KEY])
+        ).fetchone()
+        if locked is None or not locked[0]:
+            return 0
+        rows = await (
+            await conn.execute(
+                "SELECT id, topic, key, payload::text FROM outbox WHERE sent_at IS NULL"
+                " ORDER BY id LIMIT %s",
+                [batch],
+            )
+        ).fetchall()
+        if not rows:
+            return 0
+        await producer.send_all(
+            [Message(topic, key.encode(), payload.encode()) for _, topic, key, payload in rows]
+        )
+        await conn.execute(
+            "UPDATE outbox SET sent_at = now() WHERE id = ANY(%s)", [[row[0] for row in rows]]
+        )
+    return len(rows)
+
+
+async def run(
+    pool: AsyncConnectionPool[AsyncConnection[Any]],
+    producer: AckedProducer,
+    limits: RelayLimits,
+    stopping: asyncio.Event,
+) -> None:
+    """Relays until `stopping` is set. Kafka or the database down: wait and try again."""
+    while not stopping.is_set():
+        try:
+            sent = await relay_round(pool, producer, limits.batch)
+        except (ProduceFailed, psycopg.OperationalError, PoolTimeout) as exc:
+            log.warning("outbox relay round failed, retrying: %r", exc)
+            sent, wait = 0, limits.retry_s
+        except Exception:  # a bug must not end the relay: the rows wait, unmarked
+            log.exception("outbox relay round failed unexpectedly, retrying")
+            sent, wait = 0, limits.retry_s
+        else:
+            wait = limits.poll_s
+        if sent == 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), wait)
