@@ -17,7 +17,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from api import http_errors, outbox_relay
 from api.config import ApiSettings
 from api.errors import DatabaseUnavailable, NotFound
-from api.job_routes import job_router
+from api.job_routes import job_router, share_router
 from api.positions import DriverPosition, read_driver_position
 from runtime.auth import require_role, verifier_from_settings
 from runtime.http import (
@@ -124,6 +124,7 @@ def create_app(
         return require_role(who, [Role.DISPATCHER, Role.OPS])
 
     app.include_router(job_router(pools, principal, db_errors.inc))
+    app.include_router(share_router(pools, db_errors.inc))
 
     @app.get(
         "/v1/drivers/{driver_id}/position",

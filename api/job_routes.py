@@ -3,23 +3,37 @@ now (read-your-writes through the replica is the read path's work, design sectio
 the driver's position comes from the replica."""
 
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 from uuid import UUID
 
 import orjson
 import psycopg
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.responses import Response
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from pydantic import AwareDatetime, BaseModel
 
 from api import job_store
-from api.errors import DatabaseUnavailable, InvalidInput
+from api.errors import DatabaseUnavailable, InvalidInput, NotFound
+from api.eta import estimate
 from api.job_rules import Action, check_creator, check_visible
-from api.positions import read_driver_position
+from api.positions import read_driver_position, read_recent_speed, read_track
+from api.track import feature
 from runtime.http import error_responses, json_response
 from schemas.auth import Principal
-from schemas.jobs import DriverPositionView, Job, JobAssign, JobCreate, JobPage, JobStatus
+from schemas.jobs import (
+    DriverPositionView,
+    Job,
+    JobAssign,
+    JobCreate,
+    JobPage,
+    JobStatus,
+    ShareCreate,
+    SharedJob,
+    ShareLink,
+)
 
 Pool = AsyncConnectionPool[AsyncConnection[Any]]
 IdempotencyKey = Annotated[
@@ -32,6 +46,13 @@ IdempotencyKey = Annotated[
 ]
 # A driver's position shows while the job is under way, not before or after.
 LIVE = frozenset({JobStatus.ASSIGNED, JobStatus.PICKED_UP, JobStatus.COMPLETING})
+RECENT = timedelta(minutes=5)  # the window of the speed the ETA divides by
+# One track answer spans at most this (a day at one fix a second is 86,400 fixes).
+MAX_TRACK = timedelta(hours=48)
+MAX_FIXES = 200_000
+GEOJSON: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"application/geo+json": {"schema": {"type": "object"}}}}
+}
 
 
 def job_router(
@@ -47,7 +68,7 @@ def job_router(
         request: Request,
         key: str | None,
         status: int,
-        work: Callable[[AsyncConnection[Any]], Awaitable[Job]],
+        work: Callable[[AsyncConnection[Any]], Awaitable[BaseModel]],
     ) -> Response:
         """Runs `work` in one transaction on the primary, remembering its answer under the
         Idempotency-Key when there is one (a retry gets that answer, not a second change)."""
@@ -132,6 +153,56 @@ def job_router(
             responses=error_responses(401, 403, 404, 409, 422, 503),
         )
 
+    @router.post(
+        "/{job_id}/share",
+        status_code=201,
+        response_model=ShareLink,
+        summary="A link anyone can open to follow the delivery (its customer or a dispatcher)",
+        responses=error_responses(401, 403, 404, 422, 503),
+    )
+    async def share(
+        job_id: UUID,
+        request: Request,
+        who: Caller,
+        body: ShareCreate | None = None,
+        key: IdempotencyKey = None,
+    ) -> Response:
+        ttl_s = (body or ShareCreate()).ttl_s
+        return await write(
+            who, request, key, 201, lambda conn: job_store.create_share(conn, who, job_id, ttl_s)
+        )
+
+    @router.get(
+        "/{job_id}/track",
+        summary="The driver's track during the job, a GeoJSON Feature with a LineString",
+        responses=GEOJSON | error_responses(401, 404, 422, 503),
+    )
+    async def track(
+        job_id: UUID,
+        who: Caller,
+        start: Annotated[AwareDatetime | None, Query(alias="from")] = None,
+        end: Annotated[AwareDatetime | None, Query(alias="to")] = None,
+    ) -> Response:
+        try:
+            async with pools["write"].connection() as conn:
+                job = await job_store.read(conn, job_id)
+                check_visible(who, job_store.owners(job), job_id)
+                assigned_at, completed_at = await job_store.track_window(conn, job_id)
+            assert job is not None
+            lo, hi = track_span(assigned_at, completed_at, start, end, datetime.now(UTC))
+            points: list[tuple[float, float]] = []
+            if job.driver_id is not None and assigned_at is not None and lo < hi:
+                async with pools["read"].connection() as conn:
+                    points = await read_track(conn, job.driver_id, lo, hi, MAX_FIXES)
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            db_errors()
+            raise DatabaseUnavailable(str(exc)) from exc
+        properties = {"job_id": str(job_id), "driver_id": job.driver_id}
+        return json_response(
+            feature(points, properties, lo, hi),
+            headers={"Content-Type": "application/geo+json"},
+        )
+
     @router.get(
         "/{job_id}",
         response_model=Job,
@@ -144,14 +215,7 @@ def job_router(
                 job = await job_store.read(conn, job_id)
             check_visible(who, job_store.owners(job), job_id)
             assert job is not None
-            if job.driver_id is not None and job.status in LIVE:
-                async with pools["read"].connection() as conn:
-                    position = await read_driver_position(conn, job.driver_id)
-                if position is not None:
-                    job.driver_position = DriverPositionView(
-                        lat=position.lat, lon=position.lon, ts=position.ts,
-                        speed_mps=position.speed_mps,
-                    )  # fmt: skip
+            await with_live_position(pools["read"], job)
         except (psycopg.OperationalError, PoolTimeout) as exc:
             db_errors()
             raise DatabaseUnavailable(str(exc)) from exc
@@ -181,6 +245,90 @@ def job_router(
         return json_response(result.model_dump(mode="json"))
 
     return router
+
+
+# A share token as job_store.create_share makes them (token_urlsafe(24): 32 characters).
+ShareToken = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{16,64}$")]
+# Public and the same for everyone: an edge cache may keep it briefly and serve it stale
+# while it refreshes (design section 14).
+SHARE_CACHE_CONTROL = "public, max-age=5, stale-while-revalidate=30"
+
+
+def share_router(pools: dict[str, Pool], db_errors: Callable[[], None]) -> APIRouter:
+    router = APIRouter(prefix="/v1/share", tags=["share"])
+
+    @router.get(
+        "/{token}",
+        response_model=SharedJob,
+        summary="A shared job, public: status, the driver's position and the ETA",
+        responses=error_responses(404, 422, 503),
+    )
+    async def shared(token: ShareToken) -> Response:
+        try:
+            async with pools["write"].connection() as conn:
+                found = await job_store.read_share(conn, token)
+            if found is None:
+                raise NotFound("no such share link, or it has expired")
+            job, expires_at = found
+            await with_live_position(pools["read"], job)
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            db_errors()
+            raise DatabaseUnavailable(str(exc)) from exc
+        view = SharedJob(
+            status=job.status,
+            driver_position=job.driver_position,
+            eta_seconds=job.eta_seconds,
+            eta_basis=job.eta_basis,
+            updated_at=job.updated_at,
+            expires_at=expires_at,
+        )
+        return json_response(
+            view.model_dump(mode="json"), headers={"Cache-Control": SHARE_CACHE_CONTROL}
+        )
+
+    return router
+
+
+def track_span(
+    assigned_at: datetime | None,
+    completed_at: datetime | None,
+    start: datetime | None,
+    end: datetime | None,
+    now: datetime,
+) -> tuple[datetime, datetime]:
+    """The job's window (its assignment to its completion, or now) narrowed by from/to, at
+    most MAX_TRACK long: the latest part when `from` is not given, else from `from` on."""
+    if start is not None and end is not None:
+        if start >= end:
+            raise InvalidInput("`from` must be before `to`")
+        if end - start > MAX_TRACK:
+            raise InvalidInput(f"from/to span at most {MAX_TRACK}")
+    lo = max(filter(None, (assigned_at, start)), default=now)
+    hi = min(filter(None, (completed_at, end, now)))
+    if hi - lo > MAX_TRACK:
+        lo, hi = (hi - MAX_TRACK, hi) if start is None else (lo, lo + MAX_TRACK)
+    return lo, max(lo, hi)
+
+
+async def with_live_position(pool: Pool, job: Job) -> None:
+    """Adds the driver's position and the ETA while the job is under way (replica reads:
+    the position and the speed come from the stream's tables, never joined to jobs)."""
+    if job.driver_id is None or job.status not in LIVE:
+        return
+    now = datetime.now(UTC)
+    async with pool.connection() as conn:
+        position = await read_driver_position(conn, job.driver_id)
+        speed = await read_recent_speed(conn, job.driver_id, now - RECENT)
+    if position is None:
+        return
+    job.driver_position = DriverPositionView(
+        lat=position.lat, lon=position.lon, ts=position.ts, speed_mps=position.speed_mps
+    )
+    stops = [job.dropoff] if job.status != JobStatus.ASSIGNED else [job.pickup, job.dropoff]
+    eta = estimate(
+        (position.lat, position.lon), position.ts, speed, [(p.lat, p.lon) for p in stops], now
+    )
+    job.eta_seconds, job.eta_basis = eta.seconds, eta.basis
 
 
 def _json_bytes(body: bytes, status: int) -> Response:

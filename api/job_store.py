@@ -4,6 +4,7 @@ seq comes from the job row, which the transaction holds locked."""
 
 import base64
 import hashlib
+import secrets
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -14,11 +15,20 @@ from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from uuid6 import uuid7
 
-from api.errors import IdempotencyKeyReused
+from api.errors import Forbidden, IdempotencyKeyReused
 from api.job_rules import Action, Owners, check_visible, next_status
 from schemas import topics
 from schemas.auth import Principal, Role
-from schemas.jobs import EventType, Job, JobCreate, JobEvent, JobPage, JobStatus, Point
+from schemas.jobs import (
+    EventType,
+    Job,
+    JobCreate,
+    JobEvent,
+    JobPage,
+    JobStatus,
+    Point,
+    ShareLink,
+)
 
 _COLUMNS = (
     "job_id, status, customer_id, driver_id, pickup_lat, pickup_lon, dropoff_lat,"
@@ -216,3 +226,53 @@ async def remember(
 
 
 UniqueViolation = psycopg.errors.UniqueViolation
+
+
+# --- share links --------------------------------------------------------------------------
+
+
+def _token_hash(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+async def create_share(
+    conn: AsyncConnection[Any], who: Principal, job_id: UUID, ttl_s: int
+) -> ShareLink:
+    """A new link to a job the caller may share; only the token's hash is stored."""
+    job = await read(conn, job_id)
+    check_visible(who, owners(job), job_id)
+    if who.role not in (Role.CUSTOMER, Role.DISPATCHER):
+        raise Forbidden(f"role {who.role.value!r} may not share jobs")
+    token = secrets.token_urlsafe(24)
+    cur = await conn.execute(
+        "INSERT INTO share_links (token_hash, job_id, created_by, expires_at)"
+        " VALUES (%s, %s, %s, now() + make_interval(secs => %s)) RETURNING expires_at",
+        [_token_hash(token), job_id, who.sub, ttl_s],
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    return ShareLink(token=token, url=f"/v1/share/{token}", expires_at=row[0])
+
+
+async def read_share(conn: AsyncConnection[Any], token: str) -> tuple[Job, datetime] | None:
+    """The shared job and the link's expiry; None for an unknown or expired token."""
+    cur = await conn.execute(
+        "SELECT job_id, expires_at FROM share_links WHERE token_hash = %s AND expires_at > now()",
+        [_token_hash(token)],
+    )
+    row = await cur.fetchone()
+    if row is None:
+        return None
+    job = await read(conn, row[0])
+    return None if job is None else (job, row[1])
+
+
+async def track_window(
+    conn: AsyncConnection[Any], job_id: UUID
+) -> tuple[datetime | None, datetime | None]:
+    """When the job's driver was last assigned, and when it was completed (if it was)."""
+    cur = await conn.execute(
+        "SELECT assigned_at, completed_at FROM jobs WHERE job_id = %s", [job_id]
+    )
+    row = await cur.fetchone()
+    return (None, None) if row is None else (row[0], row[1])

@@ -26,3 +26,31 @@ async def read_driver_position(conn: AsyncConnection[Any], driver_id: str) -> Dr
             [driver_id],
         )
         return await cur.fetchone()
+
+
+async def read_recent_speed(
+    conn: AsyncConnection[Any], driver_id: str, since: datetime
+) -> float | None:
+    """The driver's average speed since `since` (stops included), from the minute
+    aggregates; None when no ping in that time carried a speed."""
+    cur = await conn.execute(
+        "SELECT sum(avg_speed_mps * pings) / nullif(sum(pings), 0) FROM driver_stats_1m"
+        " WHERE driver_id = %s AND bucket >= date_trunc('minute', %s::timestamptz)"
+        " AND avg_speed_mps IS NOT NULL",
+        [driver_id, since],
+    )
+    row = await cur.fetchone()
+    return None if row is None or row[0] is None else float(row[0])
+
+
+async def read_track(
+    conn: AsyncConnection[Any], driver_id: str, start: datetime, end: datetime, limit: int
+) -> list[tuple[float, float]]:
+    """(lon, lat) of the driver's valid fixes in [start, end), oldest first; the pings that
+    count everywhere else too (all but `future` and `teleport`)."""
+    cur = await conn.execute(
+        "SELECT lon, lat FROM pings WHERE driver_id = %s AND ts >= %s AND ts < %s"
+        " AND NOT (flags && '{future,teleport}'::text[]) ORDER BY ts LIMIT %s",
+        [driver_id, start, end, limit],
+    )
+    return [(float(lon), float(lat)) for lon, lat in await cur.fetchall()]

@@ -65,7 +65,10 @@ class Job(BaseModel):
     created_at: datetime
     updated_at: datetime
     driver_position: DriverPositionView | None = None
+    # Seconds to the dropoff while the job is under way; `eta_basis` says whether it rests
+    # on a live position or falls back to a typical speed (no recent fix).
     eta_seconds: int | None = None
+    eta_basis: Literal["live", "stale_position"] | None = None
 
 
 class JobPage(BaseModel):
@@ -90,3 +93,27 @@ class JobEvent(BaseModel):
     status: JobStatus
     at: datetime
     data: dict[str, Any] = Field(default_factory=dict)
+
+
+class ShareCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # How long the link works: a minute to a week (a day by default).
+    ttl_s: Annotated[int, Field(ge=60, le=7 * 24 * 3600)] = 24 * 3600
+
+
+class ShareLink(BaseModel):
+    token: str
+    url: str
+    expires_at: datetime
+
+
+class SharedJob(BaseModel):
+    """What a share link shows: where the delivery is, never who ordered it or what."""
+
+    status: JobStatus
+    driver_position: DriverPositionView | None
+    eta_seconds: int | None
+    eta_basis: Literal["live", "stale_position"] | None
+    updated_at: datetime
+    expires_at: datetime

@@ -5,7 +5,7 @@ import asyncio
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -20,7 +20,7 @@ from schemas import topics
 from schemas.auth import Role
 from schemas.jobs import JobEvent
 from tests.integration.conftest import wait_for
-from tests.integration.driving import ping_at, post
+from tests.integration.driving import ping_at, post, stored
 
 pytestmark = pytest.mark.integration
 
@@ -95,6 +95,8 @@ def test_a_job_goes_from_created_to_picked_up_with_an_event_per_change(
     assert seen["status"] == "assigned" and seen["driver_position"]["lat"] == pytest.approx(
         12.97, abs=0.01
     )
+    # Via the pickup (where the driver stands) to the dropoff, 5 km away: minutes, not hours.
+    assert seen["eta_basis"] == "live" and 300 < seen["eta_seconds"] < 3600
     r = driver.post(f"{path}/pickup")
     assert (r.status_code, r.json()["status"], r.json()["seq"]) == (200, "picked_up", 3)
     assert driver.get(path).json()["status"] == "picked_up"
@@ -331,3 +333,73 @@ def unsent(config: StackConfig) -> int:
     with psycopg.connect(postgres.dsn(config, "primary")) as conn:
         row = conn.execute("SELECT count(*) FROM outbox WHERE sent_at IS NULL").fetchone()
     return int(row[0]) if row else -1
+
+
+def test_a_share_link_shows_the_delivery_to_anyone_until_it_expires(
+    config: StackConfig, people: dict[str, Caller]
+) -> None:
+    customer, dispatcher = people["customer"], people["dispatcher"]
+    job = customer.post("/v1/jobs", BODY | {"reference": "secret order"}).json()
+    path = f"/v1/jobs/{job['job_id']}"
+    assert people["other_customer"].post(f"{path}/share").status_code == 404
+    assert people["ops"].post(f"{path}/share").status_code == 403
+    r = customer.post(f"{path}/share", {"ttl_s": 600})
+    assert r.status_code == 201, r.text
+    link = r.json()
+    assert link["url"] == f"/v1/share/{link['token']}"
+    public = httpx.get(customer.base + link["url"])  # no token: the link is the credential
+    assert public.status_code == 200
+    assert public.headers["Cache-Control"].startswith("public")
+    view = public.json()
+    assert view["status"] == "created" and view["expires_at"] == link["expires_at"]
+    # Nothing of the customer's: who they are, what the order is, where from.
+    assert not {"customer_id", "reference", "pickup", "job_id"} & set(view)
+    assert "secret order" not in public.text and customer.sub not in public.text
+
+    dispatcher.post(f"{path}/assign", {"driver_id": people["driver"].sub})
+    assert httpx.get(customer.base + link["url"]).json()["status"] == "assigned"
+    # Unknown, malformed and expired links are all simply not there.
+    assert httpx.get(customer.base + "/v1/share/" + "A" * 32).status_code == 404
+    assert httpx.get(customer.base + "/v1/share/bad%20token").status_code == 422
+    with psycopg.connect(postgres.dsn(config, "primary"), autocommit=True) as conn:
+        conn.execute(
+            "UPDATE share_links SET expires_at = now() - interval '1 second' WHERE job_id = %s",
+            [job["job_id"]],
+        )
+    expired = httpx.get(customer.base + link["url"])
+    assert expired.status_code == 404 and expired.json()["error"]["code"] == "not_found"
+    assert customer.post(f"{path}/share", {"ttl_s": 10}).status_code == 422  # under a minute
+
+
+def test_the_track_is_the_drivers_valid_fixes_during_the_job(
+    config: StackConfig, people: dict[str, Caller], token: Callable[..., str]
+) -> None:
+    customer, driver = people["customer"], people["driver"]
+    job = customer.post("/v1/jobs", BODY).json()
+    path = f"/v1/jobs/{job['job_id']}"
+    assert customer.get(f"{path}/track").json()["geometry"] is None  # nobody assigned
+    # Before the assignment: not part of the job's track.
+    jwt = token(Role.DRIVER, driver.sub)
+    post(config, jwt, [ping_at(datetime.now(UTC) - timedelta(seconds=30), -500)])
+    wait_for(lambda: True if len(stored(config, driver.sub)) == 1 else None)
+    people["dispatcher"].post(f"{path}/assign", {"driver_id": driver.sub})
+    start = datetime.now(UTC)
+    fixes = [ping_at(start + timedelta(milliseconds=100 * i), 1.0 * i) for i in range(1, 40)]
+    fixes.append(ping_at(start + timedelta(seconds=4), 20_000))  # a teleport: not in a track
+    post(config, jwt, fixes)
+    wait_for(lambda: True if len(stored(config, driver.sub)) == 41 else None)
+    r = wait_for(
+        lambda: (
+            r if (r := customer.get(f"{path}/track")).json()["properties"]["fixes"] == 39 else None
+        )
+    )
+    assert r.headers["Content-Type"].startswith("application/geo+json")
+    body = r.json()
+    line = body["geometry"]["coordinates"]
+    # A straight drive east: its ends are enough.
+    assert body["geometry"]["type"] == "LineString" and len(line) == 2
+    assert line[0] == pytest.approx([fixes[0]["lon"], fixes[0]["lat"]])
+    assert line[-1] == pytest.approx([fixes[38]["lon"], fixes[38]["lat"]])
+    assert people["other_customer"].get(f"{path}/track").status_code == 404
+    late, early = start.isoformat(), (start - timedelta(hours=1)).isoformat()
+    assert customer.get(f"{path}/track", **{"from": late, "to": early}).status_code == 422
