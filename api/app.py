@@ -15,9 +15,10 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from api import http_errors, outbox_relay
+from api.blobs import DirectoryBlobStore
 from api.config import ApiSettings
 from api.errors import DatabaseUnavailable, NotFound
-from api.job_routes import job_router, share_router
+from api.job_routes import job_router, share_router, task_router
 from api.positions import DriverPosition, read_driver_position
 from runtime.auth import require_role, verifier_from_settings
 from runtime.http import (
@@ -123,7 +124,9 @@ def create_app(
     async def dispatcher_or_ops(who: Annotated[Principal, Depends(principal)]) -> Principal:
         return require_role(who, [Role.DISPATCHER, Role.OPS])
 
-    app.include_router(job_router(pools, principal, db_errors.inc))
+    blobs = DirectoryBlobStore(settings.blob_dir)
+    app.include_router(job_router(pools, principal, db_errors.inc, blobs, settings.body_timeout_s))
+    app.include_router(task_router(pools, principal, db_errors.inc))
     app.include_router(share_router(pools, db_errors.inc))
 
     @app.get(

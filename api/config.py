@@ -1,5 +1,7 @@
 """Api settings (env prefix API_)."""
 
+from pathlib import Path
+
 from pydantic_settings import SettingsConfigDict
 
 from runtime.settings import HttpServiceSettings
@@ -15,6 +17,8 @@ class ApiSettings(HttpServiceSettings):
     # path checks the replica has replayed the caller's writes).
     write_dsn: str = "host=127.0.0.1 port=16432 dbname=telemetry user=telemetry"
     pool_max_size: int = 10
+    # Uploads (proof photos), shared with the photo worker: a directory both can reach.
+    blob_dir: Path = Path(".telemetry/blobs")
     # The outbox relay (api/outbox_relay.py) runs in every api process; one publishes at
     # a time.
     kafka_bootstrap: str = "127.0.0.1:19092"

@@ -27,3 +27,11 @@ class IdempotencyKeyReused(ApiServiceError):
 
 class InvalidInput(ApiServiceError):
     """A parameter that passed its schema but is not valid (a cursor this api never made)."""
+
+
+class PhotoTooLarge(ApiServiceError):
+    """An upload past its size limit (refused before it is read whole)."""
+
+
+class InvalidPhoto(ApiServiceError):
+    """Not a JPEG or PNG image, broken, or a decompression bomb."""

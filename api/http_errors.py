@@ -9,7 +9,9 @@ from api.errors import (
     Forbidden,
     IdempotencyKeyReused,
     InvalidInput,
+    InvalidPhoto,
     NotFound,
+    PhotoTooLarge,
 )
 from runtime.http import ApiError, map_errors
 
@@ -24,6 +26,10 @@ def to_api_error(exc: Exception) -> ApiError:
             return ApiError(409, str(exc))
         case InvalidInput():
             return ApiError(422, str(exc))
+        case InvalidPhoto():
+            return ApiError(422, str(exc), code="invalid_photo")
+        case PhotoTooLarge():
+            return ApiError(413, str(exc))
         case IdempotencyKeyReused():
             return ApiError(422, str(exc), code="idempotency_key_reused")
         case DatabaseUnavailable():
@@ -34,6 +40,15 @@ def to_api_error(exc: Exception) -> ApiError:
 def install(app: FastAPI) -> None:
     map_errors(
         app,
-        (NotFound, Forbidden, Conflict, InvalidInput, IdempotencyKeyReused, DatabaseUnavailable),
+        (
+            NotFound,
+            Forbidden,
+            Conflict,
+            InvalidInput,
+            InvalidPhoto,
+            PhotoTooLarge,
+            IdempotencyKeyReused,
+            DatabaseUnavailable,
+        ),
         to_api_error,
     )

@@ -2,7 +2,8 @@
 now (read-your-writes through the replica is the read path's work, design section 14);
 the driver's position comes from the replica."""
 
-from collections.abc import Awaitable, Callable
+import asyncio
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 from uuid import UUID
@@ -14,14 +15,18 @@ from fastapi.responses import Response
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from pydantic import AwareDatetime, BaseModel
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
 
 from api import job_store
-from api.errors import DatabaseUnavailable, InvalidInput, NotFound
+from api.blobs import BlobStore
+from api.errors import DatabaseUnavailable, InvalidInput, InvalidPhoto, NotFound, PhotoTooLarge
 from api.eta import estimate
-from api.job_rules import Action, check_creator, check_visible
+from api.job_rules import Action, check_allowed, check_creator, check_visible
+from api.photos import check_photo
 from api.positions import read_driver_position, read_recent_speed, read_track
 from api.track import feature
-from runtime.http import error_responses, json_response
+from runtime.http import ApiError, error_responses, json_response, read_body_limited
 from schemas.auth import Principal
 from schemas.jobs import (
     DriverPositionView,
@@ -34,6 +39,7 @@ from schemas.jobs import (
     SharedJob,
     ShareLink,
 )
+from schemas.tasks import MAX_PHOTO_BYTES, Task, TaskAccepted
 
 Pool = AsyncConnectionPool[AsyncConnection[Any]]
 IdempotencyKey = Annotated[
@@ -59,6 +65,8 @@ def job_router(
     pools: dict[str, Pool],
     principal: Callable[..., Awaitable[Principal]],
     db_errors: Callable[[], None],
+    blobs: BlobStore,
+    body_timeout_s: float,
 ) -> APIRouter:
     router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
     Caller = Annotated[Principal, Depends(principal)]
@@ -69,10 +77,14 @@ def job_router(
         key: str | None,
         status: int,
         work: Callable[[AsyncConnection[Any]], Awaitable[BaseModel]],
+        content: bytes | None = None,
     ) -> Response:
         """Runs `work` in one transaction on the primary, remembering its answer under the
-        Idempotency-Key when there is one (a retry gets that answer, not a second change)."""
-        digest = job_store.request_hash(request.method, request.url.path, await request.body())
+        Idempotency-Key when there is one (a retry gets that answer, not a second change).
+        `content`: what identifies the request when its raw body does not (an upload)."""
+        if content is None:
+            content = await request.body()
+        digest = job_store.request_hash(request.method, request.url.path, content)
         for attempt in (1, 2):
             try:
                 async with pools["write"].connection() as conn, conn.transaction():
@@ -151,6 +163,40 @@ def job_router(
             summary=summary,
             name=f"{action.value}_job",
             responses=error_responses(401, 403, 404, 409, 422, 503),
+        )
+
+    @router.post(
+        "/{job_id}/complete",
+        status_code=202,
+        response_model=TaskAccepted,
+        summary="The assigned driver delivers, with a proof photo; a worker finishes the job",
+        openapi_extra=PHOTO_BODY,
+        responses=error_responses(401, 403, 404, 408, 409, 413, 422, 503),
+    )
+    async def complete(
+        job_id: UUID, request: Request, who: Caller, key: IdempotencyKey = None
+    ) -> Response:
+        # Who may complete, before a byte of the upload is read; the write's transaction
+        # checks it again, and the status after an Idempotency-Key's replay.
+        try:
+            async with pools["write"].connection() as conn:
+                job = await job_store.read(conn, job_id)
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            db_errors()
+            raise DatabaseUnavailable(str(exc)) from exc
+        owners = check_visible(who, job_store.owners(job), job_id)
+        assert job is not None
+        check_allowed(who, Action.COMPLETE, owners)
+        photo = await read_photo(request, body_timeout_s)
+        check_photo(photo)  # the header only: decoding is the worker's
+        blob = await asyncio.to_thread(blobs.put, photo)
+        return await write(
+            who,
+            request,
+            key,
+            202,
+            lambda conn: job_store.complete(conn, who, job_id, blob),
+            content=blob.encode(),  # the photo's digest: a retry's multipart boundary differs
         )
 
     @router.post(
@@ -245,6 +291,85 @@ def job_router(
         return json_response(result.model_dump(mode="json"))
 
     return router
+
+
+def task_router(
+    pools: dict[str, Pool],
+    principal: Callable[..., Awaitable[Principal]],
+    db_errors: Callable[[], None],
+) -> APIRouter:
+    router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
+
+    @router.get(
+        "/{task_id}",
+        response_model=Task,
+        summary="A background task (the polling fallback to the push)",
+        responses=error_responses(401, 404, 422, 503),
+    )
+    async def get_task(task_id: UUID, who: Annotated[Principal, Depends(principal)]) -> Response:
+        try:
+            # The primary: a task's status is read right after the write that made it.
+            async with pools["write"].connection() as conn:
+                task = await job_store.read_task(conn, task_id)
+                job = await job_store.read(conn, task.job_id) if task and task.job_id else None
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            db_errors()
+            raise DatabaseUnavailable(str(exc)) from exc
+        # A task is visible to whoever sees its job.
+        check_visible(who, job_store.owners(job), task_id)
+        assert task is not None
+        return json_response(task.model_dump(mode="json"))
+
+    return router
+
+
+PHOTO_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["photo"],
+                    "properties": {"photo": {"type": "string", "format": "binary"}},
+                }
+            }
+        },
+    }
+}
+# Room for the multipart framing around the largest photo.
+MULTIPART_OVERHEAD = 64 * 1024
+
+
+async def read_photo(request: Request, timeout_s: float) -> bytes:
+    """The `photo` part of a multipart body; 413 as soon as the body passes the limit (before
+    it is read whole), 422 when it is not multipart or has no photo."""
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise InvalidPhoto("send the photo as multipart/form-data, in a part named `photo`")
+    try:
+        body = await read_body_limited(request, MAX_PHOTO_BYTES + MULTIPART_OVERHEAD, timeout_s)
+    except ApiError as exc:
+        if exc.status == 413:
+            raise PhotoTooLarge(f"photo larger than {MAX_PHOTO_BYTES} bytes") from exc
+        raise
+
+    async def chunks() -> AsyncGenerator[bytes, None]:
+        yield body
+
+    parser = MultiPartParser(
+        request.headers, chunks(), max_files=1, max_fields=8, max_part_size=64 * 1024
+    )
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        raise InvalidPhoto(f"malformed multipart body: {exc.message}") from exc
+    try:
+        photo = form.get("photo")
+        if not isinstance(photo, UploadFile):
+            raise InvalidPhoto("no `photo` file part in the body")
+        return await photo.read()
+    finally:
+        await form.close()
 
 
 # A share token as job_store.create_share makes them (token_urlsafe(24): 32 characters).

@@ -15,6 +15,7 @@ class Action(StrEnum):
     PICKUP = "pickup"
     COMPLETE = "complete"  # the proof is accepted; a worker finishes it
     FINISH = "finish"  # the worker, after processing the proof
+    REFUSE_PROOF = "refuse_proof"  # the worker: the proof was broken; the driver sends another
     CANCEL = "cancel"
 
 
@@ -36,6 +37,7 @@ RULES: dict[Action, Rule] = {
     Action.PICKUP: Rule(frozenset({Role.DRIVER}), frozenset({S.ASSIGNED}), S.PICKED_UP, True),
     Action.COMPLETE: Rule(frozenset({Role.DRIVER}), frozenset({S.PICKED_UP}), S.COMPLETING, True),
     Action.FINISH: Rule(frozenset(), frozenset({S.COMPLETING}), S.COMPLETED),
+    Action.REFUSE_PROOF: Rule(frozenset(), frozenset({S.COMPLETING}), S.PICKED_UP),
     # Once the goods are picked up, the job ends by delivery, not by a cancel.
     Action.CANCEL: Rule(
         frozenset({Role.CUSTOMER, Role.DISPATCHER}), frozenset({S.CREATED, S.ASSIGNED}), S.CANCELLED
@@ -78,13 +80,19 @@ def next_status(who: Principal | None, action: Action, job: Owners, status: JobS
     platform itself, such as the proof worker). Raises Forbidden or Conflict."""
     rule = RULES[action]
     if who is not None:
-        if who.role not in rule.roles:
-            raise Forbidden(f"role {who.role.value!r} may not {action.value} a job")
-        if rule.assigned_driver_only and job.driver_id != who.sub:
-            raise Forbidden(f"only the assigned driver may {action.value} this job")
+        check_allowed(who, action, job)
     if status not in rule.before:
         raise Conflict(f"cannot {action.value} a job that is {status.value}")
     return rule.after
+
+
+def check_allowed(who: Principal, action: Action, job: Owners) -> None:
+    """Forbidden unless the caller may take `action` on this job, whatever its status."""
+    rule = RULES[action]
+    if who.role not in rule.roles:
+        raise Forbidden(f"role {who.role.value!r} may not {action.value} a job")
+    if rule.assigned_driver_only and job.driver_id != who.sub:
+        raise Forbidden(f"only the assigned driver may {action.value} this job")
 
 
 def check_creator(who: Principal, customer_id: str | None) -> str | None:

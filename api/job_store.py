@@ -29,6 +29,7 @@ from schemas.jobs import (
     Point,
     ShareLink,
 )
+from schemas.tasks import ProofPhotoTask, Task, TaskAccepted
 
 _COLUMNS = (
     "job_id, status, customer_id, driver_id, pickup_lat, pickup_lon, dropoff_lat,"
@@ -276,3 +277,36 @@ async def track_window(
     )
     row = await cur.fetchone()
     return (None, None) if row is None else (row[0], row[1])
+
+
+# --- completion and its task ---------------------------------------------------------------
+
+
+async def complete(
+    conn: AsyncConnection[Any], who: Principal, job_id: UUID, blob: str
+) -> TaskAccepted:
+    """The driver's completion: the job moves to `completing`, a task to process the proof
+    is written, and its `tasks.v1` record goes through the outbox, all in one transaction."""
+    await transition(conn, who, job_id, Action.COMPLETE)
+    task = ProofPhotoTask(task_id=uuid7(), job_id=job_id, blob=blob)
+    await conn.execute(
+        "INSERT INTO tasks (task_id, kind, job_id, status, input)"
+        " VALUES (%s, %s, %s, 'pending', %s)",
+        [task.task_id, task.kind, job_id, orjson.dumps({"blob": blob}).decode()],
+    )
+    await conn.execute(
+        "INSERT INTO outbox (topic, key, payload) VALUES (%s, %s, %s)",
+        [topics.TASKS, str(job_id), task.model_dump_json()],
+    )
+    return TaskAccepted(task_id=task.task_id)
+
+
+async def read_task(conn: AsyncConnection[Any], task_id: UUID) -> Task | None:
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            "SELECT task_id, kind, job_id, status, result, error, created_at, updated_at"
+            " FROM tasks WHERE task_id = %s",
+            [task_id],
+        )
+        row = await cur.fetchone()
+    return None if row is None else Task.model_validate(row)

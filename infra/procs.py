@@ -179,8 +179,10 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
-def ensure_port_free(port: int, what: str, env_var: str) -> None:
-    if port_open(port):
+def ensure_port_free(port: int, what: str, env_var: str, grace_s: float = 5.0) -> None:
+    # A process just killed may hold its port a moment longer: its main thread is a zombie
+    # (so it counts as gone) while its other threads still exit, with the socket open.
+    if port_open(port) and not wait_until(lambda: not port_open(port), grace_s, 0.05):
         raise StackError(
             f"port {port} for {what} is already in use by another process; "
             f"stop that process or choose another port with {env_var}=<port>"

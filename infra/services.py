@@ -1,4 +1,5 @@
-"""Our own service processes (ingest, streams, api), started with settings passed by env."""
+"""Our own service processes (ingest, streams, api, the photo worker), started with settings
+passed by env."""
 
 import sys
 from dataclasses import dataclass
@@ -66,10 +67,29 @@ def specs(config: StackConfig) -> list[ServiceSpec]:
             "API_READ_DSN": pgbouncer.dsn(config, read_only=True),
             "API_WRITE_DSN": pgbouncer.dsn(config, read_only=False),
             "API_KAFKA_BOOTSTRAP": config.kafka_bootstrap,
+            "API_BLOB_DIR": str(config.state_dir / "blobs"),
         }
         result.append(
             ServiceSpec(
                 f"api-{i + 1}", "api", port, env, "TELEMETRY_API_PORT", ("pgbouncer", "kafka")
+            )
+        )
+    for i in range(config.photo_workers):
+        port = config.photo_worker_port + i
+        env = {
+            "PHOTO_WORKER_PORT": str(port),
+            "PHOTO_WORKER_KAFKA_BOOTSTRAP": config.kafka_bootstrap,
+            "PHOTO_WORKER_DATABASE_DSN": pgbouncer.dsn(config, read_only=False),
+            "PHOTO_WORKER_BLOB_DIR": str(config.state_dir / "blobs"),
+        }
+        result.append(
+            ServiceSpec(
+                f"photo-worker-{i + 1}",
+                "api.photo_worker",
+                port,
+                env,
+                "TELEMETRY_PHOTO_WORKER_PORT",
+                ("kafka", "pgbouncer"),
             )
         )
     return result

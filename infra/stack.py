@@ -274,7 +274,7 @@ def scratch_config(prefix: str, **overrides: object) -> StackConfig:
     names = (
         "kafka_port", "kafka_controller_port", "postgres_primary_port",
         "postgres_replica_port", "pgbouncer_port", "redis_port",
-        "ingest_port", "api_port", "streams_web_port",
+        "ingest_port", "api_port", "streams_web_port", "photo_worker_port",
     )  # fmt: skip
     ports: dict[str, int] = {}
     taken: set[int] = set()

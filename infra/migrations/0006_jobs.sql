@@ -56,7 +56,7 @@ CREATE TABLE tasks (
     task_id     uuid        PRIMARY KEY,
     kind        text        NOT NULL,
     job_id      uuid        REFERENCES jobs (job_id),
-    status      text        NOT NULL CHECK (status IN ('pending', 'running', 'done', 'failed')),
+    status      text        NOT NULL CHECK (status IN ('pending', 'done', 'failed')),
     input       jsonb       NOT NULL DEFAULT '{}',
     result      jsonb,
     error       text,

@@ -6,13 +6,17 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from functools import partial
+from io import BytesIO
 from typing import Any
 
 import httpx
 import psycopg
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from PIL import ExifTags, Image
 
+from api.blobs import DirectoryBlobStore
 from infra import postgres
 from infra.config import StackConfig
 from infra.stack import Stack
@@ -63,7 +67,8 @@ def events(config: StackConfig, job_id: str) -> list[tuple[int, str, str]]:
             [job_id],
         ).fetchall()
         outbox = conn.execute(
-            "SELECT (payload ->> 'seq')::int FROM outbox WHERE key = %s ORDER BY id", [job_id]
+            "SELECT (payload ->> 'seq')::int FROM outbox WHERE key = %s AND topic = %s ORDER BY id",
+            [job_id, topics.JOB_EVENTS],
         ).fetchall()
     # Every event has its outbox row, in the same order.
     assert [r[0] for r in outbox] == [r[0] for r in rows]
@@ -403,3 +408,113 @@ def test_the_track_is_the_drivers_valid_fixes_during_the_job(
     assert people["other_customer"].get(f"{path}/track").status_code == 404
     late, early = start.isoformat(), (start - timedelta(hours=1)).isoformat()
     assert customer.get(f"{path}/track", **{"from": late, "to": early}).status_code == 422
+
+
+def jpeg(size: tuple[int, int] = (1200, 900), gps: bool = True) -> bytes:
+    image = Image.new("RGB", size, (30, 140, 90))
+    out = BytesIO()
+    exif = Image.Exif()
+    if gps:
+        exif[ExifTags.Base.GPSInfo] = {1: "N", 2: (12.0, 58.0, 1.0)}
+    image.save(out, format="JPEG", exif=exif)
+    return out.getvalue()
+
+
+def picked_up_job(people: dict[str, Caller]) -> str:
+    job = people["customer"].post("/v1/jobs", BODY).json()
+    path = f"/v1/jobs/{job['job_id']}"
+    people["dispatcher"].post(f"{path}/assign", {"driver_id": people["driver"].sub})
+    assert people["driver"].post(f"{path}/pickup").status_code == 200
+    return path
+
+
+def send_photo(
+    driver: Caller, path: str, photo: bytes, key: str | None = None, name: str = "photo"
+) -> httpx.Response:
+    headers = driver.headers | ({"Idempotency-Key": key} if key else {})
+    return httpx.post(
+        f"{driver.base}{path}/complete",
+        files={name: ("proof.jpg", photo, "image/jpeg")},
+        headers=headers,
+    )
+
+
+def task_done(caller: Caller, task_id: str) -> dict[str, Any] | None:
+    task = caller.get(f"/v1/tasks/{task_id}").json()
+    return task if task["status"] != "pending" else None
+
+
+def test_complete_answers_202_and_the_worker_completes_the_job(
+    config: StackConfig, people: dict[str, Caller]
+) -> None:
+    customer, driver = people["customer"], people["driver"]
+    path = picked_up_job(people)
+    assert customer.post(f"{path}/complete").status_code == 403  # the assigned driver only
+    key = uuid.uuid4().hex
+    r = send_photo(driver, path, jpeg(), key)
+    assert r.status_code == 202, r.text
+    task_id = r.json()["task_id"]
+    assert send_photo(driver, path, jpeg(), key).json() == r.json()  # a retry: same task
+    task = wait_for(lambda: task_done(customer, task_id))
+    assert task["status"] == "done" and task["error"] is None
+    assert len(task["result"]["sha256"]) == 64
+    assert customer.get(path).json()["status"] == "completed"
+    job_id = path.rsplit("/", 1)[1]
+    assert [e[1] for e in events(config, job_id)][-2:] == ["job.status", "job.completed"]
+    # The stored proof carries no location.
+    blobs = DirectoryBlobStore(config.state_dir / "blobs")
+    clean = Image.open(BytesIO(blobs.get(task["result"]["photo"])))
+    assert not clean.getexif()
+    assert people["other_customer"].get(f"/v1/tasks/{task_id}").status_code == 404
+    assert send_photo(driver, path, jpeg()).status_code == 409  # completed already
+
+
+def test_a_bad_proof_is_refused_and_a_broken_one_sends_the_job_back(
+    people: dict[str, Caller],
+) -> None:
+    driver = people["driver"]
+    path = picked_up_job(people)
+    for photo, status in (
+        (b"not an image at all", 422),
+        (b"\xff" * (10 * 1024 * 1024 + 1), 413),
+    ):
+        r = send_photo(driver, path, photo)
+        assert r.status_code == status, r.text
+    assert send_photo(driver, path, jpeg(), name="picture").status_code == 422  # no `photo`
+    r = httpx.post(f"{driver.base}{path}/complete", json={}, headers=driver.headers)
+    assert r.status_code == 422
+    bomb = BytesIO()
+    Image.new("1", (10_000, 10_000)).save(bomb, format="PNG")
+    r = send_photo(driver, path, bomb.getvalue())
+    assert (r.status_code, r.json()["error"]["code"]) == (422, "invalid_photo")
+    assert driver.get(path).json()["status"] == "picked_up"  # nothing changed
+
+    # A header that reads well over data that does not: the worker refuses it.
+    r = send_photo(driver, path, jpeg()[:3000])
+    assert r.status_code == 202
+    task = wait_for(lambda: task_done(driver, r.json()["task_id"]))
+    assert task["status"] == "failed" and "decoded" in task["error"]
+    assert driver.get(path).json()["status"] == "picked_up"  # the driver sends another
+    r = send_photo(driver, path, jpeg())
+    assert wait_for(lambda: task_done(driver, r.json()["task_id"]))["status"] == "done"
+
+
+def test_the_photo_worker_killed_mid_task_completes_each_job_once(
+    stack: Stack, config: StackConfig, people: dict[str, Caller]
+) -> None:
+    stack.stop("photo-worker-1")
+    tasks = []
+    for _ in range(6):
+        path = picked_up_job(people)
+        r = send_photo(people["driver"], path, jpeg((3000, 2000)))
+        tasks.append((path, r.json()["task_id"]))
+    stack.start("photo-worker-1")
+    wait_for(lambda: True if task_done(people["driver"], tasks[0][1]) else None)
+    stack.kill("photo-worker-1")  # most likely in the middle of the next ones
+    stack.start("photo-worker-1")
+    for path, task_id in tasks:
+        finished = wait_for(partial(task_done, people["driver"], task_id))
+        assert finished["status"] == "done"
+        job_id = path.rsplit("/", 1)[1]
+        kinds = [e[1] for e in events(config, job_id)]
+        assert kinds.count("job.completed") == 1 and kinds[-1] == "job.completed"

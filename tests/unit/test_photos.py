@@ -1,0 +1,84 @@
+"""Proof photos, pure: the request's header checks and the worker's processing; blobs."""
+
+from io import BytesIO
+from pathlib import Path
+
+import pytest
+from PIL import ExifTags, Image
+
+from api.blobs import DirectoryBlobStore
+from api.errors import InvalidPhoto, PhotoTooLarge
+from api.photos import THUMBNAIL_PX, check_photo, process_photo
+from schemas.tasks import MAX_PHOTO_BYTES
+
+
+def image_bytes(fmt: str = "JPEG", size: tuple[int, int] = (800, 600), gps: bool = False) -> bytes:
+    image = Image.new("RGB", size, (200, 120, 40))
+    out = BytesIO()
+    if gps:
+        exif = Image.Exif()
+        exif[ExifTags.Base.Make] = "phone"
+        exif[ExifTags.Base.GPSInfo] = {1: "N", 2: (12.0, 58.0, 1.0)}
+        image.save(out, format=fmt, exif=exif)
+    else:
+        image.save(out, format=fmt)
+    return out.getvalue()
+
+
+def test_jpeg_and_png_pass_the_header_check() -> None:
+    assert check_photo(image_bytes("JPEG")) == "JPEG"
+    assert check_photo(image_bytes("PNG")) == "PNG"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"hello, not an image", image_bytes("GIF"), image_bytes("BMP")],
+    ids=["empty", "text", "gif", "bmp"],
+)
+def test_anything_else_is_refused(data: bytes) -> None:
+    with pytest.raises(InvalidPhoto):
+        check_photo(data)
+
+
+def test_a_decompression_bomb_is_refused_from_its_header() -> None:
+    # A small file that would decode to 100 million pixels.
+    bomb = BytesIO()
+    Image.new("1", (10_000, 10_000)).save(bomb, format="PNG")
+    assert len(bomb.getvalue()) < 1_000_000
+    with pytest.raises(InvalidPhoto, match="bomb"):
+        check_photo(bomb.getvalue())
+
+
+def test_over_the_size_limit_is_too_large() -> None:
+    with pytest.raises(PhotoTooLarge):
+        check_photo(b"\xff" * (MAX_PHOTO_BYTES + 1))
+
+
+def test_processing_strips_exif_and_makes_a_thumbnail() -> None:
+    original = image_bytes("JPEG", (1600, 1200), gps=True)
+    assert Image.open(BytesIO(original)).getexif().get(ExifTags.Base.GPSInfo)
+    photo = process_photo(original)
+    assert (photo.format, photo.width, photo.height) == ("JPEG", 1600, 1200)
+    assert len(photo.sha256) == 64
+    clean = Image.open(BytesIO(photo.clean))
+    assert not clean.getexif()  # no location, no metadata at all
+    thumb = Image.open(BytesIO(photo.thumbnail))
+    assert max(thumb.size) == max(THUMBNAIL_PX)
+
+
+def test_a_photo_broken_past_its_header_fails_in_processing() -> None:
+    truncated = image_bytes("JPEG", (1600, 1200))[:2000]
+    assert check_photo(truncated) == "JPEG"  # the request cannot know: the header is fine
+    with pytest.raises(InvalidPhoto):
+        process_photo(truncated)
+
+
+def test_blobs_are_content_addressed_and_keys_are_checked(tmp_path: Path) -> None:
+    blobs = DirectoryBlobStore(tmp_path)
+    key = blobs.put(b"photo")
+    assert blobs.put(b"photo") == key and blobs.get(key) == b"photo"
+    blobs.put_as("task-1-thumbnail", b"small")
+    assert blobs.get("task-1-thumbnail") == b"small"
+    for bad in ("", "../etc", ".hidden", "a/b"):
+        with pytest.raises(ValueError):
+            blobs.get(bad)
