@@ -36,7 +36,9 @@ class JobCreate(BaseModel):
 
     pickup: Point
     dropoff: Point
-    reference: Annotated[str, Field(max_length=200)] | None = None
+    # Free text for the customer's own reference; control characters (a NUL byte, which
+    # PostgreSQL text cannot hold) are refused.
+    reference: Annotated[str, Field(max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")] | None = None
     customer_id: EntityId | None = None
 
 

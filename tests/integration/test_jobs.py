@@ -157,6 +157,7 @@ def test_bad_input_is_refused_in_the_envelope(people: dict[str, Caller]) -> None
         {"pickup": {"lat": 91, "lon": 0}, "dropoff": BODY["dropoff"]},
         BODY | {"unknown": 1},
         BODY | {"reference": "x" * 201},
+        BODY | {"reference": "a\u0000b"},  # PostgreSQL text holds no NUL byte
         BODY | {"customer_id": "bad id with spaces"},
     ):
         r = dispatcher.post("/v1/jobs", body)
