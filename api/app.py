@@ -4,22 +4,23 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Annotated
 
 import psycopg
 from fastapi import Depends, FastAPI, Path, Security
 from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials
 from prometheus_client import CollectorRegistry, Counter
-from psycopg import AsyncConnection
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import PoolTimeout
 
 from api import http_errors, outbox_relay
 from api.blobs import DirectoryBlobStore
 from api.config import ApiSettings
 from api.errors import DatabaseUnavailable, NotFound
-from api.job_routes import job_router, share_router, task_router
+from api.job_routes import job_router
 from api.positions import DriverPosition, read_driver_position
+from api.share_routes import share_router
+from api.task_routes import task_router
 from runtime.auth import require_role, verifier_from_settings
 from runtime.http import (
     METRICS_RESPONSES,
@@ -33,11 +34,10 @@ from runtime.http import (
     metrics_response,
 )
 from runtime.kafka import AckedProducer, durable_producer
-from runtime.postgres import open_pool
+from runtime.postgres import Pool, open_pool
 from schemas.auth import Principal, Role
 from schemas.ids import ID_PATTERN, MAX_ID_LENGTH
 
-Pool = AsyncConnectionPool[AsyncConnection[Any]]
 # A path id is checked before any query: a NUL byte or a megabyte id is a 422, not a 500.
 PathId = Annotated[str, Path(pattern=ID_PATTERN, max_length=MAX_ID_LENGTH)]
 

@@ -3,45 +3,41 @@ now (read-your-writes through the replica is the read path's work, design sectio
 the driver's position comes from the replica."""
 
 import asyncio
-from collections.abc import AsyncGenerator, Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Annotated, Any
 from uuid import UUID
 
 import orjson
 import psycopg
-from fastapi import APIRouter, Depends, Header, Path, Query, Request
+from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import Response
 from psycopg import AsyncConnection
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import PoolTimeout
 from pydantic import AwareDatetime, BaseModel
-from starlette.datastructures import UploadFile
-from starlette.formparsers import MultiPartException, MultiPartParser
 
 from api import job_store
 from api.blobs import BlobStore
-from api.errors import DatabaseUnavailable, InvalidInput, InvalidPhoto, NotFound, PhotoTooLarge
-from api.eta import estimate
+from api.errors import DatabaseUnavailable, InvalidInput
 from api.job_rules import Action, check_allowed, check_creator, check_visible
+from api.job_views import MAX_FIXES, track_span, with_live_position
 from api.photos import check_photo
-from api.positions import read_driver_position, read_recent_speed, read_track
+from api.positions import read_track
 from api.track import feature
-from runtime.http import ApiError, error_responses, json_response, read_body_limited
+from api.uploads import PHOTO_BODY, read_photo
+from runtime.http import error_responses, json_response
+from runtime.postgres import Pool
 from schemas.auth import Principal
 from schemas.jobs import (
-    DriverPositionView,
     Job,
     JobAssign,
     JobCreate,
     JobPage,
-    JobStatus,
     ShareCreate,
-    SharedJob,
     ShareLink,
 )
-from schemas.tasks import MAX_PHOTO_BYTES, Task, TaskAccepted
+from schemas.tasks import TaskAccepted
 
-Pool = AsyncConnectionPool[AsyncConnection[Any]]
 IdempotencyKey = Annotated[
     str | None,
     Header(
@@ -50,12 +46,6 @@ IdempotencyKey = Annotated[
         description="A retry with the same key gets the first answer again",
     ),
 ]
-# A driver's position shows while the job is under way, not before or after.
-LIVE = frozenset({JobStatus.ASSIGNED, JobStatus.PICKED_UP, JobStatus.COMPLETING})
-RECENT = timedelta(minutes=5)  # the window of the speed the ETA divides by
-# One track answer spans at most this (a day at one fix a second is 86,400 fixes).
-MAX_TRACK = timedelta(hours=48)
-MAX_FIXES = 200_000
 GEOJSON: dict[int | str, dict[str, Any]] = {
     200: {"content": {"application/geo+json": {"schema": {"type": "object"}}}}
 }
@@ -291,169 +281,6 @@ def job_router(
         return json_response(result.model_dump(mode="json"))
 
     return router
-
-
-def task_router(
-    pools: dict[str, Pool],
-    principal: Callable[..., Awaitable[Principal]],
-    db_errors: Callable[[], None],
-) -> APIRouter:
-    router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
-
-    @router.get(
-        "/{task_id}",
-        response_model=Task,
-        summary="A background task (the polling fallback to the push)",
-        responses=error_responses(401, 404, 422, 503),
-    )
-    async def get_task(task_id: UUID, who: Annotated[Principal, Depends(principal)]) -> Response:
-        try:
-            # The primary: a task's status is read right after the write that made it.
-            async with pools["write"].connection() as conn:
-                task = await job_store.read_task(conn, task_id)
-                job = await job_store.read(conn, task.job_id) if task and task.job_id else None
-        except (psycopg.OperationalError, PoolTimeout) as exc:
-            db_errors()
-            raise DatabaseUnavailable(str(exc)) from exc
-        # A task is visible to whoever sees its job.
-        check_visible(who, job_store.owners(job), task_id)
-        assert task is not None
-        return json_response(task.model_dump(mode="json"))
-
-    return router
-
-
-PHOTO_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["photo"],
-                    "properties": {"photo": {"type": "string", "format": "binary"}},
-                }
-            }
-        },
-    }
-}
-# Room for the multipart framing around the largest photo.
-MULTIPART_OVERHEAD = 64 * 1024
-
-
-async def read_photo(request: Request, timeout_s: float) -> bytes:
-    """The `photo` part of a multipart body; 413 as soon as the body passes the limit (before
-    it is read whole), 422 when it is not multipart or has no photo."""
-    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-        raise InvalidPhoto("send the photo as multipart/form-data, in a part named `photo`")
-    try:
-        body = await read_body_limited(request, MAX_PHOTO_BYTES + MULTIPART_OVERHEAD, timeout_s)
-    except ApiError as exc:
-        if exc.status == 413:
-            raise PhotoTooLarge(f"photo larger than {MAX_PHOTO_BYTES} bytes") from exc
-        raise
-
-    async def chunks() -> AsyncGenerator[bytes, None]:
-        yield body
-
-    parser = MultiPartParser(
-        request.headers, chunks(), max_files=1, max_fields=8, max_part_size=64 * 1024
-    )
-    try:
-        form = await parser.parse()
-    except MultiPartException as exc:
-        raise InvalidPhoto(f"malformed multipart body: {exc.message}") from exc
-    try:
-        photo = form.get("photo")
-        if not isinstance(photo, UploadFile):
-            raise InvalidPhoto("no `photo` file part in the body")
-        return await photo.read()
-    finally:
-        await form.close()
-
-
-# A share token as job_store.create_share makes them (token_urlsafe(24): 32 characters).
-ShareToken = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{16,64}$")]
-# Public and the same for everyone: an edge cache may keep it briefly and serve it stale
-# while it refreshes (design section 14).
-SHARE_CACHE_CONTROL = "public, max-age=5, stale-while-revalidate=30"
-
-
-def share_router(pools: dict[str, Pool], db_errors: Callable[[], None]) -> APIRouter:
-    router = APIRouter(prefix="/v1/share", tags=["share"])
-
-    @router.get(
-        "/{token}",
-        response_model=SharedJob,
-        summary="A shared job, public: status, the driver's position and the ETA",
-        responses=error_responses(404, 422, 503),
-    )
-    async def shared(token: ShareToken) -> Response:
-        try:
-            async with pools["write"].connection() as conn:
-                found = await job_store.read_share(conn, token)
-            if found is None:
-                raise NotFound("no such share link, or it has expired")
-            job, expires_at = found
-            await with_live_position(pools["read"], job)
-        except (psycopg.OperationalError, PoolTimeout) as exc:
-            db_errors()
-            raise DatabaseUnavailable(str(exc)) from exc
-        view = SharedJob(
-            status=job.status,
-            driver_position=job.driver_position,
-            eta_seconds=job.eta_seconds,
-            eta_basis=job.eta_basis,
-            updated_at=job.updated_at,
-            expires_at=expires_at,
-        )
-        return json_response(
-            view.model_dump(mode="json"), headers={"Cache-Control": SHARE_CACHE_CONTROL}
-        )
-
-    return router
-
-
-def track_span(
-    assigned_at: datetime | None,
-    completed_at: datetime | None,
-    start: datetime | None,
-    end: datetime | None,
-    now: datetime,
-) -> tuple[datetime, datetime]:
-    """The job's window (its assignment to its completion, or now) narrowed by from/to, at
-    most MAX_TRACK long: the latest part when `from` is not given, else from `from` on."""
-    if start is not None and end is not None:
-        if start >= end:
-            raise InvalidInput("`from` must be before `to`")
-        if end - start > MAX_TRACK:
-            raise InvalidInput(f"from/to span at most {MAX_TRACK}")
-    lo = max(filter(None, (assigned_at, start)), default=now)
-    hi = min(filter(None, (completed_at, end, now)))
-    if hi - lo > MAX_TRACK:
-        lo, hi = (hi - MAX_TRACK, hi) if start is None else (lo, lo + MAX_TRACK)
-    return lo, max(lo, hi)
-
-
-async def with_live_position(pool: Pool, job: Job) -> None:
-    """Adds the driver's position and the ETA while the job is under way (replica reads:
-    the position and the speed come from the stream's tables, never joined to jobs)."""
-    if job.driver_id is None or job.status not in LIVE:
-        return
-    now = datetime.now(UTC)
-    async with pool.connection() as conn:
-        position = await read_driver_position(conn, job.driver_id)
-        speed = await read_recent_speed(conn, job.driver_id, now - RECENT)
-    if position is None:
-        return
-    job.driver_position = DriverPositionView(
-        lat=position.lat, lon=position.lon, ts=position.ts, speed_mps=position.speed_mps
-    )
-    stops = [job.dropoff] if job.status != JobStatus.ASSIGNED else [job.pickup, job.dropoff]
-    eta = estimate(
-        (position.lat, position.lon), position.ts, speed, [(p.lat, p.lon) for p in stops], now
-    )
-    job.eta_seconds, job.eta_basis = eta.seconds, eta.basis
 
 
 def _json_bytes(body: bytes, status: int) -> Response:

@@ -12,13 +12,12 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
-from typing import Any
 
 import psycopg
-from psycopg import AsyncConnection
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import PoolTimeout
 
 from runtime.kafka import AckedProducer, Message, ProduceFailed
+from runtime.postgres import Pool
 
 log = logging.getLogger(__name__)
 LOCK_KEY = 0x0B0C_5E1A  # "outbox relay"
@@ -32,9 +31,7 @@ class RelayLimits:
     retry_s: float = 1.0
 
 
-async def relay_round(
-    pool: AsyncConnectionPool[AsyncConnection[Any]], producer: AckedProducer, batch: int
-) -> int:
+async def relay_round(pool: Pool, producer: AckedProducer, batch: int) -> int:
     """Publishes up to `batch` unsent rows; returns how many (0: none, or another relay
     holds the lock)."""
     async with pool.connection() as conn, conn.transaction():
@@ -62,7 +59,7 @@ async def relay_round(
 
 
 async def run(
-    pool: AsyncConnectionPool[AsyncConnection[Any]],
+    pool: Pool,
     producer: AckedProducer,
     limits: RelayLimits,
     stopping: asyncio.Event,

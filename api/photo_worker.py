@@ -23,8 +23,7 @@ from aiokafka.errors import KafkaError
 from fastapi import FastAPI
 from fastapi.responses import Response
 from prometheus_client import CollectorRegistry, Counter
-from psycopg import AsyncConnection
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import PoolTimeout
 from pydantic import ValidationError
 from pydantic_settings import SettingsConfigDict
 
@@ -35,13 +34,12 @@ from api.job_rules import Action
 from api.photos import process_photo
 from runtime.http import json_response, metrics_response
 from runtime.logging import configure_logging
-from runtime.postgres import open_pool
+from runtime.postgres import Pool, open_pool
 from runtime.settings import ServiceSettings
 from schemas import topics
 from schemas.tasks import ProofPhotoTask
 
 log = logging.getLogger(__name__)
-Pool = AsyncConnectionPool[AsyncConnection[Any]]
 
 
 class PhotoWorkerSettings(ServiceSettings):

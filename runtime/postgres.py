@@ -5,6 +5,9 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
+# A pool of async connections, as every service holds them.
+Pool = AsyncConnectionPool[AsyncConnection[Any]]
+
 
 async def open_pool(
     dsn: str, *, min_size: int, max_size: int, name: str, timeout_s: float = 5.0

@@ -9,9 +9,10 @@ from typing import Any, cast
 from fastapi.testclient import TestClient
 from psycopg_pool import PoolTimeout
 
-from api.app import Pool, create_app
+from api.app import create_app
 from api.config import ApiSettings
 from runtime.auth import generate_keypair, issue_token
+from runtime.postgres import Pool
 from schemas.auth import Role
 
 
