@@ -23,13 +23,11 @@ class StackConfig(BaseSettings):
     # built here (`telemetry install`), else native PostgreSQL with a warning. A database
     # keeps the storage it was created with.
     storage: Literal["auto", "timescaledb", "native"] = "auto"
-    # TimescaleDB's source tarball, a path or an URL; empty: the copy in `vendor_dir` when
-    # there is one, else the release tag's tarball on GitHub.
+    # TimescaleDB's source tarball, a path or an URL; empty: a vendored copy when the
+    # machine has one (infra/install.py), else the release tag's tarball on GitHub.
     timescaledb_source: str = ""
     # The tarball's expected sha256; empty: the digest of the release we build.
     timescaledb_sha256: str = ""
-    # Source tarballs for machines that cannot download them (see infra/timescaledb.py).
-    vendor_dir: Path = REPO_ROOT.parent / "shared" / "vendor"
 
     kafka_port: int = 19092
     kafka_controller_port: int = 19093

@@ -8,6 +8,9 @@ from infra.config import StackConfig
 from infra.procs import StackError, run, running_as_root
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
+# Where our build machines and CI keep source tarballs they cannot download, beside the
+# clone; a user's machine has none and downloads instead.
+VENDOR_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "vendor"
 KAFKA_POM = Path(__file__).resolve().parent / "kafka" / "pom.xml"
 
 # Debian package -> a file that proves it is installed.

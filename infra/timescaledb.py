@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from infra.config import StackConfig
-from infra.install import PG_BIN, ensure_debian_packages
+from infra.install import PG_BIN, VENDOR_DIR, ensure_debian_packages
 from infra.procs import StackError, run, running_as_root
 
 VERSION = "2.28.3"
@@ -63,10 +63,10 @@ def build_dir(config: StackConfig) -> Path:
     return config.cache_dir / f"timescaledb-{VERSION}-pg{postgres_version()}"
 
 
-def default_source(config: StackConfig) -> str:
-    """A vendored tarball next to the clone when there is one (machines without access to
-    GitHub), else the release tag's tarball."""
-    vendored = config.vendor_dir / f"timescaledb-{VERSION}.tar.gz"
+def default_source(vendor_dir: Path = VENDOR_DIR) -> str:
+    """A vendored tarball when the machine has one (no access to GitHub), else the release
+    tag's tarball."""
+    vendored = vendor_dir / f"timescaledb-{VERSION}.tar.gz"
     return str(vendored) if vendored.exists() else SOURCE_URL
 
 
@@ -127,7 +127,7 @@ def build(config: StackConfig, report: Report) -> Path:
     installed_now = ensure_debian_packages(BUILD_PACKAGES)
     if installed_now:
         report(f"installed {' '.join(installed_now)} (to build TimescaleDB)")
-    source = config.timescaledb_source or default_source(config)
+    source = config.timescaledb_source or default_source()
     with tempfile.TemporaryDirectory(prefix="timescaledb-build-") as scratch:
         work = Path(scratch)
         report(f"fetching TimescaleDB {VERSION} from {source}")

@@ -99,10 +99,9 @@ def test_the_tarball_must_have_the_release_digest(tmp_path: Path) -> None:
 
 
 def test_the_source_is_the_vendored_copy_when_there_is_one(tmp_path: Path) -> None:
-    config = config_in(tmp_path, vendor_dir=tmp_path)
-    assert timescaledb.default_source(config) == timescaledb.SOURCE_URL
+    assert timescaledb.default_source(tmp_path) == timescaledb.SOURCE_URL
     vendored = tmp_path / f"timescaledb-{timescaledb.VERSION}.tar.gz"
     vendored.write_bytes(b"")
-    assert timescaledb.default_source(config) == str(vendored)
+    assert timescaledb.default_source(tmp_path) == str(vendored)
     with pytest.raises(StackError, match="does not exist"):
         timescaledb.fetch(str(tmp_path / "missing.tar.gz"), tmp_path)
