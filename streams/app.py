@@ -74,6 +74,7 @@ class LazySink:
                 lock_timeout_ms=s.lock_timeout_ms,
                 statement_timeout_ms=s.statement_timeout_ms,
                 future_tolerance=timedelta(seconds=s.future_tolerance_s),
+                arrival_radius_m=s.arrival_radius_m,
             )
             self._sink = PingSink(pool, limits)
         return self._sink

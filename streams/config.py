@@ -34,6 +34,8 @@ class StreamsSettings(ServiceSettings):
     statement_timeout_ms: int = 30_000
     # A ping further than this ahead of its record's receipt is flagged `future`.
     future_tolerance_s: float = 30.0
+    # A job's driver within this of the dropoff has arrived (event `job.arrived`).
+    arrival_radius_m: float = 100.0
     # /healthz answers 503 once a batch has waited unwritten this long.
     health_stall_s: float = 30.0
     # On SIGTERM a batch in flight may finish within this; past it the worker exits

@@ -6,6 +6,7 @@ from uuid import UUID
 import h3
 
 from streams.clean import CleanPing
+from streams.jobs import resolve_job_id
 
 H3_RESOLUTION = 8  # cells of about 0.7 km2: a few city blocks
 
@@ -28,10 +29,15 @@ def h3_cell(lat: float, lon: float) -> int:
     return int(h3.str_to_int(h3.latlng_to_cell(lat, lon, H3_RESOLUTION)))
 
 
-def ping_rows(pings: list[CleanPing]) -> list[PingRow]:
+def ping_rows(
+    pings: list[CleanPing], assigned: set[tuple[UUID, str]] | None = None
+) -> list[PingRow]:
+    """Rows in column order; a ping's `job_id` only when `assigned` holds that job for that
+    driver (streams.jobs.resolve_job_id)."""
+    assigned = assigned or set()
     return [
         (c.driver_id, c.ping.ts, c.ping.ping_id, c.ping.lat, c.ping.lon, c.ping.accuracy_m,
-         c.ping.speed_mps, c.ping.heading_deg, c.ping.battery_pct, c.ping.job_id, c.received_at,
-         list(c.flags), h3_cell(c.ping.lat, c.ping.lon))
+         c.ping.speed_mps, c.ping.heading_deg, c.ping.battery_pct, resolve_job_id(c, assigned),
+         c.received_at, list(c.flags), h3_cell(c.ping.lat, c.ping.lon))
         for c in pings
     ]  # fmt: skip

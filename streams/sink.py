@@ -6,14 +6,16 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, date, timedelta
 from typing import Any
+from uuid import UUID
 
 import psycopg
 from psycopg import AsyncConnection, sql
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from schemas.pings import PingBatchRecord
-from streams.clean import CleanBatch, Position, clean
+from streams.clean import CleanBatch, CleanPing, Position, clean
 from streams.errors import BadData, SinkUnavailable
+from streams.jobs import ActiveJob, arrivals
 from streams.rows import PING_COLUMNS, PING_TYPES, ping_rows
 
 log = logging.getLogger(__name__)
@@ -27,6 +29,8 @@ class SinkLimits:
     lock_timeout_ms: int = 5_000
     statement_timeout_ms: int = 30_000
     future_tolerance: timedelta = timedelta(seconds=30)
+    # A job's driver within this of its dropoff has arrived (event `job.arrived`).
+    arrival_radius_m: float = 100.0
 
 
 # Which pings count in the aggregates, `NOT (flags && '{future,teleport}'::text[])`, is
@@ -84,6 +88,13 @@ WHERE excluded.ts > cur.ts
 """
 # The aggregate step: a function of migration 0004 (plans cached per server connection).
 _RECOMPUTE_AGGREGATES = "SELECT stream_recompute_aggregates(%s)"
+# Jobs by their own keys (the claimed job ids, the batch's driver ids): never joined to
+# pings in SQL (design section 17).
+_ASSIGNED_JOBS = "SELECT job_id, driver_id FROM jobs WHERE job_id = ANY(%s)"
+_ARRIVING_JOBS = (
+    "SELECT job_id, driver_id, dropoff_lat, dropoff_lon FROM jobs WHERE driver_id = ANY(%s)"
+    " AND status IN ('picked_up', 'completing') AND arrived_at IS NULL"
+)
 
 # Transient: the same write may succeed later (connection lost, lock or statement timeout,
 # serialization failure: all OperationalError). What psycopg raises about the data itself
@@ -122,11 +133,12 @@ class PingSink:
                     for d, ts, lat, lon, ping_id in await cur.fetchall()
                 }
                 batch = clean(records, latest, self._limits.future_tolerance)
+                assigned = await self._assigned_jobs(conn, batch.pings)
                 await conn.execute(_STAGE_IN)
                 await conn.execute(_STAGE_NEW)
                 async with conn.cursor().copy(_COPY) as copy:
                     copy.set_types(list(PING_TYPES))
-                    for row in ping_rows(batch.pings):
+                    for row in ping_rows(batch.pings, assigned):
                         await copy.write_row(row)
                 await conn.execute(_INSERT_HISTORY)
                 moved = list(batch.moved.values())
@@ -135,11 +147,33 @@ class PingSink:
                     [[m.driver_id for m in moved], [m.ping.ping_id for m in moved]],
                 )
                 await conn.execute(_RECOMPUTE_AGGREGATES, [await self._maintains_hourly(conn)])
+                await self._record_arrivals(conn, batch.pings, drivers)
         except _DATA as exc:
             raise BadData(f"the database refused {len(records)} records: {exc}") from exc
         except _TRANSIENT as exc:
             raise SinkUnavailable(f"writing {len(records)} records failed: {exc!r}") from exc
         return batch
+
+    async def _assigned_jobs(
+        self, conn: AsyncConnection[Any], pings: list[CleanPing]
+    ) -> set[tuple[UUID, str]]:
+        """(job, driver) pairs among the jobs the batch's pings claim: only those count."""
+        claimed = sorted({p.ping.job_id for p in pings if p.ping.job_id is not None})
+        if not claimed:
+            return set()
+        cur = await conn.execute(_ASSIGNED_JOBS, [claimed])
+        return {(job_id, driver_id) for job_id, driver_id in await cur.fetchall()}
+
+    async def _record_arrivals(
+        self, conn: AsyncConnection[Any], pings: list[CleanPing], drivers: list[str]
+    ) -> None:
+        cur = await conn.execute(_ARRIVING_JOBS, [drivers])
+        jobs = [
+            ActiveJob(job_id, driver_id, (lat, lon))
+            for job_id, driver_id, lat, lon in await cur.fetchall()
+        ]
+        for job_id in arrivals(pings, jobs, self._limits.arrival_radius_m):
+            await conn.execute("SELECT job_arrived(%s)", [job_id])
 
     async def _bound_waits(self, conn: AsyncConnection[Any]) -> None:
         # A zombie worker (paused mid-transaction) holding a driver's or a cell's lock must

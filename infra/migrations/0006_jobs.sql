@@ -24,7 +24,9 @@ CREATE TABLE jobs (
     updated_at      timestamptz      NOT NULL DEFAULT now(),
     assigned_at     timestamptz,
     picked_up_at    timestamptz,
-    completed_at    timestamptz
+    completed_at    timestamptz,
+    -- When the driver first came within the arrival radius of the dropoff (the stream).
+    arrived_at      timestamptz
 );
 -- The caller's jobs, newest first, cursor-paginated by job_id (UUIDv7 sorts by time).
 CREATE INDEX jobs_by_customer ON jobs (customer_id, job_id DESC);
@@ -85,3 +87,29 @@ CREATE TABLE idempotency_keys (
     PRIMARY KEY (principal, key)
 );
 CREATE INDEX idempotency_keys_created ON idempotency_keys (created_at);
+
+-- The stream's `job.arrived`: the job's next seq, its event and its outbox row, in the
+-- stream's transaction; only the first arrival after the pickup counts. A function, so the
+-- event's shape is written once in the database rather than in the stream (services never
+-- import each other; the api writes the other events).
+CREATE FUNCTION job_arrived(p_job_id uuid) RETURNS boolean LANGUAGE plpgsql AS $$
+DECLARE
+    j jobs%ROWTYPE;
+    data jsonb;
+BEGIN
+    UPDATE jobs SET arrived_at = now(), seq = seq + 1, updated_at = now()
+    WHERE job_id = p_job_id AND arrived_at IS NULL AND status IN ('picked_up', 'completing')
+    RETURNING * INTO j;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    data := jsonb_build_object('driver_id', j.driver_id);
+    INSERT INTO job_events (job_id, seq, type, data, at)
+    VALUES (j.job_id, j.seq, 'job.arrived', data, j.updated_at);
+    INSERT INTO outbox (topic, key, payload)
+    VALUES ('job-events.v1', j.job_id::text, jsonb_build_object(
+        'v', 1, 'job_id', j.job_id, 'seq', j.seq, 'type', 'job.arrived', 'status', j.status,
+        'at', j.updated_at, 'data', data));
+    RETURN true;
+END;
+$$;

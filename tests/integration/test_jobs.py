@@ -20,6 +20,7 @@ from api.blobs import DirectoryBlobStore
 from infra import postgres
 from infra.config import StackConfig
 from infra.stack import Stack
+from runtime.geo import destination
 from schemas import topics
 from schemas.auth import Role
 from schemas.jobs import JobEvent
@@ -519,3 +520,45 @@ def test_the_photo_worker_killed_mid_task_completes_each_job_once(
         job_id = path.rsplit("/", 1)[1]
         kinds = [e[1] for e in events(config, job_id)]
         assert kinds.count("job.completed") == 1 and kinds[-1] == "job.completed"
+
+
+def test_the_stream_records_the_first_arrival_and_trusts_no_claimed_job(
+    config: StackConfig, people: dict[str, Caller], token: Callable[..., str]
+) -> None:
+    driver = people["driver"]
+    path = picked_up_job(people)
+    job_id = path.rsplit("/", 1)[1]
+    jwt = token(Role.DRIVER, driver.sub)
+    dropoff = (BODY["dropoff"]["lat"], BODY["dropoff"]["lon"])
+    now = datetime.now(UTC) - timedelta(minutes=5)
+
+    def at(seconds: int, metres_south: float, job: str | None = job_id) -> dict[str, Any]:
+        lat, lon = destination(*dropoff, 180.0, metres_south)
+        ping = {"ping_id": str(uuid.uuid4()), "ts": (now + timedelta(seconds=seconds)).isoformat()}
+        return ping | {"lat": lat, "lon": lon} | ({"job_id": job} if job else {})
+
+    post(config, jwt, [at(0, 1000), at(30, 500)])  # approaching: no arrival yet
+    wait_for(lambda: True if len(stored(config, driver.sub)) == 2 else None)
+    assert "job.arrived" not in [e[1] for e in events(config, job_id)]
+    post(config, jwt, [at(60, 60), at(70, 20)])  # within 100 m
+    wait_for(lambda: True if "job.arrived" in [e[1] for e in events(config, job_id)] else None)
+    post(config, jwt, [at(80, 5), at(90, 300), at(100, 10)])  # around it: no second event
+    wait_for(lambda: True if len(stored(config, driver.sub)) == 7 else None)
+    kinds = [e[1] for e in events(config, job_id)]
+    assert kinds.count("job.arrived") == 1
+    assert customer_sees(people, path)["status"] == "picked_up"  # arrival is not delivery
+
+    # A ping claiming someone else's job is stored without it.
+    foreign = people["customer"].post("/v1/jobs", BODY).json()["job_id"]
+    post(config, jwt, [at(110, 10, job=foreign)])
+    wait_for(lambda: True if len(stored(config, driver.sub)) == 8 else None)
+    with psycopg.connect(postgres.dsn(config, "primary")) as conn:
+        claimed = conn.execute(
+            "SELECT job_id::text FROM pings WHERE driver_id = %s ORDER BY ts", [driver.sub]
+        ).fetchall()
+    assert [r[0] for r in claimed] == [job_id] * 7 + [None]
+
+
+def customer_sees(people: dict[str, Caller], path: str) -> dict[str, Any]:
+    body: dict[str, Any] = people["customer"].get(path).json()
+    return body
