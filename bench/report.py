@@ -9,11 +9,21 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display on servers and in CI
 import matplotlib.pyplot as plt
 import orjson
+from matplotlib.figure import Figure
 
 
 def write_json(report: dict[str, Any], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
+    return path
+
+
+def save_figure(fig: Figure, path: Path) -> Path:
+    """Lays the figure out, writes it as a PNG and frees it."""
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
     return path
 
 
@@ -58,11 +68,7 @@ def plot_phases(report: dict[str, Any], path: Path) -> Path:
     ax.set_yticks(list(y), names)
     ax.set_title("mean CPU % per component")
     ax.legend(fontsize="x-small")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot(report: dict[str, Any], path: Path) -> Path:
@@ -106,11 +112,7 @@ def plot(report: dict[str, Any], path: Path) -> Path:
     if names:
         ax.legend(fontsize="small")
 
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def append_summary(docs: Path, command: str, lines: list[str]) -> None:

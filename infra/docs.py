@@ -35,12 +35,8 @@ def _default(value: Any) -> str:
     if value == "":
         return "empty"
     if isinstance(value, Path):
-        # Paths under the checkout, beside it or in the home dir differ per machine.
-        for base, name in (
-            (REPO_ROOT, "<repo>"),
-            (Path.home(), "~"),
-            (REPO_ROOT.parent, "<repo>/.."),
-        ):
+        # Paths under the checkout or in the home dir differ per machine.
+        for base, name in ((REPO_ROOT, "<repo>"), (Path.home(), "~")):
             if value.is_relative_to(base):
                 return f"`{name}/{value.relative_to(base)}`"
         return f"`{value}`"

@@ -36,6 +36,7 @@ from aiokafka import AIOKafkaProducer
 
 from bench.baselines.bare_consumer import consume_copy
 from bench.harness import STREAMS_GROUP
+from bench.report import save_figure
 from bench.routes import CITIES, Vehicle
 from infra import postgres
 from infra.procs import StackError, wait_until
@@ -380,11 +381,7 @@ def plot(report: dict[str, Any], path: Path) -> Path:
     ax.set_yscale("log")
     ax.set_title("query p50, ms (log scale)")
     ax.legend(fontsize="small")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def summary(report: dict[str, Any]) -> list[str]:
