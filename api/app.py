@@ -25,6 +25,7 @@ from runtime.auth import require_role, verifier_from_settings
 from runtime.http import (
     METRICS_RESPONSES,
     PROBE_RESPONSES,
+    BodyLimit,
     app_options,
     bearer_credentials,
     bearer_scheme,
@@ -74,7 +75,12 @@ async def _relay(settings: ApiSettings, pool: Pool) -> AsyncIterator[None]:
         shutdown_timeout_s=2.0,
     )
     stopping = asyncio.Event()
-    limits = outbox_relay.RelayLimits(batch=settings.relay_batch, poll_s=settings.relay_poll_s)
+    limits = outbox_relay.RelayLimits(
+        batch=settings.relay_batch,
+        poll_s=settings.relay_poll_s,
+        keep_sent_s=settings.outbox_keep_sent_hours * 3600,
+        idempotency_ttl_s=settings.idempotency_ttl_hours * 3600,
+    )
     task = asyncio.create_task(outbox_relay.run(pool, producer, limits, stopping))
     try:
         yield
@@ -115,6 +121,10 @@ def create_app(
     app = FastAPI(title="telemetry api", lifespan=lifespan, **app_options(settings.docs_enabled))
     install_error_handlers(app)
     http_errors.install(app)
+    # JSON bodies are small; the proof photo's upload bounds its own (api/uploads.py).
+    app.add_middleware(
+        BodyLimit, limit=settings.max_body_bytes, exempt=lambda path: path.endswith("/complete")
+    )
 
     async def principal(
         credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)],

@@ -100,7 +100,7 @@ def job_router(
         status_code=201,
         response_model=Job,
         summary="Create a job (customer or dispatcher)",
-        responses=error_responses(401, 403, 422, 503),
+        responses=error_responses(401, 403, 413, 422, 503),
     )
     async def create_job(
         body: JobCreate, request: Request, who: Caller, key: IdempotencyKey = None
@@ -114,7 +114,7 @@ def job_router(
         "/{job_id}/assign",
         response_model=Job,
         summary="Assign a driver (dispatcher)",
-        responses=error_responses(401, 403, 404, 409, 422, 503),
+        responses=error_responses(401, 403, 404, 409, 413, 422, 503),
     )
     async def assign(
         job_id: UUID, body: JobAssign, request: Request, who: Caller, key: IdempotencyKey = None
@@ -152,7 +152,7 @@ def job_router(
             response_model=Job,
             summary=summary,
             name=f"{action.value}_job",
-            responses=error_responses(401, 403, 404, 409, 422, 503),
+            responses=error_responses(401, 403, 404, 409, 413, 422, 503),
         )
 
     @router.post(
@@ -194,7 +194,7 @@ def job_router(
         status_code=201,
         response_model=ShareLink,
         summary="A link anyone can open to follow the delivery (its customer or a dispatcher)",
-        responses=error_responses(401, 403, 404, 422, 503),
+        responses=error_responses(401, 403, 404, 413, 422, 503),
     )
     async def share(
         job_id: UUID,

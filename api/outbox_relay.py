@@ -6,6 +6,9 @@ leave in id order, which is seq order per job. A round publishes, awaits the bro
 acks, and marks its rows sent in the same transaction that holds the lock: a relay killed
 mid-round leaves its rows unmarked, and the next round sends them again, in the same
 order. Nothing is lost or reordered; a consumer drops a seq it already has.
+
+The relay also keeps the tables small: sent rows past `keep_sent_s` and idempotency keys
+past their time to live are deleted, a bounded batch at a time, every `sweep_every_s`.
 """
 
 import asyncio
@@ -21,6 +24,7 @@ from runtime.postgres import Pool
 
 log = logging.getLogger(__name__)
 LOCK_KEY = 0x0B0C_5E1A  # "outbox relay"
+SWEEP_LOCK_KEY = LOCK_KEY + 1  # one sweeper at a time, never in a relay round's way
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,11 @@ class RelayLimits:
     # Idle wait between empty rounds: an event waits at most this long (plus the send).
     poll_s: float = 0.1
     retry_s: float = 1.0
+    keep_sent_s: float = 7 * 86400.0
+    # A retry later than this is a new request (clients retry within minutes).
+    idempotency_ttl_s: float = 86400.0
+    sweep_every_s: float = 60.0
+    sweep_batch: int = 5000
 
 
 async def relay_round(pool: Pool, producer: AckedProducer, batch: int) -> int:
@@ -58,6 +67,29 @@ async def relay_round(pool: Pool, producer: AckedProducer, batch: int) -> int:
     return len(rows)
 
 
+async def sweep(pool: Pool, limits: RelayLimits) -> int:
+    """Deletes up to a batch of outbox rows sent more than `keep_sent_s` ago, and of
+    idempotency keys older than their time to live; returns how many rows went."""
+    async with pool.connection() as conn, conn.transaction():
+        locked = await (
+            await conn.execute("SELECT pg_try_advisory_xact_lock(%s)", [SWEEP_LOCK_KEY])
+        ).fetchone()
+        if locked is None or not locked[0]:
+            return 0
+        outbox = await conn.execute(
+            "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox"
+            " WHERE sent_at < now() - make_interval(secs => %s) ORDER BY id LIMIT %s)",
+            [limits.keep_sent_s, limits.sweep_batch],
+        )
+        keys = await conn.execute(
+            "DELETE FROM idempotency_keys WHERE (principal, key) IN (SELECT principal, key"
+            " FROM idempotency_keys WHERE created_at < now() - make_interval(secs => %s)"
+            " LIMIT %s)",
+            [limits.idempotency_ttl_s, limits.sweep_batch],
+        )
+    return outbox.rowcount + keys.rowcount
+
+
 async def run(
     pool: Pool,
     producer: AckedProducer,
@@ -65,8 +97,14 @@ async def run(
     stopping: asyncio.Event,
 ) -> None:
     """Relays until `stopping` is set. Kafka or the database down: wait and try again."""
+    loop = asyncio.get_running_loop()
+    next_sweep = loop.time()
     while not stopping.is_set():
         try:
+            if loop.time() >= next_sweep:
+                next_sweep = loop.time() + limits.sweep_every_s
+                if swept := await sweep(pool, limits):
+                    log.info("outbox relay: %d old outbox rows and idempotency keys deleted", swept)
             sent = await relay_round(pool, producer, limits.batch)
         except (ProduceFailed, psycopg.OperationalError, PoolTimeout) as exc:
             log.warning("outbox relay round failed, retrying: %r", exc)

@@ -28,16 +28,22 @@ async def read_driver_position(conn: AsyncConnection[Any], driver_id: str) -> Dr
         return await cur.fetchone()
 
 
+# A minute averaging less than this was spent standing (loading, handing over, parked):
+# it says nothing about how fast the driver will get there once moving again.
+MOVING_MPS = 1.0
+
+
 async def read_recent_speed(
     conn: AsyncConnection[Any], driver_id: str, since: datetime
 ) -> float | None:
-    """The driver's average speed since `since` (stops included), from the minute
-    aggregates; None when no ping in that time carried a speed."""
+    """The driver's average speed over the minutes since `since` spent moving (stops at
+    corners included, minutes standing left out), from the minute aggregates; None when
+    there were none."""
     cur = await conn.execute(
         "SELECT sum(avg_speed_mps * pings) / nullif(sum(pings), 0) FROM driver_stats_1m"
         " WHERE driver_id = %s AND bucket >= date_trunc('minute', %s::timestamptz)"
-        " AND avg_speed_mps IS NOT NULL",
-        [driver_id, since],
+        " AND avg_speed_mps >= %s",
+        [driver_id, since, MOVING_MPS],
     )
     row = await cur.fetchone()
     return None if row is None or row[0] is None else float(row[0])

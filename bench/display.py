@@ -21,6 +21,7 @@ def fleet_table(stats: FleetStats, elapsed_s: float, drivers: int) -> Table:
         ("accepted pings/s", f"{rate:,.0f}"),
         ("latency p50", f"{stats.percentile_ms(50):.1f} ms"),
         ("latency p99", f"{stats.percentile_ms(99):.1f} ms"),
+        ("jobs created / completed", f"{stats.jobs_created:,} / {stats.jobs_completed:,}"),
         ("statuses", " ".join(f"{k}:{v}" for k, v in sorted(stats.status_counts.items()))),
     ]
     for name, value in rows:
@@ -32,5 +33,7 @@ def fleet_line(stats: FleetStats, elapsed_s: float) -> str:
     return (
         f"t={elapsed_s:.0f}s sent={stats.pings_sent} accepted={stats.accepted} "
         f"rejected={stats.rejected} retried={stats.retried} failed={stats.failed_batches} "
-        f"p50={stats.percentile_ms(50):.1f}ms p99={stats.percentile_ms(99):.1f}ms"
+        f"p50={stats.percentile_ms(50):.1f}ms p99={stats.percentile_ms(99):.1f}ms "
+        f"jobs={stats.jobs_created} picked_up={stats.jobs_picked_up} "
+        f"completed={stats.jobs_completed} job_failures={stats.job_failures}"
     )

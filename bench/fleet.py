@@ -17,11 +17,11 @@ import aiohttp
 import orjson
 
 from bench.driver_app import DriverApp, PingDict
+from bench.jobs_flow import Api, Courier, JobsConfig, JobsFlow
 from bench.retry import RetryPolicy
 from bench.routes import CITIES, Vehicle
 from bench.stats import FleetStats
-from runtime.auth import issue_token
-from schemas.auth import Role
+from bench.tokens import Tokens
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,7 @@ class FleetConfig:
     request_timeout_s: float = 10.0
     connections_per_process: int = 200
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    jobs: JobsConfig | None = None  # customers, a dispatcher and deliveries, through the api
 
     def driver_id(self, index: int) -> str:
         return f"{self.driver_prefix}-{index:06d}"
@@ -127,46 +128,31 @@ class Poster:
             await asyncio.sleep(delay)
 
 
-class DriverTokens:
-    """Each simulated driver's token, renewed before it expires, as an app refreshes its
-    session: services refuse tokens living longer than a day, and `up --simulate` runs
-    for as long as the stack does."""
-
-    TTL_S = 12 * 3600
-    RENEW_BEFORE_S = 3600
-
-    def __init__(self, private_key_path: Path, clock: Callable[[], float] = time.time) -> None:
-        self._key = private_key_path
-        self._clock = clock
-        self._tokens: dict[str, tuple[str, float]] = {}
-
-    def get(self, driver_id: str) -> str:
-        now = self._clock()
-        held = self._tokens.get(driver_id)
-        if held is None or held[1] - now < self.RENEW_BEFORE_S:
-            token = issue_token(
-                self._key, sub=driver_id, role=Role.DRIVER, ttl_s=self.TTL_S, now=now
-            )
-            held = (token, now + self.TTL_S)
-            self._tokens[driver_id] = held
-        return held[0]
-
-
 async def _drive(
-    app: DriverApp, url: str, tokens: DriverTokens, poster: Poster, first_fix: float, end: float
+    app: DriverApp,
+    url: str,
+    tokens: Tokens,
+    poster: Poster,
+    first_fix: float,
+    end: float,
+    flow: JobsFlow | None = None,
 ) -> None:
     """One driver: a fix every interval (caught up after long retries, with the right
-    timestamps), posted whenever the app is online."""
+    timestamps), posted whenever the app is online; with a jobs flow, its taps too."""
     interval = app.interval_s
     next_fix = first_fix
     while next_fix < end:
         await asyncio.sleep(max(0.0, next_fix - time.time()))
         while next_fix <= time.time() and next_fix < end:
             app.record_fix(datetime.fromtimestamp(next_fix, UTC))
+            if flow is not None:
+                flow.observe(app.driver_id, next_fix)
             next_fix += interval
         now = datetime.now(UTC)
         while batch := app.take_batch(now):
             await poster.post(url, tokens.get(app.driver_id), batch)
+        if flow is not None:
+            await flow.act(app.driver_id)
     # Coming back online at the end of the run: flush what the phone still holds.
     final = datetime.now(UTC) + timedelta(days=1)
     while batch := app.take_batch(final):
@@ -192,7 +178,7 @@ async def run_slice_async(
     stats = FleetStats()
     indices = range(slice_index, config.drivers, config.processes)
     apps = [build_driver(config, i) for i in indices]
-    tokens = DriverTokens(config.private_key_path)
+    tokens = Tokens(config.private_key_path)
     for app in apps:
         tokens.get(app.driver_id)  # signed up front: signing is not part of the load
     per_process = (
@@ -206,6 +192,17 @@ async def run_slice_async(
     rng = random.Random(config.seed + slice_index)
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         poster = Poster(session, config, stats, limiter, rng)
+        flow: JobsFlow | None = None
+        if config.jobs is not None:
+            flow = JobsFlow(
+                config.jobs,
+                [Courier(app, config.jobs.dwell_s) for app in apps],
+                Api(session, config.jobs, tokens, rng),
+                stats,
+                rng,
+                CITIES[config.city],
+                f"{config.driver_prefix}-{slice_index}",
+            )
         drivers = [
             _drive(
                 app,
@@ -214,9 +211,12 @@ async def run_slice_async(
                 poster,
                 start + rng.uniform(0, config.interval_s),
                 end,
+                flow,
             )
             for i, app in zip(indices, apps, strict=True)
         ]
+        if flow is not None:
+            drivers.append(flow.run(end))
 
         async def progress() -> None:
             while True:

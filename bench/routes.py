@@ -1,5 +1,6 @@
 """Road-like routes inside a city and a vehicle that follows them (pure, seeded)."""
 
+import math
 import random
 from dataclasses import dataclass, field
 
@@ -47,6 +48,30 @@ def random_route(rng: random.Random, city: City, legs: int = 12) -> list[LatLon]
     return points
 
 
+def route_between(rng: random.Random, city: City, start: LatLon, end: LatLon) -> list[LatLon]:
+    """A street-like path from `start` to `end`: a staircase of one to three steps along the
+    city's grid axes, so that the distance driven is what a road factor says it is."""
+    # Flat-Earth offsets are exact enough inside a city.
+    north = (end[0] - start[0]) * 111_320.0
+    east = (end[1] - start[1]) * 111_320.0 * math.cos(math.radians(start[0]))
+    axis = math.radians(city.grid_angle_deg)
+    along = north * math.cos(axis) + east * math.sin(axis)  # along the grid's first axis
+    across = -north * math.sin(axis) + east * math.cos(axis)  # along its second
+    steps = rng.randint(1, 3)
+    first = city.grid_angle_deg if along >= 0 else city.grid_angle_deg + 180.0
+    second = city.grid_angle_deg + (90.0 if across >= 0 else -90.0)
+    legs = [(first, abs(along) / steps), (second, abs(across) / steps)]
+    if rng.random() < 0.5:
+        legs.reverse()
+    points = [start]
+    for _ in range(steps):
+        for bearing, length in legs:
+            if length > 1.0:
+                points.append(destination(*points[-1], bearing % 360.0, length))
+    points[-1] = end  # no drift: the path ends where it must
+    return points
+
+
 @dataclass(frozen=True)
 class Fix:
     """Where the vehicle truly is (before GPS noise)."""
@@ -59,8 +84,9 @@ class Fix:
 
 @dataclass
 class Vehicle:
-    """Drives a route at realistic urban speeds, stopping at some corners (traffic, drops).
-    When the route ends it gets a fresh one starting where it stands."""
+    """Drives a route at realistic urban speeds, stopping at some corners (traffic).
+    Wandering, it takes a fresh random route where one ends; sent to a place
+    (`drive_to`), it stops there and says it has `arrived`."""
 
     rng: random.Random
     city: City
@@ -73,6 +99,7 @@ class Vehicle:
     _along_m: float = 0.0
     _speed_mps: float = 0.0
     _stopped_s: float = 0.0
+    target: LatLon | None = None
 
     def __post_init__(self) -> None:
         if not self.route:
@@ -85,6 +112,20 @@ class Vehicle:
         self.route = [start, *rest[1:]]
         self._leg = 0
         self._along_m = 0.0
+
+    def drive_to(self, target: LatLon) -> None:
+        self.route = route_between(self.rng, self.city, self.position(), target)
+        self._leg = 0
+        self._along_m = 0.0
+        self.target = target
+
+    def wander(self) -> None:
+        self.target = None
+        self._new_route()
+
+    @property
+    def arrived(self) -> bool:
+        return self.target is not None and self._leg >= len(self.route) - 1
 
     def _current_leg(self) -> tuple[LatLon, LatLon]:
         if self._leg >= len(self.route) - 1:
@@ -103,6 +144,8 @@ class Vehicle:
                 self._stopped_s -= pause
                 remaining -= pause
                 continue
+            if self.arrived:
+                break
             start, end = self._current_leg()
             left_m = haversine_m(*start, *end) - self._along_m
             step_m = self._speed_mps * remaining
@@ -116,6 +159,9 @@ class Vehicle:
             self._speed_mps = self.rng.uniform(self.min_speed_mps, self.max_speed_mps)
             if self.rng.random() < self.stop_probability:
                 self._stopped_s = self.rng.uniform(5.0, self.max_stop_s)
+        if self.arrived:
+            lat, lon = self.route[-1]
+            return Fix(lat, lon, 0.0, 0.0)  # standing: no heading to speak of
         start, end = self._current_leg()
         lat, lon = self.position()
         speed = 0.0 if self._stopped_s > 0 else self._speed_mps

@@ -26,6 +26,13 @@ class FleetStats:
     # Fleet processes stopped at the deadline with retries still pending (an overloaded
     # ingest): their figures are those of their last report.
     unfinished_slices: int = 0
+    # The jobs flow (bench/jobs_flow.py), when the fleet runs one.
+    jobs_created: int = 0
+    jobs_assigned: int = 0
+    jobs_picked_up: int = 0
+    jobs_completed: int = 0  # complete answered 202
+    job_failures: int = 0  # a job call refused, or unanswered after its retries
+    eta_samples: list[list[Any]] = field(default_factory=list)  # Order.scored()'s rows
     status_counts: dict[str, int] = field(default_factory=dict)
     latency_us: HdrHistogram = field(default_factory=new_histogram)
 
@@ -47,6 +54,7 @@ class FleetStats:
             f.name: getattr(self, f.name) for f in fields(self) if f.name != "latency_us"
         }
         data["status_counts"] = dict(self.status_counts)
+        data["eta_samples"] = list(self.eta_samples)
         data["latency_us"] = self.latency_us.encode()
         return data
 
@@ -75,6 +83,14 @@ class FleetStats:
             "dropped_offline": self.dropped_offline,
             "unfinished_slices": self.unfinished_slices,
             "status_counts": dict(self.status_counts),
+            "jobs": {
+                "created": self.jobs_created,
+                "assigned": self.jobs_assigned,
+                "picked_up": self.jobs_picked_up,
+                "completed": self.jobs_completed,
+                "failures": self.job_failures,
+                "eta_samples": len(self.eta_samples),
+            },
             "latency_ms": {
                 "p50": self.percentile_ms(50),
                 "p90": self.percentile_ms(90),

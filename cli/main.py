@@ -145,20 +145,25 @@ def _ingest_urls(stack: "Stack") -> list[str]:
 def cmd_simulate(args: argparse.Namespace) -> int:
     from bench.display import fleet_line, fleet_table
     from bench.fleet import FleetConfig, run_fleet
+    from bench.jobs_flow import JobsConfig
     from bench.stats import FleetStats
 
     config = StackConfig()
+    stack = _stack(config)
     fleet = FleetConfig(
         drivers=args.drivers,
         interval_s=args.interval,
         duration_s=args.duration,
-        ingest_urls=_ingest_urls(_stack(config)),
+        ingest_urls=_ingest_urls(stack),
         private_key_path=config.jwt_private_key,
         city=args.city,
         seed=args.seed,
         processes=args.processes,
         max_requests_per_s=args.rate_limit,
+        jobs=JobsConfig(stack.urls("api"), every_s=args.jobs_every) if args.jobs_every else None,
     )
+    if fleet.jobs is not None and not fleet.jobs.api_urls:
+        raise StackError("no api process is running: start the platform with 'telemetry up'")
     # `telemetry down` ends a background simulator with SIGTERM: unwind so that
     # run_fleet stops its load processes.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -257,6 +262,10 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--city", choices=sorted(CITIES), default="bengaluru")
     sim.add_argument("--seed", type=int, default=1)
     sim.add_argument("--plain", action="store_true", help="log lines instead of a live table")
+    sim.add_argument(
+        "--jobs-every", type=float, default=15.0, metavar="SECONDS",
+        help="customers order a delivery about this often (0: pings only)",
+    )  # fmt: skip
     sim.set_defaults(func=cmd_simulate)
 
     bench = sub.add_parser("bench", help="run a benchmark scenario, write JSON and PNG reports")

@@ -36,6 +36,8 @@ class Component:
     logs: tuple[str, ...] = field(default=())
     # What a healthy component says about itself in `status` (PostgreSQL: its storage).
     describe: Callable[[], dict[str, str]] = dict
+    # Starts tried before giving up on a process that exits during start-up.
+    start_attempts: int = 1
 
     @property
     def log_name(self) -> str:
@@ -142,6 +144,10 @@ def components(config: StackConfig, report: Callable[[str], None]) -> list[Compo
                 ports=((spec.port, spec.port_env),),
                 endpoint={"url": spec.url},
                 after=spec.after,
+                # Our services are stateless, so starting one again is safe; and a Faust
+                # worker joining while the group rebalances can crash in its recovery
+                # (faust-streaming issue #44), which its second start does not meet.
+                start_attempts=3,
             )
         )
     return result

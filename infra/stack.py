@@ -28,6 +28,10 @@ Reporter = Callable[[str], None]
 SIMULATOR = "simulator"
 
 
+class ExitedDuringStartup(StackError):
+    pass
+
+
 def _quiet(_: str) -> None:
     pass
 
@@ -131,7 +135,18 @@ class Stack:
         if name in self._readied:
             return
         component = self.components[name]
-        self._wait_ready(name, component.startup_ready or component.ready)
+        attempt = 1
+        while True:
+            try:
+                self._wait_ready(name, component.startup_ready or component.ready)
+                break
+            except ExitedDuringStartup as exc:
+                if attempt >= component.start_attempts:
+                    raise
+                attempt += 1
+                self.report(f"{exc}\nstarting {name} again (attempt {attempt})")
+                self.records.pop(name, None)
+                self._start(component)
         component.on_ready()
         self._readied.add(name)
 
@@ -141,7 +156,7 @@ class Stack:
 
         def ok() -> bool:
             if not record.ref.alive():
-                raise StackError(
+                raise ExitedDuringStartup(
                     f"{name} exited during start-up; see {self._log(name)}:\n{self._tail(name)}"
                 )
             return check()
@@ -156,10 +171,18 @@ class Stack:
         return self.config.logs_dir / f"{name}.log"
 
     def _tail(self, name: str, lines: int = 15) -> str:
+        """The log's last lines, preceded by its last error and what follows it: a service
+        that fails often logs its shutdown after the reason."""
         log = self._log(name)
         if not log.exists():
             return ""
-        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+        text = log.read_text(errors="replace").splitlines()
+        tail = text[-lines:]
+        marks = ("Traceback", "[ERROR]", "[CRITICAL]", " ERROR ", " CRITICAL ")
+        errors = [i for i, line in enumerate(text) if any(m in line for m in marks)]
+        if errors and errors[-1] < len(text) - lines:
+            tail = [*text[errors[-1] : errors[-1] + 30], "...", *tail]
+        return "\n".join(tail)
 
     # --- the whole stack ---------------------------------------------------------
     def up(self) -> None:

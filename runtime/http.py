@@ -2,7 +2,7 @@
 limit and deadline, the concurrency cap, probes."""
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
@@ -122,24 +122,36 @@ def app_options(docs_enabled: bool) -> dict[str, Any]:
     return {"docs_url": None, "redoc_url": None, "openapi_url": None}
 
 
-async def read_body_limited(request: Request, limit: int, timeout_s: float) -> bytes:
-    """The body, refused with 413 as soon as it passes `limit` bytes, before any parsing,
-    and with 408 when it has not arrived within `timeout_s` (a slow sender)."""
+async def stream_body_limited(
+    request: Request, limit: int, timeout_s: float
+) -> AsyncIterator[bytes]:
+    """The body's chunks as they arrive, refused with 413 as soon as it passes `limit`
+    bytes, and with 408 when it has not arrived within `timeout_s` (a slow sender)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise ApiError(413, f"body larger than {limit} bytes")
-    chunks: list[bytes] = []
+    # One deadline for the whole body, applied per chunk: a timeout scope must not span
+    # the consumer's code between two chunks.
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    chunks = aiter(request.stream())
     size = 0
-    try:
-        async with asyncio.timeout(timeout_s):
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:
-                    raise ApiError(413, f"body larger than {limit} bytes")
-                chunks.append(chunk)
-    except TimeoutError as exc:
-        raise ApiError(408, f"body not received within {timeout_s:g} s") from exc
-    return b"".join(chunks)
+    while True:
+        remaining = deadline - asyncio.get_running_loop().time()
+        try:
+            chunk = await asyncio.wait_for(anext(chunks), max(remaining, 0.0))
+        except StopAsyncIteration:
+            return
+        except TimeoutError as exc:
+            raise ApiError(408, f"body not received within {timeout_s:g} s") from exc
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"body larger than {limit} bytes")
+        yield chunk
+
+
+async def read_body_limited(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The whole body, within `stream_body_limited`'s bounds, before any parsing."""
+    return b"".join([chunk async for chunk in stream_body_limited(request, limit, timeout_s)])
 
 
 class ConcurrencyCap:
@@ -164,6 +176,40 @@ class ConcurrencyCap:
             await self._app(scope, receive, send)
         finally:
             self._active -= 1
+
+
+class BodyLimit:
+    """ASGI middleware: a request body past `limit` bytes is refused with 413 in the JSON
+    envelope, from its Content-Length at once, or as soon as the bytes received pass it
+    (a chunked body). Paths for which `exempt` is true bound their own bodies (uploads)."""
+
+    def __init__(self, app: Any, limit: int, exempt: Callable[[str], bool]) -> None:
+        self._app = app
+        self._limit = limit
+        self._exempt = exempt
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or self._exempt(scope["path"]):
+            await self._app(scope, receive, send)
+            return
+        message = f"body larger than {self._limit} bytes"
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self._limit:
+            await error_response(ApiError(413, message))(scope, receive, send)
+            return
+        received = 0
+
+        async def counting_receive() -> Any:
+            nonlocal received
+            chunk = await receive()
+            received += len(chunk.get("body", b""))
+            if received > self._limit:
+                # An HTTPException: FastAPI passes it on from its body reading (anything
+                # else becomes a 400), and the app's handler answers in the envelope.
+                raise StarletteHTTPException(413, message)
+            return chunk
+
+        await self._app(scope, counting_receive, send)
 
 
 # The bearer scheme, declared once: routes that depend on it carry it in their OpenAPI.

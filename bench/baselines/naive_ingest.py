@@ -8,10 +8,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
-import uvicorn
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.responses import Response
 
+from bench.baselines import serve
 from ingest.validation import parse_batch, validate_batch
 from runtime.auth import TokenVerifier, bearer_token, require_role
 from runtime.http import ApiError, install_error_handlers, json_response
@@ -63,15 +63,7 @@ def create_app(dsn: str, public_key: Path, pool_size: int = 10) -> FastAPI:
 
 def main() -> None:
     app = create_app(os.environ["NAIVE_DSN"], Path(os.environ["NAIVE_JWT_PUBLIC_KEY_PATH"]))
-    uvicorn.run(
-        app,
-        host="127.0.0.1",
-        port=int(os.environ["NAIVE_PORT"]),
-        loop="uvloop",
-        http="httptools",
-        log_level="warning",
-        access_log=False,
-    )
+    serve(app)
 
 
 if __name__ == "__main__":

@@ -11,21 +11,20 @@ import asyncio
 import contextlib
 import os
 import signal
-import sys
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.baselines import naive_endpoint
 from bench.baselines.bare_producer import produce
 from bench.fleet import FleetConfig
 from bench.harness import drain_stream, drive_fleet, driver_tokens_file
 from bench.sampler import Sampler
 from bench.wrk_runner import run_wrk
-from infra import install, pgbouncer
-from infra.config import REPO_ROOT
-from infra.procs import ProcessRef, free_port, port_open, spawn, stop, wait_until
+from infra import install
+from infra.procs import ProcessRef
 from infra.stack import Stack
 from schemas import topics
 from schemas.pings import Ping, PingBatchRecord
@@ -54,27 +53,6 @@ def _paused(ref: ProcessRef) -> Iterator[None]:
         yield
     finally:
         os.kill(ref.pid, signal.SIGCONT)
-
-
-@contextlib.contextmanager
-def _naive_endpoint(stack: Stack) -> Iterator[tuple[str, ProcessRef]]:
-    port = free_port()
-    ref = spawn(
-        [sys.executable, "-m", "bench.baselines.naive_ingest"],
-        log_path=stack.config.logs_dir / "bench-naive.log",
-        env={
-            "NAIVE_PORT": str(port),
-            "NAIVE_DSN": pgbouncer.dsn(stack.config, read_only=False),
-            "NAIVE_JWT_PUBLIC_KEY_PATH": str(stack.config.jwt_public_key),
-        },
-        cwd=REPO_ROOT,
-    )
-    try:
-        if not wait_until(lambda: port_open(port), 30):
-            raise RuntimeError("the naive baseline endpoint did not start")
-        yield f"http://127.0.0.1:{port}/v1/pings", ref
-    finally:
-        stop(ref)
 
 
 def _measured(
@@ -179,7 +157,8 @@ def run(stack: Stack, options: dict[str, Any]) -> dict[str, Any]:
     phases.append(
         _measured(stack, f"ingest, fleet of {fleet_drivers} drivers, 1 ping / 4 s each", {}, fleet)
     )
-    with _naive_endpoint(stack) as (naive_url, naive):
+    with naive_endpoint(stack, "naive_ingest") as (naive_base, naive):
+        naive_url = f"{naive_base}/v1/pings"
         extra = {"naive": naive}
         wrk_phase("naive insert-per-ping (floor), 100/request", naive_url, 100, extra=extra)
         wrk_phase("naive insert-per-ping (floor), 1/request", naive_url, 1, extra=extra)

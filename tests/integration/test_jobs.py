@@ -11,16 +11,19 @@ from io import BytesIO
 from typing import Any
 
 import httpx
+import orjson
 import psycopg
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from PIL import ExifTags, Image
 
+from api import outbox_relay
 from api.blobs import DirectoryBlobStore
 from infra import postgres
 from infra.config import StackConfig
 from infra.stack import Stack
 from runtime.geo import destination
+from runtime.postgres import open_pool
 from schemas import topics
 from schemas.auth import Role
 from schemas.jobs import JobEvent
@@ -35,10 +38,13 @@ BODY = {"pickup": {"lat": 12.97, "lon": 77.59}, "dropoff": {"lat": 12.93, "lon":
 class Caller:
     """One principal talking to the api."""
 
-    def __init__(self, config: StackConfig, token: Callable[..., str], role: Role, sub: str):
+    def __init__(
+        self, config: StackConfig, token: Callable[..., str], role: Role | None, sub: str
+    ) -> None:
+        """`role` None: a caller without a token."""
         self.sub = sub
         self.base = f"http://127.0.0.1:{config.api_port}"
-        self.headers = {"Authorization": f"Bearer {token(role, sub)}"}
+        self.headers = {} if role is None else {"Authorization": f"Bearer {token(role, sub)}"}
 
     def post(self, path: str, body: Any = None, key: str | None = None) -> httpx.Response:
         headers = self.headers | ({"Idempotency-Key": key} if key else {})
@@ -117,37 +123,93 @@ def test_a_job_goes_from_created_to_picked_up_with_an_event_per_change(
     assert len(events(config, job["job_id"])) == 3
 
 
-def test_who_may_do_what(people: dict[str, Caller]) -> None:
-    customer, dispatcher = people["customer"], people["dispatcher"]
-    job = customer.post("/v1/jobs", BODY).json()
-    path = f"/v1/jobs/{job['job_id']}"
-    # Not yet assigned: the driver does not see it.
-    expected_get = {
-        "customer": 200, "other_customer": 404, "dispatcher": 200, "driver": 404,
-        "other_driver": 404, "ops": 200,
-    }  # fmt: skip
-    for name, caller in people.items():
-        assert caller.get(path).status_code == expected_get[name], name
-    assert dispatcher.post(f"{path}/assign", {"driver_id": people["driver"].sub}).status_code == 200
-    expected = {
-        # role: (create, assign, pickup)
-        "customer": (201, 403, 403),
-        "other_customer": (201, 404, 404),
-        "dispatcher": (201, 200, 403),
-        "driver": (403, 403, 200),
-        "other_driver": (403, 404, 404),
-        "ops": (403, 403, 403),
-    }
-    for name, (create, assign, pickup) in expected.items():
-        caller = people[name]
-        assert caller.post("/v1/jobs", BODY).status_code == create, name
-        answer = caller.post(f"{path}/assign", {"driver_id": people["driver"].sub})
-        assert answer.status_code == assign, (name, answer.text)
-        if name != "driver":  # the driver's pickup is last: it changes the status
-            assert caller.post(f"{path}/pickup").status_code == pickup, name
-    assert people["driver"].post(f"{path}/pickup").status_code == 200
-    assert people["other_customer"].get("/v1/jobs/" + str(uuid.uuid4())).status_code == 404
-    r = customer.post("/v1/jobs", BODY | {"customer_id": "someone-else"})
+# Who may call what: every endpoint x every caller, each cell on a job in the state the
+# endpoint wants (so that a refusal is about the caller, never about the job's state).
+# "customer" owns the job and "driver" is assigned to it once it is assigned.
+CALLERS = ("customer", "other_customer", "dispatcher", "driver", "other_driver", "ops", "nobody")
+MATRIX: dict[str, tuple[str, tuple[int, ...]]] = {
+    # endpoint: (the job's state, one status per caller in CALLERS' order)
+    "create": ("none", (201, 201, 201, 403, 403, 403, 401)),
+    "list": ("none", (200, 200, 200, 200, 200, 200, 401)),
+    "assign": ("created", (403, 404, 200, 404, 404, 403, 401)),
+    "cancel": ("assigned", (200, 404, 200, 403, 404, 403, 401)),
+    "pickup": ("assigned", (403, 404, 403, 200, 404, 403, 401)),
+    "complete": ("picked_up", (403, 404, 403, 202, 404, 403, 401)),
+    "get": ("assigned", (200, 404, 200, 200, 404, 200, 401)),
+    "track": ("assigned", (200, 404, 200, 200, 404, 200, 401)),
+    "share": ("assigned", (201, 404, 201, 403, 404, 403, 401)),
+    "open_share": ("assigned", (200, 200, 200, 200, 200, 200, 200)),
+    "task": ("completing", (200, 404, 200, 200, 404, 200, 401)),
+}
+
+
+def job_in(people: dict[str, Caller], state: str) -> tuple[str, str | None]:
+    """A new job of "customer" in `state`: its path, and its task id once completing."""
+    path = f"/v1/jobs/{people['customer'].post('/v1/jobs', BODY).json()['job_id']}"
+    task_id = None
+    if state != "created":
+        people["dispatcher"].post(f"{path}/assign", {"driver_id": people["driver"].sub})
+    if state in ("picked_up", "completing"):
+        assert people["driver"].post(f"{path}/pickup").status_code == 200
+    if state == "completing":
+        task_id = send_photo(people["driver"], path, jpeg()).json()["task_id"]
+    return path, task_id
+
+
+def call(people: dict[str, Caller], endpoint: str, caller: Caller) -> httpx.Response:
+    path, task_id = ("/v1/jobs", None)
+    state = MATRIX[endpoint][0]
+    if state != "none":
+        path, task_id = job_in(people, state)
+    match endpoint:
+        case "create":
+            return caller.post("/v1/jobs", BODY)
+        case "list":
+            return caller.get("/v1/jobs")
+        case "assign":
+            return caller.post(f"{path}/assign", {"driver_id": people["driver"].sub})
+        case "cancel" | "pickup":
+            return caller.post(f"{path}/{endpoint}")
+        case "complete":
+            return send_photo(caller, path, jpeg())
+        case "get":
+            return caller.get(path)
+        case "track":
+            return caller.get(f"{path}/track")
+        case "share":
+            return caller.post(f"{path}/share")
+        case "open_share":
+            link = people["customer"].post(f"{path}/share").json()
+            return caller.get(link["url"])
+        case "task":
+            return caller.get(f"/v1/tasks/{task_id}")
+    raise AssertionError(endpoint)
+
+
+def test_who_may_do_what(
+    config: StackConfig, token: Callable[..., str], people: dict[str, Caller]
+) -> None:
+    everyone = people | {"nobody": Caller(config, token, None, "nobody")}
+    wrong = {}
+    for endpoint, (_, expected) in MATRIX.items():
+        for name, status in zip(CALLERS, expected, strict=True):
+            answer = call(people, endpoint, everyone[name])
+            if answer.status_code != status:
+                wrong[(endpoint, name)] = (answer.status_code, status)
+            elif status >= 400:  # every refusal is the JSON envelope, with a code
+                assert answer.json()["error"]["code"], (endpoint, name, answer.text)
+    assert not wrong, wrong  # (endpoint, caller): (got, expected)
+    # Lists hold only what the caller may see.
+    path, _ = job_in(people, "assigned")
+    job_id = path.rsplit("/", 1)[1]
+    for name, sees in {
+        "customer": True, "other_customer": False, "dispatcher": True, "driver": True,
+        "other_driver": False, "ops": True,
+    }.items():  # fmt: skip
+        listed = {j["job_id"] for j in people[name].get("/v1/jobs").json()["jobs"]}
+        assert (job_id in listed) == sees, name
+    assert people["other_customer"].get(f"/v1/jobs/{uuid.uuid4()}").status_code == 404
+    r = people["customer"].post("/v1/jobs", BODY | {"customer_id": "someone-else"})
     assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
 
 
@@ -169,6 +231,16 @@ def test_bad_input_is_refused_in_the_envelope(people: dict[str, Caller]) -> None
     assert r.status_code == 422
     assert dispatcher.get("/v1/jobs", cursor="not-a-cursor").status_code == 422
     assert dispatcher.get("/v1/jobs", limit=0).status_code == 422
+    # A JSON body past 64 KiB: refused from its length, or while it streams in (chunked).
+    huge = {"padding": "x" * 70_000}
+    headers = dispatcher.headers | {"Content-Type": "application/json"}
+
+    def chunks() -> Any:
+        yield orjson.dumps(huge)
+
+    for content in (orjson.dumps(huge), chunks()):
+        r = httpx.post(f"{dispatcher.base}/v1/jobs", content=content, headers=headers)
+        assert r.status_code == 413 and r.json()["error"]["code"] == "payload_too_large"
 
 
 def test_a_retried_post_with_its_idempotency_key_changes_nothing_twice(
@@ -562,3 +634,41 @@ def test_the_stream_records_the_first_arrival_and_trusts_no_claimed_job(
 def customer_sees(people: dict[str, Caller], path: str) -> dict[str, Any]:
     body: dict[str, Any] = people["customer"].get(path).json()
     return body
+
+
+def test_the_relay_sweeps_old_sent_rows_and_expired_idempotency_keys(config: StackConfig) -> None:
+    dsn = postgres.dsn(config, "primary")
+    tag = uuid.uuid4().hex
+    with psycopg.connect(dsn) as conn:
+        ids = [
+            conn.execute(
+                "INSERT INTO outbox (topic, key, payload, created_at, sent_at)"
+                " VALUES ('sweep-test', %s, '{}', now() - %s::interval, now() - %s::interval)"
+                " RETURNING id",
+                [tag, age, age],
+            ).fetchone()[0]  # type: ignore[index]
+            for age in ("8 days", "6 days")
+        ]
+        for key, age in (("old", "25 hours"), ("new", "23 hours")):
+            conn.execute(
+                "INSERT INTO idempotency_keys (principal, key, request_hash, status, response,"
+                " created_at) VALUES (%s, %s, '', 201, '', now() - %s::interval)",
+                [f"customer:{tag}", key, age],
+            )
+
+    async def sweep_once() -> int:
+        pool = await open_pool(dsn, min_size=1, max_size=1, name="sweep-test")
+        try:
+            return await outbox_relay.sweep(pool, outbox_relay.RelayLimits())
+        finally:
+            await pool.close()
+
+    # The api's own relays sweep too (at start, then every minute): whoever gets there.
+    asyncio.run(sweep_once())
+    with psycopg.connect(dsn) as conn:
+        outbox_left = conn.execute("SELECT id FROM outbox WHERE key = %s", [tag]).fetchall()
+        keys_left = conn.execute(
+            "SELECT key FROM idempotency_keys WHERE principal = %s", [f"customer:{tag}"]
+        ).fetchall()
+    assert [r[0] for r in outbox_left] == ids[1:]  # sent 6 days ago: kept for 7
+    assert [r[0] for r in keys_left] == ["new"]

@@ -1,14 +1,18 @@
 """Pure parts of the stack tooling: migrations discovery, pid identity, configs."""
 
 import os
+import sys
 from pathlib import Path
+
+import pytest
 
 from cli.main import redact, status_exit_code
 from infra import kafka, pgbouncer
-from infra.components import components
+from infra.components import Component, components
 from infra.config import StackConfig
 from infra.migrate import Migration, discover
-from infra.procs import ProcessRef, free_port, port_open, start_ticks
+from infra.procs import ProcessRef, StackError, free_port, port_open, spawn, start_ticks
+from infra.stack import Stack
 
 
 def test_migrations_are_ordered_and_start_with_pings() -> None:
@@ -96,3 +100,52 @@ def test_status_fails_only_for_a_required_component() -> None:
 def test_status_json_hides_passwords() -> None:
     shown = redact({"pgbouncer": {"dsn": "host=h password=s3cret user=u", "pid": 7}})
     assert shown == {"pgbouncer": {"dsn": "host=h password=*** user=u", "pid": 7}}
+
+
+# Exits at its first start (as a Faust worker crashing in its recovery does), then runs.
+FLAKY = """
+import pathlib, sys, time
+marks = pathlib.Path(sys.argv[1])
+starts = int(marks.read_text()) + 1 if marks.exists() else 1
+marks.write_text(str(starts))
+if starts <= int(sys.argv[2]):
+    sys.exit("crashed in recovery")
+time.sleep(60)
+"""
+
+
+def _flaky_stack(tmp_path: Path, crashes: int, attempts: int) -> tuple[Stack, list[str]]:
+    said: list[str] = []
+    stack = Stack(StackConfig(state_dir=tmp_path, startup_timeout_s=10), report=said.append)
+    marks = tmp_path / "starts"
+    component = Component(
+        "flaky",
+        start=lambda: spawn(
+            [sys.executable, "-c", FLAKY, str(marks), str(crashes)],
+            log_path=tmp_path / "logs" / "flaky.log",
+        ),
+        ready=lambda: marks.exists() and int(marks.read_text()) > crashes,
+        ports=(),
+        endpoint={},
+        start_attempts=attempts,
+    )
+    stack.components = {"flaky": component}
+    return stack, said
+
+
+def test_a_service_that_exits_during_start_up_is_started_again(tmp_path: Path) -> None:
+    stack, said = _flaky_stack(tmp_path, crashes=1, attempts=3)
+    try:
+        stack.start("flaky")
+        assert stack.running("flaky")
+        assert (tmp_path / "starts").read_text() == "2"
+        assert any("crashed in recovery" in line and "attempt 2" in line for line in said)
+    finally:
+        stack.down()
+
+
+def test_a_service_that_keeps_exiting_fails_with_its_reason(tmp_path: Path) -> None:
+    stack, _ = _flaky_stack(tmp_path, crashes=5, attempts=2)
+    with pytest.raises(StackError, match=r"(?s)flaky exited during start-up.*crashed in recovery"):
+        stack.start("flaky")
+    assert (tmp_path / "starts").read_text() == "2"

@@ -1,5 +1,6 @@
 """Proof photos, pure: the request's header checks and the worker's processing; blobs."""
 
+import asyncio
 from io import BytesIO
 from pathlib import Path
 
@@ -82,3 +83,94 @@ def test_blobs_are_content_addressed_and_keys_are_checked(tmp_path: Path) -> Non
     for bad in ("", "../etc", ".hidden", "a/b"):
         with pytest.raises(ValueError):
             blobs.get(bad)
+
+
+BOUNDARY = "b0undary"
+
+
+def multipart(*parts: tuple[str, bytes], closed: bool = True) -> bytes:
+    body = b""
+    for name, data in parts:
+        body += (
+            (
+                f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"; filename="p.jpg"'
+                "\r\nContent-Type: image/jpeg\r\n\r\n"
+            ).encode()
+            + data
+            + b"\r\n"
+        )
+    return body + (f"--{BOUNDARY}--\r\n".encode() if closed else b"")
+
+
+def upload(
+    body: bytes,
+    content_type: str = f"multipart/form-data; boundary={BOUNDARY}",
+    chunk: int = 65536,
+    stall: bool = False,
+) -> bytes:
+    """read_photo over a real ASGI request whose body arrives in chunks."""
+    from starlette.requests import Request
+
+    from api.uploads import read_photo
+
+    messages = [
+        {"type": "http.request", "body": body[i : i + chunk], "more_body": True}
+        for i in range(0, len(body), chunk)
+    ]
+    if not stall:
+        messages.append({"type": "http.request", "body": b"", "more_body": False})
+
+    async def receive() -> dict[str, object]:
+        if messages:
+            return messages.pop(0)
+        await asyncio.sleep(3600)  # a sender that stopped sending
+        raise AssertionError
+
+    scope = {
+        "type": "http", "method": "POST", "path": "/", "query_string": b"",
+        "headers": [(b"content-type", content_type.encode())],
+    }  # fmt: skip
+    return asyncio.run(read_photo(Request(scope, receive), timeout_s=0.5))
+
+
+def test_the_photo_part_is_read_as_it_arrives_beside_small_fields() -> None:
+    photo = image_bytes()
+    assert upload(multipart(("note", b"left at the door"), ("photo", photo)), chunk=7) == photo
+    assert upload(multipart(("photo", photo), ("photo", b"second"))) == photo  # the first
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "message"),
+    [
+        (b"{}", "application/json", "multipart/form-data"),
+        (multipart(("photo", b"x")), "multipart/form-data", "multipart/form-data"),  # no boundary
+        (multipart(("other", b"x")), None, "no `photo` file part"),
+        (multipart(("photo", b"x"), closed=False), None, "closing boundary"),
+        (multipart(*[("f", b"x")] * 9), None, "more than 8 parts"),
+        (multipart(("note", b"x" * 70_000), ("photo", b"x")), None, "pass 65536 bytes"),
+        (
+            b"--" + BOUNDARY.encode() + b"\r\nX-Long: " + b"h" * 9000 + b"\r\n\r\n",
+            None,
+            "header size",
+        ),
+        (b"garbage that is no multipart at all", None, "malformed multipart body"),
+    ],
+)
+def test_a_body_that_holds_no_proper_photo_part_is_refused(
+    body: bytes, content_type: str | None, message: str
+) -> None:
+    with pytest.raises(InvalidPhoto, match=message):
+        upload(body, content_type or f"multipart/form-data; boundary={BOUNDARY}")
+
+
+def test_a_body_past_the_limit_is_too_large_before_it_is_read_whole() -> None:
+    with pytest.raises(PhotoTooLarge):
+        upload(multipart(("photo", b"x" * (MAX_PHOTO_BYTES + 70_000))))
+
+
+def test_a_body_that_stops_arriving_times_out() -> None:
+    from runtime.http import ApiError
+
+    with pytest.raises(ApiError) as caught:
+        upload(multipart(("photo", b"x" * 1000)), stall=True)
+    assert caught.value.status == 408

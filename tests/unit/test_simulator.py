@@ -1,5 +1,6 @@
 """The fleet simulator's pure parts: routes, the driver app's offline buffer, retries."""
 
+import io
 import itertools
 import random
 import time
@@ -10,13 +11,14 @@ import jwt
 import pytest
 
 from bench.driver_app import DriverApp
-from bench.fleet import DriverTokens
+from bench.jobs_flow import Action, Courier, Order, Phase, proof_photo
 from bench.retry import RetryPolicy, parse_retry_after
-from bench.routes import CITIES, Vehicle, random_route
+from bench.routes import CITIES, Vehicle, random_route, route_between
 from bench.scenarios import storage as storage_scenario
 from bench.stats import FleetStats
+from bench.tokens import Tokens
 from runtime.auth import TokenVerifier, generate_keypair
-from runtime.geo import haversine_m
+from runtime.geo import bearing_deg, destination, haversine_m
 from schemas.auth import JWT_AUDIENCE, JWT_ISSUER
 from schemas.pings import PingBatchRecord
 
@@ -126,8 +128,14 @@ def test_stats_merge_across_processes() -> None:
     a.record_latency(0.010)
     b.record_latency(0.020)
     b.count_status(202)
+    a.eta_samples.append([1.0, 60.0, "live", "picked_up"])
+    b.eta_samples.append([-2.0, 30.0, "live", "assigned"])
     merged = FleetStats.merged([a.snapshot(), b.snapshot()])
     assert merged.accepted == 15
+    assert merged.eta_samples == [
+        [1.0, 60.0, "live", "picked_up"],
+        [-2.0, 30.0, "live", "assigned"],
+    ]
     assert merged.latency_us.get_total_count() == 2
     assert merged.status_counts == {"202": 1}
     assert 19.0 <= merged.percentile_ms(100) <= 20.1
@@ -138,16 +146,16 @@ def test_a_long_running_fleet_renews_tokens_the_services_accept(tmp_path: Path) 
     generate_keypair(private, public)
     now = [time.time()]
     verifier = TokenVerifier.from_file(public, audience=JWT_AUDIENCE, issuer=JWT_ISSUER)
-    tokens = DriverTokens(private, clock=lambda: now[0])
+    tokens = Tokens(private, clock=lambda: now[0])
     first = tokens.get("sim-1")
     assert verifier.verify(first).sub == "sim-1"  # within the default 24 h lifetime cap
     assert tokens.get("sim-1") == first  # reused while it has long to live
     # Half an hour before it expires (PyJWT checks times against the real clock, so the
     # renewed token's claims are read rather than verified here).
-    now[0] += DriverTokens.TTL_S - DriverTokens.RENEW_BEFORE_S / 2
+    now[0] += Tokens.TTL_S - Tokens.RENEW_BEFORE_S / 2
     renewed = jwt.decode(tokens.get("sim-1"), options={"verify_signature": False})
     assert renewed["iat"] == int(now[0])
-    assert renewed["exp"] - renewed["iat"] == DriverTokens.TTL_S <= 24 * 3600
+    assert renewed["exp"] - renewed["iat"] == Tokens.TTL_S <= 24 * 3600
 
 
 def test_the_storage_benchmark_backlog_is_what_the_stream_accepts() -> None:
@@ -165,3 +173,90 @@ def test_the_storage_benchmark_day_is_a_ping_every_4_s_per_driver() -> None:
     assert len(rows) == 2 * 24 * 3600 // 4
     assert {r[1].date() for r in rows} == {day}
     assert rows[1][1] - rows[0][1] == timedelta(seconds=4)
+
+
+def test_a_route_to_a_place_runs_along_the_grid_and_ends_there() -> None:
+    rng = random.Random(5)
+    for _ in range(100):
+        start, end = CITY.random_point(rng), CITY.random_point(rng)
+        route = route_between(rng, CITY, start, end)
+        assert route[0] == start and route[-1] == end
+        straight = haversine_m(*start, *end)
+        driven = sum(haversine_m(*a, *b) for a, b in itertools.pairwise(route))
+        # Along two axes: between the straight line and its two sides (sqrt 2 at most).
+        assert straight - 1.0 <= driven <= straight * 2**0.5 * 1.01
+        for a, b in itertools.pairwise(route[:-1]):  # the last leg absorbs the rounding
+            turn = (bearing_deg(*a, *b) - CITY.grid_angle_deg) % 90.0
+            assert min(turn, 90.0 - turn) < 1.0
+
+
+def test_a_vehicle_sent_somewhere_stops_there_until_sent_on() -> None:
+    vehicle = Vehicle(random.Random(2), CITY)
+    target = destination(*vehicle.position(), 45.0, 3000.0)
+    vehicle.drive_to(target)
+    steps = 0
+    while not vehicle.arrived:
+        vehicle.advance(1.0)
+        steps += 1
+        assert steps < 3000
+    fix = vehicle.advance(30.0)
+    assert (fix.lat, fix.lon) == target and fix.speed_mps == 0.0
+    vehicle.wander()
+    assert not vehicle.arrived
+    moved = vehicle.advance(60.0)
+    assert haversine_m(target[0], target[1], moved.lat, moved.lon) > 0.0
+
+
+def test_a_courier_drives_to_the_pickup_and_the_dropoff_and_says_when() -> None:
+    driver = app(seed=3, dead_zone_rate_per_s=0.0)
+    courier = Courier(driver, dwell_s=(10.0, 10.0))
+    here = driver.vehicle.position()
+    order = Order(
+        "job-1", "cust-1", destination(*here, 90.0, 800.0), destination(*here, 0.0, 900.0)
+    )
+    courier.take(order)
+    assert courier.phase is Phase.TO_PICKUP and driver.job_id == "job-1"
+    t = 0.0
+
+    def drive_until(phase: Phase) -> None:
+        nonlocal t
+        while courier.phase is not phase:
+            t += 1.0
+            ping = driver.record_fix(T0 + timedelta(seconds=t))
+            assert ping["job_id"] == "job-1"
+            courier.observe(t)
+            assert t < 3600
+
+    drive_until(Phase.AT_PICKUP)
+    assert haversine_m(*driver.vehicle.position(), *order.pickup) < 1.0
+    assert courier.due(t + 5.0) is None  # loading
+    assert courier.due(t + 10.0) is Action.PICKUP
+    courier.picked_up()
+    drive_until(Phase.AT_DROPOFF)
+    assert order.arrived_at == t
+    assert courier.due(t + 10.0) is Action.COMPLETE
+    courier.release()
+    assert courier.idle and driver.job_id is None
+    assert "job_id" not in driver.record_fix(T0 + timedelta(seconds=t + 1))
+
+
+def test_etas_are_scored_against_the_true_arrival() -> None:
+    order = Order("j", "c", (0.0, 0.0), (0.0, 0.01))
+    order.etas = [(100.0, 250, "live", "assigned"), (200.0, 90, "live", "picked_up")]
+    assert order.scored() == []  # not there yet: nothing to score
+    order.arrived_at = 300.0
+    # Read at 100 s, said 250 s: predicted 350, 50 s too pessimistic; at 200 s, 90 s: the
+    # driver came 10 s later than predicted.
+    assert order.scored() == [
+        [50.0, 200.0, "live", "assigned"],
+        [-10.0, 100.0, "live", "picked_up"],
+    ]
+
+
+def test_the_proof_photo_is_a_real_jpeg() -> None:
+    from PIL import Image
+
+    photo = proof_photo(random.Random(1))
+    with Image.open(io.BytesIO(photo)) as image:
+        image.load()
+        assert image.format == "JPEG" and image.size == (640, 480)
