@@ -240,7 +240,8 @@ def eta_errors(samples: list[list[Any]]) -> dict[str, Any]:
 
 def run(stack: Stack, options: dict[str, Any]) -> dict[str, Any]:
     uploads = int(options.get("uploads", 120))
-    rates = [float(r) for r in str(options.get("rates", "2,4")).split(",")]
+    # `--set rates=` (none): the ETA run alone.
+    rates = [float(r) for r in str(options.get("rates", "2,4")).split(",") if r]
     photo = sized_photo(int(float(options.get("photo_mib", 5)) * 1024 * 1024))
     prefix = f"jb{uuid.uuid4().hex[:6]}"
     api_url = stack.urls("api")[0]
@@ -294,11 +295,13 @@ def plot(report: dict[str, Any], path: Path) -> Path:
 
 def summary(report: dict[str, Any]) -> list[str]:
     config = report["config"]
-    lines = [
-        f"complete with a {config['photo_bytes'] / 2**20:.2f} MiB JPEG, {config['uploads']} "
-        f"uploads per design and rate; {config['api_processes']} "
-        f"api process(es), {config['photo_workers']} photo worker(s)",
-    ]
+    lines = []
+    if report["uploads"]:
+        lines.append(
+            f"complete with a {config['photo_bytes'] / 2**20:.2f} MiB JPEG, {config['uploads']}"
+            f" uploads per design and rate; {config['api_processes']} api process(es), "
+            f"{config['photo_workers']} photo worker(s)"
+        )
     for p in report["uploads"]:
         lat = p["latency_ms"]
         lines.append(

@@ -18,9 +18,9 @@ pytestmark = pytest.mark.integration
 def test_a_simulated_city_runs_deliveries_from_order_to_completion(stack: Stack) -> None:
     prefix = f"simjobs{uuid.uuid4().hex[:6]}"
     fleet = FleetConfig(
-        drivers=4,
+        drivers=8,
         interval_s=0.5,
-        duration_s=45.0,
+        duration_s=90.0,
         ingest_urls=stack.urls("ingest"),
         private_key_path=stack.config.jwt_private_key,
         driver_prefix=prefix,
@@ -29,15 +29,16 @@ def test_a_simulated_city_runs_deliveries_from_order_to_completion(stack: Stack)
         jobs=JobsConfig(
             stack.urls("api"),
             every_s=1.0,
-            pickup_near_m=150.0,
-            dropoff_m=(200.0, 300.0),
+            pickup_near_m=100.0,
+            dropoff_m=(150.0, 250.0),
             dwell_s=(1.0, 2.0),
             poll_s=1.0,
         ),
     )
     stats = run_fleet(fleet)
     assert stats.job_failures == 0
-    assert stats.jobs_completed >= 2, stats.summary()["jobs"]
+    # Vehicles stop at some corners for up to 45 s (traffic): not every trip ends in time.
+    assert stats.jobs_completed >= 1, stats.summary()["jobs"]
     assert stats.jobs_created >= stats.jobs_assigned >= stats.jobs_picked_up >= stats.jobs_completed
     # Customers read ETAs while their driver was under way, scored against the arrival.
     assert stats.eta_samples and all(sample[1] >= 0 for sample in stats.eta_samples)
