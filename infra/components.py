@@ -144,9 +144,9 @@ def components(config: StackConfig, report: Callable[[str], None]) -> list[Compo
                 ports=((spec.port, spec.port_env),),
                 endpoint={"url": spec.url},
                 after=spec.after,
-                # Our services are stateless, so starting one again is safe; and a Faust
-                # worker joining while the group rebalances can crash in its recovery
-                # (faust-streaming issue #44), which its second start does not meet.
+                # Our services are stateless, so starting one again is safe; a Faust
+                # worker joining while its group rebalances has been seen to stop during
+                # start-up (in CI, once; the log had no error to say why).
                 start_attempts=3,
             )
         )
