@@ -157,20 +157,21 @@ class Stack:
         def ok() -> bool:
             if not record.ref.alive():
                 raise ExitedDuringStartup(
-                    f"{name} exited during start-up; see {self._log(name)}:\n{self._tail(name)}"
+                    f"{name} exited during start-up; see {self._log(name)}:\n"
+                    + self.log_excerpt(name)
                 )
             return check()
 
         if not wait_until(ok, self.config.startup_timeout_s, interval_s=0.25):
             raise StackError(
                 f"{name} not healthy after {self.config.startup_timeout_s:.0f} s; "
-                f"see {self._log(name)}:\n{self._tail(name)}"
+                f"see {self._log(name)}:\n{self.log_excerpt(name)}"
             )
 
     def _log(self, name: str) -> Path:
         return self.config.logs_dir / f"{name}.log"
 
-    def _tail(self, name: str, lines: int = 15) -> str:
+    def log_excerpt(self, name: str, lines: int = 15) -> str:
         """The log's last lines, preceded by its last error and what follows it: a service
         that fails often logs its shutdown after the reason."""
         log = self._log(name)

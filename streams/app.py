@@ -114,6 +114,7 @@ def create_app(
         # A worker killed without goodbye holds its partitions until this runs out.
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=settings.session_timeout_s / 5,
+        broker_rebalance_timeout=settings.rebalance_timeout_s,
     )
     pings = app.topic(
         settings.pings_topic,

@@ -20,6 +20,10 @@ class StreamsSettings(ServiceSettings):
     database_dsn: str = "host=127.0.0.1 port=16432 dbname=telemetry user=telemetry"
     pool_max_size: int = 4
     session_timeout_s: float = 10.0
+    # How long the group waits for its members to rejoin in a rebalance. A worker that
+    # hangs (SIGSTOP, a frozen VM) during one holds every partition of the group still
+    # for this long: Faust's default, 60 s, is most of a minute with nothing stored.
+    rebalance_timeout_s: float = 20.0
     # The worker's web server (/healthz, /readyz, /metrics): loopback unless told otherwise.
     web_host: str = "127.0.0.1"
     web_port: int = 18201

@@ -46,9 +46,10 @@ HEALTH_STALL_S = 2
 
 
 @pytest.fixture(scope="module")
-def own_stack() -> Iterator[Stack]:
+def own_stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
     stack = Stack(scratch_config(stream_workers=2), report=lambda s: print(f"[own stack] {s}"))
     os.environ["STREAMS_HEALTH_STALL_S"] = str(HEALTH_STALL_S)  # passed on to the workers
+    failed_before = request.session.testsfailed
     try:
         stack.up()
         # One worker to begin with; the rebalance and SIGSTOP tests start the second.
@@ -57,6 +58,10 @@ def own_stack() -> Iterator[Stack]:
     finally:
         os.environ.pop("STREAMS_HEALTH_STALL_S", None)
         stack.down()
+        if request.session.testsfailed > failed_before:
+            # The logs go with the state dir: what the workers said goes into the report.
+            for name in ("streams-1", "streams-2"):
+                print(f"--- {name}.log ---\n{stack.log_excerpt(name, lines=60)}")
         shutil.rmtree(stack.config.state_dir, ignore_errors=True)
 
 
