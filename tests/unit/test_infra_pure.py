@@ -104,13 +104,13 @@ def test_status_json_hides_passwords() -> None:
 
 # Exits at its first start (as a Faust worker crashing in its recovery does), then runs.
 FLAKY = """
-import pathlib, sys, time
+import pathlib, sys, threading
 marks = pathlib.Path(sys.argv[1])
 starts = int(marks.read_text()) + 1 if marks.exists() else 1
 marks.write_text(str(starts))
 if starts <= int(sys.argv[2]):
     sys.exit("crashed in recovery")
-time.sleep(60)
+threading.Event().wait()  # then runs until stopped
 """
 
 

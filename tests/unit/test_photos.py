@@ -123,7 +123,7 @@ def upload(
     async def receive() -> dict[str, object]:
         if messages:
             return messages.pop(0)
-        await asyncio.sleep(3600)  # a sender that stopped sending
+        await asyncio.Event().wait()  # a sender that stopped sending: nothing more, ever
         raise AssertionError
 
     scope = {
