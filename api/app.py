@@ -7,7 +7,8 @@ from contextlib import asynccontextmanager
 from typing import Annotated
 
 import psycopg
-from fastapi import Depends, FastAPI, Path, Security
+import redis.asyncio as aioredis
+from fastapi import Depends, FastAPI, Path, Request, Security
 from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials
 from prometheus_client import CollectorRegistry, Counter
@@ -16,11 +17,14 @@ from psycopg_pool import PoolTimeout
 from api import http_errors, outbox_relay
 from api.blobs import DirectoryBlobStore
 from api.config import ApiSettings
-from api.errors import DatabaseUnavailable, NotFound
+from api.fast_reads import POSITION_ROLES, FastReads
 from api.job_routes import job_router
-from api.positions import DriverPosition, read_driver_position
+from api.positions import DriverPosition
+from api.reads import DbGate, ReadMetrics, ReadRouter
 from api.share_routes import share_router
 from api.task_routes import task_router
+from api.view_cache import CacheMetrics, CacheSettings, ViewCache
+from api.views import ReadPath, ViewLoaders, Views, position_answer, write_through
 from runtime.auth import require_role, verifier_from_settings
 from runtime.http import (
     METRICS_RESPONSES,
@@ -36,7 +40,7 @@ from runtime.http import (
 )
 from runtime.kafka import AckedProducer, durable_producer
 from runtime.postgres import Pool, open_pool
-from schemas.auth import Principal, Role
+from schemas.auth import Principal
 from schemas.ids import ID_PATTERN, MAX_ID_LENGTH
 
 # A path id is checked before any query: a NUL byte or a megabyte id is a 422, not a 500.
@@ -63,8 +67,61 @@ def pool_opener(settings: ApiSettings, dsn: str, name: str) -> PoolOpener:
     return open_real_pool
 
 
+def build_read_path(
+    settings: ApiSettings,
+    pools: dict[str, Pool],
+    registry: CollectorRegistry,
+    db_errors: Callable[[], None],
+) -> ReadPath:
+    """The cache, the read router and its cap, from the settings (nothing connects yet)."""
+    read_metrics = ReadMetrics(registry)
+    gate = DbGate(
+        settings.db_max_concurrency, settings.db_max_waiting, settings.db_wait_s, read_metrics
+    )
+    router = ReadRouter(
+        pools,
+        gate,
+        read_metrics,
+        max_lag_s=settings.replica_max_lag_s,
+        check_every_s=settings.replica_check_s,
+        on_unavailable=db_errors,
+    )
+    # A blocking pool: a call may wait for a free connection (a plain pool fails at once
+    # when all are taken). The cache bounds each call by `redis_timeout_s` of Redis's time;
+    # the client's own timeouts are the hard limit past that.
+    client = aioredis.Redis(
+        connection_pool=aioredis.BlockingConnectionPool.from_url(
+            settings.redis_url,
+            socket_timeout=settings.redis_max_wait_s,
+            socket_connect_timeout=settings.redis_max_wait_s,
+            max_connections=settings.redis_max_connections,
+            timeout=settings.redis_max_wait_s,
+        )
+    )
+    cache_settings = CacheSettings(
+        enabled=settings.cache_enabled,
+        timeout_s=settings.redis_timeout_s,
+        max_wait_s=settings.redis_max_wait_s,
+        ryw_window_s=settings.ryw_window_s,
+    )
+    cache = ViewCache(client, cache_settings, CacheMetrics(registry))
+    return ReadPath(cache, Views.from_settings(settings), ViewLoaders(router), router)
+
+
 @asynccontextmanager
-async def _relay(settings: ApiSettings, pool: Pool) -> AsyncIterator[None]:
+async def _replica_watch(router: ReadRouter) -> AsyncIterator[None]:
+    stopping = asyncio.Event()
+    task = asyncio.create_task(router.watch_replica(stopping))
+    try:
+        yield
+    finally:
+        stopping.set()
+        with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+            await asyncio.wait_for(task, 5)
+
+
+@asynccontextmanager
+async def _relay(settings: ApiSettings, pool: Pool, read_path: ReadPath) -> AsyncIterator[None]:
     """The outbox relay as a background task of the process, when enabled."""
     if not settings.relay_enabled:
         yield
@@ -81,7 +138,16 @@ async def _relay(settings: ApiSettings, pool: Pool) -> AsyncIterator[None]:
         keep_sent_s=settings.outbox_keep_sent_hours * 3600,
         idempotency_ttl_s=settings.idempotency_ttl_hours * 3600,
     )
-    task = asyncio.create_task(outbox_relay.run(pool, producer, limits, stopping))
+    views, cache = read_path.views, read_path.cache
+    task = asyncio.create_task(
+        outbox_relay.run(
+            pool,
+            producer,
+            limits,
+            stopping,
+            before_publish=lambda conn, job_ids: write_through(conn, cache, views, job_ids),
+        )
+    )
     try:
         yield
     finally:
@@ -108,13 +174,16 @@ def create_app(
         "write": open_write_pool or pool_opener(settings, settings.write_dsn, "api-write"),
     }
     pools: dict[str, Pool] = {}
+    read_path = build_read_path(settings, pools, registry, db_errors.inc)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         for name, opener in openers.items():
             pools[name] = await opener()
-        async with _relay(settings, pools["write"]):
+        await read_path.cache.warm_up()
+        async with _replica_watch(read_path.router), _relay(settings, pools["write"], read_path):
             yield
+        await read_path.cache.close()
         for pool in pools.values():
             await pool.close(timeout=5)
 
@@ -132,12 +201,18 @@ def create_app(
         return verifier.verify(bearer_credentials(credentials))
 
     async def dispatcher_or_ops(who: Annotated[Principal, Depends(principal)]) -> Principal:
-        return require_role(who, [Role.DISPATCHER, Role.OPS])
+        return require_role(who, list(POSITION_ROLES))
+
+    # The cached views' happy path skips FastAPI's routing (the routes below stay the
+    # contract, and answer everything the fast path passes on).
+    app.add_middleware(FastReads, read_path=read_path, verifier=verifier)
 
     blobs = DirectoryBlobStore(settings.blob_dir)
-    app.include_router(job_router(pools, principal, db_errors.inc, blobs, settings.body_timeout_s))
-    app.include_router(task_router(pools, principal, db_errors.inc))
-    app.include_router(share_router(pools, db_errors.inc))
+    app.include_router(
+        job_router(pools, read_path, principal, db_errors.inc, blobs, settings.body_timeout_s)
+    )
+    app.include_router(task_router(read_path, principal))
+    app.include_router(share_router(read_path))
 
     @app.get(
         "/v1/drivers/{driver_id}/position",
@@ -146,17 +221,9 @@ def create_app(
         responses=error_responses(401, 403, 404, 422, 503),
     )
     async def driver_position(
-        driver_id: PathId, _: Annotated[Principal, Depends(dispatcher_or_ops)]
+        driver_id: PathId, request: Request, _: Annotated[Principal, Depends(dispatcher_or_ops)]
     ) -> Response:
-        try:
-            async with pools["read"].connection() as conn:
-                position = await read_driver_position(conn, driver_id)
-        except (psycopg.OperationalError, PoolTimeout) as exc:
-            db_errors.inc()
-            raise DatabaseUnavailable(str(exc)) from exc
-        if position is None:
-            raise NotFound(f"no position known for driver {driver_id}")
-        return json_response(position.model_dump(mode="json"))
+        return await position_answer(read_path, driver_id, request.headers.get("if-none-match"))
 
     @app.get("/healthz", responses=PROBE_RESPONSES)
     async def healthz() -> Response:

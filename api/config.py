@@ -33,3 +33,34 @@ class ApiSettings(HttpServiceSettings):
     outbox_keep_sent_hours: float = 168.0
     idempotency_ttl_hours: float = 24.0
     pool_timeout_s: float = 2.0
+
+    # The read path (design section 14). The view cache in Redis: off serves every view
+    # from the database (a baseline; the in-process single-flight stays).
+    cache_enabled: bool = True
+    redis_url: str = "redis://127.0.0.1:16379/0"
+    # A slow Redis must cost a read little before it is bypassed (for a second, then tried
+    # again). Counted as Redis's time: when this process's own event loop is what is late,
+    # a call may take up to `redis_max_wait_s`. Below 100 ms, a 2-core machine serving a
+    # herd delays Redis's own answers past it now and then (measured: docs/benchmarks.md).
+    redis_timeout_s: float = 0.1
+    redis_max_wait_s: float = 1.0
+    redis_max_connections: int = 128
+    # How long a view is fresh; after it, it is served stale for `view_stale_s` more while
+    # one process (the lease's holder) loads it again. `Cache-Control: max-age` says the same.
+    job_view_fresh_s: float = 2.0
+    share_view_fresh_s: float = 5.0
+    position_view_fresh_s: float = 1.0
+    view_stale_s: float = 30.0
+    # The in-process cache in front of Redis for the views everyone sees alike (share
+    # links, driver positions): hot keys cost no Redis round trip.
+    local_cache_s: float = 1.0
+    # Database reads at once per process (below PgBouncer's pool of 20 per database and
+    # this process's pool); `db_max_waiting` more wait up to `db_wait_s`, the rest get 503.
+    db_max_concurrency: int = 8
+    db_max_waiting: int = 64
+    db_wait_s: float = 0.1
+    # A principal's reads include their own writes this long after each (read-your-writes).
+    ryw_window_s: float = 30.0
+    # A replica further behind than this serves nobody until it catches up.
+    replica_max_lag_s: float = 5.0
+    replica_check_s: float = 1.0

@@ -13,6 +13,10 @@ class DatabaseUnavailable(ApiServiceError):
     """The database did not answer in time; the client should retry later."""
 
 
+class DatabaseBusy(ApiServiceError):
+    """Every database slot of the process is taken; the client should retry shortly."""
+
+
 class Forbidden(ApiServiceError):
     """The caller's role may not do this, or the job is not theirs to act on."""
 

@@ -5,6 +5,7 @@ from fastapi import FastAPI
 
 from api.errors import (
     Conflict,
+    DatabaseBusy,
     DatabaseUnavailable,
     Forbidden,
     IdempotencyKeyReused,
@@ -34,6 +35,10 @@ def to_api_error(exc: Exception) -> ApiError:
             return ApiError(422, str(exc), code="idempotency_key_reused")
         case DatabaseUnavailable():
             return ApiError(503, "database unavailable, retry later", headers={"Retry-After": "1"})
+        case DatabaseBusy():
+            return ApiError(
+                503, "too busy, retry shortly", code="overloaded", headers={"Retry-After": "1"}
+            )
     raise TypeError(f"no HTTP mapping for {exc!r}")
 
 
@@ -49,6 +54,7 @@ def install(app: FastAPI) -> None:
             PhotoTooLarge,
             IdempotencyKeyReused,
             DatabaseUnavailable,
+            DatabaseBusy,
         ),
         to_api_error,
     )

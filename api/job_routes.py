@@ -1,6 +1,6 @@
-"""The jobs endpoints (design section 6). Writes go to the primary; so do job reads for
-now (read-your-writes through the replica is the read path's work, design section 14);
-the driver's position comes from the replica."""
+"""The jobs endpoints (design section 6). Writes go to the primary, and record the
+writer's WAL position for read-your-writes; a job's view comes through the view cache
+(design section 14); the list and the track read the primary."""
 
 import asyncio
 from collections.abc import Awaitable, Callable
@@ -20,11 +20,13 @@ from api import job_store
 from api.blobs import BlobStore
 from api.errors import DatabaseUnavailable, InvalidInput
 from api.job_rules import Action, check_allowed, check_creator, check_visible
-from api.job_views import MAX_FIXES, track_span, with_live_position
+from api.job_views import MAX_FIXES, track_span
 from api.photos import check_photo
 from api.positions import read_track
+from api.reads import write_position
 from api.track import feature
 from api.uploads import PHOTO_BODY, read_photo
+from api.views import ReadPath, job_answer
 from runtime.http import error_responses, json_response
 from runtime.postgres import Pool
 from schemas.auth import Principal
@@ -53,6 +55,7 @@ GEOJSON: dict[int | str, dict[str, Any]] = {
 
 def job_router(
     pools: dict[str, Pool],
+    read_path: ReadPath,
     principal: Callable[..., Awaitable[Principal]],
     db_errors: Callable[[], None],
     blobs: BlobStore,
@@ -77,15 +80,17 @@ def job_router(
         digest = job_store.request_hash(request.method, request.url.path, content)
         for attempt in (1, 2):
             try:
-                async with pools["write"].connection() as conn, conn.transaction():
-                    if key is not None:
-                        earlier = await job_store.replayed(conn, who, key, digest)
-                        if earlier is not None:
-                            return _json_bytes(earlier[1], earlier[0])
-                    answer = orjson.dumps((await work(conn)).model_dump(mode="json"))
-                    if key is not None:
-                        await job_store.remember(conn, who, key, digest, status, answer)
-                return _json_bytes(answer, status)
+                async with pools["write"].connection() as conn:
+                    async with conn.transaction():
+                        if key is not None:
+                            earlier = await job_store.replayed(conn, who, key, digest)
+                            if earlier is not None:
+                                return _json_bytes(earlier[1], earlier[0])
+                        body = orjson.dumps((await work(conn)).model_dump(mode="json"))
+                        if key is not None:
+                            await job_store.remember(conn, who, key, digest, status, body)
+                    await read_path.cache.remember_position(who.key, await _position_after(conn))
+                return _json_bytes(body, status)
             except job_store.UniqueViolation:
                 if attempt == 2:
                     raise
@@ -166,16 +171,14 @@ def job_router(
     async def complete(
         job_id: UUID, request: Request, who: Caller, key: IdempotencyKey = None
     ) -> Response:
-        # Who may complete, before a byte of the upload is read; the write's transaction
-        # checks it again, and the status after an Idempotency-Key's replay.
-        try:
-            async with pools["write"].connection() as conn:
-                job = await job_store.read(conn, job_id)
-        except (psycopg.OperationalError, PoolTimeout) as exc:
-            db_errors()
-            raise DatabaseUnavailable(str(exc)) from exc
+        # Who may complete, before a byte of the upload is read (a critical read: the
+        # primary); the write's transaction checks it again, and the status after an
+        # Idempotency-Key's replay.
+        async with read_path.router.read(
+            "job_state", f"{job_store.SELECT} WHERE job_id = %s", [job_id], critical=True
+        ) as got:
+            job = job_store.from_row(got.rows[0]) if got.rows else None
         owners = check_visible(who, job_store.owners(job), job_id)
-        assert job is not None
         check_allowed(who, Action.COMPLETE, owners)
         photo = await read_photo(request, body_timeout_s)
         check_photo(photo)  # the header only: decoding is the worker's
@@ -245,17 +248,8 @@ def job_router(
         summary="A job: status, driver, the driver's position while under way",
         responses=error_responses(401, 404, 422, 503),
     )
-    async def get_job(job_id: UUID, who: Caller) -> Response:
-        try:
-            async with pools["write"].connection() as conn:
-                job = await job_store.read(conn, job_id)
-            check_visible(who, job_store.owners(job), job_id)
-            assert job is not None
-            await with_live_position(pools["read"], job)
-        except (psycopg.OperationalError, PoolTimeout) as exc:
-            db_errors()
-            raise DatabaseUnavailable(str(exc)) from exc
-        return json_response(job.model_dump(mode="json"))
+    async def get_job(job_id: UUID, who: Caller, request: Request) -> Response:
+        return await job_answer(read_path, who, job_id, request.headers.get("if-none-match"))
 
     @router.get(
         "",
@@ -281,6 +275,19 @@ def job_router(
         return json_response(result.model_dump(mode="json"))
 
     return router
+
+
+# Past any position a server reaches: the writer's reads go to the primary until it ends.
+UNKNOWN_POSITION = 2**62
+
+
+async def _position_after(conn: AsyncConnection[Any]) -> int:
+    """The position the writer's later reads must include. The change has committed: if
+    the position cannot be asked for, the answer must still be the success it is."""
+    try:
+        return await write_position(conn)
+    except psycopg.Error:
+        return UNKNOWN_POSITION
 
 
 def _json_bytes(body: bytes, status: int) -> Response:

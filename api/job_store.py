@@ -37,7 +37,11 @@ _COLUMNS = (
 )
 
 
-def _job(row: dict[str, Any]) -> Job:
+# A job's row; `from_row` makes the Job.
+SELECT = f"SELECT {_COLUMNS} FROM jobs"
+
+
+def from_row(row: dict[str, Any]) -> Job:
     return Job(
         job_id=row["job_id"],
         status=JobStatus(row["status"]),
@@ -90,7 +94,7 @@ async def create(
         )
         row = await cur.fetchone()
     assert row is not None
-    job = _job(row)
+    job = from_row(row)
     await _record_event(conn, job, "job.created", job.created_at, {"created_by": who.sub})
     return job
 
@@ -102,7 +106,7 @@ async def read(conn: AsyncConnection[Any], job_id: UUID, *, lock: bool = False) 
             [job_id],
         )
         row = await cur.fetchone()
-    return None if row is None else _job(row)
+    return None if row is None else from_row(row)
 
 
 def owners(job: Job | None) -> Owners | None:
@@ -139,7 +143,7 @@ async def transition(
         )
         row = await cur.fetchone()
     assert row is not None
-    changed = _job(row)
+    changed = from_row(row)
     data = {"action": action.value, "by": who.sub if who is not None else "platform"}
     if driver_id is not None:
         data["driver_id"] = driver_id
@@ -182,7 +186,7 @@ async def page(
             [*params, limit + 1],
         )
         rows = await cur.fetchall()
-    jobs = [_job(r) for r in rows[:limit]]
+    jobs = [from_row(r) for r in rows[:limit]]
     more = len(rows) > limit
     return JobPage(jobs=jobs, next_cursor=encode_cursor(jobs[-1].job_id) if more else None)
 
@@ -202,7 +206,7 @@ async def replayed(
     cur = await conn.execute(
         "SELECT request_hash, status, response FROM idempotency_keys"
         " WHERE principal = %s AND key = %s",
-        [f"{who.role.value}:{who.sub}", key],
+        [who.key, key],
     )
     row = await cur.fetchone()
     if row is None:
@@ -222,7 +226,7 @@ async def remember(
     await conn.execute(
         "INSERT INTO idempotency_keys (principal, key, request_hash, status, response)"
         " VALUES (%s, %s, %s, %s, %s)",
-        [f"{who.role.value}:{who.sub}", key, digest, status, body],
+        [who.key, key, digest, status, body],
     )
 
 
@@ -232,7 +236,7 @@ UniqueViolation = psycopg.errors.UniqueViolation
 # --- share links --------------------------------------------------------------------------
 
 
-def _token_hash(token: str) -> bytes:
+def token_hash(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
 
@@ -248,24 +252,30 @@ async def create_share(
     cur = await conn.execute(
         "INSERT INTO share_links (token_hash, job_id, created_by, expires_at)"
         " VALUES (%s, %s, %s, now() + make_interval(secs => %s)) RETURNING expires_at",
-        [_token_hash(token), job_id, who.sub, ttl_s],
+        [token_hash(token), job_id, who.sub, ttl_s],
     )
     row = await cur.fetchone()
     assert row is not None
     return ShareLink(token=token, url=f"/v1/share/{token}", expires_at=row[0])
 
 
-async def read_share(conn: AsyncConnection[Any], token: str) -> tuple[Job, datetime] | None:
-    """The shared job and the link's expiry; None for an unknown or expired token."""
+# A share link's job and the link's expiry (an unknown or expired link: no row).
+SELECT_SHARED = (
+    f"SELECT s.expires_at AS link_expires_at, {', '.join('j.' + c for c in _COLUMNS.split(', '))}"
+    " FROM share_links s JOIN jobs j USING (job_id)"
+    " WHERE s.token_hash = %s AND s.expires_at > now()"
+)
+
+
+async def live_share_links(
+    conn: AsyncConnection[Any], job_id: UUID
+) -> list[tuple[bytes, datetime]]:
+    """The hashes and expiries of the job's share links that have not expired."""
     cur = await conn.execute(
-        "SELECT job_id, expires_at FROM share_links WHERE token_hash = %s AND expires_at > now()",
-        [_token_hash(token)],
+        "SELECT token_hash, expires_at FROM share_links WHERE job_id = %s AND expires_at > now()",
+        [job_id],
     )
-    row = await cur.fetchone()
-    if row is None:
-        return None
-    job = await read(conn, row[0])
-    return None if job is None else (job, row[1])
+    return [(bytes(row[0]), row[1]) for row in await cur.fetchall()]
 
 
 async def track_window(
@@ -301,12 +311,14 @@ async def complete(
     return TaskAccepted(task_id=task.task_id)
 
 
+SELECT_TASK = (
+    "SELECT task_id, kind, job_id, status, result, error, created_at, updated_at"
+    " FROM tasks WHERE task_id = %s"
+)
+
+
 async def read_task(conn: AsyncConnection[Any], task_id: UUID) -> Task | None:
     async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(
-            "SELECT task_id, kind, job_id, status, result, error, created_at, updated_at"
-            " FROM tasks WHERE task_id = %s",
-            [task_id],
-        )
+        await cur.execute(SELECT_TASK, [task_id])
         row = await cur.fetchone()
     return None if row is None else Task.model_validate(row)

@@ -2,11 +2,13 @@
 combined here, never joined to jobs in SQL: design section 17), and the track's span."""
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from psycopg import AsyncConnection
 
 from api.errors import InvalidInput
 from api.eta import estimate
 from api.positions import read_driver_position, read_recent_speed
-from runtime.postgres import Pool
 from schemas.jobs import DriverPositionView, Job, JobStatus
 
 # A driver's position shows while the job is under way, not before or after.
@@ -38,15 +40,14 @@ def track_span(
     return lo, max(lo, hi)
 
 
-async def with_live_position(pool: Pool, job: Job) -> None:
-    """Adds the driver's position and the ETA while the job is under way (replica reads:
-    the position and the speed come from the stream's tables, never joined to jobs)."""
+async def with_live_position(conn: AsyncConnection[Any], job: Job) -> None:
+    """Adds the driver's position and the ETA while the job is under way (the position and
+    the speed come from the stream's tables, read apart, never joined to jobs)."""
     if job.driver_id is None or job.status not in LIVE:
         return
     now = datetime.now(UTC)
-    async with pool.connection() as conn:
-        position = await read_driver_position(conn, job.driver_id)
-        speed = await read_recent_speed(conn, job.driver_id, now - RECENT)
+    position = await read_driver_position(conn, job.driver_id)
+    speed = await read_recent_speed(conn, job.driver_id, now - RECENT)
     if position is None:
         return
     job.driver_position = DriverPositionView(

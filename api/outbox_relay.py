@@ -7,6 +7,11 @@ acks, and marks its rows sent in the same transaction that holds the lock: a rel
 mid-round leaves its rows unmarked, and the next round sends them again, in the same
 order. Nothing is lost or reordered; a consumer drops a seq it already has.
 
+Before a round publishes job events, `before_publish` gets their job ids on the round's
+connection: the api writes the jobs' new views into its cache there (write-through), so
+the readers a push sends arrive at warm keys. It runs in a savepoint, and its failure
+delays no event.
+
 The relay also keeps the tables small: sent rows past `keep_sent_s` and idempotency keys
 past their time to live are deleted, a bounded batch at a time, every `sweep_every_s`.
 """
@@ -14,13 +19,17 @@ past their time to live are deleted, a bounded batch at a time, every `sweep_eve
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
+from psycopg import AsyncConnection
 from psycopg_pool import PoolTimeout
 
 from runtime.kafka import AckedProducer, Message, ProduceFailed
 from runtime.postgres import Pool
+from schemas import topics
 
 log = logging.getLogger(__name__)
 LOCK_KEY = 0x0B0C_5E1A  # "outbox relay"
@@ -40,7 +49,13 @@ class RelayLimits:
     sweep_batch: int = 5000
 
 
-async def relay_round(pool: Pool, producer: AckedProducer, batch: int) -> int:
+# Called with the round's connection and the job ids of the job events about to go out.
+BeforePublish = Callable[[AsyncConnection[Any], list[str]], Awaitable[None]]
+
+
+async def relay_round(
+    pool: Pool, producer: AckedProducer, batch: int, before_publish: BeforePublish | None = None
+) -> int:
     """Publishes up to `batch` unsent rows; returns how many (0: none, or another relay
     holds the lock)."""
     async with pool.connection() as conn, conn.transaction():
@@ -58,6 +73,9 @@ async def relay_round(pool: Pool, producer: AckedProducer, batch: int) -> int:
         ).fetchall()
         if not rows:
             return 0
+        job_ids = [key for _, topic, key, _ in rows if topic == topics.JOB_EVENTS]
+        if before_publish is not None and job_ids:
+            await _before(conn, before_publish, job_ids)
         await producer.send_all(
             [Message(topic, key.encode(), payload.encode()) for _, topic, key, payload in rows]
         )
@@ -65,6 +83,18 @@ async def relay_round(pool: Pool, producer: AckedProducer, batch: int) -> int:
             "UPDATE outbox SET sent_at = now() WHERE id = ANY(%s)", [[row[0] for row in rows]]
         )
     return len(rows)
+
+
+async def _before(
+    conn: AsyncConnection[Any], before_publish: BeforePublish, job_ids: list[str]
+) -> None:
+    try:
+        async with conn.transaction():  # a savepoint: its failure leaves the round intact
+            await before_publish(conn, job_ids)
+    except (psycopg.OperationalError, PoolTimeout):
+        raise  # the connection is gone: the round fails, and is tried again
+    except Exception:
+        log.exception("before-publish step failed for %d jobs; publishing anyway", len(job_ids))
 
 
 async def sweep(pool: Pool, limits: RelayLimits) -> int:
@@ -95,6 +125,7 @@ async def run(
     producer: AckedProducer,
     limits: RelayLimits,
     stopping: asyncio.Event,
+    before_publish: BeforePublish | None = None,
 ) -> None:
     """Relays until `stopping` is set. Kafka or the database down: wait and try again."""
     loop = asyncio.get_running_loop()
@@ -105,7 +136,7 @@ async def run(
                 next_sweep = loop.time() + limits.sweep_every_s
                 if swept := await sweep(pool, limits):
                     log.info("outbox relay: %d old outbox rows and idempotency keys deleted", swept)
-            sent = await relay_round(pool, producer, limits.batch)
+            sent = await relay_round(pool, producer, limits.batch, before_publish)
         except (ProduceFailed, psycopg.OperationalError, PoolTimeout) as exc:
             log.warning("outbox relay round failed, retrying: %r", exc)
             sent, wait = 0, limits.retry_s

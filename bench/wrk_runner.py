@@ -57,20 +57,58 @@ def run_wrk(
     rate_per_s: float = 0.0,
     shape: str = "trace",
 ) -> WrkResult:
-    env = os.environ | {
+    """POSTs of pings (bench/wrk/pings.lua)."""
+    env = {
         "WRK_SHAPE": shape,
         "WRK_TOKENS": str(tokens_file),
         "WRK_BATCH": str(batch),
         "WRK_RATE": str(rate_per_s),
         "WRK_CONNECTIONS": str(connections),
     }
+    return _wrk(SCRIPT, url, env, duration_s=duration_s, connections=connections, threads=threads)
+
+
+def run_wrk_gets(
+    url: str,
+    requests_file: Path,
+    *,
+    duration_s: int,
+    connections: int,
+    threads: int = 2,
+    rate_per_s: float = 0.0,
+) -> WrkResult:
+    """GETs from a list (bench/wrk/gets.lua: one "path<TAB>token<TAB>etag" a line)."""
+    env = {
+        "WRK_REQUESTS": str(requests_file),
+        "WRK_RATE": str(rate_per_s),
+        "WRK_CONNECTIONS": str(connections),
+        "WRK_THREADS": str(threads),
+    }
+    script = SCRIPT.parent / "gets.lua"
+    return _wrk(script, url, env, duration_s=duration_s, connections=connections, threads=threads)
+
+
+def _wrk(
+    script: Path,
+    url: str,
+    env: dict[str, str],
+    *,
+    duration_s: int,
+    connections: int,
+    threads: int,
+) -> WrkResult:
     argv = [
         "wrk", "-t", str(threads), "-c", str(connections), "-d", f"{duration_s}s",
-        "--timeout", "10s", "-s", str(SCRIPT), url,
+        "--timeout", "10s", "-s", str(script), url,
     ]  # fmt: skip
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     done = subprocess.run(
-        argv, env=env, capture_output=True, text=True, timeout=duration_s + 60, check=False
+        argv,
+        env=os.environ | env,
+        capture_output=True,
+        text=True,
+        timeout=duration_s + 60,
+        check=False,
     )
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:

@@ -1,14 +1,17 @@
 """Our own service processes (ingest, streams, api, the photo worker), started with settings
 passed by env."""
 
+import contextlib
+import functools
 import sys
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 
 import httpx
 
 from infra import pgbouncer, redis
 from infra.config import REPO_ROOT, StackConfig
-from infra.procs import ProcessRef, spawn
+from infra.procs import ProcessRef, StackError, free_port, spawn, stop, wait_until
 
 
 @dataclass(frozen=True)
@@ -67,11 +70,17 @@ def specs(config: StackConfig) -> list[ServiceSpec]:
             "API_READ_DSN": pgbouncer.dsn(config, read_only=True),
             "API_WRITE_DSN": pgbouncer.dsn(config, read_only=False),
             "API_KAFKA_BOOTSTRAP": config.kafka_bootstrap,
+            "API_REDIS_URL": redis.url(config),
             "API_BLOB_DIR": str(config.state_dir / "blobs"),
         }
         result.append(
             ServiceSpec(
-                f"api-{i + 1}", "api", port, env, "TELEMETRY_API_PORT", ("pgbouncer", "kafka")
+                f"api-{i + 1}",
+                "api",
+                port,
+                env,
+                "TELEMETRY_API_PORT",
+                ("pgbouncer", "kafka", "redis"),
             )
         )
     for i in range(config.photo_workers):
@@ -114,3 +123,27 @@ def url_ready(url: str, name: str) -> bool:
 
 def ready(spec: ServiceSpec) -> bool:
     return url_ready(spec.url, spec.name)
+
+
+@contextlib.contextmanager
+def api_variants(
+    config: StackConfig, count: int, env: dict[str, str], name: str = "api-variant"
+) -> Iterator[list[str]]:
+    """`count` more api processes beside the stack's, on free ports, with `env` over their
+    settings (the outbox relay off: the stack's own relays); yields their base URLs once
+    they are ready, and stops them after (benchmarks and tests compare settings so)."""
+    [base] = [spec for spec in specs(config) if spec.module == "api"][:1]
+    started: list[tuple[ServiceSpec, ProcessRef]] = []
+    try:
+        for i in range(count):
+            port = free_port()
+            overrides = {"API_PORT": str(port), "API_RELAY_ENABLED": "false"} | env
+            spec = replace(base, name=f"{name}-{i + 1}", port=port, env=base.env | overrides)
+            started.append((spec, start(config, spec)))
+        for spec, _ in started:
+            if not wait_until(functools.partial(ready, spec), 60, 0.2):
+                raise StackError(f"{spec.name} did not become ready (see its log)")
+        yield [spec.url for spec, _ in started]
+    finally:
+        for _, ref in started:
+            stop(ref, timeout_s=15)

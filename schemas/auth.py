@@ -22,6 +22,11 @@ class Principal(BaseModel):
     sub: EntityId
     role: Role
 
+    @property
+    def key(self) -> str:
+        """One string per principal (a customer and a driver may share an id)."""
+        return f"{self.role.value}:{self.sub}"
+
 
 # The token's audience and issuer are part of the contract: every service checks both.
 JWT_AUDIENCE = "telemetry"

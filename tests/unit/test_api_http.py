@@ -41,7 +41,7 @@ def test_database_unavailable_is_a_503_and_a_bad_id_never_reaches_it(tmp_path: P
         return cast(Pool, pool)
 
     app = create_app(
-        ApiSettings(jwt_public_key_path=public, relay_enabled=False),
+        ApiSettings(jwt_public_key_path=public, relay_enabled=False, replica_check_s=3600),
         open_read_pool=open_pool,
         open_write_pool=open_pool,
     )

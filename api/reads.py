@@ -1,0 +1,255 @@
+"""Where a database read goes (design section 14), and how many run at once.
+
+The replica serves a read when it has replayed what the reader must see: the WAL position
+is asked for in the same round trip as the read's first statement, before that
+statement's snapshot is taken, so a position at or past the reader's last write means the
+data includes it. Otherwise the read goes to the primary. So do critical reads, and every
+read while the replica lags past a setting or does not answer.
+
+Reads wait for one of a fixed number of slots per process, below PgBouncer's pool; a few
+may queue for a moment, and past that the answer is 503 with Retry-After, never a queue
+without bound.
+"""
+
+import asyncio
+import contextlib
+import logging
+import math
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from psycopg import AsyncClientCursor, AsyncConnection
+from psycopg.rows import dict_row
+from psycopg_pool import PoolTimeout
+
+from api.errors import DatabaseBusy, DatabaseUnavailable
+from runtime.postgres import Pool
+
+log = logging.getLogger(__name__)
+DB_ERRORS = (psycopg.OperationalError, PoolTimeout)
+
+# The position this server's data includes: on a replica the end of what it has
+# replayed, on the primary the end of what it has flushed (bytes since 0/0, comparable
+# across both). Not the insert position: it can stand past a page header the replica
+# never reports, and an idle replica would then never seem caught up.
+SERVER_LSN = (
+    "SELECT coalesce(CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()"
+    " ELSE pg_current_wal_flush_lsn() END, '0/0') - '0/0'::pg_lsn AS lsn"
+)
+# How far the replica is behind, in seconds: 0 when it has replayed all it has received
+# (an idle primary sends nothing, and then nothing is missing).
+REPLICA_LAG = (
+    "SELECT CASE WHEN NOT pg_is_in_recovery()"
+    " OR pg_last_wal_receive_lsn() IS NOT DISTINCT FROM pg_last_wal_replay_lsn() THEN 0"
+    " ELSE coalesce(extract(epoch FROM now() - pg_last_xact_replay_timestamp()), 0) END"
+)
+
+
+class ReadMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.reads = Counter(
+            "api_db_reads",
+            "Database reads by view, where they went (replica, primary) and why",
+            ["view", "target", "reason"],
+            registry=registry,
+        )
+        self.saturated = Counter(
+            "api_db_saturated",
+            "Reads refused with 503 because every database slot of the process was taken",
+            registry=registry,
+        )
+        self.in_flight = Gauge(
+            "api_db_reads_in_flight", "Database reads running now", registry=registry
+        )
+        self.peak = Gauge(
+            "api_db_reads_in_flight_peak",
+            "The most database reads that ever ran at once in this process",
+            registry=registry,
+        )
+        self.replica_lag = Gauge(
+            "api_replica_lag_seconds",
+            "The replica's replay lag as last measured (+Inf while it does not answer)",
+            registry=registry,
+        )
+        self.replica_skipped = Gauge(
+            "api_replica_skipped",
+            "1 while every read goes to the primary because the replica lags or is down",
+            registry=registry,
+        )
+
+
+class DbGate:
+    """`limit` reads at once; up to `max_waiting` more wait at most `wait_s` for a slot,
+    the rest are refused (DatabaseBusy) at once."""
+
+    def __init__(self, limit: int, max_waiting: int, wait_s: float, metrics: ReadMetrics) -> None:
+        self._slots = asyncio.Semaphore(limit)
+        self._max_waiting = max_waiting
+        self._wait_s = wait_s
+        self._waiting = 0
+        self._in_use = 0
+        self._peak = 0
+        self._metrics = metrics
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        if self._slots.locked():
+            if self._waiting >= self._max_waiting:
+                self._refuse()
+            self._waiting += 1
+            try:
+                await asyncio.wait_for(self._slots.acquire(), self._wait_s)
+            except TimeoutError:
+                self._refuse()
+            finally:
+                self._waiting -= 1
+        else:
+            await self._slots.acquire()
+        self._in_use += 1
+        self._metrics.in_flight.set(self._in_use)
+        if self._in_use > self._peak:
+            self._peak = self._in_use
+            self._metrics.peak.set(self._peak)
+        try:
+            yield
+        finally:
+            self._in_use -= 1
+            self._metrics.in_flight.set(self._in_use)
+            self._slots.release()
+
+    def _refuse(self) -> None:
+        self._metrics.saturated.inc()
+        raise DatabaseBusy("too many database reads in progress")
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A read's first statement's rows, the position its data includes, and the connection
+    (held until the read ends) for the statements that follow."""
+
+    conn: AsyncConnection[Any]
+    lsn: int
+    rows: list[dict[str, Any]]
+    target: str
+
+
+class ReadRouter:
+    def __init__(
+        self,
+        pools: dict[str, Pool],
+        gate: DbGate,
+        metrics: ReadMetrics,
+        *,
+        max_lag_s: float,
+        check_every_s: float = 1.0,
+        on_unavailable: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._on_unavailable = on_unavailable
+        self._pools = pools
+        self._gate = gate
+        self._metrics = metrics
+        self._max_lag_s = max_lag_s
+        self._check_every_s = check_every_s
+        self._lag_s = 0.0
+
+    @asynccontextmanager
+    async def read(
+        self,
+        view: str,
+        sql: str,
+        params: Sequence[Any],
+        *,
+        min_lsn: int = 0,
+        critical: bool = False,
+    ) -> AsyncIterator[Checked]:
+        """Runs `sql` where its data includes `min_lsn` (the replica when it can) and
+        yields its rows with the connection for what follows. Raises DatabaseBusy past the
+        cap and DatabaseUnavailable when no server answers."""
+        async with self._gate.slot(), AsyncExitStack() as stack:
+            try:
+                yield await self._first(stack, view, sql, params, min_lsn, critical)
+            except DB_ERRORS as exc:
+                self._on_unavailable()
+                raise DatabaseUnavailable(str(exc)) from exc
+
+    async def _first(
+        self,
+        stack: AsyncExitStack,
+        view: str,
+        sql: str,
+        params: Sequence[Any],
+        min_lsn: int,
+        critical: bool,
+    ) -> Checked:
+        reason = "read_your_writes" if min_lsn else "miss"
+        if critical:
+            reason = "critical"
+        elif self._lag_s > self._max_lag_s:
+            reason = "replica_lag"
+        else:
+            replica = AsyncExitStack()
+            try:
+                conn = await replica.enter_async_context(self._pools["read"].connection())
+                lsn, rows = await _with_lsn(conn, sql, params)
+            except DB_ERRORS as exc:
+                await replica.aclose()
+                log.warning("replica read failed, reading the primary: %r", exc)
+                reason = "replica_unavailable"
+            else:
+                if lsn >= min_lsn:
+                    await stack.enter_async_context(replica)
+                    self._metrics.reads.labels(view, "replica", reason).inc()
+                    return Checked(conn, lsn, rows, "replica")
+                await replica.aclose()  # not replayed yet: the primary has it
+        conn = await stack.enter_async_context(self._pools["write"].connection())
+        lsn, rows = await _with_lsn(conn, sql, params)
+        self._metrics.reads.labels(view, "primary", reason).inc()
+        return Checked(conn, lsn, rows, "primary")
+
+    async def watch_replica(self, stopping: asyncio.Event) -> None:
+        """Measures the replica's lag every `check_every_s` until `stopping` is set."""
+        while not stopping.is_set():
+            try:
+                async with self._pools["read"].connection(timeout=self._check_every_s) as conn:
+                    row = await (await conn.execute(REPLICA_LAG)).fetchone()
+                lag = float(row[0]) if row is not None else 0.0
+            except (*DB_ERRORS, psycopg.Error):
+                lag = math.inf
+            if (lag > self._max_lag_s) != (self._lag_s > self._max_lag_s):
+                log.warning(
+                    "replica lag %.1f s: reads go to the %s",
+                    lag,
+                    "primary" if lag > self._max_lag_s else "replica again",
+                )
+            self._lag_s = lag
+            self._metrics.replica_lag.set(lag)
+            self._metrics.replica_skipped.set(1 if lag > self._max_lag_s else 0)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), self._check_every_s)
+
+
+async def _with_lsn(
+    conn: AsyncConnection[Any], sql: str, params: Sequence[Any]
+) -> tuple[int, list[dict[str, Any]]]:
+    """The server's position, then `sql`'s rows: two statements in one round trip (the
+    simple query protocol, parameters bound by the client), the position read before the
+    second statement's snapshot."""
+    async with AsyncClientCursor(conn, row_factory=dict_row) as cur:
+        await cur.execute(f"{SERVER_LSN}; {sql}", params)
+        position = await cur.fetchone()
+        cur.nextset()
+        rows = await cur.fetchall()
+    assert position is not None
+    return int(position["lsn"]), rows
+
+
+async def write_position(conn: AsyncConnection[Any]) -> int:
+    """The primary's WAL position now: after a commit, one its replicas must reach before
+    they show it."""
+    row = await (await conn.execute(SERVER_LSN)).fetchone()
+    assert row is not None
+    return int(row[0])

@@ -1,0 +1,190 @@
+"""The cached views (design section 14): a job, a share link's public view and a driver's
+position, how each is loaded from the database, answered over HTTP (ETag, 304,
+Cache-Control), and written through after a change."""
+
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+import orjson
+from fastapi.responses import Response
+from psycopg import AsyncConnection
+
+from api import job_store
+from api.config import ApiSettings
+from api.errors import NotFound
+from api.job_rules import Owners, check_visible, visible
+from api.job_views import with_live_position
+from api.positions import DriverPosition
+from api.reads import ReadRouter, write_position
+from api.view_cache import Envelope, Loaded, View, ViewCache
+from schemas.auth import Principal
+from schemas.jobs import Job, SharedJob
+
+POSITION_SQL = (
+    "SELECT driver_id, lat, lon, ts, speed_mps, heading_deg, accuracy_m"
+    " FROM driver_positions WHERE driver_id = %s"
+)
+
+
+@dataclass(frozen=True)
+class Views:
+    job: View
+    share: View
+    position: View
+
+    @classmethod
+    def from_settings(cls, settings: ApiSettings) -> "Views":
+        stale, local = settings.view_stale_s, settings.local_cache_s
+        return cls(
+            job=View("job", settings.job_view_fresh_s, stale),
+            share=View("share", settings.share_view_fresh_s, stale, local),
+            position=View("position", settings.position_view_fresh_s, stale, local),
+        )
+
+    def cache_control(self, view: View) -> str:
+        """User views stay in the user's own cache; share views are public, and an edge
+        may serve them stale while it refreshes."""
+        if view is self.share:
+            fresh, stale = int(view.fresh_s), int(view.stale_s)
+            return f"public, max-age={fresh}, stale-while-revalidate={stale}"
+        return f"private, max-age={int(view.fresh_s)}"
+
+
+@dataclass(frozen=True)
+class ReadPath:
+    """What the read routes share: the cache, its views, their loaders and the router."""
+
+    cache: ViewCache
+    views: Views
+    loaders: "ViewLoaders"
+    router: ReadRouter
+
+
+def render_job(job: Job) -> Loaded:
+    return Loaded(orjson.dumps(job.model_dump(mode="json")), 0, (job.customer_id, job.driver_id))
+
+
+def render_share(job: Job, expires_at: Any) -> bytes:
+    view = SharedJob(
+        status=job.status,
+        driver_position=job.driver_position,
+        eta_seconds=job.eta_seconds,
+        eta_basis=job.eta_basis,
+        updated_at=job.updated_at,
+        expires_at=expires_at,
+    )
+    return orjson.dumps(view.model_dump(mode="json"))
+
+
+class ViewLoaders:
+    """Reads each view from where the read router sends it."""
+
+    def __init__(self, router: ReadRouter) -> None:
+        self._router = router
+
+    async def job(self, job_id: UUID, min_lsn: int, *, critical: bool = False) -> Loaded:
+        sql = f"{job_store.SELECT} WHERE job_id = %s"
+        async with self._router.read(
+            "job", sql, [job_id], min_lsn=min_lsn, critical=critical
+        ) as got:
+            if not got.rows:
+                raise NotFound(f"no job {job_id}")
+            job = job_store.from_row(got.rows[0])
+            await with_live_position(got.conn, job)
+        rendered = render_job(job)
+        return Loaded(rendered.body, got.lsn, rendered.owners)
+
+    async def share(self, token_hash: bytes) -> Loaded:
+        async with self._router.read("share", job_store.SELECT_SHARED, [token_hash]) as got:
+            if not got.rows:
+                raise NotFound("no such share link, or it has expired")
+            job = job_store.from_row(got.rows[0])
+            await with_live_position(got.conn, job)
+        expires_at = got.rows[0]["link_expires_at"]
+        return Loaded(render_share(job, expires_at), got.lsn, expires_at=expires_at.timestamp())
+
+    async def position(self, driver_id: str) -> Loaded:
+        async with self._router.read("position", POSITION_SQL, [driver_id]) as got:
+            if not got.rows:
+                raise NotFound(f"no position known for driver {driver_id}")
+        body = DriverPosition.model_validate(got.rows[0]).model_dump(mode="json")
+        return Loaded(orjson.dumps(body), got.lsn)
+
+
+def answer(env: Envelope, if_none_match: str | None, cache_control: str) -> Response:
+    """The view, or 304 when the client holds it already (If-None-Match)."""
+    headers = {"ETag": env.etag, "Cache-Control": cache_control}
+    if _matches(if_none_match, env.etag):
+        return Response(status_code=304, headers=headers)
+    return Response(env.body, media_type="application/json", headers=headers)
+
+
+async def job_answer(
+    read_path: ReadPath, who: Principal, job_id: UUID, if_none_match: str | None
+) -> Response:
+    """`GET /v1/jobs/{id}` once the caller is known: the route's and the fast path's."""
+    view, key = read_path.views.job, str(job_id)
+    env = await read_path.cache.get(
+        view, key, lambda lsn: read_path.loaders.job(job_id, lsn), reader=who.key
+    )
+    if (owners := _owners(env)) is None or not visible(who, owners):
+        # The view may predate the caller's assignment: a refusal rests on the primary.
+        env = await read_path.cache.put(
+            view, key, await read_path.loaders.job(job_id, 0, critical=True)
+        )
+        check_visible(who, _owners(env), job_id)
+    return answer(env, if_none_match, read_path.views.cache_control(view))
+
+
+def _owners(env: Envelope) -> Owners | None:
+    return Owners(*env.owners) if env.owners else None
+
+
+async def share_answer(read_path: ReadPath, token: str, if_none_match: str | None) -> Response:
+    """`GET /v1/share/{token}`; keyed by the token's hash, as stored: the write-through
+    finds a job's links so."""
+    token_hash = job_store.token_hash(token)
+    view = read_path.views.share
+    env = await read_path.cache.get(
+        view, token_hash.hex(), lambda _: read_path.loaders.share(token_hash)
+    )
+    return answer(env, if_none_match, read_path.views.cache_control(view))
+
+
+async def position_answer(
+    read_path: ReadPath, driver_id: str, if_none_match: str | None
+) -> Response:
+    """`GET /v1/drivers/{id}/position` once the caller's role is checked."""
+    view = read_path.views.position
+    env = await read_path.cache.get(
+        view, driver_id, lambda _: read_path.loaders.position(driver_id)
+    )
+    return answer(env, if_none_match, read_path.views.cache_control(view))
+
+
+def _matches(if_none_match: str | None, etag: str) -> bool:
+    if not if_none_match:
+        return False
+    tags = (tag.strip().removeprefix("W/") for tag in if_none_match.split(","))
+    return any(tag in ("*", etag) for tag in tags)
+
+
+async def write_through(
+    conn: AsyncConnection[Any], cache: ViewCache, views: Views, job_ids: list[str]
+) -> None:
+    """After the changes of `job_ids` committed, and before their events are published:
+    stores each job's new view and those of its live share links (read on the primary at
+    its current position, so no older view replaces them)."""
+    for raw_id in dict.fromkeys(job_ids):
+        job_id = UUID(raw_id)
+        lsn = await write_position(conn)
+        job = await job_store.read(conn, job_id)
+        if job is None:
+            continue
+        await with_live_position(conn, job)
+        rendered = render_job(job)
+        await cache.put(views.job, raw_id, Loaded(rendered.body, lsn, rendered.owners))
+        for token_hash, expires_at in await job_store.live_share_links(conn, job_id):
+            shared = Loaded(render_share(job, expires_at), lsn, expires_at=expires_at.timestamp())
+            await cache.put(views.share, token_hash.hex(), shared)

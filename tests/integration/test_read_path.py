@@ -1,0 +1,295 @@
+"""The read path (design section 14) on the real stack, counted: database reads for a
+herd, 304 without a read, write-through, read-your-writes with the replica's replay
+paused, Redis down or hanging, and 503 past the database cap. Extra api processes with
+their own settings run beside the stack's (`infra.services.api_variants`)."""
+
+import asyncio
+import contextlib
+import dataclasses
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+
+import httpx
+import psycopg
+import redis
+from prometheus_client.parser import text_string_to_metric_families
+
+from api.view_cache import Envelope
+from infra import postgres
+from infra.config import StackConfig
+from infra.procs import free_port
+from infra.redis import url as redis_url
+from infra.services import api_variants
+from schemas.auth import Role
+from tests.integration.conftest import wait_for
+
+BODY = {"pickup": {"lat": 12.97, "lon": 77.59}, "dropoff": {"lat": 12.93, "lon": 77.62}}
+Token = Callable[..., str]
+
+
+def bearer(token: Token, role: Role, sub: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token(role, sub)}"}
+
+
+def metric(url: str, name: str, **labels: str) -> float:
+    """The sum of `name`'s samples whose labels include `labels`, from one process."""
+    text = httpx.get(url + "/metrics").text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )
+
+
+def total(urls: list[str], name: str, **labels: str) -> float:
+    return sum(metric(url, name, **labels) for url in urls)
+
+
+def herd(urls: list[str], path: str, headers: dict[str, str], clients: int) -> list[int]:
+    """`clients` requests at once, spread over `urls`; their statuses."""
+
+    async def run() -> list[int]:
+        limits = httpx.Limits(max_connections=clients)
+        async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+            answers = await asyncio.gather(
+                *(client.get(urls[i % len(urls)] + path, headers=headers) for i in range(clients))
+            )
+        return [r.status_code for r in answers]
+
+    return asyncio.run(run())
+
+
+def cached(config: StackConfig, view: str, key: str) -> Envelope | None:
+    with redis.Redis.from_url(redis_url(config)) as client:
+        raw = client.hget(f"api:view:{view}:{key}", "env")
+    return None if raw is None else Envelope.decode(raw)
+
+
+def expire(config: StackConfig, view: str, key: str) -> None:
+    """Makes the stored entry one that expired a moment ago (kept for stale serving)."""
+    env = cached(config, view, key)
+    assert env is not None, "nothing cached to expire"
+    expired = dataclasses.replace(env, fresh_until=time.time() - 0.5)
+    with redis.Redis.from_url(redis_url(config)) as client:
+        client.hset(f"api:view:{view}:{key}", "env", expired.encode())
+
+
+def fresh(env: Envelope | None) -> bool:
+    return env is not None and env.fresh(time.time())
+
+
+def forget(config: StackConfig, view: str, key: str) -> None:
+    with redis.Redis.from_url(redis_url(config)) as client:
+        client.delete(f"api:view:{view}:{key}")
+
+
+def relayed(config: StackConfig, job_id: str) -> bool:
+    """Every event of the job has been published, its views written through before."""
+    with psycopg.connect(postgres.dsn(config, "primary"), autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM outbox WHERE key = %s AND sent_at IS NULL", [job_id]
+        ).fetchone()
+    return row == (0,)
+
+
+def new_job(config: StackConfig, headers: dict[str, str], base: str | None = None) -> str:
+    base = base or f"http://127.0.0.1:{config.api_port}"
+    r = httpx.post(f"{base}/v1/jobs", json=BODY, headers=headers)
+    assert r.status_code == 201, r.text
+    return str(r.json()["job_id"])
+
+
+def test_a_herd_on_an_expired_or_missing_view_reads_the_database_once_across_processes(
+    config: StackConfig, token: Token
+) -> None:
+    tag = uuid.uuid4().hex[:6]
+    ops = bearer(token, Role.OPS, f"ops-{tag}")  # reads only: no write of theirs to wait for
+    job_id = new_job(config, bearer(token, Role.DISPATCHER, f"disp-{tag}"))
+    path = f"/v1/jobs/{job_id}"
+    wait_for(lambda: relayed(config, job_id) or None)  # no write-through to come
+    with api_variants(config, 2, {"API_JOB_VIEW_FRESH_S": "60"}) as urls:
+        assert httpx.get(urls[0] + path, headers=ops).status_code == 200
+        wait_for(lambda: cached(config, "job", job_id))
+
+        expire(config, "job", job_id)
+        before = total(urls, "api_db_reads_total", view="job")
+        assert herd(urls, path, ops, 400) == [200] * 400
+        # The lease's holder refreshes in the background while everyone is served stale.
+        wait_for(lambda: fresh(cached(config, "job", job_id)) or None)
+        assert total(urls, "api_db_reads_total", view="job") - before == 1
+        assert total(urls, "api_cache_requests_total", view="job", result="stale") > 0
+
+        forget(config, "job", job_id)
+        before = total(urls, "api_db_reads_total", view="job")
+        assert herd(urls, path, ops, 400) == [200] * 400
+        # Cold: one process loads, the other waits for what it stores.
+        assert total(urls, "api_db_reads_total", view="job") - before == 1
+        assert total(urls, "api_cache_requests_total", view="job", result="coalesced") > 0
+
+
+def test_revalidation_is_a_304_without_a_read_and_a_change_is_written_through(
+    config: StackConfig, token: Token
+) -> None:
+    tag = uuid.uuid4().hex[:6]
+    ops, dispatcher = bearer(token, Role.OPS, f"ops-{tag}"), bearer(token, Role.DISPATCHER, tag)
+    job_id = new_job(config, dispatcher)
+    path = f"/v1/jobs/{job_id}"
+    # The stack's relay wrote the new job's view with its own freshness: this process's
+    # (a minute) applies from its own first load.
+    wait_for(lambda: relayed(config, job_id) or None)
+    forget(config, "job", job_id)
+    with api_variants(config, 1, {"API_JOB_VIEW_FRESH_S": "60"}) as [url]:
+        first = httpx.get(url + path, headers=ops)
+        assert first.status_code == 200
+        assert first.headers["Cache-Control"] == "private, max-age=60"
+        etag = first.headers["ETag"]
+        reads = metric(url, "api_db_reads_total", view="job")
+        for _ in range(20):
+            again = httpx.get(url + path, headers=ops | {"If-None-Match": etag})
+            assert (again.status_code, again.headers["ETag"], again.content) == (304, etag, b"")
+        assert metric(url, "api_db_reads_total", view="job") == reads
+
+        # The change goes through the stack's api (its relay writes the view through): this
+        # process's entry is fresh for a minute, so only the write-through can show it.
+        r = httpx.post(
+            f"http://127.0.0.1:{config.api_port}{path}/assign",
+            json={"driver_id": f"drv-{tag}"},
+            headers=dispatcher,
+        )
+        assert r.status_code == 200, r.text
+        wait_for(lambda: httpx.get(url + path, headers=ops).json()["status"] == "assigned" or None)
+        changed = httpx.get(url + path, headers=ops | {"If-None-Match": etag})
+        assert changed.status_code == 200 and changed.headers["ETag"] != etag
+        assert metric(url, "api_db_reads_total", view="job") == reads
+
+        share = httpx.post(f"{url}{path}/share", headers=dispatcher).json()
+        public = httpx.get(url + share["url"])
+        assert public.headers["Cache-Control"] == "public, max-age=5, stale-while-revalidate=30"
+        not_modified = httpx.get(
+            url + share["url"], headers={"If-None-Match": public.headers["ETag"]}
+        )
+        assert not_modified.status_code == 304
+
+
+@contextlib.contextmanager
+def replay_paused(config: StackConfig) -> Iterator[str]:
+    """The replica applies nothing it receives until the block ends; yields its DSN."""
+    dsn = (
+        f"host={postgres.socket_dir(config, 'replica')} port={config.postgres_replica_port}"
+        f" dbname={postgres.DATABASE} user={postgres.SUPERUSER}"
+    )
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT pg_wal_replay_pause()")
+        try:
+            yield dsn
+        finally:
+            conn.execute("SELECT pg_wal_replay_resume()")
+
+
+def test_a_principal_reads_their_own_writes_while_the_replica_replays_nothing(
+    config: StackConfig, token: Token
+) -> None:
+    customer = bearer(token, Role.CUSTOMER, f"cus-{uuid.uuid4().hex[:6]}")
+    # The lag check would send every read to the primary after a few seconds: off here,
+    # so the replica's own position decides.
+    settings = {"API_REPLICA_MAX_LAG_S": "3600", "API_JOB_VIEW_FRESH_S": "60"}
+    with api_variants(config, 1, settings) as [url], replay_paused(config) as replica:
+        created = []
+        for i in range(10):
+            # Written through this process or through the stack's: the position is in Redis.
+            job_id = new_job(config, customer, base=url if i % 2 else None)
+            created.append(job_id)
+            seen = httpx.get(f"{url}/v1/jobs/{job_id}", headers=customer)
+            assert (seen.status_code, seen.json()["status"]) == (200, "created"), seen.text
+            assert httpx.post(f"{url}/v1/jobs/{job_id}/cancel", headers=customer).status_code == 200
+            after = httpx.get(f"{url}/v1/jobs/{job_id}", headers=customer).json()
+            assert after["status"] == "cancelled"
+        with psycopg.connect(replica, autocommit=True) as conn:
+            row = conn.execute("SELECT count(*) FROM jobs WHERE job_id = ANY(%s)", [created])
+            assert row.fetchone() == (0,)  # the replica had none of it: every read was fresh
+        assert (
+            metric(
+                url, "api_db_reads_total", view="job", target="primary", reason="read_your_writes"
+            )
+            >= 1
+        )
+
+
+@contextlib.contextmanager
+def black_hole() -> Iterator[int]:
+    """A port that accepts connections and never answers (a Redis hung)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                held.append(server.accept()[0])
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join()
+        for conn in held:
+            conn.close()
+        server.close()
+
+
+def test_views_are_served_from_the_database_when_redis_is_down_or_hangs(
+    config: StackConfig, token: Token
+) -> None:
+    tag = uuid.uuid4().hex[:6]
+    ops, customer = bearer(token, Role.OPS, f"ops-{tag}"), bearer(token, Role.CUSTOMER, tag)
+    with black_hole() as hung:
+        for redis_at in (free_port(), hung):
+            env = {"API_REDIS_URL": f"redis://127.0.0.1:{redis_at}/0"}
+            with api_variants(config, 1, env) as [url]:
+                job_id = new_job(config, customer, base=url)
+                share = httpx.post(f"{url}/v1/jobs/{job_id}/share", headers=customer).json()
+                for _ in range(3):
+                    mine = httpx.get(f"{url}/v1/jobs/{job_id}", headers=customer)
+                    assert (mine.status_code, mine.json()["status"]) == (200, "created")
+                    assert httpx.get(f"{url}/v1/jobs/{job_id}", headers=ops).status_code == 200
+                    assert httpx.get(url + share["url"]).json()["status"] == "created"
+                assert httpx.post(f"{url}/v1/jobs/{job_id}/cancel", headers=customer).is_success
+                mine = httpx.get(f"{url}/v1/jobs/{job_id}", headers=customer)
+                assert mine.json()["status"] == "cancelled"
+                assert herd([url], f"/v1/jobs/{job_id}", ops, 100) == [200] * 100
+                assert metric(url, "api_cache_unavailable_total") > 0
+
+
+def test_reads_past_the_database_cap_are_refused_with_503_and_retry_after(
+    config: StackConfig, token: Token
+) -> None:
+    ops = bearer(token, Role.OPS, f"ops-{uuid.uuid4().hex[:6]}")
+    settings = {
+        "API_DB_MAX_CONCURRENCY": "1",
+        "API_DB_MAX_WAITING": "0",
+        "API_CACHE_ENABLED": "false",
+    }
+    with api_variants(config, 1, settings) as [url]:
+
+        async def run() -> list[httpx.Response]:
+            async with httpx.AsyncClient(limits=httpx.Limits(max_connections=300)) as client:
+                return await asyncio.gather(
+                    *(client.get(f"{url}/v1/jobs/{uuid.uuid4()}", headers=ops) for _ in range(300))
+                )
+
+        answers = asyncio.run(run())
+        statuses = [r.status_code for r in answers]
+        refused = [r for r in answers if r.status_code == 503]
+        assert set(statuses) <= {404, 503} and refused, statuses
+        for r in refused:
+            assert r.headers["Retry-After"] == "1"
+            assert r.json()["error"]["code"] == "overloaded"
+        assert metric(url, "api_db_saturated_total") == len(refused)
+        assert metric(url, "api_db_reads_in_flight_peak") == 1
