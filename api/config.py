@@ -57,8 +57,8 @@ class ApiSettings(HttpServiceSettings):
     # Database reads at once per process (below PgBouncer's pool of 20 per database and
     # this process's pool); `db_max_waiting` more wait up to `db_wait_s`, the rest get 503.
     db_max_concurrency: int = 8
-    db_max_waiting: int = 64
-    db_wait_s: float = 0.1
+    db_max_waiting: int = 256
+    db_wait_s: float = 0.5
     # A principal's reads include their own writes this long after each (read-your-writes).
     ryw_window_s: float = 30.0
     # A replica further behind than this serves nobody until it catches up.

@@ -31,7 +31,7 @@ import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import orjson
@@ -196,9 +196,18 @@ class CacheSettings:
     breaker_s: float = 1.0  # after a Redis failure, skip Redis this long
     timeout_s: float = 0.1  # Redis's time to answer a call (not counting our own loop's lag)
     max_wait_s: float = 1.0  # the most a call may take in all (the client's socket timeouts)
-    congested_calls: int = 16  # past this many calls in flight, a slow answer is our queue
+    congested_tasks: int = 64  # past this many tasks running here, a slow answer is ours
     local_entries: int = 10_000
     ryw_window_s: float = 30.0
+
+
+@dataclass
+class _Batch:
+    """The Redis reads asked for in one turn of the loop: envelopes by key, write
+    positions by reader."""
+
+    envs: dict[str, asyncio.Future[Envelope | None]] = field(default_factory=dict)
+    readers: dict[str, asyncio.Future[int]] = field(default_factory=dict)
 
 
 class ViewCache:
@@ -216,11 +225,11 @@ class ViewCache:
         self._metrics = metrics
         self._local = LocalCache(settings.local_entries)
         self._flights: dict[str, asyncio.Task[Envelope]] = {}
-        self._fetches: dict[str, asyncio.Future[Fetched]] = {}
+        self._batch: _Batch | None = None
+        self._sending: set[asyncio.Task[None]] = set()
         self._refreshing: set[str] = set()
         self._refreshing_tasks: set[asyncio.Task[None]] = set()
         self._skip_until = 0.0
-        self._in_flight = 0
         # This process's own record of its principals' writes, for when Redis is away.
         self._written: OrderedDict[str, tuple[float, int]] = OrderedDict()
         if client is not None:
@@ -279,7 +288,7 @@ class ViewCache:
             env = await self._wait_for_other(name)
         elif lease is not None:
             # The lease was free: perhaps because its last holder has just stored the view.
-            env, _ = await self._fetch_now(name, None)
+            env = await self._fetch_now(name)
         else:
             env = None
         if env is not None and env.lsn >= min_lsn and env.usable(time.time()):
@@ -313,7 +322,7 @@ class ViewCache:
                 if (lease := await self._take_lease(name)) is None:
                     return
                 # The lease was free: perhaps because its last holder has just refreshed.
-                env, _ = await self._fetch_now(name, None)
+                env = await self._fetch_now(name)
                 if env is not None and env.fresh(time.time()):
                     await self._give_back(name, lease)
                     return
@@ -383,43 +392,73 @@ class ViewCache:
     # --- Redis, bounded and failing soft ----------------------------------------------------
 
     async def _fetch(self, name: str, reader: str | None) -> Fetched:
-        """The stored envelope and the reader's last write position, in one round trip.
-        Without a reader, concurrent requests for one key share it (a herd is one call);
-        a reader's is their own: a call already in flight may have left before their write
-        was recorded."""
+        """The stored envelope and the reader's last write position. The reads of all the
+        requests that ask in one turn of the event loop leave together, as one pipeline,
+        on its next turn: after each of those requests arrived, so a reader sees every
+        write they finished before asking (read-your-writes), and a herd costs a round
+        trip per turn, not one per request."""
         local_lsn = self._local_write(reader)
         if not (self._views_on or reader is not None) or not self._redis_usable():
             return None, local_lsn
-        if reader is not None:
-            env, written = await self._fetch_now(name, reader)
-            return env, max(written, local_lsn)
-        fetch = self._fetches.get(name)
-        if fetch is None:
-            fetch = asyncio.ensure_future(self._fetch_now(name, None))
-            self._fetches[name] = fetch
-            fetch.add_done_callback(lambda _: self._fetches.pop(name, None))
-        return await asyncio.shield(fetch)
+        loop = asyncio.get_running_loop()
+        batch = self._batch
+        if batch is None:
+            batch = self._batch = _Batch()
+            loop.call_soon(self._send, batch)
+        # Both asked for before either is awaited: the batch leaves at the next turn.
+        env_future = batch.envs.setdefault(name, loop.create_future()) if self._views_on else None
+        position = (
+            None if reader is None else batch.readers.setdefault(reader, loop.create_future())
+        )
+        env = None if env_future is None else await asyncio.shield(env_future)
+        written = 0 if position is None else await asyncio.shield(position)
+        return env, max(written, local_lsn)
 
-    async def _fetch_now(self, name: str, reader: str | None) -> Fetched:
+    def _send(self, batch: "_Batch") -> None:
+        self._batch = None  # whoever asks from now on waits for the next batch
+        task = asyncio.create_task(self._send_now(batch))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _send_now(self, batch: "_Batch") -> None:
         assert self._redis is not None
+        envs, readers = list(batch.envs.items()), list(batch.readers.items())
+        found: list[Any] = []
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
-                if self._views_on:
+                for name, _ in envs:
                     pipe.hget(f"api:view:{name}", "env")
-                if reader is not None:
+                for reader, _ in readers:
                     pipe.get(f"api:ryw:{reader}")
-                found: list[Any] = await self._bounded(pipe.execute())
-            raw = found.pop(0) if self._views_on else None
-            written = found.pop(0) if reader is not None else None
+                found = await self._bounded(pipe.execute())
         except REDIS_ERRORS as exc:
+            # Nothing known: every waiter loads from the database (its own process's
+            # writes still count), and Redis is left alone for a moment.
             self._trip(exc)
-            return None, 0
+        answers = iter(found)
+        for name, env_future in envs:
+            env_future.set_result(self._decode(name, next(answers, None)))
+        for _, position in readers:
+            raw = next(answers, None)
+            position.set_result(int(raw) if raw else 0)
+
+    def _decode(self, name: str, raw: bytes | None) -> Envelope | None:
         try:
-            env = Envelope.decode(raw) if raw else None
+            return Envelope.decode(raw) if raw else None
         except (ValueError, TypeError):
             log.warning("unreadable cache entry %s ignored", name)
-            env = None
-        return env, int(written) if written else 0
+            return None
+
+    async def _fetch_now(self, name: str) -> Envelope | None:
+        """The stored envelope, asked for now (after taking a lease: what its last holder
+        may just have stored)."""
+        assert self._redis is not None
+        try:
+            raw: bytes | None = await self._bounded(self._redis.hget(f"api:view:{name}", "env"))  # type: ignore[arg-type]
+        except REDIS_ERRORS as exc:
+            self._trip(exc)
+            return None
+        return self._decode(name, raw)
 
     def _local_write(self, reader: str | None) -> int:
         if reader is None or (mine := self._written.get(reader)) is None:
@@ -465,30 +504,30 @@ class ViewCache:
 
     async def _bounded(self, call: Awaitable[T]) -> T:
         """`call`, given `timeout_s` of Redis's time. This process's own congestion is not
-        Redis's slowness: while many calls are in flight (a herd being served, each of its
-        requests with its own), or when the loop itself woke late, a call gets another
-        window, up to `max_wait_s` in all (the client's own socket timeouts)."""
+        Redis's slowness: while many tasks are running (a herd being served: the answer
+        may be in, waiting for its turn of the loop), or when the loop itself woke late,
+        a call gets another window, up to `max_wait_s` in all (the client's own socket
+        timeouts)."""
         loop = asyncio.get_running_loop()
         task = asyncio.ensure_future(call)
         budget, started = self._settings.timeout_s, loop.time()
-        self._in_flight += 1
-        try:
-            while True:
-                due = loop.time() + budget
-                done, _ = await asyncio.wait({task}, timeout=budget)
-                if not done:
-                    late = loop.time() - due
-                    # A short grace: an answer that came while the loop was busy is read in
-                    # it (the loop polls sockets only between its turns).
-                    done, _ = await asyncio.wait({task}, timeout=0.005)
-                if done:
-                    return task.result()
-                congested = late >= budget / 2 or self._in_flight > self._settings.congested_calls
-                if not congested or loop.time() - started >= self._settings.max_wait_s:
-                    task.cancel()
-                    raise TimeoutError(f"no answer from Redis within {budget * 1000:.0f} ms")
-        finally:
-            self._in_flight -= 1
+        while True:
+            due = loop.time() + budget
+            done, _ = await asyncio.wait({task}, timeout=budget)
+            if not done:
+                late = loop.time() - due
+                # A short grace: an answer that came while the loop was busy is read in it
+                # (the loop polls sockets only between its turns).
+                done, _ = await asyncio.wait({task}, timeout=0.005)
+            if done:
+                return task.result()
+            busy = len(asyncio.all_tasks()) > self._settings.congested_tasks
+            if (
+                not (busy or late >= budget / 2)
+                or loop.time() - started >= self._settings.max_wait_s
+            ):
+                task.cancel()
+                raise TimeoutError(f"no answer from Redis within {budget * 1000:.0f} ms")
 
     def _redis_usable(self) -> bool:
         if self._redis is None:
@@ -523,7 +562,7 @@ class ViewCache:
                 await self._bounded(self._redis.ping())
 
     async def close(self) -> None:
-        for task in [*self._flights.values(), *self._refreshing_tasks]:
+        for task in [*self._flights.values(), *self._refreshing_tasks, *self._sending]:
             task.cancel()
         if self._redis is not None:
             await self._redis.aclose()

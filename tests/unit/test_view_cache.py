@@ -204,8 +204,8 @@ def test_a_reader_whose_write_is_newer_than_the_load_in_flight_loads_past_it() -
         await started.wait()
         await cache.remember_position("customer:c2", 50)
         second = asyncio.create_task(cache.get(VIEW, "k", load, reader="customer:c2"))
-        for _ in range(3):  # yield until the second reader waits on the load in flight
-            await asyncio.sleep(0)
+        for _ in range(3):
+            await asyncio.sleep(0)  # yields until the second reader waits on the load
         gate.set()
         a, b = await first, await second
         return [(a.lsn, seen[0]), (b.lsn, seen[1])]
@@ -221,7 +221,7 @@ def test_a_failed_load_reaches_every_waiter_and_is_not_kept() -> None:
         async def load(_: int) -> Loaded:
             nonlocal calls
             calls += 1
-            await asyncio.sleep(0)  # the others join while this load is in flight
+            await asyncio.sleep(0)  # yields until the others have joined this load
             raise NotFound("no job")
 
         results = await asyncio.gather(
