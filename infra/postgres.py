@@ -1,7 +1,9 @@
 """PostgreSQL 15: a primary and a streaming replica, run as the postgres OS user."""
 
+import contextlib
 import secrets
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -67,6 +69,22 @@ def superuser_dsn(config: StackConfig) -> str:
         f"host={socket_dir(config, 'primary')} port={config.postgres_primary_port} "
         f"dbname=postgres user={SUPERUSER} connect_timeout=5"
     )
+
+
+@contextlib.contextmanager
+def replay_paused(config: StackConfig) -> Iterator[str]:
+    """The replica applies nothing it receives until the block ends (a lagging replica, on
+    demand, for tests and benchmarks); yields its superuser DSN (the private socket)."""
+    dsn = (
+        f"host={socket_dir(config, 'replica')} port={config.postgres_replica_port}"
+        f" dbname={DATABASE} user={SUPERUSER} connect_timeout=5"
+    )
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT pg_wal_replay_pause()")
+        try:
+            yield dsn
+        finally:
+            conn.execute("SELECT pg_wal_replay_resume()")
 
 
 def _make_service_dir(path: Path, mode: int = 0o700) -> None:

@@ -27,7 +27,6 @@ import dataclasses
 import resource
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -160,7 +159,7 @@ def run(stack: Stack, options: dict[str, Any]) -> dict[str, Any]:
         report["revalidation"] = revalidation(p, urls, path, reader)
     cycles = int(options.get("cycles", 1000))
     with api_variants(p.config, 2, {"API_REPLICA_MAX_LAG_S": "3600"}, "api-ryw") as urls:
-        with replay_paused(p):
+        with postgres.replay_paused(p.config):
             report["ryw_paused"] = ryw_phase(p, urls, cycles)
         report["ryw_running"] = ryw_phase(p, urls, cycles)
     report["config"] |= {
@@ -314,20 +313,6 @@ async def open_loop(
                 for i, job in enumerate(ids)
             )
         )
-
-
-@contextlib.contextmanager
-def replay_paused(p: Phases) -> Iterator[None]:
-    dsn = (
-        f"host={postgres.socket_dir(p.config, 'replica')} port={p.config.postgres_replica_port}"
-        f" dbname={postgres.DATABASE} user={postgres.SUPERUSER}"
-    )
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("SELECT pg_wal_replay_pause()")
-        try:
-            yield
-        finally:
-            conn.execute("SELECT pg_wal_replay_resume()")
 
 
 def ryw_phase(p: Phases, urls: list[str], cycles: int) -> dict[str, Any]:

@@ -175,21 +175,6 @@ def test_revalidation_is_a_304_without_a_read_and_a_change_is_written_through(
         assert not_modified.status_code == 304
 
 
-@contextlib.contextmanager
-def replay_paused(config: StackConfig) -> Iterator[str]:
-    """The replica applies nothing it receives until the block ends; yields its DSN."""
-    dsn = (
-        f"host={postgres.socket_dir(config, 'replica')} port={config.postgres_replica_port}"
-        f" dbname={postgres.DATABASE} user={postgres.SUPERUSER}"
-    )
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("SELECT pg_wal_replay_pause()")
-        try:
-            yield dsn
-        finally:
-            conn.execute("SELECT pg_wal_replay_resume()")
-
-
 def test_a_principal_reads_their_own_writes_while_the_replica_replays_nothing(
     config: StackConfig, token: Token
 ) -> None:
@@ -197,7 +182,7 @@ def test_a_principal_reads_their_own_writes_while_the_replica_replays_nothing(
     # The lag check would send every read to the primary after a few seconds: off here,
     # so the replica's own position decides.
     settings = {"API_REPLICA_MAX_LAG_S": "3600", "API_JOB_VIEW_FRESH_S": "60"}
-    with api_variants(config, 1, settings) as [url], replay_paused(config) as replica:
+    with api_variants(config, 1, settings) as [url], postgres.replay_paused(config) as replica:
         created = []
         for i in range(10):
             # Written through this process or through the stack's: the position is in Redis.
