@@ -18,13 +18,16 @@ class DriverPosition(BaseModel):
     accuracy_m: float | None
 
 
+# A driver's latest position, as DriverPosition's fields.
+SELECT_POSITION = (
+    "SELECT driver_id, lat, lon, ts, speed_mps, heading_deg, accuracy_m"
+    " FROM driver_positions WHERE driver_id = %s"
+)
+
+
 async def read_driver_position(conn: AsyncConnection[Any], driver_id: str) -> DriverPosition | None:
     async with conn.cursor(row_factory=class_row(DriverPosition)) as cur:
-        await cur.execute(
-            "SELECT driver_id, lat, lon, ts, speed_mps, heading_deg, accuracy_m"
-            " FROM driver_positions WHERE driver_id = %s",
-            [driver_id],
-        )
+        await cur.execute(SELECT_POSITION, [driver_id])
         return await cur.fetchone()
 
 

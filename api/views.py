@@ -15,16 +15,11 @@ from api.config import ApiSettings
 from api.errors import NotFound
 from api.job_rules import Owners, check_visible, visible
 from api.job_views import with_live_position
-from api.positions import DriverPosition
+from api.positions import SELECT_POSITION, DriverPosition
 from api.reads import ReadRouter, write_position
 from api.view_cache import Envelope, Loaded, View, ViewCache
 from schemas.auth import Principal
 from schemas.jobs import Job, SharedJob
-
-POSITION_SQL = (
-    "SELECT driver_id, lat, lon, ts, speed_mps, heading_deg, accuracy_m"
-    " FROM driver_positions WHERE driver_id = %s"
-)
 
 
 @dataclass(frozen=True)
@@ -105,7 +100,7 @@ class ViewLoaders:
         return Loaded(render_share(job, expires_at), got.lsn, expires_at=expires_at.timestamp())
 
     async def position(self, driver_id: str) -> Loaded:
-        async with self._router.read("position", POSITION_SQL, [driver_id]) as got:
+        async with self._router.read("position", SELECT_POSITION, [driver_id]) as got:
             if not got.rows:
                 raise NotFound(f"no position known for driver {driver_id}")
         body = DriverPosition.model_validate(got.rows[0]).model_dump(mode="json")
