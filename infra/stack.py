@@ -182,7 +182,14 @@ class Stack:
         marks = ("Traceback", "[ERROR]", "[CRITICAL]", " ERROR ", " CRITICAL ")
         errors = [i for i, line in enumerate(text) if any(m in line for m in marks)]
         if errors and errors[-1] < len(text) - lines:
-            tail = [*text[errors[-1] : errors[-1] + 30], "...", *tail]
+            start = end = errors[-1]
+            # A traceback's frames are indented; the line after them is the exception.
+            while end + 1 < len(text) and text[end + 1].startswith((" ", "\t")):
+                end += 1
+            block = text[start : end + 2]
+            if len(block) > 30:  # a deep stack (Faust's services): its head and its end
+                block = [*block[:3], "...", *block[-15:]]
+            tail = [*block, "...", *tail]
         return "\n".join(tail)
 
     # --- the whole stack ---------------------------------------------------------
