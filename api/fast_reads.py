@@ -16,12 +16,12 @@ from fastapi.responses import Response
 
 from api.errors import ApiServiceError
 from api.http_errors import to_api_error
-from api.share_routes import SHARE_TOKEN_PATTERN
 from api.views import ReadPath, job_answer, position_answer, share_answer
 from runtime.auth import AuthError, TokenVerifier, bearer_token
 from runtime.http import error_response
 from schemas.auth import Principal, Role
 from schemas.ids import ID_PATTERN
+from schemas.jobs import SHARE_TOKEN_PATTERN
 
 JOB = re.compile(
     r"/v1/jobs/([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})"

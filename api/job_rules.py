@@ -7,7 +7,7 @@ from enum import StrEnum
 
 from api.errors import Conflict, Forbidden, NotFound
 from schemas.auth import Principal, Role
-from schemas.jobs import JobStatus
+from schemas.jobs import JobStatus, visible_to
 
 
 class Action(StrEnum):
@@ -56,16 +56,7 @@ class Owners:
 
 
 def visible(who: Principal, job: Owners) -> bool:
-    """A customer sees their own jobs, a driver the jobs assigned to them, a dispatcher
-    (and ops) all."""
-    match who.role:
-        case Role.DISPATCHER | Role.OPS:
-            return True
-        case Role.CUSTOMER:
-            return job.customer_id == who.sub
-        case Role.DRIVER:
-            return job.driver_id == who.sub
-    return False
+    return visible_to(who, job.customer_id, job.driver_id)
 
 
 def check_visible(who: Principal, job: Owners | None, job_id: object) -> Owners:

@@ -28,6 +28,7 @@ from schemas.jobs import (
     JobStatus,
     Point,
     ShareLink,
+    share_token_hash,
 )
 from schemas.tasks import ProofPhotoTask, Task, TaskAccepted
 
@@ -64,8 +65,9 @@ async def _record_event(
     )
     payload = event.model_dump(mode="json")
     await conn.execute(
-        "INSERT INTO job_events (job_id, seq, type, data, at) VALUES (%s, %s, %s, %s, %s)",
-        [job.job_id, job.seq, event_type, orjson.dumps(data).decode(), at],
+        "INSERT INTO job_events (job_id, seq, type, status, data, at)"
+        " VALUES (%s, %s, %s, %s, %s, %s)",
+        [job.job_id, job.seq, event_type, job.status.value, orjson.dumps(data).decode(), at],
     )
     await conn.execute(
         "INSERT INTO outbox (topic, key, payload) VALUES (%s, %s, %s)",
@@ -236,10 +238,6 @@ UniqueViolation = psycopg.errors.UniqueViolation
 # --- share links --------------------------------------------------------------------------
 
 
-def token_hash(token: str) -> bytes:
-    return hashlib.sha256(token.encode()).digest()
-
-
 async def create_share(
     conn: AsyncConnection[Any], who: Principal, job_id: UUID, ttl_s: int
 ) -> ShareLink:
@@ -252,7 +250,7 @@ async def create_share(
     cur = await conn.execute(
         "INSERT INTO share_links (token_hash, job_id, created_by, expires_at)"
         " VALUES (%s, %s, %s, now() + make_interval(secs => %s)) RETURNING expires_at",
-        [token_hash(token), job_id, who.sub, ttl_s],
+        [share_token_hash(token), job_id, who.sub, ttl_s],
     )
     row = await cur.fetchone()
     assert row is not None

@@ -8,10 +8,8 @@ from fastapi.responses import Response
 
 from api.views import ReadPath, share_answer
 from runtime.http import error_responses
-from schemas.jobs import SharedJob
+from schemas.jobs import SHARE_TOKEN_PATTERN, SharedJob
 
-# A share token as job_store.create_share makes them (token_urlsafe(24): 32 characters).
-SHARE_TOKEN_PATTERN = r"^[A-Za-z0-9_-]{16,64}$"
 ShareToken = Annotated[str, Path(pattern=SHARE_TOKEN_PATTERN)]
 
 

@@ -19,7 +19,7 @@ from api.positions import SELECT_POSITION, DriverPosition
 from api.reads import ReadRouter, write_position
 from api.view_cache import Envelope, Loaded, View, ViewCache
 from schemas.auth import Principal
-from schemas.jobs import Job, SharedJob
+from schemas.jobs import Job, SharedJob, share_token_hash
 
 
 @dataclass(frozen=True)
@@ -139,7 +139,7 @@ def _owners(env: Envelope) -> Owners | None:
 async def share_answer(read_path: ReadPath, token: str, if_none_match: str | None) -> Response:
     """`GET /v1/share/{token}`; keyed by the token's hash, as stored: the write-through
     finds a job's links so."""
-    token_hash = job_store.token_hash(token)
+    token_hash = share_token_hash(token)
     view = read_path.views.share
     env = await read_path.cache.get(
         view, token_hash.hex(), lambda _: read_path.loaders.share(token_hash)

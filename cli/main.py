@@ -37,7 +37,7 @@ def _stack(config: StackConfig, report: Any = None) -> "Stack":
 
 def _config(args: argparse.Namespace) -> StackConfig:
     overrides = {}
-    for field in ("ingest_processes", "api_processes", "stream_workers"):
+    for field in ("ingest_processes", "api_processes", "stream_workers", "notifier_processes"):
         value = getattr(args, field, None)
         if value is not None:
             overrides[field] = value
@@ -127,7 +127,9 @@ def print_endpoints(components: dict[str, dict[str, object]]) -> None:
         elif "drivers" in info:
             endpoint = f"{info['drivers']} simulated drivers"
         else:
-            endpoint = _display(info.get("url") or info.get("bootstrap") or info.get("dsn"))
+            endpoint = _display(
+                info.get("ws") or info.get("url") or info.get("bootstrap") or info.get("dsn")
+            )
             if "storage" in info:
                 endpoint += f"\nstorage: {info['storage']}"
         healthy = "[green]yes[/green]" if info["healthy"] else "[red]no[/red]"
@@ -226,6 +228,67 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_watch(args: argparse.Namespace) -> int:
+    import asyncio
+    import uuid
+
+    from bench.ws_client import JobWatcher, Refused
+
+    try:
+        job_id = uuid.UUID(args.job_id)
+    except ValueError as exc:
+        raise StackError(f"{args.job_id!r} is not a job id (a UUID)") from exc
+    urls = [args.url] if args.url else _stack(StackConfig()).ws_urls()
+    if not urls:
+        raise StackError("no notifier is running: start the platform with 'telemetry up'")
+    token = args.token
+    if token is None:
+        config = StackConfig()
+        if not config.jwt_private_key.exists():
+            raise StackError("no --token and no signing key: run 'telemetry up' first")
+        # A dispatcher sees every job: the operator's view.
+        token = issue_token(config.jwt_private_key, sub="telemetry-watch", role=Role.DISPATCHER)
+    watcher = JobWatcher(urls, token, job_id, last_seq=args.last_seq)
+    out = Console(highlight=False)
+
+    async def run() -> None:
+        connects = 0
+        async for message in watcher.messages():
+            if watcher.tally.connects != connects:
+                connects = watcher.tally.connects
+                if connects > 1:
+                    out.print(f"[yellow]reconnected, resuming after seq {watcher.last_seq}[/]")
+            out.print(describe_message(message))
+
+    try:
+        asyncio.run(run())
+    except Refused as exc:
+        console.print(f"[bold red]refused:[/bold red] {exc}")
+        return 1
+    return 0
+
+
+def describe_message(m: dict[str, Any]) -> str:
+    """One line per notifier message, for people."""
+    kind = m.get("type", "?")
+    if kind == "snapshot":
+        job = m["job"]
+        where = m.get("position")
+        at = f", driver at {where['lat']:.5f},{where['lon']:.5f}" if where else ""
+        resumed = f", resuming after seq {m['resumed_from']}" if m.get("resumed_from") else ""
+        return f"[bold]snapshot[/] seq {m['seq']}: {job['status']}{at}{resumed}"
+    if kind == "position":
+        return f"[dim]position {m['lat']:.5f},{m['lon']:.5f} at {m['ts']}[/]"
+    if kind == "resync":
+        return f"[yellow]resync ({m['reason']}): a fresh snapshot follows[/]"
+    if kind == "ping":
+        return f"[dim]ping {m['ts']}[/]"
+    if "seq" in m:
+        data = f" {json.dumps(m['data'])}" if m.get("data") else ""
+        return f"seq {m['seq']} [bold]{kind}[/] {m['status']} at {m['at']}{data}"
+    return json.dumps(m)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="telemetry", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -234,6 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--ingest", dest="ingest_processes", type=int, help="ingest processes")
     up.add_argument("--api", dest="api_processes", type=int, help="api processes")
     up.add_argument("--workers", dest="stream_workers", type=int, help="Faust worker processes")
+    up.add_argument(
+        "--notifier", dest="notifier_processes", type=int, help="notifier (WebSocket) processes"
+    )
     up.add_argument(
         "--simulate", type=int, metavar="DRIVERS", default=0,
         help="also run a simulated fleet of DRIVERS drivers until `down`",
@@ -278,6 +344,17 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--sub", required=True, help="the driver/customer/dispatcher/ops id")
     token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds")
     token.set_defaults(func=cmd_token)
+
+    watch = sub.add_parser(
+        "watch", help="follow a job through the notifier: its snapshot, events and positions"
+    )
+    watch.add_argument("job_id")
+    watch.add_argument(
+        "--token", help="a user's JWT or a share token (default: a dispatcher's, minted here)"
+    )
+    watch.add_argument("--url", help="the notifier's WebSocket URL (default: the stack's)")
+    watch.add_argument("--last-seq", type=int, help="resume after this seq")
+    watch.set_defaults(func=cmd_watch)
     return parser
 
 

@@ -142,7 +142,7 @@ def components(config: StackConfig, report: Callable[[str], None]) -> list[Compo
                 start=lambda spec=spec: services.start(config, spec),  # type: ignore[misc]
                 ready=lambda spec=spec: services.ready(spec),  # type: ignore[misc]
                 ports=((spec.port, spec.port_env),),
-                endpoint={"url": spec.url},
+                endpoint=spec.endpoint,
                 after=spec.after,
                 # Our services are stateless, so starting one again is safe; a Faust
                 # worker joining while its group rebalances has been seen to stop during

@@ -39,11 +39,13 @@ class StackConfig(BaseSettings):
     api_port: int = 18101  # api-N likewise
     streams_web_port: int = 18201  # streams-N's Faust web server likewise
     photo_worker_port: int = 18301  # photo-worker-N's probes likewise
+    notifier_port: int = 18401  # notifier-N's WebSocket (/ws) and probes likewise
 
     ingest_processes: int = 1
     api_processes: int = 1
     stream_workers: int = 1
     photo_workers: int = 1
+    notifier_processes: int = 1
 
     # PostgreSQL and PgBouncer end a transaction left idle this long (a paused client).
     idle_in_transaction_timeout_s: int = 15

@@ -17,6 +17,7 @@ from infra.config import REPO_ROOT, StackConfig
 from ingest.app import build_adapters
 from ingest.app import create_app as create_ingest
 from ingest.config import IngestSettings
+from notifier.config import NotifierSettings
 from runtime.auth import generate_keypair
 from streams.config import StreamsSettings
 
@@ -26,6 +27,7 @@ SETTINGS: list[tuple[str, type[BaseSettings], str]] = [
     ("Ingest (`python -m ingest`)", IngestSettings, "INGEST_"),
     ("Streams (`python -m streams`)", StreamsSettings, "STREAMS_"),
     ("Api (`python -m api`)", ApiSettings, "API_"),
+    ("Notifier (`python -m notifier`)", NotifierSettings, "NOTIFIER_"),
 ]
 
 

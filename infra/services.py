@@ -12,6 +12,7 @@ import httpx
 from infra import pgbouncer, redis
 from infra.config import REPO_ROOT, StackConfig
 from infra.procs import ProcessRef, StackError, free_port, spawn, stop, wait_until
+from schemas.notifier import WS_PATH
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,12 @@ class ServiceSpec:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def endpoint(self) -> dict[str, str]:
+        if self.module == "notifier":
+            return {"url": self.url, "ws": f"ws://127.0.0.1:{self.port}{WS_PATH}"}
+        return {"url": self.url}
 
 
 def _auth_env(prefix: str, config: StackConfig) -> dict[str, str]:
@@ -101,6 +108,25 @@ def specs(config: StackConfig) -> list[ServiceSpec]:
                 ("kafka", "pgbouncer"),
             )
         )
+    for i in range(config.notifier_processes):
+        port = config.notifier_port + i
+        env = _auth_env("NOTIFIER_", config) | {
+            "NOTIFIER_PORT": str(port),
+            "NOTIFIER_KAFKA_BOOTSTRAP": config.kafka_bootstrap,
+            "NOTIFIER_WRITE_DSN": pgbouncer.dsn(config, read_only=False),
+            "NOTIFIER_READ_DSN": pgbouncer.dsn(config, read_only=True),
+            "NOTIFIER_REDIS_URL": redis.url(config),
+        }
+        result.append(
+            ServiceSpec(
+                f"notifier-{i + 1}",
+                "notifier",
+                port,
+                env,
+                "TELEMETRY_NOTIFIER_PORT",
+                ("kafka", "pgbouncer", "redis"),
+            )
+        )
     return result
 
 
@@ -126,24 +152,34 @@ def ready(spec: ServiceSpec) -> bool:
 
 
 @contextlib.contextmanager
-def api_variants(
-    config: StackConfig, count: int, env: dict[str, str], name: str = "api-variant"
-) -> Iterator[list[str]]:
-    """`count` more api processes beside the stack's, on free ports, with `env` over their
-    settings (the outbox relay off: the stack's own relays); yields their base URLs once
-    they are ready, and stops them after (benchmarks and tests compare settings so)."""
-    [base] = [spec for spec in specs(config) if spec.module == "api"][:1]
+def variants(
+    config: StackConfig, module: str, count: int, env: dict[str, str], name: str
+) -> Iterator[list[tuple[ServiceSpec, ProcessRef]]]:
+    """`count` more processes of `module` (api, ingest, notifier) beside the stack's, on
+    free ports, with `env` over the stack's settings for it; yields them once they are
+    ready, and stops them after (benchmarks and tests compare settings, or kill one)."""
+    [base] = [spec for spec in specs(config) if spec.module == module][:1]
     started: list[tuple[ServiceSpec, ProcessRef]] = []
     try:
         for i in range(count):
             port = free_port()
-            overrides = {"API_PORT": str(port), "API_RELAY_ENABLED": "false"} | env
+            overrides = {f"{module.upper()}_PORT": str(port)} | env
             spec = replace(base, name=f"{name}-{i + 1}", port=port, env=base.env | overrides)
             started.append((spec, start(config, spec)))
         for spec, _ in started:
             if not wait_until(functools.partial(ready, spec), 60, 0.2):
                 raise StackError(f"{spec.name} did not become ready (see its log)")
-        yield [spec.url for spec, _ in started]
+        yield started
     finally:
         for _, ref in started:
             stop(ref, timeout_s=15)
+
+
+@contextlib.contextmanager
+def api_variants(
+    config: StackConfig, count: int, env: dict[str, str], name: str = "api-variant"
+) -> Iterator[list[str]]:
+    """`variants` of the api, their outbox relay off (the stack's relays publish); yields
+    their base URLs."""
+    with variants(config, "api", count, {"API_RELAY_ENABLED": "false"} | env, name) as started:
+        yield [spec.url for spec, _ in started]

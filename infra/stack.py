@@ -263,6 +263,14 @@ class Stack:
             if n.startswith(f"{service}-") and r.ref.alive()
         ]
 
+    def ws_urls(self) -> list[str]:
+        """The notifier processes' WebSocket URLs."""
+        return [
+            r.endpoint["ws"]
+            for n, r in self.records.items()
+            if n.startswith("notifier-") and r.ref.alive()
+        ]
+
     def _healthy(self, name: str, endpoint: dict[str, str]) -> bool:
         component = self.components.get(name)
         if component is not None:
@@ -305,7 +313,7 @@ def scratch_config(prefix: str, **overrides: object) -> StackConfig:
     names = (
         "kafka_port", "kafka_controller_port", "postgres_primary_port",
         "postgres_replica_port", "pgbouncer_port", "redis_port",
-        "ingest_port", "api_port", "streams_web_port", "photo_worker_port",
+        "ingest_port", "api_port", "streams_web_port", "photo_worker_port", "notifier_port",
     )  # fmt: skip
     ports: dict[str, int] = {}
     taken: set[int] = set()

@@ -61,19 +61,23 @@ class TokenVerifier:
         return cls(key, **kwargs)
 
     def verify(self, token: str) -> Principal:
+        return self.verify_expiring(token)[0]
+
+    def verify_expiring(self, token: str) -> tuple[Principal, float]:
+        """The principal and when its token expires (epoch seconds): a connection that
+        outlives its token ends then."""
         cached = self._cache.get(token)
         if cached is not None:
-            principal, expires_at = cached
-            if self._clock() < expires_at:
+            if self._clock() < cached[1]:
                 self._cache.move_to_end(token)
-                return principal
+                return cached
             del self._cache[token]
             raise AuthError("invalid token: Signature has expired")
-        principal, expires_at = self._verify(token)
-        self._cache[token] = (principal, expires_at)
+        verified = self._verify(token)
+        self._cache[token] = verified
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
-        return principal
+        return verified
 
     def _verify(self, token: str) -> tuple[Principal, float]:
         try:

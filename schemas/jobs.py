@@ -1,6 +1,7 @@
 """Jobs: the api's request and answer bodies (design section 6) and the events on
 `job-events.v1`, which the notifier reads too."""
 
+import hashlib
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -8,6 +9,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from schemas.auth import Principal, Role
 from schemas.ids import EntityId
 from schemas.pings import Latitude, Longitude
 
@@ -19,6 +21,19 @@ class JobStatus(StrEnum):
     COMPLETING = "completing"  # the proof photo is being processed
     COMPLETED = "completed"
     CANCELLED = "cancelled"
+
+
+def visible_to(who: Principal, customer_id: str | None, driver_id: str | None) -> bool:
+    """Who sees a job, for every service that shows one: a customer their own jobs, a
+    driver the jobs assigned to them, a dispatcher (and ops) all."""
+    match who.role:
+        case Role.DISPATCHER | Role.OPS:
+            return True
+        case Role.CUSTOMER:
+            return customer_id == who.sub
+        case Role.DRIVER:
+            return driver_id == who.sub
+    return False
 
 
 class Point(BaseModel):
@@ -95,6 +110,16 @@ class JobEvent(BaseModel):
     status: JobStatus
     at: datetime
     data: dict[str, Any] = Field(default_factory=dict)
+
+
+# A share token as the api makes them (token_urlsafe(24): 32 characters); anything else
+# is refused before any lookup.
+SHARE_TOKEN_PATTERN = r"^[A-Za-z0-9_-]{16,64}$"
+
+
+def share_token_hash(token: str) -> bytes:
+    """What `share_links` keeps of a token (sha256): a leaked table leaks no working link."""
+    return hashlib.sha256(token.encode()).digest()
 
 
 class ShareCreate(BaseModel):

@@ -1,0 +1,217 @@
+"""The notifier process: its parts wired from one settings object, the WebSocket server on
+`/ws`, and `/healthz`, `/readyz`, `/metrics` on the same port."""
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import psycopg
+import redis.asyncio as aioredis
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from psycopg_pool import PoolTimeout
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+
+from notifier.config import NotifierSettings
+from notifier.consumer import LiveReader, ReaderSettings
+from notifier.errors import AuthFailed
+from notifier.event_log import EventLog
+from notifier.frames import ping_frame
+from notifier.hub import Hub, Subscription
+from notifier.metrics import NotifierMetrics
+from notifier.resume import Resumer
+from notifier.session import Limits, Session
+from notifier.store import Store
+from runtime.auth import verifier_from_settings
+from runtime.postgres import Pool, open_pool
+from schemas.notifier import WS_PATH
+
+log = logging.getLogger(__name__)
+
+# Client messages are a few hundred bytes: anything near this is not ours.
+MAX_CLIENT_MESSAGE_BYTES = 16 * 1024
+
+
+class Notifier:
+    def __init__(self, settings: NotifierSettings, registry: CollectorRegistry) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.metrics = NotifierMetrics(registry)
+        self.sessions: set[Session] = set()
+        self._verifier = verifier_from_settings(settings)
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[Server]:
+        """Everything started: the pools, Redis, the live reader, the heartbeat and the
+        server; all of it stopped on the way out, within bounded time."""
+        s = self.settings
+        primary = await open_pool(
+            s.write_dsn,
+            min_size=1,
+            max_size=s.pool_max_size,
+            name="notifier-primary",
+            timeout_s=s.db_timeout_s,
+        )
+        replica = await open_pool(
+            s.read_dsn,
+            min_size=1,
+            max_size=s.pool_max_size,
+            name="notifier-replica",
+            timeout_s=s.db_timeout_s,
+        )
+        self._primary: Pool = primary
+        redis_client = aioredis.Redis.from_url(
+            s.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0
+        )
+        event_log = EventLog(
+            redis_client,
+            self.metrics,
+            retained=s.retained_events,
+            ttl_s=s.log_ttl_s,
+            timeout_s=s.redis_timeout_s,
+        )
+        store = Store(
+            primary, replica, max_concurrency=s.db_max_concurrency, timeout_s=s.db_timeout_s
+        )
+
+        def catch_up(sub: Subscription) -> None:
+            resumer.catch_up_later(sub)
+
+        hub = Hub(self.metrics, catch_up)
+        resumer = Resumer(store, event_log, hub, self.metrics)
+        self.reader = LiveReader(
+            ReaderSettings(s.kafka_bootstrap, s.job_events_topic, s.positions_topic),
+            hub,
+            event_log,
+            self.metrics,
+        )
+        limits = Limits(
+            auth_timeout_s=s.auth_timeout_s,
+            max_subscriptions=s.max_subscriptions,
+            max_unsent_bytes=s.max_unsent_bytes,
+            max_held=s.retained_events,
+        )
+
+        async def handler(ws: ServerConnection) -> None:
+            session = Session(
+                ws,
+                verifier=self._verifier,
+                store=store,
+                hub=hub,
+                resumer=resumer,
+                metrics=self.metrics,
+                limits=limits,
+            )
+            self.sessions.add(session)
+            self.metrics.connections.inc()
+            try:
+                await session.run()
+            finally:
+                self.sessions.discard(session)
+                self.metrics.connections.dec()
+
+        tasks = [
+            asyncio.create_task(self.reader.run_forever(), name="live-reader"),
+            asyncio.create_task(self._heartbeat(), name="heartbeat"),
+        ]
+        try:
+            async with serve(
+                handler,
+                s.host,
+                s.port,
+                process_request=self._process_request,
+                compression="deflate" if s.compression else None,
+                ping_interval=s.ping_interval_s,
+                ping_timeout=s.ping_timeout_s,
+                close_timeout=2,
+                max_size=MAX_CLIENT_MESSAGE_BYTES,
+                max_queue=4,
+                server_header=None,
+            ) as server:
+                yield server
+                # Going away (1001): clients reconnect to another process and resume.
+                server.close(close_connections=True)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(5):
+                        await server.wait_closed()
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await event_log.close()
+            await primary.close(timeout=5)
+            await replica.close(timeout=5)
+
+    async def _heartbeat(self) -> None:
+        """Every `ping_interval_s`, an application ping to each connection, spread over the
+        interval; and the end of connections whose token or share link has expired."""
+        interval = self.settings.ping_interval_s
+        next_ping: dict[Session, float] = {}
+        closing: set[asyncio.Task[None]] = set()
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.time()
+            frame = ping_frame(datetime.now(UTC))
+            for session in list(self.sessions):
+                if session.expired(now):
+                    # Each close waits for the peer's answer: not in this loop.
+                    task = asyncio.create_task(session.end(AuthFailed("token expired")))
+                    closing.add(task)
+                    task.add_done_callback(closing.discard)
+                    next_ping.pop(session, None)
+                    continue
+                due = next_ping.setdefault(session, now + interval)
+                if now >= due:
+                    session.outbox.push(frame, "ping")
+                    next_ping[session] = now + interval
+            for gone in next_ping.keys() - self.sessions:
+                del next_ping[gone]
+
+    async def ready(self) -> bool:
+        """Hears live events and can read jobs. Redis is not asked: it is shared, and a
+        notifier without it still serves (resumes from PostgreSQL)."""
+        if not self.reader.assigned:
+            return False
+        try:
+            async with asyncio.timeout(1), self._primary.connection(timeout=1) as conn:
+                await conn.execute("SELECT 1")
+        except (psycopg.Error, PoolTimeout, TimeoutError, OSError):
+            return False
+        return True
+
+    async def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
+        path = request.path.partition("?")[0]
+        if path == WS_PATH:
+            if len(self.sessions) >= self.settings.max_connections:
+                return _plain(503, "too many connections", {"Retry-After": "1"})
+            return None
+        if path == "/healthz":
+            return _plain(200, '{"status":"ok"}', {"Content-Type": "application/json"})
+        if path == "/readyz":
+            if await self.ready():
+                return _plain(200, '{"status":"ready"}', {"Content-Type": "application/json"})
+            return _plain(
+                503,
+                '{"status":"unavailable"}',
+                {"Content-Type": "application/json", "Retry-After": "1"},
+            )
+        if path == "/metrics":
+            return _plain(
+                200, generate_latest(self.registry), {"Content-Type": CONTENT_TYPE_LATEST}
+            )
+        return _plain(404, "not found: the notifier serves /ws")
+
+
+def _plain(status: int, body: str | bytes, headers: dict[str, str] | None = None) -> Response:
+    data = body.encode() if isinstance(body, str) else body
+    all_headers = {"Content-Type": "text/plain; charset=utf-8", "Connection": "close"}
+    all_headers |= headers or {}
+    all_headers["Content-Length"] = str(len(data))
+    reasons = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}
+    return Response(status, reasons[status], Headers(all_headers.items()), data)

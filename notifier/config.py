@@ -1,0 +1,45 @@
+"""Notifier settings (env prefix NOTIFIER_)."""
+
+from pydantic_settings import SettingsConfigDict
+
+from runtime.settings import HttpServiceSettings
+from schemas import topics
+
+
+class NotifierSettings(HttpServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="NOTIFIER_", extra="ignore")
+
+    port: int = 18401
+    kafka_bootstrap: str = "127.0.0.1:19092"
+    job_events_topic: str = topics.JOB_EVENTS
+    positions_topic: str = topics.POSITIONS
+    # Job rows and share links are read on the primary: a snapshot's seq must include every
+    # event this process may already have consumed (design section 14's critical read).
+    write_dsn: str = "host=127.0.0.1 port=16432 dbname=telemetry user=telemetry"
+    # Driver positions and the fallback replay of job events read the replica first.
+    read_dsn: str = "host=127.0.0.1 port=16432 dbname=telemetry_ro user=telemetry"
+    pool_max_size: int = 4
+    db_timeout_s: float = 2.0
+    # Database queries at once per process; a reconnect storm waits its turn here.
+    db_max_concurrency: int = 4
+    redis_url: str = "redis://127.0.0.1:16379/0"
+    # A slow Redis costs a resume this much before it falls back to PostgreSQL.
+    redis_timeout_s: float = 0.25
+    # Job events a resume replays at most; older gaps get `resync`. Also the length of each
+    # job's log in Redis.
+    retained_events: int = 1000
+    # A job's Redis log outlives its last event this long (finished jobs' logs go away).
+    log_ttl_s: int = 7 * 24 * 3600
+
+    # Connections: the first message (auth) must come within `auth_timeout_s`.
+    auth_timeout_s: float = 10.0
+    max_connections: int = 20_000
+    max_subscriptions: int = 100
+    # Unsent output past this closes the connection (4408); the client resumes.
+    max_unsent_bytes: int = 1024 * 1024
+    # Application pings (design section 6), and the WebSocket's own pings that find a
+    # vanished peer (no answer within `ping_timeout_s`).
+    ping_interval_s: float = 25.0
+    ping_timeout_s: float = 20.0
+    # permessage-deflate costs tens of KiB per connection: off unless asked for.
+    compression: bool = False

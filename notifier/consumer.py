@@ -1,0 +1,118 @@
+"""The live reader: every notifier process reads every partition of `job-events.v1` and
+`positions.v1` itself (no consumer group, no commits, from the end at start), so any
+process can serve any job's subscribers. The cost grows with the processes: each one
+fetches and filters every record (positions by their key before decoding, so only the
+drivers of watched jobs cost a decode). What a process missed before it started, or while
+it lagged, a resume takes from the retained log or PostgreSQL."""
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from aiokafka.errors import KafkaError
+from pydantic import ValidationError
+
+from notifier.event_log import EventLog
+from notifier.frames import event_frame
+from notifier.hub import Hub
+from notifier.metrics import NotifierMetrics
+from schemas.jobs import JobEvent
+from schemas.positions import PositionUpdate
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReaderSettings:
+    bootstrap: str
+    job_events_topic: str
+    positions_topic: str
+    retry_s: float = 1.0
+    max_records: int = 2000
+    stop_timeout_s: float = 5.0
+
+
+class LiveReader:
+    def __init__(
+        self, settings: ReaderSettings, hub: Hub, event_log: EventLog, metrics: NotifierMetrics
+    ) -> None:
+        self._settings = settings
+        self._hub = hub
+        self._log = event_log
+        self._metrics = metrics
+        self.assigned = False  # every partition assigned: the process hears live events
+
+    async def run_forever(self) -> None:
+        while True:  # the broker may be down at start, or go away
+            try:
+                await self._run()
+            except (KafkaError, OSError) as exc:
+                log.warning("live reader failed, restarting: %r", exc)
+            self.assigned = False
+            await asyncio.sleep(self._settings.retry_s)
+
+    async def _run(self) -> None:
+        s = self._settings
+        # No group: the consumer takes every partition of both topics, and with nothing
+        # committed it starts at their end.
+        consumer = AIOKafkaConsumer(
+            s.job_events_topic,
+            s.positions_topic,
+            bootstrap_servers=s.bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="latest",
+            client_id="notifier-live",
+        )
+        await consumer.start()
+        try:
+            while True:
+                batch = await consumer.getmany(timeout_ms=1000, max_records=s.max_records)
+                if not self.assigned and consumer.assignment():
+                    self.assigned = True
+                    log.info("live reader on %d partitions", len(consumer.assignment()))
+                for tp, records in batch.items():
+                    if tp.topic == s.job_events_topic:
+                        await self._job_events(records)
+                    else:
+                        self._positions(records)
+        finally:
+            # aiokafka's stop can hang with the broker gone (aiokafka issue 1101).
+            with contextlib.suppress(TimeoutError, KafkaError):
+                async with asyncio.timeout(s.stop_timeout_s):
+                    await consumer.stop()
+
+    async def _job_events(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
+        topic = self._settings.job_events_topic
+        self._metrics.consumed.labels(topic).inc(len(records))
+        consumed: list[tuple[JobEvent, bytes]] = []
+        for record in records:
+            try:
+                event = JobEvent.model_validate_json(record.value or b"")
+            except ValidationError:
+                self._metrics.undecodable.labels(topic).inc()
+                continue
+            driver = event.data.get("driver_id")
+            self._hub.job_event(event_frame(event), driver if isinstance(driver, str) else None)
+            consumed.append((event, record.value or b""))
+        # After the fan-out: the log serves later resumes, the live subscribers come first.
+        await self._log.append(consumed)
+
+    def _positions(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
+        topic = self._settings.positions_topic
+        self._metrics.consumed.labels(topic).inc(len(records))
+        for record in records:
+            # The key is the driver id: most records are of drivers nobody here watches.
+            if record.key is None or not self._hub.watches_driver(
+                record.key.decode(errors="replace")
+            ):
+                continue
+            try:
+                update = PositionUpdate.model_validate_json(record.value or b"")
+            except ValidationError:
+                self._metrics.undecodable.labels(topic).inc()
+                continue
+            self._hub.position(update)

@@ -1,0 +1,37 @@
+"""The notifier's error hierarchy: each ends a connection with the close code it names."""
+
+from schemas.notifier import CloseCode
+
+
+class NotifierError(Exception):
+    close_code: CloseCode = CloseCode.INTERNAL_ERROR
+
+
+class BadMessage(NotifierError):
+    close_code = CloseCode.BAD_MESSAGE
+
+
+class AuthFailed(NotifierError):
+    close_code = CloseCode.AUTH_FAILED
+
+
+class Forbidden(NotifierError):
+    """Not the caller's job, or no such job: the same answer, so nothing leaks."""
+
+    close_code = CloseCode.FORBIDDEN
+
+
+class SlowConsumer(NotifierError):
+    """More output unsent than the limit: the client resumes when it can keep up."""
+
+    close_code = CloseCode.SLOW_CONSUMER
+
+
+class TooManySubscriptions(NotifierError):
+    close_code = CloseCode.TOO_MANY_SUBSCRIPTIONS
+
+
+class DatabaseUnavailable(NotifierError):
+    """PostgreSQL did not answer in time; the client reconnects and resumes later."""
+
+    close_code = CloseCode.TRY_AGAIN_LATER

@@ -1,0 +1,141 @@
+"""The process's subscriptions, by job and by the job's driver, and the routing of each
+consumed job event and position to them. No I/O: frames go to each connection's outbox,
+and a subscriber that needs events it was not sent gets a catch-up started."""
+
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from uuid import UUID
+
+from notifier.errors import NotifierError
+from notifier.frames import EventFrame, position_frame
+from notifier.metrics import NotifierMetrics
+from notifier.outbox import Outbox
+from notifier.sequencing import Sequencer
+from schemas.jobs import JobStatus
+from schemas.positions import PositionUpdate
+
+# While the driver is on the way: before it nobody is assigned, after it the driver's
+# whereabouts are none of the customer's business.
+SHARES_POSITION = frozenset({JobStatus.ASSIGNED, JobStatus.PICKED_UP, JobStatus.COMPLETING})
+
+
+class Subscription:
+    __slots__ = ("catching_up", "end", "job_id", "outbox", "seq", "share", "snapshot_sent")
+
+    def __init__(
+        self,
+        job_id: UUID,
+        outbox: Outbox,
+        end: Callable[[NotifierError], Awaitable[None]],
+        *,
+        share: bool,
+        max_held: int,
+    ) -> None:
+        self.job_id = job_id
+        self.outbox = outbox
+        self.end = end  # closes the connection with the error's close code
+        self.share = share  # a share link's subscriber: events without `data`
+        self.seq = Sequencer(0, max_held=max_held)
+        self.snapshot_sent = False  # positions flow only after the snapshot
+        self.catching_up = False
+
+    def send_events(self, frames: list[EventFrame]) -> None:
+        for frame in frames:
+            self.outbox.push(frame.for_share(self.share), frame.type, frame.at.timestamp())
+
+
+class JobFeed:
+    """A job that has subscribers in this process."""
+
+    __slots__ = ("driver_id", "job_id", "last_fix", "status", "subs")
+
+    def __init__(self, job_id: UUID) -> None:
+        self.job_id = job_id
+        self.subs: set[Subscription] = set()
+        self.status: JobStatus | None = None
+        self.driver_id: str | None = None
+        self.last_fix: datetime | None = None
+
+
+class Hub:
+    def __init__(self, metrics: NotifierMetrics, catch_up: Callable[[Subscription], None]) -> None:
+        self._metrics = metrics
+        self._catch_up = catch_up
+        self._feeds: dict[UUID, JobFeed] = {}
+        self._by_driver: dict[str, set[JobFeed]] = {}
+
+    # --- subscriptions --------------------------------------------------------------
+    def watch(self, sub: Subscription) -> None:
+        """From now on the job's live events reach `sub` (held until it goes live)."""
+        feed = self._feeds.get(sub.job_id)
+        if feed is None:
+            feed = self._feeds[sub.job_id] = JobFeed(sub.job_id)
+        feed.subs.add(sub)
+        self._metrics.subscriptions.inc()
+
+    def unwatch(self, sub: Subscription) -> None:
+        feed = self._feeds.get(sub.job_id)
+        if feed is None or sub not in feed.subs:
+            return
+        feed.subs.discard(sub)
+        sub.outbox.drop_positions(sub.job_id)
+        self._metrics.subscriptions.dec()
+        if not feed.subs:
+            self._set_driver(feed, None)
+            del self._feeds[sub.job_id]
+
+    def know_job(self, job_id: UUID, status: JobStatus, driver_id: str | None) -> None:
+        """What a snapshot read says of the job (its driver decides which positions go)."""
+        feed = self._feeds.get(job_id)
+        if feed is not None:
+            feed.status = status
+            self._set_driver(feed, driver_id)
+
+    def _set_driver(self, feed: JobFeed, driver_id: str | None) -> None:
+        if feed.driver_id == driver_id:
+            return
+        if feed.driver_id is not None:
+            feeds = self._by_driver.get(feed.driver_id, set())
+            feeds.discard(feed)
+            if not feeds:
+                self._by_driver.pop(feed.driver_id, None)
+        feed.driver_id = driver_id
+        feed.last_fix = None
+        if driver_id is not None:
+            self._by_driver.setdefault(driver_id, set()).add(feed)
+
+    # --- consumed records -------------------------------------------------------------
+    def job_event(self, frame: EventFrame, driver_id: str | None) -> None:
+        feed = self._feeds.get(frame.job_id)
+        if feed is None:
+            return
+        feed.status = JobStatus(frame.status)
+        if driver_id is not None:
+            self._set_driver(feed, driver_id)
+        for sub in list(feed.subs):
+            ready = sub.seq.offer(frame)
+            if ready is None:
+                self._metrics.gap_fills.inc()
+                self._catch_up(sub)
+            else:
+                sub.send_events(ready)
+
+    def watches_driver(self, driver_id: str) -> bool:
+        return driver_id in self._by_driver
+
+    def position(self, update: PositionUpdate) -> None:
+        fix_ts = update.ts.timestamp()
+        for feed in self._by_driver.get(update.driver_id, ()):
+            if feed.status not in SHARES_POSITION:
+                continue
+            if feed.last_fix is not None and update.ts <= feed.last_fix:
+                continue  # a replay or an older fix: positions only move forward
+            feed.last_fix = update.ts
+            frame = position_frame(feed.job_id, update)
+            for sub in feed.subs:
+                if sub.snapshot_sent:
+                    sub.outbox.push_position(feed.job_id, frame, fix_ts)
+
+    @property
+    def feeds(self) -> int:
+        return len(self._feeds)

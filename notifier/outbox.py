@@ -1,0 +1,116 @@
+"""A connection's output, bounded: job events in order, positions coalesced per job (a slow
+client gets the newest, never a backlog), and a limit on everything unsent (queued here
+plus the socket's write buffer) past which the connection is closed as a slow consumer."""
+
+import asyncio
+from collections import deque
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
+from uuid import UUID
+
+
+class Writer(Protocol):
+    """What the outbox needs of a WebSocket connection."""
+
+    async def send(self, message: bytes, *, text: bool) -> None: ...
+
+    def buffered_bytes(self) -> int: ...
+
+
+# (kind, when its content happened: an event's commit, a position's fix; epoch seconds),
+# called once the frame is written.
+Sent = Callable[[str, float | None], None]
+
+
+class Outbox:
+    """Frames are written by one task at a time, started when there is something to write
+    and ended when the queue is empty: an idle connection holds no task."""
+
+    def __init__(
+        self,
+        writer: Writer,
+        *,
+        max_unsent_bytes: int,
+        on_slow: Callable[[], Coroutine[Any, Any, None]],
+        on_sent: Sent,
+    ) -> None:
+        self._writer = writer
+        self._limit = max_unsent_bytes
+        self._on_slow = on_slow
+        self._on_sent = on_sent
+        self._frames: deque[tuple[bytes, str, float | None]] = deque()
+        self._positions: dict[UUID, tuple[bytes, float]] = {}
+        self._queued_bytes = 0
+        self._task: asyncio.Task[None] | None = None
+        self._closing: asyncio.Task[None] | None = None  # referenced: the loop keeps weak ones
+        self.closed = False
+
+    def unsent_bytes(self) -> int:
+        return self._queued_bytes + self._writer.buffered_bytes()
+
+    def push(self, frame: bytes, kind: str, origin: float | None = None) -> None:
+        """A frame that must arrive (a job event, a snapshot, a ping), in order."""
+        if self.closed:
+            return
+        if self.unsent_bytes() + len(frame) > self._limit:
+            self._slow()
+            return
+        self._frames.append((frame, kind, origin))
+        self._queued_bytes += len(frame)
+        self._kick()
+
+    def push_position(self, job_id: UUID, frame: bytes, fix_ts: float) -> None:
+        """Latest-value: replaces a position of the same job not yet written."""
+        if self.closed:
+            return
+        previous = self._positions.get(job_id)
+        added = len(frame) - (len(previous[0]) if previous is not None else 0)
+        if self.unsent_bytes() + added > self._limit:
+            self._slow()
+            return
+        self._positions[job_id] = (frame, fix_ts)
+        self._queued_bytes += added
+        self._kick()
+
+    def drop_positions(self, job_id: UUID) -> None:
+        previous = self._positions.pop(job_id, None)
+        if previous is not None:
+            self._queued_bytes -= len(previous[0])
+
+    def close(self) -> None:
+        self.closed = True
+        self._frames.clear()
+        self._positions.clear()
+        self._queued_bytes = 0
+
+    def _slow(self) -> None:
+        self.close()
+        # The close runs as its own task: the caller is the fan-out of other connections.
+        self._closing = asyncio.get_running_loop().create_task(self._on_slow())
+
+    def _kick(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._write())
+
+    def _next(self) -> tuple[bytes, str, float | None] | None:
+        if self._frames:
+            return self._frames.popleft()
+        if self._positions:
+            frame, fix_ts = self._positions.pop(next(iter(self._positions)))
+            return frame, "position", fix_ts
+        return None
+
+    async def _write(self) -> None:
+        try:
+            while not self.closed and (item := self._next()) is not None:
+                frame, kind, origin = item
+                self._queued_bytes -= len(frame)
+                # Waits only while the socket's buffer is above its high-water mark; what
+                # arrives meanwhile queues here, counted against the limit.
+                await self._writer.send(frame, text=True)
+                self._on_sent(kind, origin)
+        except Exception:
+            # The connection is gone (its handler sees it too and cleans up).
+            self.close()
+        finally:
+            self._task = None

@@ -1,0 +1,218 @@
+"""One WebSocket connection: authentication (a user's JWT or a share token), the client's
+messages, its subscriptions, and closing with a code that says why."""
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from uuid import UUID
+
+from pydantic import ValidationError
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from notifier.errors import (
+    AuthFailed,
+    BadMessage,
+    Forbidden,
+    NotifierError,
+    SlowConsumer,
+    TooManySubscriptions,
+)
+from notifier.hub import Hub, Subscription
+from notifier.metrics import NotifierMetrics
+from notifier.outbox import Outbox
+from notifier.resume import Resumer
+from notifier.store import ShareRow, Store
+from runtime.auth import AuthError, TokenVerifier
+from schemas.auth import Principal
+from schemas.jobs import SHARE_TOKEN_PATTERN, share_token_hash, visible_to
+from schemas.notifier import CLIENT_MESSAGE, Auth, Pong, Subscribe, Unsubscribe
+
+log = logging.getLogger(__name__)
+
+SHARE_TOKEN = re.compile(SHARE_TOKEN_PATTERN)
+
+
+@dataclass(frozen=True)
+class Limits:
+    auth_timeout_s: float
+    max_subscriptions: int
+    max_unsent_bytes: int
+    max_held: int
+
+
+@dataclass(frozen=True)
+class Grant:
+    """Who is connected: a user, or the holder of one job's share link."""
+
+    principal: Principal | None
+    share: ShareRow | None
+    expires_at: float  # epoch seconds: the token's exp, or the share link's expiry
+
+
+class _Socket:
+    """The outbox's view of the connection."""
+
+    def __init__(self, ws: ServerConnection) -> None:
+        self._ws = ws
+
+    async def send(self, message: bytes, *, text: bool) -> None:
+        await self._ws.send(message, text=text)
+
+    def buffered_bytes(self) -> int:
+        return self._ws.transport.get_write_buffer_size()
+
+
+class Session:
+    def __init__(
+        self,
+        ws: ServerConnection,
+        *,
+        verifier: TokenVerifier,
+        store: Store,
+        hub: Hub,
+        resumer: Resumer,
+        metrics: NotifierMetrics,
+        limits: Limits,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.ws = ws
+        self._verifier = verifier
+        self._store = store
+        self._hub = hub
+        self._resumer = resumer
+        self._metrics = metrics
+        self._limits = limits
+        self._clock = clock
+        self.outbox = Outbox(
+            _Socket(ws),
+            max_unsent_bytes=limits.max_unsent_bytes,
+            on_slow=self._slow,
+            on_sent=self._sent,
+        )
+        self.grant: Grant | None = None
+        self._subs: dict[UUID, Subscription] = {}
+        self._closing = False
+
+    async def run(self) -> None:
+        try:
+            self.grant = await self._authenticate()
+            async for raw in self.ws:
+                await self._handle(raw)
+        except NotifierError as exc:
+            await self.end(exc)
+        except ConnectionClosed:
+            pass
+        finally:
+            for sub in self._subs.values():
+                self._hub.unwatch(sub)
+            self._subs.clear()
+            self.outbox.close()
+
+    async def end(self, exc: NotifierError) -> None:
+        """Closes with the error's code; the reason is for people (at most 123 bytes)."""
+        if self._closing:
+            return
+        self._closing = True
+        self.outbox.close()
+        self._metrics.closes.labels(str(int(exc.close_code))).inc()
+        await self.ws.close(exc.close_code, str(exc)[:120])
+
+    # --- messages ---------------------------------------------------------------------
+    async def _authenticate(self) -> Grant:
+        try:
+            async with asyncio.timeout(self._limits.auth_timeout_s):
+                raw = await self.ws.recv()
+        except TimeoutError as exc:
+            raise AuthFailed("no auth message in time") from exc
+        message = _parse(raw)
+        if not isinstance(message, Auth):
+            raise AuthFailed("the first message must be auth")
+        token = message.token
+        if "." not in token and SHARE_TOKEN.fullmatch(token):
+            share = await self._store.shares.get(share_token_hash(token))
+            if share is None:
+                raise AuthFailed("unknown or expired share link")
+            return Grant(None, share, share.expires_at.timestamp())
+        try:
+            principal, expires_at = self._verifier.verify_expiring(token)
+        except AuthError as exc:
+            raise AuthFailed(str(exc)) from exc
+        return Grant(principal, None, expires_at)
+
+    async def _handle(self, raw: str | bytes) -> None:
+        message = _parse(raw)
+        match message:
+            case Subscribe():
+                await self._subscribe(message)
+            case Unsubscribe():
+                sub = self._subs.pop(message.job_id, None)
+                if sub is not None:
+                    self._hub.unwatch(sub)
+            case Pong():
+                pass
+            case Auth():
+                raise BadMessage("already authenticated")
+
+    async def _subscribe(self, message: Subscribe) -> None:
+        grant = self.grant
+        assert grant is not None
+        if grant.share is not None and message.job_id != grant.share.job_id:
+            raise Forbidden("a share link sees its own job only")
+        previous = self._subs.pop(message.job_id, None)
+        if previous is not None:  # subscribing again: a fresh start from the new last_seq
+            self._hub.unwatch(previous)
+        if len(self._subs) >= self._limits.max_subscriptions:
+            raise TooManySubscriptions(f"at most {self._limits.max_subscriptions} jobs")
+        sub = Subscription(
+            message.job_id,
+            self.outbox,
+            self.end,
+            share=grant.share is not None,
+            max_held=self._limits.max_held,
+        )
+        # Watched before the job is read: every event after the read is held, none lost.
+        self._hub.watch(sub)
+        self._subs[message.job_id] = sub
+        try:
+            job = await self._store.jobs.get(message.job_id)
+            if job is None or (
+                grant.principal is not None
+                and not visible_to(grant.principal, job.customer_id, job.driver_id)
+            ):
+                raise Forbidden(f"no job {message.job_id} of yours")
+            await self._resumer.start(sub, job, message.last_seq, grant.share)
+        except BaseException:
+            self._subs.pop(message.job_id, None)
+            self._hub.unwatch(sub)
+            raise
+
+    # --- the server's side ------------------------------------------------------------
+    def expired(self, now: float) -> bool:
+        return self.grant is not None and now >= self.grant.expires_at
+
+    async def _slow(self) -> None:
+        self._metrics.slow_disconnects.inc()
+        await self.end(SlowConsumer(f"more than {self._limits.max_unsent_bytes} bytes unsent"))
+
+    def _sent(self, kind: str, origin: float | None) -> None:
+        self._metrics.sent.labels(kind).inc()
+        if origin is not None:
+            latency = self._clock() - origin
+            self._metrics.commit_to_send.labels(
+                "position" if kind == "position" else "event"
+            ).observe(max(latency, 0.0))
+
+
+def _parse(raw: str | bytes) -> Auth | Subscribe | Unsubscribe | Pong:
+    try:
+        return CLIENT_MESSAGE.validate_json(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'message'}: {e['msg']}"
+            for e in exc.errors(include_url=False)[:3]
+        )
+        raise BadMessage(problems) from exc

@@ -1,0 +1,561 @@
+"""The notifier (design section 6) on the real stack: snapshot then live events and
+positions, exact resume from the Redis log and from PostgreSQL, resync, who may follow
+which job, a slow consumer cut off with bounded memory, kill -9 of a process under its
+clients, and the property that clients dropping and resuming at random on two processes
+see every event exactly once, in order."""
+
+import asyncio
+import contextlib
+import random
+import signal
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import redis
+from aiokafka import AIOKafkaProducer
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from bench.ws_client import JobWatcher, watch_until
+from infra.config import StackConfig
+from infra.procs import ProcessRef, stop
+from infra.redis import url as redis_url
+from infra.services import ServiceSpec, variants
+from infra.stack import Stack
+from schemas import topics
+from schemas.auth import Role
+from tests.integration.conftest import wait_for
+from tests.integration.driving import ping_at
+
+BODY = {"pickup": {"lat": 12.97, "lon": 77.59}, "dropoff": {"lat": 12.93, "lon": 77.62}}
+Token = Callable[..., str]
+
+
+def ws_url(stack: Stack) -> str:
+    return stack.records["notifier-1"].endpoint["ws"]
+
+
+def api_url(stack: Stack) -> str:
+    return stack.urls("api")[0]
+
+
+def metric(url: str, name: str, **labels: str) -> float:
+    text = httpx.get(url + "/metrics").text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )
+
+
+class Jobs:
+    """Jobs made and moved through the stack's api, as customers and dispatchers do."""
+
+    def __init__(self, stack: Stack, token: Token) -> None:
+        self.url = api_url(stack)
+        self.token = token
+        self.dispatcher = {"Authorization": f"Bearer {token(Role.DISPATCHER, 'disp-ws')}"}
+
+    def create(self, customer: str) -> str:
+        r = httpx.post(
+            self.url + "/v1/jobs",
+            json=BODY,
+            headers={"Authorization": f"Bearer {self.token(Role.CUSTOMER, customer)}"},
+        )
+        assert r.status_code == 201, r.text
+        return str(r.json()["job_id"])
+
+    async def assign(self, client: httpx.AsyncClient, job_id: str, driver: str) -> int:
+        """A new event (a dispatcher may assign again until the pickup); its seq."""
+        r = await client.post(
+            f"{self.url}/v1/jobs/{job_id}/assign",
+            json={"driver_id": driver},
+            headers=self.dispatcher,
+        )
+        assert r.status_code == 200, r.text
+        return int(r.json()["seq"])
+
+    def events(self, job_id: str, count: int, driver: str = "drv-ws") -> int:
+        async def run() -> int:
+            seq = 0
+            async with httpx.AsyncClient(timeout=30) as client:
+                for _ in range(count):
+                    seq = await self.assign(client, job_id, driver)
+            return seq
+
+        return asyncio.run(run())
+
+    def share(self, job_id: str, customer: str) -> str:
+        r = httpx.post(
+            f"{self.url}/v1/jobs/{job_id}/share",
+            json={},
+            headers={"Authorization": f"Bearer {self.token(Role.CUSTOMER, customer)}"},
+        )
+        assert r.status_code == 201, r.text
+        return str(r.json()["token"])
+
+
+@pytest.fixture
+def jobs(stack: Stack, token: Token) -> Jobs:
+    return Jobs(stack, token)
+
+
+def customer() -> str:
+    return f"cust-{uuid.uuid4().hex[:10]}"
+
+
+def follow(
+    url: str | list[str], token: str, job_id: str, until: Callable[[dict[str, Any]], bool],
+    *, last_seq: int | None = None, timeout_s: float = 30,
+) -> tuple[list[dict[str, Any]], JobWatcher]:  # fmt: skip
+    watcher = JobWatcher(url, token, uuid.UUID(job_id), last_seq=last_seq)
+    return asyncio.run(watch_until(watcher, until, timeout_s)), watcher
+
+
+def is_event(seq: int) -> Callable[[dict[str, Any]], bool]:
+    return lambda m: m["type"].startswith("job.") and m["seq"] == seq
+
+
+def refusal(url: str, *messages: dict[str, Any] | str) -> tuple[int, str]:
+    """Sends `messages` on one connection; the close code and reason the server gave."""
+
+    async def run() -> tuple[int, str]:
+        async with connect(url, compression=None) as ws:
+            for m in messages:
+                await ws.send(m if isinstance(m, str) else orjson.dumps(m).decode())
+            try:
+                async with asyncio.timeout(20):
+                    async for _ in ws:
+                        pass
+            except ConnectionClosed:
+                pass
+            assert ws.close_code is not None
+            return ws.close_code, ws.close_reason or ""
+
+    return asyncio.run(run())
+
+
+# --- the protocol ---------------------------------------------------------------------
+
+
+def test_snapshot_then_events_then_positions_in_order(
+    stack: Stack, jobs: Jobs, token: Token, config: StackConfig
+) -> None:
+    owner, driver = customer(), f"drv-{uuid.uuid4().hex[:8]}"
+    job_id = jobs.create(owner)
+    watcher = JobWatcher(ws_url(stack), token(Role.CUSTOMER, owner), uuid.UUID(job_id))
+    fix = datetime.now(UTC)
+
+    async def act() -> None:
+        await asyncio.sleep(0.5)  # any moment: the snapshot fixes where events start
+        async with httpx.AsyncClient(timeout=30) as client:
+            await jobs.assign(client, job_id, driver)
+            pings = [ping_at(fix, 0.0)]
+            r = await client.post(
+                f"http://127.0.0.1:{config.ingest_port}/v1/pings",
+                json={"pings": pings},
+                headers={"Authorization": f"Bearer {token(Role.DRIVER, driver)}"},
+            )
+            assert r.status_code == 202, r.text
+
+    async def run() -> list[dict[str, Any]]:
+        actor = asyncio.create_task(act())
+        seen = await watch_until(watcher, lambda m: m["type"] == "position", 60)
+        await actor
+        return seen
+
+    seen = asyncio.run(run())
+    kinds = [m["type"] for m in seen]
+    assert kinds[0] == "snapshot" and seen[0]["seq"] == 1 and seen[0]["job"]["status"] == "created"
+    assert seen[0]["job"]["customer_id"] == owner
+    assigned = next(m for m in seen if m["type"] == "job.status")
+    assert assigned["seq"] == 2 and assigned["status"] == "assigned"
+    assert assigned["data"]["driver_id"] == driver
+    position = seen[-1]
+    assert position["job_id"] == job_id and "driver_id" not in position
+    assert datetime.fromisoformat(position["ts"]) == fix.replace(microsecond=fix.microsecond)
+    assert watcher.tally.duplicates == 0 and watcher.tally.gaps == 0
+
+    # A new subscriber of an assigned job gets the driver's position in its snapshot.
+    [snapshot], _ = follow(
+        ws_url(stack), token(Role.DISPATCHER, "disp-any"), job_id, lambda m: True
+    )
+    assert snapshot["position"] is not None and snapshot["job"]["driver_id"] == driver
+
+
+def test_a_resume_replays_exactly_the_missed_events_from_redis_then_postgres(
+    stack: Stack, jobs: Jobs, token: Token, config: StackConfig
+) -> None:
+    owner = customer()
+    job_id = jobs.create(owner)
+    newest = jobs.events(job_id, 12)  # seq 2..13
+    url = ws_url(stack)
+    log_key = f"notifier:log:{job_id}"
+    with redis.Redis.from_url(redis_url(config)) as r:
+        # Written by the process that consumed them (once the relay has published them):
+        # what a resume replays first.
+        wait_for(lambda: True if r.xlen(log_key) == newest else None)
+    before = metric(stack.urls("notifier")[0], "notifier_resumes_total", source="redis")
+
+    seen, _ = follow(url, token(Role.CUSTOMER, owner), job_id, is_event(newest), last_seq=4)
+    assert seen[0]["type"] == "snapshot" and seen[0]["resumed_from"] == 4
+    assert [m["seq"] for m in seen[1:]] == list(range(5, newest + 1))
+    assert metric(stack.urls("notifier")[0], "notifier_resumes_total", source="redis") == before + 1
+
+    # The log lost its head (Redis restarted without it, say): PostgreSQL serves the resume.
+    with redis.Redis.from_url(redis_url(config)) as r:
+        r.xtrim(log_key, minid="9-0", approximate=False)
+    pg_before = metric(stack.urls("notifier")[0], "notifier_resumes_total", source="postgres")
+    seen, _ = follow(url, token(Role.CUSTOMER, owner), job_id, is_event(newest), last_seq=4)
+    assert [m["seq"] for m in seen[1:]] == list(range(5, newest + 1))
+    assert metric(stack.urls("notifier")[0], "notifier_resumes_total", source="postgres") == (
+        pg_before + 1
+    )
+
+    # Nothing missed: the snapshot, then live.
+    seen, _ = follow(url, token(Role.CUSTOMER, owner), job_id, lambda m: True, last_seq=newest)
+    assert seen[0]["type"] == "snapshot" and seen[0]["seq"] == newest
+
+
+def test_redis_stopped_resumes_come_from_postgres_and_live_events_still_flow(
+    stack: Stack, jobs: Jobs, token: Token
+) -> None:
+    owner = customer()
+    job_id = jobs.create(owner)
+    jobs.events(job_id, 3)  # seq 2..4
+    stack.stop("redis")
+    try:
+        watcher = JobWatcher(
+            ws_url(stack), token(Role.CUSTOMER, owner), uuid.UUID(job_id), last_seq=1
+        )
+
+        async def run() -> list[dict[str, Any]]:
+            async def more() -> None:
+                await asyncio.sleep(1)
+                async with httpx.AsyncClient(timeout=30) as client:
+                    await jobs.assign(client, job_id, "drv-ws")
+
+            task = asyncio.create_task(more())
+            seen = await watch_until(watcher, is_event(5), 60)
+            await task
+            return seen
+
+        seen = asyncio.run(run())
+    finally:
+        stack.start("redis")
+    assert [m["seq"] for m in seen if m["type"] != "snapshot"] == [2, 3, 4, 5]
+    assert metric(stack.urls("notifier")[0], "notifier_log_failures_total") > 0
+
+
+def test_resync_when_the_missed_events_are_no_longer_retained(
+    stack: Stack, jobs: Jobs, token: Token, config: StackConfig
+) -> None:
+    owner = customer()
+    job_id = jobs.create(owner)
+    with variants(config, "notifier", 1, {"NOTIFIER_RETAINED_EVENTS": "10"}, "ws-short") as [
+        (spec, _)
+    ]:
+        url = spec.endpoint["ws"]
+        newest = jobs.events(job_id, 20)  # seq 2..21
+        seen, _ = follow(
+            url, token(Role.CUSTOMER, owner), job_id, lambda m: m["type"] == "snapshot",
+            last_seq=1,
+        )  # fmt: skip
+        assert [m["type"] for m in seen] == ["resync", "snapshot"]
+        assert seen[0]["reason"] == "not_retained"
+        assert seen[1]["resumed_from"] is None and seen[1]["seq"] == newest
+        # Within retention: replayed.
+        seen, _ = follow(url, token(Role.CUSTOMER, owner), job_id, is_event(newest), last_seq=12)
+        assert [m["seq"] for m in seen[1:]] == list(range(13, newest + 1))
+        # A seq the job never had.
+        seen, _ = follow(
+            url, token(Role.CUSTOMER, owner), job_id, lambda m: m["type"] == "snapshot",
+            last_seq=newest + 5,
+        )  # fmt: skip
+        assert seen[0] == {"type": "resync", "job_id": job_id, "reason": "unknown_seq"}
+
+
+# --- who may follow what ----------------------------------------------------------------
+
+
+def test_who_may_follow_which_job(stack: Stack, jobs: Jobs, token: Token) -> None:
+    url = ws_url(stack)
+    owner = customer()
+    job_id, other_job = jobs.create(owner), jobs.create(customer())
+    jobs.events(job_id, 1)  # assigned to drv-ws
+    sub = {"type": "subscribe", "job_id": job_id}
+
+    def auth(tok: str) -> dict[str, str]:
+        return {"type": "auth", "token": tok}
+
+    # Someone else's job and a job that does not exist: the same refusal.
+    for tok, job in [
+        (token(Role.CUSTOMER, owner), other_job),
+        (token(Role.CUSTOMER, customer()), job_id),
+        (token(Role.DRIVER, "drv-other"), job_id),
+        (token(Role.CUSTOMER, owner), str(uuid.uuid4())),
+    ]:
+        assert refusal(url, auth(tok), {"type": "subscribe", "job_id": job})[0] == 4403
+    # The assigned driver and a dispatcher may.
+    for tok in (token(Role.DRIVER, "drv-ws"), token(Role.DISPATCHER, "d-1")):
+        seen, _ = follow(url, tok, job_id, lambda m: True)
+        assert seen[0]["type"] == "snapshot"
+
+    # Bad tokens, no auth first, bad messages.
+    assert refusal(url, auth("not.a.jwt"), sub)[0] == 4401
+    assert refusal(url, auth(token(Role.CUSTOMER, owner, ttl_s=-60)), sub)[0] == 4401
+    assert refusal(url, auth("A" * 32), sub)[0] == 4401  # share-shaped, unknown
+    assert refusal(url, sub)[0] == 4401
+    assert refusal(url, "{not json")[0] == 4400
+    tok = token(Role.CUSTOMER, owner)
+    assert refusal(url, auth(tok), "{not json")[0] == 4400
+    assert refusal(url, auth(tok), {"type": "subscribe", "job_id": "x"})[0] == 4400
+    assert (
+        refusal(url, auth(tok), {"type": "subscribe", "job_id": job_id, "last_seq": -1})[0] == 4400
+    )
+    assert refusal(url, auth(tok), {**sub, "extra": 1})[0] == 4400
+    assert refusal(url, auth(tok), auth(tok))[0] == 4400
+
+    # A share token sees its job, as the share view, and events without their data.
+    share = jobs.share(job_id, owner)
+    assert refusal(url, auth(share), {"type": "subscribe", "job_id": other_job})[0] == 4403
+    watcher = JobWatcher(url, share, uuid.UUID(job_id))
+
+    async def run() -> list[dict[str, Any]]:
+        async def more() -> None:
+            await asyncio.sleep(0.5)
+            async with httpx.AsyncClient(timeout=30) as client:
+                await jobs.assign(client, job_id, "drv-ws2")
+
+        task = asyncio.create_task(more())
+        seen = await watch_until(watcher, lambda m: m["type"] == "job.status", 30)
+        await task
+        return seen
+
+    seen = asyncio.run(run())
+    assert set(seen[0]["job"]) == {
+        "status", "driver_position", "eta_seconds", "eta_basis", "updated_at", "expires_at"
+    }  # fmt: skip
+    assert seen[-1]["data"] == {} and seen[-1]["status"] == "assigned"
+
+
+def test_no_auth_in_time_closes_the_connection(stack: Stack, config: StackConfig) -> None:
+    with variants(config, "notifier", 1, {"NOTIFIER_AUTH_TIMEOUT_S": "0.5"}, "ws-auth") as [
+        (spec, _)
+    ]:
+        code, reason = refusal(spec.endpoint["ws"])
+    assert (code, reason) == (4401, "no auth message in time")
+
+
+# --- flow control -------------------------------------------------------------------------
+
+
+def rss(ref: ProcessRef) -> int:
+    """Resident memory in bytes (/proc: VmRSS is in kB)."""
+    for line in Path(f"/proc/{ref.pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for pid {ref.pid}")
+
+
+def test_a_client_that_stops_reading_is_cut_off_and_memory_stays_bounded(
+    stack: Stack, jobs: Jobs, token: Token, config: StackConfig
+) -> None:
+    owner = customer()
+    job_id = jobs.create(owner)
+    note = "x" * 2_500
+    records = 16_000  # 40 MB of events for the one job, far past every buffer on the way
+
+    async def run(spec: ServiceSpec, ref: ProcessRef) -> tuple[int, int, list[int], JobWatcher]:
+        url = spec.endpoint["ws"]
+        tok = token(Role.CUSTOMER, owner)
+        # max_queue=1: once one message waits unread, the client stops reading its socket.
+        stalled = await connect(url, compression=None, max_queue=1, max_size=None)
+        await stalled.send(orjson.dumps({"type": "auth", "token": tok}).decode())
+        await stalled.send(orjson.dumps({"type": "subscribe", "job_id": job_id}).decode())
+        reader = JobWatcher(url, tok, uuid.UUID(job_id))
+        stream = reader.messages()
+        assert (await anext(stream))["type"] == "snapshot"
+        await asyncio.sleep(0.5)  # both subscribed (the snapshot came first on each)
+        before = rss(ref)
+
+        async def produce() -> None:
+            producer = AIOKafkaProducer(bootstrap_servers=config.kafka_bootstrap)
+            await producer.start()
+            try:
+                for seq in range(2, 2 + records):
+                    event = {
+                        "v": 1, "job_id": job_id, "seq": seq, "type": "job.status",
+                        "status": "assigned", "at": datetime.now(UTC).isoformat(),
+                        "data": {"note": note},
+                    }  # fmt: skip
+                    await producer.send(topics.JOB_EVENTS, orjson.dumps(event), key=job_id.encode())
+                    if seq % 500 == 0:
+                        await producer.flush()  # and the reader reads meanwhile
+            finally:
+                await producer.stop()
+
+        producing = asyncio.create_task(produce())
+        got: list[int] = []
+        async with asyncio.timeout(120):
+            async for message in stream:  # the reading client keeps up, every event
+                if message["type"] == "job.status":
+                    got.append(message["seq"])
+                if got and got[-1] == 1 + records:
+                    break
+        await producing
+        await stream.aclose()  # type: ignore[attr-defined]
+        peak = rss(ref)
+        with contextlib.suppress(Exception):
+            await stalled.close()
+        return before, peak, got, reader
+
+    with variants(config, "notifier", 1, {}, "ws-slow") as [(spec, ref)]:
+        before, peak, got, reader = asyncio.run(run(spec, ref))
+        cut = metric(spec.url, "notifier_slow_consumer_disconnects_total")
+        closes = metric(spec.url, "notifier_closes_total", code="4408")
+    assert got == list(range(2, 2 + records))
+    assert reader.tally.connects == 1  # the reading client was never cut
+    assert cut == 1 and closes == 1
+    # 40 MB went to the reader; the stalled one held at most its limit and socket buffers.
+    assert peak - before < 16 * 2**20, f"RSS grew {(peak - before) / 2**20:.1f} MiB"
+
+
+# --- failures ----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def two_notifiers(config: StackConfig, name: str) -> Iterator[list[tuple[ServiceSpec, ProcessRef]]]:
+    with variants(config, "notifier", 2, {}, name) as started:
+        yield started
+
+
+async def drive_events(
+    jobs: Jobs, job_ids: list[str], stop: asyncio.Event, pace_s: float
+) -> dict[str, int]:
+    """Job events on every job, round robin, until `stop`; the newest seq of each."""
+    newest: dict[str, int] = {}
+    async with httpx.AsyncClient(timeout=30) as client:
+        while not stop.is_set():
+            for job_id in job_ids:
+                newest[job_id] = await jobs.assign(client, job_id, "drv-flow")
+            await asyncio.sleep(pace_s)
+    return newest
+
+
+async def until_caught_up(watchers: list[JobWatcher], newest: dict[str, int]) -> None:
+    """Runs every watcher until it has its job's newest seq."""
+
+    async def one(w: JobWatcher) -> None:
+        async for _ in w.messages():
+            if w.last_seq == newest[str(w.job_id)]:
+                return
+
+    await asyncio.gather(*(one(w) for w in watchers))
+
+
+def check_exactly_once(watchers: list[JobWatcher], newest: dict[str, int]) -> None:
+    """Every watcher began with `last_seq=1`: it must have had 2..newest, each once, in
+    order (the tally records arrivals as they came, duplicates and gaps apart)."""
+    for w in watchers:
+        assert w.tally.duplicates == 0 and w.tally.gaps == 0, (w.job_id, w.tally)
+        assert w.tally.resyncs == 0
+        assert w.tally.events == list(range(2, newest[str(w.job_id)] + 1)), w.tally.events
+
+
+def test_kill_9_of_a_notifier_its_clients_resume_on_the_other_with_nothing_lost(
+    stack: Stack, jobs: Jobs, token: Token, config: StackConfig
+) -> None:
+    owner = customer()
+    job_ids = [jobs.create(owner) for _ in range(4)]
+    tok = token(Role.CUSTOMER, owner)
+    with two_notifiers(config, "ws-kill") as [(a, a_ref), (b, _)]:
+        # Each client starts on A; after a drop it tries B, then A, and so on.
+        watchers = [
+            JobWatcher([a.endpoint["ws"], b.endpoint["ws"]], tok, uuid.UUID(j), last_seq=1)
+            for j in job_ids
+            for _ in range(5)
+        ]
+
+        async def run() -> dict[str, int]:
+            enough = asyncio.Event()
+            driver = asyncio.create_task(drive_events(jobs, job_ids, enough, 0.05))
+            followers = [asyncio.create_task(follow_forever(w)) for w in watchers]
+            await asyncio.sleep(3)
+            stop(a_ref, sig=signal.SIGKILL)
+            await asyncio.sleep(3)
+            enough.set()
+            newest = await driver
+            for f in followers:
+                f.cancel()
+            async with asyncio.timeout(60):
+                await until_caught_up(watchers, newest)
+            return newest
+
+        newest = asyncio.run(run())
+    check_exactly_once(watchers, newest)
+    assert all(w.tally.connects >= 2 for w in watchers)  # every one of them moved
+
+
+async def follow_forever(w: JobWatcher) -> None:
+    async for _ in w.messages():
+        pass
+
+
+@settings(
+    max_examples=3,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    drops=st.lists(st.tuples(st.integers(0, 23), st.floats(0.0, 6.0)), min_size=10, max_size=40),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_clients_dropping_and_resuming_at_random_see_every_event_once_in_order(
+    stack: Stack, jobs: Jobs, token: Token, config: StackConfig, pair: list[str],
+    drops: list[tuple[int, float]], seed: int,
+) -> None:  # fmt: skip
+    owner = customer()
+    job_ids = [jobs.create(owner) for _ in range(6)]
+    tok = token(Role.CUSTOMER, owner)
+    rng = random.Random(seed)
+    watchers = [
+        JobWatcher(rng.sample(pair, 2), tok, uuid.UUID(job_ids[i % 6]), last_seq=1, rng=rng)
+        for i in range(24)
+    ]
+
+    async def run() -> dict[str, int]:
+        stop = asyncio.Event()
+        driver = asyncio.create_task(drive_events(jobs, job_ids, stop, 0.02))
+        followers = [asyncio.create_task(follow_forever(w)) for w in watchers]
+        started = asyncio.get_running_loop().time()
+        for index, at in sorted(drops, key=lambda d: d[1]):
+            await asyncio.sleep(max(0.0, started + at - asyncio.get_running_loop().time()))
+            watchers[index].drop_connection()
+        await asyncio.sleep(max(0.0, started + 6.5 - asyncio.get_running_loop().time()))
+        stop.set()
+        newest = await driver
+        for f in followers:
+            f.cancel()
+        async with asyncio.timeout(60):
+            await until_caught_up(watchers, newest)
+        return newest
+
+    newest = asyncio.run(run())
+    check_exactly_once(watchers, newest)
+
+
+@pytest.fixture(scope="module")
+def pair(stack: Stack, config: StackConfig) -> Iterator[list[str]]:
+    with two_notifiers(config, "ws-pair") as started:
+        yield [spec.endpoint["ws"] for spec, _ in started]

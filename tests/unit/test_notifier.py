@@ -1,0 +1,193 @@
+"""The notifier's pure parts: the per-subscriber sequencing (exactly once, in order, across
+live events, held events and fetched ones), the bounded outbox, and the protocol's
+client messages."""
+
+import asyncio
+import random
+import uuid
+from datetime import UTC, datetime
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from notifier.errors import BadMessage
+from notifier.frames import EventFrame, event_frame
+from notifier.outbox import Outbox
+from notifier.sequencing import Sequencer
+from notifier.session import _parse
+from schemas.jobs import JobEvent, JobStatus
+from schemas.notifier import Auth, Subscribe
+
+JOB = uuid.uuid4()
+
+
+def frame(seq: int) -> EventFrame:
+    return event_frame(
+        JobEvent(
+            job_id=JOB, seq=seq, type="job.status", status=JobStatus.ASSIGNED,
+            at=datetime.now(UTC), data={"driver_id": "d-1"},
+        )
+    )  # fmt: skip
+
+
+def seqs(frames: list[EventFrame]) -> list[int]:
+    return [f.seq for f in frames]
+
+
+def test_live_events_in_order_duplicates_dropped_and_a_gap_stops_live() -> None:
+    s = Sequencer(0)
+    s.start_at(3)
+    s.live = True
+    assert seqs(s.offer(frame(4)) or []) == [4]
+    assert s.offer(frame(4)) == [] and s.offer(frame(2)) == []
+    assert s.offer(frame(7)) is None  # 5 and 6 missing: catch up
+    assert not s.live and s.wanted_seq == 7
+    ready, live = s.merge([frame(5), frame(6)], target_seq=7)
+    assert seqs(ready) == [5, 6, 7] and live and s.sent_seq == 7
+
+
+def test_merge_stays_held_until_the_target_and_the_gaps_are_filled() -> None:
+    s = Sequencer(0)
+    for seq in (9, 10):  # live events while the snapshot (seq 6) is read
+        s.offer(frame(seq))
+    s.start_at(4)  # the client's last_seq
+    ready, live = s.merge([frame(5), frame(6)], target_seq=6)
+    assert seqs(ready) == [5, 6] and not live  # 7 and 8 are missing before 9
+    ready, live = s.merge([frame(7), frame(8), frame(9)], target_seq=6)
+    assert seqs(ready) == [7, 8, 9, 10] and live
+
+
+def test_start_at_drops_held_events_the_client_has() -> None:
+    s = Sequencer(0)
+    for seq in (3, 4, 5):
+        s.offer(frame(seq))
+    s.start_at(4)
+    ready, live = s.merge([], target_seq=4)
+    assert seqs(ready) == [5] and live
+
+
+def test_held_events_are_bounded_keeping_the_newest() -> None:
+    s = Sequencer(0, max_held=3)
+    for seq in range(10, 20):
+        s.offer(frame(seq))
+    assert sorted(s.held) == [17, 18, 19]
+
+
+@given(
+    last_seq=st.integers(0, 20),
+    newest=st.integers(0, 40),
+    live=st.lists(st.integers(1, 45), max_size=30),
+    fetched_until=st.integers(0, 45),
+    seed=st.integers(0, 1000),
+)
+def test_every_path_sends_each_event_once_in_order(
+    last_seq: int, newest: int, live: list[int], fetched_until: int, seed: int
+) -> None:
+    """Whatever mix of live events (repeated, out of order) and partial fetches, what is
+    sent is the run after `last_seq`, without a gap or a repeat."""
+    rng = random.Random(seed)
+    s = Sequencer(0)
+    sent: list[int] = []
+    for seq in live[: len(live) // 2]:
+        s.offer(frame(seq))
+    s.start_at(last_seq)
+    target = max(newest, last_seq)
+    fetch = [frame(q) for q in range(last_seq + 1, min(fetched_until, target) + 1)]
+    rng.shuffle(fetch)
+    ready, is_live = s.merge(fetch, target)
+    sent += seqs(ready)
+    for seq in live[len(live) // 2 :]:
+        out = s.offer(frame(seq))
+        if out is None or not is_live:
+            # a catch-up fetches everything up to what is known to exist
+            ready, is_live = s.merge(
+                [frame(q) for q in range(s.sent_seq + 1, s.wanted_seq + 1)], target
+            )
+            sent += seqs(ready)
+        else:
+            sent += seqs(out)
+    assert sent == list(range(last_seq + 1, last_seq + 1 + len(sent)))
+
+
+class FakeSocket:
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.buffered = 0
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def send(self, message: bytes, *, text: bool) -> None:
+        await self.gate.wait()  # a socket above its high-water mark: the write waits
+        self.sent.append(message)
+
+    def buffered_bytes(self) -> int:
+        return self.buffered
+
+
+async def test_outbox_writes_in_order_and_coalesces_positions() -> None:
+    sock = FakeSocket()
+    counted: list[str] = []
+
+    async def slow() -> None:
+        raise AssertionError("not slow")
+
+    box = Outbox(
+        sock, max_unsent_bytes=10_000, on_slow=slow, on_sent=lambda k, _: counted.append(k)
+    )
+    sock.gate.clear()
+    box.push(b"e1", "job.status")
+    box.push(b"e2", "job.status")
+    for i in range(50):
+        box.push_position(JOB, f"p{i}".encode(), 0.0)
+    sock.gate.set()
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert sock.sent == [b"e1", b"e2", b"p49"]  # the newest position only
+    assert counted == ["job.status", "job.status", "position"]
+
+
+async def test_outbox_past_its_limit_closes_and_keeps_nothing() -> None:
+    sock = FakeSocket()
+    sock.gate.clear()  # the client stopped reading
+    slow_calls: list[int] = []
+
+    async def slow() -> None:
+        slow_calls.append(1)
+
+    box = Outbox(sock, max_unsent_bytes=1000, on_slow=slow, on_sent=lambda k, _: None)
+    for _ in range(20):
+        box.push(b"x" * 100, "job.status")
+    await asyncio.sleep(0)
+    assert slow_calls == [1] and box.closed and box.unsent_bytes() == 0
+    box.push(b"more", "job.status")  # ignored once closed
+    assert box.unsent_bytes() == 0
+
+
+async def test_the_socket_buffer_counts_against_the_limit() -> None:
+    sock = FakeSocket()
+    sock.buffered = 990  # unsent bytes the kernel would not take
+
+    async def slow() -> None:
+        pass
+
+    box = Outbox(sock, max_unsent_bytes=1000, on_slow=slow, on_sent=lambda k, _: None)
+    box.push(b"x" * 20, "job.status")
+    assert box.closed
+
+
+def test_client_messages_parse_or_say_what_is_wrong() -> None:
+    assert _parse('{"type":"auth","token":"t"}') == Auth(type="auth", token="t")
+    job = str(uuid.uuid4())
+    parsed = _parse(orjson.dumps({"type": "subscribe", "job_id": job, "last_seq": 3}))
+    assert isinstance(parsed, Subscribe) and parsed.last_seq == 3
+    for bad, words in [
+        ("{", "Invalid JSON"),
+        ('{"type":"nope"}', "does not match any of the expected tags"),
+        ('{"type":"subscribe"}', "job_id"),
+        (f'{{"type":"subscribe","job_id":"{job}","last_seq":-1}}', "last_seq"),
+        (f'{{"type":"subscribe","job_id":"{job}","x":1}}', "x"),
+    ]:
+        with pytest.raises(BadMessage, match=words):
+            _parse(bad)
