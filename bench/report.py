@@ -27,6 +27,22 @@ def save_figure(fig: Figure, path: Path) -> Path:
     return path
 
 
+def latency_bars(ax: Any, rows: dict[str, dict[str, Any]], xlabel: str) -> None:
+    """p50 and p99 side by side for each row (a dict with those keys), on a log scale."""
+    labels = list(rows)
+    for offset, key in ((-0.2, "p50"), (0.2, "p99")):
+        ax.barh(
+            [i + offset for i in range(len(labels))],
+            [rows[n].get(key, 0) for n in labels],
+            0.4,
+            label=key,
+        )
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xscale("log")
+    ax.set_xlabel(f"{xlabel} (log scale)")
+    ax.legend()
+
+
 def plot_phases(report: dict[str, Any], path: Path) -> Path:
     """One bar per phase: accepted pings/s, latency p50/p99, CPU of the busiest components."""
     phases = report["phases"]

@@ -18,9 +18,9 @@ from websockets.http11 import Request, Response
 
 from notifier.config import NotifierSettings
 from notifier.consumer import LiveReader, ReaderSettings
-from notifier.errors import AuthFailed
 from notifier.event_log import EventLog
 from notifier.frames import ping_frame
+from notifier.heartbeat import Schedule
 from notifier.hub import Hub, Subscription
 from notifier.metrics import NotifierMetrics
 from notifier.resume import Resumer
@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 # Client messages are a few hundred bytes: anything near this is not ours.
 MAX_CLIENT_MESSAGE_BYTES = 16 * 1024
+HEARTBEAT_TICK_S = 0.2
 
 
 class Notifier:
@@ -42,6 +43,7 @@ class Notifier:
         self.registry = registry
         self.metrics = NotifierMetrics(registry)
         self.sessions: set[Session] = set()
+        self._keepalive: Schedule[Session] = Schedule(settings.ping_interval_s)
         self._verifier = verifier_from_settings(settings)
 
     @contextlib.asynccontextmanager
@@ -107,11 +109,13 @@ class Notifier:
                 limits=limits,
             )
             self.sessions.add(session)
+            self._keepalive.add(session, time.monotonic())
             self.metrics.connections.inc()
             try:
                 await session.run()
             finally:
                 self.sessions.discard(session)
+                self._keepalive.remove(session)
                 self.metrics.connections.dec()
 
         tasks = [
@@ -125,12 +129,16 @@ class Notifier:
                 s.port,
                 process_request=self._process_request,
                 compression="deflate" if s.compression else None,
-                ping_interval=s.ping_interval_s,
-                ping_timeout=s.ping_timeout_s,
+                # Our heartbeat sends the pings, spread out (notifier/heartbeat.py); the
+                # library's would be a task per connection, in step after a storm.
+                ping_interval=None,
                 close_timeout=2,
                 max_size=MAX_CLIENT_MESSAGE_BYTES,
                 max_queue=4,
                 server_header=None,
+                # A reconnect storm (a process died, its clients come here) opens thousands
+                # of connections at once: the kernel's default queue of 100 drops SYNs.
+                backlog=s.accept_backlog,
             ) as server:
                 yield server
                 # Going away (1001): clients reconnect to another process and resume.
@@ -149,29 +157,12 @@ class Notifier:
             await replica.close(timeout=5)
 
     async def _heartbeat(self) -> None:
-        """Every `ping_interval_s`, an application ping to each connection, spread over the
-        interval; and the end of connections whose token or share link has expired."""
-        interval = self.settings.ping_interval_s
-        next_ping: dict[Session, float] = {}
-        closing: set[asyncio.Task[None]] = set()
+        """Each connection's keepalive every `ping_interval_s`, spread over the interval."""
         while True:
-            await asyncio.sleep(1.0)
-            now = time.time()
+            await asyncio.sleep(HEARTBEAT_TICK_S)
             frame = ping_frame(datetime.now(UTC))
-            for session in list(self.sessions):
-                if session.expired(now):
-                    # Each close waits for the peer's answer: not in this loop.
-                    task = asyncio.create_task(session.end(AuthFailed("token expired")))
-                    closing.add(task)
-                    task.add_done_callback(closing.discard)
-                    next_ping.pop(session, None)
-                    continue
-                due = next_ping.setdefault(session, now + interval)
-                if now >= due:
-                    session.outbox.push(frame, "ping")
-                    next_ping[session] = now + interval
-            for gone in next_ping.keys() - self.sessions:
-                del next_ping[gone]
+            for session in self._keepalive.due(time.monotonic()):
+                session.keepalive(frame)
 
     async def ready(self) -> bool:
         """Hears live events and can read jobs. Redis is not asked: it is shared, and a

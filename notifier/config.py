@@ -34,12 +34,13 @@ class NotifierSettings(HttpServiceSettings):
     # Connections: the first message (auth) must come within `auth_timeout_s`.
     auth_timeout_s: float = 10.0
     max_connections: int = 20_000
+    accept_backlog: int = 2048
     max_subscriptions: int = 100
     # Unsent output past this closes the connection (4408); the client resumes.
     max_unsent_bytes: int = 1024 * 1024
-    # Application pings (design section 6), and the WebSocket's own pings that find a
-    # vanished peer (no answer within `ping_timeout_s`).
+    # Every this often, an application ping (design section 6) and a WebSocket ping; a
+    # peer that has not answered the last WebSocket ping by the next is gone (a vanished
+    # phone): its connection is closed.
     ping_interval_s: float = 25.0
-    ping_timeout_s: float = 20.0
     # permessage-deflate costs tens of KiB per connection: off unless asked for.
     compression: bool = False

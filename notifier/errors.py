@@ -27,6 +27,12 @@ class SlowConsumer(NotifierError):
     close_code = CloseCode.SLOW_CONSUMER
 
 
+class PeerGone(NotifierError):
+    """No answer to a WebSocket ping within a ping interval."""
+
+    close_code = CloseCode.INTERNAL_ERROR
+
+
 class TooManySubscriptions(NotifierError):
     close_code = CloseCode.TOO_MANY_SUBSCRIPTIONS
 

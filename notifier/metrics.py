@@ -60,6 +60,12 @@ class NotifierMetrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0),
             registry=registry,
         )
+        # Resolved once: a fan-out counts a thousand frames at a time.
+        self._sent_by_kind = {kind: self.sent.labels(kind) for kind in MESSAGE_KINDS}
+        self._delay = {
+            "event": self.commit_to_send.labels("event"),
+            "position": self.commit_to_send.labels("position"),
+        }
         self.consumed = Counter(
             "notifier_records_consumed", "Kafka records read", ["topic"], registry=registry
         )
@@ -75,3 +81,9 @@ class NotifierMetrics:
             ["op"],
             registry=registry,
         )
+
+    def count_sent(self, kind: str, delay_s: float | None) -> None:
+        """A frame written; `delay_s` since its commit (an event) or fix (a position)."""
+        (self._sent_by_kind.get(kind) or self.sent.labels(kind)).inc()
+        if delay_s is not None:
+            self._delay["position" if kind == "position" else "event"].observe(max(delay_s, 0.0))

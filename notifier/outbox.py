@@ -14,7 +14,15 @@ class Writer(Protocol):
 
     async def send(self, message: bytes, *, text: bool) -> None: ...
 
+    def write_now(self, message: bytes) -> None:
+        """Into the socket's buffer at once, with no flow control (websockets' broadcast)."""
+
     def buffered_bytes(self) -> int: ...
+
+
+# Below this much in the socket's buffer, a frame with nothing queued before it is written
+# at once: no task, no await (a fan-out to a thousand subscribers costs a write each).
+WRITE_NOW_BELOW_BYTES = 64 * 1024
 
 
 # (kind, when its content happened: an event's commit, a position's fix; epoch seconds),
@@ -23,8 +31,9 @@ Sent = Callable[[str, float | None], None]
 
 
 class Outbox:
-    """Frames are written by one task at a time, started when there is something to write
-    and ended when the queue is empty: an idle connection holds no task."""
+    """A frame is written at once while the client keeps up; otherwise it queues, and one
+    task writes the queue as the socket drains, ending when it is empty (an idle
+    connection holds no task)."""
 
     def __init__(
         self,
@@ -55,6 +64,10 @@ class Outbox:
         if self.unsent_bytes() + len(frame) > self._limit:
             self._slow()
             return
+        if self._idle():
+            self._writer.write_now(frame)
+            self._on_sent(kind, origin)
+            return
         self._frames.append((frame, kind, origin))
         self._queued_bytes += len(frame)
         self._kick()
@@ -67,6 +80,10 @@ class Outbox:
         added = len(frame) - (len(previous[0]) if previous is not None else 0)
         if self.unsent_bytes() + added > self._limit:
             self._slow()
+            return
+        if previous is None and self._idle():
+            self._writer.write_now(frame)
+            self._on_sent("position", fix_ts)
             return
         self._positions[job_id] = (frame, fix_ts)
         self._queued_bytes += added
@@ -87,6 +104,14 @@ class Outbox:
         self.close()
         # The close runs as its own task: the caller is the fan-out of other connections.
         self._closing = asyncio.get_running_loop().create_task(self._on_slow())
+
+    def _idle(self) -> bool:
+        return (
+            self._task is None
+            and not self._frames
+            and not self._positions
+            and self._writer.buffered_bytes() < WRITE_NOW_BELOW_BYTES
+        )
 
     def _kick(self) -> None:
         if self._task is None:

@@ -81,7 +81,12 @@ class Resumer:
         self._hub.know_job(job.job_id, job.status, job.driver_id)
         position = None
         if job.driver_id is not None and job.status in SHARES_POSITION:
-            position = await self._store.positions.get(job.driver_id)
+            try:
+                position = await self._store.positions.get(job.driver_id)
+            except DatabaseUnavailable as exc:
+                # Latest-value, and the next fix brings it: a snapshot without it beats
+                # no snapshot while the replica is away.
+                log.warning("snapshot of job %s without its position: %s", job.job_id, exc)
         resync: ResyncReason | None = None
         if last_seq is not None and last_seq > job.seq:
             resync = "unknown_seq"  # more than the job has: another database's, or forged

@@ -2,15 +2,17 @@
 messages, its subscriptions, and closing with a code that says why."""
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 from uuid import UUID
 
 from pydantic import ValidationError
-from websockets.asyncio.server import ServerConnection
+from websockets.asyncio.server import ServerConnection, broadcast
 from websockets.exceptions import ConnectionClosed
 
 from notifier.errors import (
@@ -18,6 +20,7 @@ from notifier.errors import (
     BadMessage,
     Forbidden,
     NotifierError,
+    PeerGone,
     SlowConsumer,
     TooManySubscriptions,
 )
@@ -62,6 +65,10 @@ class _Socket:
     async def send(self, message: bytes, *, text: bool) -> None:
         await self._ws.send(message, text=text)
 
+    def write_now(self, message: bytes) -> None:
+        # The library's own way to write without waiting (skips a connection closing).
+        broadcast([self._ws], message, text=True)
+
     def buffered_bytes(self) -> int:
         return self._ws.transport.get_write_buffer_size()
 
@@ -96,10 +103,20 @@ class Session:
         self.grant: Grant | None = None
         self._subs: dict[UUID, Subscription] = {}
         self._closing = False
+        self._pong: asyncio.Future[float] | None = None
+        # Closes and pings in flight, referenced until done (the loop holds tasks weakly).
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._expiry: asyncio.TimerHandle | None = None
 
     async def run(self) -> None:
         try:
             self.grant = await self._authenticate()
+            # The connection ends when its token (or share link) does.
+            self._expiry = asyncio.get_running_loop().call_later(
+                max(0.0, self.grant.expires_at - self._clock()),
+                self._in_background,
+                lambda: self.end(AuthFailed("token expired")),
+            )
             async for raw in self.ws:
                 await self._handle(raw)
         except NotifierError as exc:
@@ -107,6 +124,8 @@ class Session:
         except ConnectionClosed:
             pass
         finally:
+            if self._expiry is not None:
+                self._expiry.cancel()
             for sub in self._subs.values():
                 self._hub.unwatch(sub)
             self._subs.clear()
@@ -191,20 +210,34 @@ class Session:
             raise
 
     # --- the server's side ------------------------------------------------------------
-    def expired(self, now: float) -> bool:
-        return self.grant is not None and now >= self.grant.expires_at
+    def keepalive(self, ping: bytes) -> None:
+        """The heartbeat's turn: the application ping, and a WebSocket ping (browsers answer
+        those by themselves) whose pong must have come by the next turn."""
+        if self._closing:
+            return
+        if self._pong is not None and not self._pong.done():
+            self._in_background(lambda: self.end(PeerGone("no pong to the last ping")))
+            return
+        self.outbox.push(ping, "ping")
+        self._in_background(self._ping)
+
+    async def _ping(self) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            pong = await self.ws.ping()
+            # A future (typed as an awaitable): done when the pong arrives.
+            self._pong = pong if isinstance(pong, asyncio.Future) else None
+
+    def _in_background(self, make: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        task = asyncio.get_running_loop().create_task(make())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _slow(self) -> None:
         self._metrics.slow_disconnects.inc()
         await self.end(SlowConsumer(f"more than {self._limits.max_unsent_bytes} bytes unsent"))
 
     def _sent(self, kind: str, origin: float | None) -> None:
-        self._metrics.sent.labels(kind).inc()
-        if origin is not None:
-            latency = self._clock() - origin
-            self._metrics.commit_to_send.labels(
-                "position" if kind == "position" else "event"
-            ).observe(max(latency, 0.0))
+        self._metrics.count_sent(kind, None if origin is None else self._clock() - origin)
 
 
 def _parse(raw: str | bytes) -> Auth | Subscribe | Unsubscribe | Pong:

@@ -41,7 +41,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from api.config import ApiSettings
 from api.view_cache import Envelope
 from bench.baselines import naive_endpoint
-from bench.report import save_figure
+from bench.report import latency_bars, save_figure
 from bench.tokens import Tokens
 from bench.wrk_runner import WrkResult, run_wrk_gets
 from infra import postgres
@@ -362,18 +362,7 @@ def plot(report: dict[str, Any], path: Path) -> Path:
     left.barh(names, rates)
     left.set_xlabel("requests/s, one process")
     left.set_title("GET a job's view")
-    for offset, key in ((-0.2, "p50"), (0.2, "p99")):
-        right.barh(
-            [i + offset for i in range(len(names))],
-            [report["throughput"][n]["latency_ms"][key] for n in names],
-            0.4,
-            label=key,
-        )
-    right.set_yticks(range(len(names)), names)
-    right.set_xscale("log")
-    right.set_xlabel("latency, ms (log scale)")
-    right.legend()
-    fig.tight_layout()
+    latency_bars(right, {n: report["throughput"][n]["latency_ms"] for n in names}, "latency, ms")
     return save_figure(fig, path)
 
 

@@ -7,7 +7,9 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from infra import stack as stack_module
 from infra import timescaledb
@@ -69,6 +71,18 @@ def token(config: StackConfig) -> Callable[..., str]:
         return issue_token(config.jwt_private_key, sub=sub, role=role, **kwargs)  # type: ignore[arg-type]
 
     return make
+
+
+def metric(url: str, name: str, **labels: str) -> float:
+    """The sum of `name`'s samples whose labels include `labels`, from one process's
+    /metrics."""
+    text = httpx.get(url + "/metrics").text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )
 
 
 def wait_for(probe: Callable[[], T | None], timeout_s: float = 30.0, interval_s: float = 0.1) -> T:

@@ -21,7 +21,6 @@ import redis
 from aiokafka import AIOKafkaProducer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
@@ -33,7 +32,7 @@ from infra.services import ServiceSpec, variants
 from infra.stack import Stack
 from schemas import topics
 from schemas.auth import Role
-from tests.integration.conftest import wait_for
+from tests.integration.conftest import metric, wait_for
 from tests.integration.driving import ping_at
 
 BODY = {"pickup": {"lat": 12.97, "lon": 77.59}, "dropoff": {"lat": 12.93, "lon": 77.62}}
@@ -46,16 +45,6 @@ def ws_url(stack: Stack) -> str:
 
 def api_url(stack: Stack) -> str:
     return stack.urls("api")[0]
-
-
-def metric(url: str, name: str, **labels: str) -> float:
-    text = httpx.get(url + "/metrics").text
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == name and labels.items() <= sample.labels.items()
-    )
 
 
 class Jobs:
@@ -157,7 +146,7 @@ def test_snapshot_then_events_then_positions_in_order(
     fix = datetime.now(UTC)
 
     async def act() -> None:
-        await asyncio.sleep(0.5)  # any moment: the snapshot fixes where events start
+        await until(lambda: watcher.tally.snapshots == 1)  # then the events are live ones
         async with httpx.AsyncClient(timeout=30) as client:
             await jobs.assign(client, job_id, driver)
             pings = [ping_at(fix, 0.0)]
@@ -241,7 +230,7 @@ def test_redis_stopped_resumes_come_from_postgres_and_live_events_still_flow(
 
         async def run() -> list[dict[str, Any]]:
             async def more() -> None:
-                await asyncio.sleep(1)
+                await until(lambda: watcher.tally.snapshots == 1)
                 async with httpx.AsyncClient(timeout=30) as client:
                     await jobs.assign(client, job_id, "drv-ws")
 
@@ -333,7 +322,7 @@ def test_who_may_follow_which_job(stack: Stack, jobs: Jobs, token: Token) -> Non
 
     async def run() -> list[dict[str, Any]]:
         async def more() -> None:
-            await asyncio.sleep(0.5)
+            await until(lambda: watcher.tally.snapshots == 1)
             async with httpx.AsyncClient(timeout=30) as client:
                 await jobs.assign(client, job_id, "drv-ws2")
 
@@ -386,7 +375,8 @@ def test_a_client_that_stops_reading_is_cut_off_and_memory_stays_bounded(
         reader = JobWatcher(url, tok, uuid.UUID(job_id))
         stream = reader.messages()
         assert (await anext(stream))["type"] == "snapshot"
-        await asyncio.sleep(0.5)  # both subscribed (the snapshot came first on each)
+        # Both subscribed: the stalled one's snapshot written too.
+        await until(lambda: metric(spec.url, "notifier_messages_sent_total", type="snapshot") == 2)
         before = rss(ref)
 
         async def produce() -> None:
@@ -431,6 +421,28 @@ def test_a_client_that_stops_reading_is_cut_off_and_memory_stays_bounded(
     assert peak - before < 16 * 2**20, f"RSS grew {(peak - before) / 2**20:.1f} MiB"
 
 
+def test_a_peer_that_stops_answering_pings_is_closed(
+    stack: Stack, jobs: Jobs, token: Token, config: StackConfig
+) -> None:
+    owner = customer()
+    job_id = jobs.create(owner)
+
+    async def run(url: str) -> None:
+        # max_queue=1: once a message waits unread, the client reads nothing more, pongs
+        # included (a phone gone to sleep, a half-open connection).
+        ws = await connect(url, compression=None, max_queue=1)
+        await ws.send(orjson.dumps({"type": "auth", "token": token(Role.CUSTOMER, owner)}).decode())
+        await ws.send(orjson.dumps({"type": "subscribe", "job_id": job_id}).decode())
+        await until(lambda: metric(spec.url, "notifier_closes_total", code="1011") == 1, 30)
+        ws.transport.abort()
+
+    env = {"NOTIFIER_PING_INTERVAL_S": "0.5"}
+    with variants(config, "notifier", 1, env, "ws-keepalive") as [(spec, _)]:
+        asyncio.run(run(spec.endpoint["ws"]))
+        assert metric(spec.url, "notifier_connections") == 0
+        assert metric(spec.url, "notifier_messages_sent_total", type="ping") >= 1
+
+
 # --- failures ----------------------------------------------------------------------------
 
 
@@ -441,27 +453,25 @@ def two_notifiers(config: StackConfig, name: str) -> Iterator[list[tuple[Service
 
 
 async def drive_events(
-    jobs: Jobs, job_ids: list[str], stop: asyncio.Event, pace_s: float
+    jobs: Jobs, job_ids: list[str], rounds: int, on_round: Callable[[int], None]
 ) -> dict[str, int]:
-    """Job events on every job, round robin, until `stop`; the newest seq of each."""
+    """`rounds` rounds of one job event on every job (`on_round(n)` after round n, as the
+    events flow); the newest seq of each job."""
     newest: dict[str, int] = {}
     async with httpx.AsyncClient(timeout=30) as client:
-        while not stop.is_set():
+        for n in range(rounds):
             for job_id in job_ids:
                 newest[job_id] = await jobs.assign(client, job_id, "drv-flow")
-            await asyncio.sleep(pace_s)
+            on_round(n)
     return newest
 
 
-async def until_caught_up(watchers: list[JobWatcher], newest: dict[str, int]) -> None:
-    """Runs every watcher until it has its job's newest seq."""
-
-    async def one(w: JobWatcher) -> None:
-        async for _ in w.messages():
-            if w.last_seq == newest[str(w.job_id)]:
-                return
-
-    await asyncio.gather(*(one(w) for w in watchers))
+async def until(condition: Callable[[], bool], timeout_s: float = 60) -> None:
+    """Lets the event loop run until `condition` holds; fails past the deadline."""
+    async with asyncio.timeout(timeout_s):
+        # Polled: the conditions are other tasks' plain state, with no event to wait on.
+        while not condition():  # noqa: ASYNC110
+            await asyncio.sleep(0.01)  # the poll interval, bounded by the deadline
 
 
 def check_exactly_once(watchers: list[JobWatcher], newest: dict[str, int]) -> None:
@@ -487,29 +497,38 @@ def test_kill_9_of_a_notifier_its_clients_resume_on_the_other_with_nothing_lost(
             for _ in range(5)
         ]
 
-        async def run() -> dict[str, int]:
-            enough = asyncio.Event()
-            driver = asyncio.create_task(drive_events(jobs, job_ids, enough, 0.05))
-            followers = [asyncio.create_task(follow_forever(w)) for w in watchers]
-            await asyncio.sleep(3)
-            stop(a_ref, sig=signal.SIGKILL)
-            await asyncio.sleep(3)
-            enough.set()
-            newest = await driver
-            for f in followers:
-                f.cancel()
-            async with asyncio.timeout(60):
-                await until_caught_up(watchers, newest)
-            return newest
+        def kill_a(n: int) -> None:
+            if n == 10:  # everyone subscribed on A, events still to come
+                stop(a_ref, sig=signal.SIGKILL)
 
-        newest = asyncio.run(run())
+        newest = asyncio.run(follow_while_events_flow(jobs, job_ids, watchers, 40, kill_a))
     check_exactly_once(watchers, newest)
     assert all(w.tally.connects >= 2 for w in watchers)  # every one of them moved
 
 
-async def follow_forever(w: JobWatcher) -> None:
-    async for _ in w.messages():
-        pass
+async def follow_while_events_flow(
+    jobs: Jobs,
+    job_ids: list[str],
+    watchers: list[JobWatcher],
+    rounds: int,
+    on_round: Callable[[int], None],
+) -> dict[str, int]:
+    """The watchers follow their jobs (each subscribed first) while `rounds` rounds of job
+    events flow, until each has its job's newest seq; the newest seqs."""
+
+    async def follow(w: JobWatcher) -> None:
+        async for _ in w.messages():
+            pass
+
+    followers = [asyncio.create_task(follow(w)) for w in watchers]
+    try:
+        await until(lambda: all(w.tally.snapshots for w in watchers))
+        newest = await drive_events(jobs, job_ids, rounds, on_round)
+        await until(lambda: all(w.last_seq == newest[str(w.job_id)] for w in watchers))
+    finally:
+        for f in followers:
+            f.cancel()
+    return newest
 
 
 @settings(
@@ -518,12 +537,13 @@ async def follow_forever(w: JobWatcher) -> None:
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(
-    drops=st.lists(st.tuples(st.integers(0, 23), st.floats(0.0, 6.0)), min_size=10, max_size=40),
+    # (which client, after which round of events) its connection drops, as networks do.
+    drops=st.lists(st.tuples(st.integers(0, 23), st.integers(0, 29)), min_size=10, max_size=40),
     seed=st.integers(0, 2**32 - 1),
 )
 def test_clients_dropping_and_resuming_at_random_see_every_event_once_in_order(
     stack: Stack, jobs: Jobs, token: Token, config: StackConfig, pair: list[str],
-    drops: list[tuple[int, float]], seed: int,
+    drops: list[tuple[int, int]], seed: int,
 ) -> None:  # fmt: skip
     owner = customer()
     job_ids = [jobs.create(owner) for _ in range(6)]
@@ -534,24 +554,15 @@ def test_clients_dropping_and_resuming_at_random_see_every_event_once_in_order(
         for i in range(24)
     ]
 
-    async def run() -> dict[str, int]:
-        stop = asyncio.Event()
-        driver = asyncio.create_task(drive_events(jobs, job_ids, stop, 0.02))
-        followers = [asyncio.create_task(follow_forever(w)) for w in watchers]
-        started = asyncio.get_running_loop().time()
-        for index, at in sorted(drops, key=lambda d: d[1]):
-            await asyncio.sleep(max(0.0, started + at - asyncio.get_running_loop().time()))
-            watchers[index].drop_connection()
-        await asyncio.sleep(max(0.0, started + 6.5 - asyncio.get_running_loop().time()))
-        stop.set()
-        newest = await driver
-        for f in followers:
-            f.cancel()
-        async with asyncio.timeout(60):
-            await until_caught_up(watchers, newest)
-        return newest
+    schedule: dict[int, list[int]] = {}
+    for index, after_round in drops:
+        schedule.setdefault(after_round, []).append(index)
 
-    newest = asyncio.run(run())
+    def drop(n: int) -> None:
+        for index in schedule.get(n, []):
+            watchers[index].drop_connection()
+
+    newest = asyncio.run(follow_while_events_flow(jobs, job_ids, watchers, 30, drop))
     check_exactly_once(watchers, newest)
 
 

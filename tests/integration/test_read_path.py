@@ -15,7 +15,6 @@ from collections.abc import Callable, Iterator
 import httpx
 import psycopg
 import redis
-from prometheus_client.parser import text_string_to_metric_families
 
 from api.view_cache import Envelope
 from infra import postgres
@@ -24,7 +23,7 @@ from infra.procs import free_port
 from infra.redis import url as redis_url
 from infra.services import api_variants
 from schemas.auth import Role
-from tests.integration.conftest import wait_for
+from tests.integration.conftest import metric, wait_for
 
 BODY = {"pickup": {"lat": 12.97, "lon": 77.59}, "dropoff": {"lat": 12.93, "lon": 77.62}}
 Token = Callable[..., str]
@@ -32,17 +31,6 @@ Token = Callable[..., str]
 
 def bearer(token: Token, role: Role, sub: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token(role, sub)}"}
-
-
-def metric(url: str, name: str, **labels: str) -> float:
-    """The sum of `name`'s samples whose labels include `labels`, from one process."""
-    text = httpx.get(url + "/metrics").text
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == name and labels.items() <= sample.labels.items()
-    )
 
 
 def total(urls: list[str], name: str, **labels: str) -> float:

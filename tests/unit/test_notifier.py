@@ -5,6 +5,7 @@ client messages."""
 import asyncio
 import random
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import orjson
@@ -14,7 +15,7 @@ from hypothesis import strategies as st
 
 from notifier.errors import BadMessage
 from notifier.frames import EventFrame, event_frame
-from notifier.outbox import Outbox
+from notifier.outbox import WRITE_NOW_BELOW_BYTES, Outbox
 from notifier.sequencing import Sequencer
 from notifier.session import _parse
 from schemas.jobs import JobEvent, JobStatus
@@ -111,63 +112,97 @@ def test_every_path_sends_each_event_once_in_order(
     assert sent == list(range(last_seq + 1, last_seq + 1 + len(sent)))
 
 
+async def until(condition: Callable[[], bool]) -> None:
+    """Lets the outbox's tasks run until `condition` holds (1 s deadline)."""
+    async with asyncio.timeout(1):
+        while not condition():  # noqa: ASYNC110 - plain state of other tasks
+            await asyncio.sleep(0)  # one turn of the loop; the deadline bounds the poll
+
+
 class FakeSocket:
+    """A socket whose client is keeping up (`backlog` 0) or not (bytes left unsent in
+    its buffer; `send` then waits, as the real one does above its high-water mark)."""
+
     def __init__(self) -> None:
         self.sent: list[bytes] = []
-        self.buffered = 0
-        self.gate = asyncio.Event()
-        self.gate.set()
+        self.backlog = 0
+        self.drained = asyncio.Event()
+        self.drained.set()
+
+    def stall(self, backlog: int = WRITE_NOW_BELOW_BYTES) -> None:
+        self.backlog = backlog
+        self.drained.clear()
+
+    def drain(self) -> None:
+        self.backlog = 0
+        self.drained.set()
+
+    def write_now(self, message: bytes) -> None:
+        self.sent.append(message)
 
     async def send(self, message: bytes, *, text: bool) -> None:
-        await self.gate.wait()  # a socket above its high-water mark: the write waits
+        await self.drained.wait()
         self.sent.append(message)
 
     def buffered_bytes(self) -> int:
-        return self.buffered
+        return self.backlog
 
 
-async def test_outbox_writes_in_order_and_coalesces_positions() -> None:
+async def never_slow() -> None:
+    raise AssertionError("not slow")
+
+
+def test_a_client_keeping_up_gets_each_frame_at_once() -> None:
     sock = FakeSocket()
     counted: list[str] = []
-
-    async def slow() -> None:
-        raise AssertionError("not slow")
-
     box = Outbox(
-        sock, max_unsent_bytes=10_000, on_slow=slow, on_sent=lambda k, _: counted.append(k)
+        sock, max_unsent_bytes=10_000, on_slow=never_slow, on_sent=lambda k, _: counted.append(k)
     )
-    sock.gate.clear()
+    box.push(b"e1", "job.status")
+    box.push_position(JOB, b"p1", 0.0)
+    assert sock.sent == [b"e1", b"p1"] and counted == ["job.status", "position"]
+
+
+async def test_a_lagging_client_gets_events_in_order_and_the_newest_position_only() -> None:
+    sock = FakeSocket()
+    counted: list[str] = []
+    box = Outbox(
+        sock, max_unsent_bytes=10**6, on_slow=never_slow, on_sent=lambda k, _: counted.append(k)
+    )
+    sock.stall()
     box.push(b"e1", "job.status")
     box.push(b"e2", "job.status")
     for i in range(50):
         box.push_position(JOB, f"p{i}".encode(), 0.0)
-    sock.gate.set()
-    for _ in range(10):
-        await asyncio.sleep(0)
-    assert sock.sent == [b"e1", b"e2", b"p49"]  # the newest position only
+    assert sock.sent == []
+    sock.drain()
+    await until(lambda: len(sock.sent) == 3)
+    assert sock.sent == [b"e1", b"e2", b"p49"]
     assert counted == ["job.status", "job.status", "position"]
 
 
 async def test_outbox_past_its_limit_closes_and_keeps_nothing() -> None:
     sock = FakeSocket()
-    sock.gate.clear()  # the client stopped reading
+    sock.stall()  # the client stopped reading: 64 KiB already unsent
     slow_calls: list[int] = []
 
     async def slow() -> None:
         slow_calls.append(1)
 
-    box = Outbox(sock, max_unsent_bytes=1000, on_slow=slow, on_sent=lambda k, _: None)
-    for _ in range(20):
+    box = Outbox(sock, max_unsent_bytes=70_000, on_slow=slow, on_sent=lambda k, _: None)
+    for _ in range(100):
         box.push(b"x" * 100, "job.status")
-    await asyncio.sleep(0)
-    assert slow_calls == [1] and box.closed and box.unsent_bytes() == 0
-    box.push(b"more", "job.status")  # ignored once closed
+    await until(lambda: bool(slow_calls))
+    assert slow_calls == [1] and box.closed and sock.sent == []
+    sock.drain()
     assert box.unsent_bytes() == 0
+    box.push(b"more", "job.status")  # ignored once closed
+    assert box.unsent_bytes() == 0 and sock.sent == []
 
 
 async def test_the_socket_buffer_counts_against_the_limit() -> None:
     sock = FakeSocket()
-    sock.buffered = 990  # unsent bytes the kernel would not take
+    sock.stall(990)  # unsent bytes the kernel would not take
 
     async def slow() -> None:
         pass
@@ -191,3 +226,73 @@ def test_client_messages_parse_or_say_what_is_wrong() -> None:
     ]:
         with pytest.raises(BadMessage, match=words):
             _parse(bad)
+
+
+async def test_the_hub_routes_events_and_positions_of_the_jobs_driver_only() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from notifier.hub import Hub, Subscription
+    from notifier.metrics import NotifierMetrics
+    from schemas.positions import PositionUpdate
+
+    metrics = NotifierMetrics(CollectorRegistry())
+    caught_up: list[Subscription] = []
+    hub = Hub(metrics, caught_up.append)
+
+    async def end(_: object) -> None:
+        raise AssertionError("not ended")
+
+    socks = [FakeSocket(), FakeSocket()]  # a user's connection, a share link's
+    user, shared = (
+        Subscription(
+            JOB,
+            Outbox(sock, max_unsent_bytes=10**6, on_slow=never_slow, on_sent=lambda k, _: None),
+            end,
+            share=share,
+            max_held=10,
+        )
+        for sock, share in zip(socks, (False, True), strict=True)
+    )
+    for sub in (user, shared):
+        hub.watch(sub)
+        sub.seq.start_at(1)
+        sub.seq.live = sub.snapshot_sent = True
+    hub.know_job(JOB, JobStatus.CREATED, None)
+
+    def fix(driver: str, second: int) -> PositionUpdate:
+        ts = datetime(2026, 11, 28, 12, 0, second, tzinfo=UTC)
+        return PositionUpdate(driver_id=driver, ping_id=uuid.uuid4(), ts=ts, lat=1.0, lon=2.0)
+
+    hub.position(fix("d-1", 1))  # nobody assigned yet: not this job's driver
+    hub.job_event(frame(2), "d-1")  # assigned to d-1
+    hub.position(fix("d-2", 2))
+    hub.position(fix("d-1", 3))
+    hub.position(fix("d-1", 3))  # a replay: positions only move forward
+    hub.job_event(frame(4), None)  # 3 is missing: a catch-up, nothing sent
+    await until(lambda: all(len(sock.sent) == 2 for sock in socks))
+    sent = [[orjson.loads(m) for m in sock.sent] for sock in socks]
+    for messages in sent:
+        assert [(m["type"], m.get("seq")) for m in messages] == [
+            ("job.status", 2),
+            ("position", None),
+        ]
+        assert messages[1]["ts"] == "2026-11-28T12:00:03Z"
+    assert sent[0][0]["data"] == {"driver_id": "d-1"} and sent[1][0]["data"] == {}
+    assert len(caught_up) == 2 and set(caught_up) == {user, shared}  # each caught up once
+    assert hub.watches_driver("d-1") and not hub.watches_driver("d-2")
+    for sub in (user, shared):
+        hub.unwatch(sub)
+    assert not hub.watches_driver("d-1") and hub.feeds == 0
+
+
+def test_keepalives_are_spread_over_the_interval_and_repeat() -> None:
+    from notifier.heartbeat import Schedule
+
+    schedule: Schedule[int] = Schedule(25.0, random.Random(3))
+    for item in range(1000):  # a storm: a thousand connections in the same instant
+        schedule.add(item, now=0.0)
+    per_second = [len(schedule.due(float(t))) for t in range(1, 26)]
+    assert sum(per_second) == 1000 and max(per_second) < 80  # about 40 a second, not 1000
+    schedule.remove(7)
+    again = [i for t in range(26, 51) for i in schedule.due(float(t))]
+    assert sorted(again) == [i for i in range(1000) if i != 7] and len(schedule) == 999
