@@ -104,7 +104,7 @@ def _wrk(
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     done = subprocess.run(
         argv,
-        env=os.environ | env,
+        env=os.environ | env | {"WRK_COMMON": str(script.parent / "common.lua")},
         capture_output=True,
         text=True,
         timeout=duration_s + 60,
