@@ -19,6 +19,7 @@ from bench.routes import CITIES
 from bench.scenarios import SCENARIOS
 from infra.config import StackConfig
 from infra.procs import StackError
+from infra.topology import SCALABLE
 from runtime.auth import issue_token
 from schemas.auth import Role
 
@@ -81,6 +82,13 @@ def cmd_down(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_scale(args: argparse.Namespace) -> int:
+    stack = _stack(StackConfig(), lambda step: console.log(step))
+    stack.scale(args.service, args.count)
+    print_endpoints(stack.status())
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     components = _stack(StackConfig()).status()
     if args.json:
@@ -132,15 +140,22 @@ def print_endpoints(components: dict[str, dict[str, object]]) -> None:
             )
             if "storage" in info:
                 endpoint += f"\nstorage: {info['storage']}"
+        if info.get("gave_up"):
+            endpoint += "\n[red]crashed repeatedly: no longer restarted[/red] (telemetry up)"
+        elif info.get("restarts"):
+            endpoint += f"\nrestarted {info['restarts']} time(s) after a crash"
         healthy = "[green]yes[/green]" if info["healthy"] else "[red]no[/red]"
         table.add_row(name, endpoint, str(info["pid"] or "-"), healthy)
     Console().print(table)
 
 
-def _ingest_urls(stack: "Stack") -> list[str]:
-    urls = stack.urls("ingest")
+def _targets(stack: "Stack", service: str, direct: bool) -> list[str]:
+    """Where clients of `service` go: the edge, the one public port, when it runs (or with
+    `direct`, each process's own port)."""
+    public = None if direct else stack.public_url()
+    urls = [public] if public is not None else stack.urls(service)
     if not urls:
-        raise StackError("no ingest process is running: start the platform with 'telemetry up'")
+        raise StackError(f"no {service} process is running: start the platform with 'telemetry up'")
     return urls
 
 
@@ -156,16 +171,18 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         drivers=args.drivers,
         interval_s=args.interval,
         duration_s=args.duration,
-        ingest_urls=_ingest_urls(stack),
+        ingest_urls=_targets(stack, "ingest", args.direct),
         private_key_path=config.jwt_private_key,
         city=args.city,
         seed=args.seed,
         processes=args.processes,
         max_requests_per_s=args.rate_limit,
-        jobs=JobsConfig(stack.urls("api"), every_s=args.jobs_every) if args.jobs_every else None,
+        jobs=(
+            JobsConfig(_targets(stack, "api", args.direct), every_s=args.jobs_every)
+            if args.jobs_every
+            else None
+        ),
     )
-    if fleet.jobs is not None and not fleet.jobs.api_urls:
-        raise StackError("no api process is running: start the platform with 'telemetry up'")
     # `telemetry down` ends a background simulator with SIGTERM: unwind so that
     # run_fleet stops its load processes.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -238,7 +255,9 @@ def cmd_watch(args: argparse.Namespace) -> int:
         job_id = uuid.UUID(args.job_id)
     except ValueError as exc:
         raise StackError(f"{args.job_id!r} is not a job id (a UUID)") from exc
-    urls = [args.url] if args.url else _stack(StackConfig()).ws_urls()
+    stack = _stack(StackConfig())
+    public = stack.public_url("ws")
+    urls = [args.url] if args.url else ([public] if public else stack.ws_urls())
     if not urls:
         raise StackError("no notifier is running: start the platform with 'telemetry up'")
     token = args.token
@@ -312,6 +331,15 @@ def build_parser() -> argparse.ArgumentParser:
     ).set_defaults(func=cmd_install)
     sub.add_parser("down", help="stop everything `up` started").set_defaults(func=cmd_down)
 
+    scale = sub.add_parser(
+        "scale",
+        help="run N processes of a service in the running stack (HAProxy follows, no "
+        "connection dropped)",
+    )
+    scale.add_argument("service", choices=sorted(SCALABLE))
+    scale.add_argument("count", type=int)
+    scale.set_defaults(func=cmd_scale)
+
     status = sub.add_parser("status", help="each component's endpoint, pid and health")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.add_argument(
@@ -328,6 +356,10 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--city", choices=sorted(CITIES), default="bengaluru")
     sim.add_argument("--seed", type=int, default=1)
     sim.add_argument("--plain", action="store_true", help="log lines instead of a live table")
+    sim.add_argument(
+        "--direct", action="store_true",
+        help="post to each ingest and api process's own port rather than through the edge",
+    )  # fmt: skip
     sim.add_argument(
         "--jobs-every", type=float, default=15.0, metavar="SECONDS",
         help="customers order a delivery about this often (0: pings only)",
@@ -352,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument(
         "--token", help="a user's JWT or a share token (default: a dispatcher's, minted here)"
     )
-    watch.add_argument("--url", help="the notifier's WebSocket URL (default: the stack's)")
+    watch.add_argument("--url", help="the WebSocket URL (default: the stack's edge, ws://…/ws)")
     watch.add_argument("--last-seq", type=int, help="resume after this seq")
     watch.set_defaults(func=cmd_watch)
     return parser

@@ -6,7 +6,18 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from infra import kafka, migrate, pgbouncer, postgres, redis, services, storage
+from infra import (
+    edge,
+    haproxy,
+    kafka,
+    migrate,
+    pgbouncer,
+    postgres,
+    redis,
+    services,
+    storage,
+    supervisor,
+)
 from infra.config import StackConfig
 from infra.procs import ProcessRef, StackError, wait_until
 
@@ -32,12 +43,15 @@ class Component:
     # What "up far enough for on_ready" means, when not `ready` itself.
     startup_ready: Callable[[], bool] | None = None
     # Runs once it is ready, on every `up` (migrations, topics); idempotent.
-    on_ready: Callable[[], None] = _nothing
+    on_ready: Callable[[], object] = _nothing
     logs: tuple[str, ...] = field(default=())
     # What a healthy component says about itself in `status` (PostgreSQL: its storage).
     describe: Callable[[], dict[str, str]] = dict
     # Starts tried before giving up on a process that exits during start-up.
     start_attempts: int = 1
+    # Restarted by the supervisor when it dies: stateless processes (our services, the
+    # edge tiers). The data stores are not: a crashed database wants an operator.
+    supervised: bool = False
 
     @property
     def log_name(self) -> str:
@@ -148,6 +162,47 @@ def components(config: StackConfig, report: Callable[[str], None]) -> list[Compo
                 # worker joining while its group rebalances has been seen to stop during
                 # start-up (in CI, once; the log had no error to say why).
                 start_attempts=3,
+                supervised=True,
             )
         )
+    service_names = tuple(s.name for s in services.specs(config))
+    result += [
+        # Health checks bring each process into HAProxy's rotation as it becomes ready.
+        Component(
+            haproxy.NAME,
+            start=lambda: haproxy.start(config),
+            ready=lambda: haproxy.ready(config),
+            ports=(
+                (config.haproxy_port, "TELEMETRY_HAPROXY_PORT"),
+                (config.haproxy_stats_port, "TELEMETRY_HAPROXY_STATS_PORT"),
+            ),
+            endpoint={
+                "url": haproxy.url(config),
+                "metrics": haproxy.stats_url(config) + "/metrics",
+            },
+            # `up --api 3` on a running stack: the configuration follows the topology.
+            on_ready=lambda: haproxy.follow(config),
+            supervised=True,
+        ),
+        Component(
+            edge.NAME,
+            start=lambda: edge.start(config),
+            ready=lambda: edge.ready(config),
+            ports=((config.edge_port, "TELEMETRY_EDGE_PORT"),),
+            endpoint={"url": edge.url(config), "ws": edge.ws_url(config)},
+            after=(haproxy.NAME,),
+            prepare=lambda: edge.prepare(config),
+            supervised=True,
+        ),
+        # Last: it starts once everything it may restart is up.
+        Component(
+            supervisor.NAME,
+            start=lambda: supervisor.start(config),
+            ready=lambda: True,
+            ports=(),
+            endpoint={},
+            after=(*service_names, edge.NAME),
+            stop_signal=signal.SIGTERM,
+        ),
+    ]
     return result

@@ -40,6 +40,10 @@ class StackConfig(BaseSettings):
     streams_web_port: int = 18201  # streams-N's Faust web server likewise
     photo_worker_port: int = 18301  # photo-worker-N's probes likewise
     notifier_port: int = 18401  # notifier-N's WebSocket (/ws) and probes likewise
+    # The public port: nginx, the edge cache, in front of HAProxy (design section 15).
+    edge_port: int = 18080
+    haproxy_port: int = 18081
+    haproxy_stats_port: int = 18082  # its stats page (/) and Prometheus exporter (/metrics)
 
     ingest_processes: int = 1
     api_processes: int = 1
@@ -49,6 +53,13 @@ class StackConfig(BaseSettings):
 
     # PostgreSQL and PgBouncer end a transaction left idle this long (a paused client).
     idle_in_transaction_timeout_s: int = 15
+
+    # Connections each tier holds at once (a WebSocket through both is one at each). The
+    # machine's open-file limit bounds them.
+    edge_worker_connections: int = 8192
+    haproxy_maxconn: int = 8000
+    # After a reload, how long an old HAProxy worker may keep established connections.
+    haproxy_hard_stop_after_s: int = 1800
 
     kafka_heap_mb: int = 768
     startup_timeout_s: float = 120.0

@@ -18,6 +18,8 @@ DEBIAN_PACKAGES = {
     "postgresql-15": PG_BIN / "postgres",
     "pgbouncer": Path("/usr/sbin/pgbouncer"),
     "redis-server": Path("/usr/bin/redis-server"),
+    "haproxy": Path("/usr/sbin/haproxy"),
+    "nginx": Path("/usr/sbin/nginx"),
 }
 
 

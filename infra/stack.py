@@ -1,15 +1,19 @@
 """`up`, `down` and `status` of the whole local stack, recorded in one state file."""
 
+import contextlib
+import fcntl
+import functools
 import json
+import os
 import signal
 import sys
 import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from infra import install, services, storage
+from infra import edge, haproxy, install, services, storage, supervisor, topology
 from infra.components import Component, components
 from infra.config import REPO_ROOT, StackConfig
 from infra.procs import (
@@ -17,6 +21,7 @@ from infra.procs import (
     StackError,
     ensure_port_free,
     free_port,
+    port_open,
     spawn,
     stop,
     wait_until,
@@ -29,7 +34,9 @@ SIMULATOR = "simulator"
 
 
 class ExitedDuringStartup(StackError):
-    pass
+    def __init__(self, message: str, ref: ProcessRef) -> None:
+        super().__init__(message)
+        self.ref = ref
 
 
 def _quiet(_: str) -> None:
@@ -44,34 +51,69 @@ class Record:
     ref: ProcessRef
     endpoint: dict[str, str]
     stop_signal: int = signal.SIGTERM
+    # Restarted by the supervisor when it dies (our services and the edge tiers).
+    supervised: bool = False
+    restarts: int = 0
+    # The supervisor stopped restarting it after repeated crashes.
+    gave_up: bool = False
 
     def as_json(self) -> dict[str, Any]:
         return {
             "pid": self.ref.pid,
             "start_ticks": self.ref.start_ticks,
             "stop_signal": self.stop_signal,
+            "supervised": self.supervised,
+            "restarts": self.restarts,
+            "gave_up": self.gave_up,
             **self.endpoint,
         }
 
     @classmethod
     def from_json(cls, name: str, raw: dict[str, Any]) -> "Record":
-        endpoint = {k: v for k, v in raw.items() if k not in {"pid", "start_ticks", "stop_signal"}}
-        return cls(name, ProcessRef(raw["pid"], raw["start_ticks"]), endpoint, raw["stop_signal"])
+        raw = dict(raw)
+        ref = ProcessRef(raw.pop("pid"), raw.pop("start_ticks"))
+        stop_signal = raw.pop("stop_signal")
+        supervised = raw.pop("supervised", False)
+        restarts = raw.pop("restarts", 0)
+        gave_up = raw.pop("gave_up", False)
+        return cls(name, ref, raw, stop_signal, supervised, restarts, gave_up)
 
 
 class StateFile:
-    """The components `up` started, in start order; `down` stops exactly these."""
+    """The components `up` started, in start order; `down` stops exactly these. Several
+    processes change it (the CLI, tests, the supervisor): each change is a read, modify and
+    write under an exclusive lock, of the named entries only."""
 
     def __init__(self, config: StackConfig) -> None:
         self.path: Path = config.run_dir / "stack.json"
+        self._lock_path = config.run_dir / "stack.lock"
 
     def load(self) -> dict[str, Record]:
+        # Writes replace the file whole: a reader never sees half of one.
         if not self.path.exists():
             return {}
         raw = json.loads(self.path.read_text())
         return {name: Record.from_json(name, value) for name, value in raw.items()}
 
-    def save(self, records: dict[str, Record]) -> None:
+    @contextlib.contextmanager
+    def change(self) -> Iterator[dict[str, Record]]:
+        """The records, to change in place; saved when the block ends without error."""
+        self._lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self._lock_path, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            records = self.load()
+            yield records
+            self._save(records)
+
+    def put(self, record: Record) -> None:
+        with self.change() as records:
+            records[record.name] = record
+
+    def remove(self, name: str) -> Record | None:
+        with self.change() as records:
+            return records.pop(name, None)
+
+    def _save(self, records: dict[str, Record]) -> None:
         # It holds DSNs with the database password: owner only.
         tmp = self.path.with_suffix(".tmp")
         write_private(tmp, json.dumps({n: r.as_json() for n, r in records.items()}, indent=2))
@@ -80,16 +122,27 @@ class StateFile:
 
 class Stack:
     """The local stack: its components (infra/components.py), the state file of what runs,
-    and the operations on both. `start`, `stop` and `kill` act on one component, for tests
-    and operators; `up` and `down` on all of them."""
+    and the operations on both. `start`, `stop`, `kill` and `crash` act on one component,
+    for tests and operators; `up`, `down` and `scale` on all of them."""
 
     def __init__(self, config: StackConfig, report: Reporter = _quiet) -> None:
-        self.config = config
+        # What the caller asked for (`up` honours the counts it sets explicitly), and the
+        # configuration of what runs: the same, with the running stack's topology.
+        self._requested = config
+        self.config = topology.recorded(config)
         self.report = report
         self.state = StateFile(config)
-        self.records = self.state.load()
-        self.components = {c.name: c for c in components(config, report)}
+        self.components = {c.name: c for c in components(self.config, report)}
         self._readied: set[str] = set()
+
+    def _reconfigure(self, config: StackConfig) -> None:
+        self.config = config
+        self.components = {c.name: c for c in components(config, self.report)}
+
+    @property
+    def records(self) -> dict[str, Record]:
+        """What runs now, as the state file says (the supervisor changes it too)."""
+        return self.state.load()
 
     # --- one component ----------------------------------------------------------
     def running(self, name: str) -> bool:
@@ -103,19 +156,49 @@ class Stack:
         self._ensure_ready(name)
 
     def stop(self, name: str, sig: int | None = None) -> None:
-        """Stops one component with its own stop signal (or `sig`) and forgets it."""
-        record = self.records.pop(name, None)
-        if record is None:
-            return
-        if record.ref.alive():
+        """Stops one component with its own stop signal (or `sig`) and forgets it: forgotten
+        first, so the supervisor never restarts what is being stopped."""
+        record = self.state.remove(name)
+        self._readied.discard(name)
+        if record is not None and record.ref.alive():
             self.report(f"stopping {name} (pid {record.ref.pid})")
             stop(record.ref, sig=record.stop_signal if sig is None else sig, timeout_s=30)
-        self._readied.discard(name)
-        self.state.save(self.records)
 
     def kill(self, name: str) -> None:
-        """SIGKILL: the crash of a component, for the fault tests."""
+        """SIGKILL, and forgotten: stays down until started again (fault tests)."""
         self.stop(name, sig=signal.SIGKILL)
+
+    def crash(self, name: str) -> None:
+        """SIGKILL, still recorded: a crash, which the supervisor repairs for a service."""
+        record = self.records[name]
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(record.ref.pid, signal.SIGKILL)
+
+    def restart(self, name: str, dead: ProcessRef) -> bool:
+        """Starts `name` again if it is still recorded as the process `dead`, which has
+        exited; False when another caller got there first, it was stopped meanwhile, or its
+        port is not free yet (try again later)."""
+        component = self.components.get(name)
+        if component is None:
+            return False
+        with self.state.change() as records:
+            record = records.get(name)
+            if record is None or record.ref != dead or dead.alive():
+                return False
+            if any(port_open(port) for port, _ in component.ports):
+                return False  # the dead process's threads still hold it, for a moment
+            component.prepare()
+            ref = component.start()
+            records[name] = replace(record, ref=ref, restarts=record.restarts + 1, gave_up=False)
+        self._readied.discard(name)
+        return True
+
+    def give_up(self, name: str, dead: ProcessRef) -> None:
+        """Marks `name` as not restarted any more (status says so)."""
+        with self.state.change() as records:
+            record = records.get(name)
+            if record is not None and record.ref == dead:
+                records[name] = replace(record, gave_up=True)
 
     def _start(self, component: Component) -> None:
         if self.running(component.name):
@@ -126,10 +209,15 @@ class Stack:
         component.prepare()
         self.report(f"starting {component.name}")
         ref = component.start()
-        self.records[component.name] = Record(
-            component.name, ref, component.endpoint, component.stop_signal
+        self.state.put(
+            Record(
+                component.name,
+                ref,
+                component.endpoint,
+                component.stop_signal,
+                supervised=component.supervised,
+            )
         )
-        self.state.save(self.records)
 
     def _ensure_ready(self, name: str) -> None:
         if name in self._readied:
@@ -145,20 +233,32 @@ class Stack:
                     raise
                 attempt += 1
                 self.report(f"{exc}\nstarting {name} again (attempt {attempt})")
-                self.records.pop(name, None)
-                self._start(component)
+                # The supervisor may have started it again already: then wait for that one.
+                if not wait_until(functools.partial(self._replace, name, exc.ref), 10):
+                    raise
         component.on_ready()
         self._readied.add(name)
 
+    def _replace(self, name: str, dead: ProcessRef) -> bool:
+        """Restarted here, or by someone else already (the supervisor), or stopped."""
+        if self.restart(name, dead):
+            return True
+        record = self.records.get(name)
+        return record is None or record.ref != dead
+
     def _wait_ready(self, name: str, check: Callable[[], bool]) -> None:
         self.report(f"waiting for {name}")
-        record = self.records[name]
 
         def ok() -> bool:
+            # Read each time: the supervisor may have replaced the process meanwhile.
+            record = self.records.get(name)
+            if record is None:
+                raise StackError(f"{name} was stopped while starting")
             if not record.ref.alive():
                 raise ExitedDuringStartup(
                     f"{name} exited during start-up; see {self._log(name)}:\n"
-                    + self.log_excerpt(name)
+                    + self.log_excerpt(name),
+                    record.ref,
                 )
             return check()
 
@@ -218,6 +318,10 @@ class Stack:
             path.mkdir(parents=True, exist_ok=True)
         if not cfg.jwt_private_key.exists():
             generate_keypair(cfg.jwt_private_key, cfg.jwt_public_key)
+        # The counts asked for here (`up --api 3`) become the running stack's topology;
+        # HAProxy's configuration follows it when it is ready.
+        self._reconfigure(topology.requested(self._requested))
+        write_private(supervisor.config_path(self.config), self.config.model_dump_json())
         # Each component starts once its dependencies are ready; the others are waited
         # for at the end, so slow starters (Kafka's JVM) overlap with the rest.
         for component in self.components.values():
@@ -227,6 +331,32 @@ class Stack:
         for name in self.components:
             self._ensure_ready(name)
         self.report("all components healthy")
+
+    def scale(self, service: str, count: int) -> None:
+        """Runs `count` processes of `service`: starts the missing ones and waits until they
+        are ready, reloads HAProxy's configuration (established connections stay on the old
+        workers), then stops the ones past `count` gracefully."""
+        if not self.running(supervisor.NAME):
+            raise StackError("the stack is not running: start it with 'telemetry up'")
+        self._reconfigure(topology.with_count(self.config, service, count))
+        wanted = [n for n in self.components if n.startswith(f"{service}-")]
+        for name in wanted:
+            for dependency in self.components[name].after:
+                self._ensure_ready(dependency)
+            self._start(self.components[name])
+        for name in wanted:
+            self._ensure_ready(name)
+        if self.running(haproxy.NAME) and haproxy.follow(self.config):
+            self.report("reloaded HAProxy with the new topology")
+        extra = [
+            n
+            for n in self.records
+            if n.startswith(f"{service}-")
+            and n not in self.components
+            and n[len(service) + 1 :].isdigit()
+        ]
+        for name in sorted(extra, reverse=True):
+            self.stop(name)
 
     def start_simulator(self, drivers: int, interval_s: float = 4.0) -> None:
         """A simulated fleet posting to ingest until `down`, logging to simulator.log."""
@@ -245,15 +375,16 @@ class Stack:
             env={"TELEMETRY_STATE_DIR": str(self.config.state_dir)},
             cwd=REPO_ROOT,
         )
-        self.records[SIMULATOR] = Record(SIMULATOR, ref, {"drivers": str(drivers)})
-        self.state.save(self.records)
+        self.state.put(Record(SIMULATOR, ref, {"drivers": str(drivers)}))
 
     def _stop(self, names: list[str]) -> None:
-        for name in reversed(names):
+        # The supervisor first: it would otherwise see the others go.
+        for name in sorted(reversed(names), key=lambda n: n != supervisor.NAME):
             self.stop(name)
 
     def down(self) -> None:
         self._stop(list(self.records))
+        topology.forget(self.config)
 
     def urls(self, service: str) -> list[str]:
         """The URLs of the running processes of `service` (`ingest` gives ingest-1...)."""
@@ -271,6 +402,12 @@ class Stack:
             if n.startswith("notifier-") and r.ref.alive()
         ]
 
+    def public_url(self, key: str = "url") -> str | None:
+        """The edge's URL (every route, one port; `ws`: its WebSocket URL), when it runs.
+        From the state file: a command run with only the state dir set knows no ports."""
+        record = self.records.get(edge.NAME)
+        return record.endpoint[key] if record is not None and record.ref.alive() else None
+
     def _healthy(self, name: str, endpoint: dict[str, str]) -> bool:
         component = self.components.get(name)
         if component is not None:
@@ -281,11 +418,12 @@ class Stack:
 
     def status(self) -> dict[str, dict[str, Any]]:
         """Every expected component, plus any recorded one (`up --ingest 3` adds ingest-3)."""
+        records = self.records
         expected = {name: c.endpoint for name, c in self.components.items()}
-        names = list(expected) + [n for n in self.records if n not in expected]
+        names = list(expected) + [n for n in records if n not in expected]
         result: dict[str, dict[str, Any]] = {}
         for name in names:
-            record = self.records.get(name)
+            record = records.get(name)
             alive = record is not None and record.ref.alive()
             endpoint = record.endpoint if record is not None else expected[name]
             healthy = alive and self._healthy(name, endpoint)
@@ -299,6 +437,10 @@ class Stack:
                 # The simulator is a guest: the platform does not need it to be healthy.
                 "required": name != SIMULATOR,
             }
+            if record is not None and record.supervised:
+                result[name]["restarts"] = record.restarts
+                if record.gave_up:
+                    result[name]["gave_up"] = True
         return result
 
 
@@ -308,19 +450,20 @@ def scratch_config(prefix: str, **overrides: object) -> StackConfig:
     # Under /tmp and world-traversable: the postgres OS user must reach its data dirs.
     state = Path(tempfile.mkdtemp(prefix=prefix))
     state.chmod(0o755)
-    # Each base port is followed by 3 for `ingest-2`, `streams-2`...: no range may overlap
+    # Each base port is followed by ports for `ingest-2`, `streams-2`...: no range may overlap
     # another, or two components would be given the same port.
     names = (
         "kafka_port", "kafka_controller_port", "postgres_primary_port",
         "postgres_replica_port", "pgbouncer_port", "redis_port",
         "ingest_port", "api_port", "streams_web_port", "photo_worker_port", "notifier_port",
+        "edge_port", "haproxy_port", "haproxy_stats_port",
     )  # fmt: skip
     ports: dict[str, int] = {}
     taken: set[int] = set()
     for name in names:
-        port = free_port(span=4)
-        while taken & set(range(port, port + 4)):
-            port = free_port(span=4)
+        port = free_port(span=topology.MAX_PROCESSES)
+        while taken & set(range(port, port + topology.MAX_PROCESSES)):
+            port = free_port(span=topology.MAX_PROCESSES)
         ports[name] = port
-        taken |= set(range(port, port + 4))
+        taken |= set(range(port, port + topology.MAX_PROCESSES))
     return StackConfig(state_dir=state, **(ports | overrides))  # type: ignore[arg-type]

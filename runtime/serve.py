@@ -22,4 +22,5 @@ def serve(app: FastAPI, settings: HttpServiceSettings, registry: CollectorRegist
         access_log=False,
         # Within the 10 s the contract gives a shutdown, whatever is in flight.
         timeout_graceful_shutdown=8,
+        timeout_keep_alive=int(settings.keep_alive_s),
     )

@@ -35,3 +35,7 @@ class HttpServiceSettings(ServiceSettings):
     max_concurrent_requests: int = 4000
     # The whole body must arrive within this (a slow sender holds a slot otherwise).
     body_timeout_s: float = 10.0
+    # An idle keep-alive connection is closed after this. Longer than HAProxy keeps idle
+    # connections to us, so it is HAProxy that closes them: a request it sends never meets
+    # a connection we are closing (a POST would get a 502).
+    keep_alive_s: float = 65.0

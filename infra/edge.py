@@ -1,0 +1,207 @@
+"""The edge: nginx as the cache in front of HAProxy (the CDN's role, design section 15). It
+keeps only what the api marks `public` (share views), for as long as the api's
+`Cache-Control` says, fetches a missing or expired key once however many ask
+(`proxy_cache_lock`, stale while updating), and never keeps an authenticated or `private`
+answer. Everything else, WebSocket upgrades included, passes through to HAProxy."""
+
+import shutil
+from pathlib import Path
+
+import httpx
+import orjson
+
+from infra import haproxy
+from infra.config import StackConfig
+from infra.procs import ProcessRef, StackError, run, running_as_root, spawn
+from schemas.tasks import MAX_PHOTO_BYTES
+
+NAME = "edge"
+BINARY = "/usr/sbin/nginx"
+HEALTH_PATH = "/edge/healthz"
+CACHE_STATUS_HEADER = "X-Cache-Status"
+NO_ANSWER = (
+    "no answer from the platform; a request that changes something may or may not have been "
+    "applied: retry it with the same Idempotency-Key"
+)
+# Debian's nginx package creates this user; the workers run as it when we are root.
+WORKER_USER = "www-data"
+
+
+def base_dir(config: StackConfig) -> Path:
+    return config.state_dir / "edge"
+
+
+def config_path(config: StackConfig) -> Path:
+    return config.run_dir / "nginx.conf"
+
+
+def url(config: StackConfig) -> str:
+    return f"http://127.0.0.1:{config.edge_port}"
+
+
+def ws_url(config: StackConfig) -> str:
+    return f"ws://127.0.0.1:{config.edge_port}{haproxy.WS_PATH}"
+
+
+def render(config: StackConfig, *, worker_user: str | None) -> str:
+    """The whole configuration; a pure function of the ports and paths."""
+    base = base_dir(config)
+    user = f"user {worker_user};\n" if worker_user else ""
+    return f"""\
+# Written by the stack (infra/edge.py): edits are overwritten.
+{user}worker_processes auto;
+worker_rlimit_nofile {2 * config.edge_worker_connections + 64};
+pid {config.run_dir / "nginx.pid"};
+error_log stderr warn;
+daemon off;
+
+events {{
+    worker_connections {config.edge_worker_connections};
+}}
+
+http {{
+    access_log off;
+    client_body_temp_path {base / "body"};
+    proxy_temp_path {base / "proxy"};
+    fastcgi_temp_path {base / "fastcgi"};
+    uwsgi_temp_path {base / "uwsgi"};
+    scgi_temp_path {base / "scgi"};
+    server_tokens off;
+    # Past the largest body the api takes (a proof photo): the api answers 413 itself, in
+    # the contract's shape.
+    client_max_body_size {2 * MAX_PHOTO_BYTES // 2**20}m;
+
+    proxy_cache_path {base / "cache"} levels=1:2 keys_zone=edge:16m max_size=512m
+                     inactive=10m use_temp_path=off;
+
+    # Only what the api marks public is kept: an answer without `public` in its
+    # Cache-Control is never stored, whatever else it says.
+    map $upstream_http_cache_control $edge_not_public {{
+        "~*(^|[\\s,])public([\\s,]|$)" 0;
+        default 1;
+    }}
+    map $http_upgrade $edge_connection {{
+        default upgrade;
+        "" "";
+    }}
+
+    upstream balancer {{
+        server 127.0.0.1:{config.haproxy_port};
+        keepalive 64;
+        # Shorter than HAProxy keeps them, so we are the side that closes an idle one.
+        keepalive_timeout 30s;
+    }}
+
+    server {{
+        listen 127.0.0.1:{config.edge_port} backlog=4096;
+
+        # Our own failures in the contract's error shape (HAProxy's pass through as they
+        # are). A POST whose answer was lost may or may not have been applied: the client
+        # retries it with the same Idempotency-Key.
+        error_page 502 = @bad_gateway;
+        error_page 504 = @gateway_timeout;
+        error_page 413 = @too_large;
+        location @bad_gateway {{
+            default_type application/json;
+            add_header Retry-After 1 always;
+            return 502 '{_error("bad_gateway", NO_ANSWER)}';
+        }}
+        location @gateway_timeout {{
+            default_type application/json;
+            return 504 '{_error("gateway_timeout", "the platform did not answer in time")}';
+        }}
+        location @too_large {{
+            default_type application/json;
+            return 413 '{_error("payload_too_large", "the body is larger than any route takes")}';
+        }}
+
+        location = {HEALTH_PATH} {{
+            default_type text/plain;
+            return 200 "ok\\n";
+        }}
+
+        location = {haproxy.WS_PATH} {{
+            proxy_pass http://balancer;
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection $edge_connection;
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_buffering off;
+            # The notifier pings every 25 s; HAProxy's tunnel timeout is the real bound.
+            proxy_read_timeout 1h;
+            proxy_send_timeout 1h;
+        }}
+
+        location / {{
+            proxy_pass http://balancer;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            # One upstream (HAProxy, which retries across processes itself): nothing to
+            # retry here, and a POST must never be sent twice.
+            proxy_next_upstream off;
+            proxy_read_timeout 35s;
+
+            proxy_cache edge;
+            proxy_cache_key $scheme$host$request_uri;
+            proxy_cache_methods GET HEAD;
+            # One request per key goes to the api while the others wait for its answer.
+            proxy_cache_lock on;
+            proxy_cache_lock_timeout 10s;
+            proxy_cache_lock_age 10s;
+            # An expired entry is served while one background request refreshes it
+            # (conditionally: If-None-Match, which the api answers from its cache), and
+            # while the api is unreachable.
+            proxy_cache_use_stale updating error timeout http_500 http_502 http_503 http_504;
+            proxy_cache_background_update on;
+            proxy_cache_revalidate on;
+            # A request with credentials neither reads nor fills the cache.
+            proxy_cache_bypass $http_authorization $http_cookie;
+            proxy_no_cache $http_authorization $http_cookie $edge_not_public;
+            add_header {CACHE_STATUS_HEADER} $upstream_cache_status always;
+        }}
+    }}
+}}
+"""
+
+
+def _error(code: str, message: str) -> str:
+    return orjson.dumps({"error": {"code": code, "message": message, "details": None}}).decode()
+
+
+def binary() -> str:
+    found = shutil.which("nginx") or (BINARY if Path(BINARY).exists() else None)
+    if found is None:
+        raise StackError("nginx is missing: install it with 'apt-get install nginx'")
+    return found
+
+
+def prepare(config: StackConfig) -> None:
+    """Writes the configuration, checked by nginx itself, and the directories it writes."""
+    base = base_dir(config)
+    worker_user = WORKER_USER if running_as_root() else None
+    for name in ("cache", "body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        (base / name).mkdir(parents=True, exist_ok=True)
+        if worker_user is not None:
+            shutil.chown(base / name, worker_user, worker_user)
+    path = config_path(config)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render(config, worker_user=worker_user))
+    # -e: the error log before the configuration is read (Debian's default is /var/log).
+    run([binary(), "-t", "-q", "-e", "stderr", "-c", str(path)])
+
+
+def start(config: StackConfig) -> ProcessRef:
+    return spawn(
+        [binary(), "-e", "stderr", "-c", str(config_path(config))],
+        log_path=config.logs_dir / "edge.log",
+    )
+
+
+def ready(config: StackConfig) -> bool:
+    try:
+        return httpx.get(url(config) + HEALTH_PATH, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False

@@ -1,0 +1,269 @@
+"""HAProxy, the L7 balancer (design section 15): one port for every route, each path to its
+service's processes, health-checked on /readyz, idempotent requests retried on another
+process when one dies. Its configuration is written from the stack's topology and reloaded
+in place when that changes (`telemetry scale`)."""
+
+import shutil
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import orjson
+
+from infra import services
+from infra.config import StackConfig
+from infra.procs import ProcessRef, StackError, run, spawn
+
+NAME = "haproxy"
+# The services behind it (the others have no public routes).
+ROUTED = ("ingest", "api", "notifier")
+BINARY = "/usr/sbin/haproxy"
+MONITOR_PATH = "/lb/healthz"
+# Routes (design section 15): everything not matched goes to the api.
+INGEST_PATHS = ("/v1/pings",)
+WS_PATH = "/ws"
+
+
+@dataclass(frozen=True)
+class Server:
+    name: str  # "api-2"
+    port: int
+
+
+@dataclass(frozen=True)
+class Topology:
+    """The processes behind each backend."""
+
+    ingest: tuple[Server, ...]
+    api: tuple[Server, ...]
+    notifier: tuple[Server, ...]
+
+
+# HAProxy's own answers, in the contract's error shape (design section 6) rather than its
+# HTML pages: (status, reason, code, message).
+ERRORS = (
+    (400, "Bad Request", "bad_request", "the request could not be parsed"),
+    (408, "Request Timeout", "request_timeout", "the request did not arrive in time"),
+    (
+        502,
+        "Bad Gateway",
+        "bad_gateway",
+        "the service failed before answering; a request that changes something may or may "
+        "not have been applied: retry it with the same Idempotency-Key",
+    ),
+    (503, "Service Unavailable", "unavailable", "no process of this service is ready"),
+    (504, "Gateway Timeout", "gateway_timeout", "the service did not answer in time"),
+)
+
+
+def error_file(status: int, reason: str, code: str, message: str) -> str:
+    body = orjson.dumps({"error": {"code": code, "message": message, "details": None}})
+    headers = [
+        f"HTTP/1.1 {status} {reason}",
+        "Content-Type: application/json",
+        f"Content-Length: {len(body)}",
+        "Cache-Control: no-store",
+        "Connection: close",
+    ]
+    if status == 503:
+        headers.append("Retry-After: 1")
+    return "\r\n".join(headers) + "\r\n\r\n" + body.decode()
+
+
+def errors_dir(config: StackConfig) -> Path:
+    return config.run_dir / "haproxy-errors"
+
+
+def topology(config: StackConfig) -> Topology:
+    """The processes the stack's configuration runs (its recorded topology applied)."""
+    specs = services.specs(config)
+
+    def of(module: str) -> tuple[Server, ...]:
+        return tuple(Server(s.name, s.port) for s in specs if s.module == module)
+
+    return Topology(ingest=of("ingest"), api=of("api"), notifier=of("notifier"))
+
+
+def config_path(config: StackConfig) -> Path:
+    return config.run_dir / "haproxy.cfg"
+
+
+def socket_path(config: StackConfig) -> Path:
+    return config.run_dir / "haproxy.sock"
+
+
+def master_socket_path(config: StackConfig) -> Path:
+    return config.run_dir / "haproxy-master.sock"
+
+
+def url(config: StackConfig) -> str:
+    return f"http://127.0.0.1:{config.haproxy_port}"
+
+
+def stats_url(config: StackConfig) -> str:
+    return f"http://127.0.0.1:{config.haproxy_stats_port}"
+
+
+def _servers(servers: Iterable[Server]) -> str:
+    lines = [f"    server {s.name} 127.0.0.1:{s.port} check" for s in servers]
+    # A backend with no process (scaled to 0) answers 503 rather than failing to load.
+    return "\n".join(lines) if lines else "    # no processes"
+
+
+def render(config: StackConfig, topology: Topology) -> str:
+    """The whole configuration; a pure function of the ports and the topology."""
+    return f"""\
+# Written by the stack (infra/haproxy.py) from its topology: edits are overwritten.
+global
+    maxconn {config.haproxy_maxconn}
+    # The master passes the listening sockets to the new worker on a reload: no connection
+    # is refused while it happens.
+    stats socket {socket_path(config)} mode 600 level admin expose-fd listeners
+    # After a reload the old worker keeps established connections (WebSocket tunnels) at
+    # most this long.
+    hard-stop-after {config.haproxy_hard_stop_after_s}s
+    log stdout format raw local0 info
+
+defaults
+    mode http
+    log global
+    option httplog
+    option dontlognull
+    # Only what went wrong reaches the log (a 5xx, a retry, a server down): not every
+    # request.
+    option dontlog-normal
+{_errorfiles(config)}
+    # A loopback connect slower than this met a full backlog: better another process. It
+    # is also the pause before a retry.
+    timeout connect 500ms
+    timeout client 60s
+    timeout server 30s
+    timeout http-request 10s
+    # Longer than the edge keeps idle connections to us, so the edge closes them first
+    # (a request never meets a connection we are closing).
+    timeout http-keep-alive 60s
+    timeout queue 5s
+    # WebSockets: the notifier pings every 25 s, so an hour without a byte is a dead peer.
+    timeout tunnel 1h
+    timeout client-fin 5s
+    # A request that meets a dead process goes to another one. A connection that failed
+    # carried nothing, so any method is retried then; otherwise only idempotent ones are
+    # (the frontend disables the rest), so a POST in flight at a crash gets a 502.
+    retries 3
+    option redispatch 1
+    retry-on conn-failure empty-response junk-response response-timeout
+    # A process whose port refuses a connection is taken out at once, not after the checks.
+    default-server inter 1s fastinter 500ms downinter 250ms fall 2 rise 1
+    default-server observe layer4 error-limit 1 on-error mark-down
+
+frontend public
+    bind 127.0.0.1:{config.haproxy_port}
+    monitor-uri {MONITOR_PATH}
+    option forwardfor
+    http-request disable-l7-retry unless METH_GET || METH_HEAD || METH_OPTIONS
+    acl to_ingest path {" ".join(INGEST_PATHS)}
+    acl to_notifier path {WS_PATH}
+    use_backend ingest if to_ingest
+    use_backend notifier if to_notifier
+    default_backend api
+
+# The stats page and the Prometheus exporter, on a port of their own.
+frontend stats
+    bind 127.0.0.1:{config.haproxy_stats_port}
+    no log
+    http-request use-service prometheus-exporter if {{ path /metrics }}
+    stats enable
+    stats uri /
+    stats refresh 5s
+
+backend ingest
+    balance roundrobin
+{_check()}
+{_servers(topology.ingest)}
+
+backend api
+    balance roundrobin
+{_check()}
+{_servers(topology.api)}
+
+backend notifier
+    # Connections last: the least loaded process takes the next one.
+    balance leastconn
+{_check()}
+{_servers(topology.notifier)}
+"""
+
+
+def _errorfiles(config: StackConfig) -> str:
+    directory = errors_dir(config)
+    return "\n".join(f"    errorfile {e[0]} {directory / f'{e[0]}.http'}" for e in ERRORS)
+
+
+def _check() -> str:
+    # HTTP/1.1 with a Host: the notifier's server (websockets) refuses HTTP/1.0.
+    return (
+        "    option httpchk\n"
+        "    http-check send meth GET uri /readyz ver HTTP/1.1 hdr Host localhost\n"
+        "    http-check expect status 200"
+    )
+
+
+def write(config: StackConfig, topology: Topology) -> bool:
+    """Writes the configuration, checked by HAProxy itself first; True when it changed."""
+    errors_dir(config).mkdir(parents=True, exist_ok=True)
+    for error in ERRORS:
+        (errors_dir(config) / f"{error[0]}.http").write_text(error_file(*error))
+    path = config_path(config)
+    text = render(config, topology)
+    if path.exists() and path.read_text() == text:
+        return False
+    candidate = path.with_suffix(".new")
+    candidate.write_text(text)
+    run([binary(), "-c", "-q", "-f", str(candidate)])
+    candidate.replace(path)
+    return True
+
+
+def binary() -> str:
+    found = shutil.which("haproxy") or (BINARY if Path(BINARY).exists() else None)
+    if found is None:
+        raise StackError("HAProxy is missing: install it with 'apt-get install haproxy'")
+    return found
+
+
+def start(config: StackConfig) -> ProcessRef:
+    write(config, topology(config))
+    # -W: a master that stays our pid and runs the workers; -S: its CLI, which reloads
+    # them; -db: in the foreground, logging to our log file.
+    return spawn(
+        [
+            binary(), "-W", "-db", "-S", str(master_socket_path(config)),
+            "-f", str(config_path(config)),
+        ],
+        log_path=config.logs_dir / f"{NAME}.log",
+    )  # fmt: skip
+
+
+def follow(config: StackConfig) -> bool:
+    """Writes the configuration for the stack's topology and, when it changed, reloads the
+    running HAProxy: the master starts new workers on it, and the old ones finish the
+    connections they hold (up to `hard-stop-after`). True when it reloaded."""
+    if not write(config, topology(config)):
+        return False
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as master:
+            master.settimeout(5)
+            master.connect(str(master_socket_path(config)))
+            master.sendall(b"reload\n")
+    except OSError as exc:
+        raise StackError(f"could not reload HAProxy through its master socket: {exc}") from exc
+    return True
+
+
+def ready(config: StackConfig) -> bool:
+    try:
+        return httpx.get(url(config) + MONITOR_PATH, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False

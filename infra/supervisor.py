@@ -1,0 +1,149 @@
+"""The supervisor: a process of the stack that restarts a service process that died (a
+crash, kill -9) within seconds, with backoff, and stops trying after repeated crashes
+(`status` then says so). It acts only on what the state file says runs and is supervised:
+a component stopped through the stack is forgotten first, so it is never brought back."""
+
+import argparse
+import logging
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING
+
+from infra.config import REPO_ROOT, StackConfig
+from infra.procs import ProcessRef, spawn
+
+if TYPE_CHECKING:
+    from infra.stack import Stack
+
+NAME = "supervisor"
+log = logging.getLogger("supervisor")
+
+
+def config_path(config: StackConfig) -> Path:
+    """The running stack's configuration, written by `up` for the supervisor to read."""
+    return config.run_dir / "stack-config.json"
+
+
+@dataclass
+class _Track:
+    started_at: float
+    quick_exits: int = 0
+    restart_at: float | None = None
+
+
+@dataclass
+class RestartPolicy:
+    """When to start a dead process again. The first restart is at once; each further exit
+    that came soon after its start doubles the wait, and after `max_quick_exits` of those
+    in a row it gives up. A process that ran `stable_after_s` starts the count afresh."""
+
+    max_quick_exits: int = 5
+    stable_after_s: float = 30.0
+    first_backoff_s: float = 1.0
+    max_backoff_s: float = 30.0
+    _tracks: dict[str, _Track] = field(default_factory=dict)
+
+    def alive(self, name: str, now: float) -> None:
+        # A process found running that we did not start: count its life from now.
+        self._tracks.setdefault(name, _Track(started_at=now))
+
+    def exited(self, name: str, now: float) -> float | None:
+        """When to start it again (a time, maybe now), or None to give up."""
+        track = self._tracks.setdefault(name, _Track(started_at=now))
+        if track.restart_at is not None:
+            return track.restart_at
+        if now - track.started_at >= self.stable_after_s:
+            track.quick_exits = 0
+        track.quick_exits += 1
+        if track.quick_exits > self.max_quick_exits:
+            return None
+        if track.quick_exits == 1:
+            delay = 0.0
+        else:
+            delay = min(self.first_backoff_s * 2 ** (track.quick_exits - 2), self.max_backoff_s)
+        track.restart_at = now + delay
+        return track.restart_at
+
+    def started(self, name: str, now: float) -> None:
+        track = self._tracks.setdefault(name, _Track(started_at=now))
+        track.started_at = now
+        track.restart_at = None
+
+    def forget(self, name: str) -> None:
+        self._tracks.pop(name, None)
+
+    def keep_only(self, names: set[str]) -> None:
+        """Forgets what is no longer recorded (stopped through the stack, scaled away)."""
+        for name in set(self._tracks) - names:
+            del self._tracks[name]
+
+
+def supervise_once(stack: "Stack", policy: RestartPolicy, now: float) -> None:
+    """One look at every supervised process: restart the dead ones that are due."""
+    records = stack.records
+    policy.keep_only(set(records))
+    for name, record in records.items():
+        if not record.supervised or record.gave_up:
+            continue
+        if record.ref.alive():
+            policy.alive(name, now)
+            continue
+        due = policy.exited(name, now)
+        if due is None:
+            log.error("%s keeps crashing: not restarted any more (see its log)", name)
+            stack.give_up(name, record.ref)
+            policy.forget(name)
+        elif now >= due and stack.restart(name, record.ref):
+            log.warning("%s (pid %d) died: restarted", name, record.ref.pid)
+            policy.started(name, now)
+
+
+def run(config: StackConfig, interval_s: float = 0.5) -> None:
+    stopping = False
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    policy = RestartPolicy()
+    log.info("supervising the stack in %s", config.state_dir)
+    # Imported here: the stack module starts this one as a component.
+    from infra.stack import Stack
+
+    while not stopping:
+        try:
+            # Built afresh each round: `telemetry scale` changes the components.
+            supervise_once(Stack(config), policy, time.monotonic())
+        except Exception:
+            # A bad moment (a file being replaced, a port still held) must not end the
+            # supervision: the next look tries again.
+            log.exception("supervision round failed")
+        time.sleep(interval_s)
+    log.info("supervisor stopped")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m infra.supervisor")
+    parser.add_argument("config", type=Path, help="the stack's configuration (JSON)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    run(StackConfig.model_validate_json(args.config.read_text()))
+    return 0
+
+
+def start(config: StackConfig) -> ProcessRef:
+    return spawn(
+        [sys.executable, "-m", "infra.supervisor", str(config_path(config))],
+        log_path=config.logs_dir / f"{NAME}.log",
+        cwd=REPO_ROOT,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

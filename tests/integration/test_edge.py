@@ -1,0 +1,344 @@
+"""The edge (design section 15) on the real stack, through its one public port: nginx's
+cache in front of HAProxy in front of the services. Every route reaches its service; the
+cache keeps share views only, one request per key however many ask; a process that dies
+under load costs no GET, a POST in flight gets an error answer, WebSockets stay up; the
+supervisor brings a dead process back, and gives up on one that keeps crashing."""
+
+import asyncio
+import functools
+import os
+import signal
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+
+import aiohttp
+import httpx
+import pytest
+
+from bench.ws_client import JobWatcher, watch_until
+from infra import edge, haproxy
+from infra.stack import Stack
+from schemas.auth import Role
+from tests.integration.conftest import metric, wait_for
+
+pytestmark = pytest.mark.integration
+
+BODY = {"pickup": {"lat": 12.97, "lon": 77.59}, "dropoff": {"lat": 12.93, "lon": 77.62}}
+Token = Callable[..., str]
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def public(stack: Stack) -> str:
+    url = stack.public_url()
+    assert url is not None, "the stack runs no edge"
+    return url
+
+
+def ws(stack: Stack) -> str:
+    url = stack.public_url("ws")
+    assert url is not None
+    return url
+
+
+def create_job(public: str, customer_token: str) -> str:
+    r = httpx.post(public + "/v1/jobs", json=BODY, headers=bearer(customer_token))
+    assert r.status_code == 201, r.text
+    return str(r.json()["job_id"])
+
+
+def share(public: str, customer_token: str, job_id: str) -> str:
+    r = httpx.post(f"{public}/v1/jobs/{job_id}/share", json={}, headers=bearer(customer_token))
+    assert r.status_code == 201, r.text
+    return str(r.json()["url"])
+
+
+def api_requests(stack: Stack) -> float:
+    """Requests HAProxy has sent to the api's processes (health checks are not counted)."""
+    stats = stack.records[haproxy.NAME].endpoint["metrics"].removesuffix("/metrics")
+    return metric(stats, "haproxy_backend_http_requests_total", proxy="api")
+
+
+def herd(url: str, count: int) -> Counter[tuple[int, str | None]]:
+    """`count` GETs of `url` at once, each on its own connection: (status, cache status)."""
+
+    async def run() -> list[tuple[int, str | None]]:
+        connector = aiohttp.TCPConnector(limit=0, force_close=True)
+        async with aiohttp.ClientSession(connector=connector) as session:
+
+            async def one() -> tuple[int, str | None]:
+                async with session.get(url) as r:
+                    await r.read()
+                    return r.status, r.headers.get(edge.CACHE_STATUS_HEADER)
+
+            return await asyncio.gather(*(one() for _ in range(count)))
+
+    return Counter(asyncio.run(run()))
+
+
+def test_every_route_reaches_its_service_through_one_port(
+    stack: Stack, public: str, token: Token
+) -> None:
+    status = stack.status()
+    assert status[edge.NAME]["healthy"] and status[haproxy.NAME]["healthy"]
+    # Pings go to ingest: its answer, and its counter moved.
+    driver = f"drv-edge-{uuid.uuid4().hex[:6]}"
+    accepted_before = sum(
+        metric(url, "ingest_pings_accepted_total") for url in stack.urls("ingest")
+    )
+    ping = {
+        "ping_id": str(uuid.uuid4()),
+        "ts": datetime.now(UTC).isoformat(),
+        "lat": 12.9,
+        "lon": 77.6,
+    }
+    r = httpx.post(
+        public + "/v1/pings", json={"pings": [ping]}, headers=bearer(token(Role.DRIVER, driver))
+    )
+    assert r.status_code == 202 and r.json() == {"accepted": 1, "rejected": []}, r.text
+    accepted_after = sum(metric(url, "ingest_pings_accepted_total") for url in stack.urls("ingest"))
+    assert accepted_after == accepted_before + 1
+    # Jobs, their views and the API's documents go to the api.
+    customer = token(Role.CUSTOMER, f"cust-edge-{uuid.uuid4().hex[:6]}")
+    job_id = create_job(public, customer)
+    r = httpx.get(f"{public}/v1/jobs/{job_id}", headers=bearer(customer))
+    assert r.status_code == 200 and r.json()["job_id"] == job_id
+    assert httpx.get(public + "/openapi.json").json()["paths"]
+    # The WebSocket goes to the notifier, upgraded through both tiers.
+    watcher = JobWatcher(ws(stack), customer, uuid.UUID(job_id))
+    [snapshot] = asyncio.run(watch_until(watcher, lambda m: m["type"] == "snapshot", 30))
+    assert snapshot["job"]["job_id"] == job_id
+    # Errors keep the contract's shape at every tier.
+    for path in ("/v1/jobs/not-a-uuid", "/v1/nothing-here"):
+        r = httpx.get(public + path, headers=bearer(customer))
+        assert r.status_code in (404, 422) and set(r.json()["error"]) >= {"code", "message"}
+    # HAProxy's exporter counts per backend.
+    assert api_requests(stack) > 0
+
+
+def test_share_views_are_fetched_once_however_many_ask(
+    stack: Stack, public: str, token: Token
+) -> None:
+    customer = token(Role.CUSTOMER, f"cust-herd-{uuid.uuid4().hex[:6]}")
+    url = public + share(public, customer, create_job(public, customer))
+    # Cold: 2,000 at once for a key nobody fetched; one goes to the api.
+    before = api_requests(stack)
+    cold = herd(url, 2000)
+    assert sum(n for (code, _), n in cold.items() if code == 200) == 2000, cold
+    assert api_requests(stack) - before == 1, cold
+    # Expired: past its max-age, 2,000 at once; one refreshes it, the others get it stale.
+    max_age = int(httpx.get(url).headers["cache-control"].split("max-age=")[1].split(",")[0])
+    time.sleep(max_age + 1)  # the deadline the test is about: the entry's expiry
+    before = api_requests(stack)
+    expired = herd(url, 2000)
+    assert sum(n for (code, _), n in expired.items() if code == 200) == 2000, expired
+    assert {cache for _, cache in expired} <= {"STALE", "UPDATING", "HIT"}, expired
+    wait_for(lambda: True if api_requests(stack) - before >= 1 else None, timeout_s=10)
+    assert api_requests(stack) - before == 1, expired
+
+
+def test_private_and_authenticated_answers_are_never_cached(
+    stack: Stack, public: str, token: Token
+) -> None:
+    owner_id = f"cust-own-{uuid.uuid4().hex[:6]}"
+    owner = token(Role.CUSTOMER, owner_id)
+    other = token(Role.CUSTOMER, f"cust-oth-{uuid.uuid4().hex[:6]}")
+    job_id = create_job(public, owner)
+    url = f"{public}/v1/jobs/{job_id}"
+    for _ in range(3):
+        mine = httpx.get(url, headers=bearer(owner))
+        assert mine.status_code == 200 and mine.headers["cache-control"].startswith("private")
+        assert mine.headers[edge.CACHE_STATUS_HEADER] == "BYPASS"
+    # Neither another user nor an anonymous client gets the owner's view from the cache.
+    theirs = httpx.get(url, headers=bearer(other))
+    assert theirs.status_code == 404 and theirs.json()["error"]["code"] == "not_found"
+    assert owner_id not in theirs.text
+    for _ in range(2):
+        anonymous = httpx.get(url)
+        assert anonymous.status_code == 401 and owner_id not in anonymous.text
+        assert anonymous.headers[edge.CACHE_STATUS_HEADER] == "MISS"
+    # A share view asked for with credentials bypasses the cache too.
+    link = public + share(public, owner, job_id)
+    assert httpx.get(link).status_code == 200
+    assert httpx.get(link, headers=bearer(other)).headers[edge.CACHE_STATUS_HEADER] == "BYPASS"
+
+
+class SteadyGets:
+    """GETs through the edge from a few threads until stopped, each answer counted; half
+    the threads open a connection per request, half keep theirs."""
+
+    def __init__(self, url: str, headers: dict[str, str], threads: int = 4) -> None:
+        self.url, self.headers = url, headers
+        self.outcomes: Counter[str] = Counter()
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._run, args=(i % 2 == 0,)) for i in range(threads)
+        ]
+
+    def _run(self, reuse: bool) -> None:
+        with httpx.Client(timeout=15) as client:
+            while not self._stop.is_set():
+                try:
+                    get = client.get if reuse else httpx.get
+                    r = get(self.url, headers=self.headers)
+                    self.outcomes[str(r.status_code)] += 1
+                except httpx.HTTPError as exc:
+                    self.outcomes[type(exc).__name__] += 1
+
+    def __enter__(self) -> "SteadyGets":
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+
+    def wait_for_more(self, count: int) -> None:
+        target = sum(self.outcomes.values()) + count
+        wait_for(lambda: True if sum(self.outcomes.values()) >= target else None, 30)
+
+
+@pytest.fixture
+def two_apis(stack: Stack) -> Iterator[None]:
+    stack.scale("api", 2)
+    try:
+        yield
+    finally:
+        stack.scale("api", 1)
+
+
+def restarted(stack: Stack, name: str, old_pid: int) -> int | None:
+    record = stack.records.get(name)
+    if record is None or record.ref.pid == old_pid or not record.ref.alive():
+        return None
+    return record.ref.pid if stack.components[name].ready() else None
+
+
+def in_rotation(public: str, job_id: str, customer: str) -> bool | None:
+    """An api process answers through the edge (an uncached read)."""
+    r = httpx.get(f"{public}/v1/jobs/{job_id}", headers=bearer(customer))
+    return True if r.status_code == 200 else None
+
+
+def test_kill_9_of_an_api_process_under_gets_fails_none_and_it_comes_back(
+    stack: Stack, public: str, token: Token
+) -> None:
+    customer = token(Role.CUSTOMER, f"cust-kill-{uuid.uuid4().hex[:6]}")
+    job_id = create_job(public, customer)
+    with SteadyGets(f"{public}/v1/jobs/{job_id}", bearer(customer)) as gets:
+        gets.wait_for_more(50)
+        stack.scale("api", 2)  # HAProxy reloads under the load
+        gets.wait_for_more(100)
+        old = stack.records["api-1"].ref.pid
+        stack.crash("api-1")
+        wait_for(lambda: restarted(stack, "api-1", old), timeout_s=30)
+        gets.wait_for_more(200)
+        stack.scale("api", 1)  # and again, with api-2 stopping under it
+        gets.wait_for_more(100)
+    assert set(gets.outcomes) == {"200"}, gets.outcomes
+    assert stack.status()["api-1"]["restarts"] >= 1
+
+
+def test_a_post_in_flight_when_its_process_dies_gets_an_error_answer(
+    stack: Stack, public: str, token: Token, two_apis: None
+) -> None:
+    customer = token(Role.CUSTOMER, f"cust-post-{uuid.uuid4().hex[:6]}")
+    victim = stack.records["api-1"].ref
+    answers: list[tuple[int, dict[str, object]]] = []
+
+    def post() -> None:
+        r = httpx.post(public + "/v1/jobs", json=BODY, headers=bearer(customer), timeout=60)
+        answers.append((r.status_code, r.json()))
+
+    # Frozen, api-1 still takes connections but answers nothing: the POSTs HAProxy sends it
+    # are in flight when it dies.
+    victim_pid = victim.pid
+    os.kill(victim_pid, signal.SIGSTOP)
+    posts = [threading.Thread(target=post) for _ in range(6)]
+    started = time.monotonic()
+    for thread in posts:
+        thread.start()
+    wait_for(lambda: True if len(answers) >= 3 else None, timeout_s=20)  # api-2's
+    os.kill(victim_pid, signal.SIGKILL)
+    for thread in posts:
+        thread.join(timeout=30)
+    assert len(answers) == 6, "a POST got no answer"
+    assert time.monotonic() - started < 30
+    codes = Counter(code for code, _ in answers)
+    assert codes[201] >= 3 and set(codes) <= {201, 502}, answers
+    assert codes[502] >= 1, "no POST was in flight at the kill"
+    for code, body in answers:
+        if code == 502:
+            assert body["error"]["code"] == "bad_gateway"  # type: ignore[index]
+    wait_for(lambda: restarted(stack, "api-1", victim_pid), timeout_s=30)
+
+
+def test_a_websocket_through_both_tiers_outlives_an_api_process(
+    stack: Stack, public: str, token: Token
+) -> None:
+    customer = token(Role.CUSTOMER, f"cust-ws-{uuid.uuid4().hex[:6]}")
+    dispatcher = bearer(token(Role.DISPATCHER, "disp-edge"))
+    job_id = create_job(public, customer)
+    watcher = JobWatcher(ws(stack), customer, uuid.UUID(job_id))
+
+    async def run() -> list[dict[str, object]]:
+        stream = watcher.messages()
+        first = await anext(stream)
+        assert first["type"] == "snapshot"
+        old = stack.records["api-1"].ref.pid
+        stack.crash("api-1")
+        await asyncio.to_thread(wait_for, lambda: restarted(stack, "api-1", old), 30)
+        # Back in HAProxy's rotation (its next check) before the write goes through it.
+        await asyncio.to_thread(wait_for, lambda: in_rotation(public, job_id, customer), 10)
+        async with httpx.AsyncClient(timeout=30) as client:
+            r = await client.post(
+                f"{public}/v1/jobs/{job_id}/assign", json={"driver_id": "drv-e"}, headers=dispatcher
+            )
+            assert r.status_code == 200, r.text
+        seen = []
+        async with asyncio.timeout(30):
+            async for message in stream:
+                seen.append(message)
+                if message["type"] == "job.status":
+                    break
+        return seen
+
+    seen = asyncio.run(run())
+    assert seen[-1]["seq"] == 2
+    assert watcher.tally.connects == 1, "the WebSocket was reconnected"
+
+
+def replaced_or_given_up(stack: Stack, name: str, pid: int) -> bool | None:
+    record = stack.records[name]
+    return True if record.gave_up or record.ref.pid != pid else None
+
+
+def test_a_process_that_keeps_crashing_is_given_up_on_and_status_says_so(
+    stack: Stack,
+) -> None:
+    name = "photo-worker-1"
+    try:
+        for _ in range(12):
+            record = stack.records[name]
+            if record.gave_up:
+                break
+            stack.crash(name)
+            # The supervisor starts it again after a growing pause; crash that one too.
+            wait_for(functools.partial(replaced_or_given_up, stack, name, record.ref.pid), 60)
+        status = stack.status()[name]
+        assert status["gave_up"] and not status["healthy"] and not status["running"]
+        time.sleep(3)  # the supervisor's poll interval, several times over: still nothing
+        assert not stack.running(name)
+    finally:
+        stack.start(name)  # an operator's `telemetry up` does the same
+    assert stack.status()[name]["healthy"]
+    assert "gave_up" not in stack.status()[name]
