@@ -76,8 +76,14 @@ def run(stack: Stack, options: dict[str, Any]) -> dict[str, Any]:
     def wrk(name: str, base: str, path: str, token: str) -> dict[str, Any]:
         requests = directory / f"{name}.tsv"
         requests.write_text(f"{path}\t{token}\t-\n")
-        result = run_wrk_gets(base, requests, duration_s=duration_s, connections=connections)
-        return wrk_summary(result)
+        result = wrk_summary(
+            run_wrk_gets(base, requests, duration_s=duration_s, connections=connections)
+        )
+        # A rate of wrong answers is no rate: the run stops rather than report it.
+        wrong = {k: v for k, v in result["statuses"].items() if not k.startswith("2")}
+        if wrong or any(result["errors"].values()):
+            raise StackError(f"{name}: answers {wrong}, errors {result['errors']}")
+        return result
 
     report: dict[str, Any] = {
         "config": {

@@ -10,14 +10,6 @@ local connections = tonumber(os.getenv("WRK_CONNECTIONS") or "1")
 local thread_count = tonumber(os.getenv("WRK_THREADS") or "1")
 local threads = {}
 
-for line in io.lines(os.getenv("WRK_REQUESTS")) do
-  local path, token, etag = line:match("^([^\t]+)\t([^\t]+)\t([^\t]+)$")
-  local headers = {}
-  if token ~= "-" then headers["Authorization"] = "Bearer " .. token end
-  if etag ~= "-" then headers["If-None-Match"] = etag end
-  requests[#requests + 1] = wrk.format("GET", path, headers)
-end
-
 function setup(thread)
   thread:set("id", #threads)
   threads[#threads + 1] = thread
@@ -26,6 +18,15 @@ end
 function init(args)
   counter = id
   statuses = {}
+  -- Formatted here, in each thread, where wrk has set the Host header (at the top of the
+  -- script it has not yet: nginx answers a request without Host with 400).
+  for line in io.lines(os.getenv("WRK_REQUESTS")) do
+    local path, token, etag = line:match("^([^\t]+)\t([^\t]+)\t([^\t]+)$")
+    local headers = {}
+    if token ~= "-" then headers["Authorization"] = "Bearer " .. token end
+    if etag ~= "-" then headers["If-None-Match"] = etag end
+    requests[#requests + 1] = wrk.format("GET", path, headers)
+  end
 end
 
 function request()

@@ -24,6 +24,7 @@ from infra import edge, haproxy
 from infra.stack import Stack
 from schemas.auth import Role
 from tests.integration.conftest import metric, wait_for
+from tests.integration.driving import ping_at
 
 pytestmark = pytest.mark.integration
 
@@ -93,12 +94,7 @@ def test_every_route_reaches_its_service_through_one_port(
     accepted_before = sum(
         metric(url, "ingest_pings_accepted_total") for url in stack.urls("ingest")
     )
-    ping = {
-        "ping_id": str(uuid.uuid4()),
-        "ts": datetime.now(UTC).isoformat(),
-        "lat": 12.9,
-        "lon": 77.6,
-    }
+    ping = ping_at(datetime.now(UTC), metres_east=0)
     r = httpx.post(
         public + "/v1/pings", json={"pings": [ping]}, headers=bearer(token(Role.DRIVER, driver))
     )
