@@ -19,6 +19,7 @@ from api.blobs import DirectoryBlobStore
 from api.config import ApiSettings
 from api.fast_reads import POSITION_ROLES, FastReads
 from api.job_routes import job_router
+from api.ops import LagMonitor, ops_router
 from api.positions import DriverPosition
 from api.reads import DbGate, ReadMetrics, ReadRouter
 from api.share_routes import share_router
@@ -213,6 +214,10 @@ def create_app(
     )
     app.include_router(task_router(read_path, principal))
     app.include_router(share_router(read_path))
+    lag_monitor = LagMonitor(
+        settings.kafka_bootstrap, settings.lag_window, settings.lag_min_interval_s
+    )
+    app.include_router(ops_router(lag_monitor, principal))
 
     @app.get(
         "/v1/drivers/{driver_id}/position",

@@ -64,3 +64,7 @@ class ApiSettings(HttpServiceSettings):
     # A replica further behind than this serves nobody until it catches up.
     replica_max_lag_s: float = 5.0
     replica_check_s: float = 1.0
+    # GET /v1/ops/lag: a look at Kafka at most this often (concurrent requests share it),
+    # and the statuses judged over this many looks.
+    lag_min_interval_s: float = 2.0
+    lag_window: int = 5

@@ -48,7 +48,7 @@ class PhotoWorkerSettings(ServiceSettings):
     host: str = "127.0.0.1"
     port: int = 18301  # /healthz, /readyz, /metrics
     kafka_bootstrap: str = "127.0.0.1:19092"
-    group_id: str = "telemetry-photo-worker"
+    group_id: str = topics.PHOTO_WORKER_GROUP
     # PgBouncer's read-write entry (the primary).
     database_dsn: str = "host=127.0.0.1 port=16432 dbname=telemetry user=telemetry"
     blob_dir: Path = Path(".telemetry/blobs")

@@ -25,7 +25,7 @@ from schemas import topics
 from schemas.auth import Role
 
 PERCENTILES = (50.0, 75.0, 90.0, 95.0, 99.0, 99.9, 100.0)
-STREAMS_GROUP = "telemetry-streams"
+STREAMS_GROUP = topics.STREAMS_GROUP
 
 
 class Scenario(Protocol):

@@ -6,7 +6,7 @@ import logging
 import re
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
@@ -86,6 +86,87 @@ def cmd_scale(args: argparse.Namespace) -> int:
     stack = _stack(StackConfig(), lambda step: console.log(step))
     stack.scale(args.service, args.count)
     print_endpoints(stack.status())
+    return 0
+
+
+def cmd_lag(args: argparse.Namespace) -> int:
+    import time
+
+    from runtime import lag_view as lag
+    from runtime.lag_status import LagWindow, Status
+
+    stack = _stack(StackConfig())
+    record = stack.records.get("kafka")
+    if record is None or not record.ref.alive():
+        raise StackError("Kafka is not running: start the platform with 'telemetry up'")
+    bootstrap = record.endpoint["bootstrap"]
+    window = LagWindow(args.window)
+
+    def table(rows: list[lag.PartitionRow], members: dict[str, int]) -> Table:
+        shown = Table(title="consumer lag (status over the last looks, Burrow's rules)")
+        for column in ("group", "topic", "part", "end", "committed", "lag", "lag s", "status"):
+            shown.add_column(column, justify="left" if column in ("group", "topic") else "right")
+        colour = {Status.OK: "green", Status.WARN: "yellow"}
+        for r in rows:
+            group = f"{r.group} ({members[r.group]} members)"
+            shown.add_row(
+                group, r.topic, str(r.partition), str(r.end_offset),
+                "-" if r.committed_offset is None else str(r.committed_offset),
+                str(r.lag_messages), f"{r.lag_seconds:.1f}",
+                f"[{colour.get(r.status, 'red')}]{r.status}[/]",
+            )  # fmt: skip
+        return shown
+
+    def looks() -> "Iterator[tuple[list[lag.PartitionRow], dict[str, int]]]":
+        while True:
+            seen = lag.take_look(bootstrap)
+            yield lag.judge(window, seen), seen.members
+            time.sleep(args.interval)  # the pace of the looks the statuses compare
+
+    if args.watch:
+        with Live(console=console, refresh_per_second=1) as live:
+            for rows, members in looks():
+                live.update(table(rows, members))
+    # One answer: a window of looks, so the statuses have something to compare.
+    stream = looks()
+    for _ in range(max(1, args.window)):
+        rows, members = next(stream)
+    if args.json:
+        sys.stdout.write(json.dumps(lag.as_json(rows, members), indent=2) + "\n")
+    else:
+        Console().print(table(rows, members))
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    import time
+
+    config = StackConfig()
+    logs = sorted(config.logs_dir.glob(f"{args.service}.log")) or sorted(
+        config.logs_dir.glob(f"{args.service}-[0-9]*.log")
+    )
+    if not logs:
+        known = sorted(p.stem for p in config.logs_dir.glob("*.log"))
+        raise StackError(
+            f"no log for {args.service!r} in {config.logs_dir}; there are: {', '.join(known)}"
+        )
+    prefix = len(logs) > 1
+    offsets = {}
+    for path in logs:
+        with open(path, "rb") as f:
+            lines = f.read().decode(errors="replace").splitlines()[-args.lines :]
+            offsets[path] = f.tell()
+        for line in lines:
+            print(f"{path.stem}: {line}" if prefix else line)
+    while args.follow:
+        time.sleep(0.5)  # the poll interval of `-f`
+        for path in logs:
+            with open(path, "rb") as f:
+                f.seek(offsets[path] if path.stat().st_size >= offsets[path] else 0)
+                chunk = f.read()
+                offsets[path] = f.tell()
+            for line in chunk.decode(errors="replace").splitlines():
+                print(f"{path.stem}: {line}" if prefix else line, flush=True)
     return 0
 
 
@@ -339,6 +420,23 @@ def build_parser() -> argparse.ArgumentParser:
     scale.add_argument("service", choices=sorted(SCALABLE))
     scale.add_argument("count", type=int)
     scale.set_defaults(func=cmd_scale)
+
+    lag = sub.add_parser(
+        "lag", help="consumer lag per group and partition, with a status (OK, WARN, STALL, STOP)"
+    )
+    lag.add_argument("--watch", action="store_true", help="a live table until Ctrl-C")
+    lag.add_argument("--json", action="store_true", help="machine-readable output")
+    lag.add_argument(
+        "--window", type=int, default=5, help="looks a status is judged over (default 5)"
+    )
+    lag.add_argument("--interval", type=float, default=1.0, help="seconds between looks")
+    lag.set_defaults(func=cmd_lag)
+
+    logs = sub.add_parser("logs", help="a component's log (api: every api-N's)")
+    logs.add_argument("service", help="a component (api-2, kafka) or a service (api)")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    logs.add_argument("-n", "--lines", type=int, default=50, help="lines to show first")
+    logs.set_defaults(func=cmd_logs)
 
     status = sub.add_parser("status", help="each component's endpoint, pid and health")
     status.add_argument("--json", action="store_true", help="machine-readable output")

@@ -132,3 +132,17 @@ async def _oldest_timestamps(
                 found[tp] = records[0].timestamp
                 consumer.pause(tp)
     return found
+
+
+async def group_members(bootstrap: str, group: str, *, timeout_s: float = 5.0) -> int:
+    """How many consumers the group has now (0: nobody consumes; an unknown group too)."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000)
+    )
+    await asyncio.wait_for(admin.start(), timeout_s)
+    try:
+        [response] = await asyncio.wait_for(admin.describe_consumer_groups([group]), timeout_s)
+    finally:
+        await asyncio.wait_for(admin.close(), timeout_s)
+    # DescribeGroups' answer: (error_code, group_id, state, protocol_type, protocol, members)
+    return sum(len(described[5]) for described in response.groups if described[0] == 0)

@@ -14,3 +14,13 @@ DRIVER_TOPIC_PARTITIONS: Final = 12
 def dlq(topic: str) -> str:
     """The dead-letter topic of `topic`: poison messages land there with their error."""
     return f"{topic}.dlq"
+
+
+# The consumer groups our services commit offsets in, with the topics each reads (the
+# notifier reads without a group): what lag is measured for.
+STREAMS_GROUP: Final = "telemetry-streams"
+PHOTO_WORKER_GROUP: Final = "telemetry-photo-worker"
+CONSUMER_GROUPS: Final[dict[str, tuple[str, ...]]] = {
+    STREAMS_GROUP: (PINGS,),
+    PHOTO_WORKER_GROUP: (TASKS,),
+}

@@ -12,7 +12,7 @@ from schemas import topics
 class StreamsSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="STREAMS_", extra="ignore")
 
-    app_id: str = "telemetry-streams"
+    app_id: str = topics.STREAMS_GROUP
     kafka_bootstrap: str = "127.0.0.1:19092"
     pings_topic: str = topics.PINGS
     positions_topic: str = topics.POSITIONS

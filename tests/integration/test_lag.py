@@ -1,15 +1,29 @@
-"""The consumer lag function against the real broker."""
+"""The consumer lag function against the real broker, and `telemetry lag` on the stack
+with its stream worker paused."""
 
+import json
+import os
+import signal
 import time
 import uuid
+from datetime import UTC, datetime
+from typing import Any
 
+import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import OffsetAndMetadata
 
+from cli.main import main
 from infra.config import StackConfig
+from infra.stack import Stack
+from runtime.auth import issue_token
 from runtime.kafka_lag import consumer_group_lag
+from schemas import topics
+from schemas.auth import Role
+from tests.integration.conftest import wait_for
+from tests.integration.driving import ping_at, post
 
 pytestmark = pytest.mark.integration
 
@@ -63,3 +77,50 @@ async def test_lag_counts_uncommitted_records_and_their_age(config: StackConfig)
     assert (lags[0].end_offset, lags[0].committed_offset, lags[0].lag_messages) == (10, 7, 3)
     assert (lags[1].lag_messages, lags[1].lag_seconds) == (0, 0.0)
     assert lags[0].lag_seconds > 55  # the record at offset 7 is still about a minute old
+
+
+def streams_lag(stack: Stack, capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
+    """What `telemetry lag --json` says of the stream's group (three looks, 0.3 s apart)."""
+    assert main(["lag", "--json", "--window", "3", "--interval", "0.3"]) == 0
+    view: dict[str, Any] = json.loads(capsys.readouterr().out)
+    return dict(view["groups"][topics.STREAMS_GROUP])
+
+
+def api_lag(url: str, headers: dict[str, str]) -> dict[str, Any]:
+    r = httpx.get(url, headers=headers, timeout=15)
+    assert r.status_code == 200, r.text
+    return dict(r.json()["groups"][topics.STREAMS_GROUP])
+
+
+def test_lag_shows_within_seconds_when_the_stream_is_paused(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("TELEMETRY_STATE_DIR", str(stack.config.state_dir))
+    key = stack.config.jwt_private_key
+    worker = stack.records["streams-1"].ref
+    os.kill(worker.pid, signal.SIGSTOP)
+    try:
+        for i in range(6):
+            driver = f"drv-lag-{uuid.uuid4().hex[:6]}"
+            token = issue_token(stack.config.jwt_private_key, sub=driver, role=Role.DRIVER)
+            post(stack.config, token, [ping_at(datetime.now(UTC), i)])
+        paused = wait_for(
+            lambda: view if (view := streams_lag(stack, capsys))["status"] == "STALL" else None,
+            timeout_s=20,
+        )
+        assert paused["lag_messages"] >= 6 and paused["members"] >= 1
+        # The api's ops view says the same, through the public port, to the ops role only.
+        ops = {"Authorization": f"Bearer {issue_token(key, sub='ops-1', role=Role.OPS)}"}
+        url = f"{stack.public_url()}/v1/ops/lag"
+        wait_for(lambda: True if api_lag(url, ops)["status"] == "STALL" else None, 30)
+        customer = issue_token(key, sub="cust-lag", role=Role.CUSTOMER)
+        r = httpx.get(url, headers={"Authorization": f"Bearer {customer}"})
+        assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
+        assert httpx.get(url).status_code == 401
+    finally:
+        os.kill(worker.pid, signal.SIGCONT)
+    caught_up = wait_for(
+        lambda: view if (view := streams_lag(stack, capsys))["lag_messages"] == 0 else None,
+        timeout_s=60,
+    )
+    assert caught_up["status"] == "OK"

@@ -28,7 +28,7 @@ from tests.integration.conftest import scratch_config, wait_for
 from tests.integration.recompute import assert_stats_match
 
 pytestmark = [pytest.mark.integration, pytest.mark.storage]
-GROUP = "telemetry-streams"
+GROUP = topics.STREAMS_GROUP
 
 
 # Faust commits acked offsets every second (broker_commit_interval in streams/app.py).
