@@ -14,7 +14,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from infra.config import REPO_ROOT, StackConfig
-from infra.procs import ProcessRef, spawn
+from infra.procs import ProcessRef, StackError, spawn
 
 if TYPE_CHECKING:
     from infra.stack import Stack
@@ -97,8 +97,15 @@ def supervise_once(stack: "Stack", policy: RestartPolicy, now: float) -> None:
             log.error("%s keeps crashing: not restarted any more (see its log)", name)
             stack.give_up(name, record.ref)
             policy.forget(name)
-        elif now >= due and stack.restart(name, record.ref):
-            log.warning("%s (pid %d) died: restarted", name, record.ref.pid)
+        elif now >= due:
+            try:
+                if not stack.restart(name, record.ref):
+                    continue  # stopped meanwhile, restarted by someone else, port still held
+                log.warning("%s (pid %d) died: restarted", name, record.ref.pid)
+            except StackError as exc:
+                # It could not even be started (its configuration, a missing binary): that
+                # counts as one more quick crash, so the waits grow and it is given up on.
+                log.error("%s could not be started again: %s", name, exc)
             policy.started(name, now)
 
 

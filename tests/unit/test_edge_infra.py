@@ -3,6 +3,7 @@ restart rules, without the stack running (one test starts a real process to kill
 
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -194,6 +195,28 @@ def test_the_supervisor_gives_up_and_says_so(tmp_path: Path) -> None:
         assert stack.records["sleeper"].gave_up
         assert not stack.running("sleeper")
         assert stack.status()["sleeper"]["gave_up"] is True
+    finally:
+        for record in stack.records.values():
+            stop(record.ref, sig=signal.SIGKILL)
+
+
+def test_a_process_that_cannot_be_started_again_is_given_up_on(tmp_path: Path) -> None:
+    stack = _supervised_stack(tmp_path)
+    policy = RestartPolicy(max_quick_exits=2, first_backoff_s=1)
+    try:
+        stack.start("sleeper")
+        ref = stack.records["sleeper"].ref
+        supervise_once(stack, policy, 0.0)
+
+        def broken() -> ProcessRef:
+            raise StackError("its binary is gone")
+
+        stack.components["sleeper"] = replace(stack.components["sleeper"], start=broken)
+        stack.crash("sleeper")
+        assert wait_until(lambda: not ref.alive(), 5)
+        for now in (100.0, 101.0, 102.0, 103.0):  # at once, then after 1 s: both fail
+            supervise_once(stack, policy, now)
+        assert stack.records["sleeper"].gave_up
     finally:
         for record in stack.records.values():
             stop(record.ref, sig=signal.SIGKILL)
