@@ -104,13 +104,14 @@ def cmd_lag(args: argparse.Namespace) -> int:
 
     def table(rows: list[lag.PartitionRow], members: dict[str, int]) -> Table:
         shown = Table(title="consumer lag (status over the last looks, Burrow's rules)")
-        for column in ("group", "topic", "part", "end", "committed", "lag", "lag s", "status"):
-            shown.add_column(column, justify="left" if column in ("group", "topic") else "right")
+        columns = ("group", "members", "topic", "part", "end", "committed", "lag", "lag s")
+        for column in (*columns, "status"):
+            left = column in ("group", "topic")
+            shown.add_column(column, justify="left" if left else "right", no_wrap=True)
         colour = {Status.OK: "green", Status.WARN: "yellow"}
         for r in rows:
-            group = f"{r.group} ({members[r.group]} members)"
             shown.add_row(
-                group, r.topic, str(r.partition), str(r.end_offset),
+                r.group, str(members[r.group]), r.topic, str(r.partition), str(r.end_offset),
                 "-" if r.committed_offset is None else str(r.committed_offset),
                 str(r.lag_messages), f"{r.lag_seconds:.1f}",
                 f"[{colour.get(r.status, 'red')}]{r.status}[/]",
@@ -215,10 +216,13 @@ def print_endpoints(components: dict[str, dict[str, object]]) -> None:
             )
         elif "drivers" in info:
             endpoint = f"{info['drivers']} simulated drivers"
+        elif "ws" in info:  # the notifier's processes, and the edge: both URLs
+            endpoint = f"{info['url']}\n{info['ws']}"
         else:
-            endpoint = _display(
-                info.get("ws") or info.get("url") or info.get("bootstrap") or info.get("dsn")
-            )
+            shown = info.get("url") or info.get("bootstrap") or info.get("dsn")
+            endpoint = _display(shown) if shown else "-"
+            if "metrics" in info:
+                endpoint += f"\nmetrics: {info['metrics']}"
             if "storage" in info:
                 endpoint += f"\nstorage: {info['storage']}"
         if info.get("gave_up"):
