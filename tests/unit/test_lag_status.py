@@ -99,16 +99,22 @@ def test_logs_prints_each_process_of_a_service(
 
 async def test_the_api_shares_one_look_among_concurrent_requests_and_paces_them() -> None:
     looks = 0
+    asked, answer = asyncio.Event(), asyncio.Event()
 
     async def looker(bootstrap: str) -> Look:
         nonlocal looks
         looks += 1
-        await asyncio.sleep(0.05)  # a look's round trips, during which others ask too
+        asked.set()
+        await answer.wait()  # Kafka answers when the test says so
         part = PartitionLag("streams", "pings.v1", 0, 100, 10, 90, 3.0)
         return Look([part], {"streams": 1})
 
     monitor = LagMonitor("kafka:9092", window=3, min_interval_s=0.2, looker=looker)
-    reports = await asyncio.gather(*(monitor.report() for _ in range(20)))
+    # 20 requests at once: the first looks, the others queue behind it while it does.
+    requests = [asyncio.create_task(monitor.report()) for _ in range(20)]
+    await asyncio.wait_for(asked.wait(), 5)
+    answer.set()
+    reports = await asyncio.gather(*requests)
     assert looks == 1 and all(r is reports[0] for r in reports)
     assert reports[0]["window"] == 1 and reports[0]["groups"]["streams"]["status"] == "OK"
     await monitor.report()
