@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install system up down status simulate test test-unit test-integration lint format typecheck clean
+.PHONY: install install-test system up down status simulate test test-unit test-integration lint format typecheck clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,14 +27,17 @@ status: $(STAMP)
 
 # The whole suite on the installed storage (TimescaleDB where it builds), then the
 # storage-specific tests again on native PostgreSQL.
-test: install ## unit and integration tests; the integration tests start their own stack
+install-test: $(STAMP) ## install, and what the tests need (Chromium)
+	$(BIN)/telemetry install --test-tools
+
+test: install-test ## unit and integration tests; the integration tests start their own stack
 	$(BIN)/pytest $(PYTEST_ARGS)
 	TELEMETRY_STORAGE=native $(BIN)/pytest -m storage tests/integration $(PYTEST_ARGS)
 
 test-unit: $(STAMP)
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
-test-integration: install
+test-integration: install-test
 	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
 
 lint: $(STAMP)

@@ -10,7 +10,7 @@ from runtime.serve import serve
 
 def main() -> None:
     settings = ApiSettings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, "api")
     registry = CollectorRegistry()
     app = create_app(settings, registry)
     serve(app, settings, registry)

@@ -19,7 +19,8 @@ from api.blobs import DirectoryBlobStore
 from api.config import ApiSettings
 from api.fast_reads import POSITION_ROLES, FastReads
 from api.job_routes import job_router
-from api.ops import LagMonitor, ops_router
+from api.ops import LagMonitor, mount_ops_page, ops_router
+from api.overview import OverviewMonitor, PrometheusClient
 from api.positions import DriverPosition
 from api.reads import DbGate, ReadMetrics, ReadRouter
 from api.share_routes import share_router
@@ -217,7 +218,11 @@ def create_app(
     lag_monitor = LagMonitor(
         settings.kafka_bootstrap, settings.lag_window, settings.lag_min_interval_s
     )
-    app.include_router(ops_router(lag_monitor, principal))
+    overview_monitor = OverviewMonitor(
+        PrometheusClient(settings.prometheus_url), settings.overview_min_interval_s
+    )
+    app.include_router(ops_router(lag_monitor, overview_monitor, principal))
+    mount_ops_page(app)
 
     @app.get(
         "/v1/drivers/{driver_id}/position",

@@ -68,3 +68,6 @@ class ApiSettings(HttpServiceSettings):
     # and the statuses judged over this many looks.
     lag_min_interval_s: float = 2.0
     lag_window: int = 5
+    # GET /v1/ops/overview asks the stack's Prometheus, at most this often.
+    prometheus_url: str = "http://127.0.0.1:18090"
+    overview_min_interval_s: float = 2.0

@@ -1,5 +1,5 @@
 """`GET /v1/ops/lag` (role ops): the consumer groups' lag per partition with a status, as
-`telemetry lag --json` gives it.
+`telemetry lag --json` gives it; and `GET /v1/ops/overview` (api/overview.py).
 
 Looks are taken when asked for, at most one per `lag_min_interval_s` however many ask
 (concurrent requests share one look), and kept in a window: a page that polls every few
@@ -9,13 +9,16 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any
 
 from aiokafka.errors import KafkaError
-from fastapi import APIRouter, Depends
-from fastapi.responses import Response
+from fastapi import APIRouter, Depends, FastAPI
+from fastapi.responses import FileResponse, Response
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
+from api.overview import Overview, OverviewMonitor, PrometheusUnavailable
 from runtime.auth import require_role
 from runtime.http import ApiError, error_responses, json_response
 from runtime.lag_status import LagWindow
@@ -65,7 +68,32 @@ class LagMonitor:
             return self._latest
 
 
-def ops_router(monitor: LagMonitor, principal: Callable[..., Any]) -> APIRouter:
+PAGE_DIR = Path(__file__).parent / "ops_page"
+# Everything the page loads is ours: no inline script, no other origin.
+PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:;"
+        " connect-src 'self'; frame-ancestors 'none'"
+    ),
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+def mount_ops_page(app: FastAPI) -> None:
+    """The ops page at /ops, its script, styles and uPlot under /ops/static. The page holds
+    no data: it asks /v1/ops/* with the token in its URL's fragment."""
+
+    @app.get("/ops", include_in_schema=False)
+    async def ops_page() -> Response:
+        return FileResponse(PAGE_DIR / "index.html", headers=PAGE_HEADERS)
+
+    app.mount("/ops/static", StaticFiles(directory=PAGE_DIR), name="ops-static")
+
+
+def ops_router(
+    monitor: LagMonitor, overview: OverviewMonitor, principal: Callable[..., Any]
+) -> APIRouter:
     router = APIRouter(prefix="/v1/ops", tags=["ops"])
 
     async def ops(who: Annotated[Principal, Depends(principal)]) -> Principal:
@@ -84,6 +112,22 @@ def ops_router(monitor: LagMonitor, principal: Callable[..., Any]) -> APIRouter:
             log.warning("lag look failed: %s", exc)
             raise ApiError(
                 503, "Kafka did not answer the lag look", headers={"Retry-After": "2"}
+            ) from exc
+        return json_response(report)
+
+    @router.get(
+        "/overview",
+        summary="Throughput, freshness, error rates, cache, connections, replica and lag",
+        response_model=Overview,
+        responses=error_responses(401, 403, 503),
+    )
+    async def pipeline_overview(_: Annotated[Principal, Depends(ops)]) -> Response:
+        try:
+            report = await overview.report()
+        except PrometheusUnavailable as exc:
+            log.warning("overview failed: %s", exc)
+            raise ApiError(
+                503, "Prometheus did not answer the overview", headers={"Retry-After": "2"}
             ) from exc
         return json_response(report)
 

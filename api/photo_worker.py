@@ -35,6 +35,7 @@ from api.photos import process_photo
 from runtime.http import json_response, metrics_response
 from runtime.logging import configure_logging
 from runtime.postgres import Pool, open_pool
+from runtime.request_metrics import instrument
 from runtime.settings import ServiceSettings
 from schemas import topics
 from schemas.tasks import ProofPhotoTask
@@ -185,15 +186,16 @@ def create_app(settings: PhotoWorkerSettings, registry: CollectorRegistry) -> Fa
 
 def main() -> None:
     settings = PhotoWorkerSettings()
-    configure_logging(settings.log_level)
-    app = create_app(settings, CollectorRegistry())
+    configure_logging(settings.log_level, "photo-worker")
+    registry = CollectorRegistry()
     uvicorn.run(
-        app,
+        instrument(create_app(settings, registry), registry),
         host=settings.host,
         port=settings.port,
         loop="uvloop",
         log_level=settings.log_level.lower(),
         access_log=False,
+        log_config=None,
     )
 
 

@@ -27,7 +27,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import PoolTimeout
 
 from api.errors import DatabaseBusy, DatabaseUnavailable
-from runtime.postgres import Pool
+from runtime.postgres import REPLICA_LAG, Pool
 
 log = logging.getLogger(__name__)
 DB_ERRORS = (psycopg.OperationalError, PoolTimeout)
@@ -39,13 +39,6 @@ DB_ERRORS = (psycopg.OperationalError, PoolTimeout)
 SERVER_LSN = (
     "SELECT coalesce(CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()"
     " ELSE pg_current_wal_flush_lsn() END, '0/0') - '0/0'::pg_lsn AS lsn"
-)
-# How far the replica is behind, in seconds: 0 when it has replayed all it has received
-# (an idle primary sends nothing, and then nothing is missing).
-REPLICA_LAG = (
-    "SELECT CASE WHEN NOT pg_is_in_recovery()"
-    " OR pg_last_wal_receive_lsn() IS NOT DISTINCT FROM pg_last_wal_replay_lsn() THEN 0"
-    " ELSE coalesce(extract(epoch FROM now() - pg_last_xact_replay_timestamp()), 0) END"
 )
 
 

@@ -65,7 +65,8 @@ def cmd_install(args: argparse.Namespace) -> int:
     config = StackConfig()
     from infra import install, storage
 
-    installed = install.ensure_debian_packages()
+    packages = install.DEBIAN_PACKAGES | (install.TEST_DEBIAN_PACKAGES if args.test_tools else {})
+    installed = install.ensure_debian_packages(packages)
     console.print(
         f"Debian packages: {'installed ' + ' '.join(installed) if installed else 'present'}"
     )
@@ -330,6 +331,21 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ops_url(args: argparse.Namespace) -> int:
+    """The ops page's URL with a short-lived ops token in its fragment (never sent to a
+    server, so never in a log); the page keeps it for its tab only."""
+    config = StackConfig()
+    if not config.jwt_private_key.exists():
+        raise StackError(f"no signing key at {config.jwt_private_key}: run 'telemetry up' first")
+    stack = _stack(config)
+    base = stack.public_url() or next(iter(stack.urls("api")), None)
+    if base is None:
+        raise StackError("no edge and no api runs: start the stack with 'telemetry up'")
+    token = issue_token(config.jwt_private_key, sub=args.sub, role=Role.OPS, ttl_s=args.ttl)
+    sys.stdout.write(f"{base}/ops#token={token}\n")
+    return 0
+
+
 def cmd_watch(args: argparse.Namespace) -> int:
     import asyncio
     import uuid
@@ -410,10 +426,14 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     up.set_defaults(func=cmd_up)
 
-    sub.add_parser(
+    install = sub.add_parser(
         "install",
         help="install the Debian packages, Kafka's jars and TimescaleDB (built once per machine)",
-    ).set_defaults(func=cmd_install)
+    )
+    install.add_argument(
+        "--test-tools", action="store_true", help="and what the tests need (Chromium)"
+    )
+    install.set_defaults(func=cmd_install)
     sub.add_parser("down", help="stop everything `up` started").set_defaults(func=cmd_down)
 
     scale = sub.add_parser(
@@ -478,6 +498,13 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--sub", required=True, help="the driver/customer/dispatcher/ops id")
     token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds")
     token.set_defaults(func=cmd_token)
+
+    ops_url = sub.add_parser(
+        "ops-url", help="print the ops page's URL, logged in with a short-lived ops token"
+    )
+    ops_url.add_argument("--sub", default="ops", help="who the token names (default: ops)")
+    ops_url.add_argument("--ttl", type=int, default=900, help="its lifetime in seconds")
+    ops_url.set_defaults(func=cmd_ops_url)
 
     watch = sub.add_parser(
         "watch", help="follow a job through the notifier: its snapshot, events and positions"

@@ -44,6 +44,10 @@ class StackConfig(BaseSettings):
     edge_port: int = 18080
     haproxy_port: int = 18081
     haproxy_stats_port: int = 18082  # its stats page (/) and Prometheus exporter (/metrics)
+    # Ops (docs/ops.md): Prometheus, and the exporter of consumer lag, dead letters and
+    # the replica's replay lag it scrapes.
+    prometheus_port: int = 18090
+    ops_exporter_port: int = 18091
 
     ingest_processes: int = 1
     api_processes: int = 1
@@ -60,6 +64,18 @@ class StackConfig(BaseSettings):
     haproxy_maxconn: int = 8000
     # After a reload, how long an old HAProxy worker may keep established connections.
     haproxy_hard_stop_after_s: int = 1800
+
+    prometheus_scrape_interval_s: int = 5
+    prometheus_retention: str = "7d"
+    # How often the ops exporter looks at Kafka and the replica, and how many looks a
+    # partition's status is judged over (telemetry lag's rules).
+    ops_exporter_interval_s: float = 5.0
+    ops_exporter_window: int = 6
+
+    # Each process's log is rotated past this size, this many old copies kept (the
+    # supervisor does it: infra/logs.py).
+    log_max_bytes: int = 50 * 1024 * 1024
+    log_keep: int = 3
 
     kafka_heap_mb: int = 768
     startup_timeout_s: float = 120.0
@@ -84,6 +100,10 @@ class StackConfig(BaseSettings):
     @property
     def jwt_public_key(self) -> Path:
         return self.state_dir / "keys" / "jwt_ed25519.pub.pem"
+
+    @property
+    def prometheus_url(self) -> str:
+        return f"http://127.0.0.1:{self.prometheus_port}"
 
     @property
     def kafka_bootstrap(self) -> str:

@@ -20,6 +20,11 @@ DEBIAN_PACKAGES = {
     "redis-server": Path("/usr/bin/redis-server"),
     "haproxy": Path("/usr/sbin/haproxy"),
     "nginx": Path("/usr/sbin/nginx"),
+    "prometheus": Path("/usr/bin/prometheus"),
+}
+# What the tests need besides: Chromium for the ops page test (tests/integration/test_ops.py).
+TEST_DEBIAN_PACKAGES = {
+    "chromium": Path("/usr/bin/chromium"),
 }
 
 

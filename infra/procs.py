@@ -3,6 +3,7 @@
 import contextlib
 import os
 import pwd
+import random
 import signal
 import socket
 import subprocess
@@ -189,12 +190,34 @@ def ensure_port_free(port: int, what: str, env_var: str, grace_s: float = 5.0) -
         )
 
 
+# Scratch stacks take ports from here: above the stack's default ports (15432 to 19093)
+# and below the kernel's ephemeral range, where a port found free now can be taken a moment
+# later as the local port of some outgoing connection (seen: api-2 unable to bind).
+SCRATCH_PORTS = (20000, 32768)
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def free_port(span: int = 1) -> int:
-    """A port the kernel says is free now, with the `span - 1` ports after it free too
-    (for tests and ephemeral stacks; `ingest-N` listens on port + N - 1)."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind(("127.0.0.1", 0))
-            port: int = sock.getsockname()[1]
-        if port + span <= 65535 and not any(port_open(p) for p in range(port + 1, port + span)):
+    """A port free now, with the `span - 1` ports after it free too (for tests and
+    ephemeral stacks; `ingest-N` listens on port + N - 1), outside the ephemeral range."""
+    low, high = SCRATCH_PORTS[0], min(SCRATCH_PORTS[1], _ephemeral_low())
+    for _ in range(10_000):
+        port = random.randrange(low, high - span)
+        if all(_bindable(p) for p in range(port, port + span)):
             return port
+    raise StackError(f"no {span} free ports in a row between {low} and {high}")

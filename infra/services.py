@@ -79,6 +79,7 @@ def specs(config: StackConfig) -> list[ServiceSpec]:
             "API_KAFKA_BOOTSTRAP": config.kafka_bootstrap,
             "API_REDIS_URL": redis.url(config),
             "API_BLOB_DIR": str(config.state_dir / "blobs"),
+            "API_PROMETHEUS_URL": config.prometheus_url,
         }
         result.append(
             ServiceSpec(

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from infra import edge, haproxy, install, services, storage, supervisor, topology
+from infra import edge, haproxy, install, prometheus, services, storage, supervisor, topology
 from infra.components import Component, components
 from infra.config import REPO_ROOT, StackConfig
 from infra.procs import (
@@ -348,6 +348,8 @@ class Stack:
             self._ensure_ready(name)
         if self.running(haproxy.NAME) and haproxy.follow(self.config):
             self.report("reloaded HAProxy with the new topology")
+        if self.running(prometheus.NAME) and prometheus.follow(self.config):
+            self.report("reloaded Prometheus with the new scrape targets")
         extra = [
             n
             for n in self.records
@@ -456,7 +458,8 @@ def scratch_config(prefix: str, **overrides: object) -> StackConfig:
         "kafka_port", "kafka_controller_port", "postgres_primary_port",
         "postgres_replica_port", "pgbouncer_port", "redis_port",
         "ingest_port", "api_port", "streams_web_port", "photo_worker_port", "notifier_port",
-        "edge_port", "haproxy_port", "haproxy_stats_port",
+        "edge_port", "haproxy_port", "haproxy_stats_port", "prometheus_port",
+        "ops_exporter_port",
     )  # fmt: skip
     ports: dict[str, int] = {}
     taken: set[int] = set()

@@ -13,13 +13,17 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from infra import logs
 from infra.config import REPO_ROOT, StackConfig
 from infra.procs import ProcessRef, StackError, spawn
+from runtime.logging import configure_logging
 
 if TYPE_CHECKING:
     from infra.stack import Stack
 
 NAME = "supervisor"
+# It also rotates the stack's logs (infra/logs.py), looking this often.
+ROTATE_EVERY_S = 10.0
 log = logging.getLogger("supervisor")
 
 
@@ -123,10 +127,15 @@ def run(config: StackConfig, interval_s: float = 0.5) -> None:
     # Imported here: the stack module starts this one as a component.
     from infra.stack import Stack
 
+    next_rotation = 0.0
     while not stopping:
         try:
             # Built afresh each round: `telemetry scale` changes the components.
             supervise_once(Stack(config), policy, time.monotonic())
+            if time.monotonic() >= next_rotation:
+                next_rotation = time.monotonic() + ROTATE_EVERY_S
+                for name in logs.rotate_all(config.logs_dir, config.log_max_bytes, config.log_keep):
+                    log.info("rotated %s", name)
         except Exception:
             # A bad moment (a file being replaced, a port still held) must not end the
             # supervision: the next look tries again.
@@ -139,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m infra.supervisor")
     parser.add_argument("config", type=Path, help="the stack's configuration (JSON)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging("INFO", NAME)
     run(StackConfig.model_validate_json(args.config.read_text()))
     return 0
 

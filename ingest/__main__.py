@@ -8,7 +8,7 @@ from runtime.serve import serve
 
 def main() -> None:
     settings = IngestSettings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, "ingest")
     adapters = build_adapters(settings)
     serve(create_app(settings, adapters), settings, adapters.metrics.registry)
 

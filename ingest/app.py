@@ -35,7 +35,8 @@ from runtime.http import (
     read_body_limited,
     request_body,
 )
-from runtime.kafka import AckedProducer, durable_producer
+from runtime.kafka import AckedProducer, Headers, durable_producer
+from runtime.logging import REQUEST_ID, REQUEST_ID_KAFKA_HEADER
 from schemas.auth import Principal, Role
 from schemas.pings import MAX_BATCH_BYTES, PingBatch, PingBatchRecord, PingsAccepted
 
@@ -48,7 +49,7 @@ def utc_now() -> datetime:
 
 class Publisher(Protocol):
     async def start(self) -> None: ...
-    async def publish(self, key: bytes, value: bytes) -> None: ...
+    async def publish(self, key: bytes, value: bytes, headers: Headers = ()) -> None: ...
     async def ready(self) -> bool: ...
     async def close(self) -> None: ...
 
@@ -145,7 +146,12 @@ def create_app(settings: IngestSettings, adapters: Adapters, *, clock: Clock = u
             raise Backpressure()
         metrics.in_flight.inc()
         try:
-            await publisher.publish(record.driver_id.encode(), record.model_dump_json().encode())
+            # The request's id travels with the record: the stream's lines about it carry it.
+            request_id = REQUEST_ID.get()
+            headers = ((REQUEST_ID_KAFKA_HEADER, request_id.encode()),) if request_id else ()
+            await publisher.publish(
+                record.driver_id.encode(), record.model_dump_json().encode(), headers
+            )
         except BrokerUnavailable:
             metrics.unavailable.labels("kafka").inc()
             raise

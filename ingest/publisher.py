@@ -5,7 +5,7 @@ import time
 
 from ingest.errors import BrokerUnavailable
 from ingest.metrics import IngestMetrics
-from runtime.kafka import AckedProducer, Message, ProduceFailed
+from runtime.kafka import AckedProducer, Headers, Message, ProduceFailed
 
 
 class PingPublisher:
@@ -17,11 +17,11 @@ class PingPublisher:
     async def start(self) -> None:
         await self._producer.start()
 
-    async def publish(self, key: bytes, value: bytes) -> None:
+    async def publish(self, key: bytes, value: bytes, headers: Headers = ()) -> None:
         """Returns once the broker acked (acks=all); BrokerUnavailable past the deadline."""
         started = time.perf_counter()
         try:
-            await self._producer.send_all([Message(self._topic, key, value)])
+            await self._producer.send_all([Message(self._topic, key, value, headers)])
         except ProduceFailed as exc:
             raise BrokerUnavailable(str(exc)) from exc
         finally:

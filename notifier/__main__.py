@@ -24,7 +24,7 @@ async def serve(settings: NotifierSettings) -> None:
 
 def main() -> None:
     settings = NotifierSettings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, "notifier")
     # One line per handshake and per probe otherwise.
     logging.getLogger("websockets.server").setLevel(logging.WARNING)
     uvloop.run(serve(settings))

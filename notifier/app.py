@@ -28,9 +28,11 @@ from notifier.session import Limits, Session
 from notifier.store import Store
 from runtime.auth import verifier_from_settings
 from runtime.postgres import Pool, open_pool
+from runtime.request_metrics import UNMATCHED, RequestMetrics, process_metrics
 from schemas.notifier import WS_PATH
 
 log = logging.getLogger(__name__)
+ROUTES = frozenset((WS_PATH, "/healthz", "/readyz", "/metrics"))
 
 # Client messages are a few hundred bytes: anything near this is not ours.
 MAX_CLIENT_MESSAGE_BYTES = 16 * 1024
@@ -42,6 +44,8 @@ class Notifier:
         self.settings = settings
         self.registry = registry
         self.metrics = NotifierMetrics(registry)
+        self.requests = RequestMetrics(registry)
+        process_metrics(registry)
         self.sessions: set[Session] = set()
         self._keepalive: Schedule[Session] = Schedule(settings.ping_interval_s)
         self._verifier = verifier_from_settings(settings)
@@ -177,6 +181,16 @@ class Notifier:
         return True
 
     async def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
+        started = time.perf_counter()
+        response = await self._answer(request)
+        path = request.path.partition("?")[0]
+        route = path if path in ROUTES else UNMATCHED
+        # An upgrade counts as its 101 here, when the handshake goes on.
+        status = 101 if response is None else response.status_code
+        self.requests.observe(route, "GET", status, time.perf_counter() - started)
+        return response
+
+    async def _answer(self, request: Request) -> Response | None:
         path = request.path.partition("?")[0]
         if path == WS_PATH:
             if len(self.sessions) >= self.settings.max_connections:

@@ -32,12 +32,16 @@ class ProduceFailed(Exception):
     """Kafka did not acknowledge within the deadline (or refused); retry later."""
 
 
+# A record's headers, in order (a name may repeat).
+Headers = Sequence[tuple[str, bytes]]
+
+
 @dataclass(frozen=True, slots=True)
 class Message:
     topic: str
     key: bytes | None
     value: bytes
-    headers: Sequence[tuple[str, bytes]] = ()
+    headers: Headers = ()
 
 
 ProducerFactory = Callable[[], AIOKafkaProducer]

@@ -2,7 +2,9 @@
 in seconds (the age of the oldest record not yet committed). Reused by ops and benchmarks."""
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +39,15 @@ async def consumer_group_lag(
     now_s: float | None = None,
 ) -> list[PartitionLag]:
     """Lag of `group` on every partition of `topics`."""
+    async with _clients(bootstrap, timeout_s) as (admin, consumer):
+        return await _lag(admin, consumer, group, topics, timeout_s, now_s)
+
+
+@contextlib.asynccontextmanager
+async def _clients(
+    bootstrap: str, timeout_s: float
+) -> AsyncIterator[tuple[AIOKafkaAdminClient, AIOKafkaConsumer]]:
+    """An admin client and a group-less consumer, both started, both closed after."""
     admin = AIOKafkaAdminClient(
         bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000)
     )
@@ -49,7 +60,7 @@ async def consumer_group_lag(
     try:
         await asyncio.wait_for(consumer.start(), timeout_s)
         try:
-            return await _lag(admin, consumer, group, topics, timeout_s, now_s)
+            yield admin, consumer
         finally:
             await asyncio.wait_for(consumer.stop(), timeout_s)
     finally:
@@ -146,3 +157,23 @@ async def group_members(bootstrap: str, group: str, *, timeout_s: float = 5.0) -
         await asyncio.wait_for(admin.close(), timeout_s)
     # DescribeGroups' answer: (error_code, group_id, state, protocol_type, protocol, members)
     return sum(len(described[5]) for described in response.groups if described[0] == 0)
+
+
+async def topic_end_offsets(
+    bootstrap: str, topics: list[str], *, timeout_s: float = 5.0
+) -> dict[str, int]:
+    """How many records each topic has ever had (its partitions' end offsets summed); a
+    topic not created yet has had none."""
+    async with _clients(bootstrap, timeout_s) as (admin, consumer):
+        described = await asyncio.wait_for(admin.describe_topics(topics), timeout_s)
+        partitions = [
+            TopicPartition(topic["topic"], p["partition"])
+            for topic in described
+            if topic["error_code"] == 0
+            for p in topic["partitions"]
+        ]
+        ends = await asyncio.wait_for(consumer.end_offsets(partitions), timeout_s)
+    totals = dict.fromkeys(topics, 0)
+    for tp, end in ends.items():
+        totals[tp.topic] += end
+    return totals

@@ -8,6 +8,14 @@ from psycopg_pool import AsyncConnectionPool
 # A pool of async connections, as every service holds them.
 Pool = AsyncConnectionPool[AsyncConnection[Any]]
 
+# How far a replica is behind, in seconds: 0 when it has replayed all it has received (an
+# idle primary sends nothing, and then nothing is missing), and on a primary.
+REPLICA_LAG = (
+    "SELECT CASE WHEN NOT pg_is_in_recovery()"
+    " OR pg_last_wal_receive_lsn() IS NOT DISTINCT FROM pg_last_wal_replay_lsn() THEN 0"
+    " ELSE coalesce(extract(epoch FROM now() - pg_last_xact_replay_timestamp()), 0) END"
+)
+
 
 async def open_pool(
     dsn: str, *, min_size: int, max_size: int, name: str, timeout_s: float = 5.0

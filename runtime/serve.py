@@ -5,6 +5,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, start_http_server
 
 from runtime.http import ConcurrencyCap
+from runtime.request_metrics import instrument
 from runtime.settings import HttpServiceSettings
 
 
@@ -12,14 +13,16 @@ def serve(app: FastAPI, settings: HttpServiceSettings, registry: CollectorRegist
     if settings.metrics_port is not None:
         # Scrapes on a port of their own (not exposed with the API), from a thread.
         start_http_server(settings.metrics_port, addr=settings.host, registry=registry)
+    # Metrics outermost: the requests the cap refuses are counted too.
     uvicorn.run(
-        ConcurrencyCap(app, settings.max_concurrent_requests),
+        instrument(ConcurrencyCap(app, settings.max_concurrent_requests), registry),
         host=settings.host,
         port=settings.port,
         loop="uvloop",
         http="httptools",
         log_level=settings.log_level.lower(),
         access_log=False,
+        log_config=None,  # our logging (runtime/logging.py), configured already
         # Within the 10 s the contract gives a shutdown, whatever is in flight.
         timeout_graceful_shutdown=8,
         timeout_keep_alive=int(settings.keep_alive_s),

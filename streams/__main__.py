@@ -5,7 +5,7 @@ from typing import Any
 
 import faust
 
-from runtime.logging import configure_logging
+from runtime.logging import configure_logging, logging_config
 from streams.app import create_app
 from streams.config import StreamsSettings
 from streams.pipeline import PingBatchProcessor
@@ -26,9 +26,16 @@ class StreamWorker(faust.Worker):
 
 def main() -> None:
     settings = StreamsSettings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, "streams")
     streams = create_app(settings)
-    worker = StreamWorker(streams.app, streams.processor, loglevel=settings.log_level.lower())
+    worker = StreamWorker(
+        streams.app,
+        streams.processor,
+        loglevel=settings.log_level.lower(),
+        # Faust sets logging up again at start: with our format, and without its banner.
+        logging_config=logging_config(settings.log_level, "streams"),
+        quiet=True,
+    )
     worker.execute_from_commandline()
 
 

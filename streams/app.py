@@ -2,6 +2,7 @@
 retention maintenance, and the worker's probes."""
 
 import asyncio
+import functools
 import logging
 import os
 import time
@@ -14,6 +15,7 @@ import faust
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from runtime.kafka import AckedProducer, Message, ProduceFailed, durable_producer
+from runtime.logging import REQUEST_ID_KAFKA_HEADER
 from runtime.postgres import open_pool
 from schemas import topics
 from schemas.pings import PingBatchRecord
@@ -91,6 +93,16 @@ class StreamsApp:
     processor: PingBatchProcessor
 
 
+def request_id(headers: Any) -> str | None:
+    """The ingest request's id from a record's headers (Faust gives a list of pairs or a
+    mapping), if it carries one."""
+    pairs = headers.items() if isinstance(headers, dict) else headers or ()
+    for name, value in pairs:
+        if name == REQUEST_ID_KAFKA_HEADER and isinstance(value, bytes):
+            return value.decode("utf-8", "replace")
+    return None
+
+
 def create_app(
     settings: StreamsSettings,
     metrics: StreamsMetrics | None = None,
@@ -144,7 +156,12 @@ def create_app(
     async def process_pings(stream: Any) -> None:
         async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
             try:
-                await processor.process([(e.message.key, e.message.value) for e in events])
+                await processor.process(
+                    [
+                        (e.message.key, e.message.value, request_id(e.message.headers))
+                        for e in events
+                    ]
+                )
             except BaseException:
                 # Leaving this loop body by an exception would ack the batch (take_events
                 # acks in a `finally`), and Faust would commit it on its way out: exit
@@ -181,8 +198,24 @@ def create_app(
     app.task(maintain)
     app.timer(interval=settings.maintenance_interval_s, on_leader=False)(maintain)
 
+    def counted(route: str) -> Callable[[Any], Any]:
+        """A page whose requests count in the request metrics, like every service's."""
+
+        def wrap(view: Any) -> Any:
+            @functools.wraps(view)
+            async def counted_view(web: Any, request: Any) -> Any:
+                started = time.perf_counter()
+                response = await view(web, request)
+                elapsed = time.perf_counter() - started
+                metrics.requests.observe(route, request.method, response.status, elapsed)
+                return response
+
+            return app.page(route)(counted_view)
+
+        return wrap
+
     # Faust's view functions receive its web adapter and the request.
-    @app.page("/healthz")
+    @counted("/healthz")
     async def healthz(web: Any, request: Any) -> Any:
         stalled_s = processor.health.stalled_for(time.monotonic())
         if stalled_s > settings.health_stall_s:
@@ -191,7 +224,7 @@ def create_app(
             )
         return web.json({"status": "ok"})
 
-    @app.page("/readyz")
+    @counted("/readyz")
     async def readyz(web: Any, request: Any) -> Any:
         try:
             await (await sink.get()).ping()
@@ -199,7 +232,7 @@ def create_app(
             return web.json({"status": "unavailable", "database": str(exc)}, status=503)
         return web.json({"status": "ready"})
 
-    @app.page("/metrics")
+    @counted("/metrics")
     async def prometheus(web: Any, request: Any) -> Any:
         # aiohttp refuses a charset inside content_type: pass the full header instead.
         return web.bytes(

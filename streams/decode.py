@@ -17,6 +17,7 @@ class Incoming:
     key: bytes | None
     value: bytes
     record: PingBatchRecord
+    request_id: str | None = None  # the ingest request's, from the record's header
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +25,7 @@ class Poison:
     key: bytes | None
     value: bytes
     error: str
+    request_id: str | None = None
 
 
 def decode_record(value: bytes) -> PingBatchRecord:
@@ -35,14 +37,18 @@ def decode_record(value: bytes) -> PingBatchRecord:
         raise InvalidMessage(str(exc)) from exc
 
 
-def split_batch(
-    messages: Sequence[tuple[bytes | None, bytes]],
-) -> tuple[list[Incoming], list[Poison]]:
+# A record as consumed: its key and value, and the request id its headers carry, if any.
+Raw = tuple[bytes | None, bytes] | tuple[bytes | None, bytes, str | None]
+
+
+def split_batch(messages: Sequence[Raw]) -> tuple[list[Incoming], list[Poison]]:
     records: list[Incoming] = []
     poison: list[Poison] = []
-    for key, value in messages:
+    for message in messages:
+        key, value = message[0], message[1]
+        request_id = message[2] if len(message) == 3 else None
         try:
-            records.append(Incoming(key, value, decode_record(value)))
+            records.append(Incoming(key, value, decode_record(value), request_id))
         except InvalidMessage as exc:
-            poison.append(Poison(key, value, str(exc)))
+            poison.append(Poison(key, value, str(exc), request_id))
     return records, poison

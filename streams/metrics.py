@@ -2,6 +2,11 @@
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from runtime.request_metrics import RequestMetrics, process_metrics
+
+# Freshness, from a second (the live pipeline) to the 10 minutes a buffered ping may be late.
+FRESHNESS_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+
 
 class StreamsMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
@@ -34,3 +39,19 @@ class StreamsMetrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
             registry=self.registry,
         )
+        # Freshness (docs/ops.md): how old a ping is when its row commits, from the
+        # device's fix (delays on the phone included) and from ingest's receipt (ours only).
+        self.fix_to_stored = Histogram(
+            "streams_fix_to_stored_seconds",
+            "From a ping's fix time to its row committed",
+            buckets=FRESHNESS_BUCKETS,
+            registry=self.registry,
+        )
+        self.received_to_stored = Histogram(
+            "streams_received_to_stored_seconds",
+            "From ingest's receipt of a ping to its row committed",
+            buckets=FRESHNESS_BUCKETS,
+            registry=self.registry,
+        )
+        self.requests = RequestMetrics(self.registry)
+        process_metrics(self.registry)

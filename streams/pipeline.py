@@ -8,12 +8,14 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Protocol, TypeVar
 
+from runtime.logging import REQUEST_ID_KAFKA_HEADER
 from schemas.pings import PingBatchRecord
 from schemas.positions import PositionUpdate
 from streams.clean import FUTURE, LATE, TELEPORT, CleanBatch, CleanPing
-from streams.decode import Incoming, Poison, split_batch
+from streams.decode import Incoming, Poison, Raw, split_batch
 from streams.errors import BadData, SendFailed, SinkUnavailable
 from streams.metrics import StreamsMetrics
 
@@ -118,13 +120,20 @@ class PingBatchProcessor:
         """From the worker's signal handler: finish within the grace period or give up."""
         self._stopping.set()
 
-    async def process(self, messages: Sequence[tuple[bytes | None, bytes]]) -> None:
+    async def process(self, messages: Sequence[Raw]) -> None:
         """Stores or dead-letters every record and publishes the moved positions; returns
         only when all of it is durable. Raises Stopping if the worker stops first."""
         self.health.pending_since = self._clock()
         started = time.perf_counter()
         incoming, poison = split_batch(messages)
+        for bad in poison:
+            log.warning(
+                "undecodable record, to the DLQ: %.300s",
+                bad.error,
+                extra={"request_id": bad.request_id},
+            )
         written = await self._retry("write", lambda: self._write_isolating(incoming))
+        stored_at = datetime.now(UTC)
         dead = poison + written.dead
         outgoing = [self._dead_letter(p) for p in dead] + [
             Outgoing(
@@ -137,7 +146,7 @@ class PingBatchProcessor:
         # After the commit: the notifier only ever hears of positions that are stored.
         if outgoing:
             await self._retry("send", lambda: self._sender.send_all(outgoing))
-        self._count(len(incoming), written, dead)
+        self._count(len(incoming), written, dead, stored_at)
         self._metrics.flush_latency.observe(time.perf_counter() - started)
         self.health.pending_since = None
         self.health.last_write = self._clock()
@@ -149,8 +158,13 @@ class PingBatchProcessor:
             batch = await self._sink.write([i.record for i in incoming])
         except BadData as exc:
             if len(incoming) == 1:
-                log.warning("record refused by the database, to the DLQ: %s", exc)
-                return _Written(dead=[Poison(incoming[0].key, incoming[0].value, str(exc))])
+                alone = incoming[0]
+                log.warning(
+                    "record refused by the database, to the DLQ: %s",
+                    exc,
+                    extra={"request_id": alone.request_id},
+                )
+                return _Written(dead=[Poison(alone.key, alone.value, str(exc), alone.request_id)])
             half = len(incoming) // 2
             first = await self._write_isolating(incoming[:half])
             return first.merge(await self._write_isolating(incoming[half:]))
@@ -158,7 +172,10 @@ class PingBatchProcessor:
 
     def _dead_letter(self, poison: Poison) -> Outgoing:
         error = poison.error.encode()[:MAX_ERROR_HEADER_BYTES]
-        return Outgoing(self._dlq_topic, poison.key, poison.value, (("error", error),))
+        headers: tuple[tuple[str, bytes], ...] = (("error", error),)
+        if poison.request_id is not None:
+            headers += ((REQUEST_ID_KAFKA_HEADER, poison.request_id.encode()),)
+        return Outgoing(self._dlq_topic, poison.key, poison.value, headers)
 
     async def _retry(self, what: str, operation: Callable[[], Awaitable[T]]) -> T:
         """Runs `operation` until it succeeds. Transient failures and unexpected errors
@@ -201,7 +218,14 @@ class PingBatchProcessor:
         finally:
             stop.cancel()
 
-    def _count(self, records: int, written: _Written, dead: list[Poison]) -> None:
+    def _count(
+        self, records: int, written: _Written, dead: list[Poison], stored_at: datetime
+    ) -> None:
+        for clean in written.pings:
+            fix_age = (stored_at - clean.ping.ts).total_seconds()
+            self._metrics.fix_to_stored.observe(max(fix_age, 0.0))
+            receipt_age = (stored_at - clean.received_at).total_seconds()
+            self._metrics.received_to_stored.observe(max(receipt_age, 0.0))
         self._metrics.records.inc(records)
         self._metrics.pings.inc(len(written.pings))
         self._metrics.poison.inc(len(dead))

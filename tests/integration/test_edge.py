@@ -8,6 +8,7 @@ import asyncio
 import functools
 import os
 import signal
+import socket
 import threading
 import time
 import uuid
@@ -21,6 +22,7 @@ import pytest
 
 from bench.ws_client import JobWatcher, watch_until
 from infra import edge, haproxy
+from infra.procs import wait_until
 from infra.stack import Stack
 from schemas.auth import Role
 from tests.integration.conftest import metric, wait_for
@@ -244,6 +246,26 @@ def test_kill_9_of_an_api_process_under_gets_fails_none_and_it_comes_back(
     assert stack.status()["api-1"]["restarts"] >= 1
 
 
+def haproxy_processes(stack: Stack) -> str:
+    """The master's list of workers, old ones (still finishing after a reload) included."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as master:
+        master.settimeout(5)
+        master.connect(str(haproxy.master_socket_path(stack.config)))
+        master.sendall(b"show proc\n")
+        return master.recv(65536).decode(errors="replace")
+
+
+def api_servers(stack: Stack) -> list[dict[str, str]]:
+    """HAProxy's view of the api backend's servers, for a failure's message."""
+    csv = httpx.get(haproxy.stats_url(stack.config) + "/;csv", timeout=5).text.lstrip("# ")
+    rows = [
+        dict(zip(csv.splitlines()[0].split(","), line.split(","), strict=False))
+        for line in csv.splitlines()[1:]
+    ]
+    fields = ("svname", "status", "scur", "stot", "hrsp_2xx", "hrsp_5xx", "check_status", "lastchg")
+    return [{f: row.get(f, "") for f in fields} for row in rows if row.get("pxname") == "api"]
+
+
 def test_a_post_in_flight_when_its_process_dies_gets_an_error_answer(
     stack: Stack, public: str, token: Token, two_apis: None
 ) -> None:
@@ -261,10 +283,17 @@ def test_a_post_in_flight_when_its_process_dies_gets_an_error_answer(
     os.kill(victim_pid, signal.SIGSTOP)
     posts = [threading.Thread(target=post) for _ in range(6)]
     started = time.monotonic()
-    for thread in posts:
-        thread.start()
-    wait_for(lambda: True if len(answers) >= 3 else None, timeout_s=20)  # api-2's
-    os.kill(victim_pid, signal.SIGKILL)
+    try:
+        for thread in posts:
+            thread.start()
+        if not wait_until(lambda: len(answers) >= 3, timeout_s=20):  # api-2's
+            pytest.fail(
+                f"{len(answers)} answers within 20 s: {answers}; {api_servers(stack)};"
+                f" HAProxy's processes: {haproxy_processes(stack)}"
+            )
+    finally:
+        # Never left frozen, whatever failed: the tests after this one need an api.
+        os.kill(victim_pid, signal.SIGKILL)
     for thread in posts:
         thread.join(timeout=30)
     assert len(answers) == 6, "a POST got no answer"

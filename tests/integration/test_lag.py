@@ -85,6 +85,12 @@ def streams_lag(stack: Stack, capsys: pytest.CaptureFixture[str]) -> dict[str, A
     return dict(view["groups"][topics.STREAMS_GROUP])
 
 
+def prometheus_query(stack: Stack, expr: str) -> list[dict[str, Any]]:
+    r = httpx.get(stack.config.prometheus_url + "/api/v1/query", params={"query": expr})
+    assert r.status_code == 200, r.text
+    return list(r.json()["data"]["result"])
+
+
 def api_lag(url: str, headers: dict[str, str]) -> dict[str, Any]:
     r = httpx.get(url, headers=headers, timeout=15)
     assert r.status_code == 200, r.text
@@ -118,6 +124,16 @@ def test_lag_shows_within_seconds_when_the_stream_is_stopped(
         r = httpx.get(url, headers={"Authorization": f"Bearer {customer}"})
         assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
         assert httpx.get(url).status_code == 401
+        # And Prometheus, from the ops exporter's looks: the stopped partitions, their lag.
+        stopped_series = (
+            'telemetry_consumer_partition_status{group="telemetry-streams",status="STOP"} == 1'
+        )
+        # Six looks 5 s apart must all see lag before the exporter says STOP.
+        wait_for(lambda: True if prometheus_query(stack, stopped_series) else None, 75)
+        lagging = prometheus_query(
+            stack, 'sum(telemetry_consumer_lag_messages{group="telemetry-streams"})'
+        )
+        assert float(lagging[0]["value"][1]) >= 6
     finally:
         stack.start("streams-1")
     caught_up = wait_for(

@@ -33,7 +33,7 @@ from infra.stack import Stack
 from schemas import topics
 from schemas.auth import Role
 from tests.integration.conftest import metric, wait_for
-from tests.integration.driving import ping_at
+from tests.integration.driving import ping_at, stored
 
 BODY = {"pickup": {"lat": 12.97, "lon": 77.59}, "dropoff": {"lat": 12.93, "lon": 77.62}}
 Token = Callable[..., str]
@@ -159,7 +159,20 @@ def test_snapshot_then_events_then_positions_in_order(
 
     async def run() -> list[dict[str, Any]]:
         actor = asyncio.create_task(act())
-        seen = await watch_until(watcher, lambda m: m["type"] == "position", 60)
+        try:
+            seen = await watch_until(watcher, lambda m: m["type"] == "position", 60)
+        except TimeoutError:
+            # Which stage stopped it: the event (the relay), the ping (the stream's write),
+            # or the position (the stream's send, the notifier's reader)?
+            streams = stack.records["streams-1"].endpoint["url"]
+            notifier = stack.records["notifier-1"].endpoint["url"]
+            pytest.fail(
+                f"no position within 60 s; the client saw {watcher.tally}; the ping stored:"
+                f" {bool(stored(config, driver))}; the stream wrote"
+                f" {metric(streams, 'streams_pings_written_total')} pings, its batch"
+                f" failures: {metric(streams, 'streams_batch_failures_total')}; the"
+                f" notifier read {metric(notifier, 'notifier_records_consumed_total')} records"
+            )
         await actor
         return seen
 

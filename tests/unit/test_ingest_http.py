@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client import CollectorRegistry
 
 from ingest.app import Adapters, create_app
 from ingest.config import IngestSettings
@@ -18,6 +19,8 @@ from ingest.metrics import IngestMetrics
 from ingest.ratelimit import Decision
 from runtime.auth import TokenVerifier, generate_keypair, issue_token
 from runtime.http import ConcurrencyCap
+from runtime.kafka import Headers
+from runtime.request_metrics import instrument
 from schemas.auth import JWT_AUDIENCE, JWT_ISSUER, Role
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
@@ -26,6 +29,7 @@ NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 class FakePublisher:
     def __init__(self) -> None:
         self.published: list[bytes] = []
+        self.headers: list[tuple[tuple[str, bytes], ...]] = []
         self.release: asyncio.Event | None = None
         self.waiting = 0
         self.two_waiting = asyncio.Event()
@@ -34,7 +38,7 @@ class FakePublisher:
     async def start(self) -> None:
         pass
 
-    async def publish(self, key: bytes, value: bytes) -> None:
+    async def publish(self, key: bytes, value: bytes, headers: Headers = ()) -> None:
         if self.release is not None:
             self.waiting += 1
             if self.waiting == 2:
@@ -43,6 +47,7 @@ class FakePublisher:
         if self.fail:
             raise BrokerUnavailable("down")
         self.published.append(value)
+        self.headers.append(tuple(headers))
 
     async def ready(self) -> bool:
         return not self.fail
@@ -207,3 +212,27 @@ async def test_the_concurrency_cap_refuses_at_once_beyond_its_limit() -> None:
         release.set()
         assert (await first).status_code == 200
     assert (second.status_code, second.headers["Retry-After"]) == (503, "1")
+
+
+def test_the_request_id_is_answered_and_travels_on_the_kafka_record(
+    keys: tuple[Path, Path], publisher: FakePublisher
+) -> None:
+    app = create_app(
+        settings(keys[1]), adapters(keys[1], publisher, FakeLimiter()), clock=lambda: NOW
+    )
+    # Served as `serve` serves it: request ids and metrics around the app.
+    with TestClient(instrument(app, CollectorRegistry())) as c:
+        c.headers["Authorization"] = "Bearer " + issue_token(keys[0], sub="d1", role=Role.DRIVER)
+        given = c.post("/v1/pings", json=body(), headers={"X-Request-ID": "trip-42.a"})
+        made = c.post("/v1/pings", json=body())
+        odd = c.post("/v1/pings", json=body(), headers={"X-Request-ID": "no spaces\tplease"})
+    assert given.status_code == made.status_code == odd.status_code == 202
+    assert given.headers["X-Request-ID"] == "trip-42.a"
+    new_id = made.headers["X-Request-ID"]
+    assert len(new_id) == 32 and new_id != "trip-42.a"
+    assert odd.headers["X-Request-ID"] not in ("no spaces\tplease", new_id)
+    assert publisher.headers == [
+        (("request_id", b"trip-42.a"),),
+        (("request_id", new_id.encode()),),
+        (("request_id", odd.headers["X-Request-ID"].encode()),),
+    ]

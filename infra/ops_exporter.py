@@ -1,0 +1,190 @@
+"""The ops exporter: a process of the stack that Prometheus scrapes for what no service
+process can say about itself (docs/ops.md): every consumer group's lag per partition,
+in messages and seconds, with its status over the last looks (the rules of `telemetry lag`),
+how many records the dead-letter topics hold, and the replica's replay lag.
+
+It looks every `ops_exporter_interval_s` whatever the scrapes, so a partition's status is
+judged over evenly spaced looks; a look that fails is counted, and its gauges keep their
+last values with `telemetry_ops_look_success` at 0 (an alert waits for a fresh look)."""
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import httpx
+import psycopg
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+
+from infra import postgres, supervisor
+from infra.config import REPO_ROOT, StackConfig
+from infra.procs import ProcessRef, spawn
+from runtime.kafka_lag import topic_end_offsets
+from runtime.lag_status import LagWindow, Status
+from runtime.lag_view import judge, look
+from runtime.logging import configure_logging
+from runtime.postgres import REPLICA_LAG
+from schemas import topics
+
+NAME = "ops-exporter"
+DEAD_LETTER_TOPICS = (topics.dlq(topics.PINGS),)
+log = logging.getLogger(NAME)
+
+
+class OpsMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        partition = ["group", "topic", "partition"]
+        self.lag_messages = Gauge(
+            "telemetry_consumer_lag_messages",
+            "Records not yet committed by the group",
+            partition,
+            registry=registry,
+        )
+        self.lag_seconds = Gauge(
+            "telemetry_consumer_lag_seconds",
+            "Age of the oldest record not yet committed by the group (0 when none)",
+            partition,
+            registry=registry,
+        )
+        self.status = Gauge(
+            "telemetry_consumer_partition_status",
+            "1 for the partition's status over the last looks (OK, WARN, STALL, STOP, REWIND)",
+            [*partition, "status"],
+            registry=registry,
+        )
+        self.members = Gauge(
+            "telemetry_consumer_group_members",
+            "Consumers in the group now",
+            ["group"],
+            registry=registry,
+        )
+        self.topic_records = Gauge(
+            "telemetry_topic_end_offset",
+            "Records the topic has ever had (its partitions' end offsets summed)",
+            ["topic"],
+            registry=registry,
+        )
+        self.replica_lag = Gauge(
+            "telemetry_replica_replay_lag_seconds",
+            "How far the replica's replay is behind the primary's commits",
+            registry=registry,
+        )
+        self.success = Gauge(
+            "telemetry_ops_look_success",
+            "1 when the last look at the source succeeded",
+            ["source"],
+            registry=registry,
+        )
+        self.failures = Counter(
+            "telemetry_ops_look_failures",
+            "Looks at a source that failed",
+            ["source"],
+            registry=registry,
+        )
+        for source in ("kafka", "replica"):
+            self.failures.labels(source)
+
+
+class Exporter:
+    def __init__(self, config: StackConfig, metrics: OpsMetrics) -> None:
+        self._config = config
+        self._metrics = metrics
+        self._window = LagWindow(config.ops_exporter_window)
+
+    async def look_at_kafka(self) -> None:
+        seen = await look(self._config.kafka_bootstrap)
+        rows = judge(self._window, seen)
+        ends = await topic_end_offsets(self._config.kafka_bootstrap, list(DEAD_LETTER_TOPICS))
+        m = self._metrics
+        for row in rows:
+            labels = (row.group, row.topic, str(row.partition))
+            m.lag_messages.labels(*labels).set(row.lag_messages)
+            m.lag_seconds.labels(*labels).set(row.lag_seconds)
+            for status in Status:
+                m.status.labels(*labels, status.value).set(1 if row.status == status else 0)
+        for group, count in seen.members.items():
+            m.members.labels(group).set(count)
+        for topic, end in ends.items():
+            m.topic_records.labels(topic).set(end)
+
+    def look_at_replica(self) -> None:
+        dsn = postgres.dsn(self._config, "replica")
+        with psycopg.connect(dsn, connect_timeout=3, autocommit=True) as conn:
+            row = conn.execute(REPLICA_LAG).fetchone()
+        self._metrics.replica_lag.set(float(row[0]) if row is not None else 0.0)
+
+    async def look_once(self) -> None:
+        """One look at each source; a failure is counted and logged, never raised."""
+        sources = {
+            "kafka": self.look_at_kafka(),
+            "replica": asyncio.to_thread(self.look_at_replica),
+        }
+        results = await asyncio.gather(*sources.values(), return_exceptions=True)
+        for source, result in zip(sources, results, strict=True):
+            failed = isinstance(result, BaseException)
+            self._metrics.success.labels(source).set(0 if failed else 1)
+            if failed:
+                self._metrics.failures.labels(source).inc()
+                log.warning("look at %s failed: %r", source, result)
+
+
+async def run(config: StackConfig, stopping: asyncio.Event) -> None:
+    registry = CollectorRegistry()
+    exporter = Exporter(config, OpsMetrics(registry))
+    start_http_server(config.ops_exporter_port, addr="127.0.0.1", registry=registry)
+    log.info(
+        "serving metrics on 127.0.0.1:%d; looking at Kafka and the replica every %g s",
+        config.ops_exporter_port,
+        config.ops_exporter_interval_s,
+    )
+    loop = asyncio.get_running_loop()
+    while not stopping.is_set():
+        started = loop.time()
+        await exporter.look_once()
+        wait_s = max(0.0, config.ops_exporter_interval_s - (loop.time() - started))
+        try:
+            await asyncio.wait_for(stopping.wait(), wait_s)
+        except TimeoutError:
+            continue
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m infra.ops_exporter")
+    parser.add_argument("config", type=Path, help="the stack's configuration (JSON)")
+    args = parser.parse_args(argv)
+    configure_logging("INFO", NAME)
+    config = StackConfig.model_validate_json(args.config.read_text())
+
+    async def until_signalled() -> None:
+        stopping = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().add_signal_handler(signum, stopping.set)
+        await run(config, stopping)
+
+    asyncio.run(until_signalled())
+    return 0
+
+
+def url(config: StackConfig) -> str:
+    return f"http://127.0.0.1:{config.ops_exporter_port}"
+
+
+def start(config: StackConfig) -> ProcessRef:
+    return spawn(
+        [sys.executable, "-m", "infra.ops_exporter", str(supervisor.config_path(config))],
+        log_path=config.logs_dir / f"{NAME}.log",
+        cwd=REPO_ROOT,
+    )
+
+
+def ready(config: StackConfig) -> bool:
+    try:
+        return httpx.get(url(config) + "/metrics", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+if __name__ == "__main__":
+    sys.exit(main())

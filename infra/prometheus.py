@@ -1,0 +1,132 @@
+"""Prometheus (Debian's), started by the stack (docs/ops.md): it scrapes every service
+process, HAProxy's exporter and the ops exporter (consumer lag, dead letters, the replica's
+replay lag) every few seconds, keeps a week, and evaluates the alert rules in
+`infra/alerts/rules.yml`. Its scrape targets are written from the running topology and
+reloaded when `telemetry scale` changes it."""
+
+import shutil
+from pathlib import Path
+
+import httpx
+import orjson
+
+from infra import haproxy, services
+from infra.config import REPO_ROOT, StackConfig
+from infra.procs import ProcessRef, StackError, run, spawn
+
+NAME = "prometheus"
+BINARY = "/usr/bin/prometheus"
+PROMTOOL = "/usr/bin/promtool"
+RULES = REPO_ROOT / "infra" / "alerts" / "rules.yml"
+RULE_TESTS = REPO_ROOT / "infra" / "alerts" / "rules_test.yml"
+# Every target's job label: the service's module (api, ingest...), so a rule or a query
+# groups a service's processes; the process's name is its `process` label.
+OPS_EXPORTER_JOB = "ops-exporter"
+HAPROXY_JOB = "haproxy"
+
+
+def url(config: StackConfig) -> str:
+    return config.prometheus_url
+
+
+def config_path(config: StackConfig) -> Path:
+    return config.run_dir / "prometheus.yml"
+
+
+def data_dir(config: StackConfig) -> Path:
+    return config.state_dir / "prometheus"
+
+
+def scrape_jobs(config: StackConfig) -> dict[str, list[tuple[str, str]]]:
+    """job -> [(process name, host:port)] for the stack's topology."""
+    jobs: dict[str, list[tuple[str, str]]] = {}
+    for spec in services.specs(config):
+        service = spec.name.rsplit("-", 1)[0]  # api-2 -> api, photo-worker-1 -> photo-worker
+        jobs.setdefault(service, []).append((spec.name, f"127.0.0.1:{spec.port}"))
+    jobs[HAPROXY_JOB] = [(haproxy.NAME, f"127.0.0.1:{config.haproxy_stats_port}")]
+    jobs[OPS_EXPORTER_JOB] = [(OPS_EXPORTER_JOB, f"127.0.0.1:{config.ops_exporter_port}")]
+    return jobs
+
+
+def render(config: StackConfig, jobs: dict[str, list[tuple[str, str]]]) -> str:
+    """The configuration, a pure function of the settings and the targets. JSON is YAML: no
+    YAML writer needed, and nothing in it needs quoting rules."""
+    document = {
+        "global": {
+            "scrape_interval": f"{config.prometheus_scrape_interval_s}s",
+            "scrape_timeout": f"{min(config.prometheus_scrape_interval_s, 4)}s",
+            "evaluation_interval": f"{config.prometheus_scrape_interval_s}s",
+        },
+        "rule_files": [str(RULES)],
+        "scrape_configs": [
+            {
+                "job_name": job,
+                "static_configs": [
+                    {"targets": [target], "labels": {"process": name}} for name, target in targets
+                ],
+            }
+            for job, targets in jobs.items()
+        ],
+    }
+    header = b"# Written by the stack (infra/prometheus.py) from its topology: edits are lost.\n"
+    return (header + orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n").decode()
+
+
+def binary(name: str = BINARY) -> str:
+    found = shutil.which(Path(name).name) or (name if Path(name).exists() else None)
+    if found is None:
+        raise StackError("Prometheus is missing: install it with 'apt-get install prometheus'")
+    return found
+
+
+def write(config: StackConfig) -> bool:
+    """Writes the configuration for the topology, checked by promtool first; True when it
+    changed."""
+    path = config_path(config)
+    text = render(config, scrape_jobs(config))
+    if path.exists() and path.read_text() == text:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    candidate = path.with_suffix(".new.yml")
+    candidate.write_text(text)
+    run([binary(PROMTOOL), "check", "config", str(candidate)])  # the rules too
+    candidate.replace(path)
+    return True
+
+
+def start(config: StackConfig) -> ProcessRef:
+    write(config)
+    data_dir(config).mkdir(parents=True, exist_ok=True)
+    return spawn(
+        [
+            binary(),
+            f"--config.file={config_path(config)}",
+            f"--storage.tsdb.path={data_dir(config)}",
+            f"--storage.tsdb.retention.time={config.prometheus_retention}",
+            f"--web.listen-address=127.0.0.1:{config.prometheus_port}",
+            # POST /-/reload: how `scale` hands it a new topology.
+            "--web.enable-lifecycle",
+            "--log.format=json",
+        ],
+        log_path=config.logs_dir / f"{NAME}.log",
+    )
+
+
+def follow(config: StackConfig) -> bool:
+    """Rewrites the targets for the topology and, when they changed, reloads Prometheus."""
+    if not write(config):
+        return False
+    try:
+        response = httpx.post(url(config) + "/-/reload", timeout=10)
+    except httpx.HTTPError as exc:
+        raise StackError(f"could not reload Prometheus: {exc}") from exc
+    if response.status_code != 200:
+        raise StackError(f"Prometheus refused the reload: {response.text.strip()}")
+    return True
+
+
+def ready(config: StackConfig) -> bool:
+    try:
+        return httpx.get(url(config) + "/-/ready", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
