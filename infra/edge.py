@@ -139,9 +139,12 @@ http {{
             proxy_set_header Connection "";
             proxy_set_header Host $host;
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-            # One upstream (HAProxy, which retries across processes itself): nothing to
-            # retry here, and a POST must never be sent twice.
-            proxy_next_upstream off;
+            # One upstream (HAProxy, which retries across processes itself). A pooled
+            # connection HAProxy closed as we used it (a reload closes the old workers' idle
+            # ones) is retried once on a new connection, for idempotent methods only: nginx
+            # never resends a POST or a PATCH without `non_idempotent`.
+            proxy_next_upstream error;
+            proxy_next_upstream_tries 2;
             proxy_read_timeout 35s;
 
             proxy_cache edge;

@@ -105,10 +105,12 @@ class LiveReader:
         topic = self._settings.positions_topic
         self._metrics.consumed.labels(topic).inc(len(records))
         for record in records:
+            if record.key is None:
+                continue
             # The key is the driver id: most records are of drivers nobody here watches.
-            if record.key is None or not self._hub.watches_driver(
-                record.key.decode(errors="replace")
-            ):
+            driver = record.key.decode(errors="replace")
+            self._hub.remember(driver, record.value or b"")
+            if not self._hub.watches_driver(driver):
                 continue
             try:
                 update = PositionUpdate.model_validate_json(record.value or b"")

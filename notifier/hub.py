@@ -2,9 +2,12 @@
 consumed job event and position to them. No I/O: frames go to each connection's outbox,
 and a subscriber that needs events it was not sent gets a catch-up started."""
 
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from uuid import UUID
+
+from pydantic import ValidationError
 
 from notifier.errors import NotifierError
 from notifier.frames import EventFrame, position_frame
@@ -17,6 +20,13 @@ from schemas.positions import PositionUpdate
 # While the driver is on the way: before it nobody is assigned, after it the driver's
 # whereabouts are none of the customer's business.
 SHARES_POSITION = frozenset({JobStatus.ASSIGNED, JobStatus.PICKED_UP, JobStatus.COMPLETING})
+# The latest position of this many drivers is kept, raw, whoever watches them: a job
+# assigned to one of them shows where the driver is at once, even when the driver's last
+# fix came in just before the assignment's event (the two travel by different topics, so
+# either may come first). A few hundred bytes each.
+RECENT_DRIVERS = 20_000
+# Older than this, a driver's last fix is not where they are.
+RECENT_FIX = timedelta(minutes=5)
 
 
 class Subscription:
@@ -58,11 +68,21 @@ class JobFeed:
 
 
 class Hub:
-    def __init__(self, metrics: NotifierMetrics, catch_up: Callable[[Subscription], None]) -> None:
+    def __init__(
+        self,
+        metrics: NotifierMetrics,
+        catch_up: Callable[[Subscription], None],
+        *,
+        recent_drivers: int = RECENT_DRIVERS,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         self._metrics = metrics
         self._catch_up = catch_up
         self._feeds: dict[UUID, JobFeed] = {}
         self._by_driver: dict[str, set[JobFeed]] = {}
+        self._recent: OrderedDict[str, bytes] = OrderedDict()
+        self._recent_drivers = recent_drivers
+        self._clock = clock
 
     # --- subscriptions --------------------------------------------------------------
     def watch(self, sub: Subscription) -> None:
@@ -104,12 +124,25 @@ class Hub:
         if driver_id is not None:
             self._by_driver.setdefault(driver_id, set()).add(feed)
 
+    def _send_recent(self, feed: JobFeed, driver_id: str) -> None:
+        """The driver's latest position, to a job that just got them, when it is recent."""
+        raw = self._recent.get(driver_id)
+        if raw is None:
+            return
+        try:
+            update = PositionUpdate.model_validate_json(raw)
+        except ValidationError:
+            return
+        if update.ts >= self._clock() - RECENT_FIX:
+            self._position_to(feed, update)
+
     # --- consumed records -------------------------------------------------------------
     def job_event(self, frame: EventFrame, driver_id: str | None) -> None:
         feed = self._feeds.get(frame.job_id)
         if feed is None:
             return
         feed.status = JobStatus(frame.status)
+        assigned = driver_id is not None and driver_id != feed.driver_id
         if driver_id is not None:
             self._set_driver(feed, driver_id)
         for sub in list(feed.subs):
@@ -119,22 +152,34 @@ class Hub:
                 self._catch_up(sub)
             else:
                 sub.send_events(ready)
+        if assigned and driver_id is not None:
+            self._send_recent(feed, driver_id)  # after the event that says who it is
 
     def watches_driver(self, driver_id: str) -> bool:
         return driver_id in self._by_driver
 
+    def remember(self, driver_id: str, raw: bytes) -> None:
+        """A consumed position record of any driver, kept undecoded (most drivers are
+        nobody's here, and decoding costs); the oldest drivers go past the bound."""
+        self._recent[driver_id] = raw
+        self._recent.move_to_end(driver_id)
+        if len(self._recent) > self._recent_drivers:
+            self._recent.popitem(last=False)
+
     def position(self, update: PositionUpdate) -> None:
-        fix_ts = update.ts.timestamp()
         for feed in self._by_driver.get(update.driver_id, ()):
-            if feed.status not in SHARES_POSITION:
-                continue
-            if feed.last_fix is not None and update.ts <= feed.last_fix:
-                continue  # a replay or an older fix: positions only move forward
-            feed.last_fix = update.ts
-            frame = position_frame(feed.job_id, update)
-            for sub in feed.subs:
-                if sub.snapshot_sent:
-                    sub.outbox.push_position(feed.job_id, frame, fix_ts)
+            self._position_to(feed, update)
+
+    def _position_to(self, feed: JobFeed, update: PositionUpdate) -> None:
+        if feed.status not in SHARES_POSITION:
+            return
+        if feed.last_fix is not None and update.ts <= feed.last_fix:
+            return  # a replay or an older fix: positions only move forward
+        feed.last_fix = update.ts
+        frame = position_frame(feed.job_id, update)
+        for sub in feed.subs:
+            if sub.snapshot_sent:
+                sub.outbox.push_position(feed.job_id, frame, update.ts.timestamp())
 
     @property
     def feeds(self) -> int:

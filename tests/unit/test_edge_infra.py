@@ -1,6 +1,7 @@
 """The edge tiers' configurations, the topology the stack records, and the supervisor's
 restart rules, without the stack running (one test starts a real process to kill)."""
 
+import re
 import signal
 import sys
 from dataclasses import replace
@@ -70,7 +71,9 @@ def test_the_edge_caches_only_public_answers_to_anonymous_requests(tmp_path: Pat
     assert "proxy_no_cache $http_authorization $http_cookie $edge_not_public;" in text
     assert "proxy_cache_valid" not in text  # lifetimes come from the api's Cache-Control
     assert f"add_header {edge.CACHE_STATUS_HEADER} $upstream_cache_status always;" in text
-    assert "proxy_next_upstream off;" in text  # a POST is never sent twice
+    # Only a connection error is retried, and never a POST (no `non_idempotent`).
+    assert "proxy_next_upstream error;" in text
+    assert not re.search(r"proxy_next_upstream [^;]*non_idempotent", text)
     ws = text.split("location = /ws")[1].split("}")[0]
     assert "proxy_set_header Upgrade $http_upgrade;" in ws and "proxy_cache" not in ws
     assert "user " not in text.split("worker_processes")[0]

@@ -6,7 +6,7 @@ import asyncio
 import random
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
@@ -24,10 +24,10 @@ from schemas.notifier import Auth, Subscribe
 JOB = uuid.uuid4()
 
 
-def frame(seq: int) -> EventFrame:
+def frame(seq: int, job: uuid.UUID = JOB) -> EventFrame:
     return event_frame(
         JobEvent(
-            job_id=JOB, seq=seq, type="job.status", status=JobStatus.ASSIGNED,
+            job_id=job, seq=seq, type="job.status", status=JobStatus.ASSIGNED,
             at=datetime.now(UTC), data={"driver_id": "d-1"},
         )
     )  # fmt: skip
@@ -296,3 +296,68 @@ def test_keepalives_are_spread_over_the_interval_and_repeat() -> None:
     schedule.remove(7)
     again = [i for t in range(26, 51) for i in schedule.due(float(t))]
     assert sorted(again) == [i for i in range(1000) if i != 7] and len(schedule) == 999
+
+
+async def test_a_fix_that_came_before_the_assignment_is_sent_after_its_event() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from notifier.hub import Hub, Subscription
+    from notifier.metrics import NotifierMetrics
+    from schemas.positions import PositionUpdate
+
+    now = datetime(2026, 11, 28, 12, 0, 30, tzinfo=UTC)
+    hub = Hub(
+        NotifierMetrics(CollectorRegistry()), lambda _: None, recent_drivers=2, clock=lambda: now
+    )
+
+    async def end(_: object) -> None:
+        raise AssertionError("not ended")
+
+    sock = FakeSocket()
+    outbox = Outbox(sock, max_unsent_bytes=10**6, on_slow=never_slow, on_sent=lambda k, _: None)
+    sub = Subscription(JOB, outbox, end, share=False, max_held=10)
+    hub.watch(sub)
+    sub.seq.start_at(1)
+    sub.seq.live = sub.snapshot_sent = True
+    hub.know_job(JOB, JobStatus.CREATED, None)
+
+    def raw(driver: str, second: int) -> bytes:
+        ts = datetime(2026, 11, 28, 12, 0, second, tzinfo=UTC)
+        update = PositionUpdate(driver_id=driver, ping_id=uuid.uuid4(), ts=ts, lat=1.0, lon=2.0)
+        return update.model_dump_json().encode()
+
+    # The positions topic won the race: d-1's fix is read before the job's assignment.
+    hub.remember("d-1", raw("d-1", 20))
+    hub.remember("d-2", raw("d-2", 21))
+    hub.job_event(frame(2), "d-1")
+    await until(lambda: len(sock.sent) == 2)
+    sent = [orjson.loads(m) for m in sock.sent]
+    assert [m["type"] for m in sent] == ["job.status", "position"]  # the event first
+    assert sent[1]["ts"] == "2026-11-28T12:00:20Z"
+    # The same fix read again (a replay) is not sent twice.
+    hub.position(PositionUpdate.model_validate_json(raw("d-1", 20)))
+    await asyncio.sleep(0.05)  # nothing may arrive: wait out a short deadline for the outbox
+    assert len(sock.sent) == 2
+
+    def watcher(job: uuid.UUID) -> FakeSocket:
+        sock = FakeSocket()
+        outbox = Outbox(sock, max_unsent_bytes=10**6, on_slow=never_slow, on_sent=lambda k, _: None)
+        sub = Subscription(job, outbox, end, share=False, max_held=10)
+        hub.watch(sub)
+        sub.seq.start_at(1)
+        sub.seq.live = sub.snapshot_sent = True
+        hub.know_job(job, JobStatus.CREATED, None)
+        return sock
+
+    # Bounded: a third driver pushes the oldest (d-1) out.
+    hub.remember("d-3", raw("d-3", 0))
+    evicted, stale = uuid.UUID(int=JOB.int + 1), uuid.UUID(int=JOB.int + 2)
+    sockets = {evicted: watcher(evicted), stale: watcher(stale)}
+    hub.job_event(frame(2, job=evicted), "d-1")
+    # A fix older than five minutes is not where the driver is.
+    now += timedelta(minutes=6)
+    hub.job_event(frame(2, job=stale), "d-3")
+    await until(lambda: all(len(sock.sent) == 1 for sock in sockets.values()))
+    await asyncio.sleep(0.05)  # nothing more may arrive: wait out a short deadline
+    for sock in sockets.values():
+        assert [orjson.loads(m)["type"] for m in sock.sent] == ["job.status"]
