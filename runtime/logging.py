@@ -35,6 +35,7 @@ _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
     "message",
     "asctime",
     "taskName",
+    "color_message",  # uvicorn's copy of `msg` with terminal colours
 }
 FIELDS = ("ts", "level", "logger", "msg", "service", "pid")
 

@@ -45,7 +45,9 @@ def lines(out: io.StringIO) -> list[dict[str, object]]:
 
 def test_every_logger_writes_json_with_the_agreed_fields(captured: io.StringIO) -> None:
     logging.getLogger("ingest.app").info("accepted %d pings", 3)
-    logging.getLogger("uvicorn.error").info("Started server process [%d]", 1)
+    logging.getLogger("uvicorn.error").info(
+        "Started server process [%d]", 1, extra={"color_message": "Started \x1b[36m%d\x1b[0m"}
+    )
     logging.getLogger("aiokafka.conn").error("Unable connect to node with id %s", 1)
     token = REQUEST_ID.set("req-1")
     try:
@@ -62,7 +64,7 @@ def test_every_logger_writes_json_with_the_agreed_fields(captured: io.StringIO) 
         assert set(FIELDS) <= set(entry), entry
         assert entry["service"] == "ingest" and entry["pid"] == os.getpid()
     assert got[0]["msg"] == "accepted 3 pings" and got[0]["level"] == "info"
-    assert got[1]["logger"] == "uvicorn.error"
+    assert got[1]["logger"] == "uvicorn.error" and "color_message" not in got[1]
     assert got[2]["level"] == "error" and got[2]["logger"] == "aiokafka.conn"
     assert "request_id" not in got[0]
     assert got[3]["request_id"] == "req-1" and got[3]["elapsed_ms"] == 12
