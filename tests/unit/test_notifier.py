@@ -313,13 +313,18 @@ async def test_a_fix_that_came_before_the_assignment_is_sent_after_its_event() -
     async def end(_: object) -> None:
         raise AssertionError("not ended")
 
-    sock = FakeSocket()
-    outbox = Outbox(sock, max_unsent_bytes=10**6, on_slow=never_slow, on_sent=lambda k, _: None)
-    sub = Subscription(JOB, outbox, end, share=False, max_held=10)
-    hub.watch(sub)
-    sub.seq.start_at(1)
-    sub.seq.live = sub.snapshot_sent = True
-    hub.know_job(JOB, JobStatus.CREATED, None)
+    def watcher(job: uuid.UUID) -> FakeSocket:
+        """A live subscriber of `job`, created and not yet assigned; its socket."""
+        sock = FakeSocket()
+        outbox = Outbox(sock, max_unsent_bytes=10**6, on_slow=never_slow, on_sent=lambda k, _: None)
+        sub = Subscription(job, outbox, end, share=False, max_held=10)
+        hub.watch(sub)
+        sub.seq.start_at(1)
+        sub.seq.live = sub.snapshot_sent = True
+        hub.know_job(job, JobStatus.CREATED, None)
+        return sock
+
+    sock = watcher(JOB)
 
     def raw(driver: str, second: int) -> bytes:
         ts = datetime(2026, 11, 28, 12, 0, second, tzinfo=UTC)
@@ -338,16 +343,6 @@ async def test_a_fix_that_came_before_the_assignment_is_sent_after_its_event() -
     hub.position(PositionUpdate.model_validate_json(raw("d-1", 20)))
     await asyncio.sleep(0.05)  # nothing may arrive: wait out a short deadline for the outbox
     assert len(sock.sent) == 2
-
-    def watcher(job: uuid.UUID) -> FakeSocket:
-        sock = FakeSocket()
-        outbox = Outbox(sock, max_unsent_bytes=10**6, on_slow=never_slow, on_sent=lambda k, _: None)
-        sub = Subscription(job, outbox, end, share=False, max_held=10)
-        hub.watch(sub)
-        sub.seq.start_at(1)
-        sub.seq.live = sub.snapshot_sent = True
-        hub.know_job(job, JobStatus.CREATED, None)
-        return sock
 
     # Bounded: a third driver pushes the oldest (d-1) out.
     hub.remember("d-3", raw("d-3", 0))
