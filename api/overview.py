@@ -92,6 +92,10 @@ def number(text: str) -> float | None:
 class PrometheusClient:
     url: str
     timeout_s: float = 3.0
+    transport: httpx.AsyncBaseTransport | None = None  # tests answer for Prometheus
+
+    def session(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(transport=self.transport)
 
     async def _get(self, client: httpx.AsyncClient, path: str, **params: Any) -> Any:
         try:
@@ -177,7 +181,7 @@ class Overview(BaseModel):
 
 
 async def overview(prometheus: PrometheusClient, now: float) -> dict[str, Any]:
-    async with httpx.AsyncClient() as client:
+    async with prometheus.session() as client:
         asked: dict[tuple[str, str], Awaitable[Any]] = {}
         for name, expr in INSTANT.items():
             asked["instant", name] = prometheus.query(client, expr)
