@@ -45,10 +45,13 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	@# The load generator's Go, where there is a Go (bench/loadgen installs one when it runs).
+	@if command -v go >/dev/null; then cd bench/loadgen && go vet . && test -z "$$(gofmt -l .)"; fi
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+	@if command -v go >/dev/null; then gofmt -w bench/loadgen; fi
 
 clean: down
 	rm -rf .telemetry

@@ -1,11 +1,14 @@
 """Runs a scenario against a stack and records what it saw: fleet progress, CPU, lag."""
 
 import asyncio
+import contextlib
 import importlib
+import os
 import resource
+import signal
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,7 +20,7 @@ from bench.sampler import Sampler
 from bench.scenarios import SCENARIOS
 from bench.stats import FleetStats
 from infra.config import REPO_ROOT
-from infra.procs import wait_until
+from infra.procs import ProcessRef, wait_until
 from infra.stack import Stack
 from runtime.auth import issue_token
 from runtime.kafka_lag import consumer_group_lag
@@ -76,6 +79,17 @@ def driver_tokens_file(stack: Stack, drivers: int, path: Path) -> Path:
         )
     )
     return path
+
+
+@contextlib.contextmanager
+def paused(ref: ProcessRef) -> Iterator[None]:
+    """Freezes a process (SIGSTOP) for the block: isolates a phase from its CPU, or holds a
+    consumer back while a backlog builds."""
+    os.kill(ref.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(ref.pid, signal.SIGCONT)
 
 
 def drain_stream(stack: Stack, timeout_s: float = 300.0) -> float:

@@ -3,8 +3,16 @@ section 6). A fresh ApiError per answer: no exception instance is shared."""
 
 from fastapi import FastAPI
 
-from ingest.errors import Backpressure, BrokerUnavailable, InvalidBatch, NoValidPing, RateLimited
-from runtime.http import ApiError, map_errors
+from ingest.errors import (
+    Backpressure,
+    BrokerUnavailable,
+    IngestError,
+    InvalidBatch,
+    NoValidPing,
+    RateLimited,
+)
+from runtime.auth import AuthError, ForbiddenError
+from runtime.http import ApiError, auth_api_error, map_errors
 
 RETRY_1S = {"Retry-After": "1"}
 
@@ -22,6 +30,19 @@ def to_api_error(exc: Exception) -> ApiError:
         case BrokerUnavailable():
             return ApiError(503, "event log unavailable, retry later", headers=RETRY_1S)
     raise TypeError(f"no HTTP mapping for {exc!r}")
+
+
+# What the hot route answers for (it runs before FastAPI's exception handlers).
+ANSWERED = (ApiError, AuthError, ForbiddenError, IngestError)
+
+
+def answer_for(exc: ApiError | AuthError | ForbiddenError | IngestError) -> ApiError:
+    """The answer to any error of ANSWERED, as the app's exception handlers give it."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, AuthError | ForbiddenError):
+        return auth_api_error(exc)
+    return to_api_error(exc)
 
 
 def install(app: FastAPI) -> None:

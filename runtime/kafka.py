@@ -68,6 +68,8 @@ class AckedProducer:
         return self._producer is not None
 
     async def _ensure_started(self) -> AIOKafkaProducer:
+        if self._producer is not None:
+            return self._producer  # the usual case, without the lock
         async with self._starting:
             if self._producer is not None:
                 return self._producer

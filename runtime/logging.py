@@ -11,9 +11,9 @@ pass says how many were dropped (`suppressed`)."""
 
 import logging
 import logging.config
+import random
 import re
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from contextvars import ContextVar
@@ -37,11 +37,14 @@ _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
     "taskName",
     "color_message",  # uvicorn's copy of `msg` with terminal colours
 }
+_REQUEST_ID_NAME = REQUEST_ID_HEADER.lower().encode()
 FIELDS = ("ts", "level", "logger", "msg", "service", "pid")
 
 
 def new_request_id() -> str:
-    return uuid.uuid4().hex
+    # 128 random bits from the process's generator, not the OS's: an id needs to be
+    # unique, not unguessable, and os.urandom is a system call per request.
+    return f"{random.getrandbits(128):032x}"
 
 
 def accepted_request_id(given: str | None) -> str:
@@ -162,14 +165,14 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self._app(scope, receive, send)
             return
-        given = dict(scope["headers"]).get(REQUEST_ID_HEADER.lower().encode())
+        given = next((v for k, v in scope["headers"] if k == _REQUEST_ID_NAME), None)
         request_id = accepted_request_id(given.decode("latin-1") if given else None)
         token = REQUEST_ID.set(request_id)
 
         async def send_with_id(message: Any) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
-                headers.append((REQUEST_ID_HEADER.lower().encode(), request_id.encode()))
+                headers.append((_REQUEST_ID_NAME, request_id.encode()))
                 message = {**message, "headers": headers}
             await send(message)
 

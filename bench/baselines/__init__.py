@@ -5,9 +5,9 @@ import contextlib
 import os
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 import uvicorn
-from fastapi import FastAPI
 
 from infra import pgbouncer
 from infra.config import REPO_ROOT
@@ -15,8 +15,8 @@ from infra.procs import ProcessRef, free_port, port_open, spawn, stop, wait_unti
 from infra.stack import Stack
 
 
-def serve(app: FastAPI) -> None:
-    """How every naive endpoint serves: as our services do, on NAIVE_PORT."""
+def serve(app: Any) -> None:
+    """How every baseline endpoint serves: as our services do, on NAIVE_PORT."""
     uvicorn.run(
         app,
         host="127.0.0.1",

@@ -1,3 +1,3 @@
 """Benchmark scenarios: each module has `run(stack, options) -> report` and `summary(report)`."""
 
-SCENARIOS = ("smoke", "ingest", "pipeline", "storage", "jobs", "reads", "notifier", "edge")
+SCENARIOS = ("smoke", "ingest", "pipeline", "storage", "jobs", "reads", "notifier", "edge", "drain")

@@ -1,29 +1,39 @@
 """ingest: how many pings/s one ingest process accepts, and at what latency, beside the
-ceiling (a bare aiokafka producer sending the same records) and the floor (the naive design:
-one INSERT per ping inside the request), all measured in the same run on the same stack.
+ceilings (a bare aiokafka producer sending the same records; a bare HTTP handler that only
+reads and parses the body) and the floor (the naive design: one INSERT per ping inside the
+request), all measured in the same run on the same stack.
 
-Load comes from wrk (C) with a Lua script, so the generator is not the bottleneck; its CPU
-is reported. Options (--set KEY=VALUE): duration_s (per phase, default 20), connections
-(default 64), drivers (distinct tokens, default 20000), fleet_drivers (the latency phase's
-fleet, default 15000: 3,750 pings/s)."""
+Throughput phases load with wrk (C) as fast as it goes. The seed's fleet (15,000 drivers,
+one ping each every 4 s) and the rate steps load with bench/loadgen (Go, open loop,
+latency from each request's due time). A profile phase samples ingest with py-spy under a
+fixed load. Options (--set KEY=VALUE): duration_s (per wrk phase, default 20), connections
+(default 64), drivers (distinct tokens, default 20000), fleet_drivers (default 15000),
+fleet_s (default 60), warmup_s (unmeasured seconds before each open-loop phase, default
+8), steps (request rates, default 250,500,750,1000,1250,1500), step_s (default 20),
+profile_rate (requests/s while profiling, default 500), profile_s (default 15), via
+(where the open-loop phases post: ingest-1, the default, or haproxy, the balancer in front
+of every ingest process)."""
 
 import asyncio
+import concurrent.futures
 import contextlib
 import os
-import signal
+import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench import profile
 from bench.baselines import naive_endpoint
 from bench.baselines.bare_producer import produce
-from bench.fleet import FleetConfig
-from bench.harness import drain_stream, drive_fleet, driver_tokens_file
+from bench.harness import drain_stream, driver_tokens_file
+from bench.harness import paused as frozen
+from bench.loadgen_runner import LoadResult, ensure_built, run_loadgen
 from bench.sampler import Sampler
 from bench.wrk_runner import run_wrk
-from infra import install
+from infra import haproxy, install
 from infra.procs import ProcessRef
 from infra.stack import Stack
 from schemas import topics
@@ -43,16 +53,6 @@ def _records(count: int, batch: int) -> list[tuple[bytes, bytes]]:
         record = PingBatchRecord(driver_id=driver, received_at=now, pings=pings)
         out.append((driver.encode(), record.model_dump_json().encode()))
     return out
-
-
-@contextlib.contextmanager
-def _paused(ref: ProcessRef) -> Iterator[None]:
-    """Freezes a process (SIGSTOP) for the block: isolates ingest from the stream's CPU."""
-    os.kill(ref.pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        os.kill(ref.pid, signal.SIGCONT)
 
 
 def _measured(
@@ -115,58 +115,81 @@ def run(stack: Stack, options: dict[str, Any]) -> dict[str, Any]:
     phases.append(_measured(stack, "bare producer (ceiling), 100/record", {}, bare))
     phases[-1]["drain_before_s"] = drain_s
     wrk_phase("ingest, 100/request, whole stack", ingest_url, 100)
+    with naive_endpoint(stack, "bare_handler") as (bare_base, bare_handler):
+        wrk_phase(
+            "bare handler (HTTP ceiling), 1/request",
+            f"{bare_base}/v1/pings",
+            1,
+            extra={"bare-handler": bare_handler},
+        )
     drain_stream(stack)
     with contextlib.ExitStack() as paused:
         for ref in streams:
-            paused.enter_context(_paused(ref))
+            paused.enter_context(frozen(ref))
         wrk_phase("ingest, 100/request, streams paused", ingest_url, 100, drain=False)
         wrk_phase("ingest, 1/request, streams paused", ingest_url, 1, drain=False)
     wrk_phase("ingest, 1/request, whole stack", ingest_url, 1)
-    # The latency goal's load, 15,000 drivers each posting a ping every 4 s, from the
-    # fleet simulator: open loop per driver, so a slow answer does not slow the offered
-    # rate (wrk's pacing delay does, and inflates latency with the connection count).
+    # The seed's load: every driver with its own token, a ping every 4 s at its own phase,
+    # open loop. The unmeasured warm-up lets each ingest process verify each driver's token
+    # once (a driver app reuses its token; the check is then a cache hit).
+    loadgen = ensure_built(stack.config.state_dir / "bin")
+    # `via=haproxy`: the open-loop phases go through the balancer, to every ingest process.
+    via = str(options.get("via", "ingest-1"))
+    fleet_url = haproxy.url(stack.config) + "/v1/pings" if via == "haproxy" else ingest_url
     fleet_drivers = int(options.get("fleet_drivers", 15000))
+    warmup = float(options.get("warmup_s", 8))
 
-    def fleet() -> dict[str, Any]:
-        config = FleetConfig(
-            drivers=fleet_drivers,
-            interval_s=4.0,
-            duration_s=duration,
-            ingest_urls=[stack.records["ingest-1"].endpoint["url"]],
-            private_key_path=stack.config.jwt_private_key,
-            driver_prefix=f"fleet{uuid.uuid4().hex[:6]}",
-            processes=2,
-            dead_zone_rate_per_s=0.0,  # steady load: no bursts in this phase
-        )
-        run = drive_fleet(stack, config)
-        stats = run.stats.summary()
-        seconds = run.wall_s
-        return {
-            "batch": 1,
-            "offered_requests_per_s": fleet_drivers / 4.0,
-            "seconds": round(seconds, 2),
-            "requests_per_s": round(stats["requests"] / seconds, 1),
-            "accepted_pings_per_s": round(stats["accepted"] / seconds, 1),
-            "statuses": stats["status_counts"],
-            "latency_ms": stats["latency_ms"],
-            "generator_cpu_cores": run.as_report()["generator_cpu_cores"],
-            "unfinished_slices": stats["unfinished_slices"],
-        }
+    def open_loop(drivers: int, seconds: float) -> LoadResult:
+        return run_loadgen(
+            loadgen, fleet_url, tokens, drivers=drivers, interval_s=4.0,
+            duration_s=seconds, warmup_s=warmup,
+        )  # fmt: skip
 
-    drain_stream(stack)
-    phases.append(
-        _measured(stack, f"ingest, fleet of {fleet_drivers} drivers, 1 ping / 4 s each", {}, fleet)
+    def fleet_phase(name: str, drivers: int, seconds: float) -> dict[str, Any]:
+        drain_s = drain_stream(stack)
+        phase = _measured(stack, name, {}, lambda: open_loop(drivers, seconds).summary())
+        phases.append(phase | {"drain_before_s": drain_s, "open_loop": True})
+        return phase
+
+    fleet_phase(
+        f"seed fleet: {fleet_drivers} drivers, 1 ping / 4 s each, whole stack",
+        fleet_drivers,
+        float(options.get("fleet_s", 60)),
     )
+    # The highest rate that meets the latency goal on this machine, step by step.
+    for rate in [
+        int(r) for r in str(options.get("steps", "250,500,750,1000,1250,1500")).split(",")
+    ]:
+        fleet_phase(
+            f"open-loop step: {rate} req/s ({rate * 4} drivers), whole stack",
+            rate * 4,
+            float(options.get("step_s", 20)),
+        )
+    # Where ingest's time goes, under a load it keeps up with.
+    profile_rate = int(options.get("profile_rate", 500))
+    profile_s = int(options.get("profile_s", 15))
+    raw = workdir / "ingest-profile.txt"
+    with contextlib.ExitStack() as running:
+        pool = running.enter_context(concurrent.futures.ThreadPoolExecutor(1))
+        load = pool.submit(open_loop, profile_rate * 4, profile_s + 4)
+        time.sleep(warmup + 2)  # the warm-up, then into the measured part: no deadline here
+        profile.record(stack.records["ingest-1"].ref.pid, profile_s, raw)
+        profiled_load = load.result().summary()
+    hotspots = profile.summarise(raw).as_dict()
     with naive_endpoint(stack, "naive_ingest") as (naive_base, naive):
         naive_url = f"{naive_base}/v1/pings"
         extra = {"naive": naive}
         wrk_phase("naive insert-per-ping (floor), 100/request", naive_url, 100, extra=extra)
         wrk_phase("naive insert-per-ping (floor), 1/request", naive_url, 1, extra=extra)
     return {
+        "profile": hotspots
+        | {"requests_per_s": profile_rate, "seconds": profile_s, "load": profiled_load},
         "config": {
             "duration_s": duration,
             "connections": connections,
             "fleet_drivers": fleet_drivers,
+            "warmup_s": warmup,
+            "open_loop_via": via,
             "ingest_processes": sum(1 for n in stack.records if n.startswith("ingest-")),
             "cpus": os.cpu_count(),
         },
@@ -174,26 +197,89 @@ def run(stack: Stack, options: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _ingest_ms_per_request(phase: dict[str, Any]) -> float | None:
+    """Ingest's CPU per answered request: its processes' mean CPU over the request rate."""
+    if not phase["name"].startswith(("ingest", "seed", "open-loop")):
+        return None  # a baseline's phase: ingest idles
+    cpu = sum(v for k, v in phase["cpu_pct"].items() if k.startswith("ingest-"))
+    rate = phase.get("requests_per_s") or 0.0
+    return 10 * cpu / rate if cpu and rate else None
+
+
+def _phase_line(p: dict[str, Any]) -> str:
+    line = f"{p['name']}: {p['accepted_pings_per_s']:,.0f} pings/s"
+    if p.get("open_loop"):
+        lat = p["latency_ms"]
+        line += (
+            f" of {p['offered_requests_per_s']:,.0f} offered, "
+            f"{p['accepted_first_try_pct']:.2f} % accepted on the first try, latency from the "
+            f"due time p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms, p99.9 "
+            f"{lat['p99.9']:.1f} ms, statuses {p['statuses']}, errors {p['errors'] or 'none'}, "
+            f"loadgen CPU {p['generator_cpu_cores']} cores"
+        )
+    elif "requests_per_s" in p:
+        lat = p["latency_ms"]
+        line += (
+            f", {p['requests_per_s']:,.0f} req/s, p50 {lat['p50']:.1f} ms, "
+            f"p99 {lat['p99']:.1f} ms, statuses {p['statuses']}, "
+            f"wrk CPU {p['generator_cpu_cores']} cores"
+        )
+    per_request = _ingest_ms_per_request(p)
+    if per_request is not None:
+        line += f"; ingest CPU {per_request:.2f} ms/request"
+    cpu = ", ".join(f"{k} {v:.0f}%" for k, v in p["cpu_pct"].items() if v >= 5)
+    return f"{line}; CPU: {cpu}"
+
+
+def _goals(phases: dict[str, dict[str, Any]], report: dict[str, Any]) -> list[str]:
+    def find(prefix: str) -> dict[str, Any]:
+        return next(p for name, p in phases.items() if name.startswith(prefix))
+
+    def meets(p: dict[str, Any]) -> bool:
+        return bool(p["accepted_first_try_pct"] >= 99.9 and p["latency_ms"]["p99"] < 50.0)
+
+    seed = find("seed fleet")
+    steps = [p for name, p in phases.items() if name.startswith("open-loop step")]
+    held = [p["offered_requests_per_s"] for p in steps if meets(p)]
+    bare_http = find("bare handler")["requests_per_s"]
+    bare_kafka = find("bare producer")["accepted_pings_per_s"]
+    single_paused = find("ingest, 1/request, streams paused")["requests_per_s"]
+    single_whole = find("ingest, 1/request, whole stack")["requests_per_s"]
+    batched = find("ingest, 100/request, whole stack")["accepted_pings_per_s"]
+    return [
+        f"GOAL seed fleet (>= 99.9 % first try, p99 < 50 ms): "
+        f"{seed['accepted_first_try_pct']:.2f} %, p99 {seed['latency_ms']['p99']:.1f} ms: "
+        f"{'met' if meets(seed) else 'not met'}",
+        "GOAL highest open-loop step that holds both: "
+        + (f"{max(held):,.0f} req/s" if held else "none of the steps"),
+        f"GOAL single-ping ingest >= 0.5 x bare handler: {single_paused:,.0f} req/s streams "
+        f"paused ({single_paused / bare_http:.2f} x), {single_whole:,.0f} whole stack "
+        f"({single_whole / bare_http:.2f} x) vs {bare_http:,.0f}",
+        f"GOAL batched ingest, whole stack >= 0.5 x bare producer: {batched:,.0f} vs "
+        f"{bare_kafka:,.0f} pings/s ({batched / bare_kafka:.2f} x)",
+    ]
+
+
 def summary(report: dict[str, Any]) -> list[str]:
     config = report["config"]
     lines = [
         f"{config['cpus']} cores, whole stack on the same machine; {config['duration_s']} s "
-        f"per phase; wrk with {config['connections']} connections"
+        f"per wrk phase with {config['connections']} connections; open-loop phases "
+        f"(bench/loadgen) after {config['warmup_s']:g} unmeasured seconds, to "
+        f"{config['open_loop_via']} ({config['ingest_processes']} ingest process(es) running)"
     ]
-    for p in report["phases"]:
-        line = f"{p['name']}: {p['accepted_pings_per_s']:,.0f} pings/s"
-        if "requests_per_s" in p:
-            lat = p["latency_ms"]
-            line += (
-                f", {p['requests_per_s']:,.0f} req/s, p50 {lat['p50']:.1f} ms, "
-                f"p99 {lat['p99']:.1f} ms, statuses {p['statuses']}, "
-                f"wrk CPU {p['generator_cpu_cores']} cores"
-            )
-        if p.get("unfinished_slices"):
-            line += (
-                f", {p['unfinished_slices']} fleet process(es) still retrying at the deadline"
-                " (figures up to their last report)"
-            )
-        cpu = ", ".join(f"{k} {v:.0f}%" for k, v in p["cpu_pct"].items() if v >= 5)
-        lines.append(f"{line}; CPU: {cpu}")
+    lines += [_phase_line(p) for p in report["phases"]]
+    lines += _goals({p["name"]: p for p in report["phases"]}, report)
+    prof = report["profile"]
+    load = prof["load"]
+    lines.append(
+        f"PROFILE of ingest-1 (py-spy, {prof['samples']} samples over {prof['seconds']} s at "
+        f"{prof['requests_per_s']} req/s; {load['accepted_first_try_pct']:.2f} % accepted, "
+        f"p99 {load['latency_ms']['p99']:.1f} ms), by area of the leaf frame: "
+        + ", ".join(f"{area} {pct} %" for area, pct in prof["area_pct"])
+    )
+    lines.append(
+        "PROFILE top functions by own samples: "
+        + "; ".join(f"{name} {pct} %" for name, pct in prof["self_pct"][:12])
+    )
     return lines

@@ -236,3 +236,64 @@ def test_the_request_id_is_answered_and_travels_on_the_kafka_record(
         (("request_id", new_id.encode()),),
         (("request_id", odd.headers["X-Request-ID"].encode()),),
     ]
+
+
+def test_the_hot_route_is_labelled_declared_and_answers_errors_in_the_envelope(
+    keys: tuple[Path, Path], publisher: FakePublisher
+) -> None:
+    app = create_app(
+        settings(keys[1]), adapters(keys[1], publisher, FakeLimiter()), clock=lambda: NOW
+    )
+    registry = CollectorRegistry()
+    with TestClient(instrument(app, registry)) as c:
+        token = issue_token(keys[0], sub="d1", role=Role.DRIVER)
+        customer = issue_token(keys[0], sub="c1", role=Role.CUSTOMER)
+        ok = c.post("/v1/pings", json=body(), headers={"Authorization": f"Bearer {token}"})
+        none = c.post("/v1/pings", json=body())
+        basic = c.post("/v1/pings", json=body(), headers={"Authorization": "Basic eDp5"})
+        wrong = c.post("/v1/pings", json=body(), headers={"Authorization": f"Bearer {customer}"})
+        big = c.post(
+            "/v1/pings",
+            content=b" " * (300 * 1024),
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        spec = c.get("/openapi.json").json()
+    assert ok.status_code == 202
+    for r in (none, basic):
+        assert r.status_code == 401 and r.headers["WWW-Authenticate"] == 'Bearer realm="telemetry"'
+        assert r.json()["error"]["message"] == "Authorization must be 'Bearer <token>'"
+    assert (wrong.status_code, wrong.json()["error"]["code"]) == (403, "forbidden")
+    assert (big.status_code, big.json()["error"]["code"]) == (413, "payload_too_large")
+    # The request metrics carry the route's template, as for any FastAPI route.
+    labels = {"route": "/v1/pings", "method": "POST", "status": "202"}
+    assert registry.get_sample_value("http_requests_total", labels) == 1.0
+    # The OpenAPI document still has the route, with its bearer scheme and its body.
+    post = spec["paths"]["/v1/pings"]["post"]
+    assert post["security"] == [{"HTTPBearer": []}]
+    assert "202" in post["responses"] and "requestBody" in post
+    assert len(publisher.published) == 1
+
+
+async def test_a_client_that_hangs_up_before_its_body_gets_no_answer_and_nothing_is_sent(
+    keys: tuple[Path, Path], publisher: FakePublisher
+) -> None:
+    app = create_app(
+        settings(keys[1]), adapters(keys[1], publisher, FakeLimiter()), clock=lambda: NOW
+    )
+    token = issue_token(keys[0], sub="d1", role=Role.DRIVER).encode()
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/pings",
+        "headers": [(b"authorization", b"Bearer " + token)],
+    }
+    sent: list[object] = []
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.disconnect"}
+
+    async def send(message: object) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    assert sent == [] and publisher.published == []

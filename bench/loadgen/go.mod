@@ -1,0 +1,3 @@
+module telemetry/bench/loadgen
+
+go 1.19
