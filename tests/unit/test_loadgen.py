@@ -49,7 +49,7 @@ def serve(behaviour: Server) -> Iterator[str]:
             with behaviour.lock:
                 behaviour.requests.append((time.time(), self.headers["Authorization"], body))
                 n = len(behaviour.requests)
-            time.sleep(behaviour.delay_s)
+            time.sleep(behaviour.delay_s)  # a slow server: the answer waits until its time is up
             status = 503 if behaviour.fail_every and n % behaviour.fail_every == 0 else 202
             answer = b'{"accepted": 1, "rejected": []}'
             try:
