@@ -26,7 +26,7 @@ from bench.baselines.bare_producer import produce_each
 from bench.harness import STREAMS_GROUP, drain_stream, paused
 from bench.sampler import Sampler
 from infra import pgbouncer
-from infra.procs import ProcessRef
+from infra.procs import ProcessRef, wait_until
 from infra.stack import Stack
 from runtime.kafka_lag import PartitionLag, consumer_group_lag
 from schemas import topics
@@ -99,10 +99,11 @@ def _drain(stack: Stack, workers: int, records: list[tuple[bytes, bytes]], pings
     ).start()
     started = time.monotonic()
     try:
-        while sum(p.lag_messages for p in _lags(stack)) > 0:
-            if time.monotonic() - started > timeout_s:
-                raise TimeoutError(f"{workers} worker(s) did not drain within {timeout_s:g} s")
-            time.sleep(0.5)  # poll the committed offsets until the backlog is gone
+        drained = wait_until(
+            lambda: sum(p.lag_messages for p in _lags(stack)) == 0, timeout_s, interval_s=0.5
+        )
+        if not drained:
+            raise TimeoutError(f"{workers} worker(s) did not drain within {timeout_s:g} s")
     finally:
         sampler.stop()
     seconds = time.monotonic() - started
