@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install install-test system up down status simulate test test-unit test-integration lint format typecheck clean
+.PHONY: install install-test system up down status simulate test test-containers images test-unit test-integration lint format typecheck clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,20 @@ install-test: $(STAMP) ## install, and what the tests need (Chromium)
 test: install-test ## unit and integration tests; the integration tests start their own stack
 	$(BIN)/pytest $(PYTEST_ARGS)
 	TELEMETRY_STORAGE=native $(BIN)/pytest -m storage tests/integration $(PYTEST_ARGS)
+
+# Integration tests again with every component in a container of its image (Podman, through
+# testcontainers): by default the stack's own, the skeleton path and the stream's and
+# ingest's fault tests (what CI runs); CONTAINER_TESTS=tests/integration runs them all. The
+# images are built first, once (`telemetry images`).
+CONTAINER_TESTS ?= tests/integration/test_stack.py tests/integration/test_stack_lifecycle.py \
+	tests/integration/test_skeleton.py tests/integration/test_streams_reliability.py \
+	tests/integration/test_ingest_faults.py
+test-containers: install-test ## integration tests on containers (Podman)
+	$(BIN)/telemetry images
+	TELEMETRY_TEST_BACKEND=containers $(BIN)/pytest $(CONTAINER_TESTS) $(PYTEST_ARGS)
+
+images: install ## build the container images that are not built yet
+	$(BIN)/telemetry images
 
 test-unit: $(STAMP)
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)

@@ -77,6 +77,19 @@ def cmd_install(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_images(args: argparse.Namespace) -> int:
+    from infra.containers import images
+
+    config = StackConfig()
+    built = images.build(
+        config, lambda step: console.log(step), tuple(args.names), program=args.engine
+    )
+    for name in args.names or [image.name for image in images.IMAGES]:
+        console.print(images.reference(name))
+    console.print(f"built {len(built)}, the others were up to date")
+    return 0
+
+
 def cmd_down(args: argparse.Namespace) -> int:
     _stack(StackConfig(), lambda step: console.log(step)).down()
     console.print("stack stopped")
@@ -435,6 +448,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     install.set_defaults(func=cmd_install)
     sub.add_parser("down", help="stop everything `up` started").set_defaults(func=cmd_down)
+
+    images = sub.add_parser(
+        "images",
+        help="build the container images (infra/containers/) that are not built yet",
+    )
+    images.add_argument("names", nargs="*", help="only these (kafka, postgres, app...)")
+    images.add_argument(
+        "--engine", choices=("podman", "docker"), default="podman", help="what builds them"
+    )
+    images.set_defaults(func=cmd_images)
 
     scale = sub.add_parser(
         "scale",

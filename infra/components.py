@@ -4,7 +4,7 @@ Adding a component (the notifier, HAProxy, Prometheus) is one entry here."""
 
 import signal
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from infra import (
     edge,
@@ -21,7 +21,9 @@ from infra import (
     supervisor,
 )
 from infra.config import StackConfig
-from infra.procs import ProcessRef, StackError, wait_until
+from infra.containers import engine
+from infra.launch import Command
+from infra.procs import StackError, wait_until
 
 
 def _nothing() -> None:
@@ -31,7 +33,8 @@ def _nothing() -> None:
 @dataclass(frozen=True)
 class Component:
     name: str
-    start: Callable[[], ProcessRef]
+    # What runs (infra/launch.py), after `prepare`.
+    command: Callable[[], Command]
     # Healthy now (status, and the wait after start unless `startup_ready` is given).
     ready: Callable[[], bool]
     # (port, the env var that moves it): checked free before starting.
@@ -40,8 +43,8 @@ class Component:
     # Started only once these are ready (and their `on_ready` has run).
     after: tuple[str, ...] = ()
     stop_signal: int = signal.SIGTERM
-    # Runs before start (initdb, a replica's clone); idempotent.
-    prepare: Callable[[], None] = _nothing
+    # Runs before each start: configuration files, initdb, a replica's clone; idempotent.
+    prepare: Callable[[], object] = _nothing
     # What "up far enough for on_ready" means, when not `ready` itself.
     startup_ready: Callable[[], bool] | None = None
     # Runs once it is ready, on every `up` (migrations, topics); idempotent.
@@ -95,7 +98,8 @@ def components(config: StackConfig, report: Callable[[str], None]) -> list[Compo
         # component that needs it is about to start.
         Component(
             "kafka",
-            start=lambda: kafka.start(config),
+            command=lambda: kafka.command(config),
+            prepare=lambda: kafka.prepare(config),
             ready=lambda: kafka.ready(config),
             ports=(
                 (config.kafka_port, "TELEMETRY_KAFKA_PORT"),
@@ -106,14 +110,15 @@ def components(config: StackConfig, report: Callable[[str], None]) -> list[Compo
         ),
         Component(
             "redis",
-            start=lambda: redis.start(config),
+            command=lambda: redis.command(config),
+            prepare=lambda: redis.prepare(config),
             ready=lambda: redis.ready(config),
             ports=((config.redis_port, "TELEMETRY_REDIS_PORT"),),
             endpoint={"url": redis.url(config)},
         ),
         Component(
             "postgres-primary",
-            start=lambda: postgres.start(
+            command=lambda: postgres.command(
                 config, "primary", timescaledb=storage.recorded(config) == "timescaledb"
             ),
             ready=lambda: postgres.ready(config, "primary"),
@@ -127,7 +132,7 @@ def components(config: StackConfig, report: Callable[[str], None]) -> list[Compo
         ),
         Component(
             "postgres-replica",
-            start=lambda: postgres.start(
+            command=lambda: postgres.command(
                 config, "replica", timescaledb=storage.recorded(config) == "timescaledb"
             ),
             ready=lambda: postgres.ready(config, "replica"),
@@ -140,7 +145,8 @@ def components(config: StackConfig, report: Callable[[str], None]) -> list[Compo
         ),
         Component(
             "pgbouncer",
-            start=lambda: pgbouncer.start(config),
+            command=lambda: pgbouncer.command(config),
+            prepare=lambda: pgbouncer.write_config(config),
             ready=lambda: pgbouncer.ready(config),
             ports=((config.pgbouncer_port, "TELEMETRY_PGBOUNCER_PORT"),),
             endpoint={
@@ -155,7 +161,7 @@ def components(config: StackConfig, report: Callable[[str], None]) -> list[Compo
         result.append(
             Component(
                 spec.name,
-                start=lambda spec=spec: services.start(config, spec),  # type: ignore[misc]
+                command=lambda spec=spec: services.command(spec),  # type: ignore[misc]
                 ready=lambda spec=spec: services.ready(spec),  # type: ignore[misc]
                 ports=((spec.port, spec.port_env),),
                 endpoint=spec.endpoint,
@@ -172,7 +178,8 @@ def components(config: StackConfig, report: Callable[[str], None]) -> list[Compo
         # Health checks bring each process into HAProxy's rotation as it becomes ready.
         Component(
             haproxy.NAME,
-            start=lambda: haproxy.start(config),
+            command=lambda: haproxy.command(config),
+            prepare=lambda: haproxy.prepare(config),
             ready=lambda: haproxy.ready(config),
             ports=(
                 (config.haproxy_port, "TELEMETRY_HAPROXY_PORT"),
@@ -188,7 +195,7 @@ def components(config: StackConfig, report: Callable[[str], None]) -> list[Compo
         ),
         Component(
             edge.NAME,
-            start=lambda: edge.start(config),
+            command=lambda: edge.command(config),
             ready=lambda: edge.ready(config),
             ports=((config.edge_port, "TELEMETRY_EDGE_PORT"),),
             endpoint={"url": edge.url(config), "ws": edge.ws_url(config)},
@@ -198,7 +205,7 @@ def components(config: StackConfig, report: Callable[[str], None]) -> list[Compo
         ),
         Component(
             ops_exporter.NAME,
-            start=lambda: ops_exporter.start(config),
+            command=lambda: ops_exporter.command(config),
             ready=lambda: ops_exporter.ready(config),
             ports=((config.ops_exporter_port, "TELEMETRY_OPS_EXPORTER_PORT"),),
             endpoint={"metrics": ops_exporter.url(config) + "/metrics"},
@@ -207,7 +214,8 @@ def components(config: StackConfig, report: Callable[[str], None]) -> list[Compo
         ),
         Component(
             prometheus.NAME,
-            start=lambda: prometheus.start(config),
+            command=lambda: prometheus.command(config),
+            prepare=lambda: prometheus.prepare(config),
             ready=lambda: prometheus.ready(config),
             ports=((config.prometheus_port, "TELEMETRY_PROMETHEUS_PORT"),),
             endpoint={"url": prometheus.url(config)},
@@ -219,7 +227,7 @@ def components(config: StackConfig, report: Callable[[str], None]) -> list[Compo
         # Last: it starts once everything it may restart is up.
         Component(
             supervisor.NAME,
-            start=lambda: supervisor.start(config),
+            command=lambda: supervisor.command(config),
             ready=lambda: True,
             ports=(),
             endpoint={},
@@ -227,4 +235,24 @@ def components(config: StackConfig, report: Callable[[str], None]) -> list[Compo
             stop_signal=signal.SIGTERM,
         ),
     ]
+    if config.runtime == "containers":
+        result = _in_containers(config, result)
     return result
+
+
+def _in_containers(config: StackConfig, result: list[Component]) -> list[Component]:
+    """The container runtime: the engine's API first, and every component but the
+    supervisor in a container, started once the API answers. The supervisor stays a local
+    process, as an engine's restart policy would be."""
+    api = Component(
+        engine.NAME,
+        command=lambda: engine.command(config),
+        prepare=lambda: engine.prepare(config),
+        ready=lambda: engine.ready(config),
+        ports=(),
+        endpoint={"docker_host": engine.docker_host(config)},
+    )
+    return [api] + [
+        c if c.name == supervisor.NAME else replace(c, after=(engine.NAME, *c.after))
+        for c in result
+    ]

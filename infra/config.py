@@ -29,6 +29,10 @@ class StackConfig(BaseSettings):
     # The tarball's expected sha256; empty: the digest of the release we build.
     timescaledb_sha256: str = ""
 
+    # Where the components run: local processes, or containers of the images in
+    # infra/containers/ (built by `telemetry images`) on Podman, through testcontainers.
+    runtime: Literal["processes", "containers"] = "processes"
+
     kafka_port: int = 19092
     kafka_controller_port: int = 19093
     postgres_primary_port: int = 15432

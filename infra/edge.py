@@ -12,7 +12,8 @@ import orjson
 
 from infra import haproxy
 from infra.config import StackConfig
-from infra.procs import ProcessRef, StackError, run, running_as_root, spawn
+from infra.launch import Command
+from infra.procs import StackError, run, running_as_root
 from schemas.tasks import MAX_PHOTO_BYTES
 
 NAME = "edge"
@@ -183,6 +184,13 @@ def binary() -> str:
 
 def prepare(config: StackConfig) -> None:
     """Writes the configuration, checked by nginx itself, and the directories it writes."""
+    path = write(config)
+    # -e: the error log before the configuration is read (Debian's default is /var/log).
+    run([binary(), "-t", "-q", "-e", "stderr", "-c", str(path)])
+
+
+def write(config: StackConfig) -> Path:
+    """The configuration and the directories nginx writes in."""
     base = base_dir(config)
     worker_user = WORKER_USER if running_as_root() else None
     for name in ("cache", "body", "proxy", "fastcgi", "uwsgi", "scgi"):
@@ -192,15 +200,11 @@ def prepare(config: StackConfig) -> None:
     path = config_path(config)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(render(config, worker_user=worker_user))
-    # -e: the error log before the configuration is read (Debian's default is /var/log).
-    run([binary(), "-t", "-q", "-e", "stderr", "-c", str(path)])
+    return path
 
 
-def start(config: StackConfig) -> ProcessRef:
-    return spawn(
-        [binary(), "-e", "stderr", "-c", str(config_path(config))],
-        log_path=config.logs_dir / "edge.log",
-    )
+def command(config: StackConfig) -> Command:
+    return Command(NAME, "nginx", [BINARY, "-e", "stderr", "-c", str(config_path(config))])
 
 
 def ready(config: StackConfig) -> bool:

@@ -14,7 +14,8 @@ import orjson
 
 from infra import services
 from infra.config import StackConfig
-from infra.procs import ProcessRef, StackError, run, spawn
+from infra.launch import Command
+from infra.procs import StackError, run
 
 NAME = "haproxy"
 # The services behind it (the others have no public routes).
@@ -210,11 +211,15 @@ def _check() -> str:
     )
 
 
-def write(config: StackConfig, topology: Topology) -> bool:
-    """Writes the configuration, checked by HAProxy itself first; True when it changed."""
+def write_errors(config: StackConfig) -> None:
     errors_dir(config).mkdir(parents=True, exist_ok=True)
     for error in ERRORS:
         (errors_dir(config) / f"{error[0]}.http").write_text(error_file(*error))
+
+
+def write(config: StackConfig, topology: Topology) -> bool:
+    """Writes the configuration, checked by HAProxy itself first; True when it changed."""
+    write_errors(config)
     path = config_path(config)
     text = render(config, topology)
     if path.exists() and path.read_text() == text:
@@ -233,17 +238,19 @@ def binary() -> str:
     return found
 
 
-def start(config: StackConfig) -> ProcessRef:
+def prepare(config: StackConfig) -> None:
+    binary()
     write(config, topology(config))
+
+
+def command(config: StackConfig) -> Command:
     # -W: a master that stays our pid and runs the workers; -S: its CLI, which reloads
     # them; -db: in the foreground, logging to our log file.
-    return spawn(
-        [
-            binary(), "-W", "-db", "-S", str(master_socket_path(config)),
-            "-f", str(config_path(config)),
-        ],
-        log_path=config.logs_dir / f"{NAME}.log",
-    )  # fmt: skip
+    argv = [
+        BINARY, "-W", "-db", "-S", str(master_socket_path(config)),
+        "-f", str(config_path(config)),
+    ]  # fmt: skip
+    return Command(NAME, "haproxy", argv)
 
 
 def follow(config: StackConfig) -> bool:

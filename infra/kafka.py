@@ -7,9 +7,11 @@ from pathlib import Path
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
+from infra import launch
 from infra.config import StackConfig
 from infra.install import java_binary
-from infra.procs import ProcessRef, StackError, run, spawn
+from infra.launch import Command
+from infra.procs import ProcessRef, StackError, run
 from schemas import topics
 
 LOG4J_CONFIG = Path(__file__).resolve().parent / "kafka" / "log4j2.yaml"
@@ -71,7 +73,8 @@ def write_properties(config: StackConfig) -> Path:
 
 def _java(config: StackConfig, main_class: str, *args: str, heap_mb: int) -> list[str]:
     return [
-        java_binary(),
+        # Found on the PATH, as java_binary() finds it (prepare checks it is there).
+        "java",
         f"-Xmx{heap_mb}m",
         f"-Xms{min(heap_mb, 256)}m",
         "-XX:+UseG1GC",
@@ -85,32 +88,39 @@ def _java(config: StackConfig, main_class: str, *args: str, heap_mb: int) -> lis
     ]
 
 
+def format_command(config: StackConfig, cluster_id: str) -> list[str]:
+    """Formats the KRaft metadata dir for `cluster_id`."""
+    properties = str(properties_path(config))
+    return _java(
+        config, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", properties,
+        heap_mb=256,
+    )  # fmt: skip
+
+
 def format_storage(config: StackConfig) -> bool:
     """Formats the KRaft metadata dir once; returns True if it did."""
     if (data_dir(config) / "meta.properties").exists():
         return False
     cluster_id = run(_java(config, "kafka.tools.StorageTool", "random-uuid", heap_mb=128)).strip()
-    cluster_id = cluster_id.splitlines()[-1].strip()
-    run(
-        _java(
-            config,
-            "kafka.tools.StorageTool",
-            "format",
-            "-t",
-            cluster_id,
-            "-c",
-            str(properties_path(config)),
-            heap_mb=256,
-        )
-    )
+    run(format_command(config, cluster_id.splitlines()[-1].strip()))
     return True
 
 
-def start(config: StackConfig) -> ProcessRef:
+def prepare(config: StackConfig) -> None:
+    java_binary()
     write_properties(config)
     format_storage(config)
-    argv = _java(config, "kafka.Kafka", str(properties_path(config)), heap_mb=config.kafka_heap_mb)
-    return spawn(argv, log_path=config.logs_dir / "kafka.log")
+
+
+def command(config: StackConfig) -> Command:
+    properties = str(properties_path(config))
+    argv = _java(config, "kafka.Kafka", properties, heap_mb=config.kafka_heap_mb)
+    return Command("kafka", "kafka", argv)
+
+
+def start(config: StackConfig) -> ProcessRef:
+    prepare(config)
+    return launch.spawn(config, command(config))
 
 
 async def _create_topics(bootstrap: str, wanted: list[tuple[str, int]]) -> None:

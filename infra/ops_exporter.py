@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_serv
 
 from infra import postgres, supervisor
 from infra.config import REPO_ROOT, StackConfig
-from infra.procs import ProcessRef, spawn
+from infra.launch import Command
 from runtime.kafka_lag import topic_end_offsets
 from runtime.lag_status import LagWindow, Status
 from runtime.lag_view import judge, look
@@ -171,12 +171,9 @@ def url(config: StackConfig) -> str:
     return f"http://127.0.0.1:{config.ops_exporter_port}"
 
 
-def start(config: StackConfig) -> ProcessRef:
-    return spawn(
-        [sys.executable, "-m", "infra.ops_exporter", str(supervisor.config_path(config))],
-        log_path=config.logs_dir / f"{NAME}.log",
-        cwd=REPO_ROOT,
-    )
+def command(config: StackConfig) -> Command:
+    argv = [sys.executable, "-m", "infra.ops_exporter", str(supervisor.config_path(config))]
+    return Command(NAME, "app", argv, cwd=REPO_ROOT)
 
 
 def ready(config: StackConfig) -> bool:

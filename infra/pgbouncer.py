@@ -4,9 +4,10 @@ from pathlib import Path
 
 import psycopg
 
-from infra import postgres
+from infra import launch, postgres
 from infra.config import StackConfig
-from infra.procs import ProcessRef, chown_for_service, spawn
+from infra.launch import Command
+from infra.procs import ProcessRef, chown_for_service
 
 READ_WRITE_DB = "telemetry"
 READ_ONLY_DB = "telemetry_ro"
@@ -15,6 +16,10 @@ PGBOUNCER = "/usr/sbin/pgbouncer"
 
 def conf_dir(config: StackConfig) -> Path:
     return config.state_dir / "pgbouncer"
+
+
+def ini_path(config: StackConfig) -> Path:
+    return conf_dir(config) / "pgbouncer.ini"
 
 
 def write_config(config: StackConfig) -> Path:
@@ -27,7 +32,7 @@ def write_config(config: StackConfig) -> Path:
     userlist.write_text(f'"{postgres.APP_USER}" "{secret}"\n')
     userlist.chmod(0o600)
     chown_for_service(userlist)
-    ini = directory / "pgbouncer.ini"
+    ini = ini_path(config)
     ini.write_text(
         f"""[databases]
 {READ_WRITE_DB} = host=127.0.0.1 port={config.postgres_primary_port} dbname={postgres.DATABASE}
@@ -54,11 +59,15 @@ stats_users = {postgres.APP_USER}
     return ini
 
 
-def start(config: StackConfig) -> ProcessRef:
-    ini = write_config(config)
-    return spawn(
-        [PGBOUNCER, str(ini)], log_path=config.logs_dir / "pgbouncer.log", as_service_user=True
+def command(config: StackConfig) -> Command:
+    return Command(
+        "pgbouncer", "pgbouncer", [PGBOUNCER, str(ini_path(config))], as_service_user=True
     )
+
+
+def start(config: StackConfig) -> ProcessRef:
+    write_config(config)
+    return launch.spawn(config, command(config))
 
 
 def dsn(config: StackConfig, *, read_only: bool) -> str:

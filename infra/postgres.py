@@ -8,9 +8,11 @@ from pathlib import Path
 
 import psycopg
 
+from infra import launch
 from infra.config import StackConfig
 from infra.install import PG_BIN
-from infra.procs import ProcessRef, chown_for_service, run, spawn, write_private
+from infra.launch import Command
+from infra.procs import ProcessRef, chown_for_service, run, write_private
 
 DATABASE = "telemetry"
 APP_USER = "telemetry"
@@ -124,33 +126,45 @@ host    all             all             127.0.0.1/32            scram-sha-256
 """
 
 
+def initdb_password_file(config: StackConfig) -> Path:
+    return pg_root(config) / "initdb-password"
+
+
+def initdb_command(config: StackConfig) -> list[str]:
+    return [
+        str(PG_BIN / "initdb"),
+        "-D",
+        str(data_dir(config, "primary")),
+        "-U",
+        SUPERUSER,
+        f"--pwfile={initdb_password_file(config)}",
+        "--auth-local=trust",
+        "--auth-host=scram-sha-256",
+        "--encoding=UTF8",
+        "--locale=C.UTF-8",
+    ]
+
+
+def prepare_for_initdb(config: StackConfig) -> None:
+    """The dirs, and the superuser's password for initdb to read."""
+    _prepare_state_dirs(config)
+    _make_service_dir(data_dir(config, "primary"))
+    _make_service_dir(data_dir(config, "replica"))
+    write_private(initdb_password_file(config), password(config))
+    chown_for_service(initdb_password_file(config))
+
+
 def init_primary(config: StackConfig) -> bool:
     """initdb once; returns True when it created the cluster."""
     _prepare_state_dirs(config)
-    data = data_dir(config, "primary")
     if cluster_exists(config):
         return False
-    _make_service_dir(data)
-    pwfile = pg_root(config) / "initdb-password"
-    write_private(pwfile, password(config))
-    chown_for_service(pwfile)
+    prepare_for_initdb(config)
     try:
-        run(
-            [
-                str(PG_BIN / "initdb"),
-                "-D",
-                str(data),
-                "-U",
-                SUPERUSER,
-                "--auth-local=trust",
-                "--auth-host=scram-sha-256",
-                "--encoding=UTF8",
-                "--locale=C.UTF-8",
-            ],
-            as_service_user=True,
-        )
+        run(initdb_command(config), as_service_user=True)
     finally:
-        pwfile.unlink()
+        initdb_password_file(config).unlink()
+    data = data_dir(config, "primary")
     with open(data / "postgresql.conf", "a") as conf:
         conf.write(PRIMARY_CONF)
     (data / "pg_hba.conf").write_text(PRIMARY_HBA)
@@ -167,7 +181,7 @@ TIMESCALEDB_SETTINGS = {
 }
 
 
-def start(config: StackConfig, role: str, *, timescaledb: bool) -> ProcessRef:
+def command(config: StackConfig, role: str, *, timescaledb: bool) -> Command:
     settings = TIMESCALEDB_SETTINGS if timescaledb else {}
     argv = [
         str(PG_BIN / "postgres"),
@@ -183,7 +197,11 @@ def start(config: StackConfig, role: str, *, timescaledb: bool) -> ProcessRef:
         f"idle_in_transaction_session_timeout={config.idle_in_transaction_timeout_s}s",
         *(arg for name, value in settings.items() for arg in ("-c", f"{name}={value}")),
     ]
-    return spawn(argv, log_path=config.logs_dir / f"postgres-{role}.log", as_service_user=True)
+    return Command(f"postgres-{role}", "postgres", argv, as_service_user=True)
+
+
+def start(config: StackConfig, role: str, *, timescaledb: bool) -> ProcessRef:
+    return launch.spawn(config, command(config, role, timescaledb=timescaledb))
 
 
 def bootstrap_roles(config: StackConfig) -> None:
@@ -209,32 +227,33 @@ def bootstrap_roles(config: StackConfig) -> None:
             )
 
 
+def basebackup_command(config: StackConfig) -> list[str]:
+    """Clones the running primary into the replica's dir (PGPASSWORD: the password)."""
+    return [
+        str(PG_BIN / "pg_basebackup"),
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(config.postgres_primary_port),
+        "-U",
+        REPLICATION_USER,
+        "-D",
+        str(data_dir(config, "replica")),
+        "-R",
+        "-X",
+        "stream",
+        "-c",
+        "fast",
+    ]
+
+
 def init_replica(config: StackConfig) -> bool:
     """pg_basebackup -R from the running primary, once; returns True when it cloned."""
     data = data_dir(config, "replica")
     if (data / "PG_VERSION").exists():
         return False
     _make_service_dir(data)
-    run(
-        [
-            str(PG_BIN / "pg_basebackup"),
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(config.postgres_primary_port),
-            "-U",
-            REPLICATION_USER,
-            "-D",
-            str(data),
-            "-R",
-            "-X",
-            "stream",
-            "-c",
-            "fast",
-        ],
-        as_service_user=True,
-        env={"PGPASSWORD": password(config)},
-    )
+    run(basebackup_command(config), as_service_user=True, env={"PGPASSWORD": password(config)})
     return True
 
 

@@ -12,7 +12,8 @@ import orjson
 
 from infra import haproxy, services
 from infra.config import REPO_ROOT, StackConfig
-from infra.procs import ProcessRef, StackError, run, spawn
+from infra.launch import Command
+from infra.procs import StackError, run
 
 NAME = "prometheus"
 BINARY = "/usr/bin/prometheus"
@@ -31,6 +32,12 @@ def url(config: StackConfig) -> str:
 
 def config_path(config: StackConfig) -> Path:
     return config.run_dir / "prometheus.yml"
+
+
+def rules_path(config: StackConfig) -> Path:
+    """The alert rules as Prometheus reads them: a copy beside its configuration, so that a
+    Prometheus in a container (which has the state dir, not the repository) reads them too."""
+    return config.run_dir / "rules.yml"
 
 
 def data_dir(config: StackConfig) -> Path:
@@ -57,7 +64,7 @@ def render(config: StackConfig, jobs: dict[str, list[tuple[str, str]]]) -> str:
             "scrape_timeout": f"{min(config.prometheus_scrape_interval_s, 4)}s",
             "evaluation_interval": f"{config.prometheus_scrape_interval_s}s",
         },
-        "rule_files": [str(RULES)],
+        "rule_files": [str(rules_path(config))],
         "scrape_configs": [
             {
                 "job_name": job,
@@ -79,14 +86,19 @@ def binary(name: str = BINARY) -> str:
     return found
 
 
+def write_rules(config: StackConfig) -> None:
+    rules_path(config).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(RULES, rules_path(config))
+
+
 def write(config: StackConfig) -> bool:
     """Writes the configuration for the topology, checked by promtool first; True when it
     changed."""
+    write_rules(config)
     path = config_path(config)
     text = render(config, scrape_jobs(config))
     if path.exists() and path.read_text() == text:
         return False
-    path.parent.mkdir(parents=True, exist_ok=True)
     candidate = path.with_suffix(".new.yml")
     candidate.write_text(text)
     run([binary(PROMTOOL), "check", "config", str(candidate)])  # the rules too
@@ -94,12 +106,17 @@ def write(config: StackConfig) -> bool:
     return True
 
 
-def start(config: StackConfig) -> ProcessRef:
+def prepare(config: StackConfig) -> None:
     write(config)
     data_dir(config).mkdir(parents=True, exist_ok=True)
-    return spawn(
+
+
+def command(config: StackConfig) -> Command:
+    return Command(
+        NAME,
+        "prometheus",
         [
-            binary(),
+            BINARY,
             f"--config.file={config_path(config)}",
             f"--storage.tsdb.path={data_dir(config)}",
             f"--storage.tsdb.retention.time={config.prometheus_retention}",
@@ -108,7 +125,6 @@ def start(config: StackConfig) -> ProcessRef:
             "--web.enable-lifecycle",
             "--log.format=json",
         ],
-        log_path=config.logs_dir / f"{NAME}.log",
     )
 
 

@@ -1,16 +1,26 @@
 """Redis (Debian's redis-server): the cache and the rate limiter's store."""
 
+from pathlib import Path
+
 import redis
 
+from infra import launch
 from infra.config import StackConfig
-from infra.procs import ProcessRef, spawn
+from infra.launch import Command
+from infra.procs import ProcessRef
 
 REDIS_SERVER = "/usr/bin/redis-server"
 
 
-def start(config: StackConfig) -> ProcessRef:
-    directory = config.state_dir / "redis"
-    directory.mkdir(parents=True, exist_ok=True)
+def data_dir(config: StackConfig) -> Path:
+    return config.state_dir / "redis"
+
+
+def prepare(config: StackConfig) -> None:
+    data_dir(config).mkdir(parents=True, exist_ok=True)
+
+
+def command(config: StackConfig) -> Command:
     argv = [
         REDIS_SERVER,
         "--bind",
@@ -18,7 +28,7 @@ def start(config: StackConfig) -> ProcessRef:
         "--port",
         str(config.redis_port),
         "--dir",
-        str(directory),
+        str(data_dir(config)),
         "--daemonize",
         "no",
         # A cache and rate-limit counters: nothing here must survive a restart.
@@ -31,7 +41,12 @@ def start(config: StackConfig) -> ProcessRef:
         "--maxmemory-policy",
         "allkeys-lru",
     ]
-    return spawn(argv, log_path=config.logs_dir / "redis.log")
+    return Command("redis", "redis", argv)
+
+
+def start(config: StackConfig) -> ProcessRef:
+    prepare(config)
+    return launch.spawn(config, command(config))
 
 
 def url(config: StackConfig, db: int = 0) -> str:

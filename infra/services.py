@@ -9,9 +9,10 @@ from dataclasses import dataclass, replace
 
 import httpx
 
-from infra import pgbouncer, redis
+from infra import launch, pgbouncer, redis
 from infra.config import REPO_ROOT, StackConfig
-from infra.procs import ProcessRef, StackError, free_port, spawn, stop, wait_until
+from infra.launch import Command
+from infra.procs import ProcessRef, StackError, free_port, stop, wait_until
 from schemas.notifier import WS_PATH
 
 
@@ -131,13 +132,12 @@ def specs(config: StackConfig) -> list[ServiceSpec]:
     return result
 
 
+def command(spec: ServiceSpec) -> Command:
+    return Command(spec.name, "app", [sys.executable, "-m", spec.module], spec.env, REPO_ROOT)
+
+
 def start(config: StackConfig, spec: ServiceSpec) -> ProcessRef:
-    return spawn(
-        [sys.executable, "-m", spec.module],
-        log_path=config.logs_dir / f"{spec.name}.log",
-        env=spec.env,
-        cwd=REPO_ROOT,
-    )
+    return launch.spawn(config, command(spec))
 
 
 def url_ready(url: str, name: str) -> bool:

@@ -13,9 +13,21 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from infra import edge, haproxy, install, prometheus, services, storage, supervisor, topology
+from infra import (
+    edge,
+    haproxy,
+    install,
+    launch,
+    prometheus,
+    services,
+    storage,
+    supervisor,
+    topology,
+)
 from infra.components import Component, components
 from infra.config import REPO_ROOT, StackConfig
+from infra.containers import engine as containers_engine
+from infra.containers import images
 from infra.procs import (
     ProcessRef,
     StackError,
@@ -188,7 +200,7 @@ class Stack:
             if any(port_open(port) for port, _ in component.ports):
                 return False  # the dead process's threads still hold it, for a moment
             component.prepare()
-            ref = component.start()
+            ref = launch.spawn(self.config, component.command())
             records[name] = replace(record, ref=ref, restarts=record.restarts + 1, gave_up=False)
         self._readied.discard(name)
         return True
@@ -208,7 +220,7 @@ class Stack:
             ensure_port_free(port, component.name, env_var)
         component.prepare()
         self.report(f"starting {component.name}")
-        ref = component.start()
+        ref = launch.spawn(self.config, component.command())
         self.state.put(
             Record(
                 component.name,
@@ -313,7 +325,15 @@ class Stack:
         self.report("checking Kafka jars (Maven Central)")
         if install.ensure_kafka_jars(cfg):
             self.report(f"fetched Kafka {cfg.kafka_version}")
-        self.report(f"storage: {storage.prepare(cfg, self.report)}")
+        ensure_storage = storage.prepare
+        if cfg.runtime == "containers":
+            self.report("checking Podman and the container images")
+            containers_engine.ensure_installed()
+            for reference in images.build(cfg, self.report):
+                self.report(f"built {reference}")
+            # The postgres image has TimescaleDB built in: nothing to install here.
+            ensure_storage = functools.partial(storage.prepare, ensure=lambda _c, _r: None)
+        self.report(f"storage: {ensure_storage(cfg, self.report)}")
         for path in (cfg.state_dir, cfg.logs_dir, cfg.run_dir, cfg.jwt_private_key.parent):
             path.mkdir(parents=True, exist_ok=True)
         if not cfg.jwt_private_key.exists():

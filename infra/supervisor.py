@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 
 from infra import logs
 from infra.config import REPO_ROOT, StackConfig
-from infra.procs import ProcessRef, StackError, spawn
+from infra.launch import Command
+from infra.procs import StackError
 from runtime.logging import configure_logging
 
 if TYPE_CHECKING:
@@ -153,12 +154,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def start(config: StackConfig) -> ProcessRef:
-    return spawn(
-        [sys.executable, "-m", "infra.supervisor", str(config_path(config))],
-        log_path=config.logs_dir / f"{NAME}.log",
-        cwd=REPO_ROOT,
-    )
+def command(config: StackConfig) -> Command:
+    # A local process on either runtime: it starts the others, as an engine's restart
+    # policy would.
+    argv = [sys.executable, "-m", "infra.supervisor", str(config_path(config))]
+    return Command(NAME, None, argv, cwd=REPO_ROOT)
 
 
 if __name__ == "__main__":

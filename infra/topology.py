@@ -1,6 +1,6 @@
-"""How many processes of each service the running stack has: asked for by `up --api N`,
-changed by `telemetry scale`, and read by every later command (and the supervisor), so
-they all see the same components."""
+"""How many processes of each service the running stack has (asked for by `up --api N`,
+changed by `telemetry scale`) and where they run (TELEMETRY_RUNTIME at `up`), read by every
+later command (and the supervisor), so they all see the same components."""
 
 import json
 from pathlib import Path
@@ -25,12 +25,16 @@ def _path(config: StackConfig) -> Path:
     return config.run_dir / "topology.json"
 
 
-def counts(config: StackConfig) -> dict[str, int]:
-    return {field: getattr(config, field) for field in SCALABLE.values()}
+# What `up` records: the counts, and the runtime.
+RECORDED = (*SCALABLE.values(), "runtime")
+
+
+def shape(config: StackConfig) -> dict[str, object]:
+    return {field: getattr(config, field) for field in RECORDED}
 
 
 def recorded(config: StackConfig) -> StackConfig:
-    """`config` with the running stack's counts, when it has recorded some."""
+    """`config` with the running stack's counts and runtime, when it has recorded them."""
     path = _path(config)
     if not path.exists():
         return config
@@ -40,7 +44,7 @@ def recorded(config: StackConfig) -> StackConfig:
 def requested(config: StackConfig) -> StackConfig:
     """For `up`: the running stack's counts, overridden by those `config` sets explicitly
     (`up --api 3`, or a test's scratch stack); recorded as the new topology."""
-    explicit = {f: getattr(config, f) for f in SCALABLE.values() if f in config.model_fields_set}
+    explicit = {f: getattr(config, f) for f in RECORDED if f in config.model_fields_set}
     chosen = recorded(config).model_copy(update=explicit)
     record(chosen)
     return chosen
@@ -61,7 +65,7 @@ def record(config: StackConfig) -> None:
     path = _path(config)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(counts(config)))
+    tmp.write_text(json.dumps(shape(config)))
     tmp.replace(path)
 
 

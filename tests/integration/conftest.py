@@ -21,19 +21,32 @@ from schemas.auth import Role
 T = TypeVar("T")
 
 
+def stack_backend() -> str:
+    """Where the tests' stacks run their components (TELEMETRY_TEST_BACKEND): local
+    processes (the default), or containers through testcontainers (`make
+    test-containers`)."""
+    backend = os.environ.get("TELEMETRY_TEST_BACKEND", "processes")
+    if backend not in ("processes", "containers"):
+        raise pytest.UsageError(
+            f"TELEMETRY_TEST_BACKEND={backend!r}: expected processes or containers"
+        )
+    return backend
+
+
 def session_storage() -> str:
     """The storage this session's stack runs: TELEMETRY_STORAGE, where `auto` means
-    TimescaleDB when it is installed (`make test` installs it first)."""
+    TimescaleDB when it is installed (`make test` installs it first), and always on
+    containers (the postgres image has it)."""
     chosen = StackConfig().storage
     if chosen == "auto":
-        return "timescaledb" if timescaledb.installed() else "native"
+        installed = stack_backend() == "containers" or timescaledb.installed()
+        return "timescaledb" if installed else "native"
     return chosen
 
 
 def scratch_config(**overrides: object) -> StackConfig:
-    return stack_module.scratch_config(
-        "telemetry-test-", **({"storage": session_storage()} | overrides)
-    )
+    defaults = {"storage": session_storage(), "runtime": stack_backend()}
+    return stack_module.scratch_config("telemetry-test-", **(defaults | overrides))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -16,6 +16,7 @@ import pytest
 
 from infra import install, kafka, services
 from infra.config import StackConfig
+from infra.containers import engine
 from infra.procs import ProcessRef, stop, wait_until
 from runtime.auth import generate_keypair, issue_token
 from schemas.auth import Role
@@ -51,15 +52,19 @@ def broker_and_ingest() -> Iterator[BrokerAndIngest]:
     config.jwt_private_key.parent.mkdir(parents=True)
     generate_keypair(config.jwt_private_key, config.jwt_public_key)
     [spec] = [s for s in services.specs(config) if s.module == "ingest"]
-    setup = BrokerAndIngest(config, kafka.start(config), ProcessRef(0, 0), spec)
     try:
-        assert wait_until(lambda: kafka.ready(config), 90, 0.25), "Kafka did not start"
-        kafka.create_topics(config)
-        setup.start_ingest()
-        yield setup
+        # The container engine's API, on the container backend (the test has no stack).
+        with engine.serving(config):
+            setup = BrokerAndIngest(config, kafka.start(config), ProcessRef(0, 0), spec)
+            try:
+                assert wait_until(lambda: kafka.ready(config), 90, 0.25), "Kafka did not start"
+                kafka.create_topics(config)
+                setup.start_ingest()
+                yield setup
+            finally:
+                stop(setup.ingest, timeout_s=15)
+                stop(setup.broker, timeout_s=30)
     finally:
-        stop(setup.ingest, timeout_s=15)
-        stop(setup.broker, timeout_s=30)
         shutil.rmtree(config.state_dir, ignore_errors=True)
 
 

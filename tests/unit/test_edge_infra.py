@@ -12,7 +12,8 @@ import pytest
 from infra import edge, haproxy, topology
 from infra.components import Component
 from infra.config import StackConfig
-from infra.procs import ProcessRef, StackError, spawn, stop, wait_until
+from infra.launch import Command
+from infra.procs import ProcessRef, StackError, stop, wait_until
 from infra.stack import Record, Stack
 from infra.supervisor import RestartPolicy, supervise_once
 
@@ -146,9 +147,7 @@ def _supervised_stack(tmp_path: Path) -> Stack:
     stack = Stack(config(tmp_path))
     component = Component(
         "sleeper",
-        start=lambda: spawn(
-            [sys.executable, "-c", SLEEPER], log_path=tmp_path / "logs" / "sleeper.log"
-        ),
+        command=lambda: Command("sleeper", None, [sys.executable, "-c", SLEEPER]),
         ready=lambda: True,
         ports=(),
         endpoint={},
@@ -211,10 +210,10 @@ def test_a_process_that_cannot_be_started_again_is_given_up_on(tmp_path: Path) -
         ref = stack.records["sleeper"].ref
         supervise_once(stack, policy, 0.0)
 
-        def broken() -> ProcessRef:
+        def broken() -> Command:
             raise StackError("its binary is gone")
 
-        stack.components["sleeper"] = replace(stack.components["sleeper"], start=broken)
+        stack.components["sleeper"] = replace(stack.components["sleeper"], command=broken)
         stack.crash("sleeper")
         assert wait_until(lambda: not ref.alive(), 5)
         for now in (100.0, 101.0, 102.0, 103.0):  # at once, then after 1 s: both fail

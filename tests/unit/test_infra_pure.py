@@ -10,8 +10,9 @@ from cli.main import redact, status_exit_code
 from infra import kafka, pgbouncer
 from infra.components import Component, components
 from infra.config import StackConfig
+from infra.launch import Command
 from infra.migrate import Migration, discover
-from infra.procs import ProcessRef, StackError, free_port, port_open, spawn, start_ticks
+from infra.procs import ProcessRef, StackError, free_port, port_open, start_ticks
 from infra.stack import Stack
 
 
@@ -120,9 +121,8 @@ def _flaky_stack(tmp_path: Path, crashes: int, attempts: int) -> tuple[Stack, li
     marks = tmp_path / "starts"
     component = Component(
         "flaky",
-        start=lambda: spawn(
-            [sys.executable, "-c", FLAKY, str(marks), str(crashes)],
-            log_path=tmp_path / "logs" / "flaky.log",
+        command=lambda: Command(
+            "flaky", None, [sys.executable, "-c", FLAKY, str(marks), str(crashes)]
         ),
         ready=lambda: marks.exists() and int(marks.read_text()) > crashes,
         ports=(),

@@ -1,0 +1,269 @@
+"""The stack on `docker compose` (or Podman's compose): `compose.yaml`, beside this file, runs
+the components of `telemetry up`'s default topology from the same images, on the same ports
+(host networking), with the state dir in one volume. It is generated from the component
+registry (`python -m infra.containers.compose yaml`; a test fails when it is stale), so it
+cannot drift from what `up` runs.
+
+Two one-shot services of the app image do what `up` does around the processes:
+
+- `config` writes what `up` writes before it starts anything: the keys, the password, every
+  configuration file, and for each component the script its container runs
+  (`<state>/compose/<name>.sh`): the component's own command, after the first-run step that
+  needs the component's binaries (initdb, pg_basebackup, Kafka's storage format) and the
+  check the stack makes of a configuration (nginx -t, haproxy -c, promtool).
+- `bootstrap`, once Kafka and the primary answer: the roles, the database, the migrations
+  and the topics (the components' own `on_ready` steps).
+
+Compose's restart policy stands in for the supervisor."""
+
+import argparse
+import base64
+import shlex
+import signal
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+from infra import edge, haproxy, kafka, pgbouncer, postgres, prometheus, redis, storage
+from infra import supervisor as supervisor_module
+from infra.components import Component, components
+from infra.config import StackConfig
+from infra.containers import engine, images
+from infra.containers.run import in_image
+from infra.launch import Command
+from infra.procs import SERVICE_USER, StackError, chown_for_service, wait_until, write_private
+from runtime.auth import generate_keypair
+
+STATE_DIR = Path("/var/lib/telemetry")
+SCRIPTS = STATE_DIR / "compose"  # scripts_dir(stack_config())
+VOLUME = "telemetry-state"
+COMPOSE_FILE = Path(__file__).resolve().parent / "compose.yaml"
+# What compose runs instead of these: its restart policy, and the engine itself.
+NOT_IN_COMPOSE = (supervisor_module.NAME, engine.NAME)
+BOOTSTRAPPED = ("kafka", "postgres-primary")
+
+
+def stack_config() -> StackConfig:
+    """The default topology and ports, TimescaleDB (the postgres image has it)."""
+    return StackConfig(state_dir=STATE_DIR, storage="timescaledb", runtime="containers")
+
+
+def _report(step: str) -> None:
+    print(step, flush=True)
+
+
+def _components(config: StackConfig) -> list[Component]:
+    return [c for c in components(config, _report) if c.name not in NOT_IN_COMPOSE]
+
+
+def scripts_dir(config: StackConfig) -> Path:
+    return config.state_dir / "compose"
+
+
+def kafka_cluster_id() -> str:
+    """A KRaft cluster id as Kafka writes one: a random UUID, base64url without padding."""
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+
+
+def _first_run(config: StackConfig, name: str) -> list[str]:
+    """The shell lines a component's container runs before its command."""
+    sh = shlex.join
+    if name == "kafka":
+        id_file = kafka.data_dir(config).parent / "cluster-id"
+        if not id_file.exists():
+            id_file.parent.mkdir(parents=True, exist_ok=True)
+            id_file.write_text(kafka_cluster_id())
+        format_argv = kafka.format_command(config, id_file.read_text().strip())
+        return [
+            f"test -f {kafka.data_dir(config) / 'meta.properties'} || "
+            + sh([in_image(config, a) for a in format_argv])
+        ]
+    if name == "postgres-primary":
+        data = postgres.data_dir(config, "primary")
+        return [
+            f"if [ ! -s {data / 'PG_VERSION'} ]; then",
+            "  " + sh(postgres.initdb_command(config)),
+            f"  cat {scripts_dir(config) / 'primary.conf'} >> {data / 'postgresql.conf'}",
+            f"  cp {scripts_dir(config) / 'pg_hba.conf'} {data / 'pg_hba.conf'}",
+            "fi",
+        ]
+    if name == "postgres-replica":
+        data = postgres.data_dir(config, "replica")
+        password_file = postgres.pg_root(config) / "password"
+        return [
+            f"if [ ! -s {data / 'PG_VERSION'} ]; then",
+            f'  PGPASSWORD="$(cat {password_file})" ' + sh(postgres.basebackup_command(config)),
+            "fi",
+        ]
+    if name == haproxy.NAME:
+        return [sh([haproxy.BINARY, "-c", "-q", "-f", str(haproxy.config_path(config))])]
+    if name == edge.NAME:
+        return [sh([edge.BINARY, "-t", "-q", "-e", "stderr", "-c", str(edge.config_path(config))])]
+    if name == prometheus.NAME:
+        return [sh([prometheus.PROMTOOL, "check", "config", str(prometheus.config_path(config))])]
+    return []
+
+
+def script(config: StackConfig, name: str, command: Command) -> str:
+    lines = ["#!/bin/sh", "# Written by `python -m infra.containers.compose config`.", "set -e"]
+    lines += [f"export {k}={shlex.quote(in_image(config, v))}" for k, v in command.env.items()]
+    if command.cwd is not None:
+        lines.append(f"cd {shlex.quote(in_image(config, str(command.cwd)))}")
+    lines += _first_run(config, name)
+    lines.append("exec " + shlex.join(in_image(config, arg) for arg in command.argv))
+    return "\n".join(lines) + "\n"
+
+
+def write_config(config: StackConfig) -> None:
+    """Everything the components' containers read, written into the state volume; what
+    exists already (keys, the password, a cluster) is kept."""
+    for path in (config.state_dir, config.logs_dir, config.run_dir, config.jwt_private_key.parent):
+        path.mkdir(parents=True, exist_ok=True)
+    if not config.jwt_private_key.exists():
+        generate_keypair(config.jwt_private_key, config.jwt_public_key)
+    storage.prepare(config, _report, ensure=lambda _c, _r: None)
+    postgres.prepare_for_initdb(config)
+    directory = scripts_dir(config)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "primary.conf").write_text(postgres.PRIMARY_CONF)
+    (directory / "pg_hba.conf").write_text(postgres.PRIMARY_HBA)
+    # The replica's container reads it for pg_basebackup, as the postgres user.
+    chown_for_service(postgres.pg_root(config) / "password")
+    kafka.write_properties(config)
+    redis.prepare(config)
+    pgbouncer.write_config(config)
+    haproxy.write_errors(config)
+    haproxy.config_path(config).write_text(haproxy.render(config, haproxy.topology(config)))
+    edge.write(config)
+    prometheus.write_rules(config)
+    prometheus.config_path(config).write_text(
+        prometheus.render(config, prometheus.scrape_jobs(config))
+    )
+    write_private(supervisor_module.config_path(config), config.model_dump_json())
+    for component in _components(config):
+        command = _command(config, component)
+        path = directory / f"{component.name}.sh"
+        # Our services' scripts hold the database password.
+        write_private(path, script(config, component.name, command))
+        if command.as_service_user:
+            chown_for_service(path)
+        print(f"wrote {path}", flush=True)
+
+
+def bootstrap(config: StackConfig) -> None:
+    """What `up` does once Kafka and the primary are ready: topics, roles, migrations."""
+    by_name = {c.name: c for c in _components(config)}
+    for name in BOOTSTRAPPED:
+        component = by_name[name]
+        check = component.startup_ready or component.ready
+        if not wait_until(check, config.startup_timeout_s, 1.0):
+            raise StackError(f"{name} not ready after {config.startup_timeout_s:.0f} s")
+        component.on_ready()
+    print("bootstrapped: topics, roles, database, migrations", flush=True)
+
+
+# --- the compose file, generated -------------------------------------------------------
+def _command(config: StackConfig, component: Component) -> Command:
+    if component.name.startswith("postgres-"):
+        # The registry asks the cluster which storage it has; on compose it is made later,
+        # in the container, always on TimescaleDB.
+        role = component.name.removeprefix("postgres-")
+        return postgres.command(config, role, timescaledb=True)
+    return component.command()
+
+
+def _healthcheck(component: Component, command: Command) -> dict[str, Any]:
+    if command.image == "app":
+        # Our services answer /readyz when their dependencies do; the ops exporter has
+        # only its metrics.
+        url = component.endpoint.get("url", "").removesuffix("/") + "/readyz"
+        url = url if "url" in component.endpoint else component.endpoint["metrics"]
+        probe = "import sys, httpx; sys.exit(httpx.get(sys.argv[1], timeout=2).status_code != 200)"
+        test = ["CMD", "python", "-c", probe, url]
+    else:
+        # The port answers (every image has bash, not every one a client).
+        test = ["CMD", "bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{component.ports[0][0]}"]
+    return {"test": test, "interval": "5s", "timeout": "5s", "retries": 60, "start_period": "10s"}
+
+
+def _service(image: str, command: list[str], **extra: Any) -> dict[str, Any]:
+    return {
+        "image": f"{images.REPOSITORY}/{image}:latest",
+        "network_mode": "host",
+        "volumes": [f"{VOLUME}:{STATE_DIR}"],
+        "command": command,
+        **extra,
+    }
+
+
+def compose_document(config: StackConfig) -> dict[str, Any]:
+    def done() -> dict[str, str]:
+        return {"condition": "service_completed_successfully"}
+
+    steps = ["python", "-m", "infra.containers.compose"]
+    services: dict[str, Any] = {
+        "config": _service("app", [*steps, "config"], restart="no"),
+        # It waits for Kafka and the primary itself: health checks need not run.
+        "bootstrap": _service(
+            "app",
+            [*steps, "bootstrap"],
+            restart="on-failure",
+            depends_on={"config": done()}
+            | {name: {"condition": "service_started"} for name in BOOTSTRAPPED},
+        ),
+    }
+    for component in _components(config):
+        command = _command(config, component)
+        assert command.image is not None
+        depends: dict[str, Any] = {"config": done()}
+        needs = [d for d in component.after if d not in NOT_IN_COMPOSE]
+        depends |= {name: {"condition": "service_healthy"} for name in needs}
+        if needs and component.name not in BOOTSTRAPPED:
+            depends["bootstrap"] = done()  # `up` bootstraps before anything that needs it
+        services[component.name] = _service(
+            command.image,
+            ["sh", str(SCRIPTS / f"{component.name}.sh")],
+            restart="unless-stopped",
+            depends_on=depends,
+            healthcheck=_healthcheck(component, command),
+            stop_signal=signal.Signals(component.stop_signal).name,
+            **({"user": SERVICE_USER} if command.as_service_user else {}),
+        )
+    return {"name": "telemetry", "services": services, "volumes": {VOLUME: {}}}
+
+
+def render_compose(config: StackConfig) -> str:
+    import yaml  # a dev dependency: the file is generated on a developer's machine
+
+    header = (
+        "# Generated by `python -m infra.containers.compose yaml` from the component registry\n"
+        "# (infra/components.py): edit that, not this. docs/containers.md says how to run it.\n"
+    )
+    return header + yaml.safe_dump(
+        compose_document(config), sort_keys=False, width=100, default_flow_style=None
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m infra.containers.compose")
+    parser.add_argument("step", choices=("config", "bootstrap", "yaml"))
+    args = parser.parse_args(argv)
+    config = stack_config()
+    if args.step == "config":
+        write_config(config)
+    elif args.step == "bootstrap":
+        bootstrap(config)
+    else:
+        # The file names no path of the state dir but SCRIPTS and the volume's: a scratch
+        # one is written to (passwords) while the registry is read.
+        with tempfile.TemporaryDirectory() as scratch:
+            text = render_compose(config.model_copy(update={"state_dir": Path(scratch)}))
+        COMPOSE_FILE.write_text(text)
+        print(f"wrote {COMPOSE_FILE}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

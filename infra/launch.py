@@ -1,0 +1,44 @@
+"""What a component runs, and where (`TELEMETRY_RUNTIME`): a local process, or a container
+of the component's image (infra/containers/). Either way the stack gets a process it stops,
+kills and watches by pid."""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from infra import procs
+from infra.config import StackConfig
+from infra.procs import ProcessRef
+
+
+@dataclass(frozen=True)
+class Command:
+    """One component's long-running process: its command line, environment and working dir,
+    the image it runs from in a container (None: always a local process), and its log
+    (`<logs>/<name>.log`)."""
+
+    name: str
+    image: str | None
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: Path | None = None
+    # PostgreSQL and PgBouncer refuse to run as root (procs.SERVICE_USER).
+    as_service_user: bool = False
+
+
+def log_path(config: StackConfig, command: Command) -> Path:
+    return config.logs_dir / f"{command.name}.log"
+
+
+def spawn(config: StackConfig, command: Command) -> ProcessRef:
+    if config.runtime == "containers" and command.image is not None:
+        # Imported here: the container runtime imports the component modules that call this.
+        from infra.containers import run
+
+        return run.spawn(config, command)
+    return procs.spawn(
+        command.argv,
+        log_path=log_path(config, command),
+        env=command.env,
+        cwd=command.cwd,
+        as_service_user=command.as_service_user,
+    )

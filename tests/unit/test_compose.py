@@ -1,0 +1,90 @@
+"""The compose file and the scripts its containers run, generated from the component
+registry (infra/containers/compose.py)."""
+
+import stat
+from pathlib import Path
+
+from infra.config import StackConfig
+from infra.containers import compose
+from infra.containers.run import IMAGE_KAFKA_LIB, IMAGE_PYTHON
+
+
+def scratch(tmp_path: Path) -> StackConfig:
+    return compose.stack_config().model_copy(update={"state_dir": tmp_path})
+
+
+def test_the_committed_compose_file_is_current(tmp_path: Path) -> None:
+    assert compose.render_compose(scratch(tmp_path)) == compose.COMPOSE_FILE.read_text(), (
+        "infra/containers/compose.yaml is stale: run python -m infra.containers.compose yaml"
+    )
+
+
+def test_compose_runs_every_component_of_up_but_the_supervisor(tmp_path: Path) -> None:
+    document = compose.compose_document(scratch(tmp_path))
+    services = document["services"]
+    assert set(services) == {
+        "config", "bootstrap", "kafka", "redis", "postgres-primary", "postgres-replica",
+        "pgbouncer", "ingest-1", "streams-1", "api-1", "photo-worker-1", "notifier-1",
+        "haproxy", "edge", "ops-exporter", "prometheus",
+    }  # fmt: skip
+    for name, service in services.items():
+        assert service["network_mode"] == "host", name
+        assert service["volumes"] == [f"{compose.VOLUME}:{compose.STATE_DIR}"], name
+    # Dependencies as `up` orders them, after the one-shot steps.
+    assert services["pgbouncer"]["depends_on"] == {
+        "config": {"condition": "service_completed_successfully"},
+        "postgres-primary": {"condition": "service_healthy"},
+        "postgres-replica": {"condition": "service_healthy"},
+        "bootstrap": {"condition": "service_completed_successfully"},
+    }
+    assert "bootstrap" not in services["kafka"]["depends_on"]
+    assert services["postgres-primary"]["user"] == "postgres"
+    assert services["postgres-primary"]["stop_signal"] == "SIGINT"
+    assert services["api-1"]["healthcheck"]["test"][-1] == "http://127.0.0.1:18101/readyz"
+
+
+def test_the_scripts_run_up_s_commands_from_the_images_paths(tmp_path: Path) -> None:
+    config = scratch(tmp_path)
+    compose.write_config(config)
+    scripts = compose.scripts_dir(config)
+
+    kafka = (scripts / "kafka.sh").read_text()
+    assert f"{IMAGE_KAFKA_LIB}/*" in kafka
+    assert "kafka.tools.StorageTool format -t" in kafka  # once, before the broker
+    assert kafka.splitlines()[-1].startswith("exec java ")
+
+    primary = (scripts / "postgres-primary.sh").read_text()
+    assert "initdb" in primary and "shared_preload_libraries=timescaledb" in primary
+    replica = (scripts / "postgres-replica.sh").read_text()
+    assert "pg_basebackup" in replica and "PGPASSWORD=" in replica
+
+    api = scripts / "api-1.sh"
+    text = api.read_text()
+    assert f"exec {IMAGE_PYTHON} -m api" in text
+    assert "export API_WRITE_DSN=" in text
+    # It holds the database password: its owner's only.
+    assert stat.S_IMODE(api.stat().st_mode) == 0o600
+
+    # The configuration the components read is written too, and the bootstrap's input.
+    assert (tmp_path / "kafka" / "server.properties").exists()
+    assert (tmp_path / "pgbouncer" / "pgbouncer.ini").exists()
+    assert (tmp_path / "run" / "haproxy.cfg").exists()
+    assert (tmp_path / "run" / "nginx.conf").exists()
+    assert (tmp_path / "run" / "prometheus.yml").exists()
+    assert (tmp_path / "run" / "rules.yml").exists()
+
+
+def test_config_keeps_what_exists(tmp_path: Path) -> None:
+    config = scratch(tmp_path)
+    compose.write_config(config)
+    key = config.jwt_private_key.read_bytes()
+    cluster = (tmp_path / "kafka" / "cluster-id").read_text()
+    compose.write_config(config)
+    assert config.jwt_private_key.read_bytes() == key
+    assert (tmp_path / "kafka" / "cluster-id").read_text() == cluster
+
+
+def test_a_kafka_cluster_id_is_a_base64url_uuid() -> None:
+    cluster_id = compose.kafka_cluster_id()
+    assert len(cluster_id) == 22 and "=" not in cluster_id
+    assert cluster_id != compose.kafka_cluster_id()
