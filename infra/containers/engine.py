@@ -90,12 +90,13 @@ def serving(config: StackConfig) -> Iterator[None]:
         yield
         return
     prepare(config)
-    ref = launch.spawn(config, command(config))
+    api = command(config)
+    ref = launch.spawn(config, api)
     try:
-        if not wait_until(lambda: ready(config), 60, 0.1):
-            raise StackError(
-                f"Podman's API did not answer; see {launch.log_path(config, command(config))}"
-            )
+        wait_until(lambda: ready(config) or not ref.alive(), 60, 0.1)
+        if not ready(config):
+            log = launch.log_path(config, api)
+            raise StackError(f"Podman's API did not answer; {log} says:\n{log.read_text()[-1000:]}")
         yield
     finally:
         stop(ref)

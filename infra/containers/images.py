@@ -226,6 +226,10 @@ def build(
 ) -> list[str]:
     """Builds every image (or those named) whose digest is not built yet, with Podman or
     Docker; returns the references it built. `latest` names the current digest's image."""
+    unknown = set(names) - {image.name for image in IMAGES}
+    if unknown:
+        known = ", ".join(image.name for image in IMAGES)
+        raise StackError(f"no image named {', '.join(sorted(unknown))}; the images are {known}")
     cli = builder(config, program)
     ensure_base(config, cli, report)
     built = []
