@@ -4,10 +4,10 @@ from pathlib import Path
 
 import psycopg
 
-from infra import launch, postgres
+from infra import postgres
 from infra.config import StackConfig
 from infra.launch import Command
-from infra.procs import ProcessRef, chown_for_service
+from infra.procs import chown_for_service
 
 READ_WRITE_DB = "telemetry"
 READ_ONLY_DB = "telemetry_ro"
@@ -63,11 +63,6 @@ def command(config: StackConfig) -> Command:
     return Command(
         "pgbouncer", "pgbouncer", [PGBOUNCER, str(ini_path(config))], as_service_user=True
     )
-
-
-def start(config: StackConfig) -> ProcessRef:
-    write_config(config)
-    return launch.spawn(config, command(config))
 
 
 def dsn(config: StackConfig, *, read_only: bool) -> str:

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import psycopg
 
-from infra import launch
 from infra.config import StackConfig
 from infra.install import PG_BIN
 from infra.launch import Command
-from infra.procs import ProcessRef, chown_for_service, run, write_private
+from infra.procs import chown_for_service, run, write_private
 
 DATABASE = "telemetry"
 APP_USER = "telemetry"
@@ -198,10 +197,6 @@ def command(config: StackConfig, role: str, *, timescaledb: bool) -> Command:
         *(arg for name, value in settings.items() for arg in ("-c", f"{name}={value}")),
     ]
     return Command(f"postgres-{role}", "postgres", argv, as_service_user=True)
-
-
-def start(config: StackConfig, role: str, *, timescaledb: bool) -> ProcessRef:
-    return launch.spawn(config, command(config, role, timescaledb=timescaledb))
 
 
 def bootstrap_roles(config: StackConfig) -> None:

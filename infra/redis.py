@@ -4,10 +4,8 @@ from pathlib import Path
 
 import redis
 
-from infra import launch
 from infra.config import StackConfig
 from infra.launch import Command
-from infra.procs import ProcessRef
 
 REDIS_SERVER = "/usr/bin/redis-server"
 
@@ -42,11 +40,6 @@ def command(config: StackConfig) -> Command:
         "allkeys-lru",
     ]
     return Command("redis", "redis", argv)
-
-
-def start(config: StackConfig) -> ProcessRef:
-    prepare(config)
-    return launch.spawn(config, command(config))
 
 
 def url(config: StackConfig, db: int = 0) -> str:
