@@ -34,6 +34,7 @@ from api.job_rules import Action
 from api.photos import process_photo
 from runtime.http import json_response, metrics_response
 from runtime.logging import configure_logging
+from runtime.one_write import OneWriteHttpToolsProtocol
 from runtime.postgres import Pool, open_pool
 from runtime.request_metrics import instrument
 from runtime.settings import ServiceSettings
@@ -193,6 +194,7 @@ def main() -> None:
         host=settings.host,
         port=settings.port,
         loop="uvloop",
+        http=OneWriteHttpToolsProtocol,
         log_level=settings.log_level.lower(),
         access_log=False,
         log_config=None,

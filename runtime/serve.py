@@ -5,6 +5,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, start_http_server
 
 from runtime.http import ConcurrencyCap
+from runtime.one_write import OneWriteHttpToolsProtocol
 from runtime.request_metrics import instrument
 from runtime.settings import HttpServiceSettings
 
@@ -19,7 +20,8 @@ def serve(app: FastAPI, settings: HttpServiceSettings, registry: CollectorRegist
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        # httptools, with each answer written whole (runtime/one_write.py).
+        http=OneWriteHttpToolsProtocol,
         log_level=settings.log_level.lower(),
         access_log=False,
         log_config=None,  # our logging (runtime/logging.py), configured already

@@ -13,6 +13,7 @@ from infra import pgbouncer
 from infra.config import REPO_ROOT
 from infra.procs import ProcessRef, free_port, port_open, spawn, stop, wait_until
 from infra.stack import Stack
+from runtime.one_write import OneWriteHttpToolsProtocol
 
 
 def serve(app: Any) -> None:
@@ -22,7 +23,7 @@ def serve(app: Any) -> None:
         host="127.0.0.1",
         port=int(os.environ["NAIVE_PORT"]),
         loop="uvloop",
-        http="httptools",
+        http=OneWriteHttpToolsProtocol,
         log_level="warning",
         access_log=False,
     )

@@ -192,6 +192,8 @@ class SteadyGets:
                         self.failures.append(f"{r.status_code} {r.text[:200]}")
                 except httpx.HTTPError as exc:
                     self.outcomes[type(exc).__name__] += 1
+                    connection = "reused" if reuse else "new"
+                    self.failures.append(f"{type(exc).__name__} ({connection} connection): {exc}")
 
     def __enter__(self) -> "SteadyGets":
         for thread in self._threads:
