@@ -93,15 +93,23 @@ def transport_on(loop: asyncio.AbstractEventLoop) -> tuple[OneWriteTransport, Re
     return OneWriteTransport(real, loop), real  # type: ignore[arg-type]
 
 
+async def scheduled_callbacks_run() -> None:
+    """Returns once the callbacks scheduled before it (a flush) have run: FIFO order."""
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    loop.call_soon(done.set_result, None)
+    await done
+
+
 def test_the_writes_of_one_step_reach_the_socket_as_one() -> None:
     async def main() -> list[bytes]:
         transport, real = transport_on(asyncio.get_running_loop())
         transport.write(b"HTTP/1.1 200 OK\r\n\r\n")
         transport.writelines([b"o", bytearray(b"k")])
         assert real.writes == [] and transport.get_write_buffer_size() == 21
-        await asyncio.sleep(0)
+        await scheduled_callbacks_run()
         transport.write(b"next")
-        await asyncio.sleep(0)
+        await scheduled_callbacks_run()
         return real.writes
 
     assert asyncio.run(main()) == [b"HTTP/1.1 200 OK\r\n\r\nok", b"next"]
@@ -114,7 +122,7 @@ def test_close_sends_what_was_written_first_and_later_writes_are_dropped() -> No
         transport.close()
         assert real.writes == [b"last answer"] and real.closed
         transport.write(b"after close")
-        await asyncio.sleep(0)
+        await scheduled_callbacks_run()
         return real
 
     assert asyncio.run(main()).writes == [b"last answer"]
@@ -134,7 +142,7 @@ def test_an_empty_write_schedules_nothing(empty: bytes) -> None:
     async def main() -> list[bytes]:
         transport, real = transport_on(asyncio.get_running_loop())
         transport.write(empty)
-        await asyncio.sleep(0)
+        await scheduled_callbacks_run()
         return real.writes
 
     assert asyncio.run(main()) == []
