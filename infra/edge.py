@@ -182,11 +182,15 @@ def binary() -> str:
     return found
 
 
+def check_command(path: Path, program: str = BINARY) -> list[str]:
+    """nginx's own check of a configuration (the stack's, and compose's first run)."""
+    # -e: the error log before the configuration is read (Debian's default is /var/log).
+    return [program, "-t", "-q", "-e", "stderr", "-c", str(path)]
+
+
 def prepare(config: StackConfig) -> None:
     """Writes the configuration, checked by nginx itself, and the directories it writes."""
-    path = write(config)
-    # -e: the error log before the configuration is read (Debian's default is /var/log).
-    run([binary(), "-t", "-q", "-e", "stderr", "-c", str(path)])
+    run(check_command(write(config), binary()))
 
 
 def write(config: StackConfig) -> Path:

@@ -226,9 +226,14 @@ def write(config: StackConfig, topology: Topology) -> bool:
         return False
     candidate = path.with_suffix(".new")
     candidate.write_text(text)
-    run([binary(), "-c", "-q", "-f", str(candidate)])
+    run(check_command(candidate, binary()))
     candidate.replace(path)
     return True
+
+
+def check_command(path: Path, program: str = BINARY) -> list[str]:
+    """HAProxy's own check of a configuration (the stack's, and compose's first run)."""
+    return [program, "-c", "-q", "-f", str(path)]
 
 
 def binary() -> str:

@@ -101,9 +101,15 @@ def write(config: StackConfig) -> bool:
         return False
     candidate = path.with_suffix(".new.yml")
     candidate.write_text(text)
-    run([binary(PROMTOOL), "check", "config", str(candidate)])  # the rules too
+    run(check_command(candidate, binary(PROMTOOL)))
     candidate.replace(path)
     return True
+
+
+def check_command(path: Path, program: str = PROMTOOL) -> list[str]:
+    """promtool's check of a configuration, the rules it names too (the stack's, and
+    compose's first run)."""
+    return [program, "check", "config", str(path)]
 
 
 def prepare(config: StackConfig) -> None:

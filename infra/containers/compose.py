@@ -98,11 +98,11 @@ def _first_run(config: StackConfig, name: str) -> list[str]:
             "fi",
         ]
     if name == haproxy.NAME:
-        return [sh([haproxy.BINARY, "-c", "-q", "-f", str(haproxy.config_path(config))])]
+        return [sh(haproxy.check_command(haproxy.config_path(config)))]
     if name == edge.NAME:
-        return [sh([edge.BINARY, "-t", "-q", "-e", "stderr", "-c", str(edge.config_path(config))])]
+        return [sh(edge.check_command(edge.config_path(config)))]
     if name == prometheus.NAME:
-        return [sh([prometheus.PROMTOOL, "check", "config", str(prometheus.config_path(config))])]
+        return [sh(prometheus.check_command(prometheus.config_path(config)))]
     return []
 
 
