@@ -241,14 +241,17 @@ def create_app(
 
     @app.get("/readyz", responses=PROBE_RESPONSES)
     async def readyz() -> Response:
+        # Ready when every route can be served: writes need the primary, and reads fall
+        # back to it. A replica away only degrades reads (api_replica_up, an alert); it must
+        # not take the process out of HAProxy.
         try:
-            async with pools["read"].connection(timeout=1) as conn:
+            async with pools["write"].connection(timeout=1) as conn:
                 await conn.execute("SELECT 1")
-        except (psycopg.Error, PoolTimeout):
+        except (psycopg.Error, PoolTimeout, KeyError):
             return json_response(
                 {"status": "unavailable", "database": False}, 503, {"Retry-After": "1"}
             )
-        return json_response({"status": "ready"})
+        return json_response({"status": "ready", "replica": read_path.router.replica_answers})
 
     if settings.metrics_port is None:
 

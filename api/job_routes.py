@@ -134,30 +134,40 @@ def job_router(
             ),
         )
 
-    for action, summary in (
-        (Action.PICKUP, "The assigned driver has picked the goods up"),
-        (Action.CANCEL, "Cancel a job before its pickup (its customer or a dispatcher)"),
-    ):
+    # Each route's action is fixed in its body: an endpoint's arguments are what FastAPI
+    # publishes and obeys, so nothing a client sends may choose the transition.
+    @router.post(
+        "/{job_id}/pickup",
+        response_model=Job,
+        summary="The assigned driver has picked the goods up",
+        responses=error_responses(401, 403, 404, 409, 413, 422, 503),
+    )
+    async def pickup_job(
+        job_id: UUID, request: Request, who: Caller, key: IdempotencyKey = None
+    ) -> Response:
+        return await write(
+            who,
+            request,
+            key,
+            200,
+            lambda conn: job_store.transition(conn, who, job_id, Action.PICKUP),
+        )
 
-        async def act(
-            job_id: UUID,
-            request: Request,
-            who: Caller,
-            key: IdempotencyKey = None,
-            action: Action = action,  # bound now: one route per action
-        ) -> Response:
-            return await write(
-                who, request, key, 200, lambda conn: job_store.transition(conn, who, job_id, action)
-            )
-
-        router.add_api_route(
-            f"/{{job_id}}/{action.value}",
-            act,
-            methods=["POST"],
-            response_model=Job,
-            summary=summary,
-            name=f"{action.value}_job",
-            responses=error_responses(401, 403, 404, 409, 413, 422, 503),
+    @router.post(
+        "/{job_id}/cancel",
+        response_model=Job,
+        summary="Cancel a job before its pickup (its customer or a dispatcher)",
+        responses=error_responses(401, 403, 404, 409, 413, 422, 503),
+    )
+    async def cancel_job(
+        job_id: UUID, request: Request, who: Caller, key: IdempotencyKey = None
+    ) -> Response:
+        return await write(
+            who,
+            request,
+            key,
+            200,
+            lambda conn: job_store.transition(conn, who, job_id, Action.CANCEL),
         )
 
     @router.post(

@@ -122,9 +122,11 @@ async def transition(
     action: Action,
     *,
     driver_id: str | None = None,
+    reason: str | None = None,
 ) -> Job:
     """Moves a job on by `action` inside the caller's transaction (the row stays locked
-    until it ends). `who` None: the platform (a worker), which sees every job."""
+    until it ends). `who` None: the platform (a worker), which sees every job. `reason`
+    goes into the event (why a proof was refused)."""
     job = await read(conn, job_id, lock=True)
     if who is not None:
         check_visible(who, owners(job), job_id)
@@ -149,6 +151,8 @@ async def transition(
     data = {"action": action.value, "by": who.sub if who is not None else "platform"}
     if driver_id is not None:
         data["driver_id"] = driver_id
+    if reason is not None:
+        data["reason"] = reason
     event: EventType = "job.completed" if status == JobStatus.COMPLETED else "job.status"
     await _record_event(conn, changed, event, changed.updated_at, data)
     return changed

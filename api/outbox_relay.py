@@ -19,9 +19,9 @@ past their time to live are deleted, a bounded batch at a time, every `sweep_eve
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 from psycopg import AsyncConnection
@@ -47,17 +47,64 @@ class RelayLimits:
     idempotency_ttl_s: float = 86400.0
     sweep_every_s: float = 60.0
     sweep_batch: int = 5000
+    # Rounds failed in a row (not by an outage) before the rows go one at a time.
+    isolate_after: int = 3
 
 
 # Called with the round's connection and the job ids of the job events about to go out.
 BeforePublish = Callable[[AsyncConnection[Any], list[str]], Awaitable[None]]
 
 
+class Publisher(Protocol):
+    async def send_all(self, messages: Sequence[Message]) -> None:
+        """Returns once Kafka acked every message; ProduceFailed otherwise."""
+
+
+Row = tuple[int, str, str, str]  # id, topic, key, payload
+
+
+async def publish(producer: Publisher, rows: Sequence[Row], isolate: bool) -> dict[int, str]:
+    """Publishes `rows` in order; returns the ones dead-lettered, by id, with the error.
+
+    Raises what the send raised, unless `isolate`: then (after rounds that failed in a row)
+    the rows go one at a time, and a row that Kafka refuses for good, or that makes us
+    raise anything else, is dead-lettered so the rows after it go on. A transient failure
+    still raises (Kafka away: wait, dead-letter nothing), and so does every row failing
+    alone (the cause is not in the rows)."""
+    if not isolate:
+        await producer.send_all([_message(row) for row in rows])
+        return {}
+    dead: dict[int, str] = {}
+    for row in rows:
+        try:
+            await producer.send_all([_message(row)])
+        except ProduceFailed as exc:
+            if exc.retriable:
+                raise
+            dead[row[0]] = str(exc)
+        except Exception as exc:
+            dead[row[0]] = f"{type(exc).__name__}: {exc}"
+    if len(rows) > 1 and len(dead) == len(rows):
+        first = next(iter(dead.values()))
+        raise RuntimeError(f"every row fails alone, so not one row's fault: {first}")
+    return dead
+
+
+def _message(row: Row) -> Message:
+    _, topic, key, payload = row
+    return Message(topic, key.encode(), payload.encode())
+
+
 async def relay_round(
-    pool: Pool, producer: AckedProducer, batch: int, before_publish: BeforePublish | None = None
+    pool: Pool,
+    producer: Publisher,
+    batch: int,
+    before_publish: BeforePublish | None = None,
+    *,
+    isolate: bool = False,
 ) -> int:
     """Publishes up to `batch` unsent rows; returns how many (0: none, or another relay
-    holds the lock)."""
+    holds the lock). `isolate`: find and dead-letter a poison row (`publish`)."""
     async with pool.connection() as conn, conn.transaction():
         locked = await (
             await conn.execute("SELECT pg_try_advisory_xact_lock(%s)", [LOCK_KEY])
@@ -76,12 +123,13 @@ async def relay_round(
         job_ids = [key for _, topic, key, _ in rows if topic == topics.JOB_EVENTS]
         if before_publish is not None and job_ids:
             await _before(conn, before_publish, job_ids)
-        await producer.send_all(
-            [Message(topic, key.encode(), payload.encode()) for _, topic, key, payload in rows]
-        )
+        dead = await publish(producer, rows, isolate)
         await conn.execute(
             "UPDATE outbox SET sent_at = now() WHERE id = ANY(%s)", [[row[0] for row in rows]]
         )
+        for row_id, error in dead.items():
+            log.error("outbox row %d dead-lettered in place: %s", row_id, error)
+            await conn.execute("UPDATE outbox SET error = %s WHERE id = %s", [error, row_id])
     return len(rows)
 
 
@@ -127,24 +175,33 @@ async def run(
     stopping: asyncio.Event,
     before_publish: BeforePublish | None = None,
 ) -> None:
-    """Relays until `stopping` is set. Kafka or the database down: wait and try again."""
+    """Relays until `stopping` is set. Kafka or the database down: wait and try again.
+    A round that fails `limits.isolate_after` times in a row for another reason (Kafka
+    refusing a row for good, a row that makes us raise) is tried row by row, and the row
+    at fault is dead-lettered: one row never stops every job's events."""
     loop = asyncio.get_running_loop()
     next_sweep = loop.time()
+    failed = 0  # rounds in a row that failed for a reason other than an outage
     while not stopping.is_set():
         try:
             if loop.time() >= next_sweep:
                 next_sweep = loop.time() + limits.sweep_every_s
                 if swept := await sweep(pool, limits):
                     log.info("outbox relay: %d old outbox rows and idempotency keys deleted", swept)
-            sent = await relay_round(pool, producer, limits.batch, before_publish)
-        except (ProduceFailed, psycopg.OperationalError, PoolTimeout) as exc:
+            isolate = failed >= limits.isolate_after
+            sent = await relay_round(pool, producer, limits.batch, before_publish, isolate=isolate)
+        except (psycopg.OperationalError, PoolTimeout) as exc:
             log.warning("outbox relay round failed, retrying: %r", exc)
             sent, wait = 0, limits.retry_s
+        except ProduceFailed as exc:
+            log.warning("outbox relay round failed, retrying: %r", exc)
+            sent, wait = 0, limits.retry_s
+            failed = 0 if exc.retriable else failed + 1
         except Exception:  # a bug must not end the relay: the rows wait, unmarked
             log.exception("outbox relay round failed unexpectedly, retrying")
-            sent, wait = 0, limits.retry_s
+            sent, wait, failed = 0, limits.retry_s, failed + 1
         else:
-            wait = limits.poll_s
+            wait, failed = limits.poll_s, 0
         if sent == 0:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), wait)

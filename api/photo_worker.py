@@ -10,10 +10,11 @@ worker killed mid-task does it again after a restart, and the job completes exac
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import orjson
 import psycopg
@@ -33,6 +34,7 @@ from api.errors import InvalidPhoto
 from api.job_rules import Action
 from api.photos import process_photo
 from runtime.http import json_response, metrics_response
+from runtime.kafka import AckedProducer, Message, ProduceFailed, durable_producer, error_header
 from runtime.logging import configure_logging
 from runtime.one_write import OneWriteHttpToolsProtocol
 from runtime.postgres import Pool, open_pool
@@ -42,6 +44,7 @@ from schemas import topics
 from schemas.tasks import ProofPhotoTask
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class PhotoWorkerSettings(ServiceSettings):
@@ -68,24 +71,28 @@ async def handle(pool: Pool, blobs: BlobStore, task: ProofPhotoTask) -> str:
         data = await asyncio.to_thread(blobs.get, task.blob)
     except FileNotFoundError:
         data = b""  # lost with its disk: refused below like any broken photo
-    result: dict[str, Any] | None = None
-    error: str | None = None
     try:
         photo = await asyncio.to_thread(process_photo, data)
     except InvalidPhoto as exc:
-        outcome, error = "failed", str(exc)
-    else:
-        await asyncio.to_thread(blobs.put_as, f"{task.task_id}-photo", photo.clean)
-        await asyncio.to_thread(blobs.put_as, f"{task.task_id}-thumbnail", photo.thumbnail)
-        outcome = "done"
-        result = {
-            "sha256": photo.sha256,
-            "format": photo.format,
-            "width": photo.width,
-            "height": photo.height,
-            "photo": f"{task.task_id}-photo",
-            "thumbnail": f"{task.task_id}-thumbnail",
-        }
+        return await finish(pool, task, None, str(exc))
+    await asyncio.to_thread(blobs.put_as, f"{task.task_id}-photo", photo.clean)
+    await asyncio.to_thread(blobs.put_as, f"{task.task_id}-thumbnail", photo.thumbnail)
+    result = {
+        "sha256": photo.sha256,
+        "format": photo.format,
+        "width": photo.width,
+        "height": photo.height,
+        "photo": f"{task.task_id}-photo",
+        "thumbnail": f"{task.task_id}-thumbnail",
+    }
+    return await finish(pool, task, result, None)
+
+
+async def finish(
+    pool: Pool, task: ProofPhotoTask, result: dict[str, Any] | None, error: str | None
+) -> str:
+    """Marks the task done (with `result`) or failed (with `error`), and moves its job on in
+    the same transaction: completed, or back to the driver with the reason in its event."""
     async with pool.connection() as conn, conn.transaction():
         locked = await conn.execute(
             "SELECT status FROM tasks WHERE task_id = %s FOR UPDATE", [task.task_id]
@@ -93,20 +100,91 @@ async def handle(pool: Pool, blobs: BlobStore, task: ProofPhotoTask) -> str:
         row = await locked.fetchone()
         if row is None or row[0] != "pending":
             return "skipped"  # another worker finished it meanwhile (a rebalance)
+        outcome = "done" if error is None else "failed"
         await conn.execute(
             "UPDATE tasks SET status = %s, result = %s, error = %s, updated_at = now()"
             " WHERE task_id = %s",
             [outcome, orjson.dumps(result).decode() if result else None, error, task.task_id],
         )
-        # A broken proof sends the job back to the driver, who may send another.
-        action = Action.FINISH if outcome == "done" else Action.REFUSE_PROOF
-        await job_store.transition(conn, None, task.job_id, action)
+        if error is None:
+            await job_store.transition(conn, None, task.job_id, Action.FINISH)
+        else:
+            # A refused proof sends the job back to the driver, who may send another.
+            await job_store.transition(conn, None, task.job_id, Action.REFUSE_PROOF, reason=error)
     return outcome
 
 
-async def consume(
-    settings: PhotoWorkerSettings, pool: Pool, blobs: BlobStore, outcomes: Counter
-) -> None:
+# What waits and is tried again, the offset held: the database or the disk away.
+TRANSIENT = (psycopg.OperationalError, PoolTimeout, OSError)
+
+
+class Steps(Protocol):
+    """What settling one record does, as ports (the worker's real ones, or a test's)."""
+
+    async def handle(self, task: ProofPhotoTask) -> str: ...
+
+    async def refuse(self, task: ProofPhotoTask, reason: str) -> str: ...
+
+    async def dead_letter(self, key: bytes | None, value: bytes, error: str) -> None: ...
+
+
+async def settle(steps: Steps, key: bytes | None, value: bytes, retry_s: float) -> str:
+    """Takes one `tasks.v1` record to an outcome, after which its offset may be committed.
+    Transient failures are retried. Anything else the record makes us raise is poison: it
+    goes to `tasks.v1.dlq` with its error, its task fails and its job goes back to the
+    driver, and the records after it go on (one record never stops the worker)."""
+    try:
+        task = ProofPhotoTask.model_validate_json(value)
+    except ValidationError as exc:
+        log.error("not a task record, to the DLQ: %r", exc)
+        malformed = f"not a task record: {exc}"
+        await _retrying(lambda: steps.dead_letter(key, value, malformed), retry_s)
+        return "malformed"
+    try:
+        return await _retrying(lambda: steps.handle(task), retry_s)
+    except Exception as exc:
+        log.exception("task %s failed unexpectedly, to the DLQ", task.task_id)
+        error = f"{type(exc).__name__}: {exc}"[:500]
+    await _retrying(lambda: steps.dead_letter(key, value, error), retry_s)
+    reason = f"proof could not be processed ({error})"
+    try:
+        await _retrying(lambda: steps.refuse(task, reason), retry_s)
+    except Exception:
+        # The task or its job refuses the change too (not pending, not completing): the
+        # record is in the DLQ with its error for an operator.
+        log.exception("task %s could not be failed either", task.task_id)
+    return "dead_lettered"
+
+
+async def _retrying(operation: Callable[[], Awaitable[T]], retry_s: float) -> T:
+    while True:
+        try:
+            return await operation()
+        except (*TRANSIENT, ProduceFailed) as exc:
+            log.warning("a task's step failed, retrying: %r", exc)
+            await asyncio.sleep(retry_s)
+
+
+@dataclass(frozen=True)
+class WorkerSteps:
+    """The real steps: the database, the blob store and the dead-letter topic."""
+
+    pool: Pool
+    blobs: BlobStore
+    producer: AckedProducer
+
+    async def handle(self, task: ProofPhotoTask) -> str:
+        return await handle(self.pool, self.blobs, task)
+
+    async def refuse(self, task: ProofPhotoTask, reason: str) -> str:
+        return await finish(self.pool, task, None, reason)
+
+    async def dead_letter(self, key: bytes | None, value: bytes, error: str) -> None:
+        dead = Message(topics.dlq(topics.TASKS), key, value, (error_header(error),))
+        await self.producer.send_all([dead])
+
+
+async def consume(settings: PhotoWorkerSettings, steps: Steps, outcomes: Counter) -> None:
     consumer = AIOKafkaConsumer(
         topics.TASKS,
         bootstrap_servers=settings.kafka_bootstrap,
@@ -118,19 +196,8 @@ async def consume(
     await consumer.start()
     try:
         async for message in consumer:
-            try:
-                task = ProofPhotoTask.model_validate_json(message.value or b"")
-            except ValidationError as exc:
-                log.error("not a task record, skipped: %r", exc)
-                outcomes.labels("malformed").inc()
-            else:
-                while True:
-                    try:
-                        outcomes.labels(await handle(pool, blobs, task)).inc()
-                        break
-                    except (psycopg.OperationalError, PoolTimeout, OSError) as exc:
-                        log.warning("task %s failed, retrying: %r", task.task_id, exc)
-                        await asyncio.sleep(settings.retry_s)
+            outcome = await settle(steps, message.key, message.value or b"", settings.retry_s)
+            outcomes.labels(outcome).inc()
             await consumer.commit()
     finally:
         await consumer.stop()
@@ -144,12 +211,17 @@ def create_app(settings: PhotoWorkerSettings, registry: CollectorRegistry) -> Fa
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         pool = await open_pool(settings.database_dsn, min_size=1, max_size=4, name="photo-worker")
         state["pool"] = pool
-        blobs = DirectoryBlobStore(settings.blob_dir)
+        producer = AckedProducer(
+            lambda: durable_producer(settings.kafka_bootstrap, client_id="photo-worker-dlq"),
+            timeout_s=5.0,
+            shutdown_timeout_s=2.0,
+        )
+        steps = WorkerSteps(pool, DirectoryBlobStore(settings.blob_dir), producer)
 
         async def run_forever() -> None:
             while True:  # the broker may be down at start, or go away
                 try:
-                    await consume(settings, pool, blobs, outcomes)
+                    await consume(settings, steps, outcomes)
                 except (KafkaError, OSError) as exc:
                     log.warning("consumer failed, restarting: %r", exc)
                     await asyncio.sleep(settings.retry_s)
@@ -160,6 +232,7 @@ def create_app(settings: PhotoWorkerSettings, registry: CollectorRegistry) -> Fa
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        await producer.close()
         await pool.close(timeout=5)
 
     app = FastAPI(title="telemetry photo worker", lifespan=lifespan, docs_url=None, redoc_url=None)

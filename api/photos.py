@@ -5,14 +5,12 @@ import hashlib
 from dataclasses import dataclass
 from io import BytesIO
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from api.errors import InvalidPhoto, PhotoTooLarge
 from schemas.tasks import MAX_PHOTO_BYTES, MAX_PHOTO_PIXELS, PHOTO_FORMATS
 
 THUMBNAIL_PX = (320, 320)
-# What Pillow raises on data that is not the image it claims to be.
-_BROKEN = (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError)
 
 
 def check_photo(data: bytes) -> str:
@@ -22,7 +20,7 @@ def check_photo(data: bytes) -> str:
     try:
         with Image.open(BytesIO(data)) as image:
             fmt, (width, height) = image.format, image.size
-    except _BROKEN as exc:
+    except Exception as exc:  # what Pillow raises on a crafted header is the upload's fault
         raise InvalidPhoto(f"photo is not a JPEG or PNG image ({exc})") from exc
     if fmt not in PHOTO_FORMATS:
         raise InvalidPhoto(f"photo is {fmt}; JPEG or PNG only")
@@ -42,17 +40,28 @@ class ProcessedPhoto:
 
 
 def process_photo(data: bytes) -> ProcessedPhoto:
-    """Decodes the whole image (InvalidPhoto when it is broken past its header), turns it
-    upright, re-encodes it without metadata, and makes a thumbnail."""
+    """Decodes the whole image, turns it upright, re-encodes it without metadata, and
+    makes a thumbnail. InvalidPhoto for anything that goes wrong on the way: Pillow raises
+    more than it documents on crafted files (a TypeError from `exif_transpose` on a corrupt
+    GPS block), and whatever an upload makes it raise is the upload's fault, never a
+    reason to stop processing the photos after it."""
     fmt = check_photo(data)
     try:
-        with Image.open(BytesIO(data)) as image:
-            image.load()
-            upright = ImageOps.exif_transpose(image)
-    except _BROKEN as exc:
-        raise InvalidPhoto(f"photo could not be decoded ({exc})") from exc
+        return _process(data, fmt)
+    except Exception as exc:
+        raise InvalidPhoto(
+            f"photo could not be decoded ({type(exc).__name__}: {exc})"[:500]
+        ) from exc
+
+
+def _process(data: bytes, fmt: str) -> ProcessedPhoto:
+    with Image.open(BytesIO(data)) as image:
+        image.load()
+        upright = ImageOps.exif_transpose(image)
     if fmt == "JPEG" and upright.mode not in ("RGB", "L"):
         upright = upright.convert("RGB")
+    # A JPEG comment travels in `info` and Pillow writes it back: none leaves with it.
+    upright.info.pop("comment", None)
     clean = BytesIO()
     # No `exif=` argument: Pillow writes no EXIF block, so GPS tags are gone.
     upright.save(clean, format=fmt)

@@ -68,6 +68,11 @@ class ReadMetrics:
             "The replica's replay lag as last measured (+Inf while it does not answer)",
             registry=registry,
         )
+        self.replica_up = Gauge(
+            "api_replica_up",
+            "1 while the replica answers the api; 0 while reads fall back to the primary",
+            registry=registry,
+        )
         self.replica_skipped = Gauge(
             "api_replica_skipped",
             "1 while every read goes to the primary because the replica lags or is down",
@@ -149,6 +154,11 @@ class ReadRouter:
         self._check_every_s = check_every_s
         self._lag_s = 0.0
 
+    @property
+    def replica_answers(self) -> bool:
+        """The replica answered the last look (reads fall back to the primary otherwise)."""
+        return not math.isinf(self._lag_s)
+
     @asynccontextmanager
     async def read(
         self,
@@ -219,6 +229,7 @@ class ReadRouter:
                     "primary" if lag > self._max_lag_s else "replica again",
                 )
             self._lag_s = lag
+            self._metrics.replica_up.set(0 if math.isinf(lag) else 1)
             self._metrics.replica_lag.set(lag)
             self._metrics.replica_skipped.set(1 if lag > self._max_lag_s else 0)
             with contextlib.suppress(TimeoutError):

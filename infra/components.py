@@ -57,6 +57,9 @@ class Component:
     # Restarted by the supervisor when it dies: stateless processes (our services, the
     # edge tiers). The data stores are not: a crashed database wants an operator.
     supervised: bool = False
+    # Its liveness probe (our services' /healthz), for a supervised component: a process
+    # that fails it several looks in a row is stuck, and the supervisor restarts it.
+    live: Callable[[], bool] | None = None
 
     @property
     def log_name(self) -> str:
@@ -163,6 +166,7 @@ def components(config: StackConfig, report: Callable[[str], None]) -> list[Compo
                 spec.name,
                 command=lambda spec=spec: services.command(spec),  # type: ignore[misc]
                 ready=lambda spec=spec: services.ready(spec),  # type: ignore[misc]
+                live=lambda spec=spec: services.live(spec),  # type: ignore[misc]
                 ports=((spec.port, spec.port_env),),
                 endpoint=spec.endpoint,
                 after=spec.after,

@@ -24,6 +24,7 @@ TOPICS = [
     (topics.JOB_EVENTS, topics.DRIVER_TOPIC_PARTITIONS),
     (topics.TASKS, topics.DRIVER_TOPIC_PARTITIONS),
     (topics.dlq(topics.PINGS), 3),
+    (topics.dlq(topics.TASKS), 3),
 ]
 
 

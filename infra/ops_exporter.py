@@ -29,7 +29,7 @@ from runtime.postgres import REPLICA_LAG
 from schemas import topics
 
 NAME = "ops-exporter"
-DEAD_LETTER_TOPICS = (topics.dlq(topics.PINGS),)
+DEAD_LETTER_TOPICS = (topics.dlq(topics.PINGS), topics.dlq(topics.TASKS))
 log = logging.getLogger(NAME)
 
 

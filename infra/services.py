@@ -152,6 +152,19 @@ def ready(spec: ServiceSpec) -> bool:
     return url_ready(spec.url, spec.name)
 
 
+# A process this slow to say it lives is as stuck as one that says it is not.
+LIVENESS_TIMEOUT_S = 5.0
+
+
+def live(spec: ServiceSpec) -> bool:
+    """Every service answers /healthz with 200 while it works: a consumer whose task died
+    or whose batch is stuck answers 503, and a process that does not answer is stuck too."""
+    try:
+        return httpx.get(spec.url + "/healthz", timeout=LIVENESS_TIMEOUT_S).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 @contextlib.contextmanager
 def variants(
     config: StackConfig, module: str, count: int, env: dict[str, str], name: str

@@ -186,6 +186,13 @@ class Stack:
         with contextlib.suppress(ProcessLookupError):
             os.kill(record.ref.pid, signal.SIGKILL)
 
+    def kill_stuck(self, name: str, stuck: ProcessRef) -> None:
+        """SIGKILL, still recorded (as `crash`), if `name` is still the process `stuck`."""
+        record = self.records.get(name)
+        if record is not None and record.ref == stuck and stuck.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(stuck.pid, signal.SIGKILL)
+
     def restart(self, name: str, dead: ProcessRef) -> bool:
         """Starts `name` again if it is still recorded as the process `dead`, which has
         exited; False when another caller got there first, it was stopped meanwhile, or its

@@ -1,6 +1,8 @@
 """The supervisor: a process of the stack that restarts a service process that died (a
 crash, kill -9) within seconds, with backoff, and stops trying after repeated crashes
-(`status` then says so). It acts only on what the state file says runs and is supervised:
+(`status` then says so). A process that is alive but stuck (its /healthz fails several
+looks in a row: a consumer whose task died, a batch that cannot be written) is killed and
+restarted the same way. It acts only on what the state file says runs and is supervised:
 a component stopped through the stack is forgotten first, so it is never brought back."""
 
 import argparse
@@ -38,6 +40,8 @@ class _Track:
     started_at: float
     quick_exits: int = 0
     restart_at: float | None = None
+    failed_looks: int = 0
+    next_look: float = 0.0
 
 
 @dataclass
@@ -50,6 +54,12 @@ class RestartPolicy:
     stable_after_s: float = 30.0
     first_backoff_s: float = 1.0
     max_backoff_s: float = 30.0
+    # A live process is stuck when its liveness probe fails this many looks in a row,
+    # `look_every_s` apart, counted once it has had `startup_grace_s` to come up: long
+    # enough that a busy process is not taken for a stuck one.
+    stuck_after_looks: int = 4
+    look_every_s: float = 5.0
+    startup_grace_s: float = 30.0
     _tracks: dict[str, _Track] = field(default_factory=dict)
 
     def alive(self, name: str, now: float) -> None:
@@ -77,6 +87,19 @@ class RestartPolicy:
         track = self._tracks.setdefault(name, _Track(started_at=now))
         track.started_at = now
         track.restart_at = None
+        track.failed_looks = 0
+
+    def look_due(self, name: str, now: float) -> bool:
+        """Time to probe a live process: past its start-up grace and its next look."""
+        track = self._tracks.setdefault(name, _Track(started_at=now))
+        return now >= track.started_at + self.startup_grace_s and now >= track.next_look
+
+    def looked(self, name: str, now: float, healthy: bool) -> bool:
+        """Records a probe's answer; True when the process is stuck (kill it)."""
+        track = self._tracks.setdefault(name, _Track(started_at=now))
+        track.next_look = now + self.look_every_s
+        track.failed_looks = 0 if healthy else track.failed_looks + 1
+        return track.failed_looks >= self.stuck_after_looks
 
     def forget(self, name: str) -> None:
         self._tracks.pop(name, None)
@@ -88,7 +111,9 @@ class RestartPolicy:
 
 
 def supervise_once(stack: "Stack", policy: RestartPolicy, now: float) -> None:
-    """One look at every supervised process: restart the dead ones that are due."""
+    """One look at every supervised process: restart the dead ones that are due, and kill
+    the stuck ones (alive, failing their liveness probe) so that the next look restarts
+    them as it would a crash."""
     records = stack.records
     policy.keep_only(set(records))
     for name, record in records.items():
@@ -96,6 +121,23 @@ def supervise_once(stack: "Stack", policy: RestartPolicy, now: float) -> None:
             continue
         if record.ref.alive():
             policy.alive(name, now)
+            component = stack.components.get(name)
+            probe = component.live if component is not None else None
+            stuck = (
+                probe is not None
+                and policy.look_due(name, now)
+                and policy.looked(name, now, probe())
+            )
+            if stuck:
+                log.error(
+                    "%s (pid %d) failed its liveness probe %d looks in a row: stuck,"
+                    " killed to be restarted",
+                    name,
+                    record.ref.pid,
+                    policy.stuck_after_looks,
+                )
+                # SIGKILL: a stuck process may not act on a polite signal either.
+                stack.kill_stuck(name, record.ref)
             continue
         due = policy.exited(name, now)
         if due is None:

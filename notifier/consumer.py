@@ -51,6 +51,9 @@ class LiveReader:
                 await self._run()
             except (KafkaError, OSError) as exc:
                 log.warning("live reader failed, restarting: %r", exc)
+            except Exception:
+                # A bug must not end live delivery for the process's lifetime.
+                log.exception("live reader failed unexpectedly, restarting")
             self.assigned = False
             await asyncio.sleep(self._settings.retry_s)
 
@@ -96,7 +99,11 @@ class LiveReader:
                 self._metrics.undecodable.labels(topic).inc()
                 continue
             driver = event.data.get("driver_id")
-            self._hub.job_event(event_frame(event), driver if isinstance(driver, str) else None)
+            try:
+                self._hub.job_event(event_frame(event), driver if isinstance(driver, str) else None)
+            except Exception:
+                self._skip(record, topic)
+                continue
             consumed.append((event, record.value or b""))
         # After the fan-out: the log serves later resumes, the live subscribers come first.
         await self._log.append(consumed)
@@ -117,4 +124,14 @@ class LiveReader:
             except ValidationError:
                 self._metrics.undecodable.labels(topic).inc()
                 continue
-            self._hub.position(update)
+            try:
+                self._hub.position(update)
+            except Exception:
+                self._skip(record, topic)
+
+    def _skip(self, record: ConsumerRecord[bytes, bytes], topic: str) -> None:
+        """One record that makes us raise is logged, counted and skipped: the reader goes
+        on. It stays in its topic (nothing here commits, so there is nothing to dead-letter
+        past); a subscriber gets what it missed on the job's next event or a resume."""
+        self._metrics.poison.labels(topic).inc()
+        log.exception("record %s-%d@%d failed, skipped", topic, record.partition, record.offset)

@@ -75,6 +75,12 @@ class NotifierMetrics:
             ["topic"],
             registry=registry,
         )
+        self.poison = Counter(
+            "notifier_records_failed",
+            "Kafka records skipped because handling them raised (logged with the error)",
+            ["topic"],
+            registry=registry,
+        )
         self.log_failures = Counter(
             "notifier_log_failures",
             "Redis log calls that failed or timed out (resumes fall back to PostgreSQL)",

@@ -29,11 +29,23 @@ def durable_producer(
 
 
 class ProduceFailed(Exception):
-    """Kafka did not acknowledge within the deadline (or refused); retry later."""
+    """Kafka did not acknowledge within the deadline (or refused). `retriable` False: the
+    broker refused these records for good (too large, say); sending them again fails too."""
+
+    def __init__(self, message: str, *, retriable: bool = True) -> None:
+        super().__init__(message)
+        self.retriable = retriable
 
 
 # A record's headers, in order (a name may repeat).
 Headers = Sequence[tuple[str, bytes]]
+# Header values are bytes; an error stays readable and its record under the size limit.
+MAX_ERROR_HEADER_BYTES = 4000
+
+
+def error_header(error: str) -> tuple[str, bytes]:
+    """The header a dead-lettered record carries: why it was dead-lettered."""
+    return ("error", error.encode()[:MAX_ERROR_HEADER_BYTES])
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +120,7 @@ class AckedProducer:
         except KafkaError as exc:
             if not exc.retriable and producer is not None:
                 await self._discard(producer, exc)
-            raise ProduceFailed(f"Kafka refused: {exc!r}") from exc
+            raise ProduceFailed(f"Kafka refused: {exc!r}", retriable=exc.retriable) from exc
         except (TimeoutError, OSError) as exc:
             # The record may still be written after we gave up: consumers deduplicate
             # (pings by ping_id, positions by driver and fix time; design section 13).

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol, TypeVar
 
+from runtime.kafka import error_header
 from runtime.logging import REQUEST_ID_KAFKA_HEADER
 from schemas.pings import PingBatchRecord
 from schemas.positions import PositionUpdate
@@ -21,8 +22,6 @@ from streams.metrics import StreamsMetrics
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-# Kafka header values are bytes; keep the error readable and the record under the limit.
-MAX_ERROR_HEADER_BYTES = 4000
 
 
 class Sink(Protocol):
@@ -44,6 +43,10 @@ class Sender(Protocol):
 
 class Stopping(Exception):
     """The worker is stopping and the batch is not done: it must not be acknowledged."""
+
+
+class _KeepsFailing(Exception):
+    """A step raised unexpected errors so many times in a row that its input is the cause."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +106,7 @@ class PingBatchProcessor:
         shutdown_grace_s: float,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        unexpected_retries: int = 3,
     ) -> None:
         self._sink = sink
         self._sender = sender
@@ -113,6 +117,8 @@ class PingBatchProcessor:
         self._grace_s = shutdown_grace_s
         self._clock = clock
         self._rng = rng or random.Random()
+        # Unexpected write errors in a row before the batch is searched for a poison record.
+        self._unexpected_retries = unexpected_retries
         self._stopping = asyncio.Event()
         self.health = Health()
 
@@ -132,7 +138,15 @@ class PingBatchProcessor:
                 bad.error,
                 extra={"request_id": bad.request_id},
             )
-        written = await self._retry("write", lambda: self._write_isolating(incoming))
+        try:
+            written = await self._retry(
+                "write", lambda: self._write_isolating(incoming), self._unexpected_retries
+            )
+        except _KeepsFailing:
+            # The same batch raised something unforeseen write after write: a record in it
+            # makes us raise (a bug meeting one input). Find it as a refused one is found,
+            # and dead-letter it; everything else is stored (the sink is idempotent).
+            written = await self._retry("write", lambda: self._isolate_unexpected(incoming))
         stored_at = datetime.now(UTC)
         dead = poison + written.dead
         outgoing = [self._dead_letter(p) for p in dead] + [
@@ -151,37 +165,62 @@ class PingBatchProcessor:
         self.health.pending_since = None
         self.health.last_write = self._clock()
 
-    async def _write_isolating(self, incoming: list[Incoming]) -> _Written:
-        """Writes the records; when the database refuses their data, splits the batch
-        until the offending record is alone, and dead-letters it with the error."""
+    async def _write_isolating(
+        self, incoming: list[Incoming], *, isolate_unexpected: bool = False
+    ) -> _Written:
+        """Writes the records; when the database refuses their data (or, with
+        `isolate_unexpected`, when the write raises anything not transient), splits the
+        batch until the offending record is alone, and dead-letters it with the error."""
         try:
             batch = await self._sink.write([i.record for i in incoming])
-        except BadData as exc:
+        except (SinkUnavailable, Stopping):
+            raise
+        except Exception as exc:
+            if not (isinstance(exc, BadData) or isolate_unexpected):
+                raise
             if len(incoming) == 1:
                 alone = incoming[0]
+                if isinstance(exc, BadData):
+                    error, why = str(exc), "refused by the database"
+                else:
+                    error, why = f"{type(exc).__name__}: {exc}", "failed unexpectedly alone"
                 log.warning(
-                    "record refused by the database, to the DLQ: %s",
-                    exc,
-                    extra={"request_id": alone.request_id},
+                    "record %s, to the DLQ: %s", why, error, extra={"request_id": alone.request_id}
                 )
-                return _Written(dead=[Poison(alone.key, alone.value, str(exc), alone.request_id)])
+                return _Written(dead=[Poison(alone.key, alone.value, error, alone.request_id)])
             half = len(incoming) // 2
-            first = await self._write_isolating(incoming[:half])
-            return first.merge(await self._write_isolating(incoming[half:]))
+            first = await self._write_isolating(
+                incoming[:half], isolate_unexpected=isolate_unexpected
+            )
+            rest = await self._write_isolating(
+                incoming[half:], isolate_unexpected=isolate_unexpected
+            )
+            return first.merge(rest)
         return _Written(dict(batch.moved), list(batch.pings))
 
+    async def _isolate_unexpected(self, incoming: list[Incoming]) -> _Written:
+        written = await self._write_isolating(incoming, isolate_unexpected=True)
+        if len(incoming) > 1 and len(written.dead) == len(incoming):
+            # Every record fails alone as well: the cause is not in the records (an outage
+            # of a kind we do not know). Nothing is dead-lettered; the batch is retried.
+            raise RuntimeError("every record of the batch fails: not one record's fault")
+        return written
+
     def _dead_letter(self, poison: Poison) -> Outgoing:
-        error = poison.error.encode()[:MAX_ERROR_HEADER_BYTES]
-        headers: tuple[tuple[str, bytes], ...] = (("error", error),)
+        headers: tuple[tuple[str, bytes], ...] = (error_header(poison.error),)
         if poison.request_id is not None:
             headers += ((REQUEST_ID_KAFKA_HEADER, poison.request_id.encode()),)
         return Outgoing(self._dlq_topic, poison.key, poison.value, headers)
 
-    async def _retry(self, what: str, operation: Callable[[], Awaitable[T]]) -> T:
+    async def _retry(
+        self, what: str, operation: Callable[[], Awaitable[T]], unexpected_limit: int = 0
+    ) -> T:
         """Runs `operation` until it succeeds. Transient failures and unexpected errors
         alike are retried with jittered backoff: a batch is never given up (acked) unwritten.
+        With `unexpected_limit`, that many unexpected errors in a row raise _KeepsFailing.
         When the worker stops, raises Stopping after the grace period."""
         attempt = 0
+        unexpected = 0
         while True:
             try:
                 return await self._unless_stopping(operation())
@@ -190,9 +229,13 @@ class PingBatchProcessor:
             except (SinkUnavailable, SendFailed) as exc:
                 self._metrics.batch_failures.labels(what, "transient").inc()
                 log.warning("%s failed, retrying: %s", what, exc)
-            except Exception:
+                unexpected = 0
+            except Exception as exc:
                 self._metrics.batch_failures.labels(what, "unexpected").inc()
                 log.exception("%s failed unexpectedly, retrying (the batch stays unacked)", what)
+                unexpected += 1
+                if unexpected == unexpected_limit:
+                    raise _KeepsFailing(what) from exc
             if self._stopping.is_set():
                 raise Stopping(f"stopping while the batch's {what} is not done")
             delay = self._backoff.delay_s(attempt, self._rng)

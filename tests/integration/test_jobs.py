@@ -30,8 +30,9 @@ from runtime.postgres import open_pool
 from schemas import topics
 from schemas.auth import Role
 from schemas.jobs import JobEvent
+from tests.crafted_photos import corrupt_gps_jpeg
 from tests.integration.conftest import wait_for
-from tests.integration.driving import ping_at, post, stored
+from tests.integration.driving import ping_at, post, stored, wait_stored
 
 pytestmark = pytest.mark.integration
 
@@ -323,6 +324,90 @@ def test_a_job_is_cancelled_before_pickup_by_its_customer(
     assert customer.get(path).json()["driver_position"] is None  # never under way
 
 
+# What a query string could try to order: none of it is a parameter of any POST route.
+HOSTILE_QUERY = {
+    "action": "complete",
+    "status": "completed",
+    "driver_id": "intruder",
+    "customer_id": "intruder",
+    "ttl_s": "60",
+}
+
+
+def test_no_post_route_obeys_a_query_parameter_it_does_not_publish(
+    config: StackConfig, people: dict[str, Caller], token: Callable[..., str]
+) -> None:
+    customer, dispatcher, driver = people["customer"], people["dispatcher"], people["driver"]
+
+    def hostile(caller: Caller, path: str, body: Any = None, **query: str) -> httpx.Response:
+        params = HOSTILE_QUERY | query
+        return httpx.post(caller.base + path, params=params, json=body, headers=caller.headers)
+
+    checked = set()
+    r = hostile(customer, "/v1/jobs", BODY)
+    assert r.status_code == 201, r.text
+    assert (r.json()["customer_id"], r.json()["status"]) == (customer.sub, "created")
+    checked.add("/v1/jobs")
+    path = f"/v1/jobs/{r.json()['job_id']}"
+
+    r = hostile(dispatcher, f"{path}/assign", {"driver_id": driver.sub}, action="cancel")
+    assert (r.status_code, r.json()["status"], r.json()["driver_id"]) == (
+        200, "assigned", driver.sub,
+    )  # fmt: skip
+    checked.add("/v1/jobs/{job_id}/assign")
+
+    r = hostile(driver, f"{path}/pickup")  # ?action=complete: once moved a job to completing
+    assert (r.status_code, r.json()["status"]) == (200, "picked_up"), r.text
+    r = hostile(driver, f"{path}/pickup")
+    assert r.status_code == 409 and customer.get(path).json()["status"] == "picked_up"
+    checked.add("/v1/jobs/{job_id}/pickup")
+
+    r = hostile(customer, f"{path}/share")  # ?ttl_s=60: the body's (default) ttl counts
+    assert r.status_code == 201, r.text
+    expires = datetime.fromisoformat(r.json()["expires_at"])
+    assert expires > datetime.now(UTC) + timedelta(hours=23)
+    checked.add("/v1/jobs/{job_id}/share")
+
+    r = httpx.post(
+        f"{driver.base}{path}/complete",
+        params=HOSTILE_QUERY | {"action": "finish"},
+        files={"photo": ("proof.jpg", jpeg(), "image/jpeg")},
+        headers=driver.headers,
+    )
+    assert r.status_code == 202, r.text
+    checked.add("/v1/jobs/{job_id}/complete")
+    job_id = path.rsplit("/", 1)[1]
+    # The driver's complete, as published; the worker's finish (if done yet) comes after.
+    assert [e[2] for e in events(config, job_id)][:4] == [None, "assign", "pickup", "complete"]
+
+    cancelled = people["customer"].post("/v1/jobs", BODY).json()["job_id"]
+    dispatcher.post(f"/v1/jobs/{cancelled}/assign", {"driver_id": driver.sub})
+    r = hostile(dispatcher, f"/v1/jobs/{cancelled}/cancel", action="assign")  # once: no driver
+    assert (r.status_code, r.json()["status"]) == (200, "cancelled"), r.text
+    checked.add("/v1/jobs/{job_id}/cancel")
+
+    # Ingest's one POST: the driver is the token's, whatever the query says.
+    pinger = f"drv-q-{uuid.uuid4().hex[:6]}"
+    r = httpx.post(
+        f"http://127.0.0.1:{config.ingest_port}/v1/pings",
+        params=HOSTILE_QUERY,
+        json={"pings": [ping_at(datetime.now(UTC), 0)]},
+        headers={"Authorization": f"Bearer {token(Role.DRIVER, pinger)}"},
+    )
+    assert r.status_code == 202, r.text
+    assert len(wait_stored(config, pinger, 1)) == 1
+    checked.add("/v1/pings")
+
+    # Every POST the services publish was tried above.
+    published = {
+        route
+        for base in (customer.base, f"http://127.0.0.1:{config.ingest_port}")
+        for route, ops in httpx.get(base + "/openapi.json").json()["paths"].items()
+        if "post" in ops
+    }
+    assert checked == published
+
+
 async def consume_events(config: StackConfig, start: dict[Any, int], jobs: set[str]) -> list[Any]:
     """(job_id, seq) of every job-events.v1 record of `jobs` from `start`, in arrival order
     per partition (a job's events all lie in one partition: keyed by job id)."""
@@ -417,6 +502,35 @@ def unsent(config: StackConfig) -> int:
     with psycopg.connect(postgres.dsn(config, "primary")) as conn:
         row = conn.execute("SELECT count(*) FROM outbox WHERE sent_at IS NULL").fetchone()
     return int(row[0]) if row else -1
+
+
+def test_a_row_kafka_refuses_for_good_is_dead_lettered_and_the_events_after_it_go_out(
+    config: StackConfig, people: dict[str, Caller]
+) -> None:
+    # A row past the producer's 1 MiB request limit: Kafka refuses it every time. Before,
+    # the relay retried the same round forever and no job event or task left again.
+    huge = orjson.dumps({"seq": 1, "pad": "x" * (2 * 1024 * 1024)}).decode()
+    with psycopg.connect(postgres.dsn(config, "primary")) as conn:
+        row = conn.execute(
+            "INSERT INTO outbox (topic, key, payload) VALUES (%s, %s, %s) RETURNING id",
+            [topics.JOB_EVENTS, str(uuid.uuid4()), huge],
+        ).fetchone()
+    assert row is not None
+    job_id = people["customer"].post("/v1/jobs", BODY).json()["job_id"]
+
+    def settled() -> tuple[Any, ...] | None:
+        with psycopg.connect(postgres.dsn(config, "primary")) as conn:
+            poison = conn.execute(
+                "SELECT sent_at IS NOT NULL, error FROM outbox WHERE id = %s", [row[0]]
+            ).fetchone()
+            after = conn.execute(
+                "SELECT count(*) FROM outbox WHERE key = %s AND sent_at IS NULL", [job_id]
+            ).fetchone()
+        return poison if poison and poison[0] and after == (0,) else None
+
+    sent, error = wait_for(settled, timeout_s=60)
+    assert sent and "MessageSizeTooLarge" in error
+    assert events(config, job_id)[0][1] == "job.created"
 
 
 def test_a_share_link_shows_the_delivery_to_anyone_until_it_expires(
@@ -588,6 +702,31 @@ def test_a_bad_proof_is_refused_and_a_broken_one_sends_the_job_back(
     assert driver.get(path).json()["status"] == "picked_up"  # the driver sends another
     r = send_photo(driver, path, jpeg())
     assert wait_for(lambda: task_done(driver, r.json()["task_id"]))["status"] == "done"
+
+
+def test_a_photo_that_makes_pillow_raise_is_refused_and_the_worker_goes_on(
+    stack: Stack, config: StackConfig, people: dict[str, Caller]
+) -> None:
+    driver = people["driver"]
+    path = picked_up_job(people)
+    r = send_photo(driver, path, corrupt_gps_jpeg())
+    assert r.status_code == 202, r.text  # its header reads well
+    task = wait_for(lambda: task_done(driver, r.json()["task_id"]))
+    assert task["status"] == "failed" and "TypeError" in task["error"]
+    assert driver.get(path).json()["status"] == "picked_up"  # the driver sends another
+    with psycopg.connect(postgres.dsn(config, "primary")) as conn:
+        row = conn.execute(
+            "SELECT data FROM job_events WHERE job_id = %s ORDER BY seq DESC LIMIT 1",
+            [path.rsplit("/", 1)[1]],
+        ).fetchone()
+    assert row is not None and row[0]["action"] == "refuse_proof"
+    assert "TypeError" in row[0]["reason"]  # why, for the driver's app and the customer
+    for name in stack.urls("photo-worker"):
+        assert httpx.get(name + "/healthz").status_code == 200
+    # The proofs after it are processed.
+    r = send_photo(driver, path, jpeg())
+    assert wait_for(lambda: task_done(driver, r.json()["task_id"]))["status"] == "done"
+    assert driver.get(path).json()["status"] == "completed"
 
 
 def test_the_photo_worker_killed_mid_task_completes_each_job_once(

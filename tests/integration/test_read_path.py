@@ -22,6 +22,7 @@ from infra.config import StackConfig
 from infra.procs import free_port
 from infra.redis import url as redis_url
 from infra.services import api_variants
+from infra.stack import Stack
 from schemas.auth import Role
 from tests.integration.conftest import metric, wait_for
 
@@ -266,3 +267,34 @@ def test_reads_past_the_database_cap_are_refused_with_503_and_retry_after(
             assert r.json()["error"]["code"] == "overloaded"
         assert metric(url, "api_db_saturated_total") == len(refused)
         assert metric(url, "api_db_reads_in_flight_peak") == 1
+
+
+def test_with_the_replica_gone_every_route_is_still_served_through_the_edge(
+    stack: Stack, config: StackConfig, token: Token
+) -> None:
+    # Readiness is the primary: a replica away degrades reads to the primary, shown by the
+    # metric, and never takes the api out of HAProxy (which checks /readyz every second and
+    # marks a process down after two failures).
+    customer = bearer(token, Role.CUSTOMER, f"cus-{uuid.uuid4().hex[:6]}")
+    edge = stack.public_url()
+    assert edge is not None
+    api = stack.urls("api")
+    job_id = new_job(config, customer, edge)
+    stack.stop("postgres-replica")
+    try:
+        wait_for(lambda: True if total(api, "api_replica_up") == 0 else None)
+        assert all(httpx.get(url + "/readyz").json()["replica"] is False for url in api)
+        fallbacks = total(api, "api_db_reads_total", view="job", target="primary")
+        statuses = []
+        deadline = time.monotonic() + 5  # past HAProxy's two failed checks, twice over
+        while time.monotonic() < deadline:
+            forget(config, "job", job_id)  # a miss: the read itself must fall back
+            statuses.append(httpx.get(f"{edge}/v1/jobs/{job_id}", headers=customer).status_code)
+            statuses.append(httpx.get(f"{edge}/v1/jobs", headers=customer).status_code)
+            statuses.append(httpx.post(f"{edge}/v1/jobs", json=BODY, headers=customer).status_code)
+            time.sleep(0.2)  # the pace of the look, bounded by the deadline above
+        assert set(statuses) == {200, 201}, statuses
+        assert total(api, "api_db_reads_total", view="job", target="primary") > fallbacks
+    finally:
+        stack.start("postgres-replica")
+    wait_for(lambda: True if total(api, "api_replica_up") == len(api) else None)

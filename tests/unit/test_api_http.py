@@ -64,3 +64,53 @@ def test_database_unavailable_is_a_503_and_a_bad_id_never_reaches_it(tmp_path: P
         dispatcher = issue_token(private, sub="disp-1", role=Role.DISPATCHER)
         r = client.post("/v1/jobs", json=job, headers={"Authorization": f"Bearer {dispatcher}"})
         assert (r.status_code, r.headers["Retry-After"]) == (503, "1")
+
+
+class AnsweringPool:
+    """A pool whose database answers every statement (one row, a zero)."""
+
+    @asynccontextmanager
+    async def connection(self, timeout: float | None = None) -> AsyncIterator[Any]:  # noqa: ASYNC109 (psycopg_pool's signature)
+        yield self
+
+    async def execute(self, sql: str, params: Any = None) -> "AnsweringPool":
+        return self
+
+    async def fetchone(self) -> tuple[float]:
+        return (0.0,)
+
+    async def close(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109 (the same)
+        pass
+
+
+def test_readiness_is_the_primary_and_a_replica_away_only_shows(tmp_path: Path) -> None:
+    # Every route can be served by the primary (reads fall back to it): the replica's loss
+    # must not take the process out of HAProxy, which checks /readyz.
+    private, public = tmp_path / "k.pem", tmp_path / "k.pub.pem"
+    generate_keypair(private, public)
+    settings = ApiSettings(jwt_public_key_path=public, relay_enabled=False, replica_check_s=3600)
+
+    def readyz(read: Any, write: Any) -> tuple[int, dict[str, Any]]:
+        async def open_read() -> Pool:
+            return cast(Pool, read)
+
+        async def open_write() -> Pool:
+            return cast(Pool, write)
+
+        app = create_app(settings, open_read_pool=open_read, open_write_pool=open_write)
+        with TestClient(app) as client:
+            r = client.get("/readyz")
+            metrics = client.get("/metrics").text
+        replica_up = [line for line in metrics.splitlines() if line.startswith("api_replica_up ")]
+        return r.status_code, r.json() | {"metric": replica_up}
+
+    assert readyz(UnavailablePool(), AnsweringPool()) == (
+        200,
+        {"status": "ready", "replica": False, "metric": ["api_replica_up 0.0"]},
+    )
+    assert readyz(AnsweringPool(), AnsweringPool()) == (
+        200,
+        {"status": "ready", "replica": True, "metric": ["api_replica_up 1.0"]},
+    )
+    status, body = readyz(AnsweringPool(), UnavailablePool())
+    assert (status, body["status"]) == (503, "unavailable")

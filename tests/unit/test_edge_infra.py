@@ -181,6 +181,38 @@ def test_the_supervisor_restarts_a_killed_process_and_not_a_stopped_one(
             stop(record.ref, sig=signal.SIGKILL)
 
 
+def test_the_supervisor_restarts_a_live_process_whose_probe_fails_looks_in_a_row(
+    tmp_path: Path,
+) -> None:
+    stack = _supervised_stack(tmp_path)
+    answers = {"healthy": True}
+    stack.components["sleeper"] = replace(
+        stack.components["sleeper"], live=lambda: answers["healthy"]
+    )
+    policy = RestartPolicy(stuck_after_looks=3, look_every_s=5, startup_grace_s=30)
+    try:
+        stack.start("sleeper")
+        first = stack.records["sleeper"].ref
+        answers["healthy"] = False
+        for now in (0.0, 10.0, 20.0):  # within its start-up grace: not looked at
+            supervise_once(stack, policy, now)
+        assert first.alive()
+        for now in (30.0, 32.0, 35.0, 40.0):  # three failed looks 5 s apart (32: not due)
+            supervise_once(stack, policy, now)
+        assert wait_until(lambda: not first.alive(), 5), "a stuck process was left running"
+        supervise_once(stack, policy, 41.0)
+        second = stack.records["sleeper"]
+        assert second.ref != first and second.ref.alive() and second.restarts == 1
+        # A healthy look between failures starts the count afresh.
+        for now, healthy in ((80.0, False), (85.0, False), (90.0, True), (95.0, False)):
+            answers["healthy"] = healthy
+            supervise_once(stack, policy, now)
+        assert stack.records["sleeper"].ref == second.ref and second.ref.alive()
+    finally:
+        for record in stack.records.values():
+            stop(record.ref, sig=signal.SIGKILL)
+
+
 def test_the_supervisor_gives_up_and_says_so(tmp_path: Path) -> None:
     stack = _supervised_stack(tmp_path)
     policy = RestartPolicy(max_quick_exits=1)

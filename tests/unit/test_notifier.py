@@ -356,3 +356,48 @@ async def test_a_fix_that_came_before_the_assignment_is_sent_after_its_event() -
     await asyncio.sleep(0.05)  # nothing more may arrive: wait out a short deadline
     for sock in sockets.values():
         assert [orjson.loads(m)["type"] for m in sock.sent] == ["job.status"]
+
+
+async def test_the_live_reader_skips_a_record_that_makes_it_raise_and_delivers_the_rest() -> None:
+    from aiokafka import ConsumerRecord
+    from prometheus_client import CollectorRegistry
+
+    from notifier.consumer import LiveReader, ReaderSettings
+    from notifier.metrics import NotifierMetrics
+
+    poison_job, good_job = uuid.uuid4(), uuid.uuid4()
+
+    class Hub:
+        def __init__(self) -> None:
+            self.delivered: list[str] = []
+
+        def job_event(self, frame: EventFrame, driver: str | None) -> None:
+            if str(frame.job_id) == str(poison_job):
+                raise TypeError("a bug one event meets")
+            self.delivered.append(str(frame.job_id))
+
+    class Log:
+        def __init__(self) -> None:
+            self.appended: list[JobEvent] = []
+
+        async def append(self, consumed: list[tuple[JobEvent, bytes]]) -> None:
+            self.appended.extend(event for event, _ in consumed)
+
+    def record(offset: int, job_id: uuid.UUID) -> ConsumerRecord[bytes, bytes]:
+        event = JobEvent(
+            job_id=job_id, seq=1, type="job.created", status=JobStatus.CREATED, at=datetime.now(UTC)
+        )
+        value = event.model_dump_json().encode()
+        return ConsumerRecord(
+            "job-events.v1", 0, offset, 0, 0, str(job_id).encode(), value, None, 0, len(value), []
+        )
+
+    registry = CollectorRegistry()
+    settings = ReaderSettings("127.0.0.1:1", "job-events.v1", "positions.v1")
+    hub, log = Hub(), Log()
+    reader = LiveReader(settings, hub, log, NotifierMetrics(registry))  # type: ignore[arg-type]
+    await reader._job_events([record(0, poison_job), record(1, good_job)])
+    assert hub.delivered == [str(good_job)]
+    assert [e.job_id for e in log.appended] == [good_job]
+    failed = registry.get_sample_value("notifier_records_failed_total", {"topic": "job-events.v1"})
+    assert failed == 1

@@ -5,12 +5,13 @@ from io import BytesIO
 from pathlib import Path
 
 import pytest
-from PIL import ExifTags, Image
+from PIL import ExifTags, Image, ImageOps
 
 from api.blobs import DirectoryBlobStore
 from api.errors import InvalidPhoto, PhotoTooLarge
 from api.photos import THUMBNAIL_PX, check_photo, process_photo
 from schemas.tasks import MAX_PHOTO_BYTES
+from tests.crafted_photos import corrupt_gps_jpeg
 
 
 def image_bytes(fmt: str = "JPEG", size: tuple[int, int] = (800, 600), gps: bool = False) -> bytes:
@@ -174,3 +175,20 @@ def test_a_body_that_stops_arriving_times_out() -> None:
     with pytest.raises(ApiError) as caught:
         upload(multipart(("photo", b"x" * 1000)), stall=True)
     assert caught.value.status == 408
+
+
+def test_whatever_pillow_raises_on_a_crafted_photo_is_a_refused_proof() -> None:
+    poison = corrupt_gps_jpeg()
+    assert check_photo(poison) == "JPEG"  # its header reads well: the request takes it
+    with Image.open(BytesIO(poison)) as image, pytest.raises(TypeError):
+        ImageOps.exif_transpose(image)  # what the worker met, not one of Pillow's own errors
+    with pytest.raises(InvalidPhoto, match="TypeError"):
+        process_photo(poison)
+
+
+def test_the_clean_photo_keeps_no_jpeg_comment() -> None:
+    out = BytesIO()
+    Image.new("RGB", (64, 48)).save(out, "JPEG", comment=b"taken at 12 Main St")
+    clean = process_photo(out.getvalue()).clean
+    assert b"Main St" in out.getvalue() and b"Main St" not in clean
+    assert "comment" not in Image.open(BytesIO(clean)).info

@@ -120,6 +120,50 @@ async def test_a_record_the_database_refuses_is_isolated_and_the_rest_stored() -
     assert b"value out of range" in dict(dead[0].headers)["error"]
 
 
+class RaisingSink(FakeSink):
+    """Raises `error` for any batch holding a driver in `poison` (a bug one input meets)."""
+
+    def __init__(self, poison: frozenset[str], error: Exception) -> None:
+        super().__init__()
+        self.poison = poison
+        self.error = error
+        self.raised_often = asyncio.Event()
+
+    async def write(self, records: list[PingBatchRecord]) -> CleanBatch:
+        if any(r.driver_id in self.poison for r in records):
+            self.calls += 1
+            if self.calls >= 20:  # past the unexpected retries and isolation, several times
+                self.raised_often.set()
+            raise self.error
+        return await super().write(records)
+
+
+async def test_a_record_raising_an_unexpected_error_is_isolated_and_the_rest_stored() -> None:
+    sink = RaisingSink(frozenset({"poison"}), TypeError("unsupported operand"))
+    sender = FakeSender()
+    batch = [message(f"d{i}") for i in range(7)]
+    batch.insert(5, message("poison"))
+    await processor(sink, sender).process(batch)
+    assert sorted(sink.stored) == sorted(f"d{i}" for i in range(7))
+    dead = [m for m in sender.acked if m.topic == "pings.v1.dlq"]
+    assert [m.key for m in dead] == [b"poison"]
+    assert dict(dead[0].headers)["error"] == b"TypeError: unsupported operand"
+
+
+async def test_an_unexpected_error_of_every_record_dead_letters_none_and_is_retried() -> None:
+    # Not one record's fault (an outage of an unknown kind): nothing goes to the DLQ, the
+    # batch stays unwritten and unacked until it passes or the worker stops.
+    sink = RaisingSink(frozenset({"a", "b"}), RuntimeError("connection in a bad state"))
+    sender = FakeSender()
+    proc = processor(sink, sender)
+    task = asyncio.ensure_future(proc.process([message("a"), message("b")]))
+    await asyncio.wait_for(sink.raised_often.wait(), timeout=5)
+    proc.request_stop()
+    with pytest.raises(Stopping):
+        await asyncio.wait_for(task, timeout=2)
+    assert sink.stored == [] and sender.acked == []
+
+
 async def test_a_stop_during_an_outage_gives_up_without_returning() -> None:
     sink = FakeSink(errors=[SinkUnavailable("db down")] * 10_000)
     proc = processor(sink, FakeSender())
