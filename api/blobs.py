@@ -19,6 +19,14 @@ class BlobStore(Protocol):
         """Stores `data` under a key the caller chose (derived files, such as thumbnails)."""
         ...
 
+    def stored_before(self, when: float, limit: int) -> list[str]:
+        """Up to `limit` keys last stored before `when` (a Unix time): what a sweep looks at."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Removes the blob; a missing one is no error."""
+        ...
+
 
 class DirectoryBlobStore:
     """Content-addressed files: a retried upload lands on the same file."""
@@ -33,7 +41,12 @@ class DirectoryBlobStore:
 
     def put(self, data: bytes) -> str:
         key = hashlib.sha256(data).hexdigest()
-        if not self._path(key).exists():
+        path = self._path(key)
+        try:
+            # Stored again now: the sweep, which goes by age, must not take it from the
+            # request that is about to refer to it.
+            os.utime(path)
+        except FileNotFoundError:
             self.put_as(key, data)
         return key
 
@@ -54,3 +67,22 @@ class DirectoryBlobStore:
 
     def get(self, key: str) -> bytes:
         return self._path(key).read_bytes()
+
+    def stored_before(self, when: float, limit: int) -> list[str]:
+        keys: list[str] = []
+        for path in self.root.glob("*/*"):
+            if len(keys) >= limit:
+                break
+            try:
+                if path.stat().st_mtime >= when:
+                    continue
+            except FileNotFoundError:
+                continue  # deleted meanwhile
+            if path.name.startswith(".tmp-"):
+                path.unlink(missing_ok=True)  # a write a crash interrupted
+                continue
+            keys.append(path.name)
+        return keys
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)

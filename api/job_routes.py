@@ -19,10 +19,10 @@ from pydantic import AwareDatetime, BaseModel
 from api import job_store
 from api.blobs import BlobStore
 from api.errors import DatabaseUnavailable, InvalidInput
-from api.job_rules import Action, check_allowed, check_creator, check_visible
+from api.job_rules import Action, check_allowed, check_creator, check_status, check_visible
 from api.job_views import MAX_FIXES, track_span
 from api.photos import check_photo
-from api.positions import read_track
+from api.positions import SELECT_TRACK
 from api.reads import write_position
 from api.track import feature
 from api.uploads import PHOTO_BODY, read_photo
@@ -48,6 +48,8 @@ IdempotencyKey = Annotated[
         description="A retry with the same key gets the first answer again",
     ),
 ]
+# Tracks simplified at once per process: each is up to MAX_FIXES points of CPU work.
+TRACKS_AT_ONCE = 2
 GEOJSON: dict[int | str, dict[str, Any]] = {
     200: {"content": {"application/geo+json": {"schema": {"type": "object"}}}}
 }
@@ -63,6 +65,7 @@ def job_router(
 ) -> APIRouter:
     router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
     Caller = Annotated[Principal, Depends(principal)]
+    simplifying = asyncio.Semaphore(TRACKS_AT_ONCE)
 
     async def write(
         who: Principal,
@@ -181,15 +184,19 @@ def job_router(
     async def complete(
         job_id: UUID, request: Request, who: Caller, key: IdempotencyKey = None
     ) -> Response:
-        # Who may complete, before a byte of the upload is read (a critical read: the
-        # primary); the write's transaction checks it again, and the status after an
-        # Idempotency-Key's replay.
+        # Who may complete, and whether the job can be, before a byte of the upload is
+        # read (a critical read: the primary): a refused upload is never read nor stored.
+        # A retry of a remembered key is read, to be replayed. The write's transaction
+        # checks it all again.
         async with read_path.router.read(
             "job_state", f"{job_store.SELECT} WHERE job_id = %s", [job_id], critical=True
         ) as got:
             job = job_store.from_row(got.rows[0]) if got.rows else None
+            retry = key is not None and await job_store.key_known(got.conn, who, key)
         owners = check_visible(who, job_store.owners(job), job_id)
         check_allowed(who, Action.COMPLETE, owners)
+        if job is not None and not retry:
+            check_status(Action.COMPLETE, job.status)
         photo = await read_photo(request, body_timeout_s)
         check_photo(photo)  # the header only: decoding is the worker's
         blob = await asyncio.to_thread(blobs.put, photo)
@@ -232,25 +239,28 @@ def job_router(
         start: Annotated[AwareDatetime | None, Query(alias="from")] = None,
         end: Annotated[AwareDatetime | None, Query(alias="to")] = None,
     ) -> Response:
-        try:
-            async with pools["write"].connection() as conn:
-                job = await job_store.read(conn, job_id)
-                check_visible(who, job_store.owners(job), job_id)
-                assigned_at, completed_at = await job_store.track_window(conn, job_id)
-            assert job is not None
-            lo, hi = track_span(assigned_at, completed_at, start, end, datetime.now(UTC))
-            points: list[tuple[float, float]] = []
-            if job.driver_id is not None and assigned_at is not None and lo < hi:
-                async with pools["read"].connection() as conn:
-                    points = await read_track(conn, job.driver_id, lo, hi, MAX_FIXES)
-        except (psycopg.OperationalError, PoolTimeout) as exc:
-            db_errors()
-            raise DatabaseUnavailable(str(exc)) from exc
+        # Both reads go through the read router: its gate, its lag routing, its fallback to
+        # the primary. The job's window is critical (a change just made shows at once).
+        async with read_path.router.read(
+            "track_job", job_store.SELECT_WITH_WINDOW, [job_id], critical=True
+        ) as got:
+            job = job_store.from_row(got.rows[0]) if got.rows else None
+            assigned_at, ended_at = (
+                (got.rows[0]["assigned_at"], got.rows[0]["ended_at"]) if got.rows else (None, None)
+            )
+        check_visible(who, job_store.owners(job), job_id)
+        assert job is not None
+        lo, hi = track_span(assigned_at, ended_at, start, end, datetime.now(UTC))
+        points: list[tuple[float, float]] = []
+        if job.driver_id is not None and assigned_at is not None and lo < hi:
+            params = [job.driver_id, lo, hi, MAX_FIXES]
+            async with read_path.router.read("track", SELECT_TRACK, params) as fixes:
+                points = [(float(r["lon"]), float(r["lat"])) for r in fixes.rows]
         properties = {"job_id": str(job_id), "driver_id": job.driver_id}
-        return json_response(
-            feature(points, properties, lo, hi),
-            headers={"Content-Type": "application/geo+json"},
-        )
+        # Simplifying a long track is CPU work: off the event loop, a few at a time.
+        async with simplifying:
+            answer = await asyncio.to_thread(feature, points, properties, lo, hi)
+        return json_response(answer, headers={"Content-Type": "application/geo+json"})
 
     @router.get(
         "/{job_id}",

@@ -69,12 +69,16 @@ def check_visible(who: Principal, job: Owners | None, job_id: object) -> Owners:
 def next_status(who: Principal | None, action: Action, job: Owners, status: JobStatus) -> JobStatus:
     """The status `action` leads to, after checking the caller may take it (None: the
     platform itself, such as the proof worker). Raises Forbidden or Conflict."""
-    rule = RULES[action]
     if who is not None:
         check_allowed(who, action, job)
-    if status not in rule.before:
+    check_status(action, status)
+    return RULES[action].after
+
+
+def check_status(action: Action, status: JobStatus) -> None:
+    """Conflict unless a job in `status` may take `action`."""
+    if status not in RULES[action].before:
         raise Conflict(f"cannot {action.value} a job that is {status.value}")
-    return rule.after
 
 
 def check_allowed(who: Principal, action: Action, job: Owners) -> None:

@@ -137,6 +137,7 @@ async def transition(
         JobStatus.ASSIGNED: "assigned_at",
         JobStatus.PICKED_UP: "picked_up_at",
         JobStatus.COMPLETED: "completed_at",
+        JobStatus.CANCELLED: "cancelled_at",
     }.get(status)
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
@@ -224,6 +225,15 @@ async def replayed(
     return int(row[1]), bytes(row[2])
 
 
+async def key_known(conn: AsyncConnection[Any], who: Principal, key: str) -> bool:
+    """An answer is remembered under this key (a retry, to be replayed whatever the job's
+    status is now)."""
+    cur = await conn.execute(
+        "SELECT 1 FROM idempotency_keys WHERE principal = %s AND key = %s", [who.key, key]
+    )
+    return await cur.fetchone() is not None
+
+
 async def remember(
     conn: AsyncConnection[Any], who: Principal, key: str, digest: bytes, status: int, body: bytes
 ) -> None:
@@ -280,15 +290,12 @@ async def live_share_links(
     return [(bytes(row[0]), row[1]) for row in await cur.fetchall()]
 
 
-async def track_window(
-    conn: AsyncConnection[Any], job_id: UUID
-) -> tuple[datetime | None, datetime | None]:
-    """When the job's driver was last assigned, and when it was completed (if it was)."""
-    cur = await conn.execute(
-        "SELECT assigned_at, completed_at FROM jobs WHERE job_id = %s", [job_id]
-    )
-    row = await cur.fetchone()
-    return (None, None) if row is None else (row[0], row[1])
+# A job with its track's window: when its driver was last assigned, and when it ended,
+# completed or cancelled (null while it has not).
+SELECT_WITH_WINDOW = (
+    f"SELECT {_COLUMNS}, assigned_at, coalesce(completed_at, cancelled_at) AS ended_at"
+    " FROM jobs WHERE job_id = %s"
+)
 
 
 # --- completion and its task ---------------------------------------------------------------

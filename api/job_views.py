@@ -21,20 +21,21 @@ MAX_FIXES = 200_000
 
 def track_span(
     assigned_at: datetime | None,
-    completed_at: datetime | None,
+    ended_at: datetime | None,
     start: datetime | None,
     end: datetime | None,
     now: datetime,
 ) -> tuple[datetime, datetime]:
-    """The job's window (its assignment to its completion, or now) narrowed by from/to, at
-    most MAX_TRACK long: the latest part when `from` is not given, else from `from` on."""
+    """The job's window (its assignment to its end, completed or cancelled, or now)
+    narrowed by from/to, at most MAX_TRACK long: the latest part when `from` is not given,
+    else from `from` on."""
     if start is not None and end is not None:
         if start >= end:
             raise InvalidInput("`from` must be before `to`")
         if end - start > MAX_TRACK:
             raise InvalidInput(f"from/to span at most {MAX_TRACK}")
     lo = max(filter(None, (assigned_at, start)), default=now)
-    hi = min(filter(None, (completed_at, end, now)))
+    hi = min(filter(None, (ended_at, end, now)))
     if hi - lo > MAX_TRACK:
         lo, hi = (hi - MAX_TRACK, hi) if start is None else (lo, lo + MAX_TRACK)
     return lo, max(lo, hi)

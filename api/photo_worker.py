@@ -29,6 +29,7 @@ from pydantic import ValidationError
 from pydantic_settings import SettingsConfigDict
 
 from api import job_store
+from api.blob_sweep import SweepLimits, sweep_blobs
 from api.blobs import BlobStore, DirectoryBlobStore
 from api.errors import InvalidPhoto
 from api.job_rules import Action
@@ -58,6 +59,11 @@ class PhotoWorkerSettings(ServiceSettings):
     database_dsn: str = "host=127.0.0.1 port=16432 dbname=telemetry user=telemetry"
     blob_dir: Path = Path(".telemetry/blobs")
     retry_s: float = 1.0
+    # The blob sweep (api/blob_sweep.py): how often, when an unreferenced upload is an
+    # orphan, and how long a proof's raw upload (with its EXIF location) is kept.
+    blob_sweep_every_s: float = 600.0
+    orphan_blob_after_s: float = 3600.0
+    raw_photo_keep_hours: float = 7 * 24.0
 
 
 async def handle(pool: Pool, blobs: BlobStore, task: ProofPhotoTask) -> str:
@@ -226,12 +232,26 @@ def create_app(settings: PhotoWorkerSettings, registry: CollectorRegistry) -> Fa
                     log.warning("consumer failed, restarting: %r", exc)
                     await asyncio.sleep(settings.retry_s)
 
+        async def sweep_forever() -> None:
+            limits = SweepLimits(
+                orphan_after_s=settings.orphan_blob_after_s,
+                raw_keep_s=settings.raw_photo_keep_hours * 3600,
+            )
+            while True:
+                try:
+                    await sweep_blobs(pool, steps.blobs, limits)
+                except Exception:  # the next sweep tries again; tasks go on meanwhile
+                    log.exception("blob sweep failed")
+                await asyncio.sleep(settings.blob_sweep_every_s)
+
         task = asyncio.create_task(run_forever())
+        sweeper = asyncio.create_task(sweep_forever())
         state["task"] = task
         yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        for running in (task, sweeper):
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running
         await producer.close()
         await pool.close(timeout=5)
 

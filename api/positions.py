@@ -52,14 +52,9 @@ async def read_recent_speed(
     return None if row is None or row[0] is None else float(row[0])
 
 
-async def read_track(
-    conn: AsyncConnection[Any], driver_id: str, start: datetime, end: datetime, limit: int
-) -> list[tuple[float, float]]:
-    """(lon, lat) of the driver's valid fixes in [start, end), oldest first; the pings that
-    count everywhere else too (all but `future` and `teleport`)."""
-    cur = await conn.execute(
-        "SELECT lon, lat FROM pings WHERE driver_id = %s AND ts >= %s AND ts < %s"
-        " AND NOT (flags && '{future,teleport}'::text[]) ORDER BY ts LIMIT %s",
-        [driver_id, start, end, limit],
-    )
-    return [(float(lon), float(lat)) for lon, lat in await cur.fetchall()]
+# (lon, lat) of a driver's valid fixes in [start, end), oldest first, at most a limit: the
+# pings that count everywhere else too (all but `future` and `teleport`).
+SELECT_TRACK = (
+    "SELECT lon, lat FROM pings WHERE driver_id = %s AND ts >= %s AND ts < %s"
+    " AND NOT (flags && '{future,teleport}'::text[]) ORDER BY ts LIMIT %s"
+)

@@ -61,6 +61,9 @@ class StackConfig(BaseSettings):
 
     # PostgreSQL and PgBouncer end a transaction left idle this long (a paused client).
     idle_in_transaction_timeout_s: int = 15
+    # Every statement of the api and the notifier (PgBouncer's bounded entries) ends by
+    # then: a heavy read cannot hold a server for longer.
+    client_statement_timeout_s: float = 10.0
 
     # Connections each tier holds at once (a WebSocket through both is one at each). The
     # machine's open-file limit bounds them.

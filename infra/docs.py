@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings
 
 from api.app import create_app as create_api
 from api.config import ApiSettings
+from api.photo_worker import PhotoWorkerSettings
 from infra.config import REPO_ROOT, StackConfig
 from ingest.app import build_adapters
 from ingest.app import create_app as create_ingest
@@ -27,6 +28,7 @@ SETTINGS: list[tuple[str, type[BaseSettings], str]] = [
     ("Ingest (`python -m ingest`)", IngestSettings, "INGEST_"),
     ("Streams (`python -m streams`)", StreamsSettings, "STREAMS_"),
     ("Api (`python -m api`)", ApiSettings, "API_"),
+    ("Photo worker (`python -m api.photo_worker`)", PhotoWorkerSettings, "PHOTO_WORKER_"),
     ("Notifier (`python -m notifier`)", NotifierSettings, "NOTIFIER_"),
 ]
 

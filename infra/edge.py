@@ -26,6 +26,10 @@ NO_ANSWER = (
 )
 # Debian's nginx package creates this user; the workers run as it when we are root.
 WORKER_USER = "www-data"
+# The largest body the edge buffers for a JSON route (ingest's 256 KiB, the api's 64 KiB,
+# with room), and for the proof photo's (a photo, and its multipart framing).
+JSON_BODY_LIMIT_MIB = 1
+PHOTO_BODY_LIMIT_MIB = MAX_PHOTO_BYTES // 2**20 + 1
 
 
 def base_dir(config: StackConfig) -> Path:
@@ -42,6 +46,21 @@ def url(config: StackConfig) -> str:
 
 def ws_url(config: StackConfig) -> str:
     return f"ws://127.0.0.1:{config.edge_port}{haproxy.WS_PATH}"
+
+
+# What every route passes to HAProxy with. One upstream (HAProxy, which retries across
+# processes itself). A pooled connection HAProxy closed as we used it (a reload closes the
+# old workers' idle ones) is retried once on a new connection, for idempotent methods only:
+# nginx never resends a POST or a PATCH without `non_idempotent`.
+_PROXY = """\
+            proxy_pass http://balancer;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_next_upstream error;
+            proxy_next_upstream_tries 2;
+            proxy_read_timeout 35s;"""
 
 
 def render(config: StackConfig, *, worker_user: str | None) -> str:
@@ -68,9 +87,13 @@ http {{
     uwsgi_temp_path {base / "uwsgi"};
     scgi_temp_path {base / "scgi"};
     server_tokens off;
-    # Past the largest body the api takes (a proof photo): the api answers 413 itself, in
-    # the contract's shape.
-    client_max_body_size {2 * MAX_PHOTO_BYTES // 2**20}m;
+    # Bodies are buffered here before any route answers: each route takes what it needs
+    # and no more. Past the JSON routes' own limits (the services answer those 413s in the
+    # contract's shape), 1 MiB; the proof photo's route, below, a photo's. A client that
+    # sends its headers or its body slower than this is dropped (a slow-loris).
+    client_max_body_size {JSON_BODY_LIMIT_MIB}m;
+    client_header_timeout 10s;
+    client_body_timeout 15s;
 
     proxy_cache_path {base / "cache"} levels=1:2 keys_zone=edge:16m max_size=512m
                      inactive=10m use_temp_path=off;
@@ -113,7 +136,7 @@ http {{
         }}
         location @too_large {{
             default_type application/json;
-            return 413 '{_error("payload_too_large", "the body is larger than any route takes")}';
+            return 413 '{_error("payload_too_large", "the body is larger than this route takes")}';
         }}
 
         location = {HEALTH_PATH} {{
@@ -134,19 +157,19 @@ http {{
             proxy_send_timeout 1h;
         }}
 
+        # The services' own metrics are for Prometheus, on their own ports: not public.
+        location = /metrics {{
+            default_type application/json;
+            return 404 '{_error("not_found", "no such route")}';
+        }}
+
+        location ~ ^/v1/jobs/[^/]+/complete$ {{
+            client_max_body_size {PHOTO_BODY_LIMIT_MIB}m;
+{_PROXY}
+        }}
+
         location / {{
-            proxy_pass http://balancer;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host $host;
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-            # One upstream (HAProxy, which retries across processes itself). A pooled
-            # connection HAProxy closed as we used it (a reload closes the old workers' idle
-            # ones) is retried once on a new connection, for idempotent methods only: nginx
-            # never resends a POST or a PATCH without `non_idempotent`.
-            proxy_next_upstream error;
-            proxy_next_upstream_tries 2;
-            proxy_read_timeout 35s;
+{_PROXY}
 
             proxy_cache edge;
             proxy_cache_key $scheme$host$request_uri;

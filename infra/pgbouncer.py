@@ -1,4 +1,6 @@
-"""PgBouncer in transaction mode: `telemetry` goes to the primary, `telemetry_ro` to the replica."""
+"""PgBouncer in transaction mode: `telemetry` goes to the primary, `telemetry_ro` to the
+replica; `telemetry_api` and `telemetry_api_ro` are the same servers for the services that
+answer clients (the api, the notifier), whose every statement is bounded by a timeout."""
 
 from pathlib import Path
 
@@ -11,6 +13,11 @@ from infra.procs import chown_for_service
 
 READ_WRITE_DB = "telemetry"
 READ_ONLY_DB = "telemetry_ro"
+# A client's request must not hold a server past this, however heavy its query: the pools
+# are per entry, so a session setting on these servers' connections stays with them (set
+# once per server connection, never leaking to the stream's or the workers' entries).
+BOUNDED_DB = "telemetry_api"
+BOUNDED_READ_ONLY_DB = "telemetry_api_ro"
 PGBOUNCER = "/usr/sbin/pgbouncer"
 
 
@@ -33,10 +40,16 @@ def write_config(config: StackConfig) -> Path:
     userlist.chmod(0o600)
     chown_for_service(userlist)
     ini = ini_path(config)
+    primary = f"host=127.0.0.1 port={config.postgres_primary_port} dbname={postgres.DATABASE}"
+    replica = f"host=127.0.0.1 port={config.postgres_replica_port} dbname={postgres.DATABASE}"
+    timeout_ms = int(config.client_statement_timeout_s * 1000)
+    bounded = f"connect_query='SET statement_timeout = {timeout_ms}'"
     ini.write_text(
         f"""[databases]
-{READ_WRITE_DB} = host=127.0.0.1 port={config.postgres_primary_port} dbname={postgres.DATABASE}
-{READ_ONLY_DB} = host=127.0.0.1 port={config.postgres_replica_port} dbname={postgres.DATABASE}
+{READ_WRITE_DB} = {primary}
+{READ_ONLY_DB} = {replica}
+{BOUNDED_DB} = {primary} {bounded}
+{BOUNDED_READ_ONLY_DB} = {replica} {bounded}
 
 [pgbouncer]
 listen_addr = 127.0.0.1
@@ -65,8 +78,12 @@ def command(config: StackConfig) -> Command:
     )
 
 
-def dsn(config: StackConfig, *, read_only: bool) -> str:
-    db = READ_ONLY_DB if read_only else READ_WRITE_DB
+def dsn(config: StackConfig, *, read_only: bool, bounded: bool = False) -> str:
+    """`bounded`: the entry whose statements time out (services that answer clients)."""
+    if bounded:
+        db = BOUNDED_READ_ONLY_DB if read_only else BOUNDED_DB
+    else:
+        db = READ_ONLY_DB if read_only else READ_WRITE_DB
     return (
         f"host=127.0.0.1 port={config.pgbouncer_port} dbname={db} "
         f"user={postgres.APP_USER} password={postgres.password(config)} connect_timeout=5"

@@ -75,8 +75,8 @@ def specs(config: StackConfig) -> list[ServiceSpec]:
         port = config.api_port + i
         env = _auth_env("API_", config) | {
             "API_PORT": str(port),
-            "API_READ_DSN": pgbouncer.dsn(config, read_only=True),
-            "API_WRITE_DSN": pgbouncer.dsn(config, read_only=False),
+            "API_READ_DSN": pgbouncer.dsn(config, read_only=True, bounded=True),
+            "API_WRITE_DSN": pgbouncer.dsn(config, read_only=False, bounded=True),
             "API_KAFKA_BOOTSTRAP": config.kafka_bootstrap,
             "API_REDIS_URL": redis.url(config),
             "API_BLOB_DIR": str(config.state_dir / "blobs"),
@@ -115,8 +115,8 @@ def specs(config: StackConfig) -> list[ServiceSpec]:
         env = _auth_env("NOTIFIER_", config) | {
             "NOTIFIER_PORT": str(port),
             "NOTIFIER_KAFKA_BOOTSTRAP": config.kafka_bootstrap,
-            "NOTIFIER_WRITE_DSN": pgbouncer.dsn(config, read_only=False),
-            "NOTIFIER_READ_DSN": pgbouncer.dsn(config, read_only=True),
+            "NOTIFIER_WRITE_DSN": pgbouncer.dsn(config, read_only=False, bounded=True),
+            "NOTIFIER_READ_DSN": pgbouncer.dsn(config, read_only=True, bounded=True),
             "NOTIFIER_REDIS_URL": redis.url(config),
         }
         result.append(

@@ -232,6 +232,28 @@ def in_rotation(public: str, job_id: str, customer: str) -> bool | None:
     return True if r.status_code == 200 else None
 
 
+def test_each_route_takes_the_body_it_needs_and_metrics_stay_private(
+    stack: Stack, public: str, token: Token
+) -> None:
+    customer = bearer(token(Role.CUSTOMER, f"cus-body-{uuid.uuid4().hex[:6]}"))
+    # The services' own metrics are not public (Prometheus scrapes their ports).
+    r = httpx.get(public + "/metrics")
+    assert (r.status_code, r.json()["error"]["code"]) == (404, "not_found")
+    assert httpx.get(stack.urls("api")[0] + "/metrics").status_code == 200
+    # A JSON route: 2 MiB is refused by the edge before any service sees it.
+    big = b'{"pickup": "' + b"x" * (2 * 2**20) + b'"}'
+    r = httpx.post(public + "/v1/jobs", content=big, headers=customer)
+    assert (r.status_code, r.json()["error"]["code"]) == (413, "payload_too_large")
+    # The proof photo's route takes a photo-sized body (the api answers it: 404, not this
+    # driver's job), and the edge refuses one past a photo's limit.
+    job_id = create_job(public, token(Role.CUSTOMER, "cus-body"))
+    driver = bearer(token(Role.DRIVER, "drv-body"))
+    for size, status in ((5 * 2**20, 404), (12 * 2**20, 413)):
+        files = {"photo": ("p.jpg", b"\xff" * size, "image/jpeg")}
+        r = httpx.post(f"{public}/v1/jobs/{job_id}/complete", files=files, headers=driver)
+        assert r.status_code == status, (size, r.text)
+
+
 def test_kill_9_of_an_api_process_under_gets_fails_none_and_it_comes_back(
     stack: Stack, public: str, token: Token
 ) -> None:

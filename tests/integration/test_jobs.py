@@ -3,6 +3,8 @@ idempotent retries, events and outbox rows written with each change, pagination.
 
 import asyncio
 import hashlib
+import os
+import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -20,8 +22,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from PIL import ExifTags, Image
 
 from api import outbox_relay
+from api.blob_sweep import SweepLimits, sweep_blobs
 from api.blobs import DirectoryBlobStore
-from infra import postgres
+from infra import pgbouncer, postgres
 from infra.config import StackConfig
 from infra.redis import url as redis_url
 from infra.stack import Stack
@@ -615,6 +618,33 @@ def test_the_track_is_the_drivers_valid_fixes_during_the_job(
     assert customer.get(f"{path}/track", **{"from": late, "to": early}).status_code == 422
 
 
+def test_a_cancelled_jobs_track_ends_at_its_cancel(
+    config: StackConfig, people: dict[str, Caller], token: Callable[..., str]
+) -> None:
+    # The customer controls the cancel: afterwards the driver's movements are not theirs.
+    customer, driver = people["customer"], people["driver"]
+    path = f"/v1/jobs/{customer.post('/v1/jobs', BODY).json()['job_id']}"
+    people["dispatcher"].post(f"{path}/assign", {"driver_id": driver.sub})
+    jwt = token(Role.DRIVER, driver.sub)
+    start = datetime.now(UTC)
+    post(config, jwt, [ping_at(start + timedelta(milliseconds=100 * i), i) for i in range(1, 4)])
+    wait_for(lambda: True if len(stored(config, driver.sub)) == 3 else None)
+    assert customer.post(f"{path}/cancel").status_code == 200
+    after = datetime.now(UTC)  # past the cancel; the fixes below are stored before we ask
+    post(
+        config, jwt, [ping_at(after + timedelta(milliseconds=10 * i), 3 + i / 10) for i in range(3)]
+    )
+    wait_for(lambda: True if len(stored(config, driver.sub)) == 6 else None)
+    for query in ({}, {"from": after.isoformat()}):
+        body = customer.get(f"{path}/track", **query).json()
+        assert body["properties"]["fixes"] == (3 if not query else 0), query
+    with psycopg.connect(postgres.dsn(config, "primary")) as conn:
+        row = conn.execute(
+            "SELECT cancelled_at FROM jobs WHERE job_id = %s", [path.rsplit("/", 1)[1]]
+        ).fetchone()
+    assert row is not None and start < row[0] < after
+
+
 def jpeg(size: tuple[int, int] = (1200, 900), gps: bool = True) -> bytes:
     image = Image.new("RGB", size, (30, 140, 90))
     out = BytesIO()
@@ -727,6 +757,68 @@ def test_a_photo_that_makes_pillow_raise_is_refused_and_the_worker_goes_on(
     r = send_photo(driver, path, jpeg())
     assert wait_for(lambda: task_done(driver, r.json()["task_id"]))["status"] == "done"
     assert driver.get(path).json()["status"] == "completed"
+
+
+def unique_jpeg() -> bytes:
+    return jpeg() + os.urandom(64)  # bytes past the image's end: a new blob each time
+
+
+def test_an_upload_the_job_cannot_take_is_never_stored(
+    config: StackConfig, people: dict[str, Caller]
+) -> None:
+    driver = people["driver"]
+    blob_dir = config.state_dir / "blobs"
+
+    def stored() -> int:
+        return sum(1 for _ in blob_dir.glob("*/*"))
+
+    path, _ = job_in(people, "assigned")
+    before = stored()
+    assert send_photo(driver, path, unique_jpeg()).status_code == 409  # not picked up yet
+    assert driver.post(f"{path}/pickup").status_code == 200
+    key = uuid.uuid4().hex
+    photo = unique_jpeg()
+    r = send_photo(driver, path, photo, key)
+    assert r.status_code == 202
+    assert wait_for(lambda: task_done(driver, r.json()["task_id"]))["status"] == "done"
+    assert send_photo(driver, path, unique_jpeg()).status_code == 409  # completed
+    assert send_photo(driver, path, photo, key).json() == r.json()  # a retry is replayed
+    assert stored() == before + 3  # the accepted upload, its clean photo, its thumbnail
+
+
+async def test_the_blob_sweep_removes_orphans_and_expired_uploads_only(
+    config: StackConfig, people: dict[str, Caller]
+) -> None:
+    blobs = DirectoryBlobStore(config.state_dir / "blobs")
+    path = picked_up_job(people)
+    r = send_photo(people["driver"], path, unique_jpeg())
+    task = wait_for(lambda: task_done(people["driver"], r.json()["task_id"]))
+    with psycopg.connect(postgres.dsn(config, "primary")) as conn:
+        row = conn.execute(
+            "SELECT input ->> 'blob' FROM tasks WHERE task_id = %s", [task["task_id"]]
+        ).fetchone()
+    assert row is not None
+    finished = row[0]
+    orphan = blobs.put(os.urandom(100))  # a request stored it, then failed
+    young = blobs.put(os.urandom(100))  # a request stored it, and has not committed yet
+    hour_ago = time.time() - 3600
+    for key in (finished, orphan):
+        os.utime(blobs.root / key[:2] / key, (hour_ago, hour_ago))
+    dsn = pgbouncer.dsn(config, read_only=False)
+    pool = await open_pool(dsn, min_size=1, max_size=1, name="blob-sweep-test")
+    try:
+        await sweep_blobs(pool, blobs, SweepLimits(1800, raw_keep_s=86400, batch=100_000))
+        assert not (blobs.root / orphan[:2] / orphan).exists()
+        assert (blobs.root / finished[:2] / finished).exists()  # its task finished just now
+        assert (blobs.root / young[:2] / young).exists()
+        await sweep_blobs(
+            pool, blobs, SweepLimits(orphan_after_s=1800, raw_keep_s=0, batch=100_000)
+        )
+        assert not (blobs.root / finished[:2] / finished).exists()
+        # The clean photo and the thumbnail stay.
+        assert blobs.get(task["result"]["photo"]) and blobs.get(task["result"]["thumbnail"])
+    finally:
+        await pool.close()
 
 
 def test_the_photo_worker_killed_mid_task_completes_each_job_once(

@@ -17,7 +17,7 @@ import psycopg
 import redis
 
 from api.view_cache import Envelope
-from infra import postgres
+from infra import pgbouncer, postgres, services
 from infra.config import StackConfig
 from infra.procs import free_port
 from infra.redis import url as redis_url
@@ -298,3 +298,20 @@ def test_with_the_replica_gone_every_route_is_still_served_through_the_edge(
     finally:
         stack.start("postgres-replica")
     wait_for(lambda: True if total(api, "api_replica_up") == len(api) else None)
+
+
+def test_the_api_and_the_notifier_reach_the_database_with_a_statement_timeout(
+    config: StackConfig,
+) -> None:
+    # Their every statement ends within the setting; the stream's entries keep none (their
+    # transactions set their own bounds).
+    for bounded, expected in ((True, f"{config.client_statement_timeout_s:.0f}s"), (False, "0")):
+        for read_only in (True, False):
+            dsn = pgbouncer.dsn(config, read_only=read_only, bounded=bounded)
+            with psycopg.connect(dsn, prepare_threshold=None, autocommit=True) as conn:
+                row = conn.execute("SHOW statement_timeout").fetchone()
+            assert row == (expected,), (bounded, read_only)
+    env = {spec.name: spec.env for spec in services.specs(config)}
+    for name, prefix in (("api-1", "API"), ("notifier-1", "NOTIFIER")):
+        for variable in (f"{prefix}_READ_DSN", f"{prefix}_WRITE_DSN"):
+            assert "dbname=telemetry_api" in env[name][variable], variable
