@@ -14,7 +14,7 @@ from api.errors import (
     NotFound,
     PhotoTooLarge,
 )
-from runtime.http import ApiError, map_errors
+from runtime.http import ApiError, map_errors, retry_after
 
 
 def to_api_error(exc: Exception) -> ApiError:
@@ -34,10 +34,10 @@ def to_api_error(exc: Exception) -> ApiError:
         case IdempotencyKeyReused():
             return ApiError(422, str(exc), code="idempotency_key_reused")
         case DatabaseUnavailable():
-            return ApiError(503, "database unavailable, retry later", headers={"Retry-After": "1"})
+            return ApiError(503, "database unavailable, retry later", headers=retry_after())
         case DatabaseBusy():
             return ApiError(
-                503, "too busy, retry shortly", code="overloaded", headers={"Retry-After": "1"}
+                503, "too busy, retry shortly", code="overloaded", headers=retry_after()
             )
     raise TypeError(f"no HTTP mapping for {exc!r}")
 

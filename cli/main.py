@@ -201,15 +201,17 @@ def status_exit_code(components: dict[str, dict[str, Any]]) -> int:
 
 
 _PASSWORD = re.compile(r"password=\S+")
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]+@")
 
 
 def redact(components: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """The status with every DSN's password replaced by `***`."""
+    """The status with every DSN's and URL's password replaced by `***`."""
+
+    def hide(value: str) -> str:
+        return _URL_PASSWORD.sub(r"\1***@", _PASSWORD.sub("password=***", value))
+
     return {
-        name: {
-            k: _PASSWORD.sub("password=***", v) if isinstance(v, str) else v
-            for k, v in info.items()
-        }
+        name: {k: hide(v) if isinstance(v, str) else v for k, v in info.items()}
         for name, info in components.items()
     }
 

@@ -16,6 +16,7 @@ from infra import services
 from infra.config import StackConfig
 from infra.launch import Command
 from infra.procs import StackError, run
+from runtime.http import RETRY_AFTER_S
 
 NAME = "haproxy"
 # The services behind it (the others have no public routes).
@@ -59,6 +60,15 @@ ERRORS = (
 )
 
 
+# Every 503 (ours, or a service's) tells its client to come back in 1 to 3 s, drawn per
+# answer: clients failed together do not all return together.
+_LOW, _HIGH = RETRY_AFTER_S
+RETRY_SPREAD = (
+    f"    http-after-response set-header Retry-After %[rand({_HIGH - _LOW + 1}),add({_LOW})]"
+    " if { status 503 }"
+)
+
+
 def error_file(status: int, reason: str, code: str, message: str) -> str:
     body = orjson.dumps({"error": {"code": code, "message": message, "details": None}})
     headers = [
@@ -69,7 +79,7 @@ def error_file(status: int, reason: str, code: str, message: str) -> str:
         "Connection: close",
     ]
     if status == 503:
-        headers.append("Retry-After: 1")
+        headers.append("Retry-After: 1")  # spread per answer by the frontend (RETRY_SPREAD)
     return "\r\n".join(headers) + "\r\n\r\n" + body.decode()
 
 
@@ -163,6 +173,7 @@ frontend public
     bind 127.0.0.1:{config.haproxy_port}
     monitor-uri {MONITOR_PATH}
     option forwardfor
+{RETRY_SPREAD}
     http-request disable-l7-retry unless METH_GET || METH_HEAD || METH_OPTIONS
     acl to_ingest path {" ".join(INGEST_PATHS)}
     acl to_notifier path {WS_PATH}

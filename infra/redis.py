@@ -1,11 +1,15 @@
-"""Redis (Debian's redis-server): the cache and the rate limiter's store."""
+"""Redis (Debian's redis-server): the cache and the rate limiter's store. It asks every
+client for a password (made once per state dir): a local process without it can neither
+read the views nor plant one."""
 
+import secrets
 from pathlib import Path
 
 import redis
 
 from infra.config import StackConfig
 from infra.launch import Command
+from infra.procs import write_private
 
 REDIS_SERVER = "/usr/bin/redis-server"
 
@@ -14,13 +18,27 @@ def data_dir(config: StackConfig) -> Path:
     return config.state_dir / "redis"
 
 
+def conf_path(config: StackConfig) -> Path:
+    return data_dir(config) / "redis.conf"
+
+
+def password(config: StackConfig) -> str:
+    path = data_dir(config) / "password"
+    if not path.exists():
+        write_private(path, secrets.token_urlsafe(24))
+    return path.read_text().strip()
+
+
 def prepare(config: StackConfig) -> None:
     data_dir(config).mkdir(parents=True, exist_ok=True)
+    # In a file the server reads, not on its command line, which any local user can list.
+    write_private(conf_path(config), f"requirepass {password(config)}\n")
 
 
 def command(config: StackConfig) -> Command:
     argv = [
         REDIS_SERVER,
+        str(conf_path(config)),
         "--bind",
         "127.0.0.1",
         "--port",
@@ -43,7 +61,7 @@ def command(config: StackConfig) -> Command:
 
 
 def url(config: StackConfig, db: int = 0) -> str:
-    return f"redis://127.0.0.1:{config.redis_port}/{db}"
+    return f"redis://:{password(config)}@127.0.0.1:{config.redis_port}/{db}"
 
 
 def ready(config: StackConfig) -> bool:

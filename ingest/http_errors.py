@@ -12,7 +12,7 @@ from ingest.errors import (
     RateLimited,
 )
 from runtime.auth import AuthError, ForbiddenError
-from runtime.http import ApiError, auth_api_error, map_errors
+from runtime.http import ApiError, auth_api_error, map_errors, retry_after
 
 RETRY_1S = {"Retry-After": "1"}
 
@@ -26,9 +26,9 @@ def to_api_error(exc: Exception) -> ApiError:
         case RateLimited(retry_after_s=seconds):
             return ApiError(429, str(exc), headers={"Retry-After": str(seconds)})
         case Backpressure():
-            return ApiError(503, "too many requests in flight, retry later", headers=RETRY_1S)
+            return ApiError(503, "too many requests in flight, retry later", headers=retry_after())
         case BrokerUnavailable():
-            return ApiError(503, "event log unavailable, retry later", headers=RETRY_1S)
+            return ApiError(503, "event log unavailable, retry later", headers=retry_after())
     raise TypeError(f"no HTTP mapping for {exc!r}")
 
 

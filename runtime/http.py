@@ -2,6 +2,7 @@
 limit and deadline, the concurrency cap, probes."""
 
 import asyncio
+import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -184,6 +185,16 @@ async def receive_body_limited(
         raise ApiError(408, f"body not received within {timeout_s:g} s") from exc
 
 
+# A dependency that failed everyone at once must not see them all come back at once: the
+# clients' waits are spread over a few seconds.
+RETRY_AFTER_S = (1, 3)
+
+
+def retry_after() -> dict[str, str]:
+    """A Retry-After header for a 503: seconds drawn from RETRY_AFTER_S."""
+    return {"Retry-After": str(random.randint(*RETRY_AFTER_S))}
+
+
 class ConcurrencyCap:
     """ASGI middleware: at most `limit` HTTP requests in progress; beyond it, 503 with
     Retry-After at once (a queue would be the unbounded buffer the design forbids)."""
@@ -198,7 +209,7 @@ class ConcurrencyCap:
             await self._app(scope, receive, send)
             return
         if self._active >= self._limit:
-            refusal = ApiError(503, "server busy, retry later", headers={"Retry-After": "1"})
+            refusal = ApiError(503, "server busy, retry later", headers=retry_after())
             await error_response(refusal)(scope, receive, send)
             return
         self._active += 1

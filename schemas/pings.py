@@ -11,6 +11,7 @@ from schemas.ids import EntityId
 MAX_PINGS_PER_BATCH = 500
 MAX_BATCH_BYTES = 256 * 1024
 MAX_SPEED_MPS = 100.0
+MAX_ACCURACY_M = 100_000.0
 # A fix time is accepted from MAX_PING_AGE before its receipt to MAX_PING_AHEAD after it
 # (design section 8): ingest checks it against its clock, the stream re-checks the record.
 MAX_PING_AGE: Final = timedelta(days=7)
@@ -31,7 +32,9 @@ class Ping(BaseModel):
     ts: AwareDatetime
     lat: Latitude
     lon: Longitude
-    accuracy_m: Annotated[float, Field(ge=0.0)] | None = None
+    # Past this no fix is meant (and a float4 column would overflow to +Inf long before a
+    # double does): refused, not stored.
+    accuracy_m: Annotated[float, Field(ge=0.0, le=MAX_ACCURACY_M)] | None = None
     speed_mps: Annotated[float, Field(ge=0.0, le=MAX_SPEED_MPS)] | None = None
     heading_deg: Annotated[float, Field(ge=0.0, lt=360.0)] | None = None
     battery_pct: Annotated[float, Field(ge=0.0, le=100.0)] | None = None

@@ -112,7 +112,7 @@ def test_broker_down_gives_503_in_time_and_recovers_without_restarting_ingest(
     for _ in range(3):
         down = post(setup, token)
         assert down.status_code == 503
-        assert down.headers["Retry-After"] == "1"
+        assert 1 <= int(down.headers["Retry-After"]) <= 3  # spread: not all back at once
         assert down.json()["error"]["code"] == "unavailable"
     # Readiness asks the broker (a metadata request), so it says the broker is gone.
     ready = httpx.get(f"{setup.spec.url}/readyz", timeout=CONTRACT_TIMEOUT)

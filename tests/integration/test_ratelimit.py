@@ -9,6 +9,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from infra.config import StackConfig
+from infra.redis import url as redis_url
 from ingest.ratelimit import RateLimiter
 
 pytestmark = pytest.mark.integration
@@ -27,7 +28,7 @@ class CountingScript:
 
 
 def limiter(config: StackConfig) -> tuple[RateLimiter, CountingScript]:
-    client = aioredis.Redis.from_url(f"redis://127.0.0.1:{config.redis_port}/0")
+    client = aioredis.Redis.from_url(redis_url(config))
     rl = RateLimiter(client, rate_per_s=5.0, burst=20, key_prefix=f"test:{uuid.uuid4().hex}:")
     counting = CountingScript(rl._script)
     rl._script = counting  # type: ignore[assignment]

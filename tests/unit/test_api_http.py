@@ -50,7 +50,7 @@ def test_database_unavailable_is_a_503_and_a_bad_id_never_reaches_it(tmp_path: P
     job = {"pickup": {"lat": 12.9, "lon": 77.6}, "dropoff": {"lat": 12.95, "lon": 77.62}}
     with TestClient(app) as client:
         r = client.get("/v1/drivers/drv-1/position", headers=ops)
-        assert (r.status_code, r.headers["Retry-After"]) == (503, "1")
+        assert r.status_code == 503 and 1 <= int(r.headers["Retry-After"]) <= 3
         assert r.json()["error"]["code"] == "unavailable"
         assert client.get("/readyz").status_code == 503
         asked = pool.asked
@@ -63,7 +63,7 @@ def test_database_unavailable_is_a_503_and_a_bad_id_never_reaches_it(tmp_path: P
         assert pool.asked == asked
         dispatcher = issue_token(private, sub="disp-1", role=Role.DISPATCHER)
         r = client.post("/v1/jobs", json=job, headers={"Authorization": f"Bearer {dispatcher}"})
-        assert (r.status_code, r.headers["Retry-After"]) == (503, "1")
+        assert r.status_code == 503 and 1 <= int(r.headers["Retry-After"]) <= 3
 
 
 class AnsweringPool:

@@ -16,6 +16,7 @@ from infra.launch import Command
 from infra.procs import ProcessRef, StackError, stop, wait_until
 from infra.stack import Record, Stack
 from infra.supervisor import RestartPolicy, supervise_once
+from runtime.http import retry_after
 
 
 def config(tmp_path: Path, **overrides: object) -> StackConfig:
@@ -55,6 +56,15 @@ def test_haproxy_error_pages_keep_the_contracts_shape() -> None:
     assert head.startswith("HTTP/1.1 503") and "Retry-After: 1" in head
     assert f"Content-Length: {len(body)}" in head
     assert body == '{"error":{"code":"unavailable","message":"no process","details":null}}'
+
+
+def test_every_503_spreads_its_clients_retries(tmp_path: Path) -> None:
+    # The services draw Retry-After per answer; HAProxy rewrites it on every 503 it sends,
+    # its own or a service's.
+    drawn = {retry_after()["Retry-After"] for _ in range(200)}
+    assert drawn == {"1", "2", "3"}
+    text = haproxy.render(config(tmp_path), haproxy.topology(config(tmp_path)))
+    assert "set-header Retry-After %[rand(3),add(1)] if { status 503 }" in text
 
 
 def test_a_backend_scaled_to_nothing_still_renders(tmp_path: Path) -> None:

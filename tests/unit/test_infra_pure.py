@@ -101,6 +101,8 @@ def test_status_fails_only_for_a_required_component() -> None:
 def test_status_json_hides_passwords() -> None:
     shown = redact({"pgbouncer": {"dsn": "host=h password=s3cret user=u", "pid": 7}})
     assert shown == {"pgbouncer": {"dsn": "host=h password=*** user=u", "pid": 7}}
+    shown = redact({"redis": {"url": "redis://:s3cr-et_x@127.0.0.1:16379/0"}})
+    assert shown == {"redis": {"url": "redis://:***@127.0.0.1:16379/0"}}
 
 
 # Exits at its first start (as a Faust worker crashing in its recovery does), then runs.

@@ -128,7 +128,7 @@ def test_a_flood_of_invalid_bodies_is_rate_limited_like_any_other(client: TestCl
 def test_kafka_down_is_a_503_with_retry_after(client: TestClient, publisher: FakePublisher) -> None:
     publisher.fail = True
     r = client.post("/v1/pings", json=body())
-    assert (r.status_code, r.headers["Retry-After"]) == (503, "1")
+    assert r.status_code == 503 and 1 <= int(r.headers["Retry-After"]) <= 3
     assert client.get("/readyz").status_code == 503
 
 
@@ -211,7 +211,7 @@ async def test_the_concurrency_cap_refuses_at_once_beyond_its_limit() -> None:
         second = await c.get("/")
         release.set()
         assert (await first).status_code == 200
-    assert (second.status_code, second.headers["Retry-After"]) == (503, "1")
+    assert second.status_code == 503 and 1 <= int(second.headers["Retry-After"]) <= 3
 
 
 def test_the_request_id_is_answered_and_travels_on_the_kafka_record(

@@ -53,6 +53,7 @@ def test_a_good_ping_is_accepted() -> None:
         ({"ts": (NOW - timedelta(days=7, seconds=1)).isoformat()}, "ts_too_old", "7 days"),
         ({"ts": "2026-11-27T12:00:00"}, "ts", "ts"),  # no timezone: ambiguous
         ({"accuracy_m": -1.0}, "accuracy_m", "accuracy_m"),
+        ({"accuracy_m": 1e300}, "accuracy_m", "accuracy_m"),
         ({"speed_mps": 100.5}, "speed_mps", "speed_mps"),
         ({"heading_deg": 360.0}, "heading_deg", "heading_deg"),
         ({"heading_deg": -0.1}, "heading_deg", "heading_deg"),
