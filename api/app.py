@@ -140,14 +140,14 @@ async def _relay(settings: ApiSettings, pool: Pool, read_path: ReadPath) -> Asyn
         keep_sent_s=settings.outbox_keep_sent_hours * 3600,
         idempotency_ttl_s=settings.idempotency_ttl_hours * 3600,
     )
-    views, cache = read_path.views, read_path.cache
+    views, cache, max_links = read_path.views, read_path.cache, settings.max_share_links_per_job
     task = asyncio.create_task(
         outbox_relay.run(
             pool,
             producer,
             limits,
             stopping,
-            before_publish=lambda conn, job_ids: write_through(conn, cache, views, job_ids),
+            after_publish=lambda job_ids: write_through(pool, cache, views, job_ids, max_links),
         )
     )
     try:
@@ -210,9 +210,7 @@ def create_app(
     app.add_middleware(FastReads, read_path=read_path, verifier=verifier)
 
     blobs = DirectoryBlobStore(settings.blob_dir)
-    app.include_router(
-        job_router(pools, read_path, principal, db_errors.inc, blobs, settings.body_timeout_s)
-    )
+    app.include_router(job_router(pools, read_path, principal, db_errors.inc, blobs, settings))
     app.include_router(task_router(read_path, principal))
     app.include_router(share_router(read_path))
     lag_monitor = LagMonitor(

@@ -49,6 +49,8 @@ class ApiSettings(HttpServiceSettings):
     # one process (the lease's holder) loads it again. `Cache-Control: max-age` says the same.
     job_view_fresh_s: float = 2.0
     share_view_fresh_s: float = 5.0
+    # Live share links a job may have (each is a view written on every change of the job).
+    max_share_links_per_job: int = 10
     position_view_fresh_s: float = 1.0
     view_stale_s: float = 30.0
     # The in-process cache in front of Redis for the views everyone sees alike (share

@@ -18,6 +18,7 @@ from pydantic import AwareDatetime, BaseModel
 
 from api import job_store
 from api.blobs import BlobStore
+from api.config import ApiSettings
 from api.errors import DatabaseUnavailable, InvalidInput
 from api.job_rules import Action, check_allowed, check_creator, check_status, check_visible
 from api.job_views import MAX_FIXES, track_span
@@ -37,6 +38,7 @@ from schemas.jobs import (
     JobPage,
     ShareCreate,
     ShareLink,
+    SharesRevoked,
 )
 from schemas.tasks import TaskAccepted
 
@@ -61,7 +63,7 @@ def job_router(
     principal: Callable[..., Awaitable[Principal]],
     db_errors: Callable[[], None],
     blobs: BlobStore,
-    body_timeout_s: float,
+    settings: ApiSettings,
 ) -> APIRouter:
     router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
     Caller = Annotated[Principal, Depends(principal)]
@@ -197,7 +199,7 @@ def job_router(
         check_allowed(who, Action.COMPLETE, owners)
         if job is not None and not retry:
             check_status(Action.COMPLETE, job.status)
-        photo = await read_photo(request, body_timeout_s)
+        photo = await read_photo(request, settings.body_timeout_s)
         check_photo(photo)  # the header only: decoding is the worker's
         blob = await asyncio.to_thread(blobs.put, photo)
         return await write(
@@ -223,10 +225,34 @@ def job_router(
         body: ShareCreate | None = None,
         key: IdempotencyKey = None,
     ) -> Response:
-        ttl_s = (body or ShareCreate()).ttl_s
+        ttl_s, most = (body or ShareCreate()).ttl_s, settings.max_share_links_per_job
         return await write(
-            who, request, key, 201, lambda conn: job_store.create_share(conn, who, job_id, ttl_s)
+            who,
+            request,
+            key,
+            201,
+            lambda conn: job_store.create_share(conn, who, job_id, ttl_s, most),
         )
+
+    @router.delete(
+        "/{job_id}/share",
+        response_model=SharesRevoked,
+        summary="End every live share link of a job (its customer or a dispatcher)",
+        responses=error_responses(401, 403, 404, 422, 503),
+    )
+    async def revoke_shares(job_id: UUID, request: Request, who: Caller) -> Response:
+        revoked: list[bytes] = []
+
+        async def revoke(conn: AsyncConnection[Any]) -> SharesRevoked:
+            revoked[:] = await job_store.revoke_all_shares(conn, who, job_id)
+            return SharesRevoked(revoked=len(revoked))
+
+        # Idempotent as it is (a second call ends nothing more): no Idempotency-Key.
+        answer = await write(who, request, None, 200, revoke)
+        # Committed: drop the links' cached views at once (the edge keeps a public copy for
+        # at most the view's max-age).
+        await read_path.cache.forget(read_path.views.share, [h.hex() for h in revoked])
+        return answer
 
     @router.get(
         "/{job_id}/track",
@@ -253,8 +279,12 @@ def job_router(
         lo, hi = track_span(assigned_at, ended_at, start, end, datetime.now(UTC))
         points: list[tuple[float, float]] = []
         if job.driver_id is not None and assigned_at is not None and lo < hi:
+            # At least what the primary held when the job was read: every fix stored
+            # before the request is in its answer (the replica if it has replayed that far).
             params = [job.driver_id, lo, hi, MAX_FIXES]
-            async with read_path.router.read("track", SELECT_TRACK, params) as fixes:
+            async with read_path.router.read(
+                "track", SELECT_TRACK, params, min_lsn=got.lsn
+            ) as fixes:
                 points = [(float(r["lon"]), float(r["lat"])) for r in fixes.rows]
         properties = {"job_id": str(job_id), "driver_id": job.driver_id}
         # Simplifying a long track is CPU work: off the event loop, a few at a time.

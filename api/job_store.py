@@ -15,7 +15,7 @@ from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from uuid6 import uuid7
 
-from api.errors import Forbidden, IdempotencyKeyReused
+from api.errors import Conflict, Forbidden, IdempotencyKeyReused
 from api.job_rules import Action, Owners, check_visible, next_status
 from schemas import topics
 from schemas.auth import Principal, Role
@@ -156,6 +156,10 @@ async def transition(
         data["reason"] = reason
     event: EventType = "job.completed" if status == JobStatus.COMPLETED else "job.status"
     await _record_event(conn, changed, event, changed.updated_at, data)
+    if status == JobStatus.CANCELLED:
+        # A cancelled delivery is nobody's to follow: its links end with it (the event's
+        # write-through drops their cached views).
+        await revoke_shares(conn, job_id)
     return changed
 
 
@@ -253,13 +257,22 @@ UniqueViolation = psycopg.errors.UniqueViolation
 
 
 async def create_share(
-    conn: AsyncConnection[Any], who: Principal, job_id: UUID, ttl_s: int
+    conn: AsyncConnection[Any], who: Principal, job_id: UUID, ttl_s: int, max_live: int
 ) -> ShareLink:
-    """A new link to a job the caller may share; only the token's hash is stored."""
-    job = await read(conn, job_id)
-    check_visible(who, owners(job), job_id)
-    if who.role not in (Role.CUSTOMER, Role.DISPATCHER):
-        raise Forbidden(f"role {who.role.value!r} may not share jobs")
+    """A new link to a job the caller may share; only the token's hash is stored. A job
+    has at most `max_live` live links (Conflict past it): each costs a view write on every
+    change of the job."""
+    job = await read(conn, job_id, lock=True)  # concurrent shares of one job count in turn
+    check_sharer(who, job, job_id)
+    cur = await conn.execute(
+        "SELECT count(*) FROM share_links WHERE job_id = %s AND expires_at > now()", [job_id]
+    )
+    live = await cur.fetchone()
+    if live is not None and live[0] >= max_live:
+        raise Conflict(
+            f"job {job_id} has {live[0]} live share links, the most it may have:"
+            " revoke them (DELETE /v1/jobs/{id}/share) or wait for one to expire"
+        )
     token = secrets.token_urlsafe(24)
     cur = await conn.execute(
         "INSERT INTO share_links (token_hash, job_id, created_by, expires_at)"
@@ -271,6 +284,21 @@ async def create_share(
     return ShareLink(token=token, url=f"/v1/share/{token}", expires_at=row[0])
 
 
+def check_sharer(who: Principal, job: Job | None, job_id: UUID) -> None:
+    """Who may share a job, or revoke its links: its customer, or a dispatcher."""
+    check_visible(who, owners(job), job_id)
+    if who.role not in (Role.CUSTOMER, Role.DISPATCHER):
+        raise Forbidden(f"role {who.role.value!r} may not share jobs")
+
+
+async def revoke_all_shares(
+    conn: AsyncConnection[Any], who: Principal, job_id: UUID
+) -> list[bytes]:
+    """`DELETE /v1/jobs/{id}/share`: the caller's check, then `revoke_shares`."""
+    check_sharer(who, await read(conn, job_id, lock=True), job_id)
+    return await revoke_shares(conn, job_id)
+
+
 # A share link's job and the link's expiry (an unknown or expired link: no row).
 SELECT_SHARED = (
     f"SELECT s.expires_at AS link_expires_at, {', '.join('j.' + c for c in _COLUMNS.split(', '))}"
@@ -279,15 +307,29 @@ SELECT_SHARED = (
 )
 
 
-async def live_share_links(
-    conn: AsyncConnection[Any], job_id: UUID
+async def recent_share_links(
+    conn: AsyncConnection[Any], job_id: UUID, limit: int
 ) -> list[tuple[bytes, datetime]]:
-    """The hashes and expiries of the job's share links that have not expired."""
+    """The hashes and expiries of the job's share links that are live or ended within the
+    last minute (a revoked link ended when it was revoked), newest expiry first, at most
+    `limit`."""
     cur = await conn.execute(
-        "SELECT token_hash, expires_at FROM share_links WHERE job_id = %s AND expires_at > now()",
-        [job_id],
+        "SELECT token_hash, expires_at FROM share_links WHERE job_id = %s"
+        " AND expires_at > now() - interval '1 minute' ORDER BY expires_at DESC LIMIT %s",
+        [job_id, limit],
     )
     return [(bytes(row[0]), row[1]) for row in await cur.fetchall()]
+
+
+async def revoke_shares(conn: AsyncConnection[Any], job_id: UUID) -> list[bytes]:
+    """Ends every live link of the job now (a revoked link is one that expired); returns
+    their hashes, whose cached views must go too."""
+    cur = await conn.execute(
+        "UPDATE share_links SET expires_at = now() WHERE job_id = %s AND expires_at > now()"
+        " RETURNING token_hash",
+        [job_id],
+    )
+    return [bytes(row[0]) for row in await cur.fetchall()]
 
 
 # A job with its track's window: when its driver was last assigned, and when it ended,

@@ -7,13 +7,16 @@ acks, and marks its rows sent in the same transaction that holds the lock: a rel
 mid-round leaves its rows unmarked, and the next round sends them again, in the same
 order. Nothing is lost or reordered; a consumer drops a seq it already has.
 
-Before a round publishes job events, `before_publish` gets their job ids on the round's
-connection: the api writes the jobs' new views into its cache there (write-through), so
-the readers a push sends arrive at warm keys. It runs in a savepoint, and its failure
-delays no event.
+After a round has committed, `after_publish` gets the job ids of the job events it sent:
+the api writes the jobs' new views into its cache then (write-through), outside the round's
+lock and transaction, so however many share links a job has, no event waits for their
+views. A push can reach a client a moment before the view it reads is written through:
+that reader gets the previous view until the write-through lands (milliseconds) or the
+view's freshness ends (seconds). Its failure delays no event.
 
-The relay also keeps the tables small: sent rows past `keep_sent_s` and idempotency keys
-past their time to live are deleted, a bounded batch at a time, every `sweep_every_s`.
+The relay also keeps the tables small: sent rows past `keep_sent_s`, idempotency keys
+past their time to live and share links ended `keep_ended_links_s` ago are deleted, a
+bounded batch at a time, every `sweep_every_s`.
 """
 
 import asyncio
@@ -21,10 +24,9 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import psycopg
-from psycopg import AsyncConnection
 from psycopg_pool import PoolTimeout
 
 from runtime.kafka import AckedProducer, Message, ProduceFailed
@@ -47,12 +49,16 @@ class RelayLimits:
     idempotency_ttl_s: float = 86400.0
     sweep_every_s: float = 60.0
     sweep_batch: int = 5000
+    # Share links that expired or were revoked this long ago are deleted.
+    keep_ended_links_s: float = 86400.0
     # Rounds failed in a row (not by an outage) before the rows go one at a time.
     isolate_after: int = 3
+    # The write-through of a round's views gets this long; the next round waits for it.
+    after_publish_timeout_s: float = 2.0
 
 
-# Called with the round's connection and the job ids of the job events about to go out.
-BeforePublish = Callable[[AsyncConnection[Any], list[str]], Awaitable[None]]
+# Called with the job ids of the job events a round has just published.
+AfterPublish = Callable[[list[str]], Awaitable[None]]
 
 
 class Publisher(Protocol):
@@ -96,22 +102,17 @@ def _message(row: Row) -> Message:
 
 
 async def relay_round(
-    pool: Pool,
-    producer: Publisher,
-    batch: int,
-    before_publish: BeforePublish | None = None,
-    *,
-    isolate: bool = False,
-) -> int:
-    """Publishes up to `batch` unsent rows; returns how many (0: none, or another relay
-    holds the lock). `isolate`: find and dead-letter a poison row (`publish`)."""
+    pool: Pool, producer: Publisher, batch: int, *, isolate: bool = False
+) -> list[Row]:
+    """Publishes up to `batch` unsent rows; returns them (none: none are unsent, or another
+    relay holds the lock). `isolate`: find and dead-letter a poison row (`publish`)."""
     async with pool.connection() as conn, conn.transaction():
         locked = await (
             await conn.execute("SELECT pg_try_advisory_xact_lock(%s)", [LOCK_KEY])
         ).fetchone()
         if locked is None or not locked[0]:
-            return 0
-        rows = await (
+            return []
+        rows: list[Row] = await (
             await conn.execute(
                 "SELECT id, topic, key, payload::text FROM outbox WHERE sent_at IS NULL"
                 " ORDER BY id LIMIT %s",
@@ -119,10 +120,7 @@ async def relay_round(
             )
         ).fetchall()
         if not rows:
-            return 0
-        job_ids = [key for _, topic, key, _ in rows if topic == topics.JOB_EVENTS]
-        if before_publish is not None and job_ids:
-            await _before(conn, before_publish, job_ids)
+            return []
         dead = await publish(producer, rows, isolate)
         await conn.execute(
             "UPDATE outbox SET sent_at = now() WHERE id = ANY(%s)", [[row[0] for row in rows]]
@@ -130,19 +128,18 @@ async def relay_round(
         for row_id, error in dead.items():
             log.error("outbox row %d dead-lettered in place: %s", row_id, error)
             await conn.execute("UPDATE outbox SET error = %s WHERE id = %s", [error, row_id])
-    return len(rows)
+    return rows
 
 
-async def _before(
-    conn: AsyncConnection[Any], before_publish: BeforePublish, job_ids: list[str]
-) -> None:
+async def _after(after_publish: AfterPublish, rows: list[Row], timeout_s: float) -> None:
+    job_ids = [key for _, topic, key, _ in rows if topic == topics.JOB_EVENTS]
+    if not job_ids:
+        return
     try:
-        async with conn.transaction():  # a savepoint: its failure leaves the round intact
-            await before_publish(conn, job_ids)
-    except (psycopg.OperationalError, PoolTimeout):
-        raise  # the connection is gone: the round fails, and is tried again
-    except Exception:
-        log.exception("before-publish step failed for %d jobs; publishing anyway", len(job_ids))
+        async with asyncio.timeout(timeout_s):
+            await after_publish(job_ids)
+    except Exception as exc:  # the events are out: a view not written expires by itself
+        log.warning("after-publish step failed for %d jobs: %r", len(job_ids), exc)
 
 
 async def sweep(pool: Pool, limits: RelayLimits) -> int:
@@ -165,7 +162,12 @@ async def sweep(pool: Pool, limits: RelayLimits) -> int:
             " LIMIT %s)",
             [limits.idempotency_ttl_s, limits.sweep_batch],
         )
-    return outbox.rowcount + keys.rowcount
+        links = await conn.execute(
+            "DELETE FROM share_links WHERE token_hash IN (SELECT token_hash FROM share_links"
+            " WHERE expires_at < now() - make_interval(secs => %s) LIMIT %s)",
+            [limits.keep_ended_links_s, limits.sweep_batch],
+        )
+    return outbox.rowcount + keys.rowcount + links.rowcount
 
 
 async def run(
@@ -173,7 +175,7 @@ async def run(
     producer: AckedProducer,
     limits: RelayLimits,
     stopping: asyncio.Event,
-    before_publish: BeforePublish | None = None,
+    after_publish: AfterPublish | None = None,
 ) -> None:
     """Relays until `stopping` is set. Kafka or the database down: wait and try again.
     A round that fails `limits.isolate_after` times in a row for another reason (Kafka
@@ -187,9 +189,12 @@ async def run(
             if loop.time() >= next_sweep:
                 next_sweep = loop.time() + limits.sweep_every_s
                 if swept := await sweep(pool, limits):
-                    log.info("outbox relay: %d old outbox rows and idempotency keys deleted", swept)
+                    log.info("outbox relay: %d old rows deleted (outbox, keys, links)", swept)
             isolate = failed >= limits.isolate_after
-            sent = await relay_round(pool, producer, limits.batch, before_publish, isolate=isolate)
+            rows = await relay_round(pool, producer, limits.batch, isolate=isolate)
+            sent = len(rows)
+            if after_publish is not None:
+                await _after(after_publish, rows, limits.after_publish_timeout_s)
         except (psycopg.OperationalError, PoolTimeout) as exc:
             log.warning("outbox relay round failed, retrying: %r", exc)
             sent, wait = 0, limits.retry_s

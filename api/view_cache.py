@@ -30,7 +30,7 @@ import random
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -180,6 +180,9 @@ class LocalCache:
             del self._entries[key]
             return None
         return found[1]
+
+    def drop(self, key: str) -> None:
+        self._entries.pop(key, None)
 
     def put(self, key: str, env: Envelope, until: float) -> None:
         self._entries[key] = (until, env)
@@ -357,6 +360,47 @@ class ViewCache:
         env = envelope(view, loaded, 0.0, time.time())
         await self._put(view, f"{view.name}:{key}", env)
         return env
+
+    async def put_many(self, items: Sequence[tuple[View, str, Loaded]]) -> None:
+        """`put` of several views in one Redis round trip (a pipeline): the relay's
+        write-through of a round's jobs and their share links."""
+        now = time.time()
+        stored = [
+            (view, f"{view.name}:{key}", envelope(view, loaded, 0.0, now))
+            for view, key, loaded in items
+        ]
+        if not self._views_on or not stored:
+            return
+        for view, name, env in stored:
+            self._keep_local(view, name, env)
+        if not self._redis_usable():
+            return
+        assert self._redis is not None
+        pipe = self._redis.pipeline(transaction=False)
+        for _, name, env in stored:
+            ttl_ms = max(1, int((env.stale_until - now) * 1000))
+            # Queued on the pipeline (the script is loaded by it if Redis lacks it).
+            await self._store(
+                keys=[f"api:view:{name}"], args=[env.lsn, env.encode(), ttl_ms], client=pipe
+            )
+        try:
+            await self._bounded(pipe.execute())
+        except REDIS_ERRORS as exc:
+            self._trip(exc)
+
+    async def forget(self, view: View, keys: Sequence[str]) -> None:
+        """Drops views at once (revoked share links), here and in Redis: every process then
+        loads them again, and finds them gone."""
+        names = [f"{view.name}:{key}" for key in keys]
+        for name in names:
+            self._local.drop(name)
+        if not names or not self._redis_usable():
+            return
+        assert self._redis is not None
+        try:
+            await self._bounded(self._redis.delete(*(f"api:view:{n}" for n in names)))
+        except REDIS_ERRORS as exc:
+            self._trip(exc)
 
     async def _put(self, view: View, name: str, env: Envelope) -> None:
         if not self._views_on:

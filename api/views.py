@@ -3,12 +3,12 @@ position, how each is loaded from the database, answered over HTTP (ETag, 304,
 Cache-Control), and written through after a change."""
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
 import orjson
 from fastapi.responses import Response
-from psycopg import AsyncConnection
 
 from api import job_store
 from api.config import ApiSettings
@@ -18,6 +18,8 @@ from api.job_views import with_live_position
 from api.positions import SELECT_POSITION, DriverPosition
 from api.reads import ReadRouter, write_position
 from api.view_cache import Envelope, Loaded, View, ViewCache
+from runtime.http import ApiError, error_response
+from runtime.postgres import Pool
 from schemas.auth import Principal
 from schemas.jobs import Job, SharedJob, share_token_hash
 
@@ -38,11 +40,15 @@ class Views:
         )
 
     def cache_control(self, view: View) -> str:
-        """User views stay in the user's own cache; share views are public, and an edge
-        may serve them stale while it refreshes."""
+        """User views stay in the user's own cache; share views are public. An edge may
+        serve a share view stale while one request refreshes it, for at most one more
+        max-age (the refresh replaces it, with a 404 once the link is gone), and while we
+        fail, for at most `stale_s`: a link that ended is never shown for long."""
         if view is self.share:
             fresh, stale = int(view.fresh_s), int(view.stale_s)
-            return f"public, max-age={fresh}, stale-while-revalidate={stale}"
+            return (
+                f"public, max-age={fresh}, stale-while-revalidate={fresh}, stale-if-error={stale}"
+            )
         return f"private, max-age={int(view.fresh_s)}"
 
 
@@ -141,9 +147,16 @@ async def share_answer(read_path: ReadPath, token: str, if_none_match: str | Non
     finds a job's links so."""
     token_hash = share_token_hash(token)
     view = read_path.views.share
-    env = await read_path.cache.get(
-        view, token_hash.hex(), lambda _: read_path.loaders.share(token_hash)
-    )
+    try:
+        env = await read_path.cache.get(
+            view, token_hash.hex(), lambda _: read_path.loaders.share(token_hash)
+        )
+    except NotFound as exc:
+        # Public as the view is: an edge keeps this 404 for the view's max-age in place of
+        # the link's last 200 (a link that expired or was revoked is gone there as well),
+        # and answers a token asked for again without us.
+        gone = {"Cache-Control": f"public, max-age={int(view.fresh_s)}"}
+        return error_response(ApiError(404, str(exc), headers=gone))
     return answer(env, if_none_match, read_path.views.cache_control(view))
 
 
@@ -166,20 +179,34 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
 
 
 async def write_through(
-    conn: AsyncConnection[Any], cache: ViewCache, views: Views, job_ids: list[str]
+    pool: Pool, cache: ViewCache, views: Views, job_ids: list[str], max_links: int
 ) -> None:
-    """After the changes of `job_ids` committed, and before their events are published:
-    stores each job's new view and those of its live share links (read on the primary at
-    its current position, so no older view replaces them)."""
-    for raw_id in dict.fromkeys(job_ids):
-        job_id = UUID(raw_id)
-        lsn = await write_position(conn)
-        job = await job_store.read(conn, job_id)
-        if job is None:
-            continue
-        await with_live_position(conn, job)
-        rendered = render_job(job)
-        await cache.put(views.job, raw_id, Loaded(rendered.body, lsn, rendered.owners))
-        for token_hash, expires_at in await job_store.live_share_links(conn, job_id):
-            shared = Loaded(render_share(job, expires_at), lsn, expires_at=expires_at.timestamp())
-            await cache.put(views.share, token_hash.hex(), shared)
+    """After the changes of `job_ids` were committed and their events published: stores
+    each job's new view and those of its live share links, read on the primary at its
+    current position (so no older view replaces them), in one Redis round trip; and drops
+    the views of its links that ended within the last minute (revoked, or cancelled with
+    the job). Bounded: a job has at most `max_links` live links."""
+    items: list[tuple[View, str, Loaded]] = []
+    ended: list[str] = []
+    async with pool.connection() as conn:
+        for raw_id in dict.fromkeys(job_ids):
+            job_id = UUID(raw_id)
+            lsn = await write_position(conn)
+            job = await job_store.read(conn, job_id)
+            if job is None:
+                continue
+            await with_live_position(conn, job)
+            rendered = render_job(job)
+            items.append((views.job, raw_id, Loaded(rendered.body, lsn, rendered.owners)))
+            now = datetime.now(UTC)
+            links = await job_store.recent_share_links(conn, job_id, 2 * max_links)
+            for token_hash, expires_at in links:
+                if expires_at <= now:
+                    ended.append(token_hash.hex())
+                    continue
+                shared = Loaded(
+                    render_share(job, expires_at), lsn, expires_at=expires_at.timestamp()
+                )
+                items.append((views.share, token_hash.hex(), shared))
+    await cache.put_many(items)
+    await cache.forget(views.share, ended)

@@ -178,10 +178,11 @@ http {{
             proxy_cache_lock on;
             proxy_cache_lock_timeout 10s;
             proxy_cache_lock_age 10s;
-            # An expired entry is served while one background request refreshes it
-            # (conditionally: If-None-Match, which the api answers from its cache), and
-            # while the api is unreachable.
-            proxy_cache_use_stale updating error timeout http_500 http_502 http_503 http_504;
+            # How long an expired entry may still be served is the api's to say, bounded:
+            # while one background request refreshes it (conditionally: If-None-Match,
+            # which the api answers from its cache), its `stale-while-revalidate`, and while
+            # the api fails, its `stale-if-error`. No use_stale directive here: its
+            # conditions would override those bounds and keep an entry without end.
             proxy_cache_background_update on;
             proxy_cache_revalidate on;
             # A request with credentials neither reads nor fills the cache.

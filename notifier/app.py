@@ -14,10 +14,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from psycopg_pool import PoolTimeout
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
+from websockets.typing import Origin
 from websockets.http11 import Request, Response
 
 from notifier.config import NotifierSettings
 from notifier.consumer import LiveReader, ReaderSettings
+from notifier.errors import NotifierError
 from notifier.event_log import EventLog
 from notifier.frames import ping_frame
 from notifier.heartbeat import Schedule
@@ -47,6 +49,7 @@ class Notifier:
         self.requests = RequestMetrics(registry)
         process_metrics(registry)
         self.sessions: set[Session] = set()
+        self._ending: set[asyncio.Task[None]] = set()
         self._keepalive: Schedule[Session] = Schedule(settings.ping_interval_s)
         self._verifier = verifier_from_settings(settings)
 
@@ -87,7 +90,12 @@ class Notifier:
         def catch_up(sub: Subscription) -> None:
             resumer.catch_up_later(sub)
 
-        hub = Hub(self.metrics, catch_up)
+        def revoke(sub: Subscription, error: NotifierError) -> None:
+            task = asyncio.ensure_future(sub.end(error))
+            self._ending.add(task)  # referenced until done (the loop holds tasks weakly)
+            task.add_done_callback(self._ending.discard)
+
+        hub = Hub(self.metrics, catch_up, revoke=revoke)
         resumer = Resumer(store, event_log, hub, self.metrics)
         self.reader = LiveReader(
             ReaderSettings(s.kafka_bootstrap, s.job_events_topic, s.positions_topic),
@@ -132,6 +140,8 @@ class Notifier:
                 s.host,
                 s.port,
                 process_request=self._process_request,
+                # None: no Origin header (not a browser). A listed page's origin, or 403.
+                origins=[None, *(Origin(o) for o in s.allowed_origins)],
                 compression="deflate" if s.compression else None,
                 # Our heartbeat sends the pings, spread out (notifier/heartbeat.py); the
                 # library's would be a task per connection, in step after a storm.

@@ -3,15 +3,17 @@
 process can serve any job's subscribers. The cost grows with the processes: each one
 fetches and filters every record (positions by their key before decoding, so only the
 drivers of watched jobs cost a decode). What a process missed before it started, or while
-it lagged, a resume takes from the retained log or PostgreSQL."""
+it lagged, a resume takes from the retained log or PostgreSQL. When the reader restarts
+(the broker went away), it goes on from where it was, not from the end: a final
+`job.completed` produced meanwhile still reaches the job's subscribers."""
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
@@ -35,15 +37,40 @@ class ReaderSettings:
     stop_timeout_s: float = 5.0
 
 
+ConsumerFactory = Callable[[ReaderSettings], AIOKafkaConsumer]
+
+
+def live_consumer(s: ReaderSettings) -> AIOKafkaConsumer:
+    # No group: the consumer takes every partition of both topics, and with nothing
+    # committed it starts at their end.
+    return AIOKafkaConsumer(
+        s.job_events_topic,
+        s.positions_topic,
+        bootstrap_servers=s.bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="latest",
+        client_id="notifier-live",
+    )
+
+
 class LiveReader:
     def __init__(
-        self, settings: ReaderSettings, hub: Hub, event_log: EventLog, metrics: NotifierMetrics
+        self,
+        settings: ReaderSettings,
+        hub: Hub,
+        event_log: EventLog,
+        metrics: NotifierMetrics,
+        consumer_factory: ConsumerFactory = live_consumer,
     ) -> None:
         self._settings = settings
         self._hub = hub
         self._log = event_log
         self._metrics = metrics
+        self._consumer_factory = consumer_factory
         self.assigned = False  # every partition assigned: the process hears live events
+        # The offset to read next in each partition, kept across restarts of the consumer.
+        self._next: dict[TopicPartition, int] = {}
 
     async def run_forever(self) -> None:
         while True:  # the broker may be down at start, or go away
@@ -59,29 +86,33 @@ class LiveReader:
 
     async def _run(self) -> None:
         s = self._settings
-        # No group: the consumer takes every partition of both topics, and with nothing
-        # committed it starts at their end.
-        consumer = AIOKafkaConsumer(
-            s.job_events_topic,
-            s.positions_topic,
-            bootstrap_servers=s.bootstrap,
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="latest",
-            client_id="notifier-live",
-        )
+        consumer = self._consumer_factory(s)
         await consumer.start()
         try:
+            resumed = False
             while True:
                 batch = await consumer.getmany(timeout_ms=1000, max_records=s.max_records)
-                if not self.assigned and consumer.assignment():
+                assignment = consumer.assignment()
+                if not assignment:
+                    continue
+                if not resumed:
+                    resumed = True
+                    where = {tp: offset for tp, offset in self._next.items() if tp in assignment}
+                    if where:
+                        for tp, offset in where.items():
+                            consumer.seek(tp, offset)
+                        log.info("live reader resumes %d partitions where it was", len(where))
+                        continue  # what was fetched from the end comes again, in order
+                if not self.assigned:
                     self.assigned = True
-                    log.info("live reader on %d partitions", len(consumer.assignment()))
+                    log.info("live reader on %d partitions", len(assignment))
                 for tp, records in batch.items():
                     if tp.topic == s.job_events_topic:
                         await self._job_events(records)
                     else:
                         self._positions(records)
+                for tp in assignment:
+                    self._next[tp] = await consumer.position(tp)
         finally:
             # aiokafka's stop can hang with the broker gone (aiokafka issue 1101).
             with contextlib.suppress(TimeoutError, KafkaError):

@@ -9,11 +9,12 @@ from uuid import UUID
 
 from pydantic import ValidationError
 
-from notifier.errors import NotifierError
+from notifier.errors import Forbidden, NotifierError
 from notifier.frames import EventFrame, position_frame
 from notifier.metrics import NotifierMetrics
 from notifier.outbox import Outbox
 from notifier.sequencing import Sequencer
+from schemas.auth import Principal, Role
 from schemas.jobs import JobStatus
 from schemas.positions import PositionUpdate
 
@@ -30,7 +31,16 @@ RECENT_FIX = timedelta(minutes=5)
 
 
 class Subscription:
-    __slots__ = ("catching_up", "end", "job_id", "outbox", "seq", "share", "snapshot_sent")
+    __slots__ = (
+        "catching_up",
+        "end",
+        "job_id",
+        "outbox",
+        "seq",
+        "share",
+        "snapshot_sent",
+        "viewer",
+    )
 
     def __init__(
         self,
@@ -40,11 +50,14 @@ class Subscription:
         *,
         share: bool,
         max_held: int,
+        viewer: Principal | None = None,
     ) -> None:
         self.job_id = job_id
         self.outbox = outbox
         self.end = end  # closes the connection with the error's close code
         self.share = share  # a share link's subscriber: events without `data`
+        # Who subscribed (None: a share link): what the job shows them may change.
+        self.viewer = viewer
         self.seq = Sequencer(0, max_held=max_held)
         self.snapshot_sent = False  # positions flow only after the snapshot
         self.catching_up = False
@@ -55,9 +68,11 @@ class Subscription:
 
 
 class JobFeed:
-    """A job that has subscribers in this process."""
+    """A job that has subscribers in this process. Its status and driver are those of the
+    newest state heard of, by the job's seq: a snapshot read before a later event (a read
+    that queued behind others) never rolls them back."""
 
-    __slots__ = ("driver_id", "job_id", "last_fix", "status", "subs")
+    __slots__ = ("driver_id", "job_id", "last_fix", "seq", "status", "subs")
 
     def __init__(self, job_id: UUID) -> None:
         self.job_id = job_id
@@ -65,6 +80,7 @@ class JobFeed:
         self.status: JobStatus | None = None
         self.driver_id: str | None = None
         self.last_fix: datetime | None = None
+        self.seq = 0
 
 
 class Hub:
@@ -73,11 +89,13 @@ class Hub:
         metrics: NotifierMetrics,
         catch_up: Callable[[Subscription], None],
         *,
+        revoke: Callable[[Subscription, NotifierError], None],
         recent_drivers: int = RECENT_DRIVERS,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._metrics = metrics
         self._catch_up = catch_up
+        self._revoke = revoke  # ends a subscriber's connection (with the error's code)
         self._feeds: dict[UUID, JobFeed] = {}
         self._by_driver: dict[str, set[JobFeed]] = {}
         self._recent: OrderedDict[str, bytes] = OrderedDict()
@@ -104,10 +122,12 @@ class Hub:
             self._set_driver(feed, None)
             del self._feeds[sub.job_id]
 
-    def know_job(self, job_id: UUID, status: JobStatus, driver_id: str | None) -> None:
-        """What a snapshot read says of the job (its driver decides which positions go)."""
+    def know_job(self, job_id: UUID, status: JobStatus, driver_id: str | None, seq: int) -> None:
+        """What a snapshot read at the job's `seq` says of it (its driver decides which
+        positions go), unless the feed has heard of a newer state already."""
         feed = self._feeds.get(job_id)
-        if feed is not None:
+        if feed is not None and seq >= feed.seq:
+            feed.seq = seq
             feed.status = status
             self._set_driver(feed, driver_id)
 
@@ -141,10 +161,15 @@ class Hub:
         feed = self._feeds.get(frame.job_id)
         if feed is None:
             return
-        feed.status = JobStatus(frame.status)
-        assigned = driver_id is not None and driver_id != feed.driver_id
-        if driver_id is not None:
-            self._set_driver(feed, driver_id)
+        assigned = False
+        if frame.seq > feed.seq:  # newer than what the feed knows: it decides
+            feed.seq = frame.seq
+            feed.status = JobStatus(frame.status)
+            assigned = driver_id is not None and driver_id != feed.driver_id
+            if driver_id is not None:
+                self._set_driver(feed, driver_id)
+            if assigned:
+                self._end_unseeing(feed)
         for sub in list(feed.subs):
             ready = sub.seq.offer(frame)
             if ready is None:
@@ -154,6 +179,15 @@ class Hub:
                 sub.send_events(ready)
         if assigned and driver_id is not None:
             self._send_recent(feed, driver_id)  # after the event that says who it is
+
+    def _end_unseeing(self, feed: JobFeed) -> None:
+        """After a reassignment, the driver taken off the job sees it no more: their
+        subscriptions end (4403) before this event, or any later one, reaches them."""
+        for sub in list(feed.subs):
+            viewer = sub.viewer
+            if viewer is not None and viewer.role == Role.DRIVER and viewer.sub != feed.driver_id:
+                self.unwatch(sub)
+                self._revoke(sub, Forbidden(f"job {feed.job_id} is no longer yours"))
 
     def watches_driver(self, driver_id: str) -> bool:
         return driver_id in self._by_driver

@@ -78,7 +78,7 @@ class Resumer:
     ) -> None:
         """`sub` is watched already (its live events are held). Sends the snapshot, then
         every event after `last_seq` (or after the snapshot), then lets it go live."""
-        self._hub.know_job(job.job_id, job.status, job.driver_id)
+        self._hub.know_job(job.job_id, job.status, job.driver_id, job.seq)
         position = None
         if job.driver_id is not None and job.status in SHARES_POSITION:
             try:

@@ -192,6 +192,7 @@ class Session:
             self.end,
             share=grant.share is not None,
             max_held=self._limits.max_held,
+            viewer=grant.principal,
         )
         # Watched before the job is read: every event after the read is held, none lost.
         self._hub.watch(sub)

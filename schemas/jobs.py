@@ -135,6 +135,12 @@ class ShareLink(BaseModel):
     expires_at: datetime
 
 
+class SharesRevoked(BaseModel):
+    """`DELETE /v1/jobs/{id}/share`: how many live links ended."""
+
+    revoked: int
+
+
 class SharedJob(BaseModel):
     """What a share link shows: where the delivery is, never who ordered it or what."""
 

@@ -362,7 +362,8 @@ def test_no_post_route_obeys_a_query_parameter_it_does_not_publish(
     r = hostile(driver, f"{path}/pickup")  # ?action=complete: once moved a job to completing
     assert (r.status_code, r.json()["status"]) == (200, "picked_up"), r.text
     r = hostile(driver, f"{path}/pickup")
-    assert r.status_code == 409 and customer.get(path).json()["status"] == "picked_up"
+    # The driver reads their own writes (the customer's view may be a cached second old).
+    assert r.status_code == 409 and driver.get(path).json()["status"] == "picked_up"
     checked.add("/v1/jobs/{job_id}/pickup")
 
     r = hostile(customer, f"{path}/share")  # ?ttl_s=60: the body's (default) ttl counts
@@ -557,7 +558,7 @@ def test_a_share_link_shows_the_delivery_to_anyone_until_it_expires(
     assert not {"customer_id", "reference", "pickup", "job_id"} & set(view)
     assert "secret order" not in public.text and customer.sub not in public.text
 
-    # A change shows once the relay has written the job's views through (before its push).
+    # A change shows once the relay has written the job's views through (after its push).
     dispatcher.post(f"{path}/assign", {"driver_id": people["driver"].sub})
     wait_for(lambda: httpx.get(customer.base + link["url"]).json()["status"] == "assigned" or None)
     # Unknown, malformed and expired links are all simply not there.
@@ -576,6 +577,36 @@ def test_a_share_link_shows_the_delivery_to_anyone_until_it_expires(
     )
     assert expired.json()["error"]["code"] == "not_found"
     assert customer.post(f"{path}/share", {"ttl_s": 10}).status_code == 422  # under a minute
+
+
+def test_share_links_are_capped_per_job_and_revoked_by_delete_or_cancel(
+    config: StackConfig, people: dict[str, Caller]
+) -> None:
+    customer, dispatcher = people["customer"], people["dispatcher"]
+    path = f"/v1/jobs/{customer.post('/v1/jobs', BODY).json()['job_id']}"
+    links = [customer.post(f"{path}/share").json() for _ in range(10)]
+    r = customer.post(f"{path}/share")
+    assert (r.status_code, r.json()["error"]["code"]) == (409, "conflict")
+    assert "10 live share links" in r.json()["error"]["message"]
+    for url in (links[0]["url"], links[-1]["url"]):
+        assert httpx.get(customer.base + url).status_code == 200
+
+    # Who may revoke: whoever may share.
+    base = f"{customer.base}{path}/share"
+    for name, status in (("other_customer", 404), ("driver", 404), ("ops", 403)):
+        assert httpx.delete(base, headers=people[name].headers).status_code == status, name
+    r = httpx.delete(base, headers=customer.headers)
+    assert (r.status_code, r.json()) == (200, {"revoked": 10})
+    for link in links:  # gone at once: their cached views were dropped with them
+        assert httpx.get(customer.base + link["url"]).status_code == 404
+    assert httpx.delete(base, headers=dispatcher.headers).json() == {"revoked": 0}
+    assert customer.post(f"{path}/share").status_code == 201  # under the cap again
+
+    # A cancel ends the job's links too.
+    link = customer.post(f"{path}/share").json()
+    assert httpx.get(customer.base + link["url"]).status_code == 200
+    assert customer.post(f"{path}/cancel").status_code == 200
+    wait_for(lambda: httpx.get(customer.base + link["url"]).status_code == 404 or None)
 
 
 def forget_share_view(config: StackConfig, token: str) -> None:
@@ -627,7 +658,9 @@ def test_a_cancelled_jobs_track_ends_at_its_cancel(
     people["dispatcher"].post(f"{path}/assign", {"driver_id": driver.sub})
     jwt = token(Role.DRIVER, driver.sub)
     start = datetime.now(UTC)
-    post(config, jwt, [ping_at(start + timedelta(milliseconds=100 * i), i) for i in range(1, 4)])
+    # A few milliseconds apart: all of them surely before the cancel below.
+    fixes = [ping_at(start + timedelta(milliseconds=i), i / 100) for i in range(1, 4)]
+    post(config, jwt, fixes)
     wait_for(lambda: True if len(stored(config, driver.sub)) == 3 else None)
     assert customer.post(f"{path}/cancel").status_code == 200
     after = datetime.now(UTC)  # past the cancel; the fixes below are stored before we ask
@@ -884,7 +917,9 @@ def customer_sees(people: dict[str, Caller], path: str) -> dict[str, Any]:
     return body
 
 
-def test_the_relay_sweeps_old_sent_rows_and_expired_idempotency_keys(config: StackConfig) -> None:
+def test_the_relay_sweeps_old_sent_rows_expired_idempotency_keys_and_ended_links(
+    config: StackConfig,
+) -> None:
     dsn = postgres.dsn(config, "primary")
     tag = uuid.uuid4().hex
     with psycopg.connect(dsn) as conn:
@@ -903,6 +938,18 @@ def test_the_relay_sweeps_old_sent_rows_and_expired_idempotency_keys(config: Sta
                 " created_at) VALUES (%s, %s, '', 201, '', now() - %s::interval)",
                 [f"customer:{tag}", key, age],
             )
+        job_id = uuid.uuid4()
+        conn.execute(
+            "INSERT INTO jobs (job_id, created_by, status, pickup_lat, pickup_lon, dropoff_lat,"
+            " dropoff_lon) VALUES (%s, 'sweep-test', 'cancelled', 0, 0, 0, 0)",
+            [job_id],
+        )
+        for age in ("25 hours", "23 hours"):  # ended (expired or revoked) this long ago
+            conn.execute(
+                "INSERT INTO share_links (token_hash, job_id, created_by, expires_at)"
+                " VALUES (%s, %s, 'sweep-test', now() - %s::interval)",
+                [age.encode(), job_id, age],
+            )
 
     async def sweep_once() -> int:
         pool = await open_pool(dsn, min_size=1, max_size=1, name="sweep-test")
@@ -920,3 +967,8 @@ def test_the_relay_sweeps_old_sent_rows_and_expired_idempotency_keys(config: Sta
         ).fetchall()
     assert [r[0] for r in outbox_left] == ids[1:]  # sent 6 days ago: kept for 7
     assert [r[0] for r in keys_left] == ["new"]
+    with psycopg.connect(dsn) as conn:
+        links_left = conn.execute(
+            "SELECT token_hash FROM share_links WHERE job_id = %s", [job_id]
+        ).fetchall()
+    assert [bytes(r[0]) for r in links_left] == [b"23 hours"]  # ended a day ago: deleted

@@ -359,6 +359,32 @@ def test_no_auth_in_time_closes_the_connection(stack: Stack, config: StackConfig
     assert (code, reason) == (4401, "no auth message in time")
 
 
+def test_a_browser_page_from_an_unlisted_origin_cannot_open_a_connection(
+    stack: Stack, config: StackConfig
+) -> None:
+    from websockets.exceptions import InvalidStatus
+
+    url = stack.ws_urls()[0]
+
+    async def handshake(origin: str | None) -> int:
+        try:
+            async with connect(url, origin=origin, compression=None):  # type: ignore[arg-type]
+                return 101
+        except InvalidStatus as exc:
+            return exc.response.status_code
+
+    answers = {
+        origin: asyncio.run(handshake(origin))
+        for origin in (None, "http://localhost:3000", "https://evil.example", "null")
+    }
+    assert answers == {
+        None: 101,  # an app or a device: no Origin
+        "http://localhost:3000": 101,  # the listed dev server
+        "https://evil.example": 403,
+        "null": 403,
+    }
+
+
 # --- flow control -------------------------------------------------------------------------
 
 

@@ -7,6 +7,7 @@ import random
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import orjson
 import pytest
@@ -152,6 +153,10 @@ async def never_slow() -> None:
     raise AssertionError("not slow")
 
 
+def never_revoked(sub: object, error: object) -> None:
+    raise AssertionError(f"not revoked: {error}")
+
+
 def test_a_client_keeping_up_gets_each_frame_at_once() -> None:
     sock = FakeSocket()
     counted: list[str] = []
@@ -237,7 +242,7 @@ async def test_the_hub_routes_events_and_positions_of_the_jobs_driver_only() -> 
 
     metrics = NotifierMetrics(CollectorRegistry())
     caught_up: list[Subscription] = []
-    hub = Hub(metrics, caught_up.append)
+    hub = Hub(metrics, caught_up.append, revoke=never_revoked)
 
     async def end(_: object) -> None:
         raise AssertionError("not ended")
@@ -257,7 +262,7 @@ async def test_the_hub_routes_events_and_positions_of_the_jobs_driver_only() -> 
         hub.watch(sub)
         sub.seq.start_at(1)
         sub.seq.live = sub.snapshot_sent = True
-    hub.know_job(JOB, JobStatus.CREATED, None)
+    hub.know_job(JOB, JobStatus.CREATED, None, 1)
 
     def fix(driver: str, second: int) -> PositionUpdate:
         ts = datetime(2026, 11, 28, 12, 0, second, tzinfo=UTC)
@@ -307,7 +312,11 @@ async def test_a_fix_that_came_before_the_assignment_is_sent_after_its_event() -
 
     now = datetime(2026, 11, 28, 12, 0, 30, tzinfo=UTC)
     hub = Hub(
-        NotifierMetrics(CollectorRegistry()), lambda _: None, recent_drivers=2, clock=lambda: now
+        NotifierMetrics(CollectorRegistry()),
+        lambda _: None,
+        revoke=never_revoked,
+        recent_drivers=2,
+        clock=lambda: now,
     )
 
     async def end(_: object) -> None:
@@ -321,7 +330,7 @@ async def test_a_fix_that_came_before_the_assignment_is_sent_after_its_event() -
         hub.watch(sub)
         sub.seq.start_at(1)
         sub.seq.live = sub.snapshot_sent = True
-        hub.know_job(job, JobStatus.CREATED, None)
+        hub.know_job(job, JobStatus.CREATED, None, 1)
         return sock
 
     sock = watcher(JOB)
@@ -401,3 +410,158 @@ async def test_the_live_reader_skips_a_record_that_makes_it_raise_and_delivers_t
     assert [e.job_id for e in log.appended] == [good_job]
     failed = registry.get_sample_value("notifier_records_failed_total", {"topic": "job-events.v1"})
     assert failed == 1
+
+
+def event(seq: int, status: JobStatus, driver: str | None = None) -> EventFrame:
+    data = {"driver_id": driver} if driver else {}
+    return event_frame(
+        JobEvent(
+            job_id=JOB, seq=seq, type="job.status", status=status, at=datetime.now(UTC), data=data
+        )
+    )
+
+
+def live_watcher(hub: object, viewer: object = None) -> tuple[FakeSocket, object]:
+    from notifier.hub import Hub, Subscription
+
+    assert isinstance(hub, Hub)
+
+    async def end(_: object) -> None:
+        raise AssertionError("ended through the hub's revoke only")
+
+    sock = FakeSocket()
+    outbox = Outbox(sock, max_unsent_bytes=10**6, on_slow=never_slow, on_sent=lambda k, _: None)
+    sub = Subscription(JOB, outbox, end, share=False, max_held=10, viewer=viewer)  # type: ignore[arg-type]
+    hub.watch(sub)
+    sub.seq.start_at(1)
+    sub.seq.live = sub.snapshot_sent = True
+    return sock, sub
+
+
+async def test_a_late_snapshot_never_rolls_the_feed_back() -> None:
+    # A snapshot read before the job completed, arriving after the completion: positions
+    # must not flow again (once they did, to every subscriber of the process).
+    from prometheus_client import CollectorRegistry
+
+    from notifier.hub import Hub
+    from notifier.metrics import NotifierMetrics
+    from schemas.positions import PositionUpdate
+
+    hub = Hub(NotifierMetrics(CollectorRegistry()), lambda _: None, revoke=never_revoked)
+    sock, _ = live_watcher(hub)
+    hub.know_job(JOB, JobStatus.PICKED_UP, "d-1", 1)
+    hub.job_event(event(2, JobStatus.COMPLETED), None)
+    hub.know_job(JOB, JobStatus.PICKED_UP, "d-1", 1)  # the late snapshot
+    fix = PositionUpdate(driver_id="d-1", ping_id=uuid.uuid4(), ts=datetime.now(UTC), lat=1, lon=2)
+    hub.position(fix)
+    await until(lambda: len(sock.sent) == 1)
+    assert [orjson.loads(m)["type"] for m in sock.sent] == ["job.status"]  # no position after
+
+
+async def test_a_driver_taken_off_a_job_is_ended_before_the_new_driver_shows() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from notifier.errors import Forbidden
+    from notifier.hub import Hub
+    from notifier.metrics import NotifierMetrics
+    from schemas.auth import Principal, Role
+
+    revoked: list[tuple[object, object]] = []
+    hub = Hub(
+        NotifierMetrics(CollectorRegistry()),
+        lambda _: None,
+        revoke=lambda sub, error: revoked.append((sub, error)),
+    )
+    old_sock, old = live_watcher(hub, Principal(sub="d-1", role=Role.DRIVER))
+    boss_sock, _ = live_watcher(hub, Principal(sub="disp", role=Role.DISPATCHER))
+    hub.know_job(JOB, JobStatus.ASSIGNED, "d-1", 1)
+    hub.job_event(event(2, JobStatus.ASSIGNED, "d-2"), "d-2")  # reassigned to d-2
+    await until(lambda: len(boss_sock.sent) == 1)
+    assert [(sub, type(error)) for sub, error in revoked] == [(old, Forbidden)]
+    assert old_sock.sent == []  # never saw the event naming the new driver
+    assert orjson.loads(boss_sock.sent[0])["data"] == {"driver_id": "d-2"}
+    hub.job_event(event(3, JobStatus.PICKED_UP), None)
+    await until(lambda: len(boss_sock.sent) == 2)
+    assert old_sock.sent == [] and len(revoked) == 1
+
+
+async def test_the_live_reader_restarts_where_it_was_not_at_the_end() -> None:
+    # A `job.completed` produced while the broker was away must still be read after it.
+    from aiokafka import ConsumerRecord, TopicPartition
+    from aiokafka.errors import KafkaConnectionError
+    from prometheus_client import CollectorRegistry
+
+    from notifier.consumer import LiveReader, ReaderSettings
+    from notifier.metrics import NotifierMetrics
+
+    tp = TopicPartition("job-events.v1", 0)
+
+    def record(offset: int) -> ConsumerRecord[bytes, bytes]:
+        job_event = JobEvent(
+            job_id=JOB, seq=offset + 1, type="job.status", status=JobStatus.PICKED_UP,
+            at=datetime.now(UTC),
+        )  # fmt: skip
+        raw = job_event.model_dump_json().encode()
+        return ConsumerRecord(
+            tp.topic, 0, offset, 0, 0, str(JOB).encode(), raw, None, 0, len(raw), []
+        )
+
+    class Consumer:
+        """Reads offsets 0-2, then the broker goes; the next one starts at the end (5)."""
+
+        runs = 0
+
+        def __init__(self) -> None:
+            Consumer.runs += 1
+            self.run = Consumer.runs
+            self.at = 0 if self.run == 1 else 5
+            self.sought: list[tuple[TopicPartition, int]] = []
+
+        async def start(self) -> None: ...
+
+        async def stop(self) -> None: ...
+
+        def assignment(self) -> set[TopicPartition]:
+            return {tp}
+
+        def seek(self, partition: TopicPartition, offset: int) -> None:
+            self.sought.append((partition, offset))
+            self.at = offset
+
+        async def position(self, partition: TopicPartition) -> int:
+            return self.at
+
+        async def getmany(self, **_: object) -> dict[TopicPartition, list[Any]]:
+            if self.run == 1 and self.at == 3:
+                raise KafkaConnectionError("the broker went away")
+            if self.at >= 6:
+                await asyncio.Event().wait()  # nothing more: the test ends here
+            batch = [record(o) for o in range(self.at, min(self.at + 3, 6))]
+            self.at += len(batch)
+            return {tp: batch}
+
+    consumers: list[Consumer] = []
+
+    def factory(_: ReaderSettings) -> Any:
+        consumers.append(Consumer())
+        return consumers[-1]
+
+    read: list[int] = []
+
+    class Hub:
+        def job_event(self, frame: EventFrame, driver: str | None) -> None:
+            read.append(frame.seq - 1)
+
+    class Log:
+        async def append(self, consumed: object) -> None: ...
+
+    settings = ReaderSettings("127.0.0.1:1", "job-events.v1", "positions.v1", retry_s=0)
+    hub: Any = Hub()
+    log: Any = Log()
+    reader = LiveReader(settings, hub, log, NotifierMetrics(CollectorRegistry()), factory)
+    task = asyncio.ensure_future(reader.run_forever())
+    try:
+        await until(lambda: read == [0, 1, 2, 3, 4, 5])
+    finally:
+        task.cancel()
+    assert consumers[1].sought == [(tp, 3)]  # not 5, the end it started at

@@ -20,6 +20,7 @@ PUBLISHED: dict[tuple[str, str, str], set[tuple[str, str]]] = {
     ("api", "POST", "/v1/jobs/{job_id}/cancel"): {JOB, KEY},
     ("api", "POST", "/v1/jobs/{job_id}/complete"): {JOB, KEY},
     ("api", "POST", "/v1/jobs/{job_id}/share"): {JOB, KEY},
+    ("api", "DELETE", "/v1/jobs/{job_id}/share"): {JOB},
     ("api", "GET", "/v1/jobs/{job_id}/track"): {JOB, ("query", "from"), ("query", "to")},
     ("api", "GET", "/v1/ops/lag"): set(),
     ("api", "GET", "/v1/ops/overview"): set(),
