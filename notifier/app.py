@@ -14,8 +14,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from psycopg_pool import PoolTimeout
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
-from websockets.typing import Origin
 from websockets.http11 import Request, Response
+from websockets.typing import Origin
 
 from notifier.config import NotifierSettings
 from notifier.consumer import LiveReader, ReaderSettings
