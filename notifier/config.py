@@ -34,7 +34,7 @@ class NotifierSettings(HttpServiceSettings):
     # A browser's handshake carries its page's Origin: only these may open a connection (a
     # page elsewhere must not ride a user's credentials). Apps and devices send none, and
     # are let in. The local stack's: a web app's dev server.
-    allowed_origins: list[str] = ["http://localhost:3000", "http://127.0.0.1:3000"]
+    allowed_origins: tuple[str, ...] = ("http://localhost:3000", "http://127.0.0.1:3000")
     # Connections: the first message (auth) must come within `auth_timeout_s`.
     auth_timeout_s: float = 10.0
     max_connections: int = 20_000
