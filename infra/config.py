@@ -66,9 +66,20 @@ class StackConfig(BaseSettings):
     client_statement_timeout_s: float = 10.0
 
     # Connections each tier holds at once (a WebSocket through both is one at each). The
-    # machine's open-file limit bounds them.
+    # machine's open-file limit bounds them. HAProxy gives each service its own budget, so
+    # WebSockets held open (a share link's, for days) cannot take the pings' or the api's.
     edge_worker_connections: int = 8192
-    haproxy_maxconn: int = 8000
+    haproxy_ingest_maxconn: int = 3000
+    haproxy_api_maxconn: int = 2000
+    haproxy_notifier_maxconn: int = 3000
+    # Per client address at the edge: connections at once, and requests a second with a
+    # burst. The local fleet and the benchmarks all come from 127.0.0.1, hence the local
+    # defaults: set them to a phone's or an office's needs in front of real clients.
+    edge_connections_per_client: int = 20_000
+    edge_requests_per_client_s: int = 20_000
+    edge_request_burst: int = 40_000
+    # Share links are looked up unauthenticated: a client may ask this many a second.
+    edge_share_requests_per_client_s: int = 5_000
     # After a reload, how long an old HAProxy worker may keep established connections.
     haproxy_hard_stop_after_s: int = 1800
 

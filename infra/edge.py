@@ -63,10 +63,34 @@ _PROXY = """\
             proxy_read_timeout 35s;"""
 
 
+# How the edge caches (the share views, the only public answers). The api says how long
+# an answer is fresh, and how long an expired one may still be served, bounded: while one
+# background request refreshes it (conditionally: If-None-Match, which the api answers
+# from its cache), its `stale-while-revalidate`, and while the api fails, its
+# `stale-if-error`. No use_stale directive here: its conditions would override those
+# bounds and keep an entry without end.
+_CACHE = f"""\
+            proxy_cache edge;
+            proxy_cache_key $scheme$host$request_uri;
+            proxy_cache_methods GET HEAD;
+            # One request per key goes to the api while the others wait for its answer.
+            proxy_cache_lock on;
+            proxy_cache_lock_timeout 10s;
+            proxy_cache_lock_age 10s;
+            proxy_cache_background_update on;
+            proxy_cache_revalidate on;
+            # A request with credentials neither reads nor fills the cache.
+            proxy_cache_bypass $http_authorization $http_cookie;
+            proxy_no_cache $http_authorization $http_cookie $edge_not_public;
+            add_header {CACHE_STATUS_HEADER} $upstream_cache_status always;"""
+
+
 def render(config: StackConfig, *, worker_user: str | None) -> str:
     """The whole configuration; a pure function of the ports and paths."""
     base = base_dir(config)
     user = f"user {worker_user};\n" if worker_user else ""
+    requests_rate = config.edge_requests_per_client_s
+    shares_rate = config.edge_share_requests_per_client_s
     return f"""\
 # Written by the stack (infra/edge.py): edits are overwritten.
 {user}worker_processes auto;
@@ -98,6 +122,17 @@ http {{
     proxy_cache_path {base / "cache"} levels=1:2 keys_zone=edge:16m max_size=512m
                      inactive=10m use_temp_path=off;
 
+    # Per client address: connections at once, requests a second (with a burst), and
+    # share-link lookups a second (unauthenticated, and an unknown token costs the api a
+    # database read). Past them, 429 with Retry-After.
+    limit_conn_zone $binary_remote_addr zone=per_client:10m;
+    limit_req_zone $binary_remote_addr zone=requests:10m rate={requests_rate}r/s;
+    limit_req_zone $binary_remote_addr zone=shares:10m rate={shares_rate}r/s;
+    limit_conn_status 429;
+    limit_req_status 429;
+    limit_conn_log_level warn;
+    limit_req_log_level warn;
+
     # Only what the api marks public is kept: an answer without `public` in its
     # Cache-Control is never stored, whatever else it says.
     map $upstream_http_cache_control $edge_not_public {{
@@ -118,6 +153,8 @@ http {{
 
     server {{
         listen 127.0.0.1:{config.edge_port} backlog=4096;
+        limit_conn per_client {config.edge_connections_per_client};
+        limit_req zone=requests burst={config.edge_request_burst} nodelay;
 
         # Our own failures in the contract's error shape (HAProxy's pass through as they
         # are). A POST whose answer was lost may or may not have been applied: the client
@@ -125,6 +162,7 @@ http {{
         error_page 502 = @bad_gateway;
         error_page 504 = @gateway_timeout;
         error_page 413 = @too_large;
+        error_page 429 = @too_many;
         location @bad_gateway {{
             default_type application/json;
             add_header Retry-After 1 always;
@@ -137,6 +175,12 @@ http {{
         location @too_large {{
             default_type application/json;
             return 413 '{_error("payload_too_large", "the body is larger than this route takes")}';
+        }}
+
+        location @too_many {{
+            default_type application/json;
+            add_header Retry-After 1 always;
+            return 429 '{_error("too_many_requests", "too many requests from this address")}';
         }}
 
         location = {HEALTH_PATH} {{
@@ -168,27 +212,19 @@ http {{
 {_PROXY}
         }}
 
+        location ^~ /v1/share/ {{
+            # Both limits: a location with its own limit_req inherits none of the server's.
+            limit_req zone=requests burst={config.edge_request_burst} nodelay;
+            limit_req zone=shares burst={2 * config.edge_share_requests_per_client_s} nodelay;
+{_PROXY}
+
+{_CACHE}
+        }}
+
         location / {{
 {_PROXY}
 
-            proxy_cache edge;
-            proxy_cache_key $scheme$host$request_uri;
-            proxy_cache_methods GET HEAD;
-            # One request per key goes to the api while the others wait for its answer.
-            proxy_cache_lock on;
-            proxy_cache_lock_timeout 10s;
-            proxy_cache_lock_age 10s;
-            # How long an expired entry may still be served is the api's to say, bounded:
-            # while one background request refreshes it (conditionally: If-None-Match,
-            # which the api answers from its cache), its `stale-while-revalidate`, and while
-            # the api fails, its `stale-if-error`. No use_stale directive here: its
-            # conditions would override those bounds and keep an entry without end.
-            proxy_cache_background_update on;
-            proxy_cache_revalidate on;
-            # A request with credentials neither reads nor fills the cache.
-            proxy_cache_bypass $http_authorization $http_cookie;
-            proxy_no_cache $http_authorization $http_cookie $edge_not_public;
-            add_header {CACHE_STATUS_HEADER} $upstream_cache_status always;
+{_CACHE}
         }}
     }}
 }}

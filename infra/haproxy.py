@@ -62,6 +62,8 @@ ERRORS = (
 
 # Every 503 (ours, or a service's) tells its client to come back in 1 to 3 s, drawn per
 # answer: clients failed together do not all return together.
+# The stats page's and exporter's share of the process's connections.
+STATS_MAXCONN = 100
 _LOW, _HIGH = RETRY_AFTER_S
 RETRY_SPREAD = (
     f"    http-after-response set-header Retry-After %[rand({_HIGH - _LOW + 1}),add({_LOW})]"
@@ -128,7 +130,7 @@ def render(config: StackConfig, topology: Topology) -> str:
     return f"""\
 # Written by the stack (infra/haproxy.py) from its topology: edits are overwritten.
 global
-    maxconn {config.haproxy_maxconn}
+    maxconn {_total(config) + STATS_MAXCONN}
     # The master passes the listening sockets to the new worker on a reload: no connection
     # is refused while it happens.
     stats socket {socket_path(config)} mode 600 level admin expose-fd listeners
@@ -171,12 +173,16 @@ defaults
 
 frontend public
     bind 127.0.0.1:{config.haproxy_port}
+    maxconn {_total(config)}
     monitor-uri {MONITOR_PATH}
     option forwardfor
 {RETRY_SPREAD}
     http-request disable-l7-retry unless METH_GET || METH_HEAD || METH_OPTIONS
     acl to_ingest path {" ".join(INGEST_PATHS)}
     acl to_notifier path {WS_PATH}
+    # Each service's own budget of the connections: past it, its requests get 503 and the
+    # others' go on (a WebSocket holds its connection for its whole life).
+{_budgets(config)}
     use_backend ingest if to_ingest
     use_backend notifier if to_notifier
     default_backend api
@@ -206,6 +212,23 @@ backend notifier
 {_check()}
 {_servers(topology.notifier)}
 """
+
+
+def _budgets(config: StackConfig) -> str:
+    routes = (
+        ("to_ingest", "ingest", config.haproxy_ingest_maxconn),
+        ("to_notifier", "notifier", config.haproxy_notifier_maxconn),
+        ("!to_ingest !to_notifier", "api", config.haproxy_api_maxconn),
+    )
+    return "\n".join(
+        f"    http-request deny deny_status 503 if {route} {{ be_conn({backend}) ge {most} }}"
+        for route, backend, most in routes
+    )
+
+
+def _total(config: StackConfig) -> int:
+    c = config
+    return c.haproxy_ingest_maxconn + c.haproxy_api_maxconn + c.haproxy_notifier_maxconn
 
 
 def _errorfiles(config: StackConfig) -> str:

@@ -3,6 +3,7 @@
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -17,6 +18,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 from websockets.typing import Origin
 
+from notifier.admission import FailedLookups, Waiting, client_address
 from notifier.config import NotifierSettings
 from notifier.consumer import LiveReader, ReaderSettings
 from notifier.errors import NotifierError
@@ -50,6 +52,9 @@ class Notifier:
         process_metrics(registry)
         self.sessions: set[Session] = set()
         self._ending: set[asyncio.Task[None]] = set()
+        self._waiting = Waiting(
+            settings.max_unauthenticated, settings.max_unauthenticated_per_client
+        )
         self._keepalive: Schedule[Session] = Schedule(settings.ping_interval_s)
         self._verifier = verifier_from_settings(settings)
 
@@ -108,9 +113,12 @@ class Notifier:
             max_subscriptions=s.max_subscriptions,
             max_unsent_bytes=s.max_unsent_bytes,
             max_held=s.retained_events,
+            failed_lookups=FailedLookups(s.failed_share_lookups_per_s, s.failed_share_lookup_burst),
         )
 
         async def handler(ws: ServerConnection) -> None:
+            client = _client(ws.remote_address, ws.request)
+            self._waiting.arrived(client)
             session = Session(
                 ws,
                 verifier=self._verifier,
@@ -119,6 +127,8 @@ class Notifier:
                 resumer=resumer,
                 metrics=self.metrics,
                 limits=limits,
+                client=client,
+                authenticated=functools.partial(self._waiting.done, client),
             )
             self.sessions.add(session)
             self._keepalive.add(session, time.monotonic())
@@ -192,7 +202,7 @@ class Notifier:
 
     async def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
         started = time.perf_counter()
-        response = await self._answer(request)
+        response = await self._answer(ws, request)
         path = request.path.partition("?")[0]
         route = path if path in ROUTES else UNMATCHED
         # An upgrade counts as its 101 here, when the handshake goes on.
@@ -200,11 +210,13 @@ class Notifier:
         self.requests.observe(route, "GET", status, time.perf_counter() - started)
         return response
 
-    async def _answer(self, request: Request) -> Response | None:
+    async def _answer(self, ws: ServerConnection, request: Request) -> Response | None:
         path = request.path.partition("?")[0]
         if path == WS_PATH:
             if len(self.sessions) >= self.settings.max_connections:
                 return _plain(503, "too many connections", {"Retry-After": "1"})
+            if not self._waiting.admits(_client(ws.remote_address, request)):
+                return _plain(503, "too many connections waiting for auth", {"Retry-After": "1"})
             return None
         if path == "/healthz":
             return _plain(200, '{"status":"ok"}', {"Content-Type": "application/json"})
@@ -221,6 +233,13 @@ class Notifier:
                 200, generate_latest(self.registry), {"Content-Type": CONTENT_TYPE_LATEST}
             )
         return _plain(404, "not found: the notifier serves /ws")
+
+
+def _client(peer: object, request: Request | None) -> str:
+    """The client's address, as our tiers name it (notifier/admission.py)."""
+    host = peer[0] if isinstance(peer, tuple) and peer else None
+    forwarded = request.headers.get_all("X-Forwarded-For") if request is not None else []
+    return client_address(host if isinstance(host, str) else None, forwarded)
 
 
 def _plain(status: int, body: str | bytes, headers: dict[str, str] | None = None) -> Response:

@@ -38,6 +38,15 @@ class NotifierSettings(HttpServiceSettings):
     # Connections: the first message (auth) must come within `auth_timeout_s`.
     auth_timeout_s: float = 10.0
     max_connections: int = 20_000
+    # Connections that have not authenticated yet, per process and per client address
+    # (the local fleet and benchmarks are one address: 127.0.0.1). Past either, a new
+    # handshake gets 503.
+    max_unauthenticated: int = 10_000
+    max_unauthenticated_per_client: int = 10_000
+    # Unknown share tokens a client address may try, a second and in a burst, before its
+    # share auths are refused without a database read (4401).
+    failed_share_lookups_per_s: float = 2.0
+    failed_share_lookup_burst: float = 20.0
     accept_backlog: int = 2048
     max_subscriptions: int = 100
     # Unsent output past this closes the connection (4408); the client resumes.

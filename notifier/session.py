@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from websockets.asyncio.server import ServerConnection, broadcast
 from websockets.exceptions import ConnectionClosed
 
+from notifier.admission import FailedLookups
 from notifier.errors import (
     AuthFailed,
     BadMessage,
@@ -45,6 +46,8 @@ class Limits:
     max_subscriptions: int
     max_unsent_bytes: int
     max_held: int
+    # Unknown share tokens per client address (shared by the process's sessions).
+    failed_lookups: FailedLookups
 
 
 @dataclass(frozen=True)
@@ -84,9 +87,13 @@ class Session:
         resumer: Resumer,
         metrics: NotifierMetrics,
         limits: Limits,
+        client: str,
+        authenticated: Callable[[], None],
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.ws = ws
+        self._client = client  # the client's address (behind our tiers: as they name it)
+        self._authenticated = authenticated  # told once the auth is over, either way
         self._verifier = verifier
         self._store = store
         self._hub = hub
@@ -110,7 +117,10 @@ class Session:
 
     async def run(self) -> None:
         try:
-            self.grant = await self._authenticate()
+            try:
+                self.grant = await self._authenticate()
+            finally:
+                self._authenticated()
             # The connection ends when its token (or share link) does.
             self._expiry = asyncio.get_running_loop().call_later(
                 max(0.0, self.grant.expires_at - self._clock()),
@@ -152,8 +162,12 @@ class Session:
             raise AuthFailed("the first message must be auth")
         token = message.token
         if "." not in token and SHARE_TOKEN.fullmatch(token):
+            failures = self._limits.failed_lookups
+            if not failures.may_try(self._client, time.monotonic()):
+                raise AuthFailed("too many unknown share links from this address; wait")
             share = await self._store.shares.get(share_token_hash(token))
             if share is None:
+                failures.failed(self._client, time.monotonic())
                 raise AuthFailed("unknown or expired share link")
             return Grant(None, share, share.expires_at.timestamp())
         try:

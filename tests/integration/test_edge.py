@@ -5,6 +5,7 @@ under load costs no GET, a POST in flight gets an error answer, WebSockets stay 
 supervisor brings a dead process back, and gives up on one that keeps crashing."""
 
 import asyncio
+import contextlib
 import functools
 import os
 import signal
@@ -19,10 +20,13 @@ from datetime import UTC, datetime
 import aiohttp
 import httpx
 import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
 from bench.ws_client import JobWatcher, watch_until
-from infra import edge, haproxy
-from infra.procs import wait_until
+from infra import edge, haproxy, launch
+from infra.config import StackConfig
+from infra.procs import free_port, stop, wait_until
 from infra.stack import Stack
 from schemas.auth import Role
 from tests.integration.conftest import metric, wait_for
@@ -415,3 +419,86 @@ def test_a_process_that_keeps_crashing_is_given_up_on_and_status_says_so(
         stack.start(name)  # an operator's `telemetry up` does the same
     assert stack.status()[name]["healthy"]
     assert "gave_up" not in stack.status()[name]
+
+
+@contextlib.contextmanager
+def tiers_beside(stack: Stack, **settings: int) -> Iterator[StackConfig]:
+    """An HAProxy and an nginx of their own, with `settings` (lowered limits), in front of
+    the stack's services: the limits are tried without touching the stack's tiers."""
+    scratch = stack.config.state_dir / f"beside-{uuid.uuid4().hex[:6]}"
+    ports = {
+        "haproxy_port": free_port(),
+        "haproxy_stats_port": free_port(),
+        "edge_port": free_port(),
+    }
+    config = stack.config.model_copy(update={"state_dir": scratch, **ports, **settings})
+    config.run_dir.mkdir(parents=True)
+    config.logs_dir.mkdir(parents=True)
+    haproxy.write(config, haproxy.topology(config))
+    started = [launch.spawn(config, haproxy.command(config))]
+    try:
+        edge.prepare(config)
+        started.append(launch.spawn(config, edge.command(config)))
+        assert wait_until(lambda: haproxy.ready(config) and edge.ready(config), 30)
+        yield config
+    finally:
+        for ref in reversed(started):
+            stop(ref, timeout_s=10)
+
+
+def test_a_client_past_its_request_rate_gets_429_and_others_go_on(
+    stack: Stack, token: Token
+) -> None:
+    with tiers_beside(stack, edge_requests_per_client_s=1, edge_request_burst=3) as config:
+        url = edge.url(config) + "/v1/jobs"
+        headers = bearer(token(Role.CUSTOMER, f"cust-rate-{uuid.uuid4().hex[:6]}"))
+        answers = [httpx.get(url, headers=headers) for _ in range(10)]
+        statuses = [r.status_code for r in answers]
+        assert statuses[:4] == [200] * 4 and set(statuses[4:]) == {429}, statuses
+        refused = answers[-1]
+        assert refused.json()["error"]["code"] == "too_many_requests"
+        assert refused.headers["Retry-After"] == "1"
+        # The stack's own edge, with the local defaults, is not limited by this client.
+        assert httpx.get(f"{stack.public_url()}/v1/jobs", headers=headers).status_code == 200
+
+
+def test_a_client_past_its_connections_gets_429_at_the_handshake(stack: Stack) -> None:
+    with tiers_beside(stack, edge_connections_per_client=3) as config:
+
+        async def hold() -> list[int]:
+            held, statuses = [], []
+            for _ in range(4):
+                try:
+                    held.append(await connect(edge.ws_url(config), compression=None))
+                    statuses.append(101)
+                except InvalidStatus as exc:
+                    statuses.append(exc.response.status_code)
+            for ws in held:
+                await ws.close()
+            return statuses
+
+        assert asyncio.run(hold()) == [101, 101, 101, 429]
+
+
+def test_each_service_has_its_own_connection_budget_at_haproxy(stack: Stack, token: Token) -> None:
+    # WebSockets past the notifier's budget are refused; the api's requests still pass.
+    with tiers_beside(stack, haproxy_notifier_maxconn=2) as config:
+        ws_url = haproxy.url(config).replace("http://", "ws://") + haproxy.WS_PATH
+
+        async def hold() -> tuple[list[int], int]:
+            held, statuses = [], []
+            for _ in range(3):
+                try:
+                    held.append(await connect(ws_url, compression=None))
+                    statuses.append(101)
+                except InvalidStatus as exc:
+                    statuses.append(exc.response.status_code)
+            headers = bearer(token(Role.CUSTOMER, f"cust-budget-{uuid.uuid4().hex[:6]}"))
+            async with httpx.AsyncClient() as client:
+                api = await client.get(haproxy.url(config) + "/v1/jobs", headers=headers)
+            for ws in held:
+                await ws.close()
+            return statuses, api.status_code
+
+        statuses, api_status = asyncio.run(hold())
+        assert statuses == [101, 101, 503] and api_status == 200

@@ -7,7 +7,9 @@ see every event exactly once, in order."""
 import asyncio
 import contextlib
 import random
+import secrets
 import signal
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -22,7 +24,7 @@ from aiokafka import AIOKafkaProducer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from bench.ws_client import JobWatcher, watch_until
 from infra.config import StackConfig
@@ -362,8 +364,6 @@ def test_no_auth_in_time_closes_the_connection(stack: Stack, config: StackConfig
 def test_a_browser_page_from_an_unlisted_origin_cannot_open_a_connection(
     stack: Stack, config: StackConfig
 ) -> None:
-    from websockets.exceptions import InvalidStatus
-
     url = stack.ws_urls()[0]
 
     async def handshake(origin: str | None) -> int:
@@ -383,6 +383,50 @@ def test_a_browser_page_from_an_unlisted_origin_cannot_open_a_connection(
         "https://evil.example": 403,
         "null": 403,
     }
+
+
+def test_connections_waiting_for_auth_and_unknown_share_tokens_are_capped(
+    stack: Stack, config: StackConfig
+) -> None:
+    settings = {
+        "NOTIFIER_MAX_UNAUTHENTICATED_PER_CLIENT": "2",
+        "NOTIFIER_FAILED_SHARE_LOOKUPS_PER_S": "0.01",
+        "NOTIFIER_FAILED_SHARE_LOOKUP_BURST": "2",
+    }
+    with variants(config, "notifier", 1, settings, "ws-admission") as [(spec, _)]:
+        url = spec.endpoint["ws"]
+
+        async def waiting() -> list[int]:
+            held, statuses = [], []
+            for _ in range(3):
+                try:
+                    held.append(await connect(url, compression=None))
+                    statuses.append(101)
+                except InvalidStatus as exc:
+                    statuses.append(exc.response.status_code)
+            await held[0].close()  # one gives up: a place is free again, once its close lands
+            deadline = time.monotonic() + 5
+            while True:
+                try:
+                    held.append(await connect(url, compression=None))
+                    statuses.append(101)
+                    break
+                except InvalidStatus as exc:
+                    if time.monotonic() > deadline:
+                        statuses.append(exc.response.status_code)
+                        break
+                    await asyncio.sleep(0.05)  # the poll's pace; the deadline bounds it
+            for ws in held[1:]:
+                await ws.close()
+            return statuses
+
+        assert asyncio.run(waiting()) == [101, 101, 503, 101]
+        # Random share tokens: two lookups, then refused without one.
+        reasons = [
+            refusal(url, {"type": "auth", "token": secrets.token_urlsafe(24)}) for _ in range(3)
+        ]
+        assert reasons[:2] == [(4401, "unknown or expired share link")] * 2
+        assert reasons[2][0] == 4401 and "too many unknown share links" in reasons[2][1]
 
 
 # --- flow control -------------------------------------------------------------------------
