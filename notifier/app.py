@@ -27,6 +27,7 @@ from notifier.frames import ping_frame
 from notifier.heartbeat import Schedule
 from notifier.hub import Hub, Subscription
 from notifier.metrics import NotifierMetrics
+from notifier.outbox import Budget
 from notifier.resume import Resumer
 from notifier.session import Limits, Session
 from notifier.store import Store
@@ -114,6 +115,7 @@ class Notifier:
             max_unsent_bytes=s.max_unsent_bytes,
             max_held=s.retained_events,
             failed_lookups=FailedLookups(s.failed_share_lookups_per_s, s.failed_share_lookup_burst),
+            budget=Budget(s.max_queued_bytes_total),
         )
 
         async def handler(ws: ServerConnection) -> None:

@@ -51,6 +51,9 @@ class NotifierSettings(HttpServiceSettings):
     max_subscriptions: int = 100
     # Unsent output past this closes the connection (4408); the client resumes.
     max_unsent_bytes: int = 1024 * 1024
+    # All the process's connections together may queue this much; past it the one whose
+    # frame would cross it is closed as slow (4408), whatever its own share.
+    max_queued_bytes_total: int = 256 * 1024 * 1024
     # Every this often, an application ping (design section 6) and a WebSocket ping; a
     # peer that has not answered the last WebSocket ping by the next is gone (a vanished
     # phone): its connection is closed.

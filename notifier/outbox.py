@@ -30,6 +30,19 @@ WRITE_NOW_BELOW_BYTES = 64 * 1024
 Sent = Callable[[str, float | None], None]
 
 
+class Budget:
+    """The bytes queued by all of a process's outboxes: past `limit`, the connection whose
+    frame would cross it is the slow one, and is closed. One client's limit times 20,000
+    clients is more memory than the process has."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def fits(self, more: int) -> bool:
+        return self.used + more <= self.limit
+
+
 class Outbox:
     """A frame is written at once while the client keeps up; otherwise it queues, and one
     task writes the queue as the socket drains, ending when it is empty (an idle
@@ -42,9 +55,11 @@ class Outbox:
         max_unsent_bytes: int,
         on_slow: Callable[[], Coroutine[Any, Any, None]],
         on_sent: Sent,
+        budget: Budget | None = None,
     ) -> None:
         self._writer = writer
         self._limit = max_unsent_bytes
+        self._budget = budget or Budget(max_unsent_bytes)  # the process's, shared
         self._on_slow = on_slow
         self._on_sent = on_sent
         self._frames: deque[tuple[bytes, str, float | None]] = deque()
@@ -68,8 +83,11 @@ class Outbox:
             self._writer.write_now(frame)
             self._on_sent(kind, origin)
             return
+        if not self._budget.fits(len(frame)):
+            self._slow()
+            return
         self._frames.append((frame, kind, origin))
-        self._queued_bytes += len(frame)
+        self._queue(len(frame))
         self._kick()
 
     def push_position(self, job_id: UUID, frame: bytes, fix_ts: float) -> None:
@@ -85,20 +103,27 @@ class Outbox:
             self._writer.write_now(frame)
             self._on_sent("position", fix_ts)
             return
+        if not self._budget.fits(added):
+            self._slow()
+            return
         self._positions[job_id] = (frame, fix_ts)
-        self._queued_bytes += added
+        self._queue(added)
         self._kick()
 
     def drop_positions(self, job_id: UUID) -> None:
         previous = self._positions.pop(job_id, None)
         if previous is not None:
-            self._queued_bytes -= len(previous[0])
+            self._queue(-len(previous[0]))
 
     def close(self) -> None:
         self.closed = True
         self._frames.clear()
         self._positions.clear()
-        self._queued_bytes = 0
+        self._queue(-self._queued_bytes)
+
+    def _queue(self, change: int) -> None:
+        self._queued_bytes += change
+        self._budget.used += change
 
     def _slow(self) -> None:
         self.close()
@@ -129,7 +154,7 @@ class Outbox:
         try:
             while not self.closed and (item := self._next()) is not None:
                 frame, kind, origin = item
-                self._queued_bytes -= len(frame)
+                self._queue(-len(frame))
                 # Waits only while the socket's buffer is above its high-water mark; what
                 # arrives meanwhile queues here, counted against the limit.
                 await self._writer.send(frame, text=True)

@@ -27,7 +27,7 @@ from notifier.errors import (
 )
 from notifier.hub import Hub, Subscription
 from notifier.metrics import NotifierMetrics
-from notifier.outbox import Outbox
+from notifier.outbox import Budget, Outbox
 from notifier.resume import Resumer
 from notifier.store import ShareRow, Store
 from runtime.auth import AuthError, TokenVerifier
@@ -48,6 +48,8 @@ class Limits:
     max_held: int
     # Unknown share tokens per client address (shared by the process's sessions).
     failed_lookups: FailedLookups
+    # The bytes all the process's connections may have queued (shared).
+    budget: Budget
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,7 @@ class Session:
             max_unsent_bytes=limits.max_unsent_bytes,
             on_slow=self._slow,
             on_sent=self._sent,
+            budget=limits.budget,
         )
         self.grant: Grant | None = None
         self._subs: dict[UUID, Subscription] = {}

@@ -217,6 +217,40 @@ async def test_the_socket_buffer_counts_against_the_limit() -> None:
     assert box.closed
 
 
+async def test_the_process_budget_closes_the_connection_whose_frame_would_cross_it() -> None:
+    from notifier.outbox import Budget
+
+    budget = Budget(1500)  # all connections together; each alone may hold far more
+    socks = [FakeSocket(), FakeSocket()]
+    slow: list[int] = []
+    boxes = []
+    for i, sock in enumerate(socks):
+        sock.stall()  # neither client reads: frames queue
+
+        async def on_slow(i: int = i) -> None:
+            slow.append(i)
+
+        # One budget for both, as the process's sessions share it.
+        boxes.append(
+            Outbox(
+                sock,
+                max_unsent_bytes=10**6,
+                on_slow=on_slow,
+                on_sent=lambda k, _: None,
+                budget=budget,
+            )
+        )
+    for _ in range(8):
+        boxes[0].push(b"x" * 100, "job.status")  # 800 queued
+    for _ in range(8):
+        boxes[1].push(b"y" * 100, "job.status")  # the 8th would take the process past 1500
+    await until(lambda: slow == [1])
+    assert boxes[1].closed and not boxes[0].closed
+    assert budget.used <= 800  # the closed one's queue is given back
+    socks[0].drain()
+    await until(lambda: budget.used == 0 and len(socks[0].sent) == 8)
+
+
 def test_client_messages_parse_or_say_what_is_wrong() -> None:
     assert _parse('{"type":"auth","token":"t"}') == Auth(type="auth", token="t")
     job = str(uuid.uuid4())
