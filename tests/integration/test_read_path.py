@@ -282,6 +282,11 @@ def test_with_the_replica_gone_every_route_is_still_served_through_the_edge(
     assert edge is not None
     api = stack.urls("api")
     job_id = new_job(config, customer, edge)
+    dispatcher = bearer(token, Role.DISPATCHER, f"disp-{uuid.uuid4().hex[:6]}")
+    r = httpx.post(
+        f"{edge}/v1/jobs/{job_id}/assign", json={"driver_id": "drv-replica"}, headers=dispatcher
+    )
+    assert r.status_code == 200, r.text  # its track reads the driver's fixes too
     stack.stop("postgres-replica")
     try:
         wait_for(lambda: True if total(api, "api_replica_up") == 0 else None)
@@ -293,6 +298,8 @@ def test_with_the_replica_gone_every_route_is_still_served_through_the_edge(
             forget(config, "job", job_id)  # a miss: the read itself must fall back
             statuses.append(httpx.get(f"{edge}/v1/jobs/{job_id}", headers=customer).status_code)
             statuses.append(httpx.get(f"{edge}/v1/jobs", headers=customer).status_code)
+            track = httpx.get(f"{edge}/v1/jobs/{job_id}/track", headers=customer)
+            statuses.append(track.status_code)  # through the router: its fallback too
             statuses.append(httpx.post(f"{edge}/v1/jobs", json=BODY, headers=customer).status_code)
             time.sleep(0.2)  # the pace of the look, bounded by the deadline above
         assert set(statuses) == {200, 201}, statuses
