@@ -139,40 +139,30 @@ def job_router(
             ),
         )
 
-    # Each route's action is fixed in its body: an endpoint's arguments are what FastAPI
-    # publishes and obeys, so nothing a client sends may choose the transition.
-    @router.post(
-        "/{job_id}/pickup",
-        response_model=Job,
-        summary="The assigned driver has picked the goods up",
-        responses=error_responses(401, 403, 404, 409, 413, 422, 503),
-    )
-    async def pickup_job(
-        job_id: UUID, request: Request, who: Caller, key: IdempotencyKey = None
-    ) -> Response:
-        return await write(
-            who,
-            request,
-            key,
-            200,
-            lambda conn: job_store.transition(conn, who, job_id, Action.PICKUP),
-        )
+    def transition_route(action: Action) -> Callable[..., Awaitable[Response]]:
+        # The action is the factory's, closed over: an endpoint's own arguments (a default
+        # one too) are what FastAPI publishes and obeys, and no client chooses the action.
+        async def endpoint(
+            job_id: UUID, request: Request, who: Caller, key: IdempotencyKey = None
+        ) -> Response:
+            return await write(
+                who, request, key, 200, lambda conn: job_store.transition(conn, who, job_id, action)
+            )
 
-    @router.post(
-        "/{job_id}/cancel",
-        response_model=Job,
-        summary="Cancel a job before its pickup (its customer or a dispatcher)",
-        responses=error_responses(401, 403, 404, 409, 413, 422, 503),
-    )
-    async def cancel_job(
-        job_id: UUID, request: Request, who: Caller, key: IdempotencyKey = None
-    ) -> Response:
-        return await write(
-            who,
-            request,
-            key,
-            200,
-            lambda conn: job_store.transition(conn, who, job_id, Action.CANCEL),
+        return endpoint
+
+    for action, summary in (
+        (Action.PICKUP, "The assigned driver has picked the goods up"),
+        (Action.CANCEL, "Cancel a job before its pickup (its customer or a dispatcher)"),
+    ):
+        router.add_api_route(
+            f"/{{job_id}}/{action.value}",
+            transition_route(action),
+            methods=["POST"],
+            response_model=Job,
+            summary=summary,
+            name=f"{action.value}_job",
+            responses=error_responses(401, 403, 404, 409, 413, 422, 503),
         )
 
     @router.post(

@@ -20,8 +20,6 @@ from datetime import UTC, datetime
 import aiohttp
 import httpx
 import pytest
-from websockets.asyncio.client import connect
-from websockets.exceptions import InvalidStatus
 
 from bench.ws_client import JobWatcher, watch_until
 from infra import edge, haproxy, launch
@@ -31,6 +29,7 @@ from infra.stack import Stack
 from schemas.auth import Role
 from tests.integration.conftest import metric, wait_for
 from tests.integration.driving import ping_at
+from tests.integration.handshakes import close_all, open_many
 
 pytestmark = pytest.mark.integration
 
@@ -466,15 +465,8 @@ def test_a_client_past_its_connections_gets_429_at_the_handshake(stack: Stack) -
     with tiers_beside(stack, edge_connections_per_client=3) as config:
 
         async def hold() -> list[int]:
-            held, statuses = [], []
-            for _ in range(4):
-                try:
-                    held.append(await connect(edge.ws_url(config), compression=None))
-                    statuses.append(101)
-                except InvalidStatus as exc:
-                    statuses.append(exc.response.status_code)
-            for ws in held:
-                await ws.close()
+            statuses, held = await open_many(edge.ws_url(config), 4)
+            await close_all(held)
             return statuses
 
         assert asyncio.run(hold()) == [101, 101, 101, 429]
@@ -486,18 +478,11 @@ def test_each_service_has_its_own_connection_budget_at_haproxy(stack: Stack, tok
         ws_url = haproxy.url(config).replace("http://", "ws://") + haproxy.WS_PATH
 
         async def hold() -> tuple[list[int], int]:
-            held, statuses = [], []
-            for _ in range(3):
-                try:
-                    held.append(await connect(ws_url, compression=None))
-                    statuses.append(101)
-                except InvalidStatus as exc:
-                    statuses.append(exc.response.status_code)
+            statuses, held = await open_many(ws_url, 3)
             headers = bearer(token(Role.CUSTOMER, f"cust-budget-{uuid.uuid4().hex[:6]}"))
             async with httpx.AsyncClient() as client:
                 api = await client.get(haproxy.url(config) + "/v1/jobs", headers=headers)
-            for ws in held:
-                await ws.close()
+            await close_all(held)
             return statuses, api.status_code
 
         statuses, api_status = asyncio.run(hold())

@@ -36,6 +36,7 @@ from schemas import topics
 from schemas.auth import Role
 from tests.integration.conftest import metric, wait_for
 from tests.integration.driving import ping_at, stored
+from tests.integration.handshakes import close_all, open_many
 
 BODY = {"pickup": {"lat": 12.97, "lon": 77.59}, "dropoff": {"lat": 12.93, "lon": 77.62}}
 Token = Callable[..., str]
@@ -397,28 +398,17 @@ def test_connections_waiting_for_auth_and_unknown_share_tokens_are_capped(
         url = spec.endpoint["ws"]
 
         async def waiting() -> list[int]:
-            held, statuses = [], []
-            for _ in range(3):
-                try:
-                    held.append(await connect(url, compression=None))
-                    statuses.append(101)
-                except InvalidStatus as exc:
-                    statuses.append(exc.response.status_code)
-            await held[0].close()  # one gives up: a place is free again, once its close lands
+            statuses, held = await open_many(url, 3)
+            await held.pop(0).close()  # one gives up: a place is free again, once it lands
             deadline = time.monotonic() + 5
             while True:
-                try:
-                    held.append(await connect(url, compression=None))
-                    statuses.append(101)
+                again, opened = await open_many(url, 1)
+                held += opened
+                if again == [101] or time.monotonic() > deadline:
                     break
-                except InvalidStatus as exc:
-                    if time.monotonic() > deadline:
-                        statuses.append(exc.response.status_code)
-                        break
-                    await asyncio.sleep(0.05)  # the poll's pace; the deadline bounds it
-            for ws in held[1:]:
-                await ws.close()
-            return statuses
+                await asyncio.sleep(0.05)  # the poll's pace; the deadline bounds it
+            await close_all(held)
+            return statuses + again
 
         assert asyncio.run(waiting()) == [101, 101, 503, 101]
         # Random share tokens: two lookups, then refused without one.
