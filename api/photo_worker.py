@@ -5,6 +5,9 @@ For each task: decode the photo (Pillow; broken images and bombs refused), strip
 the task done and complete the job (event `job.completed`). A task's offset is committed
 only after that transaction, and the transaction checks the task is still pending: a
 worker killed mid-task does it again after a restart, and the job completes exactly once.
+A record that makes the worker raise anything but an outage goes to `tasks.v1.dlq`, its
+task fails and its job goes back to the driver (`settle`): the tasks after it go on. In the
+background, the blob sweep removes orphaned and expired uploads (api/blob_sweep.py).
 """
 
 import asyncio
