@@ -180,11 +180,13 @@ def job_router(
         # read (a critical read: the primary): a refused upload is never read nor stored.
         # A retry of a remembered key is read, to be replayed. The write's transaction
         # checks it all again.
-        async with read_path.router.read(
-            "job_state", f"{job_store.SELECT} WHERE job_id = %s", [job_id], critical=True
-        ) as got:
-            job = job_store.from_row(got.rows[0]) if got.rows else None
-            retry = key is not None and await job_store.key_known(got.conn, who, key)
+        async def retried(conn: AsyncConnection[Any], rows: list[dict[str, Any]]) -> bool:
+            return key is not None and await job_store.key_known(conn, who, key)
+
+        got, retry = await read_path.router.read_then(
+            "job_state", f"{job_store.SELECT} WHERE job_id = %s", [job_id], retried, critical=True
+        )
+        job = job_store.from_row(got.rows[0]) if got.rows else None
         owners = check_visible(who, job_store.owners(job), job_id)
         check_allowed(who, Action.COMPLETE, owners)
         if job is not None and not retry:
@@ -257,13 +259,13 @@ def job_router(
     ) -> Response:
         # Both reads go through the read router: its gate, its lag routing, its fallback to
         # the primary. The job's window is critical (a change just made shows at once).
-        async with read_path.router.read(
+        got = await read_path.router.read(
             "track_job", job_store.SELECT_WITH_WINDOW, [job_id], critical=True
-        ) as got:
-            job = job_store.from_row(got.rows[0]) if got.rows else None
-            assigned_at, ended_at = (
-                (got.rows[0]["assigned_at"], got.rows[0]["ended_at"]) if got.rows else (None, None)
-            )
+        )
+        job = job_store.from_row(got.rows[0]) if got.rows else None
+        assigned_at, ended_at = (
+            (got.rows[0]["assigned_at"], got.rows[0]["ended_at"]) if got.rows else (None, None)
+        )
         check_visible(who, job_store.owners(job), job_id)
         assert job is not None
         lo, hi = track_span(assigned_at, ended_at, start, end, datetime.now(UTC))
@@ -272,10 +274,8 @@ def job_router(
             # At least what the primary held when the job was read: every fix stored
             # before the request is in its answer (the replica if it has replayed that far).
             params = [job.driver_id, lo, hi, MAX_FIXES]
-            async with read_path.router.read(
-                "track", SELECT_TRACK, params, min_lsn=got.lsn
-            ) as fixes:
-                points = [(float(r["lon"]), float(r["lat"])) for r in fixes.rows]
+            fixes = await read_path.router.read("track", SELECT_TRACK, params, min_lsn=got.lsn)
+            points = [(float(r["lon"]), float(r["lat"])) for r in fixes.rows]
         properties = {"job_id": str(job_id), "driver_id": job.driver_id}
         # Simplifying a long track is CPU work: off the event loop, a few at a time.
         async with simplifying:

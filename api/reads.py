@@ -4,7 +4,9 @@ The replica serves a read when it has replayed what the reader must see: the WAL
 is asked for in the same round trip as the read's first statement, before that
 statement's snapshot is taken, so a position at or past the reader's last write means the
 data includes it. Otherwise the read goes to the primary. So do critical reads, and every
-read while the replica lags past a setting or does not answer.
+read while the replica lags past a setting or does not answer. A replica that fails a read
+midway (it went away, or cancelled a statement in conflict with its recovery) has the
+whole read run again on the primary, once.
 
 Reads wait for one of a fixed number of slots per process, below PgBouncer's pool; a few
 may queue for a moment, and past that the answer is 503 with Retry-After, never a queue
@@ -15,10 +17,10 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -31,6 +33,7 @@ from runtime.postgres import REPLICA_LAG, Pool
 
 log = logging.getLogger(__name__)
 DB_ERRORS = (psycopg.OperationalError, PoolTimeout)
+T = TypeVar("T")
 
 # The position this server's data includes: on a replica the end of what it has
 # replayed, on the primary the end of what it has flushed (bytes since 0/0, comparable
@@ -125,14 +128,21 @@ class DbGate:
 
 
 @dataclass(frozen=True)
-class Checked:
-    """A read's first statement's rows, the position its data includes, and the connection
-    (held until the read ends) for the statements that follow."""
+class Rows:
+    """A read's first statement's rows, the position its data includes, and where it ran."""
 
-    conn: AsyncConnection[Any]
-    lsn: int
     rows: list[dict[str, Any]]
+    lsn: int
     target: str
+
+
+# What a read does after its first statement, on the same connection and snapshot's server:
+# the statements that follow (a job's live position, an idempotency key).
+Then = Callable[[AsyncConnection[Any], list[dict[str, Any]]], Awaitable[T]]
+
+
+async def _nothing(conn: AsyncConnection[Any], rows: list[dict[str, Any]]) -> None:
+    return None
 
 
 class ReadRouter:
@@ -159,7 +169,6 @@ class ReadRouter:
         """The replica answered the last look (reads fall back to the primary otherwise)."""
         return not math.isinf(self._lag_s)
 
-    @asynccontextmanager
     async def read(
         self,
         view: str,
@@ -168,50 +177,69 @@ class ReadRouter:
         *,
         min_lsn: int = 0,
         critical: bool = False,
-    ) -> AsyncIterator[Checked]:
-        """Runs `sql` where its data includes `min_lsn` (the replica when it can) and
-        yields its rows with the connection for what follows. Raises DatabaseBusy past the
-        cap and DatabaseUnavailable when no server answers."""
-        async with self._gate.slot(), AsyncExitStack() as stack:
+    ) -> Rows:
+        """`sql`'s rows where its data includes `min_lsn` (the replica when it can)."""
+        rows, _ = await self.read_then(
+            view, sql, params, _nothing, min_lsn=min_lsn, critical=critical
+        )
+        return rows
+
+    async def read_then(
+        self,
+        view: str,
+        sql: str,
+        params: Sequence[Any],
+        then: Then[T],
+        *,
+        min_lsn: int = 0,
+        critical: bool = False,
+    ) -> tuple[Rows, T]:
+        """Runs `sql` where its data includes `min_lsn` (the replica when it can), then
+        `then` on the same connection. A replica that fails any of it (it went away, or
+        cancelled a statement in conflict with its recovery) has the whole read run again
+        on the primary, once. Raises DatabaseBusy past the cap and DatabaseUnavailable
+        when no server answers; what `then` raises otherwise passes through."""
+        async with self._gate.slot():
             try:
-                yield await self._first(stack, view, sql, params, min_lsn, critical)
+                return await self._run(view, sql, params, then, min_lsn, critical)
             except DB_ERRORS as exc:
                 self._on_unavailable()
                 raise DatabaseUnavailable(str(exc)) from exc
 
-    async def _first(
+    async def _run(
         self,
-        stack: AsyncExitStack,
         view: str,
         sql: str,
         params: Sequence[Any],
+        then: Then[T],
         min_lsn: int,
         critical: bool,
-    ) -> Checked:
+    ) -> tuple[Rows, T]:
         reason = "read_your_writes" if min_lsn else "miss"
         if critical:
             reason = "critical"
         elif self._lag_s > self._max_lag_s:
             reason = "replica_lag"
         else:
-            replica = AsyncExitStack()
             try:
-                conn = await replica.enter_async_context(self._pools["read"].connection())
-                lsn, rows = await _with_lsn(conn, sql, params)
+                async with self._pools["read"].connection() as conn:
+                    lsn, rows = await _with_lsn(conn, sql, params)
+                    if lsn >= min_lsn:  # else not replayed yet: the primary has it
+                        more = await then(conn, rows)
+                        self._metrics.reads.labels(view, "replica", reason).inc()
+                        return Rows(rows, lsn, "replica"), more
             except DB_ERRORS as exc:
-                await replica.aclose()
+                # A statement cancelled in conflict with recovery (SQLSTATE 40001, or the
+                # connection ended if it was idle in its transaction) would fail again
+                # there while the primary's change replays: the primary serves it.
+                conflict = "conflict with recovery" in str(exc)
+                reason = "recovery_conflict" if conflict else "replica_unavailable"
                 log.warning("replica read failed, reading the primary: %r", exc)
-                reason = "replica_unavailable"
-            else:
-                if lsn >= min_lsn:
-                    await stack.enter_async_context(replica)
-                    self._metrics.reads.labels(view, "replica", reason).inc()
-                    return Checked(conn, lsn, rows, "replica")
-                await replica.aclose()  # not replayed yet: the primary has it
-        conn = await stack.enter_async_context(self._pools["write"].connection())
-        lsn, rows = await _with_lsn(conn, sql, params)
+        async with self._pools["write"].connection() as conn:
+            lsn, rows = await _with_lsn(conn, sql, params)
+            more = await then(conn, rows)
         self._metrics.reads.labels(view, "primary", reason).inc()
-        return Checked(conn, lsn, rows, "primary")
+        return Rows(rows, lsn, "primary"), more
 
     async def watch_replica(self, stopping: asyncio.Event) -> None:
         """Measures the replica's lag every `check_every_s` until `stopping` is set."""

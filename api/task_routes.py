@@ -1,17 +1,19 @@
 """`GET /v1/tasks/{id}`: a background task's status, the polling fallback to the push."""
 
 from collections.abc import Awaitable, Callable
-from typing import Annotated
+from typing import Annotated, Any
 from uuid import UUID
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import Response
+from psycopg import AsyncConnection
 
 from api import job_store
 from api.job_rules import check_visible
 from api.views import ReadPath
 from runtime.http import error_responses, json_response
 from schemas.auth import Principal
+from schemas.jobs import Job
 from schemas.tasks import Task
 
 
@@ -28,11 +30,14 @@ def task_router(read_path: ReadPath, principal: Callable[..., Awaitable[Principa
         # A critical read (the primary): a task's status is read right after the write
         # that made it. The caller has now seen the primary at this position: their later
         # reads (the job the task changed) must not show less.
-        async with read_path.router.read(
-            "task", job_store.SELECT_TASK, [task_id], critical=True
-        ) as got:
-            task = Task.model_validate(got.rows[0]) if got.rows else None
-            job = await job_store.read(got.conn, task.job_id) if task and task.job_id else None
+        async def its_job(conn: AsyncConnection[Any], rows: list[dict[str, Any]]) -> Job | None:
+            job_id = rows[0]["job_id"] if rows else None
+            return await job_store.read(conn, job_id) if job_id else None
+
+        got, job = await read_path.router.read_then(
+            "task", job_store.SELECT_TASK, [task_id], its_job, critical=True
+        )
+        task = Task.model_validate(got.rows[0]) if got.rows else None
         # A task is visible to whoever sees its job.
         check_visible(who, job_store.owners(job), task_id)
         assert task is not None

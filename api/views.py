@@ -9,6 +9,7 @@ from uuid import UUID
 
 import orjson
 from fastapi.responses import Response
+from psycopg import AsyncConnection
 
 from api import job_store
 from api.config import ApiSettings
@@ -86,31 +87,38 @@ class ViewLoaders:
 
     async def job(self, job_id: UUID, min_lsn: int, *, critical: bool = False) -> Loaded:
         sql = f"{job_store.SELECT} WHERE job_id = %s"
-        async with self._router.read(
-            "job", sql, [job_id], min_lsn=min_lsn, critical=critical
-        ) as got:
-            if not got.rows:
-                raise NotFound(f"no job {job_id}")
-            job = job_store.from_row(got.rows[0])
-            await with_live_position(got.conn, job)
+        got, job = await self._router.read_then(
+            "job", sql, [job_id], _with_position, min_lsn=min_lsn, critical=critical
+        )
+        if job is None:
+            raise NotFound(f"no job {job_id}")
         rendered = render_job(job)
         return Loaded(rendered.body, got.lsn, rendered.owners)
 
     async def share(self, token_hash: bytes) -> Loaded:
-        async with self._router.read("share", job_store.SELECT_SHARED, [token_hash]) as got:
-            if not got.rows:
-                raise NotFound("no such share link, or it has expired")
-            job = job_store.from_row(got.rows[0])
-            await with_live_position(got.conn, job)
+        got, job = await self._router.read_then(
+            "share", job_store.SELECT_SHARED, [token_hash], _with_position
+        )
+        if job is None:
+            raise NotFound("no such share link, or it has expired")
         expires_at = got.rows[0]["link_expires_at"]
         return Loaded(render_share(job, expires_at), got.lsn, expires_at=expires_at.timestamp())
 
     async def position(self, driver_id: str) -> Loaded:
-        async with self._router.read("position", SELECT_POSITION, [driver_id]) as got:
-            if not got.rows:
-                raise NotFound(f"no position known for driver {driver_id}")
+        got = await self._router.read("position", SELECT_POSITION, [driver_id])
+        if not got.rows:
+            raise NotFound(f"no position known for driver {driver_id}")
         body = DriverPosition.model_validate(got.rows[0]).model_dump(mode="json")
         return Loaded(orjson.dumps(body), got.lsn)
+
+
+async def _with_position(conn: AsyncConnection[Any], rows: list[dict[str, Any]]) -> Job | None:
+    """The job of the first row, with its driver's live position while under way."""
+    if not rows:
+        return None
+    job = job_store.from_row(rows[0])
+    await with_live_position(conn, job)
+    return job
 
 
 def answer(env: Envelope, if_none_match: str | None, cache_control: str) -> Response:

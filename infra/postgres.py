@@ -72,14 +72,19 @@ def superuser_dsn(config: StackConfig) -> str:
     )
 
 
+def replica_superuser_dsn(config: StackConfig) -> str:
+    """The replica's superuser in our database, over its private unix socket."""
+    return (
+        f"host={socket_dir(config, 'replica')} port={config.postgres_replica_port}"
+        f" dbname={DATABASE} user={SUPERUSER} connect_timeout=5"
+    )
+
+
 @contextlib.contextmanager
 def replay_paused(config: StackConfig) -> Iterator[str]:
     """The replica applies nothing it receives until the block ends (a lagging replica, on
     demand, for tests and benchmarks); yields its superuser DSN (the private socket)."""
-    dsn = (
-        f"host={socket_dir(config, 'replica')} port={config.postgres_replica_port}"
-        f" dbname={DATABASE} user={SUPERUSER} connect_timeout=5"
-    )
+    dsn = replica_superuser_dsn(config)
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("SELECT pg_wal_replay_pause()")
         try:

@@ -11,11 +11,14 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import httpx
 import psycopg
 import redis
+from prometheus_client import CollectorRegistry
 
+from api.reads import DbGate, ReadMetrics, ReadRouter, Rows
 from api.view_cache import Envelope
 from infra import pgbouncer, postgres, services
 from infra.config import StackConfig
@@ -23,6 +26,7 @@ from infra.procs import free_port
 from infra.redis import url as redis_url
 from infra.services import api_variants
 from infra.stack import Stack
+from runtime.postgres import open_pool
 from schemas.auth import Role
 from tests.integration.conftest import metric, wait_for
 
@@ -339,3 +343,66 @@ def test_redis_refuses_a_client_without_its_password(config: StackConfig) -> Non
             raise AssertionError("Redis answered a client without the password")
     with redis.Redis.from_url(redis_url(config)) as client:
         assert client.ping()
+
+
+def test_a_replica_read_cancelled_in_conflict_with_recovery_is_served_by_the_primary(
+    config: StackConfig,
+) -> None:
+    # Fault row 18. An exclusive lock taken on the primary (a migration, a chunk dropped,
+    # VACUUM truncating a table) replays on the replica, which cancels the reads holding
+    # that table once `max_standby_streaming_delay` has passed (SQLSTATE 40001). The router
+    # runs the whole read again on the primary, once: served, never a 503.
+    table = f"conflict_probe_{uuid.uuid4().hex[:8]}"
+    primary = postgres.dsn(config, "primary")
+    with psycopg.connect(primary, autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE {table} (x int)")
+        conn.execute(f"INSERT INTO {table} VALUES (1)")
+    replica_su = postgres.replica_superuser_dsn(config)
+    with psycopg.connect(replica_su, autocommit=True) as replica:
+        wait_for(lambda: replica.execute("SELECT to_regclass(%s)", [table]).fetchone() != (None,))
+        replica.execute("ALTER SYSTEM SET max_standby_streaming_delay = '1s'")
+        replica.execute("SELECT pg_reload_conf()")
+        conflicts = "SELECT confl_lock FROM pg_stat_database_conflicts WHERE datname = %s"
+        before = replica.execute(conflicts, [postgres.DATABASE]).fetchone()
+        try:
+            got, registry = asyncio.run(_read_during_a_lock(config, table))
+        finally:
+            replica.execute("ALTER SYSTEM RESET max_standby_streaming_delay")
+            replica.execute("SELECT pg_reload_conf()")
+            with psycopg.connect(primary, autocommit=True) as conn:
+                conn.execute(f"DROP TABLE {table}")
+        after = replica.execute(conflicts, [postgres.DATABASE]).fetchone()
+    assert (got.target, got.rows) == ("primary", [{"x": 1}])
+    labels = {"view": "probe", "target": "primary", "reason": "recovery_conflict"}
+    assert registry.get_sample_value("api_db_reads_total", labels) == 1
+    assert before is not None and after is not None and after[0] == before[0] + 1
+
+
+async def _read_during_a_lock(config: StackConfig, table: str) -> tuple[Rows, CollectorRegistry]:
+    """A replica read of `table` whose second statement runs while the primary takes an
+    exclusive lock on it."""
+    pools = {
+        "read": await open_pool(postgres.dsn(config, "replica"), min_size=1, max_size=1, name="r"),
+        "write": await open_pool(postgres.dsn(config, "primary"), min_size=1, max_size=1, name="w"),
+    }
+    registry = CollectorRegistry()
+    metrics = ReadMetrics(registry)
+    router = ReadRouter(pools, DbGate(1, 0, 1.0, metrics), metrics, max_lag_s=3600)
+
+    async def held(conn: psycopg.AsyncConnection[Any], rows: list[dict[str, Any]]) -> None:
+        await conn.execute(f"SELECT pg_sleep(4) FROM {table}")  # holds it: lock replay waits
+
+    async def lock_on_the_primary() -> None:
+        await asyncio.sleep(1)  # the replica's statement holds the table by now
+        async with await psycopg.AsyncConnection.connect(postgres.dsn(config, "primary")) as conn:
+            await conn.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+            await conn.commit()
+
+    try:
+        (got, _), _ = await asyncio.gather(
+            router.read_then("probe", f"SELECT x FROM {table}", [], held), lock_on_the_primary()
+        )
+    finally:
+        for pool in pools.values():
+            await pool.close()
+    return got, registry
