@@ -22,6 +22,7 @@ from api.job_routes import job_router
 from api.ops import LagMonitor, mount_ops_page, ops_router
 from api.overview import OverviewMonitor, PrometheusClient
 from api.positions import DriverPosition
+from api.principal_limit import PrincipalLimit
 from api.reads import DbGate, ReadMetrics, ReadRouter
 from api.share_routes import share_router
 from api.task_routes import task_router
@@ -169,6 +170,7 @@ def create_app(
     open_write_pool: PoolOpener | None = None,
 ) -> FastAPI:
     verifier = verifier_from_settings(settings)
+    limit = PrincipalLimit(settings.principal_rate_per_s, settings.principal_burst)
     registry = registry or CollectorRegistry()
     db_errors = Counter("api_db_unavailable", "Requests failed by the database", registry=registry)
     openers = {
@@ -200,14 +202,16 @@ def create_app(
     async def principal(
         credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)],
     ) -> Principal:
-        return verifier.verify(bearer_credentials(credentials))
+        who = verifier.verify(bearer_credentials(credentials))
+        limit.admit(who)
+        return who
 
     async def dispatcher_or_ops(who: Annotated[Principal, Depends(principal)]) -> Principal:
         return require_role(who, list(POSITION_ROLES))
 
     # The cached views' happy path skips FastAPI's routing (the routes below stay the
     # contract, and answer everything the fast path passes on).
-    app.add_middleware(FastReads, read_path=read_path, verifier=verifier)
+    app.add_middleware(FastReads, read_path=read_path, verifier=verifier, limit=limit)
 
     blobs = DirectoryBlobStore(settings.blob_dir)
     app.include_router(job_router(pools, read_path, principal, db_errors.inc, blobs, settings))
@@ -226,7 +230,7 @@ def create_app(
         "/v1/drivers/{driver_id}/position",
         summary="A driver's latest position",
         response_model=DriverPosition,
-        responses=error_responses(401, 403, 404, 422, 503),
+        responses=error_responses(401, 403, 404, 422, 429, 503),
     )
     async def driver_position(
         driver_id: PathId, request: Request, _: Annotated[Principal, Depends(dispatcher_or_ops)]

@@ -51,6 +51,10 @@ class ApiSettings(HttpServiceSettings):
     share_view_fresh_s: float = 5.0
     # Live share links a job may have (each is a view written on every change of the job).
     max_share_links_per_job: int = 10
+    # Each customer's and driver's requests a second per api process, and their burst
+    # (api/principal_limit.py): past it, 429 with Retry-After, and other tenants go on.
+    principal_rate_per_s: float = 100.0
+    principal_burst: int = 200
     position_view_fresh_s: float = 1.0
     view_stale_s: float = 30.0
     # The in-process cache in front of Redis for the views everyone sees alike (share

@@ -39,3 +39,11 @@ class PhotoTooLarge(ApiServiceError):
 
 class InvalidPhoto(ApiServiceError):
     """Not a JPEG or PNG image, broken, or a decompression bomb."""
+
+
+class TooManyRequests(ApiServiceError):
+    """The caller is past their request rate; `retry_after_s` until the next is let in."""
+
+    def __init__(self, retry_after_s: int) -> None:
+        super().__init__(f"too many requests, retry in {retry_after_s} s")
+        self.retry_after_s = max(1, retry_after_s)

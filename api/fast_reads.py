@@ -5,8 +5,9 @@ stack (measured: docs/benchmarks.md, "Issue 11"), so the three cached GETs are a
 here when everything about the request is plainly valid: the path's id, a verified token
 of a role that may read the view. Such a request gets the very answer its FastAPI route
 would give (the same functions in api/views.py make both, errors through the same
-mapping). Anything else (no token, a bad one, a malformed id, another method) goes on to
-the routes, which remain the contract and give its errors and OpenAPI."""
+mapping, the principal's rate taken as the route's dependency takes it). Anything else
+(no token, a bad one, a malformed id, another method) goes on to the routes, which
+remain the contract and give its errors and OpenAPI."""
 
 import re
 from typing import Any
@@ -16,6 +17,7 @@ from fastapi.responses import Response
 
 from api.errors import ApiServiceError
 from api.http_errors import to_api_error
+from api.principal_limit import PrincipalLimit
 from api.views import ReadPath, job_answer, position_answer, share_answer
 from runtime.auth import AuthError, TokenVerifier, bearer_token
 from runtime.http import error_response
@@ -34,10 +36,13 @@ POSITION_ROLES = (Role.DISPATCHER, Role.OPS)
 class FastReads:
     """ASGI middleware: answers plainly valid cached GETs, passes the rest on."""
 
-    def __init__(self, app: Any, read_path: ReadPath, verifier: TokenVerifier) -> None:
+    def __init__(
+        self, app: Any, read_path: ReadPath, verifier: TokenVerifier, limit: PrincipalLimit
+    ) -> None:
         self._app = app
         self._read_path = read_path
         self._verifier = verifier
+        self._limit = limit
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         response = None
@@ -63,11 +68,13 @@ class FastReads:
                 who = self._caller(authorization)
                 if who is None:
                     return None
+                self._limit.admit(who)  # as the route's `principal` does
                 return await job_answer(self._read_path, who, UUID(found[1]), if_none_match)
             if (found := POSITION.fullmatch(path)) is not None:
                 who = self._caller(authorization)
                 if who is None or who.role not in POSITION_ROLES:
                     return None
+                self._limit.admit(who)
                 return await position_answer(self._read_path, found[1], if_none_match)
         except ApiServiceError as exc:
             return error_response(to_api_error(exc))

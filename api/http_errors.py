@@ -13,6 +13,7 @@ from api.errors import (
     InvalidPhoto,
     NotFound,
     PhotoTooLarge,
+    TooManyRequests,
 )
 from runtime.http import ApiError, map_errors, retry_after
 
@@ -33,6 +34,9 @@ def to_api_error(exc: Exception) -> ApiError:
             return ApiError(413, str(exc))
         case IdempotencyKeyReused():
             return ApiError(422, str(exc), code="idempotency_key_reused")
+        case TooManyRequests():
+            headers = {"Retry-After": str(exc.retry_after_s)}
+            return ApiError(429, str(exc), headers=headers)
         case DatabaseUnavailable():
             return ApiError(503, "database unavailable, retry later", headers=retry_after())
         case DatabaseBusy():
@@ -55,6 +59,7 @@ def install(app: FastAPI) -> None:
             IdempotencyKeyReused,
             DatabaseUnavailable,
             DatabaseBusy,
+            TooManyRequests,
         ),
         to_api_error,
     )

@@ -110,7 +110,7 @@ def job_router(
         status_code=201,
         response_model=Job,
         summary="Create a job (customer or dispatcher)",
-        responses=error_responses(401, 403, 413, 422, 503),
+        responses=error_responses(401, 403, 413, 422, 429, 503),
     )
     async def create_job(
         body: JobCreate, request: Request, who: Caller, key: IdempotencyKey = None
@@ -124,7 +124,7 @@ def job_router(
         "/{job_id}/assign",
         response_model=Job,
         summary="Assign a driver (dispatcher)",
-        responses=error_responses(401, 403, 404, 409, 413, 422, 503),
+        responses=error_responses(401, 403, 404, 409, 413, 422, 429, 503),
     )
     async def assign(
         job_id: UUID, body: JobAssign, request: Request, who: Caller, key: IdempotencyKey = None
@@ -162,7 +162,7 @@ def job_router(
             response_model=Job,
             summary=summary,
             name=f"{action.value}_job",
-            responses=error_responses(401, 403, 404, 409, 413, 422, 503),
+            responses=error_responses(401, 403, 404, 409, 413, 422, 429, 503),
         )
 
     @router.post(
@@ -171,7 +171,7 @@ def job_router(
         response_model=TaskAccepted,
         summary="The assigned driver delivers, with a proof photo; a worker finishes the job",
         openapi_extra=PHOTO_BODY,
-        responses=error_responses(401, 403, 404, 408, 409, 413, 422, 503),
+        responses=error_responses(401, 403, 404, 408, 409, 413, 422, 429, 503),
     )
     async def complete(
         job_id: UUID, request: Request, who: Caller, key: IdempotencyKey = None
@@ -208,7 +208,7 @@ def job_router(
         status_code=201,
         response_model=ShareLink,
         summary="A link anyone can open to follow the delivery (its customer or a dispatcher)",
-        responses=error_responses(401, 403, 404, 413, 422, 503),
+        responses=error_responses(401, 403, 404, 413, 422, 429, 503),
     )
     async def share(
         job_id: UUID,
@@ -230,7 +230,7 @@ def job_router(
         "/{job_id}/share",
         response_model=SharesRevoked,
         summary="End every live share link of a job (its customer or a dispatcher)",
-        responses=error_responses(401, 403, 404, 422, 503),
+        responses=error_responses(401, 403, 404, 422, 429, 503),
     )
     async def revoke_shares(job_id: UUID, request: Request, who: Caller) -> Response:
         revoked: list[bytes] = []
@@ -249,7 +249,7 @@ def job_router(
     @router.get(
         "/{job_id}/track",
         summary="The driver's track during the job, a GeoJSON Feature with a LineString",
-        responses=GEOJSON | error_responses(401, 404, 422, 503),
+        responses=GEOJSON | error_responses(401, 404, 422, 429, 503),
     )
     async def track(
         job_id: UUID,
@@ -286,7 +286,7 @@ def job_router(
         "/{job_id}",
         response_model=Job,
         summary="A job: status, driver, the driver's position while under way",
-        responses=error_responses(401, 404, 422, 503),
+        responses=error_responses(401, 404, 422, 429, 503),
     )
     async def get_job(job_id: UUID, who: Caller, request: Request) -> Response:
         return await job_answer(read_path, who, job_id, request.headers.get("if-none-match"))
@@ -295,7 +295,7 @@ def job_router(
         "",
         response_model=JobPage,
         summary="The caller's jobs, newest first",
-        responses=error_responses(401, 422, 503),
+        responses=error_responses(401, 422, 429, 503),
     )
     async def list_jobs(
         who: Caller,

@@ -103,7 +103,7 @@ def ops_router(
         "/lag",
         summary="Consumer lag per group and partition, with a status over the last looks",
         response_model=LagReport,
-        responses=error_responses(401, 403, 503),
+        responses=error_responses(401, 403, 429, 503),
     )
     async def lag(_: Annotated[Principal, Depends(ops)]) -> Response:
         try:
@@ -119,7 +119,7 @@ def ops_router(
         "/overview",
         summary="Throughput, freshness, error rates, cache, connections, replica and lag",
         response_model=Overview,
-        responses=error_responses(401, 403, 503),
+        responses=error_responses(401, 403, 429, 503),
     )
     async def pipeline_overview(_: Annotated[Principal, Depends(ops)]) -> Response:
         try:

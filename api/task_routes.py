@@ -24,7 +24,7 @@ def task_router(read_path: ReadPath, principal: Callable[..., Awaitable[Principa
         "/{task_id}",
         response_model=Task,
         summary="A background task (the polling fallback to the push)",
-        responses=error_responses(401, 404, 422, 503),
+        responses=error_responses(401, 404, 422, 429, 503),
     )
     async def get_task(task_id: UUID, who: Annotated[Principal, Depends(principal)]) -> Response:
         # A critical read (the primary): a task's status is read right after the write

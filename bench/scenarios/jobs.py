@@ -73,10 +73,9 @@ class Users:
 def picked_up_jobs(api_url: str, users: Users, count: int) -> list[tuple[str, str]]:
     """`count` jobs, each picked up by its own driver: (job_id, driver_id)."""
     jobs = []
-    customer = f"{users.prefix}-cust"
     with httpx.Client(base_url=api_url, timeout=30) as client:
         for i in range(count):
-            driver = f"{users.prefix}-drv-{i}"
+            customer, driver = f"{users.prefix}-cust-{i}", f"{users.prefix}-drv-{i}"
             r = client.post(
                 "/v1/jobs",
                 json={"pickup": PICKUP, "dropoff": DROPOFF},

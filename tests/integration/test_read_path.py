@@ -406,3 +406,37 @@ async def _read_during_a_lock(config: StackConfig, table: str) -> tuple[Rows, Co
         for pool in pools.values():
             await pool.close()
     return got, registry
+
+
+def test_a_customer_past_their_rate_gets_429_and_other_tenants_go_on(
+    config: StackConfig, token: Token
+) -> None:
+    # Fault row 37 on the api (ingest holds each device to its own rate: test_ingest.py).
+    flood = bearer(token, Role.CUSTOMER, f"cus-{uuid.uuid4().hex[:6]}")
+    other = bearer(token, Role.CUSTOMER, f"cus-{uuid.uuid4().hex[:6]}")
+    settings = {"API_PRINCIPAL_RATE_PER_S": "2", "API_PRINCIPAL_BURST": "5"}
+    with api_variants(config, 1, settings) as [url]:
+        job_id = new_job(config, other, base=url)
+
+        async def run() -> tuple[list[httpx.Response], list[int]]:
+            async with httpx.AsyncClient(timeout=30) as client:
+                flooding = [
+                    client.get(f"{url}/v1/jobs/{uuid.uuid4()}", headers=flood) for _ in range(40)
+                ] + [client.post(f"{url}/v1/jobs", json=BODY, headers=flood) for _ in range(10)]
+                answers = await asyncio.gather(*flooding)
+                # Meanwhile, another tenant: a few requests, each answered.
+                mine = [
+                    (await client.get(f"{url}/v1/jobs/{job_id}", headers=other)).status_code
+                    for _ in range(3)
+                ]
+            return answers, mine
+
+        answers, mine = asyncio.run(run())
+    statuses = [r.status_code for r in answers]
+    assert statuses.count(429) >= 40, statuses  # 5 in the burst, hardly any refill
+    assert set(statuses) <= {404, 201, 429}
+    for r in answers:
+        if r.status_code == 429:
+            assert r.json()["error"]["code"] == "rate_limited"
+            assert int(r.headers["Retry-After"]) >= 1
+    assert mine == [200, 200, 200]
