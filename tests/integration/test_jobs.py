@@ -19,6 +19,8 @@ import psycopg
 import pytest
 import redis
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 from PIL import ExifTags, Image
 
 from api import outbox_relay
@@ -220,6 +222,70 @@ def test_who_may_do_what(
     assert people["other_customer"].get(f"/v1/jobs/{uuid.uuid4()}").status_code == 404
     r = people["customer"].post("/v1/jobs", BODY | {"customer_id": "someone-else"})
     assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
+
+
+# Fault row 33 (BOLA): each of these, by one tenant on another tenant's job, is a 404
+# (never a 403 that would confirm the id exists), and changes nothing.
+FOREIGN_CALLS: dict[str, Callable[[Caller, str, str], httpx.Response]] = {
+    "get": lambda c, path, task: c.get(path),
+    "track": lambda c, path, task: c.get(f"{path}/track"),
+    "task": lambda c, path, task: c.get(f"/v1/tasks/{task}"),
+    "assign": lambda c, path, task: c.post(f"{path}/assign", {"driver_id": c.sub}),
+    "cancel": lambda c, path, task: c.post(f"{path}/cancel"),
+    "pickup": lambda c, path, task: c.post(f"{path}/pickup"),
+    "complete": lambda c, path, task: send_photo(c, path, jpeg((64, 48))),
+    "share": lambda c, path, task: c.post(f"{path}/share"),
+    "revoke": lambda c, path, task: httpx.delete(f"{c.base}{path}/share", headers=c.headers),
+}
+
+
+@pytest.fixture(scope="module")
+def tenants(config: StackConfig, token: Callable[..., str]) -> list[dict[str, Any]]:
+    """Three tenants, each a customer with a job its own driver has picked up, and one
+    whose proof is in (a task)."""
+    tag = uuid.uuid4().hex[:6]
+    dispatcher = Caller(config, token, Role.DISPATCHER, f"disp-{tag}")
+    made = []
+    for i in range(3):
+        people = {
+            "customer": Caller(config, token, Role.CUSTOMER, f"cus-{i}-{tag}"),
+            "driver": Caller(config, token, Role.DRIVER, f"drv-{i}-{tag}"),
+            "dispatcher": dispatcher,
+        }
+        picked_up, _ = job_in(people, "picked_up")
+        completing, task = job_in(people, "completing")
+        made.append(people | {"jobs": [picked_up, completing], "task": task})
+    return made
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    reader=st.integers(0, 2),
+    owner=st.integers(0, 2),
+    role=st.sampled_from(["customer", "driver"]),
+    job=st.integers(0, 1),
+    action=st.sampled_from(sorted(FOREIGN_CALLS)),
+)
+def test_one_tenant_never_reaches_anothers_jobs(
+    tenants: list[dict[str, Any]], reader: int, owner: int, role: str, job: int, action: str
+) -> None:
+    assume(reader != owner)
+    caller, target = tenants[reader][role], tenants[owner]
+    path = target["jobs"][job]
+    answer = FOREIGN_CALLS[action](caller, path, target["task"])
+    assert answer.status_code == 404, (action, role, answer.text)
+    assert answer.json()["error"]["code"] == "not_found"
+    # Listed: only what is the caller's own.
+    listed = caller.get("/v1/jobs").json()["jobs"]
+    assert all(caller.sub in (j["customer_id"], j["driver_id"]) for j in listed), listed
+    # Nothing changed: the owner still sees the job where it was.
+    assert target["customer"].get(path).json()["status"] in (
+        ("picked_up",) if job == 0 else ("completing", "completed")
+    )
 
 
 def test_bad_input_is_refused_in_the_envelope(people: dict[str, Caller]) -> None:
