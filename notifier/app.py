@@ -21,7 +21,7 @@ from websockets.typing import Origin
 from notifier.admission import FailedLookups, Waiting, client_address
 from notifier.config import NotifierSettings
 from notifier.consumer import LiveReader, ReaderSettings
-from notifier.errors import NotifierError
+from notifier.errors import AuthFailed, DatabaseUnavailable, NotifierError
 from notifier.event_log import EventLog
 from notifier.frames import ping_frame
 from notifier.heartbeat import Schedule
@@ -145,6 +145,7 @@ class Notifier:
         tasks = [
             asyncio.create_task(self.reader.run_forever(), name="live-reader"),
             asyncio.create_task(self._heartbeat(), name="heartbeat"),
+            asyncio.create_task(self._recheck_shares(store), name="share-recheck"),
         ]
         try:
             async with serve(
@@ -189,6 +190,29 @@ class Notifier:
             frame = ping_frame(datetime.now(UTC))
             for session in self._keepalive.due(time.monotonic()):
                 session.keepalive(frame)
+
+    async def _recheck_shares(self, store: Store) -> None:
+        """Closes, every `share_recheck_s`, the connections whose share link is no longer
+        live (revoked, or ended by its job's cancel): one query for all of them. While the
+        database does not answer, they stay open until the next look."""
+        while True:
+            await asyncio.sleep(self.settings.share_recheck_s)
+            held = [s for s in self.sessions if s.grant is not None and s.grant.share]
+            if not held:
+                continue
+            try:
+                live = await store.live_shares(list({s.share_hash for s in held}))
+            except DatabaseUnavailable as exc:
+                log.warning("share links not rechecked: %r", exc)
+                continue
+            except Exception:  # a bug of ours: the next look tries again
+                log.exception("share links not rechecked")
+                continue
+            for session in held:
+                if session.share_hash not in live:
+                    task = asyncio.create_task(session.end(AuthFailed("share link revoked")))
+                    self._ending.add(task)  # referenced until done
+                    task.add_done_callback(self._ending.discard)
 
     async def ready(self) -> bool:
         """Hears live events and can read jobs. Redis is not asked: it is shared, and a

@@ -47,6 +47,9 @@ class NotifierSettings(HttpServiceSettings):
     # share auths are refused without a database read (4401).
     failed_share_lookups_per_s: float = 2.0
     failed_share_lookup_burst: float = 20.0
+    # Share-link connections are looked at this often: those whose link was revoked (or
+    # has ended with its job's cancel) are closed with 4401.
+    share_recheck_s: float = 10.0
     accept_backlog: int = 2048
     max_subscriptions: int = 100
     # Unsent output past this closes the connection (4408); the client resumes.

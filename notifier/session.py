@@ -144,6 +144,12 @@ class Session:
             self._subs.clear()
             self.outbox.close()
 
+    @property
+    def share_hash(self) -> bytes:
+        """The share link this connection holds (b"" for a user's)."""
+        share = self.grant.share if self.grant is not None else None
+        return share.token_hash if share is not None else b""
+
     async def end(self, exc: NotifierError) -> None:
         """Closes with the error's code; the reason is for people (at most 123 bytes)."""
         if self._closing:

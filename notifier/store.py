@@ -75,6 +75,7 @@ class JobRow:
 
 @dataclass(frozen=True)
 class ShareRow:
+    token_hash: bytes
     job_id: UUID
     expires_at: datetime
 
@@ -96,7 +97,7 @@ class Store:
         self._gate = asyncio.Semaphore(max_concurrency)
         self._timeout_s = timeout_s
         self.jobs: Batcher[UUID, JobRow] = Batcher(self._load_jobs)
-        self.shares: Batcher[bytes, ShareRow] = Batcher(self._load_shares)
+        self.shares: Batcher[bytes, ShareRow] = Batcher(self.live_shares)
         self.positions: Batcher[str, PositionUpdate] = Batcher(self._load_positions)
 
     async def _query(self, pool: Pool, sql: str, params: list[Any]) -> list[dict[str, Any]]:
@@ -129,14 +130,18 @@ class Store:
             for r in rows
         }
 
-    async def _load_shares(self, hashes: list[bytes]) -> dict[bytes, ShareRow]:
+    async def live_shares(self, hashes: list[bytes]) -> dict[bytes, ShareRow]:
+        """The links among `hashes` that are live now (not expired, not revoked)."""
         rows = await self._chunked(
             self._primary,
             "SELECT token_hash, job_id, expires_at FROM share_links"
             " WHERE token_hash = ANY(%s) AND expires_at > now()",
             hashes,
         )
-        return {bytes(r["token_hash"]): ShareRow(r["job_id"], r["expires_at"]) for r in rows}
+        return {
+            bytes(r["token_hash"]): ShareRow(bytes(r["token_hash"]), r["job_id"], r["expires_at"])
+            for r in rows
+        }
 
     async def _load_positions(self, driver_ids: list[str]) -> dict[str, PositionUpdate]:
         # Latest-value and checked by `ts` on the client: the replica's is good enough.

@@ -354,6 +354,50 @@ def test_who_may_follow_which_job(stack: Stack, jobs: Jobs, token: Token) -> Non
     assert seen[-1]["data"] == {} and seen[-1]["status"] == "assigned"
 
 
+def test_a_revoked_share_links_open_connections_are_closed(
+    stack: Stack, jobs: Jobs, token: Token
+) -> None:
+    # A link revoked (DELETE, or the job's cancel) ends its live connections within
+    # NOTIFIER_SHARE_RECHECK_S; the owner's own connection to the job goes on.
+    owner = customer()
+    job_id = jobs.create(owner)
+    revoked = jobs.share(job_id, owner)
+    owners = {"Authorization": f"Bearer {token(Role.CUSTOMER, owner)}"}
+    url = ws_url(stack)
+
+    async def closed(tok: str) -> tuple[int | None, str, float]:
+        async with connect(url, compression=None) as ws:
+            await ws.send(orjson.dumps({"type": "auth", "token": tok}).decode())
+            await ws.send(orjson.dumps({"type": "subscribe", "job_id": job_id}).decode())
+            assert orjson.loads(await ws.recv())["type"] == "snapshot"
+            started = time.monotonic()
+            async with httpx.AsyncClient(timeout=30) as client:
+                r = await client.delete(f"{jobs.url}/v1/jobs/{job_id}/share", headers=owners)
+                assert r.json() == {"revoked": 1}
+            with contextlib.suppress(ConnectionClosed):
+                async with asyncio.timeout(30):
+                    async for _ in ws:
+                        pass
+            return ws.close_code, ws.close_reason or "", time.monotonic() - started
+
+    async def still_open(tok: str) -> bool:
+        async with connect(url, compression=None) as ws:
+            await ws.send(orjson.dumps({"type": "auth", "token": tok}).decode())
+            await ws.send(orjson.dumps({"type": "subscribe", "job_id": job_id}).decode())
+            assert orjson.loads(await ws.recv())["type"] == "snapshot"
+            async with httpx.AsyncClient(timeout=30) as client:
+                await jobs.assign(client, job_id, "drv-after-revoke")
+            while (m := orjson.loads(await ws.recv()))["type"] != "job.status":
+                pass
+            return bool(m["data"]["driver_id"] == "drv-after-revoke")
+
+    code, reason, after_s = asyncio.run(closed(revoked))
+    assert (code, reason) == (4401, "share link revoked")
+    assert after_s <= 10 + 2  # the default recheck, and the close's own round trip
+    assert asyncio.run(still_open(token(Role.CUSTOMER, owner)))
+    assert refusal(url, {"type": "auth", "token": revoked})[0] == 4401  # and no new one
+
+
 def test_no_auth_in_time_closes_the_connection(stack: Stack, config: StackConfig) -> None:
     with variants(config, "notifier", 1, {"NOTIFIER_AUTH_TIMEOUT_S": "0.5"}, "ws-auth") as [
         (spec, _)
