@@ -70,6 +70,8 @@ def cmd_install(args: argparse.Namespace) -> int:
     console.print(
         f"Debian packages: {'installed ' + ' '.join(installed) if installed else 'present'}"
     )
+    for step in install.ensure_users(config):
+        console.print(step)
     fetched = install.ensure_kafka_jars(config)
     state = "fetched" if fetched else "cached"
     console.print(f"Kafka {config.kafka_version}: {state} in {config.kafka_lib_dir}")

@@ -12,8 +12,8 @@ import orjson
 
 from infra import haproxy
 from infra.config import StackConfig
-from infra.launch import Command
-from infra.procs import StackError, run, running_as_root
+from infra.launch import Command, Mount
+from infra.procs import NGINX_USER, StackError, own_tree, run
 from schemas.tasks import MAX_PHOTO_BYTES
 
 NAME = "edge"
@@ -24,8 +24,6 @@ NO_ANSWER = (
     "no answer from the platform; a request that changes something may or may not have been "
     "applied: retry it with the same Idempotency-Key"
 )
-# Debian's nginx package creates this user; the workers run as it when we are root.
-WORKER_USER = "www-data"
 # The largest body the edge buffers for a JSON route (ingest's 256 KiB, the api's 64 KiB,
 # with room), and for the proof photo's (a photo, and its multipart framing).
 JSON_BODY_LIMIT_MIB = 1
@@ -85,17 +83,16 @@ _CACHE = f"""\
             add_header {CACHE_STATUS_HEADER} $upstream_cache_status always;"""
 
 
-def render(config: StackConfig, *, worker_user: str | None) -> str:
+def render(config: StackConfig) -> str:
     """The whole configuration; a pure function of the ports and paths."""
     base = base_dir(config)
-    user = f"user {worker_user};\n" if worker_user else ""
     requests_rate = config.edge_requests_per_client_s
     shares_rate = config.edge_share_requests_per_client_s
     return f"""\
 # Written by the stack (infra/edge.py): edits are overwritten.
-{user}worker_processes auto;
+worker_processes auto;
 worker_rlimit_nofile {2 * config.edge_worker_connections + 64};
-pid {config.run_dir / "nginx.pid"};
+pid {base / "nginx.pid"};
 error_log stderr warn;
 daemon off;
 
@@ -250,25 +247,26 @@ def check_command(path: Path, program: str = BINARY) -> list[str]:
 
 def prepare(config: StackConfig) -> None:
     """Writes the configuration, checked by nginx itself, and the directories it writes."""
-    run(check_command(write(config), binary()))
+    # As the user it runs as: a check by root would leave it files it cannot write.
+    run(check_command(write(config), binary()), user=NGINX_USER)
 
 
 def write(config: StackConfig) -> Path:
     """The configuration and the directories nginx writes in."""
     base = base_dir(config)
-    worker_user = WORKER_USER if running_as_root() else None
     for name in ("cache", "body", "proxy", "fastcgi", "uwsgi", "scgi"):
         (base / name).mkdir(parents=True, exist_ok=True)
-        if worker_user is not None:
-            shutil.chown(base / name, worker_user, worker_user)
+    own_tree(base, NGINX_USER)
     path = config_path(config)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render(config, worker_user=worker_user))
+    path.write_text(render(config))
     return path
 
 
 def command(config: StackConfig) -> Command:
-    return Command(NAME, "nginx", [BINARY, "-e", "stderr", "-c", str(config_path(config))])
+    argv = [BINARY, "-e", "stderr", "-c", str(config_path(config))]
+    mounts = (Mount(config_path(config)), Mount(base_dir(config), writable=True))
+    return Command(NAME, "nginx", argv, user=NGINX_USER, mounts=mounts)
 
 
 def ready(config: StackConfig) -> bool:

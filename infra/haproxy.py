@@ -14,8 +14,8 @@ import orjson
 
 from infra import services
 from infra.config import StackConfig
-from infra.launch import Command
-from infra.procs import StackError, run
+from infra.launch import Command, Mount
+from infra.procs import HAPROXY_USER, StackError, own_tree, run
 from runtime.http import RETRY_AFTER_S
 
 NAME = "haproxy"
@@ -85,8 +85,14 @@ def error_file(status: int, reason: str, code: str, message: str) -> str:
     return "\r\n".join(headers) + "\r\n\r\n" + body.decode()
 
 
+def conf_dir(config: StackConfig) -> Path:
+    """Its configuration and error pages: a dir, so that a configuration replaced by a
+    rename is seen by a container that mounts it."""
+    return config.run_dir / "haproxy.d"
+
+
 def errors_dir(config: StackConfig) -> Path:
-    return config.run_dir / "haproxy-errors"
+    return conf_dir(config) / "errors"
 
 
 def topology(config: StackConfig) -> Topology:
@@ -100,15 +106,20 @@ def topology(config: StackConfig) -> Topology:
 
 
 def config_path(config: StackConfig) -> Path:
-    return config.run_dir / "haproxy.cfg"
+    return conf_dir(config) / "haproxy.cfg"
+
+
+def sockets_dir(config: StackConfig) -> Path:
+    """Where HAProxy makes its sockets: its user's own dir."""
+    return config.run_dir / "haproxy"
 
 
 def socket_path(config: StackConfig) -> Path:
-    return config.run_dir / "haproxy.sock"
+    return sockets_dir(config) / "haproxy.sock"
 
 
 def master_socket_path(config: StackConfig) -> Path:
-    return config.run_dir / "haproxy-master.sock"
+    return sockets_dir(config) / "master.sock"
 
 
 def url(config: StackConfig) -> str:
@@ -280,6 +291,7 @@ def binary() -> str:
 def prepare(config: StackConfig) -> None:
     binary()
     write(config, topology(config))
+    own_tree(sockets_dir(config), HAPROXY_USER)
 
 
 def command(config: StackConfig) -> Command:
@@ -289,7 +301,8 @@ def command(config: StackConfig) -> Command:
         BINARY, "-W", "-db", "-S", str(master_socket_path(config)),
         "-f", str(config_path(config)),
     ]  # fmt: skip
-    return Command(NAME, "haproxy", argv)
+    mounts = (Mount(conf_dir(config)), Mount(sockets_dir(config), writable=True))
+    return Command(NAME, "haproxy", argv, user=HAPROXY_USER, mounts=mounts)
 
 
 def follow(config: StackConfig) -> bool:

@@ -1,11 +1,23 @@
 """Installs what the stack needs and is missing: Debian packages and Kafka's jars."""
 
+import pwd
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
-from infra.config import StackConfig
-from infra.procs import StackError, run, running_as_root
+from infra.config import REPO_ROOT, StackConfig
+from infra.procs import (
+    APP_USER,
+    DATABASE_USER,
+    HAPROXY_USER,
+    NGINX_USER,
+    PROMETHEUS_USER,
+    REDIS_USER,
+    StackError,
+    run,
+    running_as_root,
+)
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 # Where our build machines and CI keep source tarballs they cannot download, beside the
@@ -111,3 +123,75 @@ def ensure_kafka_jars(config: StackConfig) -> bool:
         raise StackError(f"Maven finished but no kafka_2.13 jar is in {lib}")
     marker.touch()
     return True
+
+
+def ensure_users(config: StackConfig) -> list[str]:
+    """When we are root: the unprivileged system user our services run as (procs.APP_USER),
+    and what each component's user must reach (Debian's packages make the others: postgres,
+    redis, haproxy, prometheus, www-data). Directories others may not pass through on the
+    way get an ACL entry for that user alone, `--x`: it may pass through, not list them,
+    and nothing is opened to anyone else. Then a probe imports every service as our user.
+    Returns what was done."""
+    if not running_as_root():
+        return []  # every component runs as ourselves: already unprivileged
+    done = []
+    try:
+        pwd.getpwnam(APP_USER)
+    except KeyError:
+        run(
+            [
+                "useradd", "--system", "--user-group", "--no-create-home",
+                "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", APP_USER,
+            ]
+        )  # fmt: skip
+        done.append(f"created the system user '{APP_USER}'")
+    state = (config.state_dir,)
+    reach = {
+        # The code, the Python it runs on, Kafka's jars (the broker runs as it too).
+        APP_USER: (REPO_ROOT, Path(sys.executable), Path(sys.base_prefix), config.kafka_lib_dir),
+        DATABASE_USER: state,
+        REDIS_USER: state,
+        HAPROXY_USER: state,
+        PROMETHEUS_USER: state,
+        NGINX_USER: state,
+    }
+    for user, paths in reach.items():
+        closed = sorted({d for path in (*paths, *state) for d in _closed_dirs(path, user)})
+        if not closed:
+            continue
+        ensure_debian_packages({"acl": Path("/usr/bin/setfacl")})
+        for directory in closed:
+            run(["setfacl", "-m", f"u:{user}:x", str(directory)])
+        done.append(f"'{user}' may pass through {' '.join(map(str, closed))}")
+    imports = "import api.app, api.photo_worker, ingest.app, streams.app, notifier.app"
+    try:
+        run([sys.executable, "-c", f"{imports}, infra.ops_exporter"], user=APP_USER, cwd=REPO_ROOT)
+    except StackError as exc:
+        raise StackError(
+            f"the '{APP_USER}' user cannot run the services from {REPO_ROOT}: {exc}"
+        ) from exc
+    return done
+
+
+def _closed_dirs(path: Path, user: str) -> list[Path]:
+    """The directories on the way to `path` (itself too, if one) that others may not pass
+    through, and that do not let `user` through already."""
+    path = path.resolve()
+    chain = [*reversed(path.parents), path] if path.is_dir() else list(reversed(path.parents))
+    closed = []
+    for directory in chain:
+        if not directory.exists() or directory.stat().st_mode & 0o001:
+            continue  # made later by the stack, open to all, or open to others
+        if not _acl_lets_through(directory, user):
+            closed.append(directory)
+    return closed
+
+
+def _acl_lets_through(directory: Path, user: str) -> bool:
+    if shutil.which("getfacl") is None:
+        return False
+    listed = run(["getfacl", "--omit-header", "--absolute-names", str(directory)])
+    return any(
+        line.startswith(f"user:{user}:") and line.split(":")[2][2:3] == "x"
+        for line in listed.splitlines()
+    )

@@ -10,8 +10,8 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from infra import launch
 from infra.config import StackConfig
 from infra.install import java_binary
-from infra.launch import Command
-from infra.procs import ProcessRef, StackError, run
+from infra.launch import Command, Mount
+from infra.procs import APP_USER, ProcessRef, StackError, own_tree, run
 from schemas import topics
 
 LOG4J_CONFIG = Path(__file__).resolve().parent / "kafka" / "log4j2.yaml"
@@ -111,12 +111,15 @@ def prepare(config: StackConfig) -> None:
     java_binary()
     write_properties(config)
     format_storage(config)
+    own_tree(data_dir(config), APP_USER)
 
 
 def command(config: StackConfig) -> Command:
     properties = str(properties_path(config))
     argv = _java(config, "kafka.Kafka", properties, heap_mb=config.kafka_heap_mb)
-    return Command("kafka", "kafka", argv)
+    # The services' user: no secret is in its files (the listener is PLAINTEXT).
+    mounts = (Mount(properties_path(config)), Mount(data_dir(config), writable=True))
+    return Command("kafka", "kafka", argv, user=APP_USER, mounts=mounts)
 
 
 def start(config: StackConfig) -> ProcessRef:

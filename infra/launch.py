@@ -11,6 +11,15 @@ from infra.procs import ProcessRef
 
 
 @dataclass(frozen=True)
+class Mount:
+    """A host path a component's container sees at the same path: read-only unless it
+    writes there."""
+
+    path: Path
+    writable: bool = False
+
+
+@dataclass(frozen=True)
 class Command:
     """One component's long-running process: its command line, environment and working dir,
     the image it runs from in a container (None: always a local process), and its log
@@ -21,8 +30,12 @@ class Command:
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
     cwd: Path | None = None
-    # PostgreSQL and PgBouncer refuse to run as root (procs.SERVICE_USER).
-    as_service_user: bool = False
+    # The OS user it runs as when the stack is started by root (infra/procs.py): None for
+    # the caller itself.
+    user: str | None = None
+    # What of the state dir its container is given (its log besides): nothing else, and
+    # only what it writes is writable.
+    mounts: tuple[Mount, ...] = ()
 
 
 def log_path(config: StackConfig, command: Command) -> Path:
@@ -40,5 +53,5 @@ def spawn(config: StackConfig, command: Command) -> ProcessRef:
         log_path=log_path(config, command),
         env=command.env,
         cwd=command.cwd,
-        as_service_user=command.as_service_user,
+        user=command.user,
     )

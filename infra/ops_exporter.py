@@ -10,6 +10,7 @@ last values with `telemetry_ops_look_success` at 0 (an alert waits for a fresh l
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -20,7 +21,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_serv
 
 from infra import postgres, supervisor
 from infra.config import REPO_ROOT, StackConfig
-from infra.launch import Command
+from infra.launch import Command, Mount
+from infra.procs import APP_USER
 from runtime.kafka_lag import topic_end_offsets
 from runtime.lag_status import LagWindow, Status
 from runtime.lag_view import judge, look
@@ -29,6 +31,7 @@ from runtime.postgres import REPLICA_LAG
 from schemas import topics
 
 NAME = "ops-exporter"
+REPLICA_DSN_ENV = "TELEMETRY_OPS_REPLICA_DSN"
 DEAD_LETTER_TOPICS = (topics.dlq(topics.PINGS), topics.dlq(topics.TASKS))
 log = logging.getLogger(NAME)
 
@@ -88,8 +91,9 @@ class OpsMetrics:
 
 
 class Exporter:
-    def __init__(self, config: StackConfig, metrics: OpsMetrics) -> None:
+    def __init__(self, config: StackConfig, metrics: OpsMetrics, replica_dsn: str) -> None:
         self._config = config
+        self._replica_dsn = replica_dsn
         self._metrics = metrics
         self._window = LagWindow(config.ops_exporter_window)
 
@@ -110,8 +114,7 @@ class Exporter:
             m.topic_records.labels(topic).set(end)
 
     def look_at_replica(self) -> None:
-        dsn = postgres.dsn(self._config, "replica")
-        with psycopg.connect(dsn, connect_timeout=3, autocommit=True) as conn:
+        with psycopg.connect(self._replica_dsn, connect_timeout=3, autocommit=True) as conn:
             row = conn.execute(REPLICA_LAG).fetchone()
         self._metrics.replica_lag.set(float(row[0]) if row is not None else 0.0)
 
@@ -130,9 +133,9 @@ class Exporter:
                 log.warning("look at %s failed: %r", source, result)
 
 
-async def run(config: StackConfig, stopping: asyncio.Event) -> None:
+async def run(config: StackConfig, replica_dsn: str, stopping: asyncio.Event) -> None:
     registry = CollectorRegistry()
-    exporter = Exporter(config, OpsMetrics(registry))
+    exporter = Exporter(config, OpsMetrics(registry), replica_dsn)
     start_http_server(config.ops_exporter_port, addr="127.0.0.1", registry=registry)
     log.info(
         "serving metrics on 127.0.0.1:%d; looking at Kafka and the replica every %g s",
@@ -156,12 +159,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging("INFO", NAME)
     config = StackConfig.model_validate_json(args.config.read_text())
+    # From the stack, by env: this process's user cannot read the password files.
+    replica_dsn = os.environ[REPLICA_DSN_ENV]
 
     async def until_signalled() -> None:
         stopping = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             asyncio.get_running_loop().add_signal_handler(signum, stopping.set)
-        await run(config, stopping)
+        await run(config, replica_dsn, stopping)
 
     asyncio.run(until_signalled())
     return 0
@@ -173,7 +178,9 @@ def url(config: StackConfig) -> str:
 
 def command(config: StackConfig) -> Command:
     argv = [sys.executable, "-m", "infra.ops_exporter", str(supervisor.config_path(config))]
-    return Command(NAME, "app", argv, cwd=REPO_ROOT)
+    env = {REPLICA_DSN_ENV: postgres.dsn(config, "replica")}
+    mounts = (Mount(supervisor.config_path(config)),)
+    return Command(NAME, "app", argv, env, REPO_ROOT, APP_USER, mounts)
 
 
 def ready(config: StackConfig) -> bool:

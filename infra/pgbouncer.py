@@ -8,8 +8,8 @@ import psycopg
 
 from infra import postgres
 from infra.config import StackConfig
-from infra.launch import Command
-from infra.procs import chown_for_service
+from infra.launch import Command, Mount
+from infra.procs import DATABASE_USER, chown_for
 
 READ_WRITE_DB = "telemetry"
 READ_ONLY_DB = "telemetry_ro"
@@ -33,12 +33,12 @@ def write_config(config: StackConfig) -> Path:
     directory = conf_dir(config)
     directory.mkdir(parents=True, exist_ok=True)
     directory.chmod(0o700)
-    chown_for_service(directory)
+    chown_for(directory, DATABASE_USER)
     secret = postgres.password(config)
     userlist = directory / "userlist.txt"
     userlist.write_text(f'"{postgres.APP_USER}" "{secret}"\n')
     userlist.chmod(0o600)
-    chown_for_service(userlist)
+    chown_for(userlist, DATABASE_USER)
     ini = ini_path(config)
     primary = f"host=127.0.0.1 port={config.postgres_primary_port} dbname={postgres.DATABASE}"
     replica = f"host=127.0.0.1 port={config.postgres_replica_port} dbname={postgres.DATABASE}"
@@ -68,14 +68,16 @@ ignore_startup_parameters = extra_float_digits,options
 stats_users = {postgres.APP_USER}
 """
     )
-    chown_for_service(ini)
+    chown_for(ini, DATABASE_USER)
     return ini
 
 
 def command(config: StackConfig) -> Command:
-    return Command(
-        "pgbouncer", "pgbouncer", [PGBOUNCER, str(ini_path(config))], as_service_user=True
-    )
+    # Its configuration and the passwords' file, read-only: it writes nothing (no socket
+    # file, no pid file).
+    argv = [PGBOUNCER, str(ini_path(config))]
+    mounts = (Mount(conf_dir(config)),)
+    return Command("pgbouncer", "pgbouncer", argv, user=DATABASE_USER, mounts=mounts)
 
 
 def dsn(config: StackConfig, *, read_only: bool, bounded: bool = False) -> str:

@@ -10,8 +10,8 @@ import psycopg
 
 from infra.config import StackConfig
 from infra.install import PG_BIN
-from infra.launch import Command
-from infra.procs import chown_for_service, run, write_private
+from infra.launch import Command, Mount
+from infra.procs import DATABASE_USER, chown_for, run, write_private
 
 DATABASE = "telemetry"
 APP_USER = "telemetry"
@@ -96,7 +96,7 @@ def replay_paused(config: StackConfig) -> Iterator[str]:
 def _make_service_dir(path: Path, mode: int = 0o700) -> None:
     path.mkdir(parents=True, exist_ok=True)
     path.chmod(mode)
-    chown_for_service(path)
+    chown_for(path, DATABASE_USER)
 
 
 def _prepare_state_dirs(config: StackConfig) -> None:
@@ -155,7 +155,7 @@ def prepare_for_initdb(config: StackConfig) -> None:
     _make_service_dir(data_dir(config, "primary"))
     _make_service_dir(data_dir(config, "replica"))
     write_private(initdb_password_file(config), password(config))
-    chown_for_service(initdb_password_file(config))
+    chown_for(initdb_password_file(config), DATABASE_USER)
 
 
 def init_primary(config: StackConfig) -> bool:
@@ -165,7 +165,7 @@ def init_primary(config: StackConfig) -> bool:
         return False
     prepare_for_initdb(config)
     try:
-        run(initdb_command(config), as_service_user=True)
+        run(initdb_command(config), user=DATABASE_USER)
     finally:
         initdb_password_file(config).unlink()
     data = data_dir(config, "primary")
@@ -201,7 +201,8 @@ def command(config: StackConfig, role: str, *, timescaledb: bool) -> Command:
         f"idle_in_transaction_session_timeout={config.idle_in_transaction_timeout_s}s",
         *(arg for name, value in settings.items() for arg in ("-c", f"{name}={value}")),
     ]
-    return Command(f"postgres-{role}", "postgres", argv, as_service_user=True)
+    mounts = (Mount(data_dir(config, role), True), Mount(socket_dir(config, role), True))
+    return Command(f"postgres-{role}", "postgres", argv, user=DATABASE_USER, mounts=mounts)
 
 
 def bootstrap_roles(config: StackConfig) -> None:
@@ -253,7 +254,7 @@ def init_replica(config: StackConfig) -> bool:
     if (data / "PG_VERSION").exists():
         return False
     _make_service_dir(data)
-    run(basebackup_command(config), as_service_user=True, env={"PGPASSWORD": password(config)})
+    run(basebackup_command(config), user=DATABASE_USER, env={"PGPASSWORD": password(config)})
     return True
 
 

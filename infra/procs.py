@@ -12,8 +12,17 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-# PostgreSQL and PgBouncer refuse to run as root (design section 13).
-SERVICE_USER = "postgres"
+# Who runs what when the stack is started by root. PostgreSQL and PgBouncer refuse to run
+# as root: Debian's postgresql package makes their user. Our services and the ops exporter
+# run as an unprivileged system user of their own, which `telemetry install` creates; it
+# holds none of the stack's secrets' files (the JWT signing key, the password files).
+DATABASE_USER = "postgres"
+APP_USER = "telemetry"
+# The daemons run as the users their Debian packages make (in our images, with fixed uids).
+REDIS_USER = "redis"
+HAPROXY_USER = "haproxy"
+PROMETHEUS_USER = "prometheus"
+NGINX_USER = "www-data"
 
 
 class StackError(Exception):
@@ -57,24 +66,41 @@ def running_as_root() -> bool:
     return os.geteuid() == 0
 
 
-def service_user_ids() -> tuple[int, int] | None:
-    """(uid, gid) to drop to when we are root, else None (run as ourselves)."""
-    if not running_as_root():
+def user_ids(user: str | None) -> tuple[int, int] | None:
+    """(uid, gid) to drop to: `user`'s when we are root, else None (run as ourselves)."""
+    if user is None or not running_as_root():
         return None
     try:
-        entry = pwd.getpwnam(SERVICE_USER)
+        entry = pwd.getpwnam(user)
     except KeyError as exc:
-        raise StackError(
-            f"running as root needs the '{SERVICE_USER}' OS user for PostgreSQL and PgBouncer; "
-            "install Debian's postgresql package or run as a normal user"
-        ) from exc
+        how = (
+            "install Debian's postgresql package"
+            if user == DATABASE_USER
+            else "run 'telemetry install' (it creates it)"
+        )
+        raise StackError(f"running as root needs the '{user}' OS user: {how}") from exc
     return entry.pw_uid, entry.pw_gid
 
 
-def chown_for_service(path: Path) -> None:
-    ids = service_user_ids()
+def chown_for(path: Path, user: str) -> None:
+    """Gives `path` to `user` when we are root (a file or dir only that user's process uses)."""
+    ids = user_ids(user)
     if ids is not None:
         os.chown(path, *ids)
+
+
+def own_tree(path: Path, user: str) -> None:
+    """Makes `path` (created if missing) and everything in it `user`'s when we are root: a
+    dir only that user's process writes, where we may have put files (its configuration, or
+    a state dir from before it ran as that user)."""
+    path.mkdir(parents=True, exist_ok=True)
+    ids = user_ids(user)
+    if ids is None:
+        return
+    for root, dirs, files in os.walk(path):
+        for entry in (root, *(os.path.join(root, name) for name in (*dirs, *files))):
+            if os.lstat(entry).st_uid != ids[0]:
+                os.chown(entry, *ids, follow_symlinks=False)
 
 
 def _demote(uid: int, gid: int) -> Callable[[], None]:
@@ -92,11 +118,11 @@ def spawn(
     log_path: Path,
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
-    as_service_user: bool = False,
+    user: str | None = None,
 ) -> ProcessRef:
     """Start a long-running process in its own session, detached from ours, logging to a file."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    ids = service_user_ids() if as_service_user else None
+    ids = user_ids(user)
     full_env = dict(os.environ) | dict(env or {})
     if ids is not None:
         full_env["HOME"] = pwd.getpwuid(ids[0]).pw_dir
@@ -120,13 +146,13 @@ def spawn(
 def run(
     argv: Sequence[str],
     *,
-    as_service_user: bool = False,
+    user: str | None = None,
     env: Mapping[str, str] | None = None,
     timeout_s: float = 300,
     cwd: Path | None = None,
 ) -> str:
     """Run a command to completion; StackError with its output if it fails."""
-    ids = service_user_ids() if as_service_user else None
+    ids = user_ids(user)
     try:
         done = subprocess.run(
             list(argv),

@@ -12,8 +12,8 @@ import orjson
 
 from infra import haproxy, services
 from infra.config import REPO_ROOT, StackConfig
-from infra.launch import Command
-from infra.procs import StackError, run
+from infra.launch import Command, Mount
+from infra.procs import PROMETHEUS_USER, StackError, own_tree, run
 
 NAME = "prometheus"
 BINARY = "/usr/bin/prometheus"
@@ -30,14 +30,20 @@ def url(config: StackConfig) -> str:
     return config.prometheus_url
 
 
+def conf_dir(config: StackConfig) -> Path:
+    """Its configuration and rules: a dir, so that a configuration replaced by a rename is
+    seen by a container that mounts it."""
+    return config.run_dir / "prometheus.d"
+
+
 def config_path(config: StackConfig) -> Path:
-    return config.run_dir / "prometheus.yml"
+    return conf_dir(config) / "prometheus.yml"
 
 
 def rules_path(config: StackConfig) -> Path:
     """The alert rules as Prometheus reads them: a copy beside its configuration, so that a
-    Prometheus in a container (which has the state dir, not the repository) reads them too."""
-    return config.run_dir / "rules.yml"
+    Prometheus in a container (which has its own files, not the repository) reads them too."""
+    return conf_dir(config) / "rules.yml"
 
 
 def data_dir(config: StackConfig) -> Path:
@@ -114,7 +120,7 @@ def check_command(path: Path, program: str = PROMTOOL) -> list[str]:
 
 def prepare(config: StackConfig) -> None:
     write(config)
-    data_dir(config).mkdir(parents=True, exist_ok=True)
+    own_tree(data_dir(config), PROMETHEUS_USER)
 
 
 def command(config: StackConfig) -> Command:
@@ -131,6 +137,8 @@ def command(config: StackConfig) -> Command:
             "--web.enable-lifecycle",
             "--log.format=json",
         ],
+        user=PROMETHEUS_USER,
+        mounts=(Mount(conf_dir(config)), Mount(data_dir(config), writable=True)),
     )
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import redis
 
 from infra.config import StackConfig
-from infra.launch import Command
-from infra.procs import write_private
+from infra.launch import Command, Mount
+from infra.procs import REDIS_USER, own_tree, write_private
 
 REDIS_SERVER = "/usr/bin/redis-server"
 
@@ -31,8 +31,11 @@ def password(config: StackConfig) -> str:
 
 def prepare(config: StackConfig) -> None:
     data_dir(config).mkdir(parents=True, exist_ok=True)
-    # In a file the server reads, not on its command line, which any local user can list.
+    # In a file the server reads, not on its command line, which any local user can list;
+    # Redis's own user's, whom no other component runs as.
     write_private(conf_path(config), f"requirepass {password(config)}\n")
+    own_tree(data_dir(config), REDIS_USER)
+    data_dir(config).chmod(0o700)
 
 
 def command(config: StackConfig) -> Command:
@@ -57,7 +60,8 @@ def command(config: StackConfig) -> Command:
         "--maxmemory-policy",
         "allkeys-lru",
     ]
-    return Command("redis", "redis", argv)
+    # Nothing is saved (no snapshot, no append-only file): its dir is read-only to it.
+    return Command("redis", "redis", argv, user=REDIS_USER, mounts=(Mount(data_dir(config)),))
 
 
 def url(config: StackConfig, db: int = 0) -> str:

@@ -6,13 +6,14 @@ import functools
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import httpx
 
 from infra import launch, pgbouncer, redis
 from infra.config import REPO_ROOT, StackConfig
-from infra.launch import Command
-from infra.procs import ProcessRef, StackError, free_port, stop, wait_until
+from infra.launch import Command, Mount
+from infra.procs import APP_USER, ProcessRef, StackError, free_port, stop, wait_until
 from schemas.notifier import WS_PATH
 
 
@@ -24,6 +25,7 @@ class ServiceSpec:
     env: dict[str, str]
     port_env: str  # the TELEMETRY_ variable that moves the port
     after: tuple[str, ...]  # the components it needs
+    mounts: tuple[Mount, ...] = ()  # what of the state dir it reads or writes
 
     @property
     def url(self) -> str:
@@ -40,6 +42,11 @@ def _auth_env(prefix: str, config: StackConfig) -> dict[str, str]:
     return {f"{prefix}JWT_PUBLIC_KEY_PATH": str(config.jwt_public_key)}
 
 
+def _key(config: StackConfig) -> Mount:
+    """The tokens' public key (the signing key is the stack's alone)."""
+    return Mount(config.jwt_public_key)
+
+
 def specs(config: StackConfig) -> list[ServiceSpec]:
     result: list[ServiceSpec] = []
     for i in range(config.ingest_processes):
@@ -51,7 +58,13 @@ def specs(config: StackConfig) -> list[ServiceSpec]:
         }
         result.append(
             ServiceSpec(
-                f"ingest-{i + 1}", "ingest", port, env, "TELEMETRY_INGEST_PORT", ("kafka", "redis")
+                f"ingest-{i + 1}",
+                "ingest",
+                port,
+                env,
+                "TELEMETRY_INGEST_PORT",
+                ("kafka", "redis"),
+                (_key(config),),
             )
         )
     for i in range(config.stream_workers):
@@ -60,6 +73,7 @@ def specs(config: StackConfig) -> list[ServiceSpec]:
             "STREAMS_WEB_PORT": str(port),
             "STREAMS_KAFKA_BOOTSTRAP": config.kafka_bootstrap,
             "STREAMS_DATABASE_DSN": pgbouncer.dsn(config, read_only=False),
+            "STREAMS_DATA_DIR": str(streams_data_dir(config)),
         }
         result.append(
             ServiceSpec(
@@ -69,6 +83,7 @@ def specs(config: StackConfig) -> list[ServiceSpec]:
                 env,
                 "TELEMETRY_STREAMS_WEB_PORT",
                 ("kafka", "pgbouncer"),
+                (Mount(streams_data_dir(config), writable=True),),
             )
         )
     for i in range(config.api_processes):
@@ -79,7 +94,7 @@ def specs(config: StackConfig) -> list[ServiceSpec]:
             "API_WRITE_DSN": pgbouncer.dsn(config, read_only=False, bounded=True),
             "API_KAFKA_BOOTSTRAP": config.kafka_bootstrap,
             "API_REDIS_URL": redis.url(config),
-            "API_BLOB_DIR": str(config.state_dir / "blobs"),
+            "API_BLOB_DIR": str(blob_dir(config)),
             "API_PROMETHEUS_URL": config.prometheus_url,
         }
         result.append(
@@ -90,6 +105,7 @@ def specs(config: StackConfig) -> list[ServiceSpec]:
                 env,
                 "TELEMETRY_API_PORT",
                 ("pgbouncer", "kafka", "redis"),
+                (_key(config), Mount(blob_dir(config), writable=True)),
             )
         )
     for i in range(config.photo_workers):
@@ -98,7 +114,7 @@ def specs(config: StackConfig) -> list[ServiceSpec]:
             "PHOTO_WORKER_PORT": str(port),
             "PHOTO_WORKER_KAFKA_BOOTSTRAP": config.kafka_bootstrap,
             "PHOTO_WORKER_DATABASE_DSN": pgbouncer.dsn(config, read_only=False),
-            "PHOTO_WORKER_BLOB_DIR": str(config.state_dir / "blobs"),
+            "PHOTO_WORKER_BLOB_DIR": str(blob_dir(config)),
         }
         result.append(
             ServiceSpec(
@@ -108,6 +124,7 @@ def specs(config: StackConfig) -> list[ServiceSpec]:
                 env,
                 "TELEMETRY_PHOTO_WORKER_PORT",
                 ("kafka", "pgbouncer"),
+                (Mount(blob_dir(config), writable=True),),
             )
         )
     for i in range(config.notifier_processes):
@@ -127,13 +144,28 @@ def specs(config: StackConfig) -> list[ServiceSpec]:
                 env,
                 "TELEMETRY_NOTIFIER_PORT",
                 ("kafka", "pgbouncer", "redis"),
+                (_key(config),),
             )
         )
     return result
 
 
 def command(spec: ServiceSpec) -> Command:
-    return Command(spec.name, "app", [sys.executable, "-m", spec.module], spec.env, REPO_ROOT)
+    argv = [sys.executable, "-m", spec.module]
+    return Command(spec.name, "app", argv, spec.env, REPO_ROOT, APP_USER, spec.mounts)
+
+
+def writable_dirs(config: StackConfig) -> list[Path]:
+    """Where our services write (uploads, the stream's local state): their user's own."""
+    return [blob_dir(config), streams_data_dir(config)]
+
+
+def blob_dir(config: StackConfig) -> Path:
+    return config.state_dir / "blobs"
+
+
+def streams_data_dir(config: StackConfig) -> Path:
+    return config.state_dir / "streams-data"
 
 
 def start(config: StackConfig, spec: ServiceSpec) -> ProcessRef:

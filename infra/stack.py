@@ -29,10 +29,13 @@ from infra.config import REPO_ROOT, StackConfig
 from infra.containers import engine as containers_engine
 from infra.containers import images
 from infra.procs import (
+    APP_USER,
     ProcessRef,
     StackError,
+    chown_for,
     ensure_port_free,
     free_port,
+    own_tree,
     port_open,
     spawn,
     stop,
@@ -329,6 +332,8 @@ class Stack:
         installed = install.ensure_debian_packages()
         if installed:
             self.report(f"installed {' '.join(installed)}")
+        for step in install.ensure_users(cfg):
+            self.report(step)
         self.report("checking Kafka jars (Maven Central)")
         if install.ensure_kafka_jars(cfg):
             self.report(f"fetched Kafka {cfg.kafka_version}")
@@ -348,7 +353,11 @@ class Stack:
         # The counts asked for here (`up --api 3`) become the running stack's topology;
         # HAProxy's configuration follows it when it is ready.
         self._reconfigure(topology.requested(self._requested))
+        for path in services.writable_dirs(cfg):
+            own_tree(path, APP_USER)
+        # No secret in it; the ops exporter reads it, as the services' user.
         write_private(supervisor.config_path(self.config), self.config.model_dump_json())
+        chown_for(supervisor.config_path(self.config), APP_USER)
         # Each component starts once its dependencies are ready; the others are waited
         # for at the end, so slow starters (Kafka's JVM) overlap with the rest.
         for component in self.components.values():

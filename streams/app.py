@@ -114,6 +114,7 @@ def create_app(
         settings.app_id,
         broker=f"kafka://{settings.kafka_bootstrap}",
         store="memory://",
+        datadir=str(settings.data_dir),
         web_host=settings.web_host,
         web_bind=settings.web_host,
         web_port=settings.web_port,

@@ -1,5 +1,6 @@
 """Streams settings (env prefix STREAMS_)."""
 
+from pathlib import Path
 from typing import Self
 
 from pydantic import model_validator
@@ -24,6 +25,8 @@ class StreamsSettings(ServiceSettings):
     # hangs (SIGSTOP, a frozen VM) during one holds every partition of the group still
     # for this long: Faust's default, 60 s, is most of a minute with nothing stored.
     rebalance_timeout_s: float = 20.0
+    # Faust's local state (it keeps tables' metadata there even with the memory store).
+    data_dir: Path = Path(".telemetry/streams-data")
     # The worker's web server (/healthz, /readyz, /metrics): loopback unless told otherwise.
     web_host: str = "127.0.0.1"
     web_port: int = 18201

@@ -26,14 +26,22 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from infra import edge, haproxy, kafka, pgbouncer, postgres, prometheus, redis, storage
+from infra import edge, haproxy, kafka, pgbouncer, postgres, prometheus, redis, services, storage
 from infra import supervisor as supervisor_module
 from infra.components import Component, components
 from infra.config import StackConfig
 from infra.containers import engine, images
 from infra.containers.run import in_image
 from infra.launch import Command
-from infra.procs import SERVICE_USER, StackError, chown_for_service, wait_until, write_private
+from infra.procs import (
+    APP_USER,
+    DATABASE_USER,
+    StackError,
+    chown_for,
+    own_tree,
+    wait_until,
+    write_private,
+)
 from runtime.auth import generate_keypair
 
 STATE_DIR = Path("/var/lib/telemetry")
@@ -130,7 +138,7 @@ def write_config(config: StackConfig) -> None:
     (directory / "primary.conf").write_text(postgres.PRIMARY_CONF)
     (directory / "pg_hba.conf").write_text(postgres.PRIMARY_HBA)
     # The replica's container reads it for pg_basebackup, as the postgres user.
-    chown_for_service(postgres.pg_root(config) / "password")
+    chown_for(postgres.pg_root(config) / "password", DATABASE_USER)
     kafka.write_properties(config)
     redis.prepare(config)
     pgbouncer.write_config(config)
@@ -141,14 +149,17 @@ def write_config(config: StackConfig) -> None:
     prometheus.config_path(config).write_text(
         prometheus.render(config, prometheus.scrape_jobs(config))
     )
+    for path in services.writable_dirs(config):
+        own_tree(path, APP_USER)
     write_private(supervisor_module.config_path(config), config.model_dump_json())
+    chown_for(supervisor_module.config_path(config), APP_USER)
     for component in _components(config):
         command = _command(config, component)
         path = directory / f"{component.name}.sh"
         # Our services' scripts hold the database password.
         write_private(path, script(config, component.name, command))
-        if command.as_service_user:
-            chown_for_service(path)
+        if command.user is not None:
+            chown_for(path, command.user)
         print(f"wrote {path}", flush=True)
 
 
@@ -229,7 +240,7 @@ def compose_document(config: StackConfig) -> dict[str, Any]:
             depends_on=depends,
             healthcheck=_healthcheck(component, command),
             stop_signal=signal.Signals(component.stop_signal).name,
-            **({"user": SERVICE_USER} if command.as_service_user else {}),
+            **({"user": command.user} if command.user is not None else {}),
         )
     return {"name": "telemetry", "services": services, "volumes": {VOLUME: {}}}
 

@@ -3,10 +3,11 @@ container engine (Podman's Docker-compatible API, engine.py).
 
 The container shares the host's network, process and IPC namespaces, so the stack's ports,
 pids and signals mean what they mean for a local process: `stop`, `kill -9` and SIGSTOP in
-the fault tests reach the service itself, and the supervisor sees it exit. The state dir is
-mounted at its own path, so the configuration the stack writes there names the same files
-inside. What the container does not share is the filesystem: the service runs the image's
-binaries and code."""
+the fault tests reach the service itself, and the supervisor sees it exit. What the
+container does not share is the filesystem: the service runs the image's binaries and code,
+as its component's user (never root), and sees of the state dir only its log and the paths
+its command declares (`Command.mounts`), each at its own path so that the configuration the
+stack writes names the same files inside, read-only unless the component writes there."""
 
 import contextlib
 import hashlib
@@ -16,7 +17,7 @@ import sys
 from infra import kafka, launch
 from infra.config import REPO_ROOT, StackConfig
 from infra.containers import engine, images
-from infra.procs import ProcessRef, StackError, service_user_ids, start_ticks
+from infra.procs import ProcessRef, StackError, start_ticks, user_ids
 
 # Where the images hold what a command line names on the host (the Dockerfiles put them
 # there): the app image's Python and project, the Kafka image's jars and logging config.
@@ -58,7 +59,7 @@ def spawn(config: StackConfig, command: launch.Command) -> ProcessRef:
     # either.
     testcontainers_config.ryuk_disabled = True
     assert command.image is not None
-    ids = service_user_ids() if command.as_service_user else None
+    ids = user_ids(command.user)
     log = launch.log_path(config, command)
     log.parent.mkdir(parents=True, exist_ok=True)
     log.touch()
@@ -73,7 +74,10 @@ def spawn(config: StackConfig, command: launch.Command) -> ProcessRef:
         command=argv,  # type: ignore[arg-type]  # a list is passed through as argv
         env={key: in_image(config, value) for key, value in command.env.items()},
         name=name,
-        volumes=[(str(config.state_dir), str(config.state_dir), "rw")],
+        # Its log and what it declares, nothing else of the state dir: no other component's
+        # files, no secret it does not use, and only what it writes is writable.
+        volumes=[(str(log), str(log), "rw")]
+        + [(str(m.path), str(m.path), "rw" if m.writable else "ro") for m in command.mounts],
         network_mode="host",
         pid_mode="host",
         ipc_mode="host",

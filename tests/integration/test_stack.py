@@ -1,15 +1,21 @@
 """The stack's servers are real and wired as the design says."""
 
 import asyncio
+import os
+import pwd
+import sys
 import uuid
+from pathlib import Path
 
 import psycopg
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from infra import pgbouncer, postgres
+from infra import ops_exporter, pgbouncer, postgres, redis, services
 from infra.config import StackConfig
+from infra.procs import APP_USER, DATABASE_USER, StackError, run
+from infra.stack import Stack
 from schemas import topics
 from tests.integration.conftest import wait_for
 
@@ -121,3 +127,45 @@ async def test_pgbouncer_transaction_mode_serves_psycopg_under_concurrency(
 
     results = await asyncio.gather(*(client(n) for n in range(clients)))
     assert results == [n * repeats + sum(range(repeats)) for n in range(clients)]
+
+
+def _uid(pid: int) -> int:
+    """The process's real uid (it may not change it back: no saved root either)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    [line] = [line for line in status.splitlines() if line.startswith("Uid:")]
+    real, effective, saved, _ = (int(n) for n in line.split()[1:])
+    assert real == effective == saved, line
+    return real
+
+
+def test_our_services_run_unprivileged_and_cannot_read_the_stacks_secrets(stack: Stack) -> None:
+    # Started by root, our services and the ops exporter run as the system user `telemetry
+    # install` makes, PostgreSQL and PgBouncer as postgres; started by a user, as that user.
+    root = os.geteuid() == 0
+    app_uid = pwd.getpwnam(APP_USER).pw_uid if root else os.geteuid()
+    db_uid = pwd.getpwnam(DATABASE_USER).pw_uid if root else os.geteuid()
+    ours = {spec.name for spec in services.specs(stack.config)} | {ops_exporter.NAME}
+    for name, record in stack.records.items():
+        uid = _uid(record.ref.pid)
+        if name in ours:
+            assert uid == app_uid, name
+        elif name.startswith(("postgres-", "pgbouncer")):
+            assert uid == db_uid, name
+        if stack.config.runtime == "containers":
+            assert uid != 0, name  # in a container, nothing runs as root
+    if not root:
+        return
+    assert app_uid != 0
+    # The files that hold secrets: the JWT signing key, the database's and Redis's passwords.
+    for secret in (
+        stack.config.jwt_private_key,
+        postgres.pg_root(stack.config) / "password",
+        redis.data_dir(stack.config) / "password",
+    ):
+        assert secret.exists(), secret
+        with pytest.raises(StackError, match="Permission denied"):
+            run([sys.executable, "-c", f"open({str(secret)!r}).read()"], user=APP_USER)
+    # What it must read, it can (the JWT public key), and where it must write, it owns.
+    run([sys.executable, "-c", f"open({str(stack.config.jwt_public_key)!r}).read()"], user=APP_USER)
+    for path in services.writable_dirs(stack.config):
+        assert path.stat().st_uid == app_uid, path

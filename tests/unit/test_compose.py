@@ -4,9 +4,19 @@ registry (infra/containers/compose.py)."""
 import stat
 from pathlib import Path
 
+import pytest
+
+from infra import procs
 from infra.config import StackConfig
 from infra.containers import compose
 from infra.containers.run import IMAGE_KAFKA_LIB, IMAGE_PYTHON
+
+
+@pytest.fixture(autouse=True)
+def _as_a_user(monkeypatch: pytest.MonkeyPatch) -> None:
+    # What is written, not to whom it is given: the users are the image's (and may not
+    # exist on the machine that runs the unit tests).
+    monkeypatch.setattr(procs, "running_as_root", lambda: False)
 
 
 def scratch(tmp_path: Path) -> StackConfig:
@@ -68,10 +78,10 @@ def test_the_scripts_run_up_s_commands_from_the_images_paths(tmp_path: Path) -> 
     # The configuration the components read is written too, and the bootstrap's input.
     assert (tmp_path / "kafka" / "server.properties").exists()
     assert (tmp_path / "pgbouncer" / "pgbouncer.ini").exists()
-    assert (tmp_path / "run" / "haproxy.cfg").exists()
+    assert (tmp_path / "run" / "haproxy.d" / "haproxy.cfg").exists()
     assert (tmp_path / "run" / "nginx.conf").exists()
-    assert (tmp_path / "run" / "prometheus.yml").exists()
-    assert (tmp_path / "run" / "rules.yml").exists()
+    assert (tmp_path / "run" / "prometheus.d" / "prometheus.yml").exists()
+    assert (tmp_path / "run" / "prometheus.d" / "rules.yml").exists()
 
 
 def test_config_keeps_what_exists(tmp_path: Path) -> None:

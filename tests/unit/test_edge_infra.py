@@ -74,7 +74,7 @@ def test_a_backend_scaled_to_nothing_still_renders(tmp_path: Path) -> None:
 
 # --- nginx ---------------------------------------------------------------------------
 def test_the_edge_caches_only_public_answers_to_anonymous_requests(tmp_path: Path) -> None:
-    text = edge.render(config(tmp_path), worker_user=None)
+    text = edge.render(config(tmp_path))
     assert "proxy_cache_lock on;" in text
     # How long a stale copy may serve is the api's header's (bounded), never open-ended.
     assert "proxy_cache_use_stale" not in text
@@ -91,10 +91,13 @@ def test_the_edge_caches_only_public_answers_to_anonymous_requests(tmp_path: Pat
     assert "user " not in text.split("worker_processes")[0]
 
 
-def test_the_edge_workers_drop_root(tmp_path: Path) -> None:
-    assert edge.render(config(tmp_path), worker_user="www-data").startswith(
-        "# Written by the stack (infra/edge.py): edits are overwritten.\nuser www-data;"
-    )
+def test_the_edge_runs_as_its_own_user_with_its_config_read_only(tmp_path: Path) -> None:
+    command = edge.command(config(tmp_path))
+    assert command.user == "www-data"
+    assert {(m.path, m.writable) for m in command.mounts} == {
+        (edge.config_path(config(tmp_path)), False),
+        (edge.base_dir(config(tmp_path)), True),
+    }
 
 
 # --- topology ------------------------------------------------------------------------
