@@ -12,10 +12,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-# Who runs what when the stack is started by root. PostgreSQL and PgBouncer refuse to run
-# as root: Debian's postgresql package makes their user. Our services and the ops exporter
-# run as an unprivileged system user of their own, which `telemetry install` creates; it
-# holds none of the stack's secrets' files (the JWT signing key, the password files).
+# Who runs what when the stack is started by root (nothing runs as root; docs/operations.md,
+# "Who runs as whom"). PostgreSQL and PgBouncer refuse root: Debian's postgresql package
+# makes their user. Our services, the ops exporter and Kafka run as a system user of their
+# own, which `telemetry install` creates; it can read none of the stack's secrets' files
+# (the JWT signing key, the password files).
 DATABASE_USER = "postgres"
 APP_USER = "telemetry"
 # The daemons run as the users their Debian packages make (in our images, with fixed uids).

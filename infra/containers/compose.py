@@ -36,6 +36,8 @@ from infra.launch import Command
 from infra.procs import (
     APP_USER,
     DATABASE_USER,
+    HAPROXY_USER,
+    PROMETHEUS_USER,
     StackError,
     chown_for,
     own_tree,
@@ -149,8 +151,11 @@ def write_config(config: StackConfig) -> None:
     prometheus.config_path(config).write_text(
         prometheus.render(config, prometheus.scrape_jobs(config))
     )
-    for path in services.writable_dirs(config):
+    # What each component writes, its user's (the images give the users fixed uids).
+    for path in (*services.writable_dirs(config), kafka.data_dir(config)):
         own_tree(path, APP_USER)
+    own_tree(haproxy.sockets_dir(config), HAPROXY_USER)
+    own_tree(prometheus.data_dir(config), PROMETHEUS_USER)
     write_private(supervisor_module.config_path(config), config.model_dump_json())
     chown_for(supervisor_module.config_path(config), APP_USER)
     for component in _components(config):

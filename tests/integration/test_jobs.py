@@ -224,8 +224,8 @@ def test_who_may_do_what(
     assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
 
 
-# Fault row 33 (BOLA): each of these, by one tenant on another tenant's job, is a 404
-# (never a 403 that would confirm the id exists), and changes nothing.
+# Broken object-level authorization (BOLA): each of these, by one tenant on another
+# tenant's job, is a 404 (never a 403 that would confirm the id exists), and changes nothing.
 FOREIGN_CALLS: dict[str, Callable[[Caller, str, str], httpx.Response]] = {
     "get": lambda c, path, task: c.get(path),
     "track": lambda c, path, task: c.get(f"{path}/track"),

@@ -348,10 +348,11 @@ def test_redis_refuses_a_client_without_its_password(config: StackConfig) -> Non
 def test_a_replica_read_cancelled_in_conflict_with_recovery_is_served_by_the_primary(
     config: StackConfig,
 ) -> None:
-    # Fault row 18. An exclusive lock taken on the primary (a migration, a chunk dropped,
-    # VACUUM truncating a table) replays on the replica, which cancels the reads holding
-    # that table once `max_standby_streaming_delay` has passed (SQLSTATE 40001). The router
-    # runs the whole read again on the primary, once: served, never a 503.
+    # A replica read cancelled in conflict with recovery. An exclusive lock taken on the
+    # primary (a migration, a chunk dropped, VACUUM truncating a table) replays on the
+    # replica, which cancels the reads holding that table once `max_standby_streaming_delay`
+    # has passed (SQLSTATE 40001). The router runs the whole read again on the primary,
+    # once: served, never a 503.
     table = f"conflict_probe_{uuid.uuid4().hex[:8]}"
     primary = postgres.dsn(config, "primary")
     with psycopg.connect(primary, autocommit=True) as conn:
@@ -411,7 +412,7 @@ async def _read_during_a_lock(config: StackConfig, table: str) -> tuple[Rows, Co
 def test_a_customer_past_their_rate_gets_429_and_other_tenants_go_on(
     config: StackConfig, token: Token
 ) -> None:
-    # Fault row 37 on the api (ingest holds each device to its own rate: test_ingest.py).
+    # A tenant flooding the api (ingest holds each device to its own rate: test_ingest.py).
     flood = bearer(token, Role.CUSTOMER, f"cus-{uuid.uuid4().hex[:6]}")
     other = bearer(token, Role.CUSTOMER, f"cus-{uuid.uuid4().hex[:6]}")
     settings = {"API_PRINCIPAL_RATE_PER_S": "2", "API_PRINCIPAL_BURST": "5"}

@@ -1,4 +1,4 @@
-"""Fault row 38: the CPU taken away. With busy processes on every core, every request is
+"""CPU starvation: the CPU taken away. With busy processes on every core, every request is
 still answered within its bounds (a success, or 429/503 with Retry-After, never a hang)
 and every ping acknowledged is stored once the CPU comes back."""
 
