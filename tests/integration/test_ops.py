@@ -146,6 +146,7 @@ def test_the_ops_page_shows_live_lag_throughput_and_charts_in_chromium(
             assert groups == {"telemetry-streams", "telemetry-photo-worker"}
             statuses = set(page.locator("#lag-table td.status").all_text_contents())
             assert statuses <= {"OK", "WARN", "STALL", "STOP", "REWIND"}
+
             # Throughput and freshness from Prometheus, once the pings above are in a rate.
             # Polled from here: a predicate given to the page as a string is evaluated with
             # eval, which the page's Content-Security-Policy forbids (as it should).
