@@ -394,7 +394,18 @@ async def _read_during_a_lock(config: StackConfig, table: str) -> tuple[Rows, Co
         await conn.execute(f"SELECT pg_sleep(4) FROM {table}")  # holds it: lock replay waits
 
     async def lock_on_the_primary() -> None:
-        await asyncio.sleep(1)  # the replica's statement holds the table by now
+        # Once the replica's statement holds the table (seen in its pg_stat_activity).
+        probe = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE %s AND state = 'active'"
+        replica_su = postgres.replica_superuser_dsn(config)
+        async with await psycopg.AsyncConnection.connect(replica_su, autocommit=True) as replica:
+            async with asyncio.timeout(10):
+                while True:
+                    row = await (
+                        await replica.execute(probe, [f"SELECT pg_sleep(4) FROM {table}"])
+                    ).fetchone()
+                    if row is not None and row[0] > 0:
+                        break
+                    await asyncio.sleep(0.05)  # polled, within the deadline above
         async with await psycopg.AsyncConnection.connect(postgres.dsn(config, "primary")) as conn:
             await conn.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
             await conn.commit()

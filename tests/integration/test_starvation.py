@@ -73,7 +73,7 @@ def test_starved_of_cpu_every_request_is_answered_and_nothing_acknowledged_is_lo
             )
             if r is not None and r.status_code == 202:
                 acknowledged[driver] += len(batch)
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(0.5)  # a phone's pace (load, not a wait for anything)
 
     async def jobs(client: httpx.AsyncClient, n: int) -> None:
         customer = {"Authorization": f"Bearer {token(Role.CUSTOMER, f'cus-starved-{n}')}"}
@@ -83,7 +83,7 @@ def test_starved_of_cpu_every_request_is_answered_and_nothing_acknowledged_is_lo
             for _ in range(5):
                 await one(client, "read", client.get(path, headers=customer))
                 await one(client, "track", client.get(f"{path}/track", headers=customer))
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(1.0)  # a tracking screen's pace (load)
 
     async def load() -> None:
         limits = httpx.Limits(max_connections=200)
