@@ -6,7 +6,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from datetime import UTC, datetime
 
 import psycopg
@@ -97,9 +97,7 @@ class Notifier:
             resumer.catch_up_later(sub)
 
         def revoke(sub: Subscription, error: NotifierError) -> None:
-            task = asyncio.ensure_future(sub.end(error))
-            self._ending.add(task)  # referenced until done (the loop holds tasks weakly)
-            task.add_done_callback(self._ending.discard)
+            self._end_later(sub.end(error))
 
         hub = Hub(self.metrics, catch_up, revoke=revoke)
         resumer = Resumer(store, event_log, hub, self.metrics)
@@ -197,7 +195,7 @@ class Notifier:
         database does not answer, they stay open until the next look."""
         while True:
             await asyncio.sleep(self.settings.share_recheck_s)
-            held = [s for s in self.sessions if s.grant is not None and s.grant.share]
+            held = [s for s in self.sessions if s.share_hash]
             if not held:
                 continue
             try:
@@ -210,9 +208,14 @@ class Notifier:
                 continue
             for session in held:
                 if session.share_hash not in live:
-                    task = asyncio.create_task(session.end(AuthFailed("share link revoked")))
-                    self._ending.add(task)  # referenced until done
-                    task.add_done_callback(self._ending.discard)
+                    self._end_later(session.end(AuthFailed("share link revoked")))
+
+    def _end_later(self, ending: Awaitable[None]) -> None:
+        """Runs a close in the background, referenced until done (the loop holds tasks
+        weakly)."""
+        task = asyncio.ensure_future(ending)
+        self._ending.add(task)
+        task.add_done_callback(self._ending.discard)
 
     async def ready(self) -> bool:
         """Hears live events and can read jobs. Redis is not asked: it is shared, and a

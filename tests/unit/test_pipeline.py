@@ -85,12 +85,17 @@ async def test_an_unexpected_error_is_retried_never_skipped() -> None:
     assert {m.key for m in sender.acked if m.topic == "positions.v1"} == {b"a", b"b"}
 
 
+def dead_letters(sender: FakeSender) -> list[Outgoing]:
+    """What the processor sent to the pings' dead-letter topic."""
+    return [m for m in sender.acked if m.topic == "pings.v1.dlq"]
+
+
 async def test_a_failing_dead_letter_send_is_retried_and_the_valid_records_are_stored() -> None:
     sink = FakeSink()
     sender = FakeSender(failures=3)
     await processor(sink, sender).process([message("a"), (b"x", b"\xff not json")])
     assert sink.stored == ["a"]
-    dead = [m for m in sender.acked if m.topic == "pings.v1.dlq"]
+    dead = dead_letters(sender)
     assert [(m.key, m.value) for m in dead] == [(b"x", b"\xff not json")]
     assert dict(dead[0].headers)["error"]
     assert len(sender.log) == 4
@@ -115,7 +120,7 @@ async def test_a_record_the_database_refuses_is_isolated_and_the_rest_stored() -
     batch.insert(3, message("bad"))
     await processor(sink, sender).process(batch)
     assert sorted(sink.stored) == sorted(f"d{i}" for i in range(7))
-    dead = [m for m in sender.acked if m.topic == "pings.v1.dlq"]
+    dead = dead_letters(sender)
     assert [m.key for m in dead] == [b"bad"]
     assert b"value out of range" in dict(dead[0].headers)["error"]
 
@@ -145,7 +150,7 @@ async def test_a_record_raising_an_unexpected_error_is_isolated_and_the_rest_sto
     batch.insert(5, message("poison"))
     await processor(sink, sender).process(batch)
     assert sorted(sink.stored) == sorted(f"d{i}" for i in range(7))
-    dead = [m for m in sender.acked if m.topic == "pings.v1.dlq"]
+    dead = dead_letters(sender)
     assert [m.key for m in dead] == [b"poison"]
     assert dict(dead[0].headers)["error"] == b"TypeError: unsupported operand"
 
