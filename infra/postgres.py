@@ -178,15 +178,24 @@ def init_primary(config: StackConfig) -> bool:
 # Both servers load TimescaleDB at start (it cannot be loaded later); a replica needs the
 # same worker settings as its primary to run hot standby.
 TIMESCALEDB_SETTINGS = {
-    "shared_preload_libraries": "timescaledb",
+    "shared_preload_libraries": "timescaledb,pg_stat_statements",
     "timescaledb.telemetry_level": "off",  # no phoning home
     "max_worker_processes": "16",
     "timescaledb.max_background_workers": "8",
 }
 
 
+# Where a flush's time goes, per statement, nested ones (inside the stream's functions)
+# included: `telemetry bench drain` reads it. Lock waits past deadlock_timeout are logged.
+STATISTICS_SETTINGS = {
+    "shared_preload_libraries": "pg_stat_statements",
+    "pg_stat_statements.track": "all",
+    "log_lock_waits": "on",
+}
+
+
 def command(config: StackConfig, role: str, *, timescaledb: bool) -> Command:
-    settings = TIMESCALEDB_SETTINGS if timescaledb else {}
+    settings = STATISTICS_SETTINGS | (TIMESCALEDB_SETTINGS if timescaledb else {})
     argv = [
         str(PG_BIN / "postgres"),
         "-D",

@@ -18,9 +18,9 @@ from runtime.kafka import AckedProducer, Message, ProduceFailed, durable_produce
 from runtime.logging import REQUEST_ID_KAFKA_HEADER
 from runtime.postgres import open_pool
 from schemas import topics
-from schemas.pings import PingBatchRecord
 from streams.clean import CleanBatch
 from streams.config import StreamsSettings
+from streams.decode import Incoming
 from streams.errors import SendFailed, SinkUnavailable
 from streams.metrics import StreamsMetrics
 from streams.pipeline import Backoff, Outgoing, PingBatchProcessor
@@ -56,8 +56,9 @@ class KafkaSender:
 class LazySink:
     """Opens the pool on first use (inside the worker's event loop), then delegates."""
 
-    def __init__(self, settings: StreamsSettings) -> None:
+    def __init__(self, settings: StreamsSettings, metrics: StreamsMetrics) -> None:
         self._settings = settings
+        self._metrics = metrics
         self._sink: PingSink | None = None
         # The first batch and the maintenance task ask at once: one pool, not two.
         self._opening = asyncio.Lock()
@@ -78,11 +79,15 @@ class LazySink:
                 future_tolerance=timedelta(seconds=s.future_tolerance_s),
                 arrival_radius_m=s.arrival_radius_m,
             )
-            self._sink = PingSink(pool, limits)
+            self._sink = PingSink(pool, limits, self._count_aggregates)
         return self._sink
 
-    async def write(self, records: list[PingBatchRecord]) -> CleanBatch:
-        return await (await self.get()).write(records)
+    def _count_aggregates(self, incremented: int, recounted: int) -> None:
+        self._metrics.aggregate_minutes.labels("increment").inc(incremented)
+        self._metrics.aggregate_minutes.labels("recount").inc(recounted)
+
+    async def write(self, batch: list[Incoming]) -> CleanBatch:
+        return await (await self.get()).write(batch)
 
 
 @dataclass
@@ -137,7 +142,7 @@ def create_app(
         value_serializer="raw",
         partitions=topics.DRIVER_TOPIC_PARTITIONS,
     )
-    sink = LazySink(settings)
+    sink = LazySink(settings, metrics)
     producer = AckedProducer(
         lambda: durable_producer(settings.kafka_bootstrap, client_id="streams"),
         timeout_s=settings.produce_timeout_s,
@@ -151,6 +156,7 @@ def create_app(
         metrics=metrics,
         backoff=Backoff(max_s=settings.retry_backoff_max_s),
         shutdown_grace_s=settings.shutdown_grace_s,
+        max_pings=settings.batch_max_pings,
     )
 
     @app.agent(pings)
@@ -159,7 +165,12 @@ def create_app(
             try:
                 await processor.process(
                     [
-                        (e.message.key, e.message.value, request_id(e.message.headers))
+                        (
+                            e.message.key,
+                            e.message.value,
+                            request_id(e.message.headers),
+                            e.message.partition,
+                        )
                         for e in events
                     ]
                 )

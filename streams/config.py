@@ -30,8 +30,11 @@ class StreamsSettings(ServiceSettings):
     # The worker's web server (/healthz, /readyz, /metrics): loopback unless told otherwise.
     web_host: str = "127.0.0.1"
     web_port: int = 18201
-    # A batch is flushed when it holds batch_max records or batch_within_s has passed.
-    batch_max: int = 500
+    # The consumer hands over a batch when it holds batch_max records or batch_within_s
+    # has passed; the sink writes it in transactions of at most batch_max_pings pings.
+    # Large under a backlog, small at a trickle (the time bound sends whatever is there).
+    batch_max: int = 5_000
+    batch_max_pings: int = 5_000
     batch_within_s: float = 0.1
     # Writes and sends retry with jittered backoff for as long as they fail; offsets do
     # not move meanwhile.

@@ -18,6 +18,7 @@ class Incoming:
     value: bytes
     record: PingBatchRecord
     request_id: str | None = None  # the ingest request's, from the record's header
+    partition: int | None = None  # of `pings.v1`: the sink locks by it
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,8 +38,13 @@ def decode_record(value: bytes) -> PingBatchRecord:
         raise InvalidMessage(str(exc)) from exc
 
 
-# A record as consumed: its key and value, and the request id its headers carry, if any.
-Raw = tuple[bytes | None, bytes] | tuple[bytes | None, bytes, str | None]
+# A record as consumed: its key and value, the request id its headers carry, if any, and
+# its partition.
+Raw = (
+    tuple[bytes | None, bytes]
+    | tuple[bytes | None, bytes, str | None]
+    | tuple[bytes | None, bytes, str | None, int]
+)
 
 
 def split_batch(messages: Sequence[Raw]) -> tuple[list[Incoming], list[Poison]]:
@@ -46,9 +52,10 @@ def split_batch(messages: Sequence[Raw]) -> tuple[list[Incoming], list[Poison]]:
     poison: list[Poison] = []
     for message in messages:
         key, value = message[0], message[1]
-        request_id = message[2] if len(message) == 3 else None
+        request_id = message[2] if len(message) >= 3 else None
+        partition = message[3] if len(message) == 4 else None
         try:
-            records.append(Incoming(key, value, decode_record(value), request_id))
+            records.append(Incoming(key, value, decode_record(value), request_id, partition))
         except InvalidMessage as exc:
             poison.append(Poison(key, value, str(exc), request_id))
     return records, poison

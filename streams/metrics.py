@@ -33,6 +33,14 @@ class StreamsMetrics:
         for step in ("write", "send"):
             for kind in ("transient", "unexpected"):
                 self.batch_failures.labels(step, kind)
+        self.aggregate_minutes = Counter(
+            "streams_aggregate_minutes",
+            "Driver minutes changed, by path: increments, or an exact recount (late pings)",
+            ["path"],
+            registry=self.registry,
+        )
+        for path in ("increment", "recount"):
+            self.aggregate_minutes.labels(path)
         self.flush_latency = Histogram(
             "streams_flush_seconds",
             "Time to write one batch",

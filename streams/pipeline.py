@@ -13,7 +13,6 @@ from typing import Protocol, TypeVar
 
 from runtime.kafka import error_header
 from runtime.logging import REQUEST_ID_KAFKA_HEADER
-from schemas.pings import PingBatchRecord
 from schemas.positions import PositionUpdate
 from streams.clean import FUTURE, LATE, TELEPORT, CleanBatch, CleanPing
 from streams.decode import Incoming, Poison, Raw, split_batch
@@ -25,7 +24,8 @@ T = TypeVar("T")
 
 
 class Sink(Protocol):
-    async def write(self, records: list[PingBatchRecord]) -> CleanBatch: ...
+    async def write(self, batch: list[Incoming]) -> CleanBatch:
+        """Stores the records in one transaction; SinkUnavailable or BadData otherwise."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +85,24 @@ class _Written:
         return _Written(moved, self.pings + other.pings, self.dead + other.dead)
 
 
+def by_pings(incoming: list[Incoming], max_pings: int) -> list[list[Incoming]]:
+    """The records in order, in flushes of at most `max_pings` pings (a record larger than
+    that alone): one transaction's size follows its rows, whatever the records hold."""
+    flushes: list[list[Incoming]] = []
+    current: list[Incoming] = []
+    pings = 0
+    for i in incoming:
+        n = len(i.record.pings)
+        if current and pings + n > max_pings:
+            flushes.append(current)
+            current, pings = [], 0
+        current.append(i)
+        pings += n
+    if current:
+        flushes.append(current)
+    return flushes
+
+
 def position_update(moved: CleanPing) -> PositionUpdate:
     p = moved.ping
     return PositionUpdate(
@@ -107,6 +125,7 @@ class PingBatchProcessor:
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         unexpected_retries: int = 3,
+        max_pings: int = 5_000,
     ) -> None:
         self._sink = sink
         self._sender = sender
@@ -119,6 +138,8 @@ class PingBatchProcessor:
         self._rng = rng or random.Random()
         # Unexpected write errors in a row before the batch is searched for a poison record.
         self._unexpected_retries = unexpected_retries
+        # Pings per sink transaction: the consumer's batches are cut to this.
+        self._max_pings = max_pings
         self._stopping = asyncio.Event()
         self.health = Health()
 
@@ -138,15 +159,9 @@ class PingBatchProcessor:
                 bad.error,
                 extra={"request_id": bad.request_id},
             )
-        try:
-            written = await self._retry(
-                "write", lambda: self._write_isolating(incoming), self._unexpected_retries
-            )
-        except _KeepsFailing:
-            # The same batch raised something unforeseen write after write: a record in it
-            # makes us raise (a bug meeting one input). Find it as a refused one is found,
-            # and dead-letter it; everything else is stored (the sink is idempotent).
-            written = await self._retry("write", lambda: self._isolate_unexpected(incoming))
+        written = _Written()
+        for flush in by_pings(incoming, self._max_pings):
+            written = written.merge(await self._write(flush))
         stored_at = datetime.now(UTC)
         dead = poison + written.dead
         outgoing = [self._dead_letter(p) for p in dead] + [
@@ -165,6 +180,17 @@ class PingBatchProcessor:
         self.health.pending_since = None
         self.health.last_write = self._clock()
 
+    async def _write(self, incoming: list[Incoming]) -> _Written:
+        try:
+            return await self._retry(
+                "write", lambda: self._write_isolating(incoming), self._unexpected_retries
+            )
+        except _KeepsFailing:
+            # The same batch raised something unforeseen write after write: a record in it
+            # makes us raise (a bug meeting one input). Find it as a refused one is found,
+            # and dead-letter it; everything else is stored (the sink is idempotent).
+            return await self._retry("write", lambda: self._isolate_unexpected(incoming))
+
     async def _write_isolating(
         self, incoming: list[Incoming], *, isolate_unexpected: bool = False
     ) -> _Written:
@@ -172,7 +198,7 @@ class PingBatchProcessor:
         `isolate_unexpected`, when the write raises anything not transient), splits the
         batch until the offending record is alone, and dead-letters it with the error."""
         try:
-            batch = await self._sink.write([i.record for i in incoming])
+            batch = await self._sink.write(incoming)
         except (SinkUnavailable, Stopping):
             raise
         except Exception as exc:

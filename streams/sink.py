@@ -1,21 +1,23 @@
 """The PostgreSQL sink: one transaction per batch reads the drivers' state, cleans the batch
-(pure), writes raw history by COPY, moves latest positions forward and recomputes the
-aggregates the batch touched from the stored pings (so replays never double count)."""
+(pure), writes raw history by COPY, moves latest positions forward and changes the
+aggregates by what it inserted (so a replay, which inserts nothing, changes nothing)."""
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, timedelta
 from typing import Any
-from uuid import UUID
 
 import psycopg
 from psycopg import AsyncConnection, sql
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from schemas.pings import PingBatchRecord
-from streams.clean import CleanBatch, CleanPing, Position, clean
+from schemas.topics import DRIVER_TOPIC_PARTITIONS
+from streams.clean import CleanBatch, Position, clean
+from streams.decode import Incoming
 from streams.errors import BadData, SinkUnavailable
 from streams.jobs import ActiveJob, arrivals
+from streams.locks import lock_names
 from streams.rows import PING_COLUMNS, PING_TYPES, ping_rows
 
 log = logging.getLogger(__name__)
@@ -31,18 +33,23 @@ class SinkLimits:
     future_tolerance: timedelta = timedelta(seconds=30)
     # A job's driver within this of its dropoff has arrived (event `job.arrived`).
     arrival_radius_m: float = 100.0
+    # Partitions of `pings.v1` as ingest produces to it: a driver's records live in the
+    # partition its key hashes to (streams.locks).
+    topic_partitions: int = DRIVER_TOPIC_PARTITIONS
 
 
 # Which pings count in the aggregates, `NOT (flags && '{future,teleport}'::text[])`, is
-# spelled the same in every query below and in the partial index of migration 0003.
-_LIMITS = "SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true)"
+# spelled the same in every query here and in migration 0013. The staging tables' NOTICEs
+# ("already exists, skipping") are not worth a message each per batch.
+_LIMITS = (
+    "SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true),"
+    " set_config('client_min_messages', 'warning', true)"
+)
 
-# Serialises writers of the same driver (two workers overlap briefly during a rebalance)
-# and of the same cell-minute (cells span drivers, so partitions, so workers). Taken in
-# key order: no deadlocks.
-_LOCK_DRIVERS = """
+# One writer per partition at a time (streams.locks); taken in key order: no deadlocks.
+_LOCK = """
 SELECT count(pg_advisory_xact_lock(k)) FROM (
-    SELECT DISTINCT hashtextextended('driver:' || d, 0) AS k FROM unnest(%s::text[]) AS d ORDER BY k
+    SELECT DISTINCT hashtextextended(n, 0) AS k FROM unnest(%s::text[]) AS n ORDER BY k
 ) AS keys
 """
 _READ_LATEST = (
@@ -59,20 +66,21 @@ _STAGE_IN = sql.SQL("CREATE TEMP TABLE IF NOT EXISTS pings_in ({}) ON COMMIT DEL
         for c, t in zip(PING_COLUMNS, PING_TYPES, strict=True)
     )
 )
-_STAGE_NEW = (
-    "CREATE TEMP TABLE IF NOT EXISTS pings_new"
-    " (driver_id text, ts timestamptz, h3_cell bigint, flags text[]) ON COMMIT DELETE ROWS"
+_STAGE_INSERTED = (
+    "CREATE TEMP TABLE IF NOT EXISTS pings_inserted (driver_id text, ts timestamptz,"
+    " ping_id uuid, lat float8, lon float8, speed_mps float4, h3_cell bigint, flags text[])"
+    " ON COMMIT DELETE ROWS"
 )
 _COPY = sql.SQL("COPY pings_in ({}) FROM STDIN (FORMAT BINARY)").format(_COLUMNS)
 # Replays and client retries deliver the same ping again: the primary key drops them. What
-# was really inserted drives the aggregates below: a replayed batch (committed before with
-# its aggregates, in one transaction) inserts nothing, so there is nothing to recompute.
+# was really inserted drives the aggregates (migration 0013): a replayed batch (committed
+# before with its aggregates, in one transaction) inserts nothing, so changes nothing.
 _INSERT_HISTORY = sql.SQL("""
 WITH inserted AS (
     INSERT INTO pings ({cols}) SELECT {cols} FROM pings_in ON CONFLICT DO NOTHING
-    RETURNING driver_id, ts, h3_cell, flags
+    RETURNING driver_id, ts, ping_id, lat, lon, speed_mps, h3_cell, flags
 )
-INSERT INTO pings_new SELECT * FROM inserted
+INSERT INTO pings_inserted SELECT * FROM inserted
 """).format(cols=_COLUMNS)
 _UPSERT_POSITIONS = """
 INSERT INTO driver_positions AS cur
@@ -86,10 +94,10 @@ ON CONFLICT (driver_id) DO UPDATE SET
     accuracy_m = excluded.accuracy_m, job_id = excluded.job_id, updated_at = excluded.updated_at
 WHERE excluded.ts > cur.ts
 """
-# The aggregate step: a function of migration 0004 (plans cached per server connection).
-_RECOMPUTE_AGGREGATES = "SELECT stream_recompute_aggregates(%s)"
+# The aggregate step: a function of migration 0013 (plans cached per server connection).
+_APPLY_AGGREGATES = "SELECT incremented, recounted FROM stream_apply_aggregates(%s)"
 # Jobs by their own keys (the claimed job ids, the batch's driver ids): never joined to
-# pings in SQL (design section 17).
+# pings in SQL, where a ping's job would be trusted before it is checked.
 _ASSIGNED_JOBS = "SELECT job_id, driver_id FROM jobs WHERE job_id = ANY(%s)"
 _ARRIVING_JOBS = (
     "SELECT job_id, driver_id, dropoff_lat, dropoff_lon FROM jobs WHERE driver_id = ANY(%s)"
@@ -106,74 +114,74 @@ _DATA = (psycopg.DataError, psycopg.IntegrityError)
 class PingSink:
     """Writes batches of `pings.v1` records, each in one transaction. Idempotent: writing a
     batch again (a replay after a crash, an overlap during a rebalance) stores nothing
-    twice and recomputes the same aggregates, so at-least-once delivery gives
-    exactly-once results."""
+    twice and changes no aggregate, so at-least-once delivery gives exactly-once results."""
 
-    def __init__(self, pool: AsyncConnectionPool[AsyncConnection[Any]], limits: SinkLimits) -> None:
+    def __init__(
+        self,
+        pool: AsyncConnectionPool[AsyncConnection[Any]],
+        limits: SinkLimits,
+        on_aggregates: Callable[[int, int], None] = lambda incremented, recounted: None,
+    ) -> None:
         self._pool = pool
         self._limits = limits
+        # Told, after each commit, how many driver minutes were incremented and recounted.
+        self._on_aggregates = on_aggregates
         self._days_with_partitions: set[date] = set()
         self._hourly_in_stream: bool | None = None
 
-    async def write(self, records: list[PingBatchRecord]) -> CleanBatch:
+    async def write(self, batch: list[Incoming]) -> CleanBatch:
         """Writes the batch in one transaction and returns how it was cleaned. Raises
         SinkUnavailable (transient) or BadData (the rows themselves); either way nothing
-        of the batch is written."""
-        if not records:
+        of the batch is written. Two round trips around the COPY: one reads what cleaning
+        needs, one writes everything else."""
+        if not batch:
             return CleanBatch([], {})
+        records = [i.record for i in batch]
         drivers = sorted({r.driver_id for r in records})
+        claimed = sorted({p.job_id for r in records for p in r.pings if p.job_id is not None})
         try:
             await self._ensure_days({p.ts.astimezone(UTC).date() for r in records for p in r.pings})
+            hourly = await self._maintains_hourly()
             async with self._pool.connection() as conn, conn.transaction():
-                await self._bound_waits(conn)
-                await conn.execute(_LOCK_DRIVERS, [drivers])
-                cur = await conn.execute(_READ_LATEST, [drivers])
+                async with conn.pipeline():
+                    await self._bound_waits(conn)
+                    await conn.execute(_LOCK, [lock_names(batch, self._limits.topic_partitions)])
+                    latest_rows = await conn.execute(_READ_LATEST, [drivers])
+                    assigned_rows = await conn.execute(_ASSIGNED_JOBS, [claimed])
+                    arriving_rows = await conn.execute(_ARRIVING_JOBS, [drivers])
+                    await conn.execute(_STAGE_IN)
+                    await conn.execute(_STAGE_INSERTED)
                 latest = {
                     d: Position(ts, lat, lon, ping_id)
-                    for d, ts, lat, lon, ping_id in await cur.fetchall()
+                    for d, ts, lat, lon, ping_id in await latest_rows.fetchall()
                 }
-                batch = clean(records, latest, self._limits.future_tolerance)
-                assigned = await self._assigned_jobs(conn, batch.pings)
-                await conn.execute(_STAGE_IN)
-                await conn.execute(_STAGE_NEW)
+                assigned = {(job, driver) for job, driver in await assigned_rows.fetchall()}
+                arriving = [
+                    ActiveJob(job_id, driver_id, (lat, lon))
+                    for job_id, driver_id, lat, lon in await arriving_rows.fetchall()
+                ]
+                cleaned = clean(records, latest, self._limits.future_tolerance)
                 async with conn.cursor().copy(_COPY) as copy:
                     copy.set_types(list(PING_TYPES))
-                    for row in ping_rows(batch.pings, assigned):
+                    for row in ping_rows(cleaned.pings, assigned):
                         await copy.write_row(row)
-                await conn.execute(_INSERT_HISTORY)
-                moved = list(batch.moved.values())
-                await conn.execute(
-                    _UPSERT_POSITIONS,
-                    [[m.driver_id for m in moved], [m.ping.ping_id for m in moved]],
-                )
-                await conn.execute(_RECOMPUTE_AGGREGATES, [await self._maintains_hourly(conn)])
-                await self._record_arrivals(conn, batch.pings, drivers)
+                moved = list(cleaned.moved.values())
+                async with conn.pipeline():
+                    await conn.execute(_INSERT_HISTORY)
+                    await conn.execute(
+                        _UPSERT_POSITIONS,
+                        [[m.driver_id for m in moved], [m.ping.ping_id for m in moved]],
+                    )
+                    paths = await conn.execute(_APPLY_AGGREGATES, [hourly])
+                    for job_id in arrivals(cleaned.pings, arriving, self._limits.arrival_radius_m):
+                        await conn.execute("SELECT job_arrived(%s)", [job_id])
+                incremented, recounted = await paths.fetchone() or (0, 0)
         except _DATA as exc:
             raise BadData(f"the database refused {len(records)} records: {exc}") from exc
         except _TRANSIENT as exc:
             raise SinkUnavailable(f"writing {len(records)} records failed: {exc!r}") from exc
-        return batch
-
-    async def _assigned_jobs(
-        self, conn: AsyncConnection[Any], pings: list[CleanPing]
-    ) -> set[tuple[UUID, str]]:
-        """(job, driver) pairs among the jobs the batch's pings claim: only those count."""
-        claimed = sorted({p.ping.job_id for p in pings if p.ping.job_id is not None})
-        if not claimed:
-            return set()
-        cur = await conn.execute(_ASSIGNED_JOBS, [claimed])
-        return {(job_id, driver_id) for job_id, driver_id in await cur.fetchall()}
-
-    async def _record_arrivals(
-        self, conn: AsyncConnection[Any], pings: list[CleanPing], drivers: list[str]
-    ) -> None:
-        cur = await conn.execute(_ARRIVING_JOBS, [drivers])
-        jobs = [
-            ActiveJob(job_id, driver_id, (lat, lon))
-            for job_id, driver_id, lat, lon in await cur.fetchall()
-        ]
-        for job_id in arrivals(pings, jobs, self._limits.arrival_radius_m):
-            await conn.execute("SELECT job_arrived(%s)", [job_id])
+        self._on_aggregates(incremented, recounted)
+        return cleaned
 
     async def _bound_waits(self, conn: AsyncConnection[Any]) -> None:
         # A zombie worker (paused mid-transaction) holding a driver's or a cell's lock must
@@ -184,14 +192,15 @@ class PingSink:
             [f"{self._limits.lock_timeout_ms}ms", f"{self._limits.statement_timeout_ms}ms"],
         )
 
-    async def _maintains_hourly(self, conn: AsyncConnection[Any]) -> bool:
+    async def _maintains_hourly(self) -> bool:
         """On TimescaleDB the hourly rollup is a continuous aggregate (a view) that the
         database maintains; on plain PostgreSQL it is a table this stream maintains."""
         if self._hourly_in_stream is None:
-            cur = await conn.execute(
-                "SELECT relkind FROM pg_class WHERE oid = to_regclass('driver_stats_1h')"
-            )
-            row = await cur.fetchone()
+            async with self._pool.connection() as conn:
+                cur = await conn.execute(
+                    "SELECT relkind FROM pg_class WHERE oid = to_regclass('driver_stats_1h')"
+                )
+                row = await cur.fetchone()
             self._hourly_in_stream = row is not None and row[0] == "r"
         return self._hourly_in_stream
 

@@ -8,7 +8,8 @@ positions.
 The backlog is a fleet's: `drivers` drivers, each record one request of `batch` pings
 along the driver's road, a second apart, dated in the last hour. Options (--set
 KEY=VALUE): pings (per backlog, default 2000000), batch (pings per record, default 10),
-drivers (default 15000), timeout_s (per drain, default 1800)."""
+drivers (default 15000), late_pct and dup_pct (records delayed past their driver's next
+ones, and produced twice; default 0), timeout_s (per drain, default 1800)."""
 
 import asyncio
 import contextlib
@@ -21,6 +22,7 @@ from typing import Any
 
 import orjson
 
+from bench import sql_split
 from bench.baselines.bare_consumer import drain_copy
 from bench.baselines.bare_producer import produce_each
 from bench.harness import STREAMS_GROUP, drain_stream, paused
@@ -72,6 +74,23 @@ def backlog(pings: int, batch: int, drivers: int) -> list[tuple[bytes, bytes]]:
     return records
 
 
+def disorder(
+    records: list[tuple[bytes, bytes]], late_pct: float, dup_pct: float, drivers: int
+) -> list[tuple[bytes, bytes]]:
+    """The backlog with `late_pct` % of its records delayed and `dup_pct` % produced twice,
+    each by up to three rounds of the fleet: a delayed record lands after its driver's next
+    ones, so its pings are late (a retry after a 503, a phone's offline flush)."""
+    rng = random.Random(7)
+    keyed = []
+    for i, record in enumerate(records):
+        delayed = rng.random() * 100 < late_pct
+        keyed.append((i + rng.randint(1, 3 * drivers) if delayed else i, record))
+        if rng.random() * 100 < dup_pct:
+            keyed.append((i + rng.randint(1, 3 * drivers), record))
+    keyed.sort(key=lambda pair: pair[0])
+    return [record for _, record in keyed]
+
+
 def _lags(stack: Stack) -> list[PartitionLag]:
     return asyncio.run(
         consumer_group_lag(stack.config.kafka_bootstrap, STREAMS_GROUP, [topics.PINGS])
@@ -94,6 +113,7 @@ def _drain(stack: Stack, workers: int, records: list[tuple[bytes, bytes]], pings
         after = {p.partition: p.end_offset for p in _lags(stack)}
         # The workers go on here; their session (10 s) outlives the preload when it is quick.
     processes = {n: r.ref for n, r in stack.records.items() if r.ref.alive()}
+    sql_split.reset(stack.config)
     sampler = Sampler(
         processes, stack.config.kafka_bootstrap, STREAMS_GROUP, [topics.PINGS], sample_lag=False
     ).start()
@@ -107,6 +127,10 @@ def _drain(stack: Stack, workers: int, records: list[tuple[bytes, bytes]], pings
     finally:
         sampler.stop()
     seconds = time.monotonic() - started
+    statements = sql_split.top(stack.config)
+    # Each flush copies its batch into the staging table once.
+    flushes = max((s.calls for s in statements if s.query.startswith("COPY pings_in")), default=0)
+    cpu_pct = sampler.mean_cpu_pct()
     return {
         "name": f"stream, {workers} worker(s)",
         "workers": workers,
@@ -116,8 +140,21 @@ def _drain(stack: Stack, workers: int, records: list[tuple[bytes, bytes]], pings
         "seconds": round(seconds, 1),
         "pings_per_s": round(pings / seconds, 1),
         "records_per_s": round(len(records) / seconds, 1),
-        "cpu_pct": sampler.mean_cpu_pct(),
+        "cpu_pct": cpu_pct,
+        "cpu_us_per_ping": _cpu_us_per_ping(cpu_pct, seconds, pings),
+        "flushes": flushes,
+        "statements": [s.as_report(flushes) for s in statements],
         "offsets": {"start": before, "end": after},  # by partition
+    }
+
+
+def _cpu_us_per_ping(cpu_pct: dict[str, float], seconds: float, pings: int) -> dict[str, float]:
+    """CPU microseconds per ping stored, of PostgreSQL (the primary) and of the workers."""
+    workers = sum(v for k, v in cpu_pct.items() if k.startswith("streams-"))
+    database = cpu_pct.get("postgres-primary", 0.0)
+    return {
+        name: round(pct / 100 * seconds * 1e6 / pings, 1)
+        for name, pct in (("postgres", database), ("workers", workers))
     }
 
 
@@ -126,11 +163,13 @@ def run(stack: Stack, options: dict[str, Any]) -> dict[str, Any]:
     batch = int(options.get("batch", 10))
     drivers = int(options.get("drivers", 15000))
     timeout_s = float(options.get("timeout_s", 1800))
+    late_pct = float(options.get("late_pct", 0))
+    dup_pct = float(options.get("dup_pct", 0))
     workers_before = len(_streams(stack))
     phases = []
     try:
         for workers in (1, 2):
-            records = backlog(pings, batch, drivers)
+            records = disorder(backlog(pings, batch, drivers), late_pct, dup_pct, drivers)
             phases.append(_drain(stack, workers, records, pings, timeout_s))
         phases[0].pop("offsets")
     finally:
@@ -162,7 +201,14 @@ def run(stack: Stack, options: dict[str, Any]) -> dict[str, Any]:
     for phase in phases:
         phase["accepted_pings_per_s"] = phase["pings_per_s"]  # what plot_phases draws
     return {
-        "config": {"pings": pings, "batch": batch, "drivers": drivers, "cpus": os.cpu_count()},
+        "config": {
+            "pings": pings,
+            "batch": batch,
+            "drivers": drivers,
+            "late_pct": late_pct,
+            "dup_pct": dup_pct,
+            "cpus": os.cpu_count(),
+        },
         "phases": phases,
     }
 
@@ -173,6 +219,12 @@ def summary(report: dict[str, Any]) -> list[str]:
         f"{config['cpus']} cores, whole stack on the same machine; a backlog of "
         f"{config['pings']:,} pings in records of {config['batch']} from {config['drivers']:,} "
         "drivers, preloaded while the workers were frozen, per phase"
+        + (
+            f"; {config['late_pct']:g} % of the records late, {config['dup_pct']:g} % twice"
+            " (pings/s counts each ping once)"
+            if config.get("late_pct") or config.get("dup_pct")
+            else ""
+        )
     ]
     for p in report["phases"]:
         cpu = ", ".join(f"{k} {v:.0f}%" for k, v in p["cpu_pct"].items() if v >= 5)
@@ -180,6 +232,17 @@ def summary(report: dict[str, Any]) -> list[str]:
             f"{p['name']}: {p['pings_per_s']:,.0f} pings/s ({p['records_per_s']:,.0f} "
             f"records/s), {p['pings']:,} pings in {p['seconds']} s; CPU: {cpu}"
         )
+        if "cpu_us_per_ping" in p:
+            per_ping = p["cpu_us_per_ping"]
+            lines.append(
+                f"  CPU per ping: PostgreSQL {per_ping['postgres']} us, workers "
+                f"{per_ping['workers']} us; {p['flushes']:,} flushes; time by statement:"
+            )
+            lines += sql_split.lines(
+                [sql_split.Statement(s["query"], s["calls"], s["total_ms"], s["rows"],
+                                     s["top_level"]) for s in p["statements"]],
+                p["flushes"],
+            )  # fmt: skip
     by_name = {p["name"]: p for p in report["phases"]}
     two = by_name["stream, 2 worker(s)"]["pings_per_s"]
     bare = by_name["bare consumer + COPY (ceiling)"]["pings_per_s"]

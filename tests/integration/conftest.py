@@ -4,15 +4,17 @@ Redis, and our services) on free ports in a scratch state dir, and stop it after
 import os
 import shutil
 import time
+import uuid
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
+import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from infra import postgres, timescaledb
 from infra import stack as stack_module
-from infra import timescaledb
 from infra.config import StackConfig
 from infra.stack import Stack
 from runtime.auth import issue_token
@@ -108,3 +110,21 @@ def wait_for(probe: Callable[[], T | None], timeout_s: float = 30.0, interval_s:
         if time.monotonic() > deadline:
             pytest.fail(f"condition not met within {timeout_s} s")
         time.sleep(interval_s)  # the poll interval; the deadline above bounds the wait
+
+
+def superuser(config: StackConfig, dbname: str = postgres.DATABASE) -> psycopg.Connection[Any]:
+    dsn = postgres.superuser_dsn(config).replace("dbname=postgres", f"dbname={dbname}")
+    return psycopg.connect(dsn, autocommit=True)
+
+
+@pytest.fixture
+def fresh_database(config: StackConfig) -> Iterator[str]:
+    """An empty database on the stack's primary, owned by the app role."""
+    name = f"migrations_{uuid.uuid4().hex[:8]}"
+    with superuser(config, "postgres") as conn:
+        conn.execute(f"CREATE DATABASE {name} OWNER {postgres.APP_USER}")
+    try:
+        yield postgres.dsn(config, "primary", dbname=name)
+    finally:
+        with superuser(config, "postgres") as conn:
+            conn.execute(f"DROP DATABASE {name} WITH (FORCE)")

@@ -3,6 +3,7 @@
 from collections import defaultdict
 from datetime import datetime, timedelta
 from itertools import pairwise
+from typing import Any
 
 import psycopg
 
@@ -62,3 +63,85 @@ def assert_same(actual: Stats, expected: Stats) -> None:
     for key, (n, dist) in expected.items():
         assert actual[key][0] == n, key
         assert abs(actual[key][1] - dist) <= 1e-6 * max(1.0, dist), key
+
+
+# The whole database's aggregates (a scratch database's): every column, every table.
+Row = tuple[float | None, ...]
+
+
+def _close(a: Row, b: Row) -> bool:
+    return all(
+        (x is None and y is None)
+        or (x is not None and y is not None and abs(x - y) <= 1e-6 * max(1.0, abs(y)))
+        for x, y in zip(a, b, strict=True)
+    )
+
+
+def exact_aggregates(conn: psycopg.Connection[Any]) -> dict[str, dict[tuple[Any, ...], Row]]:
+    """Every aggregate recomputed from the raw pings: per driver-minute and driver-hour
+    (pings, distance, average and top speed), per cell-minute (distinct drivers)."""
+    raw = conn.execute(
+        "SELECT driver_id, ts, lat, lon, speed_mps, h3_cell FROM pings"
+        " WHERE NOT (flags && '{future,teleport}'::text[]) ORDER BY driver_id, ts, ping_id"
+    ).fetchall()
+    sums: dict[str, dict[tuple[Any, ...], list[Any]]] = {"minutes": {}, "hours": {}}
+    cells: dict[tuple[int, datetime], set[str]] = defaultdict(set)
+    previous = None
+    for driver, ts, lat, lon, speed, cell in raw:
+        bucket = minute(ts)
+        step = 0.0
+        if (
+            previous is not None
+            and previous[0] == driver
+            and previous[1] >= bucket - timedelta(minutes=1)
+        ):
+            step = haversine_m(previous[2], previous[3], lat, lon)
+        for table, key in (
+            ("minutes", (driver, bucket)),
+            ("hours", (driver, bucket.replace(minute=0))),
+        ):
+            acc = sums[table].setdefault(key, [0, 0.0, [], None])
+            acc[0] += 1
+            acc[1] += step
+            if speed is not None:
+                acc[2].append(speed)
+                acc[3] = speed if acc[3] is None else max(acc[3], speed)
+        cells[(cell, bucket)].add(driver)
+        previous = (driver, ts, lat, lon)
+    out: dict[str, dict[tuple[Any, ...], Row]] = {
+        table: {
+            key: (n, dist, sum(speeds) / len(speeds) if speeds else None, top)
+            for key, (n, dist, speeds, top) in rows.items()
+        }
+        for table, rows in sums.items()
+    }
+    out["cells"] = {key: (len(drivers),) for key, drivers in cells.items()}
+    return out
+
+
+def stored_aggregates(conn: psycopg.Connection[Any]) -> dict[str, dict[tuple[Any, ...], Row]]:
+    stats = "SELECT driver_id, bucket, pings, distance_m, avg_speed_mps, max_speed_mps FROM "
+    return {
+        "minutes": {(d, b): r for d, b, *r in conn.execute(stats + "driver_stats_1m")},
+        "hours": {(d, b): r for d, b, *r in conn.execute(stats + "driver_stats_1h")},
+        "cells": {
+            (c, b): (n,)
+            for c, b, n in conn.execute("SELECT cell, bucket, drivers FROM cell_density_1m")
+        },
+    }
+
+
+def assert_aggregates_exact(dsn: str, *, hourly: bool = True) -> None:
+    """Every stored aggregate row equals its recomputation from the raw pings, and there is
+    a stored row for every recomputed one. `hourly=False` leaves the hourly rollup out (on
+    TimescaleDB a continuous aggregate, refreshed on its own schedule)."""
+    with psycopg.connect(dsn) as conn:
+        expected, actual = exact_aggregates(conn), stored_aggregates(conn)
+    for table in ("minutes", "hours", "cells") if hourly else ("minutes", "cells"):
+        assert actual[table].keys() == expected[table].keys(), table
+        wrong = {
+            key: (actual[table][key], row)
+            for key, row in expected[table].items()
+            if not _close(tuple(actual[table][key]), row)
+        }
+        assert not wrong, f"{table}: stored vs recomputed {wrong}"

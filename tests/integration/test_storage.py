@@ -3,7 +3,7 @@ TimescaleDB's own features (compression, the continuous aggregate) on real Times
 
 import asyncio
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -22,11 +22,6 @@ from tests.integration.driving import ping_at, post, stored, wait_stored
 from tests.integration.recompute import Stats, assert_same, recomputed_hourly, stored_stats
 
 pytestmark = [pytest.mark.integration, pytest.mark.storage]
-
-
-def superuser(config: StackConfig, dbname: str = postgres.DATABASE) -> psycopg.Connection[Any]:
-    dsn = postgres.superuser_dsn(config).replace("dbname=postgres", f"dbname={dbname}")
-    return psycopg.connect(dsn, autocommit=True)
 
 
 def primary(config: StackConfig) -> psycopg.Connection[Any]:
@@ -96,19 +91,6 @@ def test_primary_and_replica_run_the_chosen_storage(config: StackConfig) -> None
                 assert conn.execute("SHOW timescaledb.telemetry_level").fetchone() == ("off",)
         described = postgres.describe(config, role)["storage"]
         assert described == ("native" if not expected else f"timescaledb {timescaledb.VERSION}")
-
-
-@pytest.fixture
-def fresh_database(config: StackConfig) -> Iterator[str]:
-    """An empty database on the stack's primary, owned by the app role."""
-    name = f"migrations_{uuid.uuid4().hex[:8]}"
-    with superuser(config, "postgres") as conn:
-        conn.execute(f"CREATE DATABASE {name} OWNER {postgres.APP_USER}")
-    try:
-        yield postgres.dsn(config, "primary", dbname=name)
-    finally:
-        with superuser(config, "postgres") as conn:
-            conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
 
 
 def test_migrations_apply_once_and_keep_their_storage(fresh_database: str) -> None:

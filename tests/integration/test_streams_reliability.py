@@ -24,6 +24,7 @@ from runtime.geo import destination
 from runtime.kafka_lag import consumer_group_lag
 from schemas import topics
 from schemas.auth import Role
+from streams.locks import key_partition, partition_lock
 from tests.integration.conftest import scratch_config, wait_for
 from tests.integration.recompute import assert_stats_match
 
@@ -248,10 +249,11 @@ def test_a_transaction_left_open_by_a_paused_worker_blocks_the_others_only_brief
     config = own_stack.config
     driver = f"zombie-{uuid.uuid4().hex[:8]}"
     # What a worker paused mid-batch leaves behind: an open transaction, through PgBouncer,
-    # holding the driver's lock. Without the server's idle-in-transaction timeout the live
-    # worker would wait for it forever.
+    # holding the lock of the driver's partition. Without the server's idle-in-transaction
+    # timeout the live worker would wait for it forever.
     zombie = psycopg.connect(pgbouncer.dsn(config, read_only=False))
-    zombie.execute("SELECT pg_advisory_xact_lock(hashtextextended('driver:' || %s, 0))", [driver])
+    lock = partition_lock(key_partition(driver, topics.DRIVER_TOPIC_PARTITIONS))
+    zombie.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [lock])
     ts = datetime.now(UTC).isoformat()
     jwt = issue_token(config.jwt_private_key, sub=driver, role=Role.DRIVER)
     r = httpx.post(
@@ -260,6 +262,17 @@ def test_a_transaction_left_open_by_a_paused_worker_blocks_the_others_only_brief
         headers={"Authorization": f"Bearer {jwt}"},
     )
     assert r.status_code == 202
+
+    def worker_waits_on_the_lock() -> bool | None:
+        with psycopg.connect(postgres.dsn(config, "primary")) as conn:
+            waiting = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE wait_event_type = 'Lock' AND wait_event = 'advisory'"
+            ).fetchone()
+        return True if waiting and waiting[0] else None
+
+    # The live worker's batch takes the same lock, and waits (the lock is the right one).
+    wait_for(worker_waits_on_the_lock, timeout_s=30)
     limit = config.idle_in_transaction_timeout_s + 30
     wait_for(lambda: True if stored_ids(config, [driver]) else None, timeout_s=limit)
     with pytest.raises(psycopg.Error, match="idle-in-transaction"):

@@ -10,6 +10,7 @@ import pytest
 
 from schemas.pings import Ping, PingBatchRecord
 from streams.clean import CleanBatch, clean
+from streams.decode import Incoming
 from streams.errors import BadData, SendFailed, SinkUnavailable
 from streams.metrics import StreamsMetrics
 from streams.pipeline import Backoff, Outgoing, PingBatchProcessor, Stopping
@@ -37,7 +38,8 @@ class FakeSink:
         self.calls = 0
         self.retried = asyncio.Event()
 
-    async def write(self, records: list[PingBatchRecord]) -> CleanBatch:
+    async def write(self, batch: list[Incoming]) -> CleanBatch:
+        records = [i.record for i in batch]
         self.calls += 1
         if self.calls >= 3:
             self.retried.set()
@@ -105,9 +107,9 @@ async def test_sends_happen_after_the_write() -> None:
     order: list[str] = []
 
     class Recording(FakeSink):
-        async def write(self, records: list[PingBatchRecord]) -> CleanBatch:
+        async def write(self, batch: list[Incoming]) -> CleanBatch:
             order.append("write")
-            return await super().write(records)
+            return await super().write(batch)
 
     await processor(Recording(), FakeSender(log=order)).process([message("a"), (None, b"junk")])
     assert order == ["write", "send"]
@@ -134,13 +136,13 @@ class RaisingSink(FakeSink):
         self.error = error
         self.raised_often = asyncio.Event()
 
-    async def write(self, records: list[PingBatchRecord]) -> CleanBatch:
-        if any(r.driver_id in self.poison for r in records):
+    async def write(self, batch: list[Incoming]) -> CleanBatch:
+        if any(i.record.driver_id in self.poison for i in batch):
             self.calls += 1
             if self.calls >= 20:  # past the unexpected retries and isolation, several times
                 self.raised_often.set()
             raise self.error
-        return await super().write(records)
+        return await super().write(batch)
 
 
 async def test_a_record_raising_an_unexpected_error_is_isolated_and_the_rest_stored() -> None:
@@ -185,10 +187,10 @@ async def test_a_stop_lets_a_healthy_write_finish_within_the_grace_period() -> N
     release, entered = asyncio.Event(), asyncio.Event()
 
     class Slow(FakeSink):
-        async def write(self, records: list[PingBatchRecord]) -> CleanBatch:
+        async def write(self, batch: list[Incoming]) -> CleanBatch:
             entered.set()
             await release.wait()
-            return await super().write(records)
+            return await super().write(batch)
 
     sink = Slow()
     proc = processor(sink, FakeSender(), grace_s=5.0)
