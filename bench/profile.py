@@ -21,7 +21,13 @@ AREAS = (
     ("JWT (PyJWT, cryptography)", re.compile(r"jwt/|cryptography/")),
     ("pydantic", re.compile(r"pydantic")),
     ("metrics (prometheus-client)", re.compile(r"prometheus_client/")),
-    ("our code (ingest/, runtime/, schemas/)", re.compile(r"^(.*/)?(ingest|runtime|schemas)/")),
+    ("stream framework (Faust, mode)", re.compile(r"faust/|mode/")),
+    ("PostgreSQL client (psycopg)", re.compile(r"psycopg")),
+    ("H3", re.compile(r"h3/")),
+    (
+        "our code (ingest/, streams/, runtime/, schemas/)",
+        re.compile(r"^(.*/)?(ingest|streams|runtime|schemas)/"),
+    ),
     ("event loop and sockets (asyncio, uvloop)", re.compile(r"asyncio/|uvloop")),
 )
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^:()]*):\d+\)$")

@@ -157,6 +157,7 @@ def create_app(
         backoff=Backoff(max_s=settings.retry_backoff_max_s),
         shutdown_grace_s=settings.shutdown_grace_s,
         max_pings=settings.batch_max_pings,
+        concurrent_flushes=settings.concurrent_flushes,
     )
 
     @app.agent(pings)

@@ -18,7 +18,6 @@ from schemas.pings import MAX_SPEED_MPS, Ping, PingBatchRecord
 FUTURE = "future"  # fix time too far ahead of the record's receipt: a wrong device clock
 LATE = "late"  # not newer than the driver's latest position
 TELEPORT = "teleport"  # implied speed from the previous valid ping above MAX_SPEED_MPS
-NOT_COUNTED = (FUTURE, TELEPORT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +44,7 @@ class CleanPing:
     @property
     def counted(self) -> bool:
         """Whether it counts in the aggregates."""
-        return not any(flag in NOT_COUNTED for flag in self.flags)
+        return FUTURE not in self.flags and TELEPORT not in self.flags
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +84,9 @@ def clean(
     for driver_id, pings in by_driver.items():
         stored = latest.get(driver_id)
         previous = stored
-        for ping, received_at in sorted(pings.values(), key=lambda p: (p[0].ts, str(p[0].ping_id))):
+        # By time, then id (as the database orders a driver's pings: uuids compare as
+        # their 128-bit numbers in both).
+        for ping, received_at in sorted(pings.values(), key=lambda p: (p[0].ts, p[0].ping_id)):
             flags: tuple[str, ...] = ()
             if ping.ts > received_at + future_tolerance:
                 flags = (FUTURE,)

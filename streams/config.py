@@ -35,6 +35,8 @@ class StreamsSettings(ServiceSettings):
     # Large under a backlog, small at a trickle (the time bound sends whatever is there).
     batch_max: int = 5_000
     batch_max_pings: int = 5_000
+    # Transactions of one batch in flight at once (each its own pool connection).
+    concurrent_flushes: int = 2
     batch_within_s: float = 0.1
     # Writes and sends retry with jittered backoff for as long as they fail; offsets do
     # not move meanwhile.

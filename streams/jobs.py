@@ -28,8 +28,13 @@ def resolve_job_id(ping: CleanPing, assigned: set[tuple[UUID, str]]) -> UUID | N
 def arrivals(pings: list[CleanPing], jobs: list[ActiveJob], radius_m: float) -> list[UUID]:
     """The jobs whose driver has a valid fix in this batch within `radius_m` of the
     dropoff (the database records the first arrival only)."""
+    if not jobs:
+        return []
+    drivers = {job.driver_id for job in jobs}
     fixes: dict[str, list[tuple[float, float]]] = {}
     for p in pings:
+        if p.driver_id not in drivers:
+            continue
         if p.counted:  # a teleport or a future fix says nothing about where it was
             fixes.setdefault(p.driver_id, []).append((p.ping.lat, p.ping.lon))
     return [

@@ -47,17 +47,19 @@ class StreamsMetrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
             registry=self.registry,
         )
-        # Freshness (docs/ops.md): how old a ping is when its row commits, from the
-        # device's fix (delays on the phone included) and from ingest's receipt (ours only).
+        # Freshness (docs/ops.md): how old a record's newest ping is when its rows commit,
+        # from the device's fix (delays on the phone included) and from ingest's receipt
+        # (ours only). One observation per record, not per ping: cheaper, and a record's
+        # pings are stored together.
         self.fix_to_stored = Histogram(
             "streams_fix_to_stored_seconds",
-            "From a ping's fix time to its row committed",
+            "From a record's newest fix to its rows committed",
             buckets=FRESHNESS_BUCKETS,
             registry=self.registry,
         )
         self.received_to_stored = Histogram(
             "streams_received_to_stored_seconds",
-            "From ingest's receipt of a ping to its row committed",
+            "From ingest's receipt of a record to its rows committed",
             buckets=FRESHNESS_BUCKETS,
             registry=self.registry,
         )

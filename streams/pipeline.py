@@ -3,6 +3,7 @@ positions. It returns only when all of that is durable, so the Faust agent aroun
 the batch's offsets only after everything the batch produced is stored or acked by Kafka."""
 
 import asyncio
+import collections
 import logging
 import random
 import time
@@ -85,22 +86,48 @@ class _Written:
         return _Written(moved, self.pings + other.pings, self.dead + other.dead)
 
 
+def flushes(incoming: list[Incoming], max_pings: int) -> list[list[Incoming]]:
+    """The batch as transactions of at most `max_pings` pings (a larger record alone), each
+    partition's records in their order. A partition is split only when it alone is larger;
+    otherwise whole partitions share a flush, so flushes lock partitions no other flush
+    does, and run side by side. Parts of one partition are spread out, not adjacent: they
+    share a lock and would wait on each other."""
+    groups: dict[int, list[Incoming]] = {}
+    for i in incoming:
+        groups.setdefault(-1 if i.partition is None else i.partition, []).append(i)
+    whole: list[list[Incoming]] = []
+    rounds: list[list[list[Incoming]]] = [whole]
+    pings = 0
+    for records in groups.values():
+        parts = by_pings(records, max_pings)
+        if len(parts) > 1:
+            rounds.append(parts)
+            continue
+        size = sum(len(i.record.pings) for i in records)
+        if not whole or pings + size > max_pings:
+            whole.append([])
+            pings = 0
+        whole[-1].extend(records)
+        pings += size
+    longest = max(len(r) for r in rounds)
+    return [r[n] for n in range(longest) for r in rounds if n < len(r)]
+
+
 def by_pings(incoming: list[Incoming], max_pings: int) -> list[list[Incoming]]:
-    """The records in order, in flushes of at most `max_pings` pings (a record larger than
-    that alone): one transaction's size follows its rows, whatever the records hold."""
-    flushes: list[list[Incoming]] = []
+    """The records in order, in runs of at most `max_pings` pings (a larger record alone)."""
+    runs: list[list[Incoming]] = []
     current: list[Incoming] = []
     pings = 0
     for i in incoming:
         n = len(i.record.pings)
         if current and pings + n > max_pings:
-            flushes.append(current)
+            runs.append(current)
             current, pings = [], 0
         current.append(i)
         pings += n
     if current:
-        flushes.append(current)
-    return flushes
+        runs.append(current)
+    return runs
 
 
 def position_update(moved: CleanPing) -> PositionUpdate:
@@ -126,6 +153,7 @@ class PingBatchProcessor:
         rng: random.Random | None = None,
         unexpected_retries: int = 3,
         max_pings: int = 5_000,
+        concurrent_flushes: int = 1,
     ) -> None:
         self._sink = sink
         self._sender = sender
@@ -140,6 +168,9 @@ class PingBatchProcessor:
         self._unexpected_retries = unexpected_retries
         # Pings per sink transaction: the consumer's batches are cut to this.
         self._max_pings = max_pings
+        # A batch's flushes run this many at a time, each in its own transaction: while
+        # one waits on the database, the next is cleaned and copied.
+        self._flushing = asyncio.Semaphore(concurrent_flushes)
         self._stopping = asyncio.Event()
         self.health = Health()
 
@@ -160,8 +191,10 @@ class PingBatchProcessor:
                 extra={"request_id": bad.request_id},
             )
         written = _Written()
-        for flush in by_pings(incoming, self._max_pings):
-            written = written.merge(await self._write(flush))
+        for flushed in await asyncio.gather(
+            *(self._write(flush) for flush in flushes(incoming, self._max_pings))
+        ):
+            written = written.merge(flushed)
         stored_at = datetime.now(UTC)
         dead = poison + written.dead
         outgoing = [self._dead_letter(p) for p in dead] + [
@@ -181,6 +214,10 @@ class PingBatchProcessor:
         self.health.last_write = self._clock()
 
     async def _write(self, incoming: list[Incoming]) -> _Written:
+        async with self._flushing:
+            return await self._write_retrying(incoming)
+
+    async def _write_retrying(self, incoming: list[Incoming]) -> _Written:
         try:
             return await self._retry(
                 "write", lambda: self._write_isolating(incoming), self._unexpected_retries
@@ -290,13 +327,22 @@ class PingBatchProcessor:
     def _count(
         self, records: int, written: _Written, dead: list[Poison], stored_at: datetime
     ) -> None:
+        # Freshness per record (a driver's request), from its newest fix: per ping, the
+        # histograms cost more than the rest of a ping's accounting.
+        newest: dict[tuple[str, datetime], datetime] = {}
+        flagged: collections.Counter[str] = collections.Counter()
         for clean in written.pings:
-            fix_age = (stored_at - clean.ping.ts).total_seconds()
-            self._metrics.fix_to_stored.observe(max(fix_age, 0.0))
-            receipt_age = (stored_at - clean.received_at).total_seconds()
+            key = (clean.driver_id, clean.received_at)
+            if key not in newest or clean.ping.ts > newest[key]:
+                newest[key] = clean.ping.ts
+            if clean.flags:
+                flagged.update(clean.flags)
+        for (_, received_at), fix in newest.items():
+            self._metrics.fix_to_stored.observe(max((stored_at - fix).total_seconds(), 0.0))
+            receipt_age = (stored_at - received_at).total_seconds()
             self._metrics.received_to_stored.observe(max(receipt_age, 0.0))
         self._metrics.records.inc(records)
         self._metrics.pings.inc(len(written.pings))
         self._metrics.poison.inc(len(dead))
         for flag in (FUTURE, LATE, TELEPORT):
-            self._metrics.flagged.labels(flag).inc(sum(1 for p in written.pings if flag in p.flags))
+            self._metrics.flagged.labels(flag).inc(flagged[flag])

@@ -12,6 +12,7 @@ import psycopg
 from psycopg import AsyncConnection, sql
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from schemas.pings import PingBatchRecord
 from schemas.topics import DRIVER_TOPIC_PARTITIONS
 from streams.clean import CleanBatch, Position, clean
 from streams.decode import Incoming
@@ -111,6 +112,13 @@ _TRANSIENT = (psycopg.OperationalError, PoolTimeout, TimeoutError, OSError)
 _DATA = (psycopg.DataError, psycopg.IntegrityError)
 
 
+def _days(records: list[PingBatchRecord]) -> set[date]:
+    """The UTC days the records' pings fall on: every day from the first to the last."""
+    first = min(p.ts for r in records for p in r.pings).astimezone(UTC).date()
+    last = max(p.ts for r in records for p in r.pings).astimezone(UTC).date()
+    return {first + timedelta(days=n) for n in range((last - first).days + 1)}
+
+
 class PingSink:
     """Writes batches of `pings.v1` records, each in one transaction. Idempotent: writing a
     batch again (a replay after a crash, an overlap during a rebalance) stores nothing
@@ -140,7 +148,7 @@ class PingSink:
         drivers = sorted({r.driver_id for r in records})
         claimed = sorted({p.job_id for r in records for p in r.pings if p.job_id is not None})
         try:
-            await self._ensure_days({p.ts.astimezone(UTC).date() for r in records for p in r.pings})
+            await self._ensure_days(_days(records))
             hourly = await self._maintains_hourly()
             async with self._pool.connection() as conn, conn.transaction():
                 async with conn.pipeline():

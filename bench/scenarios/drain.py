@@ -9,20 +9,24 @@ The backlog is a fleet's: `drivers` drivers, each record one request of `batch` 
 along the driver's road, a second apart, dated in the last hour. Options (--set
 KEY=VALUE): pings (per backlog, default 2000000), batch (pings per record, default 10),
 drivers (default 15000), late_pct and dup_pct (records delayed past their driver's next
-ones, and produced twice; default 0), timeout_s (per drain, default 1800)."""
+ones, and produced twice; default 0), timeout_s (per drain, default 1800), profile_s
+(py-spy on a worker for that many seconds from the start of each drain; default 0)."""
 
 import asyncio
+import concurrent.futures
 import contextlib
 import os
 import random
+import tempfile
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
 
-from bench import sql_split
+from bench import profile, sql_split
 from bench.baselines.bare_consumer import drain_copy
 from bench.baselines.bare_producer import produce_each
 from bench.harness import STREAMS_GROUP, drain_stream, paused
@@ -102,7 +106,7 @@ def _streams(stack: Stack) -> list[ProcessRef]:
 
 
 def _drain(stack: Stack, workers: int, records: list[tuple[bytes, bytes]], pings: int,
-           timeout_s: float) -> dict[str, Any]:  # fmt: skip
+           timeout_s: float, profile_s: int) -> dict[str, Any]:  # fmt: skip
     stack.scale("streams", workers)
     drain_stream(stack)  # from a caught-up stream
     with contextlib.ExitStack() as frozen:
@@ -118,6 +122,13 @@ def _drain(stack: Stack, workers: int, records: list[tuple[bytes, bytes]], pings
         processes, stack.config.kafka_bootstrap, STREAMS_GROUP, [topics.PINGS], sample_lag=False
     ).start()
     started = time.monotonic()
+    profiling = concurrent.futures.ThreadPoolExecutor(1)
+    profiled = None
+    if profile_s:
+        # Where a worker's own CPU goes while it drains (py-spy, from the start).
+        raw = Path(tempfile.mkdtemp(prefix="drain-profile-")) / f"streams-{workers}.txt"
+        worker = _streams(stack)[0].pid
+        profiled = profiling.submit(profile.record, worker, profile_s, raw)
     try:
         drained = wait_until(
             lambda: sum(p.lag_messages for p in _lags(stack)) == 0, timeout_s, interval_s=0.5
@@ -126,6 +137,7 @@ def _drain(stack: Stack, workers: int, records: list[tuple[bytes, bytes]], pings
             raise TimeoutError(f"{workers} worker(s) did not drain within {timeout_s:g} s")
     finally:
         sampler.stop()
+        profiling.shutdown()
     seconds = time.monotonic() - started
     statements = sql_split.top(stack.config)
     # Each flush copies its batch into the staging table once.
@@ -144,6 +156,7 @@ def _drain(stack: Stack, workers: int, records: list[tuple[bytes, bytes]], pings
         "cpu_us_per_ping": _cpu_us_per_ping(cpu_pct, seconds, pings),
         "flushes": flushes,
         "statements": [s.as_report(flushes) for s in statements],
+        "profile": profile.summarise(profiled.result()).as_dict() if profiled else None,
         "offsets": {"start": before, "end": after},  # by partition
     }
 
@@ -165,12 +178,13 @@ def run(stack: Stack, options: dict[str, Any]) -> dict[str, Any]:
     timeout_s = float(options.get("timeout_s", 1800))
     late_pct = float(options.get("late_pct", 0))
     dup_pct = float(options.get("dup_pct", 0))
+    profile_s = int(options.get("profile_s", 0))
     workers_before = len(_streams(stack))
     phases = []
     try:
         for workers in (1, 2):
             records = disorder(backlog(pings, batch, drivers), late_pct, dup_pct, drivers)
-            phases.append(_drain(stack, workers, records, pings, timeout_s))
+            phases.append(_drain(stack, workers, records, pings, timeout_s, profile_s))
         phases[0].pop("offsets")
     finally:
         stack.scale("streams", max(workers_before, 1))
@@ -238,6 +252,11 @@ def summary(report: dict[str, Any]) -> list[str]:
                 f"  CPU per ping: PostgreSQL {per_ping['postgres']} us, workers "
                 f"{per_ping['workers']} us; {p['flushes']:,} flushes; time by statement:"
             )
+            if p.get("profile"):
+                areas = ", ".join(f"{a} {v} %" for a, v in p["profile"]["area_pct"])
+                top = "; ".join(f"{f} {v} %" for f, v in p["profile"]["self_pct"][:8])
+                lines.append(f"  worker profile by area: {areas}")
+                lines.append(f"  worker profile, top functions (self): {top}")
             lines += sql_split.lines(
                 [sql_split.Statement(s["query"], s["calls"], s["total_ms"], s["rows"],
                                      s["top_level"]) for s in p["statements"]],

@@ -21,6 +21,18 @@
 -- minute rows of the hours recounted.
 DROP FUNCTION stream_recompute_aggregates(boolean);
 
+-- haversine_m (migration 0002) without STRICT, so that the planner inlines it into the
+-- queries below: it never inlines a STRICT SQL function whose body is not strict (least()
+-- is not), and calls it row by row instead, at several microseconds a call. Callers pass
+-- no NULLs.
+CREATE FUNCTION step_m(lat1 double precision, lon1 double precision,
+                       lat2 double precision, lon2 double precision)
+RETURNS double precision LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT 2 * 6371008.8 * asin(least(1.0, sqrt(
+        power(sin(radians(lat2 - lat1) / 2), 2)
+        + cos(radians(lat1)) * cos(radians(lat2)) * power(sin(radians(lon2 - lon1) / 2), 2))))
+$$;
+
 -- Returns how many driver minutes took each path (the stream's metrics show them).
 CREATE FUNCTION stream_apply_aggregates(maintain_hourly boolean,
     OUT incremented integer, OUT recounted integer)
@@ -59,9 +71,13 @@ BEGIN
             ORDER BY p.ts DESC, p.ping_id DESC LIMIT 1
         ) AS a
     ), steps AS (
-        SELECT driver_id, ts, speed_mps, anchor, lag(ts) OVER w AS prev_ts,
-            haversine_m(lag(lat) OVER w, lag(lon) OVER w, lat, lon) AS step_m
-        FROM anchored WINDOW w AS (PARTITION BY driver_id ORDER BY ts, ping_id)
+        SELECT driver_id, ts, speed_mps, anchor, prev_ts,
+            CASE WHEN prev_ts IS NOT NULL THEN step_m(prev_lat, prev_lon, lat, lon) END AS step_m
+        FROM (
+            SELECT driver_id, ts, lat, lon, speed_mps, anchor, lag(ts) OVER w AS prev_ts,
+                lag(lat) OVER w AS prev_lat, lag(lon) OVER w AS prev_lon
+            FROM anchored WINDOW w AS (PARTITION BY driver_id ORDER BY ts, ping_id)
+        ) AS ordered
     )
     SELECT driver_id, date_trunc('minute', ts), count(*),
         coalesce(sum(step_m) FILTER (
@@ -164,8 +180,13 @@ BEGIN
             ) AS prev
         ), steps AS (
             SELECT driver_id, bucket, ts, speed_mps,
-                haversine_m(lag(lat) OVER w, lag(lon) OVER w, lat, lon) AS step_m
-            FROM counted WINDOW w AS (PARTITION BY driver_id, bucket ORDER BY ts, ping_id)
+                CASE WHEN prev_lat IS NOT NULL THEN step_m(prev_lat, prev_lon, lat, lon) END
+                    AS step_m
+            FROM (
+                SELECT driver_id, bucket, ts, lat, lon, speed_mps, lag(lat) OVER w AS prev_lat,
+                    lag(lon) OVER w AS prev_lon
+                FROM counted WINDOW w AS (PARTITION BY driver_id, bucket ORDER BY ts, ping_id)
+            ) AS ordered
         )
         INSERT INTO driver_stats_1m (driver_id, bucket, pings, distance_m, avg_speed_mps,
             max_speed_mps, speed_sum, speed_n)

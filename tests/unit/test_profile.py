@@ -24,7 +24,7 @@ def test_shares_per_function_and_per_area(tmp_path: Path) -> None:
     assert dict(profile.inclusive_pct)["run (uvicorn/main.py)"] == 100.0
     areas = dict(profile.area_pct)
     assert areas["Kafka client (aiokafka)"] == 50.0
-    assert areas["our code (ingest/, runtime/, schemas/)"] == 30.0
+    assert areas["our code (ingest/, streams/, runtime/, schemas/)"] == 30.0
     assert areas["HTTP server (uvicorn, httptools)"] == 20.0
 
 

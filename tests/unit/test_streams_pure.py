@@ -9,7 +9,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from schemas.pings import Ping, PingBatchRecord
 from streams.decode import Incoming, split_batch
 from streams.locks import key_partition, lock_names
-from streams.pipeline import by_pings
+from streams.pipeline import by_pings, flushes
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
@@ -79,7 +79,24 @@ def test_a_record_outside_its_drivers_partition_also_takes_the_drivers_partition
 
 def test_flushes_are_bounded_by_pings_and_keep_the_records_order() -> None:
     batch = [incoming(f"d{i}", None, pings=n) for i, n in enumerate([3, 3, 3, 10, 1, 1])]
-    flushes = by_pings(batch, 6)
-    assert [[len(i.record.pings) for i in f] for f in flushes] == [[3, 3], [3], [10], [1, 1]]
-    assert [i for f in flushes for i in f] == batch
+    runs = by_pings(batch, 6)
+    assert [[len(i.record.pings) for i in f] for f in runs] == [[3, 3], [3], [10], [1, 1]]
+    assert [i for f in runs for i in f] == batch
     assert by_pings([], 6) == []
+
+
+def test_flushes_split_a_partition_only_when_it_alone_is_too_large() -> None:
+    small = [incoming(f"s{p}", p, pings=2) for p in (0, 1, 2, 0, 1, 2)]  # 4 pings each
+    large = [incoming("l", 5, pings=3) for _ in range(4)]  # 12 pings: split in two
+    cut = flushes(small + large, 6)
+    assert sorted(len(f) for f in cut) == [2, 2, 2, 2, 2]
+    for flush in cut:
+        assert sum(len(i.record.pings) for i in flush) <= 6
+        assert len({i.partition for i in flush}) == 1  # 4 + 4 > 6: no two small ones share
+    assert sorted(map(id, (i for f in cut for i in f))) == sorted(map(id, small + large))
+    # Each partition's records keep their order; the two parts of partition 5 are apart.
+    assert [i for f in cut for i in f if i.partition == 5] == large
+    fives = [n for n, f in enumerate(cut) if f[0].partition == 5]
+    assert fives[1] - fives[0] > 1
+    # Small partitions share a flush when they fit.
+    assert len(flushes(small[:3], 4)) == 2 and len(flushes(small[:3], 6)) == 1
