@@ -44,10 +44,13 @@ def reset(config: StackConfig) -> None:
 def top(config: StackConfig, limit: int = 15) -> list[Statement]:
     """The statements of the app's role that took the most time since `reset`."""
     with psycopg.connect(_dsn(config), autocommit=True) as conn:
+        # One statement has an entry per server connection when it reads temp tables
+        # (their oids differ): summed by text.
         rows = conn.execute(
-            "SELECT regexp_replace(s.query, '\\s+', ' ', 'g'), s.calls, s.total_exec_time,"
-            " s.rows, s.toplevel FROM pg_stat_statements s JOIN pg_roles r ON r.oid = s.userid"
-            " WHERE r.rolname = %s ORDER BY s.total_exec_time DESC LIMIT %s",
+            "SELECT regexp_replace(s.query, '\\s+', ' ', 'g') AS q, sum(s.calls)::bigint,"
+            " sum(s.total_exec_time) AS t, sum(s.rows)::bigint, s.toplevel"
+            " FROM pg_stat_statements s JOIN pg_roles r ON r.oid = s.userid"
+            " WHERE r.rolname = %s GROUP BY q, s.toplevel ORDER BY t DESC LIMIT %s",
             [postgres.APP_USER, limit],
         ).fetchall()
     return [Statement(q[:160], calls, total, n, toplevel) for q, calls, total, n, toplevel in rows]

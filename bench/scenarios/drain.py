@@ -263,10 +263,16 @@ def summary(report: dict[str, Any]) -> list[str]:
                 p["flushes"],
             )  # fmt: skip
     by_name = {p["name"]: p for p in report["phases"]}
-    two = by_name["stream, 2 worker(s)"]["pings_per_s"]
-    bare = by_name["bare consumer + COPY (ceiling)"]["pings_per_s"]
+    one = by_name["stream, 1 worker(s)"]["records_per_s"]
+    two = by_name["stream, 2 worker(s)"]["records_per_s"]
+    bare = by_name["bare consumer + COPY (ceiling)"]["records_per_s"]
+    # Over the same records (duplicates included, which the stream stores once).
     lines.append(
         f"GOAL stream drain with 2 workers >= 0.5 x bare consumer + COPY: {two:,.0f} vs "
-        f"{bare:,.0f} pings/s ({two / bare:.2f} x): {'met' if two >= 0.5 * bare else 'not met'}"
+        f"{bare:,.0f} records/s ({two / bare:.2f} x): {'met' if two >= 0.5 * bare else 'not met'}"
+    )
+    lines.append(
+        f"GOAL 2 workers >= 1.6 x 1 worker: {two:,.0f} vs {one:,.0f} records/s "
+        f"({two / one:.2f} x): {'met' if two >= 1.6 * one else 'not met'}"
     )
     return lines
