@@ -194,8 +194,17 @@ STATISTICS_SETTINGS = {
 }
 
 
+# The stream writes about 1 GB of WAL a minute while it drains a backlog: with the default
+# max_wal_size (1 GB) a checkpoint started every 25 s, and each one makes the next change
+# of every page write that page whole into the WAL. Compressed, those whole pages cost less.
+WAL_SETTINGS = {
+    "max_wal_size": "4GB",
+    "wal_compression": "lz4",
+}
+
+
 def command(config: StackConfig, role: str, *, timescaledb: bool) -> Command:
-    settings = STATISTICS_SETTINGS | (TIMESCALEDB_SETTINGS if timescaledb else {})
+    settings = STATISTICS_SETTINGS | WAL_SETTINGS | (TIMESCALEDB_SETTINGS if timescaledb else {})
     argv = [
         str(PG_BIN / "postgres"),
         "-D",

@@ -2,14 +2,37 @@
 waits for the broker's ack within a deadline and heals itself."""
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from aiokafka.partitioner import DefaultPartitioner, murmur2
 
 log = logging.getLogger(__name__)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _key_hash(key: bytes) -> int:
+    # aiokafka's murmur2 is pure Python (a few microseconds a key), and a fleet's keys, its
+    # drivers, come back every few seconds: recent ones are remembered.
+    return int(murmur2(key)) & 0x7FFFFFFF
+
+
+def key_partition(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner gives a key (murmur2, as the Java clients
+    and aiokafka's DefaultPartitioner)."""
+    return _key_hash(key) % partitions
+
+
+def partition_by_key(key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
+    """aiokafka's DefaultPartitioner with remembered hashes (the same partition per key)."""
+    if key is None:
+        chosen: int = DefaultPartitioner()(key, all_partitions, available)
+        return chosen
+    return all_partitions[key_partition(key, len(all_partitions))]
 
 
 def durable_producer(
@@ -25,6 +48,7 @@ def durable_producer(
         linger_ms=2,
         request_timeout_ms=request_timeout_ms,
         compression_type=None,
+        partitioner=partition_by_key,
     )
 
 

@@ -1,39 +1,38 @@
 """Pure decoding of `pings.v1` records into typed batches, poison separated out."""
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
+import msgspec
 from pydantic import ValidationError
 
-from schemas.pings import PingBatchRecord
+from schemas import pings_wire
+from schemas.pings_wire import WireRecord
 from streams.errors import InvalidMessage
 
 
-@dataclass(frozen=True, slots=True)
-class Incoming:
+class Incoming(msgspec.Struct, frozen=True, gc=False):
     """A decoded record with the bytes it came from (a record refused later by the
     database is dead-lettered as it arrived)."""
 
     key: bytes | None
     value: bytes
-    record: PingBatchRecord
+    record: WireRecord
     request_id: str | None = None  # the ingest request's, from the record's header
     partition: int | None = None  # of `pings.v1`: the sink locks by it
 
 
-@dataclass(frozen=True, slots=True)
-class Poison:
+class Poison(msgspec.Struct, frozen=True, gc=False):
     key: bytes | None
     value: bytes
     error: str
     request_id: str | None = None
 
 
-def decode_record(value: bytes) -> PingBatchRecord:
+def decode_record(value: bytes) -> WireRecord:
     """The record, or InvalidMessage: undecodable, the wrong schema, a malformed driver id,
     or a ping outside the record's time window (the stream trusts no producer)."""
     try:
-        return PingBatchRecord.model_validate_json(value)
+        return pings_wire.decode_record(value)
     except ValidationError as exc:
         raise InvalidMessage(str(exc)) from exc
 

@@ -6,17 +6,13 @@ transactions at once. At most one lock per partition, whatever the batch's size.
 
 from collections.abc import Iterable
 
-from aiokafka.partitioner import DefaultPartitioner
-
+from runtime import kafka
 from streams.decode import Incoming
-
-_PARTITIONER = DefaultPartitioner()
 
 
 def key_partition(driver_id: str, partitions: int) -> int:
     """The partition Kafka's default partitioner (murmur2 of the key) gives the driver."""
-    chosen: int = _PARTITIONER(driver_id.encode(), list(range(partitions)), [])
-    return chosen
+    return kafka.key_partition(driver_id.encode(), partitions)
 
 
 def partition_lock(partition: int) -> str:

@@ -3,7 +3,7 @@
 from datetime import datetime
 from uuid import UUID
 
-import h3
+from h3.api import basic_int as h3
 
 from streams.clean import CleanPing
 from streams.jobs import resolve_job_id
@@ -26,7 +26,8 @@ PingRow = tuple[
 
 
 def h3_cell(lat: float, lon: float) -> int:
-    return int(h3.str_to_int(h3.latlng_to_cell(lat, lon, H3_RESOLUTION)))
+    cell: int = h3.latlng_to_cell(lat, lon, H3_RESOLUTION)
+    return cell
 
 
 def ping_rows(

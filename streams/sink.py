@@ -12,7 +12,7 @@ import psycopg
 from psycopg import AsyncConnection, sql
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from schemas.pings import PingBatchRecord
+from schemas.pings_wire import WireRecord
 from schemas.topics import DRIVER_TOPIC_PARTITIONS
 from streams.clean import CleanBatch, Position, clean
 from streams.decode import Incoming
@@ -112,7 +112,7 @@ _TRANSIENT = (psycopg.OperationalError, PoolTimeout, TimeoutError, OSError)
 _DATA = (psycopg.DataError, psycopg.IntegrityError)
 
 
-def _days(records: list[PingBatchRecord]) -> set[date]:
+def _days(records: list[WireRecord]) -> set[date]:
     """The UTC days the records' pings fall on: every day from the first to the last."""
     first = min(p.ts for r in records for p in r.pings).astimezone(UTC).date()
     last = max(p.ts for r in records for p in r.pings).astimezone(UTC).date()

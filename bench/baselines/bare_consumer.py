@@ -1,6 +1,6 @@
-"""The stream's ceiling: a bare aiokafka consumer decoding the same records and storing their
-pings by COPY (staging table, then INSERT ... ON CONFLICT DO NOTHING, as the sink does), with
-no Faust, cleaning or aggregates."""
+"""The stream's ceiling: a bare aiokafka consumer decoding the same records with the
+stream's decoder and storing their pings by COPY (staging table, then INSERT ... ON
+CONFLICT DO NOTHING, as the sink does), with no Faust, cleaning or aggregates."""
 
 import contextlib
 import time
@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
-from schemas.pings import PingBatchRecord
+from schemas.pings_wire import decode_record
 
 TABLE = "bench_bare_pings"
 COLUMNS = (
@@ -69,7 +69,7 @@ async def _store(
     rows = []
     for m in messages:
         try:
-            record = PingBatchRecord.model_validate_json(m.value)
+            record = decode_record(m.value)
         except ValueError:
             continue
         rows += [

@@ -16,6 +16,7 @@ from infra import migrate
 from runtime.geo import destination
 from runtime.postgres import Pool, open_pool
 from schemas.pings import Ping, PingBatchRecord
+from schemas.pings_wire import from_model
 from streams.clean import Position, clean
 from streams.decode import Incoming
 from streams.locks import key_partition
@@ -103,7 +104,7 @@ def incoming(records: list[PingBatchRecord], *, stray: bool = False) -> list[Inc
         partition = key_partition(r.driver_id, PARTITIONS)
         if stray and n == 0:
             partition = (partition + 1) % PARTITIONS
-        out.append(Incoming(None, b"", r, None, partition))
+        out.append(Incoming(None, b"", from_model(r), None, partition))
     return out
 
 
@@ -164,7 +165,7 @@ def write_before_increments(dsn: str, records: list[PingBatchRecord], hourly: bo
                     "SELECT driver_id, ts, lat, lon, ping_id FROM driver_positions"
                 )
             }
-            batch = clean([r], latest, SinkLimits().future_tolerance)
+            batch = clean([from_model(r)], latest, SinkLimits().future_tolerance)
             conn.execute(
                 "CREATE TEMP TABLE IF NOT EXISTS pings_new (driver_id text, ts timestamptz,"
                 " h3_cell bigint, flags text[]) ON COMMIT DELETE ROWS"

@@ -4,7 +4,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 from runtime.geo import destination
-from schemas.pings import Ping, PingBatchRecord
+from schemas.pings_wire import WirePing, WireRecord
 from streams.clean import FUTURE, LATE, TELEPORT, CleanBatch, CleanPing, Position, clean
 from streams.rows import PING_COLUMNS, PING_TYPES, h3_cell, ping_rows
 
@@ -12,21 +12,19 @@ T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 ORIGIN = (12.97, 77.59)
 
 
-def ping(seconds: float, metres_east: float = 0.0, ping_id: uuid.UUID | None = None) -> Ping:
+def ping(seconds: float, metres_east: float = 0.0, ping_id: uuid.UUID | None = None) -> WirePing:
     lat, lon = destination(*ORIGIN, 90.0, metres_east)
-    return Ping(
-        ping_id=ping_id or uuid.uuid4(), ts=T0 + timedelta(seconds=seconds), lat=lat, lon=lon
-    )
+    return WirePing(ping_id or uuid.uuid4(), T0 + timedelta(seconds=seconds), lat, lon)
 
 
-def record(driver: str, *pings: Ping, received_at: datetime = T0) -> PingBatchRecord:
-    return PingBatchRecord(driver_id=driver, received_at=received_at, pings=list(pings))
+def record(driver: str, *pings: WirePing, received_at: datetime = T0) -> WireRecord:
+    return WireRecord(driver, received_at, list(pings))
 
 
 TOLERANCE = timedelta(seconds=30)
 
 
-def clean_(records: list[PingBatchRecord], latest: dict[str, Position]) -> CleanBatch:
+def clean_(records: list[WireRecord], latest: dict[str, Position]) -> CleanBatch:
     return clean(records, latest, TOLERANCE)
 
 

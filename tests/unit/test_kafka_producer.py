@@ -6,8 +6,11 @@ from typing import Any
 
 import pytest
 from aiokafka.errors import OutOfOrderSequenceNumber
+from aiokafka.partitioner import DefaultPartitioner
+from hypothesis import given
+from hypothesis import strategies as st
 
-from runtime.kafka import AckedProducer, Message, ProduceFailed
+from runtime.kafka import AckedProducer, Message, ProduceFailed, partition_by_key
 
 
 class FakeProducer:
@@ -56,3 +59,15 @@ async def test_no_ack_within_the_deadline_is_a_produce_failure() -> None:
     with pytest.raises(ProduceFailed, match="in time"):
         await producer.send_all([Message("t", None, b"x")])
     assert producer.replaced == 0  # a slow broker is not a broken producer
+
+
+@given(st.lists(st.binary(max_size=40), min_size=1, max_size=20), st.integers(1, 64))
+def test_the_producers_partitioner_is_kafkas_default_one(
+    keys: list[bytes], partitions: int
+) -> None:
+    # Remembered hashes change nothing: each key twice, the second from the cache.
+    everyone = list(range(partitions))
+    for key in keys + keys:
+        assert partition_by_key(key, everyone, everyone) == DefaultPartitioner()(
+            key, everyone, everyone
+        )

@@ -4,7 +4,7 @@ import uuid
 from datetime import UTC, datetime
 
 from runtime.geo import destination
-from schemas.pings import Ping
+from schemas.pings_wire import WirePing
 from streams.clean import FUTURE, TELEPORT, CleanPing
 from streams.jobs import ActiveJob, arrivals, resolve_job_id
 from streams.rows import PING_COLUMNS, ping_rows
@@ -18,7 +18,7 @@ def fix(
     driver: str, metres_from_dropoff: float, *flags: str, job: uuid.UUID | None = None
 ) -> CleanPing:
     lat, lon = destination(*DROPOFF, 0.0, metres_from_dropoff)
-    ping = Ping(ping_id=uuid.uuid4(), ts=T0, lat=lat, lon=lon, job_id=job)
+    ping = WirePing(uuid.uuid4(), T0, lat, lon, job_id=job)
     return CleanPing(driver, ping, T0, tuple(flags))
 
 

@@ -7,6 +7,7 @@ import orjson
 from aiokafka.partitioner import DefaultPartitioner
 
 from schemas.pings import Ping, PingBatchRecord
+from schemas.pings_wire import from_model
 from streams.decode import Incoming, split_batch
 from streams.locks import key_partition, lock_names
 from streams.pipeline import by_pings, flushes
@@ -31,7 +32,7 @@ def test_good_records_decode_and_poison_is_separated_with_its_bytes() -> None:
         (None, wrong_schema),
     ]
     records, poison = split_batch(messages)
-    assert [i.record for i in records] == [good]
+    assert [i.record for i in records] == [from_model(good)]
     assert [(p.key, p.value) for p in poison] == [(b"k", b"\xff\x00garbage"), (None, wrong_schema)]
     assert all(p.error for p in poison)
 
@@ -51,7 +52,7 @@ def test_the_stream_dead_letters_what_ingest_would_have_refused() -> None:
 
 
 def incoming(driver: str, partition: int | None, pings: int = 1) -> Incoming:
-    return Incoming(None, b"", record(driver, pings), None, partition)
+    return Incoming(None, b"", from_model(record(driver, pings)), None, partition)
 
 
 def test_a_batch_locks_its_partitions_once_each_whatever_its_size() -> None:
