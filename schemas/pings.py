@@ -66,7 +66,15 @@ class PingBatchRecord(BaseModel):
     def _pings_within_the_accepted_window(self) -> Self:
         # Anyone who can write to the topic can bypass ingest: a ping dated year 1 would
         # otherwise make the sink create a partition for every day since.
-        earliest, latest = self.received_at - MAX_PING_AGE, self.received_at + MAX_PING_AHEAD
+        try:
+            earliest = self.received_at - MAX_PING_AGE
+            latest = self.received_at + MAX_PING_AHEAD
+        except OverflowError:
+            # A receipt within a week of year 1 or of year 9999 (an OverflowError is not
+            # a ValueError: pydantic would let it out, and it would stop the stream).
+            raise ValueError(
+                f"received_at {self.received_at.isoformat()} is out of range"
+            ) from None
         for ping in self.pings:
             if not earliest <= ping.ts <= latest:
                 raise ValueError(

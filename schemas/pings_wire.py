@@ -64,8 +64,11 @@ def _obeys_the_models(record: WireRecord) -> bool:
     """The rules the models check beyond field types (schemas.pings's validators)."""
     if _ID.fullmatch(record.driver_id) is None:
         return False
-    earliest = record.received_at - MAX_PING_AGE
-    latest = record.received_at + MAX_PING_AHEAD
+    try:
+        earliest = record.received_at - MAX_PING_AGE
+        latest = record.received_at + MAX_PING_AHEAD
+    except OverflowError:
+        return False  # the models refuse it, with their error
     for p in record.pings:
         if not earliest <= p.ts <= latest or (p.lat == 0.0 and p.lon == 0.0):
             return False

@@ -57,4 +57,8 @@ def split_batch(messages: Sequence[Raw]) -> tuple[list[Incoming], list[Poison]]:
             records.append(Incoming(key, value, decode_record(value), request_id, partition))
         except InvalidMessage as exc:
             poison.append(Poison(key, value, str(exc), request_id))
+        except Exception as exc:
+            # Decoding is pure: whatever else it raises is this record's doing, never an
+            # outage. Dead-lettered like an invalid one, so it cannot stop the stream.
+            poison.append(Poison(key, value, f"{type(exc).__name__}: {exc}", request_id))
     return records, poison

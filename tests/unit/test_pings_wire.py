@@ -91,6 +91,8 @@ EDGE_CASES: list[dict[str, Any] | bytes] = [
     document(ts="2026-11-27T10:00:00.123455Z"),
     document(ts="2026-12-04T10:05:00.123456Z"),  # exactly MAX_PING_AHEAD after
     document(ts="2026-12-04T10:05:00.123457Z"),
+    document(received_at="0001-01-01T00:00:00Z", ts="0001-01-01T00:00:00Z"),  # overflows
+    document(received_at="9999-12-31T23:59:59Z", ts="9999-12-31T23:59:59Z"),
     document(lat=0.0, lon=0.0),
     document(lat=-0.0, lon=0.0),
     document(lat=0, lon=0),

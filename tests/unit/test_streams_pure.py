@@ -51,6 +51,20 @@ def test_the_stream_dead_letters_what_ingest_would_have_refused() -> None:
     assert len(poison) == 4
 
 
+def test_a_receipt_at_the_ends_of_the_calendar_is_dead_lettered_not_raised() -> None:
+    # received_at - 7 days (or + 5 min) overflows Python's datetime: an OverflowError
+    # out of decoding would stop the worker on every replay of the batch.
+    messages = []
+    for moment in ("0001-01-01T00:00:00Z", "9999-12-31T23:59:59Z"):
+        doc = record().model_dump(mode="json") | {"received_at": moment}
+        doc["pings"][0]["ts"] = moment
+        messages.append((None, orjson.dumps(doc)))
+    records, poison = split_batch(messages)
+    assert records == []
+    assert [p.error for p in poison if "out of range" in p.error] == [p.error for p in poison]
+    assert len(poison) == 2
+
+
 def incoming(driver: str, partition: int | None, pings: int = 1) -> Incoming:
     return Incoming(None, b"", from_model(record(driver, pings)), None, partition)
 
