@@ -4,6 +4,7 @@ TimescaleDB's own features (compression, the continuous aggregate) on real Times
 import asyncio
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -110,6 +111,55 @@ def test_migrations_apply_once_and_keep_their_storage(fresh_database: str) -> No
     ]
     with pytest.raises(migrate.MigrationError, match="edited after it was applied"):
         migrate.apply_all(fresh_database, edited, timescale=timescale)
+
+
+def test_an_amended_migration_accepts_what_databases_applied_before(fresh_database: str) -> None:
+    timescale = session_storage() == "timescaledb"
+    migrate.apply_all(fresh_database, timescale=timescale)
+    version = "0012_incremental_aggregates"
+    with psycopg.connect(fresh_database, autocommit=True) as conn:
+        for earlier in migrate.AMENDED[version]:
+            conn.execute(
+                "UPDATE schema_migrations SET checksum = %s WHERE version = %s", [earlier, version]
+            )
+            assert migrate.apply_all(fresh_database, timescale=timescale) == []
+        conn.execute(
+            "UPDATE schema_migrations SET checksum = 'no such version' WHERE version = %s",
+            [version],
+        )
+    with pytest.raises(migrate.MigrationError, match="edited after it was applied"):
+        migrate.apply_all(fresh_database, timescale=timescale)
+
+
+def test_an_online_step_waits_for_its_lock_in_bounded_tries(fresh_database: str) -> None:
+    """Migration 0014 drops an index of `pings` while a reader holds the table: each try
+    gives up after its lock timeout (writers behind it wait no longer), and the runner
+    tries again until the reader is gone."""
+    timescale = session_storage() == "timescaledb"
+    every = migrate.discover(timescale=timescale)
+    migrate.apply_all(fresh_database, [m for m in every if m.version < "0014"], timescale=timescale)
+
+    def runner_waits(conn: psycopg.Connection[Any]) -> bool:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_locks WHERE relation = 'pings'::regclass AND NOT granted"
+        ).fetchone()
+        return row is not None and row[0] > 0
+
+    with (
+        psycopg.connect(fresh_database) as reader,
+        psycopg.connect(fresh_database, autocommit=True) as watcher,
+        ThreadPoolExecutor(1) as pool,
+    ):
+        reader.execute("LOCK TABLE pings IN ACCESS SHARE MODE")
+        applied = pool.submit(migrate.apply_all, fresh_database, timescale=timescale)
+        wait_for(lambda: True if runner_waits(watcher) else None)
+        wait_for(lambda: True if not runner_waits(watcher) else None)  # timed out
+        wait_for(lambda: True if runner_waits(watcher) else None)  # and tried again
+        assert not applied.done()
+        reader.rollback()
+        assert applied.result(timeout=60) == ["0014_late_window_online"]
+        indexes = watcher.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'pings'")
+        assert indexes.fetchall() == [("pings_pkey",)]
 
 
 def test_a_replayed_six_day_old_ping_is_stored_once(

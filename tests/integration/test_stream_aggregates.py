@@ -3,9 +3,11 @@ the session's storage, through the sink itself: increments, the recount of late 
 replays, records outside their driver's partition, and an upgrade in place from the schema
 that recounted every batch."""
 
+import asyncio
 import random
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -154,6 +156,58 @@ async def test_a_mixed_backlog_leaves_every_aggregate_equal_to_a_recount(
     assert paths.batches[-3:] == [(0, 0)] * 3
 
 
+async def until(probe: Callable[[], bool], timeout_s: float = 30.0) -> None:
+    """Polls `probe` (a quick query) without blocking the writers' event loop."""
+    deadline = time.monotonic() + timeout_s
+    while not probe():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)  # the poll interval; the deadline bounds the wait
+
+
+async def test_a_rebalance_in_the_middle_of_a_flush_counts_each_ping_once(
+    fresh_database: str, pool: Pool
+) -> None:
+    """A rebalance hands partitions to another worker while their old owner is still
+    inside a flush, and both write the same records (the old owner's offsets were not
+    committed). The partitions' locks make the new owner wait for the old one's commit;
+    its insert of the same pings then returns nothing, so its aggregates add nothing."""
+    migrate.apply_all(fresh_database, timescale=session_storage() == "timescaledb")
+    rng = random.Random(31)
+    records = sorted(fleet_records(rng, 6, minute_before_an_hour()), key=lambda r: r.pings[0].ts)
+    third = len(records) // 3
+    old_owner, new_owner = records[: 2 * third], records[third:]
+
+    def waiting(kind: str, relation: str | None = None) -> bool:
+        with psycopg.connect(fresh_database) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_locks WHERE NOT granted AND locktype = %s"
+                " AND (%s::text IS NULL OR relation = to_regclass(%s))",
+                [kind, relation, relation],
+            ).fetchone()
+        return row is not None and row[0] > 0
+
+    other = await open_pool(fresh_database, min_size=1, max_size=2, name="test-new-owner")
+    try:
+        with psycopg.connect(fresh_database) as blocker:
+            # Holds the old owner inside its flush: its last step, the cell minutes, waits.
+            blocker.execute("LOCK TABLE cell_density_1m IN SHARE MODE")
+            first = asyncio.create_task(PingSink(pool, SinkLimits()).write(incoming(old_owner)))
+            await until(lambda: waiting("relation", "cell_density_1m"))
+            second = asyncio.create_task(PingSink(other, SinkLimits()).write(incoming(new_owner)))
+            await until(lambda: waiting("advisory"))  # the new owner waits for the old one
+            assert not first.done() and not second.done()
+            blocker.rollback()
+        await asyncio.wait_for(asyncio.gather(first, second), timeout=60)
+    finally:
+        await other.close()
+
+    assert_aggregates_exact(fresh_database, hourly=HOURLY_IN_STREAM)
+    with psycopg.connect(fresh_database) as conn:
+        stored = conn.execute("SELECT count(*), count(DISTINCT ping_id) FROM pings").fetchone()
+    sent = sum(len(r.pings) for r in records)
+    assert stored == (sent, sent)
+
+
 def write_before_increments(dsn: str, records: list[PingBatchRecord], hourly: bool) -> None:
     """What the stream did before migrations 0012 and 0013: store the pings and recount
     their minutes with stream_recompute_aggregates (migration 0004)."""
@@ -211,6 +265,7 @@ async def test_a_database_of_the_recounting_schema_upgrades_in_place(
     assert migrate.apply_all(fresh_database, timescale=timescale) == [
         "0012_incremental_aggregates",
         "0013_stream_apply_aggregates",
+        "0014_late_window_online",
     ]
     # The window's rows got their sums, and the hours exact averages.
     assert_aggregates_exact(fresh_database, hourly=HOURLY_IN_STREAM)

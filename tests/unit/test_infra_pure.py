@@ -47,6 +47,29 @@ def test_an_edited_migration_has_another_checksum() -> None:
     assert Migration("1", "SELECT 1").checksum != Migration("1", "SELECT 2").checksum
 
 
+def test_a_no_transaction_migration_runs_its_steps_apart() -> None:
+    plain = Migration("1", "CREATE TABLE a (x int);\nCREATE TABLE b (x int);\n")
+    assert plain.transactional
+    online = Migration(
+        "2",
+        "-- migrate: no-transaction\n-- why\nCREATE PROCEDURE p() ...;\n"
+        "-- migrate: step\nCALL p();\n-- migrate: step\n\n-- migrate: step\nDROP PROCEDURE p();\n",
+    )
+    assert not online.transactional
+    steps = online.steps()
+    assert [s.strip().splitlines()[-1] for s in steps] == [
+        "CREATE PROCEDURE p() ...;",
+        "CALL p();",
+        "DROP PROCEDURE p();",
+    ]
+    # A procedure that commits as it goes must be called alone: in a string of several
+    # statements PostgreSQL refuses its COMMIT.
+    for storage in (False, True):
+        late_window = {m.version: m for m in discover(timescale=storage)}["0014_late_window_online"]
+        assert not late_window.transactional
+        assert "CALL fill_late_window();" in [s.strip() for s in late_window.steps()]
+
+
 def test_a_recycled_pid_is_not_ours() -> None:
     me = ProcessRef(os.getpid(), start_ticks(os.getpid()) or 0)
     assert me.alive()
