@@ -1,5 +1,6 @@
-"""The Faust app: a thin agent around the batch step (streams/pipeline.py), partition and
-retention maintenance, and the worker's probes."""
+"""The Faust app: the worker that runs the consumer of `pings.v1` (streams/consumer.py)
+around the batch step (streams/pipeline.py), partition and retention maintenance, and the
+worker's probes."""
 
 import asyncio
 import functools
@@ -12,14 +13,15 @@ from datetime import timedelta
 from typing import Any
 
 import faust
+from faust.app import BootStrategy
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from runtime.kafka import AckedProducer, Message, ProduceFailed, durable_producer
-from runtime.logging import REQUEST_ID_KAFKA_HEADER
 from runtime.postgres import open_pool
 from schemas import topics
 from streams.clean import CleanBatch
 from streams.config import StreamsSettings
+from streams.consumer import PingConsumer
 from streams.decode import Incoming
 from streams.errors import SendFailed, SinkUnavailable
 from streams.metrics import StreamsMetrics
@@ -98,14 +100,17 @@ class StreamsApp:
     processor: PingBatchProcessor
 
 
-def request_id(headers: Any) -> str | None:
-    """The ingest request's id from a record's headers (Faust gives a list of pairs or a
-    mapping), if it carries one."""
-    pairs = headers.items() if isinstance(headers, dict) else headers or ()
-    for name, value in pairs:
-        if name == REQUEST_ID_KAFKA_HEADER and isinstance(value, bytes):
-            return value.decode("utf-8", "replace")
-    return None
+class WorkerBoot(BootStrategy):
+    """Faust runs the worker: its web server, timers, services, signals and lifecycle.
+    `pings.v1` is consumed by PingConsumer and every send goes through our own durable
+    producer, so Faust's own consumer and producer are not started."""
+
+    enable_kafka_consumer = False
+    enable_kafka_producer = False
+
+
+class WorkerApp(faust.App):
+    BootStrategy = WorkerBoot
 
 
 def create_app(
@@ -115,7 +120,7 @@ def create_app(
     on_unfinished_batch: Callable[[], None] = exit_without_commit,
 ) -> StreamsApp:
     metrics = metrics or StreamsMetrics()
-    app = faust.App(
+    app = WorkerApp(
         settings.app_id,
         broker=f"kafka://{settings.kafka_bootstrap}",
         store="memory://",
@@ -124,23 +129,6 @@ def create_app(
         web_bind=settings.web_host,
         web_port=settings.web_port,
         web_in_thread=False,
-        topic_partitions=topics.DRIVER_TOPIC_PARTITIONS,
-        topic_allow_declare=True,
-        consumer_auto_offset_reset="earliest",
-        broker_commit_every=1000,
-        broker_commit_interval=1.0,
-        # A worker killed without goodbye holds its partitions until this runs out.
-        broker_session_timeout=settings.session_timeout_s,
-        broker_heartbeat_interval=settings.session_timeout_s / 5,
-        broker_rebalance_timeout=settings.rebalance_timeout_s,
-    )
-    pings = app.topic(
-        settings.pings_topic,
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-        partitions=topics.DRIVER_TOPIC_PARTITIONS,
     )
     sink = LazySink(settings, metrics)
     producer = AckedProducer(
@@ -160,31 +148,18 @@ def create_app(
         concurrent_flushes=settings.concurrent_flushes,
     )
 
-    @app.agent(pings)
-    async def process_pings(stream: Any) -> None:
-        async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
-            try:
-                await processor.process(
-                    [
-                        (
-                            e.message.key,
-                            e.message.value,
-                            request_id(e.message.headers),
-                            e.message.partition,
-                        )
-                        for e in events
-                    ]
-                )
-            except BaseException:
-                # Leaving this loop body by an exception would ack the batch (take_events
-                # acks in a `finally`), and Faust would commit it on its way out: exit
-                # without committing instead; the batch is replayed.
-                log.critical("batch not finished; exiting without committing", exc_info=True)
-                on_unfinished_batch()
-                raise
+    consumer = PingConsumer(settings, processor.process, on_unfinished_batch)
+
+    async def consume() -> None:
+        await app.add_runtime_dependency(consumer)
+
+    app.task(consume)
 
     @app.on_before_shutdown.connect
     async def close_producer(*_: Any, **__: Any) -> None:
+        # Faust says this before it stops its services: the consumer stops first (its
+        # batch in flight still sends positions and dead letters), then the producer.
+        await consumer.stop()
         await producer.close()
 
     async def maintain() -> None:

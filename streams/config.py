@@ -21,18 +21,19 @@ class StreamsSettings(ServiceSettings):
     database_dsn: str = "host=127.0.0.1 port=16432 dbname=telemetry user=telemetry"
     pool_max_size: int = 4
     session_timeout_s: float = 10.0
-    # How long the group waits for its members to rejoin in a rebalance. A worker that
-    # hangs (SIGSTOP, a frozen VM) during one holds every partition of the group still
-    # for this long: Faust's default, 60 s, is most of a minute with nothing stored.
+    # How long the group waits for its members to rejoin in a rebalance (a member's
+    # batch in flight finishes first). A worker that hangs (SIGSTOP, a frozen VM) during
+    # one holds every partition of the group still for this long.
     rebalance_timeout_s: float = 20.0
     # Faust's local state (it keeps tables' metadata there even with the memory store).
     data_dir: Path = Path(".telemetry/streams-data")
     # The worker's web server (/healthz, /readyz, /metrics): loopback unless told otherwise.
     web_host: str = "127.0.0.1"
     web_port: int = 18201
-    # The consumer hands over a batch when it holds batch_max records or batch_within_s
-    # has passed; the sink writes it in transactions of at most batch_max_pings pings.
-    # Large under a backlog, small at a trickle (the time bound sends whatever is there).
+    # A batch is what the consumer has fetched when the previous one is done, up to
+    # batch_max records: large under a backlog, small at a trickle. An idle consumer
+    # waits up to batch_within_s for records in one poll. The sink writes a batch in
+    # transactions of at most batch_max_pings pings.
     batch_max: int = 5_000
     batch_max_pings: int = 5_000
     # Transactions of one batch in flight at once (each its own pool connection).

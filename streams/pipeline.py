@@ -1,6 +1,7 @@
 """The stream's batch step: decode, write (isolating poison), dead-letter, publish
-positions. It returns only when all of that is durable, so the Faust agent around it acks
-the batch's offsets only after everything the batch produced is stored or acked by Kafka."""
+positions. It returns only when all of that is durable, so the consumer around it
+(streams/consumer.py) commits the batch's offsets only after everything the batch produced
+is stored or acked by Kafka."""
 
 import asyncio
 import collections

@@ -32,14 +32,15 @@ pytestmark = [pytest.mark.integration, pytest.mark.storage]
 GROUP = topics.STREAMS_GROUP
 
 
-# Faust commits acked offsets every second (broker_commit_interval in streams/app.py).
-COMMIT_INTERVAL_S = 1.0
+# The worker commits a batch's offsets as soon as the batch is durable
+# (streams/consumer.py); a second is many batches' worth of chances to commit one wrongly.
+COMMIT_CHANCE_S = 1.0
 
 
 def let_the_commit_timer_run(times: int) -> None:
     """A deliberate window, not synchronisation: a negative check ("no offset moved")
-    means something only once the worker's commit timer has had `times` chances to fire."""
-    threading.Event().wait(times * COMMIT_INTERVAL_S)
+    means something only once the worker has had `times` seconds to commit wrongly."""
+    threading.Event().wait(times * COMMIT_CHANCE_S)
 
 
 # A worker reports a stall on /healthz once a batch waits unwritten this long.
@@ -199,7 +200,7 @@ def test_no_offset_moves_while_the_database_is_down_and_nothing_is_missing_after
         wait_stored(config, fleet, 50)
         own_stack.stop("postgres-primary")
         fleet.wait_accepted(len(fleet.accepted) + 150)
-        # Once the stream has failed a write, and its 1 s commit timer has run since, the
+        # Once the stream has failed a write, and a second has passed since, the
         # committed offsets are those of the last batch written before the outage.
         wait_for(lambda: True if write_failures(own_stack) > 0 else None, timeout_s=60)
         let_the_commit_timer_run(times=2)
