@@ -162,10 +162,31 @@ def test_a_worker_killed_mid_stream_loses_and_duplicates_nothing(own_stack: Stac
     try:
         fleet.wait_accepted(300)
         wait_stored(config, fleet, 100)
-        own_stack.kill("streams-1")
+        own_stack.kill("streams-1")  # alone: its partitions wait for it
         fleet.wait_accepted(len(fleet.accepted) + 300)  # ingest goes on: the log holds them
         own_stack.start("streams-1")
         fleet.wait_accepted(len(fleet.accepted) + 200)
+    finally:
+        accepted = fleet.finish()
+    assert_exactly_once(config, fleet, accepted)
+
+
+def test_one_of_two_workers_killed_mid_batch_loses_and_double_counts_nothing(
+    own_stack: Stack,
+) -> None:
+    config = own_stack.config
+    fleet = Fleet(config)
+    fleet.start()
+    try:
+        own_stack.start("streams-2")
+        fleet.wait_accepted(400)
+        wait_stored(config, fleet, 200)
+        # Both write batches all the time: the kill lands in one, most likely mid-flush.
+        # Its partitions go to the other worker after the session timeout, which
+        # replays what the dead one had not committed.
+        own_stack.kill("streams-2")
+        fleet.wait_accepted(len(fleet.accepted) + 300)
+        wait_stored(config, fleet, len(fleet.accepted), timeout_s=90)
     finally:
         accepted = fleet.finish()
     assert_exactly_once(config, fleet, accepted)
