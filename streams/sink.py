@@ -41,10 +41,14 @@ class SinkLimits:
 
 # Which pings count in the aggregates, `NOT (flags && '{future,teleport}'::text[])`, is
 # spelled the same in every query here and in migration 0013. The staging tables' NOTICEs
-# ("already exists, skipping") are not worth a message each per batch.
+# ("already exists, skipping") are not worth a message each per batch. No JIT either: the
+# recount of late pings' minutes reads a temp table the planner has no statistics for, so
+# it guesses millions of rows for a few hundred, and compiling and optimising that plan
+# took 0.3 to 1 s a flush (auto_explain, docs/benchmarks.md) for a statement that runs in
+# milliseconds.
 _LIMITS = (
     "SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true),"
-    " set_config('client_min_messages', 'warning', true)"
+    " set_config('client_min_messages', 'warning', true), set_config('jit', 'off', true)"
 )
 
 # One writer per partition at a time (streams.locks); taken in key order: no deadlocks.
