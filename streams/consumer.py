@@ -125,23 +125,28 @@ class PingConsumer(mode.Service):
     @mode.Service.task
     async def _consume(self) -> None:
         assert self._consumer is not None
+        try:
+            await self._consume_until_stopped(self._consumer)
+        except ConsumerStoppedError:
+            pass  # on_stop stopped it
+        except Exception:
+            # A batch that could not finish (the worker stopping past its grace period),
+            # or a consumer that failed: the worker exits without committing, the
+            # supervisor starts it again, and the partitions replay from their last commit.
+            log.critical("consumer stopped; exiting without committing", exc_info=True)
+            self._on_unfinished_batch()
+            raise
+
+    async def _consume_until_stopped(self, consumer: AIOKafkaConsumer) -> None:
         while not self.should_stop:
-            try:
-                batch = await self._next_batch(self._consumer)
-            except ConsumerStoppedError:
-                return  # on_stop stopped it
+            batch = await self._next_batch(consumer)
             if not batch:
                 continue
             async with self._busy:
                 if self.should_stop:
                     return  # not written: replayed by the partitions' next owner
-                try:
-                    await self._handle(raw_records(batch))
-                except BaseException:
-                    log.critical("batch not finished; exiting without committing", exc_info=True)
-                    self._on_unfinished_batch()
-                    raise
-                await self._commit(self._consumer, next_offsets(batch))
+                await self._handle(raw_records(batch))
+                await self._commit(consumer, next_offsets(batch))
 
     async def _next_batch(self, consumer: AIOKafkaConsumer) -> Batch:
         """Waits up to `batch_within_s` for the first records, then takes what is already

@@ -10,9 +10,11 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from infra.config import StackConfig
+from runtime.kafka_lag import consumer_group_lag
 from streams.config import StreamsSettings
 from streams.consumer import PingConsumer
 from streams.decode import Raw
+from streams.pipeline import Stopping
 
 pytestmark = pytest.mark.integration
 
@@ -110,3 +112,32 @@ async def test_a_rebalance_waits_for_the_batch_in_flight_and_hands_over_at_its_c
     handled = seen["first"] + seen["second"]
     assert sorted(handled) == sorted(sent)  # each record once: the handover was at the commit
     assert seen["second"], "the second member never got partitions"
+
+
+async def test_a_batch_that_cannot_finish_ends_the_worker_without_a_commit(
+    config: StackConfig,
+) -> None:
+    topic, group = f"consumer-{uuid.uuid4().hex[:8]}", f"group-{uuid.uuid4().hex[:8]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=config.kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, PARTITIONS, 1)])
+    finally:
+        await admin.close()
+    await produce(config.kafka_bootstrap, topic, 0, per_partition=3)
+    settings = StreamsSettings(
+        kafka_bootstrap=config.kafka_bootstrap, pings_topic=topic, app_id=group
+    )
+    exited = asyncio.Event()
+
+    async def fails(records: list[Raw]) -> None:
+        raise Stopping("the batch did not finish within the shutdown grace period")
+
+    consumer = PingConsumer(settings, fails, exited.set)
+    await consumer.start()
+    try:
+        await asyncio.wait_for(exited.wait(), timeout=60)
+    finally:
+        await consumer.stop()
+    lags = await consumer_group_lag(config.kafka_bootstrap, group, [topic])
+    assert [lag.committed_offset for lag in lags] == [None] * PARTITIONS
