@@ -1,4 +1,4 @@
-"""The cached views' hot path (design section 14), beneath FastAPI's routing.
+"""The cached views' hot path (api/views.py), beneath FastAPI's routing.
 
 A cache hit costs little next to FastAPI's routing, dependency solving and middleware
 stack (measured: docs/benchmarks.md, "Issue 11"), so the three cached GETs are answered

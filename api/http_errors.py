@@ -1,4 +1,4 @@
-"""The one place where the api's errors become HTTP answers (design section 6). A fresh
+"""The one place where the api's errors become HTTP answers (docs/api.md). A fresh
 ApiError per answer: no exception instance is shared between requests."""
 
 from fastapi import FastAPI

@@ -1,6 +1,6 @@
-"""The jobs endpoints (design section 6). Writes go to the primary, and record the
+"""The jobs endpoints (docs/api.md). Writes go to the primary, and record the
 writer's WAL position for read-your-writes; a job's view comes through the view cache
-(design section 14); the list and the track read the primary."""
+(api/views.py); the list and the track read the primary."""
 
 import asyncio
 from collections.abc import Awaitable, Callable

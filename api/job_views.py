@@ -1,5 +1,5 @@
 """What a job shows beyond its row: the driver's live position and ETA (replica reads,
-combined here, never joined to jobs in SQL: design section 17), and the track's span."""
+combined here, never joined to jobs in SQL: each service owns its tables), and the track's span."""
 
 from datetime import UTC, datetime, timedelta
 from typing import Any

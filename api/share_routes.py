@@ -1,5 +1,5 @@
 """Share links' public side: `GET /v1/share/{token}`, the same for everyone who has it,
-cached (design section 14) and marked public so an edge cache may keep it too."""
+cached (api/views.py) and marked public so an edge cache may keep it too."""
 
 from typing import Annotated
 

@@ -1,4 +1,4 @@
-"""The cached views (design section 14): a job, a share link's public view and a driver's
+"""The cached views (README, "Api: reads"): a job, a share link's public view and a driver's
 position, how each is loaded from the database, answered over HTTP (ETag, 304,
 Cache-Control), and written through after a change."""
 

@@ -1,4 +1,4 @@
-"""The simulated world's deliveries (design section 6): customers order jobs through the
+"""The simulated world's deliveries (docs/api.md): customers order jobs through the
 api, a dispatcher gives each to the nearest idle driver, the driver drives to the pickup
 and on to the dropoff (bench/routes.py) and completes with a generated photo.
 

@@ -44,7 +44,7 @@ class StackConfig(BaseSettings):
     streams_web_port: int = 18201  # streams-N's Faust web server likewise
     photo_worker_port: int = 18301  # photo-worker-N's probes likewise
     notifier_port: int = 18401  # notifier-N's WebSocket (/ws) and probes likewise
-    # The public port: nginx, the edge cache, in front of HAProxy (design section 15).
+    # The public port: nginx, the edge cache, in front of HAProxy (docs/edge.md).
     edge_port: int = 18080
     haproxy_port: int = 18081
     haproxy_stats_port: int = 18082  # its stats page (/) and Prometheus exporter (/metrics)

@@ -1,4 +1,4 @@
-"""The edge: nginx as the cache in front of HAProxy (the CDN's role, design section 15). It
+"""The edge: nginx as the cache in front of HAProxy (the CDN's role, docs/edge.md). It
 keeps only what the api marks `public` (share views), for as long as the api's
 `Cache-Control` says, fetches a missing or expired key once however many ask
 (`proxy_cache_lock`, stale while updating), and never keeps an authenticated or `private`

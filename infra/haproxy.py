@@ -1,4 +1,4 @@
-"""HAProxy, the L7 balancer (design section 15): one port for every route, each path to its
+"""HAProxy, the L7 balancer (docs/edge.md): one port for every route, each path to its
 service's processes, health-checked on /readyz, idempotent requests retried on another
 process when one dies. Its configuration is written from the stack's topology and reloaded
 in place when that changes (`telemetry scale`)."""
@@ -23,7 +23,7 @@ NAME = "haproxy"
 ROUTED = ("ingest", "api", "notifier")
 BINARY = "/usr/sbin/haproxy"
 MONITOR_PATH = "/lb/healthz"
-# Routes (design section 15): everything not matched goes to the api.
+# Routes (docs/edge.md): everything not matched goes to the api.
 INGEST_PATHS = ("/v1/pings",)
 WS_PATH = "/ws"
 
@@ -43,7 +43,7 @@ class Topology:
     notifier: tuple[Server, ...]
 
 
-# HAProxy's own answers, in the contract's error shape (design section 6) rather than its
+# HAProxy's own answers, in the contract's error shape (docs/api.md) rather than its
 # HTML pages: (status, reason, code, message).
 ERRORS = (
     (400, "Bad Request", "bad_request", "the request could not be parsed"),

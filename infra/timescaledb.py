@@ -1,10 +1,10 @@
 """TimescaleDB built from source against Debian's PostgreSQL 15, once per machine.
 
 No package registry we can reach ships TimescaleDB for PostgreSQL 15, so `telemetry install`
-builds the last release that supports it (design section 16). The build is staged into the
-cache (`make install DESTDIR=...`), keyed by TimescaleDB's and PostgreSQL's versions, and
-copied into PostgreSQL's directories from there: a second state dir, a reinstalled
-PostgreSQL package or a new clone costs a copy, not a build.
+builds the last release that supports it (docs/architecture.md, "Storage"). The build is
+staged into the cache (`make install DESTDIR=...`), keyed by TimescaleDB's and
+PostgreSQL's versions, and copied into PostgreSQL's directories from there: a second
+state dir, a reinstalled PostgreSQL package or a new clone costs a copy, not a build.
 """
 
 import hashlib

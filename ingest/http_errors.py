@@ -1,5 +1,5 @@
-"""The one place where ingest's errors become HTTP answers (the envelope of design
-section 6). A fresh ApiError per answer: no exception instance is shared."""
+"""The one place where ingest's errors become HTTP answers (the envelope of
+docs/api.md). A fresh ApiError per answer: no exception instance is shared."""
 
 from fastapi import FastAPI
 

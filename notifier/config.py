@@ -14,7 +14,7 @@ class NotifierSettings(HttpServiceSettings):
     job_events_topic: str = topics.JOB_EVENTS
     positions_topic: str = topics.POSITIONS
     # Job rows and share links are read on the primary: a snapshot's seq must include every
-    # event this process may already have consumed (design section 14's critical read).
+    # event this process may already have consumed (a critical read: docs/notifier.md).
     write_dsn: str = "host=127.0.0.1 port=16432 dbname=telemetry user=telemetry"
     # Driver positions and the fallback replay of job events read the replica first.
     read_dsn: str = "host=127.0.0.1 port=16432 dbname=telemetry_ro user=telemetry"
@@ -57,7 +57,7 @@ class NotifierSettings(HttpServiceSettings):
     # All the process's connections together may queue this much; past it the one whose
     # frame would cross it is closed as slow (4408), whatever its own share.
     max_queued_bytes_total: int = 256 * 1024 * 1024
-    # Every this often, an application ping (design section 6) and a WebSocket ping; a
+    # Every this often, an application ping (docs/notifier.md) and a WebSocket ping; a
     # peer that has not answered the last WebSocket ping by the next is gone (a vanished
     # phone): its connection is closed.
     ping_interval_s: float = 25.0

@@ -1,5 +1,5 @@
 """What the notifier reads from PostgreSQL: jobs and share links on the primary (a
-snapshot's seq is a resume point, design section 14's critical read), driver positions and
+snapshot's seq is a resume point, a critical read: docs/notifier.md), driver positions and
 replayed job events on the replica first. Lookups asked for in the same turn of the event
 loop go as one query (a reconnect storm of thousands of subscribers costs a few), and at
 most `max_concurrency` queries run at once."""

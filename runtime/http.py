@@ -104,8 +104,8 @@ def install_error_handlers(app: FastAPI) -> None:
 def map_errors(
     app: FastAPI, kinds: tuple[type[Exception], ...], to_api_error: Callable[[Exception], ApiError]
 ) -> None:
-    """Answers a service's own errors through its one mapping function (design section 11:
-    HTTP errors mapped in one module; the domain code knows nothing of HTTP)."""
+    """Answers a service's own errors through its one mapping function: HTTP
+    errors are mapped in one module, and the domain code knows nothing of HTTP."""
 
     async def handler(_: Request, exc: Exception) -> Response:
         return error_response(to_api_error(exc))

@@ -1,5 +1,5 @@
-"""Kafka producers with the delivery settings of design section 9, and one adapter that
-waits for the broker's ack within a deadline and heals itself."""
+"""Kafka producers whose ack means durable (docs/architecture.md, "Invariants"), and one
+adapter that waits for the broker's ack within a deadline and heals itself."""
 
 import asyncio
 import functools
@@ -39,7 +39,7 @@ def durable_producer(
     bootstrap: str, *, client_id: str, request_timeout_ms: int = 5000
 ) -> AIOKafkaProducer:
     """A producer whose ack means durable: acks=all and idempotence, both explicit because
-    aiokafka defaults to acks=1 without idempotence (design section 13). Not started."""
+    aiokafka defaults to acks=1 without idempotence. Not started."""
     return AIOKafkaProducer(
         bootstrap_servers=bootstrap,
         client_id=client_id,
@@ -147,7 +147,7 @@ class AckedProducer:
             raise ProduceFailed(f"Kafka refused: {exc!r}", retriable=exc.retriable) from exc
         except (TimeoutError, OSError) as exc:
             # The record may still be written after we gave up: consumers deduplicate
-            # (pings by ping_id, positions by driver and fix time; design section 13).
+            # (pings by ping_id, positions by driver and fix time).
             raise ProduceFailed(f"Kafka did not acknowledge in time: {exc!r}") from exc
 
     async def broker_reachable(self) -> bool:

@@ -5,7 +5,7 @@ uvicorn writes a response's head and its body with two `transport.write` calls, 
 process can be killed between them (`kill -9`, the OOM killer): the client side then has
 a 200 head and no body. HAProxy cannot retry that (it has forwarded the head already), so
 the caller gets a truncated answer. With nothing received, HAProxy retries an idempotent
-request on another process (`retry-on empty-response`), which is what design section 15
+request on another process (`retry-on empty-response`), which is what docs/edge.md
 promises for a process that dies under GETs. Measured: the edge's kill -9 test lost a GET
 to this in about one run in three.
 

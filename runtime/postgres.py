@@ -22,7 +22,7 @@ async def open_pool(
 ) -> AsyncConnectionPool[AsyncConnection[Any]]:
     """An opened pool. `prepare_threshold=None`: PgBouncer 1.18 in transaction mode hands
     each transaction a different server connection, so server-side prepared statements
-    would be missing or clash (design section 13)."""
+    would be missing or clash."""
     pool: AsyncConnectionPool[AsyncConnection[Any]] = AsyncConnectionPool(
         dsn,
         min_size=min_size,

@@ -1,4 +1,4 @@
-"""The error body every HTTP endpoint answers with (design section 6)."""
+"""The error body every HTTP endpoint answers with (docs/api.md)."""
 
 from typing import Any
 

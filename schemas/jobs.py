@@ -1,4 +1,4 @@
-"""Jobs: the api's request and answer bodies (design section 6) and the events on
+"""Jobs: the api's request and answer bodies (docs/api.md) and the events on
 `job-events.v1`, which the notifier reads too."""
 
 import hashlib

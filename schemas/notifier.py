@@ -1,4 +1,4 @@
-"""The notifier's WebSocket protocol (design section 6): what a client sends, what the server
+"""The notifier's WebSocket protocol (docs/notifier.md): what a client sends, what the server
 answers, and the close codes that say why a connection ended."""
 
 from enum import IntEnum

@@ -12,8 +12,8 @@ MAX_PINGS_PER_BATCH = 500
 MAX_BATCH_BYTES = 256 * 1024
 MAX_SPEED_MPS = 100.0
 MAX_ACCURACY_M = 100_000.0
-# A fix time is accepted from MAX_PING_AGE before its receipt to MAX_PING_AHEAD after it
-# (design section 8): ingest checks it against its clock, the stream re-checks the record.
+# A fix time is accepted from MAX_PING_AGE before its receipt to MAX_PING_AHEAD after it:
+# ingest checks it against its clock, the stream re-checks the record.
 MAX_PING_AGE: Final = timedelta(days=7)
 MAX_PING_AHEAD: Final = timedelta(minutes=5)
 
@@ -52,7 +52,7 @@ class PingBatchRecord(BaseModel):
     """The value of one `pings.v1` record: one driver's accepted pings from one request.
 
     One record per request, not per ping: per-message overhead, not bytes, is what
-    limits a Python pipeline (design section 10).
+    limits a Python pipeline.
     """
 
     model_config = ConfigDict(frozen=True)

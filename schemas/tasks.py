@@ -7,7 +7,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict
 
-# A proof photo: what `POST /v1/jobs/{id}/complete` accepts (design section 6).
+# A proof photo: what `POST /v1/jobs/{id}/complete` accepts (docs/api.md).
 MAX_PHOTO_BYTES = 10 * 1024 * 1024
 PHOTO_FORMATS = frozenset({"JPEG", "PNG"})
 # Past this many pixels an image is a decompression bomb, whatever its file size.

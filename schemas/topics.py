@@ -1,4 +1,4 @@
-"""Kafka topic names (design section 4): a fixed interface, versioned in the name."""
+"""Kafka topic names (docs/architecture.md, "Topics"): a fixed interface, versioned in the name."""
 
 from typing import Final
 

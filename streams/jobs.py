@@ -1,6 +1,6 @@
 """The stream's view of jobs, pure: which job a ping belongs to, and which jobs a batch
 brings to their dropoff. Jobs are read by the batch's driver ids and job ids and combined
-here, never joined to pings in SQL (design section 17)."""
+here, never joined to pings in SQL: each service owns its tables."""
 
 from dataclasses import dataclass
 from uuid import UUID

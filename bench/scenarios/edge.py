@@ -1,4 +1,4 @@
-"""edge: what the two tiers in front of the services (design section 15) give and cost, in
+"""edge: what the two tiers in front of the services (docs/edge.md) give and cost, in
 one run on the running stack.
 
 - Cached: a share link's public view through the edge (nginx's cache answers) against the

@@ -1,4 +1,4 @@
-"""reads: the read path at herd scale (design section 14), in one run on the running stack,
+"""reads: the read path at herd scale (README, "Api: reads"), in one run on the running stack,
 beside its baselines from the same run.
 
 Two api processes of our read path are started beside the stack's (infra.services.

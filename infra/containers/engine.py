@@ -1,4 +1,4 @@
-"""Podman, the container engine on machines without a Docker engine (design section 16):
+"""Podman, the container engine on machines without a Docker engine (docs/containers.md):
 its configuration for our machines, its CLI, and its Docker-compatible API service, which
 testcontainers drives. The configuration is our own file (CONTAINERS_CONF): the machine's
 is left alone."""

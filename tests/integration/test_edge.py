@@ -1,4 +1,4 @@
-"""The edge (design section 15) on the real stack, through its one public port: nginx's
+"""The edge (docs/edge.md) on the real stack, through its one public port: nginx's
 cache in front of HAProxy in front of the services. Every route reaches its service; the
 cache keeps share views only, one request per key however many ask; a process that dies
 under load costs no GET, a POST in flight gets an error answer, WebSockets stay up; the

@@ -1,4 +1,4 @@
-"""The notifier (design section 6) on the real stack: snapshot then live events and
+"""The notifier (docs/notifier.md) on the real stack: snapshot then live events and
 positions, exact resume from the Redis log and from PostgreSQL, resync, who may follow
 which job, a slow consumer cut off with bounded memory, kill -9 of a process under its
 clients, and the property that clients dropping and resuming at random on two processes

@@ -1,4 +1,4 @@
-"""JWT verification refuses every token it should (design section 6)."""
+"""JWT verification refuses every token it should (docs/api.md)."""
 
 import time
 from collections.abc import Iterator

@@ -1,4 +1,4 @@
-"""Section 8 of the design: every bad ping is rejected with a reason, good ones pass."""
+"""Ping validation (schemas/pings.py): every bad ping is rejected with a reason, good ones pass."""
 
 import math
 import uuid
