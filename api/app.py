@@ -6,16 +6,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated
 
-import psycopg
 import redis.asyncio as aioredis
 from fastapi import Depends, FastAPI, Path, Request, Security
 from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials
 from prometheus_client import CollectorRegistry, Counter
-from psycopg_pool import PoolTimeout
 
-from api import http_errors, outbox_relay
-from api.blobs import DirectoryBlobStore
+from api import http_errors
 from api.config import ApiSettings
 from api.fast_reads import POSITION_ROLES, FastReads
 from api.job_routes import job_router
@@ -28,6 +25,8 @@ from api.share_routes import share_router
 from api.task_routes import task_router
 from api.view_cache import CacheMetrics, CacheSettings, ViewCache
 from api.views import ReadPath, ViewLoaders, Views, position_answer, write_through
+from jobs import relay
+from jobs.blobs import DirectoryBlobStore
 from runtime.auth import require_role, verifier_from_settings
 from runtime.http import (
     METRICS_RESPONSES,
@@ -42,13 +41,16 @@ from runtime.http import (
     metrics_response,
 )
 from runtime.kafka import AckedProducer, durable_producer
-from runtime.postgres import Pool, open_pool
+from runtime.postgres import DATABASE_ERRORS, Pool, open_pool
 from schemas.auth import Principal
 from schemas.ids import ID_PATTERN, MAX_ID_LENGTH
 
 # A path id is checked before any query: a NUL byte or a megabyte id is a 422, not a 500.
 PathId = Annotated[str, Path(pattern=ID_PATTERN, max_length=MAX_ID_LENGTH)]
 
+
+# The primary does not answer, or the lifespan has not opened its pool yet.
+NOT_READY: tuple[type[Exception], ...] = (*DATABASE_ERRORS, KeyError)
 
 # Pools open inside the server's event loop, so the app is given how to open one.
 PoolOpener = Callable[[], Awaitable[Pool]]
@@ -135,7 +137,7 @@ async def _relay(settings: ApiSettings, pool: Pool, read_path: ReadPath) -> Asyn
         shutdown_timeout_s=2.0,
     )
     stopping = asyncio.Event()
-    limits = outbox_relay.RelayLimits(
+    limits = relay.RelayLimits(
         batch=settings.relay_batch,
         poll_s=settings.relay_poll_s,
         keep_sent_s=settings.outbox_keep_sent_hours * 3600,
@@ -143,7 +145,7 @@ async def _relay(settings: ApiSettings, pool: Pool, read_path: ReadPath) -> Asyn
     )
     views, cache, max_links = read_path.views, read_path.cache, settings.max_share_links_per_job
     task = asyncio.create_task(
-        outbox_relay.run(
+        relay.run(
             pool,
             producer,
             limits,
@@ -249,7 +251,7 @@ def create_app(
         try:
             async with pools["write"].connection(timeout=1) as conn:
                 await conn.execute("SELECT 1")
-        except (psycopg.Error, PoolTimeout, KeyError):
+        except NOT_READY:
             return json_response(
                 {"status": "unavailable", "database": False}, 503, {"Retry-After": "1"}
             )

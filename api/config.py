@@ -21,7 +21,7 @@ class ApiSettings(HttpServiceSettings):
     max_body_bytes: int = 64 * 1024
     # Uploads (proof photos), shared with the photo worker: a directory both can reach.
     blob_dir: Path = Path(".telemetry/blobs")
-    # The outbox relay (api/outbox_relay.py) runs in every api process; one publishes at
+    # The outbox relay (jobs/relay.py) runs in every api process; one publishes at
     # a time.
     kafka_bootstrap: str = "127.0.0.1:19092"
     relay_enabled: bool = True

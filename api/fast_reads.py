@@ -15,8 +15,7 @@ from uuid import UUID
 
 from fastapi.responses import Response
 
-from api.errors import ApiServiceError
-from api.http_errors import to_api_error
+from api.http_errors import MAPPED, to_api_error
 from api.principal_limit import PrincipalLimit
 from api.views import ReadPath, job_answer, position_answer, share_answer
 from runtime.auth import AuthError, TokenVerifier, bearer_token
@@ -76,7 +75,7 @@ class FastReads:
                     return None
                 self._limit.admit(who)
                 return await position_answer(self._read_path, found[1], if_none_match)
-        except ApiServiceError as exc:
+        except MAPPED as exc:
             return error_response(to_api_error(exc))
         return None
 

@@ -4,18 +4,25 @@ ApiError per answer: no exception instance is shared between requests."""
 from fastapi import FastAPI
 
 from api.errors import (
-    Conflict,
+    ApiServiceError,
     DatabaseBusy,
     DatabaseUnavailable,
-    Forbidden,
-    IdempotencyKeyReused,
     InvalidInput,
-    InvalidPhoto,
-    NotFound,
-    PhotoTooLarge,
     TooManyRequests,
 )
+from jobs.errors import (
+    Conflict,
+    Forbidden,
+    IdempotencyKeyReused,
+    InvalidPhoto,
+    JobsError,
+    NotFound,
+    PhotoTooLarge,
+)
 from runtime.http import ApiError, map_errors, retry_after
+
+# Every error with an HTTP answer here: the api's own and the jobs domain's.
+MAPPED = (ApiServiceError, JobsError)
 
 
 def to_api_error(exc: Exception) -> ApiError:

@@ -13,23 +13,22 @@ import psycopg
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import Response
 from psycopg import AsyncConnection
-from psycopg_pool import PoolTimeout
 from pydantic import AwareDatetime, BaseModel
 
-from api import job_store
-from api.blobs import BlobStore
 from api.config import ApiSettings
 from api.errors import DatabaseUnavailable, InvalidInput
-from api.job_rules import Action, check_allowed, check_creator, check_status, check_visible
 from api.job_views import MAX_FIXES, track_span
-from api.photos import check_photo
 from api.positions import SELECT_TRACK
 from api.reads import write_position
 from api.track import feature
 from api.uploads import PHOTO_BODY, read_photo
 from api.views import ReadPath, job_answer
+from jobs import store as job_store
+from jobs.blobs import BlobStore
+from jobs.photos import check_photo
+from jobs.rules import Action, check_allowed, check_creator, check_status, check_visible
 from runtime.http import error_responses, json_response
-from runtime.postgres import Pool
+from runtime.postgres import TRANSIENT_ERRORS, Pool
 from schemas.auth import Principal
 from schemas.jobs import (
     Job,
@@ -100,7 +99,7 @@ def job_router(
                 if attempt == 2:
                     raise
                 # A concurrent retry with the same key committed first: replay its answer.
-            except (psycopg.OperationalError, PoolTimeout) as exc:
+            except TRANSIENT_ERRORS as exc:
                 db_errors()
                 raise DatabaseUnavailable(str(exc)) from exc
         raise AssertionError("unreachable")  # pragma: no cover
@@ -309,7 +308,7 @@ def job_router(
         try:
             async with pools["write"].connection() as conn:
                 result = await job_store.page(conn, who, after, limit)
-        except (psycopg.OperationalError, PoolTimeout) as exc:
+        except TRANSIENT_ERRORS as exc:
             db_errors()
             raise DatabaseUnavailable(str(exc)) from exc
         return json_response(result.model_dump(mode="json"))

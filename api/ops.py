@@ -7,7 +7,6 @@ seconds gets statuses judged over its last looks, and an idle api costs Kafka no
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -20,6 +19,7 @@ from pydantic import BaseModel
 
 from api.overview import Overview, OverviewMonitor, PrometheusUnavailable
 from runtime.auth import require_role
+from runtime.clock import Clock, SystemClock
 from runtime.http import ApiError, error_responses, json_response
 from runtime.lag_status import LagWindow
 from runtime.lag_view import Look, as_json, judge, look
@@ -38,13 +38,19 @@ class LagReport(BaseModel):
 
 
 class LagMonitor:
+    """Consumer lag for `GET /v1/ops/lag`: one look at Kafka at a time, at most one per
+    `min_interval_s` (requests in between get the latest look), judged over the last
+    `window` looks. Safe for the tasks of one event loop."""
+
     def __init__(
         self,
         bootstrap: str,
         window: int,
         min_interval_s: float,
         looker: Callable[[str], Any] = look,
+        clock: Clock | None = None,
     ) -> None:
+        self._clock = clock or SystemClock()
         self._bootstrap = bootstrap
         self._window = LagWindow(window)
         self._min_interval_s = min_interval_s
@@ -56,16 +62,19 @@ class LagMonitor:
 
     async def report(self) -> dict[str, Any]:
         async with self._lock:  # one look at a time; the others wait for it
-            if self._latest is None or time.monotonic() - self._looked_at >= self._min_interval_s:
+            if self._latest is None or self._due():
                 seen: Look = await self._looker(self._bootstrap)
                 rows = judge(self._window, seen)
                 self._looks += 1
-                self._looked_at = time.monotonic()
+                self._looked_at = self._clock.monotonic()
                 self._latest = as_json(rows, seen.members) | {
-                    "sampled_at": time.time(),
+                    "sampled_at": self._clock.wall(),
                     "window": min(self._looks, self._window.size),
                 }
             return self._latest
+
+    def _due(self) -> bool:
+        return self._clock.monotonic() - self._looked_at >= self._min_interval_s
 
 
 PAGE_DIR = Path(__file__).parent / "ops_page"

@@ -22,17 +22,14 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import psycopg
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from psycopg import AsyncClientCursor, AsyncConnection
 from psycopg.rows import dict_row
-from psycopg_pool import PoolTimeout
 
 from api.errors import DatabaseBusy, DatabaseUnavailable
-from runtime.postgres import REPLICA_LAG, Pool
+from runtime.postgres import DATABASE_ERRORS, REPLICA_LAG, TRANSIENT_ERRORS, Pool
 
 log = logging.getLogger(__name__)
-DB_ERRORS = (psycopg.OperationalError, PoolTimeout)
 T = TypeVar("T")
 
 # The position this server's data includes: on a replica the end of what it has
@@ -202,7 +199,7 @@ class ReadRouter:
         async with self._gate.slot():
             try:
                 return await self._run(view, sql, params, then, min_lsn, critical)
-            except DB_ERRORS as exc:
+            except TRANSIENT_ERRORS as exc:
                 self._on_unavailable()
                 raise DatabaseUnavailable(str(exc)) from exc
 
@@ -228,7 +225,7 @@ class ReadRouter:
                         more = await then(conn, rows)
                         self._metrics.reads.labels(view, "replica", reason).inc()
                         return Rows(rows, lsn, "replica"), more
-            except DB_ERRORS as exc:
+            except TRANSIENT_ERRORS as exc:
                 # A statement cancelled in conflict with recovery (SQLSTATE 40001, or the
                 # connection ended if it was idle in its transaction) would fail again
                 # there while the primary's change replays: the primary serves it.
@@ -248,7 +245,7 @@ class ReadRouter:
                 async with self._pools["read"].connection(timeout=self._check_every_s) as conn:
                     row = await (await conn.execute(REPLICA_LAG)).fetchone()
                 lag = float(row[0]) if row is not None else 0.0
-            except (*DB_ERRORS, psycopg.Error):
+            except DATABASE_ERRORS:
                 lag = math.inf
             if (lag > self._max_lag_s) != (self._lag_s > self._max_lag_s):
                 log.warning(

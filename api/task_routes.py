@@ -8,9 +8,9 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 from psycopg import AsyncConnection
 
-from api import job_store
-from api.job_rules import check_visible
 from api.views import ReadPath
+from jobs import store as job_store
+from jobs.rules import check_visible
 from runtime.http import error_responses, json_response
 from schemas.auth import Principal
 from schemas.jobs import Job

@@ -6,7 +6,7 @@ from fastapi import Request
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from api.errors import InvalidPhoto, PhotoTooLarge
+from jobs.errors import InvalidPhoto, PhotoTooLarge
 from runtime.http import ApiError, stream_body_limited
 
 if TYPE_CHECKING:  # its types exist for type checkers only

@@ -11,14 +11,14 @@ import orjson
 from fastapi.responses import Response
 from psycopg import AsyncConnection
 
-from api import job_store
 from api.config import ApiSettings
-from api.errors import NotFound
-from api.job_rules import Owners, check_visible, visible
 from api.job_views import with_live_position
 from api.positions import SELECT_POSITION, DriverPosition
 from api.reads import ReadRouter, write_position
 from api.view_cache import Envelope, Loaded, View, ViewCache
+from jobs import store as job_store
+from jobs.errors import NotFound
+from jobs.rules import Owners, check_visible, visible
 from runtime.http import ApiError, error_response
 from runtime.postgres import Pool
 from schemas.auth import Principal

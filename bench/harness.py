@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from bench.fleet import FleetConfig, run_fleet
-from bench.report import append_summary, plot, write_json
+from bench.report import plot, write_json, write_summary
 from bench.sampler import Sampler
 from bench.scenarios import SCENARIOS
 from bench.stats import FleetStats
@@ -142,7 +142,6 @@ def run(
     *,
     options: dict[str, Any] | None = None,
     out_dir: Path | None = None,
-    docs: Path | None = REPO_ROOT / "docs" / "benchmarks.md",
     command: str | None = None,
     report_step: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
@@ -156,9 +155,11 @@ def run(
     report["files"] = {
         "json": str(directory / "report.json"),
         "png": str(directory / "report.png"),
+        "summary": str(directory / "summary.md"),
     }
     getattr(scenario, "plot", plot)(report, directory / "report.png")
     write_json(report, directory / "report.json")
-    if docs is not None:
-        append_summary(docs, command or f"telemetry bench {name}", scenario.summary(report))
+    write_summary(
+        directory / "summary.md", command or f"telemetry bench {name}", scenario.summary(report)
+    )
     return report

@@ -1,4 +1,5 @@
-"""Benchmark reports: a JSON file, a PNG of the run over time, a summary in docs/benchmarks.md."""
+"""Benchmark reports, one directory per run (bench/reports/, not tracked): a JSON file, a
+PNG of the run over time, and a Markdown summary."""
 
 from datetime import UTC, datetime
 from pathlib import Path
@@ -131,15 +132,11 @@ def plot(report: dict[str, Any], path: Path) -> Path:
     return save_figure(fig, path)
 
 
-def append_summary(docs: Path, command: str, lines: list[str]) -> None:
-    """Appends one run's figures and the exact command that produced them."""
-    docs.parent.mkdir(parents=True, exist_ok=True)
-    if not docs.exists():
-        docs.write_text(
-            "# Benchmarks\n\nEvery section is one run, appended by `telemetry bench`, "
-            "with the exact command. Figures are from the machine the run was on.\n"
-        )
+def write_summary(path: Path, command: str, lines: list[str]) -> Path:
+    """One run's figures in Markdown beside its JSON and PNG, with the exact command that
+    produced them: what a curated table in docs/benchmarks.md is copied from."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     body = "\n".join(f"- {line}" for line in lines)
-    with docs.open("a") as out:
-        out.write(f"\n## {command} ({stamp})\n\n```\n{command}\n```\n\n{body}\n")
+    path.write_text(f"## {command} ({stamp})\n\n```\n{command}\n```\n\n{body}\n")
+    return path

@@ -333,7 +333,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             stack.down()
     for line in harness.load(args.scenario).summary(report):
         console.print(line)
-    console.print(f"report: {report['files']['json']} and {report['files']['png']}")
+    files = report["files"]
+    console.print(f"report: {files['json']}, {files['png']} and {files['summary']}")
     return 0
 
 

@@ -163,7 +163,7 @@ def ensure_users(config: StackConfig) -> list[str]:
         for directory in closed:
             run(["setfacl", "-m", f"u:{user}:x", str(directory)])
         done.append(f"'{user}' may pass through {' '.join(map(str, closed))}")
-    imports = "import api.app, api.photo_worker, ingest.app, streams.app, notifier.app"
+    imports = "import api.app, photo_worker.app, ingest.app, streams.app, notifier.app"
     try:
         run([sys.executable, "-c", f"{imports}, infra.ops_exporter"], user=APP_USER, cwd=REPO_ROOT)
     except StackError as exc:

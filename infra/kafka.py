@@ -7,11 +7,10 @@ from pathlib import Path
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
-from infra import launch
 from infra.config import StackConfig
 from infra.install import java_binary
 from infra.launch import Command, Mount
-from infra.procs import APP_USER, ProcessRef, StackError, own_tree, run
+from infra.procs import APP_USER, StackError, own_tree, run
 from schemas import topics
 
 LOG4J_CONFIG = Path(__file__).resolve().parent / "kafka" / "log4j2.yaml"
@@ -120,11 +119,6 @@ def command(config: StackConfig) -> Command:
     # The services' user: no secret is in its files (the listener is PLAINTEXT).
     mounts = (Mount(properties_path(config)), Mount(data_dir(config), writable=True))
     return Command("kafka", "kafka", argv, user=APP_USER, mounts=mounts)
-
-
-def start(config: StackConfig) -> ProcessRef:
-    prepare(config)
-    return launch.spawn(config, command(config))
 
 
 async def _create_topics(bootstrap: str, wanted: list[tuple[str, int]]) -> None:

@@ -1,6 +1,7 @@
-"""What a component runs, and where (`TELEMETRY_RUNTIME`): a local process, or a container
-of the component's image (infra/containers/). Either way the stack gets a process it stops,
-kills and watches by pid."""
+"""What a component runs (its command), and running it as a local process. Where it runs
+(`TELEMETRY_RUNTIME`: a local process, or a container of the component's image) is chosen
+in infra/runtimes.py. Either way the stack gets a process it stops, kills and watches by
+pid."""
 
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,12 +43,9 @@ def log_path(config: StackConfig, command: Command) -> Path:
     return config.logs_dir / f"{command.name}.log"
 
 
-def spawn(config: StackConfig, command: Command) -> ProcessRef:
-    if config.runtime == "containers" and command.image is not None:
-        # Imported here: the container runtime imports the component modules that call this.
-        from infra.containers import run
-
-        return run.spawn(config, command)
+def spawn_local(config: StackConfig, command: Command) -> ProcessRef:
+    """The command as a local process (infra/runtimes.py chooses a container instead where
+    the stack runs on containers)."""
     return procs.spawn(
         command.argv,
         log_path=log_path(config, command),

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from infra import launch, pgbouncer, redis
+from infra import pgbouncer, redis, runtimes
 from infra.config import REPO_ROOT, StackConfig
 from infra.launch import Command, Mount
 from infra.procs import APP_USER, ProcessRef, StackError, free_port, stop, wait_until
@@ -119,7 +119,7 @@ def specs(config: StackConfig) -> list[ServiceSpec]:
         result.append(
             ServiceSpec(
                 f"photo-worker-{i + 1}",
-                "api.photo_worker",
+                "photo_worker",
                 port,
                 env,
                 "TELEMETRY_PHOTO_WORKER_PORT",
@@ -169,7 +169,7 @@ def streams_data_dir(config: StackConfig) -> Path:
 
 
 def start(config: StackConfig, spec: ServiceSpec) -> ProcessRef:
-    return launch.spawn(config, command(spec))
+    return runtimes.spawn(config, command(spec))
 
 
 def url_ready(url: str, name: str) -> bool:

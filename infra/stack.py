@@ -17,8 +17,8 @@ from infra import (
     edge,
     haproxy,
     install,
-    launch,
     prometheus,
+    runtimes,
     services,
     storage,
     supervisor,
@@ -210,7 +210,7 @@ class Stack:
             if any(port_open(port) for port, _ in component.ports):
                 return False  # the dead process's threads still hold it, for a moment
             component.prepare()
-            ref = launch.spawn(self.config, component.command())
+            ref = runtimes.spawn(self.config, component.command())
             records[name] = replace(record, ref=ref, restarts=record.restarts + 1, gave_up=False)
         self._readied.discard(name)
         return True
@@ -230,7 +230,7 @@ class Stack:
             ensure_port_free(port, component.name, env_var)
         component.prepare()
         self.report(f"starting {component.name}")
-        ref = launch.spawn(self.config, component.command())
+        ref = runtimes.spawn(self.config, component.command())
         self.state.put(
             Record(
                 component.name,

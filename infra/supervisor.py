@@ -5,24 +5,20 @@ looks in a row: a consumer whose task died, a batch that cannot be written) is k
 restarted the same way. It acts only on what the state file says runs and is supervised:
 a component stopped through the stack is forgotten first, so it is never brought back."""
 
-import argparse
 import logging
 import signal
 import sys
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from infra import logs
 from infra.config import REPO_ROOT, StackConfig
 from infra.launch import Command
-from infra.procs import StackError
-from runtime.logging import configure_logging
-
-if TYPE_CHECKING:
-    from infra.stack import Stack
+from infra.procs import ProcessRef, StackError
 
 NAME = "supervisor"
 # It also rotates the stack's logs (infra/logs.py), looking this often.
@@ -110,7 +106,52 @@ class RestartPolicy:
             del self._tracks[name]
 
 
-def supervise_once(stack: "Stack", policy: RestartPolicy, now: float) -> None:
+class Supervised(Protocol):
+    """A process as the stack's state file records it."""
+
+    @property
+    def ref(self) -> ProcessRef: ...
+
+    @property
+    def supervised(self) -> bool: ...
+
+    @property
+    def gave_up(self) -> bool: ...
+
+
+class Probed(Protocol):
+    """A component, for its liveness probe (None: it has none)."""
+
+    @property
+    def live(self) -> Callable[[], bool] | None: ...
+
+
+class Restarts(Protocol):
+    """What the supervisor acts on (the stack, infra/stack.py): what runs, and the three
+    things it may do to a process. Each operation acts only if the process is still the
+    one recorded (`ref`), so a process an operator restarted meanwhile is left alone."""
+
+    @property
+    def records(self) -> Mapping[str, Supervised]: ...
+
+    @property
+    def components(self) -> Mapping[str, Probed]: ...
+
+    def kill_stuck(self, name: str, stuck: ProcessRef) -> None:
+        """SIGKILLs a live process that fails its probe; the next look restarts it."""
+        ...
+
+    def give_up(self, name: str, dead: ProcessRef) -> None:
+        """Records that a process crashing again and again is not restarted any more."""
+        ...
+
+    def restart(self, name: str, dead: ProcessRef) -> bool:
+        """Starts a dead process again; False when that is no longer the supervisor's to do
+        (stopped meanwhile, restarted by someone else). StackError if it cannot start."""
+        ...
+
+
+def supervise_once(stack: Restarts, policy: RestartPolicy, now: float) -> None:
     """One look at every supervised process: restart the dead ones that are due, and kill
     the stuck ones (alive, failing their liveness probe) so that the next look restarts
     them as it would a crash."""
@@ -156,7 +197,15 @@ def supervise_once(stack: "Stack", policy: RestartPolicy, now: float) -> None:
             policy.started(name, now)
 
 
-def run(config: StackConfig, interval_s: float = 0.5) -> None:
+# How often the supervisor looks at every process.
+INTERVAL_S = 0.5
+
+
+def run(
+    config: StackConfig, open_stack: Callable[[], Restarts], interval_s: float = INTERVAL_S
+) -> None:
+    """Looks every `interval_s` until SIGTERM or SIGINT. `open_stack` reads the stack
+    afresh each round: `telemetry scale` changes the components."""
     stopping = False
 
     def stop(signum: int, frame: FrameType | None) -> None:
@@ -167,14 +216,10 @@ def run(config: StackConfig, interval_s: float = 0.5) -> None:
     signal.signal(signal.SIGINT, stop)
     policy = RestartPolicy()
     log.info("supervising the stack in %s", config.state_dir)
-    # Imported here: the stack module starts this one as a component.
-    from infra.stack import Stack
-
     next_rotation = 0.0
     while not stopping:
         try:
-            # Built afresh each round: `telemetry scale` changes the components.
-            supervise_once(Stack(config), policy, time.monotonic())
+            supervise_once(open_stack(), policy, time.monotonic())
             if time.monotonic() >= next_rotation:
                 next_rotation = time.monotonic() + ROTATE_EVERY_S
                 for name in logs.rotate_all(config.logs_dir, config.log_max_bytes, config.log_keep):
@@ -187,21 +232,8 @@ def run(config: StackConfig, interval_s: float = 0.5) -> None:
     log.info("supervisor stopped")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m infra.supervisor")
-    parser.add_argument("config", type=Path, help="the stack's configuration (JSON)")
-    args = parser.parse_args(argv)
-    configure_logging("INFO", NAME)
-    run(StackConfig.model_validate_json(args.config.read_text()))
-    return 0
-
-
 def command(config: StackConfig) -> Command:
     # A local process on either runtime: it starts the others, as an engine's restart
     # policy would.
-    argv = [sys.executable, "-m", "infra.supervisor", str(config_path(config))]
+    argv = [sys.executable, "-m", "infra.supervise", str(config_path(config))]
     return Command(NAME, None, argv, cwd=REPO_ROOT)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -9,10 +9,8 @@ import time
 from collections.abc import AsyncIterator, Awaitable
 from datetime import UTC, datetime
 
-import psycopg
 import redis.asyncio as aioredis
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from psycopg_pool import PoolTimeout
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
@@ -32,7 +30,7 @@ from notifier.resume import Resumer
 from notifier.session import Limits, Session
 from notifier.store import Store
 from runtime.auth import verifier_from_settings
-from runtime.postgres import Pool, open_pool
+from runtime.postgres import DATABASE_ERRORS, Pool, open_pool
 from runtime.request_metrics import UNMATCHED, RequestMetrics, process_metrics
 from schemas.notifier import WS_PATH
 
@@ -225,7 +223,7 @@ class Notifier:
         try:
             async with asyncio.timeout(1), self._primary.connection(timeout=1) as conn:
                 await conn.execute("SELECT 1")
-        except (psycopg.Error, PoolTimeout, TimeoutError, OSError):
+        except DATABASE_ERRORS:
             return False
         return True
 

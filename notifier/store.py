@@ -11,13 +11,12 @@ from datetime import datetime
 from typing import Any, Generic, TypeVar
 from uuid import UUID
 
-import psycopg
 from psycopg.rows import dict_row
-from psycopg_pool import PoolTimeout
 
+from jobs import store as job_store
 from notifier.errors import DatabaseUnavailable
 from notifier.frames import EventFrame, event_frame
-from runtime.postgres import Pool
+from runtime.postgres import DATABASE_ERRORS, Pool
 from schemas.jobs import JobEvent, JobStatus
 from schemas.positions import PositionUpdate
 
@@ -80,10 +79,6 @@ class ShareRow:
     expires_at: datetime
 
 
-_JOB_COLUMNS = (
-    "job_id, status, customer_id, driver_id, pickup_lat, pickup_lon, dropoff_lat,"
-    " dropoff_lon, reference, seq, created_at, updated_at"
-)
 # Enough of a query a storm would otherwise run thousands of times.
 MAX_BATCH = 500
 
@@ -110,7 +105,7 @@ class Store:
             ):
                 await cur.execute(sql, params)
                 return await cur.fetchall()
-        except (psycopg.Error, PoolTimeout, TimeoutError, OSError) as exc:
+        except DATABASE_ERRORS as exc:
             raise DatabaseUnavailable(f"database did not answer: {exc!r}") from exc
 
     async def _chunked(self, pool: Pool, sql: str, keys: list[Any]) -> list[dict[str, Any]]:
@@ -120,9 +115,7 @@ class Store:
         return rows
 
     async def _load_jobs(self, job_ids: list[UUID]) -> dict[UUID, JobRow]:
-        rows = await self._chunked(
-            self._primary, f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = ANY(%s)", job_ids
-        )
+        rows = await self._chunked(self._primary, job_store.SELECT_JOBS, job_ids)
         return {
             r["job_id"]: JobRow(
                 r["job_id"], JobStatus(r["status"]), r["customer_id"], r["driver_id"], r["seq"], r
@@ -132,12 +125,7 @@ class Store:
 
     async def live_shares(self, hashes: list[bytes]) -> dict[bytes, ShareRow]:
         """The links among `hashes` that are live now (not expired, not revoked)."""
-        rows = await self._chunked(
-            self._primary,
-            "SELECT token_hash, job_id, expires_at FROM share_links"
-            " WHERE token_hash = ANY(%s) AND expires_at > now()",
-            hashes,
-        )
+        rows = await self._chunked(self._primary, job_store.SELECT_LIVE_SHARES, hashes)
         return {
             bytes(r["token_hash"]): ShareRow(bytes(r["token_hash"]), r["job_id"], r["expires_at"])
             for r in rows
@@ -158,10 +146,7 @@ class Store:
     ) -> list[EventFrame]:
         """The job's events after `after_seq` (at most `limit`), from the replica when it
         has them up to `until_seq` (a seq known committed), else from the primary."""
-        sql = (
-            "SELECT job_id, seq, type, status, data, at FROM job_events"
-            " WHERE job_id = %s AND seq > %s ORDER BY seq LIMIT %s"
-        )
+        sql = job_store.SELECT_EVENTS_AFTER
         params = [job_id, after_seq, limit]
         rows = await self._query(self._replica, sql, params)
         if (rows[-1]["seq"] if rows else after_seq) < min(until_seq, after_seq + limit):

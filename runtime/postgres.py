@@ -2,11 +2,27 @@
 
 from typing import Any
 
+import psycopg
 from psycopg import AsyncConnection
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 # A pool of async connections, as every service holds them.
 Pool = AsyncConnectionPool[AsyncConnection[Any]]
+
+# The database errors after which the same work may succeed later, the one list every service
+# retries or answers 503 on: the server or the way to it is away, or it could not do this
+# now (a lost connection, a lock or statement timeout, a serialization failure: all
+# OperationalError), the pool had no connection in time, or the caller's own deadline
+# (asyncio.timeout) passed. What psycopg raises about the data or the SQL itself fails the
+# same way every time, and is not here.
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
+    psycopg.OperationalError,
+    PoolTimeout,
+    TimeoutError,
+)
+# Any failure to get an answer from the database, for where the cause does not matter: a
+# readiness probe, or a read whose caller only learns that the database is unavailable.
+DATABASE_ERRORS: tuple[type[Exception], ...] = (psycopg.Error, *TRANSIENT_ERRORS)
 
 # How far a replica is behind, in seconds: 0 when it has replayed all it has received (an
 # idle primary sends nothing, and then nothing is missing), and on a primary.

@@ -7,10 +7,10 @@ from prometheus_client import CollectorRegistry, start_http_server
 from runtime.http import ConcurrencyCap
 from runtime.one_write import OneWriteHttpToolsProtocol
 from runtime.request_metrics import instrument
-from runtime.settings import HttpServiceSettings
+from runtime.settings import ServedSettings
 
 
-def serve(app: FastAPI, settings: HttpServiceSettings, registry: CollectorRegistry) -> None:
+def serve(app: FastAPI, settings: ServedSettings, registry: CollectorRegistry) -> None:
     if settings.metrics_port is not None:
         # Scrapes on a port of their own (not exposed with the API), from a thread.
         start_http_server(settings.metrics_port, addr=settings.host, registry=registry)

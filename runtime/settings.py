@@ -13,12 +13,26 @@ class ServiceSettings(BaseSettings):
     log_level: str = "INFO"
 
 
-class HttpServiceSettings(ServiceSettings):
-    """An HTTP service that verifies tokens: where it listens and how it bounds its work."""
+class ServedSettings(ServiceSettings):
+    """A service with an HTTP server (its routes, or only its probes and metrics), served by
+    runtime/serve.py: where it listens and how it bounds its work."""
 
     # Loopback unless told otherwise: an edge (HAProxy) is what faces the network.
     host: str = "127.0.0.1"
     port: int
+    # Serve /metrics on its own port (None: on the service's port).
+    metrics_port: int | None = None
+    # Requests in progress at once, beyond which the answer is 503 (nothing queues).
+    max_concurrent_requests: int = 4000
+    # An idle keep-alive connection is closed after this. Longer than HAProxy keeps idle
+    # connections to us, so it is HAProxy that closes them: a request it sends never meets
+    # a connection we are closing (a POST would get a 502).
+    keep_alive_s: float = 65.0
+
+
+class HttpServiceSettings(ServedSettings):
+    """An HTTP service that verifies tokens."""
+
     # Required: a service that cannot verify tokens must refuse to start.
     jwt_public_key_path: Path
     jwt_audience: str = JWT_AUDIENCE
@@ -29,13 +43,5 @@ class HttpServiceSettings(ServiceSettings):
     token_leeway_s: int = 30
     # /docs and /openapi.json; off in a deployment that does not publish them.
     docs_enabled: bool = True
-    # Serve /metrics on its own port (None: on the service's port).
-    metrics_port: int | None = None
-    # Requests in progress at once, beyond which the answer is 503 (nothing queues).
-    max_concurrent_requests: int = 4000
     # The whole body must arrive within this (a slow sender holds a slot otherwise).
     body_timeout_s: float = 10.0
-    # An idle keep-alive connection is closed after this. Longer than HAProxy keeps idle
-    # connections to us, so it is HAProxy that closes them: a request it sends never meets
-    # a connection we are closing (a POST would get a 502).
-    keep_alive_s: float = 65.0

@@ -10,8 +10,10 @@ from typing import Any
 
 import psycopg
 from psycopg import AsyncConnection, sql
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool
 
+from jobs import store as job_store
+from runtime.postgres import DATABASE_ERRORS, TRANSIENT_ERRORS
 from schemas.pings_wire import WireRecord
 from schemas.topics import DRIVER_TOPIC_PARTITIONS
 from streams.clean import CleanBatch, Position, clean
@@ -101,18 +103,9 @@ WHERE excluded.ts > cur.ts
 """
 # The aggregate step: a function of migration 0013 (plans cached per server connection).
 _APPLY_AGGREGATES = "SELECT incremented, recounted FROM stream_apply_aggregates(%s)"
-# Jobs by their own keys (the claimed job ids, the batch's driver ids): never joined to
-# pings in SQL, where a ping's job would be trusted before it is checked.
-_ASSIGNED_JOBS = "SELECT job_id, driver_id FROM jobs WHERE job_id = ANY(%s)"
-_ARRIVING_JOBS = (
-    "SELECT job_id, driver_id, dropoff_lat, dropoff_lon FROM jobs WHERE driver_id = ANY(%s)"
-    " AND status IN ('picked_up', 'completing') AND arrived_at IS NULL"
-)
 
-# Transient: the same write may succeed later (connection lost, lock or statement timeout,
-# serialization failure: all OperationalError). What psycopg raises about the data itself
-# fails the same way on every retry.
-_TRANSIENT = (psycopg.OperationalError, PoolTimeout, TimeoutError, OSError)
+# What psycopg raises about the rows themselves fails the same way on every retry (the
+# transient errors, which may not: runtime/postgres.py).
 _DATA = (psycopg.DataError, psycopg.IntegrityError)
 
 
@@ -159,8 +152,8 @@ class PingSink:
                     await self._bound_waits(conn)
                     await conn.execute(_LOCK, [lock_names(batch, self._limits.topic_partitions)])
                     latest_rows = await conn.execute(_READ_LATEST, [drivers])
-                    assigned_rows = await conn.execute(_ASSIGNED_JOBS, [claimed])
-                    arriving_rows = await conn.execute(_ARRIVING_JOBS, [drivers])
+                    assigned_rows = await conn.execute(job_store.SELECT_ASSIGNED, [claimed])
+                    arriving_rows = await conn.execute(job_store.SELECT_ARRIVING, [drivers])
                     await conn.execute(_STAGE_IN)
                     await conn.execute(_STAGE_INSERTED)
                 latest = {
@@ -185,12 +178,13 @@ class PingSink:
                         [[m.driver_id for m in moved], [m.ping.ping_id for m in moved]],
                     )
                     paths = await conn.execute(_APPLY_AGGREGATES, [hourly])
-                    for job_id in arrivals(cleaned.pings, arriving, self._limits.arrival_radius_m):
-                        await conn.execute("SELECT job_arrived(%s)", [job_id])
                 incremented, recounted = await paths.fetchone() or (0, 0)
+                # Rare (once a job), so one by one, through the one way events are recorded.
+                for job_id in arrivals(cleaned.pings, arriving, self._limits.arrival_radius_m):
+                    await job_store.arrive(conn, job_id)
         except _DATA as exc:
             raise BadData(f"the database refused {len(records)} records: {exc}") from exc
-        except _TRANSIENT as exc:
+        except TRANSIENT_ERRORS as exc:
             raise SinkUnavailable(f"writing {len(records)} records failed: {exc!r}") from exc
         self._on_aggregates(incremented, recounted)
         return cleaned
@@ -261,5 +255,5 @@ class PingSink:
         try:
             async with self._pool.connection(timeout=1.0) as conn:
                 await conn.execute("SELECT 1")
-        except (*_TRANSIENT, psycopg.Error) as exc:
+        except DATABASE_ERRORS as exc:
             raise SinkUnavailable(f"database unreachable: {exc!r}") from exc

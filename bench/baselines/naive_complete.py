@@ -14,13 +14,13 @@ from uuid import UUID
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.responses import Response
 
-from api import job_store
-from api.blobs import DirectoryBlobStore
-from api.errors import InvalidPhoto
-from api.job_rules import Action
-from api.photos import process_photo
 from api.uploads import read_photo
 from bench.baselines import serve
+from jobs import store as job_store
+from jobs.blobs import DirectoryBlobStore
+from jobs.errors import InvalidPhoto
+from jobs.photos import process_photo
+from jobs.rules import Action
 from runtime.auth import TokenVerifier, bearer_token, require_role
 from runtime.http import ApiError, install_error_handlers, json_response
 from runtime.postgres import open_pool

@@ -12,10 +12,11 @@ from uuid import UUID
 from fastapi import Depends, FastAPI, Header
 from fastapi.responses import Response
 
-from api import http_errors, job_store
-from api.job_rules import check_visible
+from api import http_errors
 from api.job_views import with_live_position
 from bench.baselines import serve
+from jobs import store as job_store
+from jobs.rules import check_visible
 from runtime.auth import TokenVerifier, bearer_token
 from runtime.http import install_error_handlers, json_response
 from runtime.postgres import open_pool

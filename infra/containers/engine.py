@@ -91,7 +91,7 @@ def serving(config: StackConfig) -> Iterator[None]:
         return
     prepare(config)
     api = command(config)
-    ref = launch.spawn(config, api)
+    ref = launch.spawn_local(config, api)
     try:
         wait_until(lambda: ready(config) or not ref.alive(), 60, 0.1)
         if not ready(config):

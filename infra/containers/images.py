@@ -29,7 +29,8 @@ DEBIAN_MIRROR = "http://deb.debian.org/debian"
 # The project's files that go into the app image (as a wheel).
 PROJECT_FILES = ("pyproject.toml", "README.md")
 PROJECT_PACKAGES = (
-    "schemas", "runtime", "ingest", "streams", "api", "notifier", "infra", "bench", "cli",
+    "schemas", "runtime", "jobs", "ingest", "streams", "api", "notifier", "photo_worker",
+    "infra", "bench", "cli",
 )  # fmt: skip
 
 Report = Callable[[str], None]

@@ -14,9 +14,10 @@ pytestmark = pytest.mark.integration
 
 
 def test_smoke_report_counts_match_what_the_database_stored(stack: Stack, tmp_path: Path) -> None:
-    report = harness.run("smoke", stack, out_dir=tmp_path, docs=None)
+    report = harness.run("smoke", stack, out_dir=tmp_path)
     saved = json.loads((tmp_path / "report.json").read_text())
     assert (tmp_path / "report.png").stat().st_size > 10_000
+    assert "telemetry bench smoke" in (tmp_path / "summary.md").read_text()
     assert saved["fleet"]["accepted"] == report["fleet"]["accepted"] > 0
     assert saved["fleet"]["failed_batches"] == 0
     with psycopg.connect(postgres.dsn(stack.config, "primary")) as conn:

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
-from infra import install, kafka, services
+from infra import install, kafka, runtimes, services
 from infra.config import StackConfig
 from infra.containers import engine
 from infra.procs import ProcessRef, stop, wait_until
@@ -29,6 +29,11 @@ pytestmark = pytest.mark.integration
 CONTRACT_TIMEOUT = httpx.Timeout(2.0)
 
 
+def start_kafka(config: StackConfig) -> ProcessRef:
+    kafka.prepare(config)
+    return runtimes.spawn(config, kafka.command(config))
+
+
 @dataclass
 class BrokerAndIngest:
     config: StackConfig
@@ -37,7 +42,7 @@ class BrokerAndIngest:
     spec: services.ServiceSpec
 
     def start_broker(self) -> None:
-        self.broker = kafka.start(self.config)
+        self.broker = start_kafka(self.config)
         assert wait_until(lambda: kafka.ready(self.config), 90, 0.25), "Kafka did not come back"
 
     def start_ingest(self) -> None:
@@ -55,7 +60,7 @@ def broker_and_ingest() -> Iterator[BrokerAndIngest]:
     try:
         # The container engine's API, on the container backend (the test has no stack).
         with engine.serving(config):
-            setup = BrokerAndIngest(config, kafka.start(config), ProcessRef(0, 0), spec)
+            setup = BrokerAndIngest(config, start_kafka(config), ProcessRef(0, 0), spec)
             try:
                 assert wait_until(lambda: kafka.ready(config), 90, 0.25), "Kafka did not start"
                 kafka.create_topics(config)

@@ -23,18 +23,18 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from PIL import ExifTags, Image
 
-from api import outbox_relay
-from api.blob_sweep import SweepLimits, sweep_blobs
-from api.blobs import DirectoryBlobStore
 from infra import pgbouncer, postgres
 from infra.config import StackConfig
 from infra.redis import url as redis_url
 from infra.stack import Stack
+from jobs import relay
+from jobs.blob_sweep import SweepLimits, sweep_blobs
+from jobs.blobs import DirectoryBlobStore
 from runtime.geo import destination
 from runtime.postgres import open_pool
 from schemas import topics
 from schemas.auth import Role
-from schemas.jobs import JobEvent
+from schemas.jobs import JobEvent, JobStatus
 from tests.crafted_photos import corrupt_gps_jpeg
 from tests.integration.conftest import wait_for
 from tests.integration.driving import ping_at, post, stored, wait_stored
@@ -966,6 +966,15 @@ def test_the_stream_records_the_first_arrival_and_trusts_no_claimed_job(
     kinds = [e[1] for e in events(config, job_id)]
     assert kinds.count("job.arrived") == 1
     assert customer_sees(people, path)["status"] == "picked_up"  # arrival is not delivery
+    # Its record is the event schema's, like every other writer's (jobs/events.py).
+    with psycopg.connect(postgres.dsn(config, "primary")) as conn:
+        row = conn.execute(
+            "SELECT payload::text FROM outbox WHERE key = %s AND payload->>'type' = 'job.arrived'",
+            [job_id],
+        ).fetchone()
+    assert row is not None
+    arrival = JobEvent.model_validate_json(row[0])
+    assert arrival.status == JobStatus.PICKED_UP and arrival.data == {"driver_id": driver.sub}
 
     # A ping claiming someone else's job is stored without it.
     foreign = people["customer"].post("/v1/jobs", BODY).json()["job_id"]
@@ -1020,7 +1029,7 @@ def test_the_relay_sweeps_old_sent_rows_expired_idempotency_keys_and_ended_links
     async def sweep_once() -> int:
         pool = await open_pool(dsn, min_size=1, max_size=1, name="sweep-test")
         try:
-            return await outbox_relay.sweep(pool, outbox_relay.RelayLimits())
+            return await relay.sweep(pool, relay.RelayLimits())
         finally:
             await pool.close()
 

@@ -645,6 +645,10 @@ async def follow_while_events_flow(
     finally:
         for f in followers:
             f.cancel()
+        # Their connections close as the tasks end: a transport lets go of its socket in
+        # the loop's next turn, which must come before asyncio.run closes the loop.
+        await asyncio.gather(*followers, return_exceptions=True)
+        await asyncio.sleep(0)  # that turn
     return newest
 
 

@@ -1,4 +1,4 @@
-"""The read path (README, "Api: reads") on the real stack, counted: database reads for a
+"""The read path (docs/services.md, "Api: reads") on the real stack, counted: database reads for a
 herd, 304 without a read, write-through, read-your-writes with the replica's replay
 paused, Redis down or hanging, and 503 past the database cap. Extra api processes with
 their own settings run beside the stack's (`infra.services.api_variants`)."""

@@ -171,6 +171,7 @@ def _supervised_stack(tmp_path: Path) -> Stack:
     return stack
 
 
+@pytest.mark.loopback  # probes processes of its own on 127.0.0.1
 def test_the_supervisor_restarts_a_killed_process_and_not_a_stopped_one(
     tmp_path: Path,
 ) -> None:
@@ -195,6 +196,7 @@ def test_the_supervisor_restarts_a_killed_process_and_not_a_stopped_one(
             stop(record.ref, sig=signal.SIGKILL)
 
 
+@pytest.mark.loopback  # probes processes of its own on 127.0.0.1
 def test_the_supervisor_restarts_a_live_process_whose_probe_fails_looks_in_a_row(
     tmp_path: Path,
 ) -> None:
@@ -227,6 +229,7 @@ def test_the_supervisor_restarts_a_live_process_whose_probe_fails_looks_in_a_row
             stop(record.ref, sig=signal.SIGKILL)
 
 
+@pytest.mark.loopback  # probes processes of its own on 127.0.0.1
 def test_the_supervisor_gives_up_and_says_so(tmp_path: Path) -> None:
     stack = _supervised_stack(tmp_path)
     policy = RestartPolicy(max_quick_exits=1)
@@ -248,6 +251,7 @@ def test_the_supervisor_gives_up_and_says_so(tmp_path: Path) -> None:
             stop(record.ref, sig=signal.SIGKILL)
 
 
+@pytest.mark.loopback  # probes processes of its own on 127.0.0.1
 def test_a_process_that_cannot_be_started_again_is_given_up_on(tmp_path: Path) -> None:
     stack = _supervised_stack(tmp_path)
     policy = RestartPolicy(max_quick_exits=2, first_backoff_s=1)

@@ -76,6 +76,7 @@ def test_a_recycled_pid_is_not_ours() -> None:
     assert not ProcessRef(me.pid, me.start_ticks + 1).alive()
 
 
+@pytest.mark.loopback  # ports and processes of its own on 127.0.0.1
 def test_free_port_is_free() -> None:
     assert not port_open(free_port())
 
@@ -158,6 +159,7 @@ def _flaky_stack(tmp_path: Path, crashes: int, attempts: int) -> tuple[Stack, li
     return stack, said
 
 
+@pytest.mark.loopback  # ports and processes of its own on 127.0.0.1
 def test_a_service_that_exits_during_start_up_is_started_again(tmp_path: Path) -> None:
     stack, said = _flaky_stack(tmp_path, crashes=1, attempts=3)
     try:
@@ -169,6 +171,7 @@ def test_a_service_that_exits_during_start_up_is_started_again(tmp_path: Path) -
         stack.down()
 
 
+@pytest.mark.loopback  # ports and processes of its own on 127.0.0.1
 def test_a_service_that_keeps_exiting_fails_with_its_reason(tmp_path: Path) -> None:
     stack, _ = _flaky_stack(tmp_path, crashes=5, attempts=2)
     with pytest.raises(StackError, match=r"(?s)flaky exited during start-up.*crashed in recovery"):

@@ -4,9 +4,9 @@ import uuid
 
 import pytest
 
-from api import job_store
-from api.errors import Conflict, Forbidden, NotFound
-from api.job_rules import RULES, Action, Owners, check_creator, check_visible, next_status
+from jobs import store as job_store
+from jobs.errors import Conflict, Forbidden, NotFound
+from jobs.rules import RULES, Action, Owners, check_creator, check_visible, next_status
 from schemas.auth import Principal, Role
 from schemas.jobs import JobStatus
 

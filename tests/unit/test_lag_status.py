@@ -8,6 +8,7 @@ import pytest
 
 from api.ops import LagMonitor
 from cli.main import main
+from runtime.clock import ManualClock
 from runtime.kafka_lag import PartitionLag
 from runtime.lag_status import LagWindow, Sample, Status, evaluate
 from runtime.lag_view import Look, as_json, judge
@@ -109,7 +110,8 @@ async def test_the_api_shares_one_look_among_concurrent_requests_and_paces_them(
         part = PartitionLag("streams", "pings.v1", 0, 100, 10, 90, 3.0)
         return Look([part], {"streams": 1})
 
-    monitor = LagMonitor("kafka:9092", window=3, min_interval_s=0.2, looker=looker)
+    clock = ManualClock()
+    monitor = LagMonitor("kafka:9092", window=3, min_interval_s=0.2, looker=looker, clock=clock)
     # 20 requests at once: the first looks, the others queue behind it while it does.
     requests = [asyncio.create_task(monitor.report()) for _ in range(20)]
     await asyncio.wait_for(asked.wait(), 5)
@@ -117,9 +119,10 @@ async def test_the_api_shares_one_look_among_concurrent_requests_and_paces_them(
     reports = await asyncio.gather(*requests)
     assert looks == 1 and all(r is reports[0] for r in reports)
     assert reports[0]["window"] == 1 and reports[0]["groups"]["streams"]["status"] == "OK"
+    clock.advance(0.19)
     await monitor.report()
     assert looks == 1  # within the interval: the last look again
-    await asyncio.sleep(0.25)  # past the interval: the deadline the pacing is about
+    clock.advance(0.01)  # the interval has passed
     again = await monitor.report()
     assert looks == 2 and again["window"] == 2
     assert again["groups"]["streams"]["status"] == "STALL"  # committed 10 both times

@@ -17,6 +17,9 @@ from bench.loadgen_runner import LoadResult, ensure_built, run_loadgen
 from infra.procs import free_port
 from schemas.pings import PingBatch
 
+# Socket-level code, against listeners of the test's own on 127.0.0.1.
+pytestmark = pytest.mark.loopback
+
 
 class Server:
     """Answers 202 after `delay_s`; or 503 to every `fail_every`-th request."""

@@ -356,10 +356,18 @@ async def test_a_fix_that_came_before_the_assignment_is_sent_after_its_event() -
     async def end(_: object) -> None:
         raise AssertionError("not ended")
 
+    outboxes: list[Outbox] = []
+
+    def nothing_pending() -> bool:
+        """The hub hands frames over synchronously: with nothing queued now, nothing more
+        can arrive from what it was given."""
+        return all(outbox.unsent_bytes() == 0 for outbox in outboxes)
+
     def watcher(job: uuid.UUID) -> FakeSocket:
         """A live subscriber of `job`, created and not yet assigned; its socket."""
         sock = FakeSocket()
         outbox = Outbox(sock, max_unsent_bytes=10**6, on_slow=never_slow, on_sent=lambda k, _: None)
+        outboxes.append(outbox)
         sub = Subscription(job, outbox, end, share=False, max_held=10)
         hub.watch(sub)
         sub.seq.start_at(1)
@@ -384,8 +392,7 @@ async def test_a_fix_that_came_before_the_assignment_is_sent_after_its_event() -
     assert sent[1]["ts"] == "2026-11-28T12:00:20Z"
     # The same fix read again (a replay) is not sent twice.
     hub.position(PositionUpdate.model_validate_json(raw("d-1", 20)))
-    await asyncio.sleep(0.05)  # nothing may arrive: wait out a short deadline for the outbox
-    assert len(sock.sent) == 2
+    assert nothing_pending() and len(sock.sent) == 2
 
     # Bounded: a third driver pushes the oldest (d-1) out.
     hub.remember("d-3", raw("d-3", 0))
@@ -396,7 +403,7 @@ async def test_a_fix_that_came_before_the_assignment_is_sent_after_its_event() -
     now += timedelta(minutes=6)
     hub.job_event(frame(2, job=stale), "d-3")
     await until(lambda: all(len(sock.sent) == 1 for sock in sockets.values()))
-    await asyncio.sleep(0.05)  # nothing more may arrive: wait out a short deadline
+    assert nothing_pending()
     for sock in sockets.values():
         assert [orjson.loads(m)["type"] for m in sock.sent] == ["job.status"]
 

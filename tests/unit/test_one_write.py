@@ -11,6 +11,9 @@ import pytest
 
 from runtime.one_write import OneWriteTransport
 
+# Socket-level code, against listeners of the test's own on 127.0.0.1.
+pytestmark = pytest.mark.loopback
+
 ROOT = Path(__file__).resolve().parents[2]
 
 # A server whose app is killed (SIGKILL, from itself) after sending the head of its answer

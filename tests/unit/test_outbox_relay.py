@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from api.outbox_relay import Row, publish
+from jobs.relay import Row, publish
 from runtime.kafka import Message, ProduceFailed
 
 

@@ -7,8 +7,8 @@ import uuid
 import psycopg
 import pytest
 
-from api.errors import Conflict
-from api.photo_worker import settle
+from jobs.errors import Conflict
+from photo_worker.worker import settle
 from schemas.tasks import ProofPhotoTask
 
 

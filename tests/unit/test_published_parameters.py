@@ -3,7 +3,7 @@ operation in the services' OpenAPI documents is named here, with where it goes. 
 that gains one (a default argument FastAPI turns into a query parameter, as `action` once
 did on pickup and cancel) fails until the contract names it on purpose."""
 
-from infra.docs import openapi_documents
+from cli.docs import openapi_documents
 
 KEY = ("header", "Idempotency-Key")
 JOB = ("path", "job_id")

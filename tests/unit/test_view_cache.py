@@ -8,7 +8,7 @@ import time
 import pytest
 from prometheus_client import CollectorRegistry
 
-from api.errors import DatabaseBusy, NotFound
+from api.errors import DatabaseBusy
 from api.reads import DbGate, ReadMetrics
 from api.view_cache import (
     CacheMetrics,
@@ -22,6 +22,7 @@ from api.view_cache import (
     etag_of,
 )
 from api.views import answer
+from jobs.errors import NotFound
 
 VIEW = View("job", fresh_s=2.0, stale_s=30.0)
 

@@ -14,7 +14,7 @@ import re
 import time
 from dataclasses import dataclass
 
-from api.blobs import BlobStore
+from jobs.blobs import BlobStore
 from runtime.postgres import Pool
 
 log = logging.getLogger(__name__)

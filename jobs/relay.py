@@ -26,11 +26,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-import psycopg
-from psycopg_pool import PoolTimeout
-
 from runtime.kafka import AckedProducer, Message, ProduceFailed
-from runtime.postgres import Pool
+from runtime.postgres import TRANSIENT_ERRORS, Pool
 from schemas import topics
 
 log = logging.getLogger(__name__)
@@ -195,7 +192,7 @@ async def run(
             sent = len(rows)
             if after_publish is not None:
                 await _after(after_publish, rows, limits.after_publish_timeout_s)
-        except (psycopg.OperationalError, PoolTimeout) as exc:
+        except TRANSIENT_ERRORS as exc:
             log.warning("outbox relay round failed, retrying: %r", exc)
             sent, wait = 0, limits.retry_s
         except ProduceFailed as exc:

@@ -1,5 +1,5 @@
 """Generated reference docs: every setting (docs/configuration.md) and the HTTP API
-(docs/api.md with each service's OpenAPI). `python -m infra.docs` rewrites them; a test
+(docs/api.md with each service's OpenAPI). `python -m cli.docs` rewrites them; a test
 checks they are current."""
 
 import json
@@ -13,12 +13,12 @@ from pydantic_settings import BaseSettings
 
 from api.app import create_app as create_api
 from api.config import ApiSettings
-from api.photo_worker import PhotoWorkerSettings
 from infra.config import REPO_ROOT, StackConfig
 from ingest.app import build_adapters
 from ingest.app import create_app as create_ingest
 from ingest.config import IngestSettings
 from notifier.config import NotifierSettings
+from photo_worker.config import PhotoWorkerSettings
 from runtime.auth import generate_keypair
 from streams.config import StreamsSettings
 
@@ -28,7 +28,7 @@ SETTINGS: list[tuple[str, type[BaseSettings], str]] = [
     ("Ingest (`python -m ingest`)", IngestSettings, "INGEST_"),
     ("Streams (`python -m streams`)", StreamsSettings, "STREAMS_"),
     ("Api (`python -m api`)", ApiSettings, "API_"),
-    ("Photo worker (`python -m api.photo_worker`)", PhotoWorkerSettings, "PHOTO_WORKER_"),
+    ("Photo worker (`python -m photo_worker`)", PhotoWorkerSettings, "PHOTO_WORKER_"),
     ("Notifier (`python -m notifier`)", NotifierSettings, "NOTIFIER_"),
 ]
 
@@ -52,7 +52,7 @@ def configuration_markdown() -> str:
         "# Configuration",
         "",
         "Every setting, by environment variable, with its default. Generated from the",
-        "settings classes by `python -m infra.docs`; a test fails when this file is stale.",
+        "settings classes by `python -m cli.docs`; a test fails when this file is stale.",
         "",
     ]
     for title, cls, prefix in SETTINGS:
@@ -86,10 +86,10 @@ def api_markdown(documents: dict[str, dict[str, Any]]) -> str:
     lines = [
         "# HTTP API reference",
         "",
-        "Generated from each service's OpenAPI by `python -m infra.docs` (the full documents",
+        "Generated from each service's OpenAPI by `python -m cli.docs` (the full documents",
         "are `docs/openapi-<service>.json`). Every error answers the envelope",
         '`{"error": {"code", "message", "details"}}`. Authentication: `Authorization: Bearer',
-        "<JWT>` (EdDSA; see the README).",
+        "<JWT>` (EdDSA; `telemetry token` issues one: docs/operations.md).",
         "",
     ]
     for service, doc in documents.items():

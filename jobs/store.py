@@ -15,15 +15,15 @@ from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from uuid6 import uuid7
 
-from api.errors import Conflict, Forbidden, IdempotencyKeyReused
-from api.job_rules import Action, Owners, check_visible, next_status
+from jobs import events
+from jobs.errors import Conflict, Forbidden, IdempotencyKeyReused
+from jobs.rules import Action, Owners, check_visible, next_status
 from schemas import topics
 from schemas.auth import Principal, Role
 from schemas.jobs import (
     EventType,
     Job,
     JobCreate,
-    JobEvent,
     JobPage,
     JobStatus,
     Point,
@@ -32,14 +32,15 @@ from schemas.jobs import (
 )
 from schemas.tasks import ProofPhotoTask, Task, TaskAccepted
 
-_COLUMNS = (
+# A job's columns, as every reader of jobs selects them (`from_row` makes the Job).
+COLUMNS = (
     "job_id, status, customer_id, driver_id, pickup_lat, pickup_lon, dropoff_lat,"
     " dropoff_lon, reference, seq, created_at, updated_at"
 )
 
 
-# A job's row; `from_row` makes the Job.
-SELECT = f"SELECT {_COLUMNS} FROM jobs"
+# Every job; `from_row` makes the Job of a row.
+SELECT = f"SELECT {COLUMNS} FROM jobs"
 
 
 def from_row(row: dict[str, Any]) -> Job:
@@ -57,24 +58,6 @@ def from_row(row: dict[str, Any]) -> Job:
     )
 
 
-async def _record_event(
-    conn: AsyncConnection[Any], job: Job, event_type: EventType, at: datetime, data: dict[str, Any]
-) -> None:
-    event = JobEvent(
-        job_id=job.job_id, seq=job.seq, type=event_type, status=job.status, at=at, data=data
-    )
-    payload = event.model_dump(mode="json")
-    await conn.execute(
-        "INSERT INTO job_events (job_id, seq, type, status, data, at)"
-        " VALUES (%s, %s, %s, %s, %s, %s)",
-        [job.job_id, job.seq, event_type, job.status.value, orjson.dumps(data).decode(), at],
-    )
-    await conn.execute(
-        "INSERT INTO outbox (topic, key, payload) VALUES (%s, %s, %s)",
-        [topics.JOB_EVENTS, str(job.job_id), orjson.dumps(payload).decode()],
-    )
-
-
 async def create(
     conn: AsyncConnection[Any], who: Principal, body: JobCreate, customer_id: str | None
 ) -> Job:
@@ -82,7 +65,7 @@ async def create(
         await cur.execute(
             f"INSERT INTO jobs (job_id, customer_id, created_by, status, pickup_lat, pickup_lon,"
             f" dropoff_lat, dropoff_lon, reference, seq)"
-            f" VALUES (%s, %s, %s, 'created', %s, %s, %s, %s, %s, 1) RETURNING {_COLUMNS}",
+            f" VALUES (%s, %s, %s, 'created', %s, %s, %s, %s, %s, 1) RETURNING {COLUMNS}",
             [
                 uuid7(),
                 customer_id,
@@ -97,14 +80,14 @@ async def create(
         row = await cur.fetchone()
     assert row is not None
     job = from_row(row)
-    await _record_event(conn, job, "job.created", job.created_at, {"created_by": who.sub})
+    await events.record(conn, job, "job.created", job.created_at, {"created_by": who.sub})
     return job
 
 
 async def read(conn: AsyncConnection[Any], job_id: UUID, *, lock: bool = False) -> Job | None:
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
-            f"SELECT {_COLUMNS} FROM jobs WHERE job_id = %s{' FOR UPDATE' if lock else ''}",
+            f"SELECT {COLUMNS} FROM jobs WHERE job_id = %s{' FOR UPDATE' if lock else ''}",
             [job_id],
         )
         row = await cur.fetchone()
@@ -143,7 +126,7 @@ async def transition(
         await cur.execute(
             f"UPDATE jobs SET status = %s, driver_id = coalesce(%s, driver_id), seq = seq + 1,"
             f" updated_at = now(){f', {stamp} = now()' if stamp else ''}"
-            f" WHERE job_id = %s RETURNING {_COLUMNS}",
+            f" WHERE job_id = %s RETURNING {COLUMNS}",
             [status.value, driver_id, job_id],
         )
         row = await cur.fetchone()
@@ -155,7 +138,7 @@ async def transition(
     if reason is not None:
         data["reason"] = reason
     event: EventType = "job.completed" if status == JobStatus.COMPLETED else "job.status"
-    await _record_event(conn, changed, event, changed.updated_at, data)
+    await events.record(conn, changed, event, changed.updated_at, data)
     if status == JobStatus.CANCELLED:
         # A cancelled delivery is nobody's to follow: its links end with it (the event's
         # write-through drops their cached views).
@@ -193,7 +176,7 @@ async def page(
         params = [*params, cursor]
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
-            f"SELECT {_COLUMNS} FROM jobs WHERE {where} ORDER BY job_id DESC LIMIT %s",
+            f"SELECT {COLUMNS} FROM jobs WHERE {where} ORDER BY job_id DESC LIMIT %s",
             [*params, limit + 1],
         )
         rows = await cur.fetchall()
@@ -301,7 +284,7 @@ async def revoke_all_shares(
 
 # A share link's job and the link's expiry (an unknown or expired link: no row).
 SELECT_SHARED = (
-    f"SELECT s.expires_at AS link_expires_at, {', '.join('j.' + c for c in _COLUMNS.split(', '))}"
+    f"SELECT s.expires_at AS link_expires_at, {', '.join('j.' + c for c in COLUMNS.split(', '))}"
     " FROM share_links s JOIN jobs j USING (job_id)"
     " WHERE s.token_hash = %s AND s.expires_at > now()"
 )
@@ -335,7 +318,7 @@ async def revoke_shares(conn: AsyncConnection[Any], job_id: UUID) -> list[bytes]
 # A job with its track's window: when its driver was last assigned, and when it ended,
 # completed or cancelled (null while it has not).
 SELECT_WITH_WINDOW = (
-    f"SELECT {_COLUMNS}, assigned_at, coalesce(completed_at, cancelled_at) AS ended_at"
+    f"SELECT {COLUMNS}, assigned_at, coalesce(completed_at, cancelled_at) AS ended_at"
     " FROM jobs WHERE job_id = %s"
 )
 
@@ -373,3 +356,78 @@ async def read_task(conn: AsyncConnection[Any], task_id: UUID) -> Task | None:
         await cur.execute(SELECT_TASK, [task_id])
         row = await cur.fetchone()
     return None if row is None else Task.model_validate(row)
+
+
+async def finish_task(
+    conn: AsyncConnection[Any],
+    task: ProofPhotoTask,
+    result: dict[str, Any] | None,
+    error: str | None,
+) -> str:
+    """Marks a pending task done (with `result`) or failed (with `error`), and moves its job
+    on in the caller's transaction: completed, or back to the driver with the reason in its
+    event. Returns "done", "failed", or "skipped" when the task is no longer pending (another
+    worker finished it meanwhile, a rebalance)."""
+    locked = await conn.execute(
+        "SELECT status FROM tasks WHERE task_id = %s FOR UPDATE", [task.task_id]
+    )
+    row = await locked.fetchone()
+    if row is None or row[0] != "pending":
+        return "skipped"
+    outcome = "done" if error is None else "failed"
+    await conn.execute(
+        "UPDATE tasks SET status = %s, result = %s, error = %s, updated_at = now()"
+        " WHERE task_id = %s",
+        [outcome, orjson.dumps(result).decode() if result else None, error, task.task_id],
+    )
+    if error is None:
+        await transition(conn, None, task.job_id, Action.FINISH)
+    else:
+        # A refused proof sends the job back to the driver, who may send another.
+        await transition(conn, None, task.job_id, Action.REFUSE_PROOF, reason=error)
+    return outcome
+
+
+# --- the stream's reads and its one change ---------------------------------------------------
+
+# Jobs by their own keys (the claimed job ids, a batch's driver ids): never joined to pings
+# in SQL, where a ping's job would be trusted before it is checked.
+SELECT_ASSIGNED = "SELECT job_id, driver_id FROM jobs WHERE job_id = ANY(%s)"
+_UNDER_WAY = "status IN ('picked_up', 'completing') AND arrived_at IS NULL"
+SELECT_ARRIVING = (
+    "SELECT job_id, driver_id, dropoff_lat, dropoff_lon FROM jobs WHERE driver_id = ANY(%s)"
+    f" AND {_UNDER_WAY}"
+)
+
+
+async def arrive(conn: AsyncConnection[Any], job_id: UUID) -> bool:
+    """Records a job's first arrival at its dropoff while it is under way (picked up, or its
+    proof being processed): `arrived_at`, a new seq and a `job.arrived` event. False when
+    it arrived before or is not under way (nothing is written)."""
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            "UPDATE jobs SET arrived_at = now(), seq = seq + 1, updated_at = now()"
+            f" WHERE job_id = %s AND {_UNDER_WAY} RETURNING {COLUMNS}",
+            [job_id],
+        )
+        row = await cur.fetchone()
+    if row is None:
+        return False
+    job = from_row(row)
+    await events.record(conn, job, "job.arrived", job.updated_at, {"driver_id": job.driver_id})
+    return True
+
+
+# --- the notifier's reads ------------------------------------------------------------------
+
+SELECT_JOBS = f"SELECT {COLUMNS} FROM jobs WHERE job_id = ANY(%s)"
+# The links among the given hashes that are live now (not expired, not revoked).
+SELECT_LIVE_SHARES = (
+    "SELECT token_hash, job_id, expires_at FROM share_links"
+    " WHERE token_hash = ANY(%s) AND expires_at > now()"
+)
+# A job's events after a seq, oldest first, at most a limit.
+SELECT_EVENTS_AFTER = (
+    "SELECT job_id, seq, type, status, data, at FROM job_events"
+    " WHERE job_id = %s AND seq > %s ORDER BY seq LIMIT %s"
+)

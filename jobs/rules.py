@@ -5,7 +5,7 @@ before pickup)."""
 from dataclasses import dataclass
 from enum import StrEnum
 
-from api.errors import Conflict, Forbidden, NotFound
+from jobs.errors import Conflict, Forbidden, NotFound
 from schemas.auth import Principal, Role
 from schemas.jobs import JobStatus, visible_to
 

@@ -7,7 +7,7 @@ from io import BytesIO
 
 from PIL import Image, ImageOps
 
-from api.errors import InvalidPhoto, PhotoTooLarge
+from jobs.errors import InvalidPhoto, PhotoTooLarge
 from schemas.tasks import MAX_PHOTO_BYTES, MAX_PHOTO_PIXELS, PHOTO_FORMATS
 
 THUMBNAIL_PX = (320, 320)
