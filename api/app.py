@@ -170,7 +170,11 @@ def create_app(
     *,
     open_read_pool: PoolOpener | None = None,
     open_write_pool: PoolOpener | None = None,
+    read_path: ReadPath | None = None,
 ) -> FastAPI:
+    """The api app. Pools open in its lifespan (`open_*_pool`, or real ones from the
+    settings); `read_path` replaces the cache and the view loaders built from the settings
+    (a test's). The lifespan also runs the replica watch and, when enabled, the relay."""
     verifier = verifier_from_settings(settings)
     limit = PrincipalLimit(settings.principal_rate_per_s, settings.principal_burst)
     registry = registry or CollectorRegistry()
@@ -180,7 +184,7 @@ def create_app(
         "write": open_write_pool or pool_opener(settings, settings.write_dsn, "api-write"),
     }
     pools: dict[str, Pool] = {}
-    read_path = build_read_path(settings, pools, registry, db_errors.inc)
+    read_path = read_path or build_read_path(settings, pools, registry, db_errors.inc)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -34,7 +34,7 @@ class ApiSettings(HttpServiceSettings):
     idempotency_ttl_hours: float = 24.0
     pool_timeout_s: float = 2.0
 
-    # The read path (README, "Api: reads"). The view cache in Redis: off serves every view
+    # The read path (docs/services.md, "Api: reads"). The view cache in Redis: off serves every view
     # from the database (a baseline; the in-process single-flight stays).
     cache_enabled: bool = True
     redis_url: str = "redis://127.0.0.1:16379/0"

@@ -5,7 +5,8 @@ stack (measured: docs/benchmarks.md, "Issue 11"), so the three cached GETs are a
 here when everything about the request is plainly valid: the path's id, a verified token
 of a role that may read the view. Such a request gets the very answer its FastAPI route
 would give (the same functions in api/views.py make both, errors through the same
-mapping, the principal's rate taken as the route's dependency takes it). Anything else
+mapping, the principal's rate taken as the route's dependency takes it; byte for byte,
+as tests/unit/test_fast_reads.py checks). Anything else
 (no token, a bad one, a malformed id, another method) goes on to the routes, which
 remain the contract and give its errors and OpenAPI."""
 

@@ -1,4 +1,4 @@
-"""Where a database read goes (README, "Api: reads"), and how many run at once.
+"""Where a database read goes (docs/services.md, "Api: reads"), and how many run at once.
 
 The replica serves a read when it has replayed what the reader must see: the WAL position
 is asked for in the same round trip as the read's first statement, before that

@@ -1,4 +1,4 @@
-"""The look-aside cache of rendered views (README, "Api: reads").
+"""The look-aside cache of rendered views (docs/services.md, "Api: reads").
 
 Three layers stand between a herd and the database:
 - an in-process single-flight per key: one load per process, waiters share it, and a

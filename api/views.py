@@ -1,6 +1,6 @@
-"""The cached views (README, "Api: reads"): a job, a share link's public view and a driver's
-position, how each is loaded from the database, answered over HTTP (ETag, 304,
-Cache-Control), and written through after a change."""
+"""The cached views (docs/services.md, "Api: reads"): a job, a share link's public view
+and a driver's position, how each is loaded from the database, answered over HTTP (ETag,
+304, Cache-Control), and written through after a change."""
 
 from dataclasses import dataclass
 from datetime import UTC, datetime

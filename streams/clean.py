@@ -1,5 +1,5 @@
 """Pure cleaning of one batch: per driver, order the pings, and flag the ones that must not
-move the latest position (the rules: README, "Streams").
+move the latest position (the rules: docs/services.md, "Streams").
 
 The per-driver state is the driver's latest accepted position as stored in the database,
 read in the same transaction that writes the batch: state and results commit together, so

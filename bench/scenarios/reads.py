@@ -1,5 +1,5 @@
-"""reads: the read path at herd scale (README, "Api: reads"), in one run on the running stack,
-beside its baselines from the same run.
+"""reads: the read path at herd scale (docs/services.md, "Api: reads"), in one run on the
+running stack, beside its baselines from the same run.
 
 Two api processes of our read path are started beside the stack's (infra.services.
 api_variants), and measured against: the same processes with the cache off, the naive

@@ -6,18 +6,23 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
+import orjson
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
-from ingest.app import Adapters, create_app
+from ingest.accept import Adapters
+from ingest.app import create_app
 from ingest.config import IngestSettings
 from ingest.errors import BrokerUnavailable
 from ingest.metrics import IngestMetrics
 from ingest.ratelimit import Decision
 from runtime.auth import TokenVerifier, generate_keypair, issue_token
+from runtime.clock import ManualClock
 from runtime.http import ConcurrencyCap
 from runtime.kafka import Headers
 from runtime.request_metrics import instrument
@@ -102,7 +107,9 @@ def publisher() -> FakePublisher:
 @pytest.fixture
 def client(keys: tuple[Path, Path], publisher: FakePublisher) -> Iterator[TestClient]:
     app = create_app(
-        settings(keys[1]), adapters(keys[1], publisher, FakeLimiter(3)), clock=lambda: NOW
+        settings(keys[1]),
+        adapters(keys[1], publisher, FakeLimiter(3)),
+        clock=ManualClock(NOW.timestamp()),
     )
     with TestClient(app) as c:
         c.headers["Authorization"] = "Bearer " + issue_token(keys[0], sub="d1", role=Role.DRIVER)
@@ -138,7 +145,7 @@ async def test_past_the_in_flight_limit_the_answer_is_503_at_once(keys: tuple[Pa
     app = create_app(
         settings(keys[1], max_in_flight=2),
         adapters(keys[1], publisher, FakeLimiter()),
-        clock=lambda: NOW,
+        clock=ManualClock(NOW.timestamp()),
     )
     token = issue_token(keys[0], sub="d1", role=Role.DRIVER)
     transport = httpx.ASGITransport(app=app)
@@ -174,7 +181,7 @@ async def test_a_body_that_does_not_arrive_in_time_is_a_408(keys: tuple[Path, Pa
     app = create_app(
         settings(keys[1], body_timeout_s=0.2),
         adapters(keys[1], FakePublisher(), FakeLimiter()),
-        clock=lambda: NOW,
+        clock=ManualClock(NOW.timestamp()),
     )
 
     async def slow_body() -> AsyncIterator[bytes]:
@@ -218,7 +225,9 @@ def test_the_request_id_is_answered_and_travels_on_the_kafka_record(
     keys: tuple[Path, Path], publisher: FakePublisher
 ) -> None:
     app = create_app(
-        settings(keys[1]), adapters(keys[1], publisher, FakeLimiter()), clock=lambda: NOW
+        settings(keys[1]),
+        adapters(keys[1], publisher, FakeLimiter()),
+        clock=ManualClock(NOW.timestamp()),
     )
     # Served as `serve` serves it: request ids and metrics around the app.
     with TestClient(instrument(app, CollectorRegistry())) as c:
@@ -242,7 +251,9 @@ def test_the_hot_route_is_labelled_declared_and_answers_errors_in_the_envelope(
     keys: tuple[Path, Path], publisher: FakePublisher
 ) -> None:
     app = create_app(
-        settings(keys[1]), adapters(keys[1], publisher, FakeLimiter()), clock=lambda: NOW
+        settings(keys[1]),
+        adapters(keys[1], publisher, FakeLimiter()),
+        clock=ManualClock(NOW.timestamp()),
     )
     registry = CollectorRegistry()
     with TestClient(instrument(app, registry)) as c:
@@ -278,7 +289,9 @@ async def test_a_client_that_hangs_up_before_its_body_gets_no_answer_and_nothing
     keys: tuple[Path, Path], publisher: FakePublisher
 ) -> None:
     app = create_app(
-        settings(keys[1]), adapters(keys[1], publisher, FakeLimiter()), clock=lambda: NOW
+        settings(keys[1]),
+        adapters(keys[1], publisher, FakeLimiter()),
+        clock=ManualClock(NOW.timestamp()),
     )
     token = issue_token(keys[0], sub="d1", role=Role.DRIVER).encode()
     scope = {
@@ -297,3 +310,73 @@ async def test_a_client_that_hangs_up_before_its_body_gets_no_answer_and_nothing
 
     await app(scope, receive, send)
     assert sent == [] and publisher.published == []
+
+
+class DeclaredRoute:
+    """The app with its hot path bypassed: every request goes through FastAPI's layers to
+    the declared route."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await FastAPI.__call__(self.app, scope, receive, send)
+
+
+def headers_of(r: httpx.Response) -> list[tuple[str, str]]:
+    """The answer's headers; a 503's Retry-After is jittered on purpose (1 to 3 s, so that
+    clients do not all come back at once): checked for its range, not its value."""
+    headers = sorted(r.headers.items())
+    if r.status_code == 503:
+        assert 1 <= int(r.headers["retry-after"]) <= 3
+        headers = [(k, "1..3" if k == "retry-after" else v) for k, v in headers]
+    return headers
+
+
+def answers(keys: tuple[Path, Path], declared: bool) -> list[tuple[int, list[Any], bytes]]:
+    """The same requests, in the same order, to a fresh app: every answer whole."""
+    publisher = FakePublisher()
+    app = create_app(
+        settings(keys[1]),
+        adapters(keys[1], publisher, FakeLimiter(budget=8)),
+        clock=ManualClock(NOW.timestamp()),
+    )
+    driver = {"Authorization": "Bearer " + issue_token(keys[0], sub="d1", role=Role.DRIVER)}
+    customer = {"Authorization": "Bearer " + issue_token(keys[0], sub="c1", role=Role.CUSTOMER)}
+    ping = {"ping_id": str(uuid.UUID(int=1)), "ts": NOW.isoformat(), "lat": 12.9, "lon": 77.6}
+    late = ping | {"ping_id": str(uuid.UUID(int=2)), "ts": "2020-01-01T00:00:00Z"}
+    requests: list[tuple[dict[str, str], bytes]] = [
+        (driver, orjson.dumps({"pings": [ping]})),
+        (driver, orjson.dumps({"pings": [ping, late]})),  # one accepted, one rejected
+        (driver, orjson.dumps({"pings": [late]})),  # 422: no valid ping
+        (driver, b"{not json"),
+        (driver, orjson.dumps({"pings": []})),
+        (driver, b" " * (300 * 1024)),  # 413
+        ({}, orjson.dumps({"pings": [ping]})),  # 401
+        ({"Authorization": "Basic eDp5"}, orjson.dumps({"pings": [ping]})),
+        ({"Authorization": "Bearer not.a.jwt"}, orjson.dumps({"pings": [ping]})),
+        (customer, orjson.dumps({"pings": [ping]})),  # 403
+    ]
+    served = DeclaredRoute(app) if declared else app
+    got = []
+    with TestClient(served) as client:
+        for headers, content in requests:
+            r = client.post("/v1/pings", content=content, headers=headers)
+            got.append((r.status_code, headers_of(r), r.content))
+        publisher.fail = True  # 503: the broker is away
+        r = client.post("/v1/pings", content=requests[0][1], headers=driver)
+        got.append((r.status_code, headers_of(r), r.content))
+        publisher.fail = False
+        for _ in range(3):  # past the limiter's budget: 429
+            r = client.post("/v1/pings", content=requests[0][1], headers=driver)
+            got.append((r.status_code, headers_of(r), r.content))
+    return got
+
+
+def test_the_hot_path_answers_byte_for_byte_what_the_declared_route_answers(
+    keys: tuple[Path, Path],
+) -> None:
+    hot, declared = answers(keys, declared=False), answers(keys, declared=True)
+    statuses = [status for status, _, _ in hot]
+    assert statuses == [202, 202, 422, 422, 422, 413, 401, 401, 401, 403, 503, 202, 429, 429]
+    assert hot == declared

@@ -1,0 +1,164 @@
+"""`POST /v1/pings`, once: `Accept` reads a request off ASGI and answers it, errors
+included. Both entrances to the route call it: the hot path (ingest/app.py `IngestApp`,
+before FastAPI's layers) and the declared FastAPI route, so the two answer the same bytes
+(tests/unit/test_ingest_http.py checks it)."""
+
+import math
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from fastapi.responses import Response
+
+from ingest import http_errors
+from ingest.config import IngestSettings
+from ingest.errors import Backpressure, BrokerUnavailable, NoValidPing, RateLimited
+from ingest.metrics import IngestMetrics
+from ingest.ratelimit import Decision
+from ingest.validation import validate_body
+from runtime.auth import AuthError, TokenVerifier, require_role
+from runtime.clock import Clock
+from runtime.http import error_response, json_response, receive_body_limited
+from runtime.kafka import Headers
+from runtime.logging import REQUEST_ID, REQUEST_ID_KAFKA_HEADER
+from schemas.auth import Principal, Role
+from schemas.pings import MAX_BATCH_BYTES, PingBatchRecord
+
+
+class Publisher(Protocol):
+    """Where accepted records go (ingest/publisher.py: Kafka). `start` before the first
+    `publish` and `close` after the last, once each; `publish` returns only once the
+    broker has the record (acks=all) and raises BrokerUnavailable otherwise. Safe for
+    concurrent tasks of one event loop."""
+
+    async def start(self) -> None: ...
+
+    async def publish(self, key: bytes, value: bytes, headers: Headers = ()) -> None: ...
+
+    async def ready(self) -> bool:
+        """The broker answers now (for /readyz)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class Limiter(Protocol):
+    """A driver's request rate (ingest/ratelimit.py: Redis). `check` never raises: a
+    limiter it cannot ask lets the request in (`Decision.checked` False). Safe for
+    concurrent tasks of one event loop; `close` once, at the end."""
+
+    async def check(self, driver_id: str, cost: int = 1) -> Decision: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass
+class Adapters:
+    """Ingest's ports, built outside the app (`build_adapters`; fakes in tests)."""
+
+    publisher: Publisher
+    limiter: Limiter
+    verifier: TokenVerifier
+    metrics: IngestMetrics
+
+
+class InFlight:
+    """A non-blocking counting limit: a request gets a slot now or is refused. (A semaphore
+    would queue the excess: an unbounded buffer.)"""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._count = 0
+
+    def try_enter(self) -> bool:
+        if self._count >= self._limit:
+            return False
+        self._count += 1
+        return True
+
+    def leave(self) -> None:
+        self._count -= 1
+
+
+def driver(verifier: TokenVerifier, authorization: bytes | None) -> Principal:
+    """The caller, a driver: as FastAPI's HTTPBearer reads the header, with the same answer
+    when it is wrong."""
+    scheme, _, token = (authorization or b"").decode("latin-1").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthError("Authorization must be 'Bearer <token>'")
+    return require_role(verifier.verify(token.strip()), [Role.DRIVER])
+
+
+class Accept:
+    """The route. Holds the process's in-flight count; safe for concurrent requests of one
+    event loop."""
+
+    def __init__(self, settings: IngestSettings, adapters: Adapters, clock: Clock) -> None:
+        self._settings = settings
+        self._adapters = adapters
+        self._metrics = adapters.metrics
+        self._clock = clock
+        self._in_flight = InFlight(settings.max_in_flight)
+
+    async def __call__(self, scope: Any, receive: Any) -> Response | None:
+        """The answer, or None when the client hung up before its body came (nobody to
+        answer, nothing published)."""
+        try:
+            return await self._accept(scope, receive)
+        except http_errors.ANSWERED as exc:
+            return error_response(http_errors.answer_for(exc))
+
+    async def _accept(self, scope: Any, receive: Any) -> Response | None:
+        authorization = next((v for k, v in scope["headers"] if k == b"authorization"), None)
+        principal = driver(self._adapters.verifier, authorization)
+        # Charged before the body is even read: a flood of invalid bodies is a flood too.
+        if self._settings.rate_limit_enabled:
+            await self._enforce_rate_limit(principal.sub)
+        body = await receive_body_limited(
+            scope, receive, MAX_BATCH_BYTES, self._settings.body_timeout_s
+        )
+        if body is None:
+            return None
+        now = self._clock.now()
+        verdict = validate_body(body, now)
+        for rejection in verdict.rejected:
+            self._metrics.rejected.labels(rejection.code).inc()
+        rejected = [r.as_dict() for r in verdict.rejected]
+        if not verdict.accepted:
+            raise NoValidPing(rejected)
+        # One record per request, keyed by driver: the driver id comes from the token only.
+        # Built without validating again: the pings were validated against this `now`
+        # (window included) and the token's subject is an EntityId already.
+        await self._publish(
+            PingBatchRecord.model_construct(
+                driver_id=principal.sub, received_at=now, pings=verdict.accepted
+            )
+        )
+        self._metrics.accepted.inc(len(verdict.accepted))
+        return json_response({"accepted": len(verdict.accepted), "rejected": rejected}, 202)
+
+    async def _enforce_rate_limit(self, driver_id: str) -> None:
+        decision = await self._adapters.limiter.check(driver_id)
+        if not decision.checked:
+            self._metrics.rate_limit_unchecked.inc()
+        if not decision.allowed:
+            self._metrics.rate_limited.inc()
+            raise RateLimited(max(1, math.ceil(decision.retry_after_s)))
+
+    async def _publish(self, record: PingBatchRecord) -> None:
+        if not self._in_flight.try_enter():
+            self._metrics.unavailable.labels("backpressure").inc()
+            raise Backpressure()
+        self._metrics.in_flight.inc()
+        try:
+            # The request's id travels with the record: the stream's lines about it carry it.
+            request_id = REQUEST_ID.get()
+            headers = ((REQUEST_ID_KAFKA_HEADER, request_id.encode()),) if request_id else ()
+            await self._adapters.publisher.publish(
+                record.driver_id.encode(), record.model_dump_json().encode(), headers
+            )
+        except BrokerUnavailable:
+            self._metrics.unavailable.labels("kafka").inc()
+            raise
+        finally:
+            self._in_flight.leave()
+            self._metrics.in_flight.dec()
