@@ -4,53 +4,42 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Annotated
 
 import redis.asyncio as aioredis
-from fastapi import Depends, FastAPI, Path, Request, Security
-from fastapi.responses import Response
-from fastapi.security import HTTPAuthorizationCredentials
+from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, Counter
 
-from api import http_errors
+from api import (
+    http_errors,
+    job_routes,
+    ops_routes,
+    position_routes,
+    probes,
+    share_routes,
+    task_routes,
+)
 from api.config import ApiSettings
-from api.fast_reads import POSITION_ROLES, FastReads
-from api.job_routes import job_router
-from api.ops import LagMonitor, mount_ops_page, ops_router
+from api.deps import State
+from api.fast_reads import FastReads
+from api.ops import LagMonitor, mount_ops_page
 from api.overview import OverviewMonitor, PrometheusClient
-from api.positions import DriverPosition
 from api.principal_limit import PrincipalLimit
-from api.reads import DbGate, ReadMetrics, ReadRouter
-from api.share_routes import share_router
-from api.task_routes import task_router
+from api.reads import DbGate, Pools, ReadMetrics, ReadRouter
 from api.view_cache import CacheMetrics, CacheSettings, ViewCache
-from api.views import ReadPath, ViewLoaders, Views, position_answer, write_through
+from api.views import ReadPath, ViewLoaders, Views, write_through
 from jobs import relay
 from jobs.blobs import DirectoryBlobStore
-from runtime.auth import require_role, verifier_from_settings
+from runtime.auth import verifier_from_settings
 from runtime.http import (
-    METRICS_RESPONSES,
-    PROBE_RESPONSES,
     BodyLimit,
     app_options,
-    bearer_credentials,
-    bearer_scheme,
-    error_responses,
     install_error_handlers,
-    json_response,
-    metrics_response,
 )
 from runtime.kafka import AckedProducer, durable_producer
-from runtime.postgres import DATABASE_ERRORS, Pool, open_pool
-from schemas.auth import Principal
-from schemas.ids import ID_PATTERN, MAX_ID_LENGTH
+from runtime.postgres import Pool, open_pool
 
-# A path id is checked before any query: a NUL byte or a megabyte id is a 422, not a 500.
-PathId = Annotated[str, Path(pattern=ID_PATTERN, max_length=MAX_ID_LENGTH)]
-
-
-# The primary does not answer, or the lifespan has not opened its pool yet.
-NOT_READY: tuple[type[Exception], ...] = (*DATABASE_ERRORS, KeyError)
+# Tracks simplified at once per process: each is up to MAX_FIXES points of CPU work.
+TRACKS_AT_ONCE = 2
 
 # Pools open inside the server's event loop, so the app is given how to open one.
 PoolOpener = Callable[[], Awaitable[Pool]]
@@ -74,7 +63,7 @@ def pool_opener(settings: ApiSettings, dsn: str, name: str) -> PoolOpener:
 
 def build_read_path(
     settings: ApiSettings,
-    pools: dict[str, Pool],
+    pools: Pools,
     registry: CollectorRegistry,
     db_errors: Callable[[], None],
 ) -> ReadPath:
@@ -175,96 +164,56 @@ def create_app(
     """The api app. Pools open in its lifespan (`open_*_pool`, or real ones from the
     settings); `read_path` replaces the cache and the view loaders built from the settings
     (a test's). The lifespan also runs the replica watch and, when enabled, the relay."""
-    verifier = verifier_from_settings(settings)
-    limit = PrincipalLimit(settings.principal_rate_per_s, settings.principal_burst)
     registry = registry or CollectorRegistry()
     db_errors = Counter("api_db_unavailable", "Requests failed by the database", registry=registry)
-    openers = {
-        "read": open_read_pool or pool_opener(settings, settings.read_dsn, "api-read"),
-        "write": open_write_pool or pool_opener(settings, settings.write_dsn, "api-write"),
-    }
-    pools: dict[str, Pool] = {}
-    read_path = read_path or build_read_path(settings, pools, registry, db_errors.inc)
+    pools = Pools()
+    shared = State(
+        settings=settings,
+        pools=pools,
+        read_path=read_path or build_read_path(settings, pools, registry, db_errors.inc),
+        verifier=verifier_from_settings(settings),
+        limit=PrincipalLimit(settings.principal_rate_per_s, settings.principal_burst),
+        blobs=DirectoryBlobStore(settings.blob_dir),
+        db_errors=db_errors,
+        lag=LagMonitor(settings.kafka_bootstrap, settings.lag_window, settings.lag_min_interval_s),
+        overview=OverviewMonitor(
+            PrometheusClient(settings.prometheus_url), settings.overview_min_interval_s
+        ),
+        simplifying=asyncio.Semaphore(TRACKS_AT_ONCE),
+        registry=registry,
+    )
+    open_read = open_read_pool or pool_opener(settings, settings.read_dsn, "api-read")
+    open_write = open_write_pool or pool_opener(settings, settings.write_dsn, "api-write")
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        for name, opener in openers.items():
-            pools[name] = await opener()
-        await read_path.cache.warm_up()
-        async with _replica_watch(read_path.router), _relay(settings, pools["write"], read_path):
+        pools.read, pools.write = await open_read(), await open_write()
+        cache, router = shared.read_path.cache, shared.read_path.router
+        await cache.warm_up()
+        async with _replica_watch(router), _relay(settings, pools.writer(), shared.read_path):
             yield
-        await read_path.cache.close()
-        for pool in pools.values():
+        await cache.close()
+        for pool in (pools.reader(), pools.writer()):
             await pool.close(timeout=5)
 
     app = FastAPI(title="telemetry api", lifespan=lifespan, **app_options(settings.docs_enabled))
+    app.state.api = shared
     install_error_handlers(app)
     http_errors.install(app)
     # JSON bodies are small; the proof photo's upload bounds its own (api/uploads.py).
     app.add_middleware(
         BodyLimit, limit=settings.max_body_bytes, exempt=lambda path: path.endswith("/complete")
     )
-
-    async def principal(
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)],
-    ) -> Principal:
-        who = verifier.verify(bearer_credentials(credentials))
-        limit.admit(who)
-        return who
-
-    async def dispatcher_or_ops(who: Annotated[Principal, Depends(principal)]) -> Principal:
-        return require_role(who, list(POSITION_ROLES))
-
-    # The cached views' happy path skips FastAPI's routing (the routes below stay the
-    # contract, and answer everything the fast path passes on).
-    app.add_middleware(FastReads, read_path=read_path, verifier=verifier, limit=limit)
-
-    blobs = DirectoryBlobStore(settings.blob_dir)
-    app.include_router(job_router(pools, read_path, principal, db_errors.inc, blobs, settings))
-    app.include_router(task_router(read_path, principal))
-    app.include_router(share_router(read_path))
-    lag_monitor = LagMonitor(
-        settings.kafka_bootstrap, settings.lag_window, settings.lag_min_interval_s
+    # The cached views' happy path skips FastAPI's routing (the routes stay the contract,
+    # and answer everything the fast path passes on).
+    app.add_middleware(
+        FastReads, read_path=shared.read_path, verifier=shared.verifier, limit=shared.limit
     )
-    overview_monitor = OverviewMonitor(
-        PrometheusClient(settings.prometheus_url), settings.overview_min_interval_s
-    )
-    app.include_router(ops_router(lag_monitor, overview_monitor, principal))
+    for router in (job_routes.router, task_routes.router, share_routes.router, ops_routes.router):
+        app.include_router(router)
     mount_ops_page(app)
-
-    @app.get(
-        "/v1/drivers/{driver_id}/position",
-        summary="A driver's latest position",
-        response_model=DriverPosition,
-        responses=error_responses(401, 403, 404, 422, 429, 503),
-    )
-    async def driver_position(
-        driver_id: PathId, request: Request, _: Annotated[Principal, Depends(dispatcher_or_ops)]
-    ) -> Response:
-        return await position_answer(read_path, driver_id, request.headers.get("if-none-match"))
-
-    @app.get("/healthz", responses=PROBE_RESPONSES)
-    async def healthz() -> Response:
-        return json_response({"status": "ok"})
-
-    @app.get("/readyz", responses=PROBE_RESPONSES)
-    async def readyz() -> Response:
-        # Ready when every route can be served: writes need the primary, and reads fall
-        # back to it. A replica away only degrades reads (api_replica_up, an alert); it must
-        # not take the process out of HAProxy.
-        try:
-            async with pools["write"].connection(timeout=1) as conn:
-                await conn.execute("SELECT 1")
-        except NOT_READY:
-            return json_response(
-                {"status": "unavailable", "database": False}, 503, {"Retry-After": "1"}
-            )
-        return json_response({"status": "ready", "replica": read_path.router.replica_answers})
-
-    if settings.metrics_port is None:
-
-        @app.get("/metrics", responses=METRICS_RESPONSES)
-        async def prometheus() -> Response:
-            return metrics_response(registry)
-
+    app.include_router(position_routes.router)
+    app.include_router(probes.router)
+    if settings.metrics_port is None:  # else served on a port of its own
+        app.include_router(probes.metrics_router)
     return app

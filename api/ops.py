@@ -9,21 +9,16 @@ import asyncio
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-from aiokafka.errors import KafkaError
-from fastapi import APIRouter, Depends, FastAPI
+from fastapi import FastAPI
 from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
-from api.overview import Overview, OverviewMonitor, PrometheusUnavailable
-from runtime.auth import require_role
 from runtime.clock import Clock, SystemClock
-from runtime.http import ApiError, error_responses, json_response
 from runtime.lag_status import LagWindow
 from runtime.lag_view import Look, as_json, judge, look
-from schemas.auth import Principal, Role
 
 log = logging.getLogger(__name__)
 
@@ -98,46 +93,3 @@ def mount_ops_page(app: FastAPI) -> None:
         return FileResponse(PAGE_DIR / "index.html", headers=PAGE_HEADERS)
 
     app.mount("/ops/static", StaticFiles(directory=PAGE_DIR), name="ops-static")
-
-
-def ops_router(
-    monitor: LagMonitor, overview: OverviewMonitor, principal: Callable[..., Any]
-) -> APIRouter:
-    router = APIRouter(prefix="/v1/ops", tags=["ops"])
-
-    async def ops(who: Annotated[Principal, Depends(principal)]) -> Principal:
-        return require_role(who, [Role.OPS])
-
-    @router.get(
-        "/lag",
-        summary="Consumer lag per group and partition, with a status over the last looks",
-        response_model=LagReport,
-        responses=error_responses(401, 403, 429, 503),
-    )
-    async def lag(_: Annotated[Principal, Depends(ops)]) -> Response:
-        try:
-            report = await monitor.report()
-        except (KafkaError, OSError, TimeoutError, LookupError) as exc:
-            log.warning("lag look failed: %s", exc)
-            raise ApiError(
-                503, "Kafka did not answer the lag look", headers={"Retry-After": "2"}
-            ) from exc
-        return json_response(report)
-
-    @router.get(
-        "/overview",
-        summary="Throughput, freshness, error rates, cache, connections, replica and lag",
-        response_model=Overview,
-        responses=error_responses(401, 403, 429, 503),
-    )
-    async def pipeline_overview(_: Annotated[Principal, Depends(ops)]) -> Response:
-        try:
-            report = await overview.report()
-        except PrometheusUnavailable as exc:
-            log.warning("overview failed: %s", exc)
-            raise ApiError(
-                503, "Prometheus did not answer the overview", headers={"Retry-After": "2"}
-            ) from exc
-        return json_response(report)
-
-    return router

@@ -142,10 +142,34 @@ async def _nothing(conn: AsyncConnection[Any], rows: list[dict[str, Any]]) -> No
     return None
 
 
+@dataclass
+class Pools:
+    """The process's two pools through PgBouncer: its read-only entry (the replica) and its
+    read-write one (the primary). The app's lifespan opens them; before that (and after),
+    asking for one raises LookupError, which readiness answers as not ready."""
+
+    read: Pool | None = None
+    write: Pool | None = None
+
+    def reader(self) -> Pool:
+        if self.read is None:
+            raise LookupError("the read pool is not open")
+        return self.read
+
+    def writer(self) -> Pool:
+        if self.write is None:
+            raise LookupError("the write pool is not open")
+        return self.write
+
+
 class ReadRouter:
+    """Sends each read to the replica or the primary (read-your-writes, the replica's lag,
+    critical reads), through the process's database cap. Safe for the tasks of one event
+    loop; `watch_replica` runs as one of them for the app's life."""
+
     def __init__(
         self,
-        pools: dict[str, Pool],
+        pools: Pools,
         gate: DbGate,
         metrics: ReadMetrics,
         *,
@@ -219,7 +243,7 @@ class ReadRouter:
             reason = "replica_lag"
         else:
             try:
-                async with self._pools["read"].connection() as conn:
+                async with self._pools.reader().connection() as conn:
                     lsn, rows = await _with_lsn(conn, sql, params)
                     if lsn >= min_lsn:  # else not replayed yet: the primary has it
                         more = await then(conn, rows)
@@ -232,7 +256,7 @@ class ReadRouter:
                 conflict = "conflict with recovery" in str(exc)
                 reason = "recovery_conflict" if conflict else "replica_unavailable"
                 log.warning("replica read failed, reading the primary: %r", exc)
-        async with self._pools["write"].connection() as conn:
+        async with self._pools.writer().connection() as conn:
             lsn, rows = await _with_lsn(conn, sql, params)
             more = await then(conn, rows)
         self._metrics.reads.labels(view, "primary", reason).inc()
@@ -242,7 +266,7 @@ class ReadRouter:
         """Measures the replica's lag every `check_every_s` until `stopping` is set."""
         while not stopping.is_set():
             try:
-                async with self._pools["read"].connection(timeout=self._check_every_s) as conn:
+                async with self._pools.reader().connection(timeout=self._check_every_s) as conn:
                     row = await (await conn.execute(REPLICA_LAG)).fetchone()
                 lag = float(row[0]) if row is not None else 0.0
             except DATABASE_ERRORS:

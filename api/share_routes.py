@@ -6,23 +6,22 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
 
-from api.views import ReadPath, share_answer
+from api.deps import StateDep
+from api.views import share_answer
 from runtime.http import error_responses
 from schemas.jobs import SHARE_TOKEN_PATTERN, SharedJob
 
 ShareToken = Annotated[str, Path(pattern=SHARE_TOKEN_PATTERN)]
 
 
-def share_router(read_path: ReadPath) -> APIRouter:
-    router = APIRouter(prefix="/v1/share", tags=["share"])
+router = APIRouter(prefix="/v1/share", tags=["share"])
 
-    @router.get(
-        "/{token}",
-        response_model=SharedJob,
-        summary="A shared job, public: status, the driver's position and the ETA",
-        responses=error_responses(404, 422, 503),
-    )
-    async def shared(token: ShareToken, request: Request) -> Response:
-        return await share_answer(read_path, token, request.headers.get("if-none-match"))
 
-    return router
+@router.get(
+    "/{token}",
+    response_model=SharedJob,
+    summary="A shared job, public: status, the driver's position and the ETA",
+    responses=error_responses(404, 422, 503),
+)
+async def shared(token: ShareToken, request: Request, api: StateDep) -> Response:
+    return await share_answer(api.read_path, token, request.headers.get("if-none-match"))

@@ -18,7 +18,7 @@ import psycopg
 import redis
 from prometheus_client import CollectorRegistry
 
-from api.reads import DbGate, ReadMetrics, ReadRouter, Rows
+from api.reads import DbGate, Pools, ReadMetrics, ReadRouter, Rows
 from api.view_cache import Envelope
 from infra import pgbouncer, postgres, services
 from infra.config import StackConfig
@@ -382,10 +382,10 @@ def test_a_replica_read_cancelled_in_conflict_with_recovery_is_served_by_the_pri
 async def _read_during_a_lock(config: StackConfig, table: str) -> tuple[Rows, CollectorRegistry]:
     """A replica read of `table` whose second statement runs while the primary takes an
     exclusive lock on it."""
-    pools = {
-        "read": await open_pool(postgres.dsn(config, "replica"), min_size=1, max_size=1, name="r"),
-        "write": await open_pool(postgres.dsn(config, "primary"), min_size=1, max_size=1, name="w"),
-    }
+    pools = Pools(
+        read=await open_pool(postgres.dsn(config, "replica"), min_size=1, max_size=1, name="r"),
+        write=await open_pool(postgres.dsn(config, "primary"), min_size=1, max_size=1, name="w"),
+    )
     registry = CollectorRegistry()
     metrics = ReadMetrics(registry)
     router = ReadRouter(pools, DbGate(1, 0, 1.0, metrics), metrics, max_lag_s=3600)
@@ -415,7 +415,7 @@ async def _read_during_a_lock(config: StackConfig, table: str) -> tuple[Rows, Co
             router.read_then("probe", f"SELECT x FROM {table}", [], held), lock_on_the_primary()
         )
     finally:
-        for pool in pools.values():
+        for pool in (pools.reader(), pools.writer()):
             await pool.close()
     return got, registry
 

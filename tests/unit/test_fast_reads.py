@@ -21,7 +21,7 @@ from api.app import create_app
 from api.config import ApiSettings
 from api.errors import DatabaseBusy, DatabaseUnavailable
 from api.fast_reads import FastReads
-from api.reads import DbGate, ReadMetrics, ReadRouter
+from api.reads import DbGate, Pools, ReadMetrics, ReadRouter
 from api.view_cache import CacheMetrics, CacheSettings, Loaded, ViewCache
 from api.views import ReadPath, ViewLoaders, Views, render_job, render_share
 from jobs.errors import NotFound
@@ -114,7 +114,7 @@ def app(public: Path, fast: bool) -> FastAPI:
     registry = CollectorRegistry()
     pool = cast(Pool, NoDatabase())
     router = ReadRouter(
-        {"read": pool, "write": pool},
+        Pools(read=pool, write=pool),
         DbGate(4, 4, 0.1, ReadMetrics(registry)),
         ReadMetrics(CollectorRegistry()),
         max_lag_s=5,

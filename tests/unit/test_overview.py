@@ -8,7 +8,7 @@ import httpx
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from api.ops import LagMonitor, ops_router
+from api import deps, ops_routes
 from api.overview import OverviewMonitor, PrometheusClient, overview
 from runtime.http import install_error_handlers
 from schemas.auth import Principal, Role
@@ -73,7 +73,9 @@ def app_over(transport: httpx.MockTransport) -> TestClient:
 
     app = FastAPI()
     install_error_handlers(app)
-    app.include_router(ops_router(LagMonitor("unused:1", 1, 1.0), monitor, principal))
+    app.include_router(ops_routes.router)
+    app.dependency_overrides[deps.caller] = principal
+    app.dependency_overrides[deps.overview_monitor] = lambda: monitor
     return TestClient(app)
 
 
