@@ -20,13 +20,13 @@ from api import (
 )
 from api.config import ApiSettings
 from api.deps import State
-from api.fast_reads import FastReads
 from api.ops import LagMonitor, mount_ops_page
 from api.overview import OverviewMonitor, PrometheusClient
 from api.principal_limit import PrincipalLimit
-from api.reads import DbGate, Pools, ReadMetrics, ReadRouter
-from api.view_cache import CacheMetrics, CacheSettings, ViewCache
-from api.views import ReadPath, ViewLoaders, Views, write_through
+from api.reads.cache import CacheMetrics, CacheSettings, ViewCache
+from api.reads.fast import FastReads
+from api.reads.routing import DbGate, Pools, ReadMetrics, ReadRouter
+from api.reads.views import ReadPath, ViewLoaders, Views, write_through
 from jobs import relay
 from jobs.blobs import DirectoryBlobStore
 from runtime.auth import verifier_from_settings

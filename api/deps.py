@@ -11,12 +11,12 @@ from fastapi.security import HTTPAuthorizationCredentials
 from prometheus_client import CollectorRegistry, Counter
 
 from api.config import ApiSettings
-from api.fast_reads import POSITION_ROLES
 from api.ops import LagMonitor
 from api.overview import OverviewMonitor
 from api.principal_limit import PrincipalLimit
-from api.reads import Pools
-from api.views import ReadPath
+from api.reads.fast import POSITION_ROLES
+from api.reads.routing import Pools
+from api.reads.views import ReadPath
 from jobs.blobs import BlobStore
 from runtime.auth import TokenVerifier, require_role
 from runtime.http import bearer_credentials, bearer_scheme

@@ -3,7 +3,7 @@
 Great-circle distance times a road factor (streets are not straight: about 1.3, and 1.4
 for short trips, where the detours weigh more), over the driver's average speed of the
 last minutes spent moving (stops at corners included: that is what city traffic looks
-like; minutes standing at a pickup are not, api/positions.py), clamped to what a
+like; minutes standing at a pickup are not, api/reads/positions.py), clamped to what a
 delivery vehicle does in a city, plus a dwell time at each stop still ahead. While the
 job is assigned the route runs through the pickup. When the position is stale (no fix for
 `stale_after_s`, a dead zone or a closed app), the recent speed says nothing about now:

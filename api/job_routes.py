@@ -1,6 +1,6 @@
 """The jobs endpoints (docs/api.md). Writes go to the primary, and record the
 writer's WAL position for read-your-writes; a job's view comes through the view cache
-(api/views.py); the list and the track read the primary."""
+(api/reads/views.py); the list and the track read the primary."""
 
 import asyncio
 from collections.abc import Awaitable, Callable
@@ -17,12 +17,12 @@ from pydantic import AwareDatetime, BaseModel
 
 from api.deps import CallerDep, State, StateDep
 from api.errors import DatabaseUnavailable, InvalidInput
-from api.job_views import MAX_FIXES, track_span
-from api.positions import SELECT_TRACK
-from api.reads import write_position
+from api.reads.extras import MAX_FIXES, track_span
+from api.reads.positions import SELECT_TRACK
+from api.reads.routing import write_position
+from api.reads.views import job_answer
 from api.track import feature
 from api.uploads import PHOTO_BODY, read_photo
-from api.views import job_answer
 from jobs import store as job_store
 from jobs.photos import check_photo
 from jobs.rules import Action, check_allowed, check_creator, check_status, check_visible

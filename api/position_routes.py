@@ -1,5 +1,5 @@
 """`GET /v1/drivers/{id}/position`: a driver's latest position (dispatchers and ops), a
-cached view (api/views.py)."""
+cached view (api/reads/views.py)."""
 
 from typing import Annotated
 
@@ -7,8 +7,8 @@ from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
 
 from api.deps import DispatcherOrOpsDep, StateDep
-from api.positions import DriverPosition
-from api.views import position_answer
+from api.reads.positions import DriverPosition
+from api.reads.views import position_answer
 from runtime.http import error_responses
 from schemas.ids import ID_PATTERN, MAX_ID_LENGTH
 

@@ -1,5 +1,5 @@
 """Share links' public side: `GET /v1/share/{token}`, the same for everyone who has it,
-cached (api/views.py) and marked public so an edge cache may keep it too."""
+cached (api/reads/views.py) and marked public so an edge cache may keep it too."""
 
 from typing import Annotated
 
@@ -7,7 +7,7 @@ from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
 
 from api.deps import StateDep
-from api.views import share_answer
+from api.reads.views import share_answer
 from runtime.http import error_responses
 from schemas.jobs import SHARE_TOKEN_PATTERN, SharedJob
 

@@ -25,8 +25,8 @@ from notifier.frames import ping_frame
 from notifier.heartbeat import Schedule
 from notifier.hub import Hub, Subscription
 from notifier.metrics import NotifierMetrics
-from notifier.outbox import Budget
 from notifier.resume import Resumer
+from notifier.send_queue import Budget
 from notifier.session import Limits, Session
 from notifier.store import Store
 from runtime.auth import verifier_from_settings

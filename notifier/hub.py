@@ -1,5 +1,5 @@
 """The process's subscriptions, by job and by the job's driver, and the routing of each
-consumed job event and position to them. No I/O: frames go to each connection's outbox,
+consumed job event and position to them. No I/O: frames go to each connection's send queue,
 and a subscriber that needs events it was not sent gets a catch-up started."""
 
 from collections import OrderedDict
@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from notifier.errors import Forbidden, NotifierError
 from notifier.frames import EventFrame, position_frame
 from notifier.metrics import NotifierMetrics
-from notifier.outbox import Outbox
+from notifier.send_queue import SendQueue
 from notifier.sequencing import Sequencer
 from schemas.auth import Principal, Role
 from schemas.jobs import JobStatus
@@ -35,7 +35,7 @@ class Subscription:
         "catching_up",
         "end",
         "job_id",
-        "outbox",
+        "send_queue",
         "seq",
         "share",
         "snapshot_sent",
@@ -45,7 +45,7 @@ class Subscription:
     def __init__(
         self,
         job_id: UUID,
-        outbox: Outbox,
+        send_queue: SendQueue,
         end: Callable[[NotifierError], Awaitable[None]],
         *,
         share: bool,
@@ -53,7 +53,7 @@ class Subscription:
         viewer: Principal | None = None,
     ) -> None:
         self.job_id = job_id
-        self.outbox = outbox
+        self.send_queue = send_queue
         self.end = end  # closes the connection with the error's close code
         self.share = share  # a share link's subscriber: events without `data`
         # Who subscribed (None: a share link): what the job shows them may change.
@@ -64,7 +64,7 @@ class Subscription:
 
     def send_events(self, frames: list[EventFrame]) -> None:
         for frame in frames:
-            self.outbox.push(frame.for_share(self.share), frame.type, frame.at.timestamp())
+            self.send_queue.push(frame.for_share(self.share), frame.type, frame.at.timestamp())
 
 
 class JobFeed:
@@ -116,7 +116,7 @@ class Hub:
         if feed is None or sub not in feed.subs:
             return
         feed.subs.discard(sub)
-        sub.outbox.drop_positions(sub.job_id)
+        sub.send_queue.drop_positions(sub.job_id)
         self._metrics.subscriptions.dec()
         if not feed.subs:
             self._set_driver(feed, None)
@@ -213,7 +213,7 @@ class Hub:
         frame = position_frame(feed.job_id, update)
         for sub in feed.subs:
             if sub.snapshot_sent:
-                sub.outbox.push_position(feed.job_id, frame, update.ts.timestamp())
+                sub.send_queue.push_position(feed.job_id, frame, update.ts.timestamp())
 
     @property
     def feeds(self) -> int:

@@ -94,10 +94,10 @@ class Resumer:
             resync = "not_retained"
         if resync is not None:
             self._metrics.resyncs.labels(resync).inc()
-            sub.outbox.push(resync_frame(job.job_id, resync), "resync")
+            sub.send_queue.push(resync_frame(job.job_id, resync), "resync")
             last_seq = None
         start = job.seq if last_seq is None else last_seq
-        sub.outbox.push(
+        sub.send_queue.push(
             snapshot_frame(job.job_id, job.seq, job_view(job, position, share), position, last_seq),
             "snapshot",
         )
@@ -138,7 +138,7 @@ class Resumer:
                     )
                 ready, live = sub.seq.merge(fetched, target_seq)
                 sub.send_events(ready)
-                if live or sub.outbox.closed:
+                if live or sub.send_queue.closed:
                     return source
         finally:
             sub.catching_up = False

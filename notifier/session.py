@@ -27,8 +27,8 @@ from notifier.errors import (
 )
 from notifier.hub import Hub, Subscription
 from notifier.metrics import NotifierMetrics
-from notifier.outbox import Budget, Outbox
 from notifier.resume import Resumer
+from notifier.send_queue import Budget, SendQueue
 from notifier.store import ShareRow, Store
 from runtime.auth import AuthError, TokenVerifier
 from schemas.auth import Principal
@@ -62,7 +62,7 @@ class Grant:
 
 
 class _Socket:
-    """The outbox's view of the connection."""
+    """The send queue's view of the connection."""
 
     def __init__(self, ws: ServerConnection) -> None:
         self._ws = ws
@@ -103,7 +103,7 @@ class Session:
         self._metrics = metrics
         self._limits = limits
         self._clock = clock
-        self.outbox = Outbox(
+        self.send_queue = SendQueue(
             _Socket(ws),
             max_unsent_bytes=limits.max_unsent_bytes,
             on_slow=self._slow,
@@ -142,7 +142,7 @@ class Session:
             for sub in self._subs.values():
                 self._hub.unwatch(sub)
             self._subs.clear()
-            self.outbox.close()
+            self.send_queue.close()
 
     @property
     def share_hash(self) -> bytes:
@@ -155,7 +155,7 @@ class Session:
         if self._closing:
             return
         self._closing = True
-        self.outbox.close()
+        self.send_queue.close()
         self._metrics.closes.labels(str(int(exc.close_code))).inc()
         await self.ws.close(exc.close_code, str(exc)[:120])
 
@@ -211,7 +211,7 @@ class Session:
             raise TooManySubscriptions(f"at most {self._limits.max_subscriptions} jobs")
         sub = Subscription(
             message.job_id,
-            self.outbox,
+            self.send_queue,
             self.end,
             share=grant.share is not None,
             max_held=self._limits.max_held,
@@ -242,7 +242,7 @@ class Session:
         if self._pong is not None and not self._pong.done():
             self._in_background(lambda: self.end(PeerGone("no pong to the last ping")))
             return
-        self.outbox.push(ping, "ping")
+        self.send_queue.push(ping, "ping")
         self._in_background(self._ping)
 
     async def _ping(self) -> None:

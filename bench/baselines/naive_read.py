@@ -13,7 +13,7 @@ from fastapi import Depends, FastAPI, Header
 from fastapi.responses import Response
 
 from api import http_errors
-from api.job_views import with_live_position
+from api.reads.extras import with_live_position
 from bench.baselines import serve
 from jobs import store as job_store
 from jobs.rules import check_visible

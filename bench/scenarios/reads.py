@@ -39,7 +39,7 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from api.config import ApiSettings
-from api.view_cache import Envelope
+from api.reads.cache import Envelope
 from bench.baselines import naive_endpoint
 from bench.report import latency_bars, save_figure
 from bench.tokens import Tokens

@@ -18,8 +18,8 @@ import psycopg
 import redis
 from prometheus_client import CollectorRegistry
 
-from api.reads import DbGate, Pools, ReadMetrics, ReadRouter, Rows
-from api.view_cache import Envelope
+from api.reads.cache import Envelope
+from api.reads.routing import DbGate, Pools, ReadMetrics, ReadRouter, Rows
 from infra import pgbouncer, postgres, services
 from infra.config import StackConfig
 from infra.procs import free_port

@@ -1,4 +1,4 @@
-"""The api's fast path for the cached GETs (api/fast_reads.py) answers byte for byte what
+"""The api's fast path for the cached GETs (api/reads/fast.py) answers byte for byte what
 the FastAPI routes answer, errors included: the same requests to the app with and without
 the FastReads middleware, over the same in-memory views."""
 
@@ -20,10 +20,10 @@ from psycopg_pool import PoolTimeout
 from api.app import create_app
 from api.config import ApiSettings
 from api.errors import DatabaseBusy, DatabaseUnavailable
-from api.fast_reads import FastReads
-from api.reads import DbGate, Pools, ReadMetrics, ReadRouter
-from api.view_cache import CacheMetrics, CacheSettings, Loaded, ViewCache
-from api.views import ReadPath, ViewLoaders, Views, render_job, render_share
+from api.reads.cache import CacheMetrics, CacheSettings, Loaded, ViewCache
+from api.reads.fast import FastReads
+from api.reads.routing import DbGate, Pools, ReadMetrics, ReadRouter
+from api.reads.views import ReadPath, ViewLoaders, Views, render_job, render_share
 from jobs.errors import NotFound
 from runtime.auth import generate_keypair, issue_token
 from runtime.postgres import Pool

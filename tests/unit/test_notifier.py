@@ -1,5 +1,5 @@
 """The notifier's pure parts: the per-subscriber sequencing (exactly once, in order, across
-live events, held events and fetched ones), the bounded outbox, and the protocol's
+live events, held events and fetched ones), the bounded send queue, and the protocol's
 client messages."""
 
 import asyncio
@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from notifier.errors import BadMessage
 from notifier.frames import EventFrame, event_frame
-from notifier.outbox import WRITE_NOW_BELOW_BYTES, Outbox
+from notifier.send_queue import WRITE_NOW_BELOW_BYTES, SendQueue
 from notifier.sequencing import Sequencer
 from notifier.session import _parse
 from schemas.jobs import JobEvent, JobStatus
@@ -114,7 +114,7 @@ def test_every_path_sends_each_event_once_in_order(
 
 
 async def until(condition: Callable[[], bool]) -> None:
-    """Lets the outbox's tasks run until `condition` holds (1 s deadline)."""
+    """Lets the send queue's tasks run until `condition` holds (1 s deadline)."""
     async with asyncio.timeout(1):
         while not condition():  # noqa: ASYNC110 - plain state of other tasks
             await asyncio.sleep(0)  # one turn of the loop; the deadline bounds the poll
@@ -160,7 +160,7 @@ def never_revoked(sub: object, error: object) -> None:
 def test_a_client_keeping_up_gets_each_frame_at_once() -> None:
     sock = FakeSocket()
     counted: list[str] = []
-    box = Outbox(
+    box = SendQueue(
         sock, max_unsent_bytes=10_000, on_slow=never_slow, on_sent=lambda k, _: counted.append(k)
     )
     box.push(b"e1", "job.status")
@@ -171,7 +171,7 @@ def test_a_client_keeping_up_gets_each_frame_at_once() -> None:
 async def test_a_lagging_client_gets_events_in_order_and_the_newest_position_only() -> None:
     sock = FakeSocket()
     counted: list[str] = []
-    box = Outbox(
+    box = SendQueue(
         sock, max_unsent_bytes=10**6, on_slow=never_slow, on_sent=lambda k, _: counted.append(k)
     )
     sock.stall()
@@ -186,7 +186,7 @@ async def test_a_lagging_client_gets_events_in_order_and_the_newest_position_onl
     assert counted == ["job.status", "job.status", "position"]
 
 
-async def test_outbox_past_its_limit_closes_and_keeps_nothing() -> None:
+async def test_a_send_queue_past_its_limit_closes_and_keeps_nothing() -> None:
     sock = FakeSocket()
     sock.stall()  # the client stopped reading: 64 KiB already unsent
     slow_calls: list[int] = []
@@ -194,7 +194,7 @@ async def test_outbox_past_its_limit_closes_and_keeps_nothing() -> None:
     async def slow() -> None:
         slow_calls.append(1)
 
-    box = Outbox(sock, max_unsent_bytes=70_000, on_slow=slow, on_sent=lambda k, _: None)
+    box = SendQueue(sock, max_unsent_bytes=70_000, on_slow=slow, on_sent=lambda k, _: None)
     for _ in range(100):
         box.push(b"x" * 100, "job.status")
     await until(lambda: bool(slow_calls))
@@ -212,13 +212,13 @@ async def test_the_socket_buffer_counts_against_the_limit() -> None:
     async def slow() -> None:
         pass
 
-    box = Outbox(sock, max_unsent_bytes=1000, on_slow=slow, on_sent=lambda k, _: None)
+    box = SendQueue(sock, max_unsent_bytes=1000, on_slow=slow, on_sent=lambda k, _: None)
     box.push(b"x" * 20, "job.status")
     assert box.closed
 
 
 async def test_the_process_budget_closes_the_connection_whose_frame_would_cross_it() -> None:
-    from notifier.outbox import Budget
+    from notifier.send_queue import Budget
 
     budget = Budget(1500)  # all connections together; each alone may hold far more
     socks = [FakeSocket(), FakeSocket()]
@@ -232,7 +232,7 @@ async def test_the_process_budget_closes_the_connection_whose_frame_would_cross_
 
         # One budget for both, as the process's sessions share it.
         boxes.append(
-            Outbox(
+            SendQueue(
                 sock,
                 max_unsent_bytes=10**6,
                 on_slow=on_slow,
@@ -285,7 +285,7 @@ async def test_the_hub_routes_events_and_positions_of_the_jobs_driver_only() -> 
     user, shared = (
         Subscription(
             JOB,
-            Outbox(sock, max_unsent_bytes=10**6, on_slow=never_slow, on_sent=lambda k, _: None),
+            SendQueue(sock, max_unsent_bytes=10**6, on_slow=never_slow, on_sent=lambda k, _: None),
             end,
             share=share,
             max_held=10,
@@ -356,19 +356,21 @@ async def test_a_fix_that_came_before_the_assignment_is_sent_after_its_event() -
     async def end(_: object) -> None:
         raise AssertionError("not ended")
 
-    outboxes: list[Outbox] = []
+    send_queues: list[SendQueue] = []
 
     def nothing_pending() -> bool:
         """The hub hands frames over synchronously: with nothing queued now, nothing more
         can arrive from what it was given."""
-        return all(outbox.unsent_bytes() == 0 for outbox in outboxes)
+        return all(send_queue.unsent_bytes() == 0 for send_queue in send_queues)
 
     def watcher(job: uuid.UUID) -> FakeSocket:
         """A live subscriber of `job`, created and not yet assigned; its socket."""
         sock = FakeSocket()
-        outbox = Outbox(sock, max_unsent_bytes=10**6, on_slow=never_slow, on_sent=lambda k, _: None)
-        outboxes.append(outbox)
-        sub = Subscription(job, outbox, end, share=False, max_held=10)
+        send_queue = SendQueue(
+            sock, max_unsent_bytes=10**6, on_slow=never_slow, on_sent=lambda k, _: None
+        )
+        send_queues.append(send_queue)
+        sub = Subscription(job, send_queue, end, share=False, max_held=10)
         hub.watch(sub)
         sub.seq.start_at(1)
         sub.seq.live = sub.snapshot_sent = True
@@ -471,8 +473,10 @@ def live_watcher(hub: object, viewer: object = None) -> tuple[FakeSocket, object
         raise AssertionError("ended through the hub's revoke only")
 
     sock = FakeSocket()
-    outbox = Outbox(sock, max_unsent_bytes=10**6, on_slow=never_slow, on_sent=lambda k, _: None)
-    sub = Subscription(JOB, outbox, end, share=False, max_held=10, viewer=viewer)  # type: ignore[arg-type]
+    send_queue = SendQueue(
+        sock, max_unsent_bytes=10**6, on_slow=never_slow, on_sent=lambda k, _: None
+    )
+    sub = Subscription(JOB, send_queue, end, share=False, max_held=10, viewer=viewer)  # type: ignore[arg-type]
     hub.watch(sub)
     sub.seq.start_at(1)
     sub.seq.live = sub.snapshot_sent = True

@@ -89,7 +89,7 @@ def test_the_route_and_the_fast_path_refuse_alike_from_one_bucket(tmp_path: Path
     def bearer(sub: str) -> dict[str, str]:
         return {"Authorization": "Bearer " + issue_token(private, sub=sub, role=Role.CUSTOMER)}
 
-    fast = f"/v1/jobs/{uuid.uuid4()}"  # answered by the fast path (api/fast_reads.py)
+    fast = f"/v1/jobs/{uuid.uuid4()}"  # answered by the fast path (api/reads/fast.py)
     routed = "/v1/jobs"  # answered by the route
     with TestClient(app) as client:
         a, b = bearer("cus-a"), bearer("cus-b")

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from api.errors import InvalidInput
-from api.job_views import MAX_TRACK, track_span
+from api.reads.extras import MAX_TRACK, track_span
 from api.track import MAX_POINTS, feature, simplify
 
 T0, T1 = datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 2, tzinfo=UTC)

@@ -9,8 +9,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from api.errors import DatabaseBusy
-from api.reads import DbGate, ReadMetrics
-from api.view_cache import (
+from api.reads.cache import (
     CacheMetrics,
     CacheSettings,
     Envelope,
@@ -21,7 +20,8 @@ from api.view_cache import (
     envelope,
     etag_of,
 )
-from api.views import answer
+from api.reads.routing import DbGate, ReadMetrics
+from api.reads.views import answer
 from jobs.errors import NotFound
 
 VIEW = View("job", fresh_s=2.0, stale_s=30.0)

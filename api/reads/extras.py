@@ -8,7 +8,7 @@ from psycopg import AsyncConnection
 
 from api.errors import InvalidInput
 from api.eta import estimate
-from api.positions import read_driver_position, read_recent_speed
+from api.reads.positions import read_driver_position, read_recent_speed
 from schemas.jobs import DriverPositionView, Job, JobStatus
 
 # A driver's position shows while the job is under way, not before or after.

@@ -1,10 +1,10 @@
-"""The cached views' hot path (api/views.py), beneath FastAPI's routing.
+"""The cached views' hot path (api/reads/views.py), beneath FastAPI's routing.
 
 A cache hit costs little next to FastAPI's routing, dependency solving and middleware
 stack (measured: docs/benchmarks.md, "Issue 11"), so the three cached GETs are answered
 here when everything about the request is plainly valid: the path's id, a verified token
 of a role that may read the view. Such a request gets the very answer its FastAPI route
-would give (the same functions in api/views.py make both, errors through the same
+would give (the same functions in api/reads/views.py make both, errors through the same
 mapping, the principal's rate taken as the route's dependency takes it; byte for byte,
 as tests/unit/test_fast_reads.py checks). Anything else
 (no token, a bad one, a malformed id, another method) goes on to the routes, which
@@ -18,7 +18,7 @@ from fastapi.responses import Response
 
 from api.http_errors import MAPPED, to_api_error
 from api.principal_limit import PrincipalLimit
-from api.views import ReadPath, job_answer, position_answer, share_answer
+from api.reads.views import ReadPath, job_answer, position_answer, share_answer
 from runtime.auth import AuthError, TokenVerifier, bearer_token
 from runtime.http import error_response
 from schemas.auth import Principal, Role

@@ -12,10 +12,10 @@ from fastapi.responses import Response
 from psycopg import AsyncConnection
 
 from api.config import ApiSettings
-from api.job_views import with_live_position
-from api.positions import SELECT_POSITION, DriverPosition
-from api.reads import ReadRouter, write_position
-from api.view_cache import Envelope, Loaded, View, ViewCache
+from api.reads.cache import Envelope, Loaded, View, ViewCache
+from api.reads.extras import with_live_position
+from api.reads.positions import SELECT_POSITION, DriverPosition
+from api.reads.routing import ReadRouter, write_position
 from jobs import store as job_store
 from jobs.errors import NotFound
 from jobs.rules import Owners, check_visible, visible

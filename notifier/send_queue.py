@@ -10,7 +10,7 @@ from uuid import UUID
 
 
 class Writer(Protocol):
-    """What the outbox needs of a WebSocket connection."""
+    """What the send_queue needs of a WebSocket connection."""
 
     async def send(self, message: bytes, *, text: bool) -> None: ...
 
@@ -31,7 +31,7 @@ Sent = Callable[[str, float | None], None]
 
 
 class Budget:
-    """The bytes queued by all of a process's outboxes: past `limit`, the connection whose
+    """The bytes queued by all of a process's send queues: past `limit`, the connection whose
     frame would cross it is the slow one, and is closed. One client's limit times 20,000
     clients is more memory than the process has."""
 
@@ -43,7 +43,7 @@ class Budget:
         return self.used + more <= self.limit
 
 
-class Outbox:
+class SendQueue:
     """A frame is written at once while the client keeps up; otherwise it queues, and one
     task writes the queue as the socket drains, ending when it is empty (an idle
     connection holds no task)."""
