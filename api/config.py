@@ -4,7 +4,14 @@ from pathlib import Path
 
 from pydantic_settings import SettingsConfigDict
 
-from runtime.settings import HttpServiceSettings
+from runtime.settings import (
+    LOCAL_KAFKA,
+    LOCAL_PRIMARY_DSN,
+    LOCAL_PROMETHEUS_URL,
+    LOCAL_REDIS_URL,
+    LOCAL_REPLICA_DSN,
+    HttpServiceSettings,
+)
 
 
 class ApiSettings(HttpServiceSettings):
@@ -12,10 +19,10 @@ class ApiSettings(HttpServiceSettings):
 
     port: int = 18101
     # PgBouncer's read-only entry: the replica.
-    read_dsn: str = "host=127.0.0.1 port=16432 dbname=telemetry_ro user=telemetry"
+    read_dsn: str = LOCAL_REPLICA_DSN
     # PgBouncer's read-write entry: the primary (job writes, and job reads until the read
     # path checks the replica has replayed the caller's writes).
-    write_dsn: str = "host=127.0.0.1 port=16432 dbname=telemetry user=telemetry"
+    write_dsn: str = LOCAL_PRIMARY_DSN
     pool_max_size: int = 10
     # A JSON request body past this is a 413 (the upload of `complete` has its own limit).
     max_body_bytes: int = 64 * 1024
@@ -23,7 +30,7 @@ class ApiSettings(HttpServiceSettings):
     blob_dir: Path = Path(".telemetry/blobs")
     # The outbox relay (jobs/relay.py) runs in every api process; one publishes at
     # a time.
-    kafka_bootstrap: str = "127.0.0.1:19092"
+    kafka_bootstrap: str = LOCAL_KAFKA
     relay_enabled: bool = True
     relay_batch: int = 500
     relay_poll_s: float = 0.1
@@ -37,7 +44,7 @@ class ApiSettings(HttpServiceSettings):
     # The read path (docs/services.md, "Api: reads"). The view cache in Redis: off serves every view
     # from the database (a baseline; the in-process single-flight stays).
     cache_enabled: bool = True
-    redis_url: str = "redis://127.0.0.1:16379/0"
+    redis_url: str = LOCAL_REDIS_URL
     # A slow Redis must cost a read little before it is bypassed (for a second, then tried
     # again). Counted as Redis's time: when this process's own event loop is what is late,
     # a call may take up to `redis_max_wait_s`. Below 100 ms, a 2-core machine serving a
@@ -75,5 +82,5 @@ class ApiSettings(HttpServiceSettings):
     lag_min_interval_s: float = 2.0
     lag_window: int = 5
     # GET /v1/ops/overview asks the stack's Prometheus, at most this often.
-    prometheus_url: str = "http://127.0.0.1:18090"
+    prometheus_url: str = LOCAL_PROMETHEUS_URL
     overview_min_interval_s: float = 2.0

@@ -430,7 +430,13 @@ def describe_message(m: dict[str, Any]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="telemetry", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    _stack_commands(sub)
+    _tool_commands(sub)
+    return parser
 
+
+def _stack_commands(sub: Any) -> None:
+    """Running the stack: up, install, down, images, scale, lag, logs, status."""
     up = sub.add_parser("up", help="install what is missing and start the whole stack")
     up.add_argument("--ingest", dest="ingest_processes", type=int, help="ingest processes")
     up.add_argument("--api", dest="api_processes", type=int, help="api processes")
@@ -497,6 +503,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.set_defaults(func=cmd_status)
 
+
+def _tool_commands(sub: Any) -> None:
+    """Using it: simulate, bench, token, ops-url, watch."""
     sim = sub.add_parser("simulate", help="drive a simulated fleet against the running ingest")
     sim.add_argument("--drivers", type=int, default=100)
     sim.add_argument("--interval", type=float, default=4.0, help="seconds between fixes")
@@ -544,7 +553,6 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--url", help="the WebSocket URL (default: the stack's edge, ws://…/ws)")
     watch.add_argument("--last-seq", type=int, help="resume after this seq")
     watch.set_defaults(func=cmd_watch)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

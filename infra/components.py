@@ -83,6 +83,14 @@ def _bootstrap_primary(config: StackConfig, report: Callable[[str], None]) -> No
 
 def components(config: StackConfig, report: Callable[[str], None]) -> list[Component]:
     """The stack's components in a valid start order (each after its dependencies)."""
+    result = [*_servers(config, report), *_services(config), *_front(config)]
+    if config.runtime == "containers":
+        result = _in_containers(config, result)
+    return result
+
+
+def _servers(config: StackConfig, report: Callable[[str], None]) -> list[Component]:
+    """Kafka, Redis, PostgreSQL's primary and replica, PgBouncer."""
 
     def init_primary() -> None:
         if postgres.init_primary(config):
@@ -96,7 +104,7 @@ def components(config: StackConfig, report: Callable[[str], None]) -> list[Compo
         report("creating Kafka topics")
         kafka.create_topics(config)
 
-    result = [
+    return [
         # Kafka's JVM takes longest to come up: first in the list, waited for only when a
         # component that needs it is about to start.
         Component(
@@ -160,6 +168,11 @@ def components(config: StackConfig, report: Callable[[str], None]) -> list[Compo
             after=("postgres-primary", "postgres-replica"),
         ),
     ]
+
+
+def _services(config: StackConfig) -> list[Component]:
+    """Our service processes, each supervised."""
+    result = []
     for spec in services.specs(config):
         result.append(
             Component(
@@ -177,8 +190,13 @@ def components(config: StackConfig, report: Callable[[str], None]) -> list[Compo
                 supervised=True,
             )
         )
+    return result
+
+
+def _front(config: StackConfig) -> list[Component]:
+    """HAProxy and the edge, the ops exporter and Prometheus, and last the supervisor."""
     service_names = tuple(s.name for s in services.specs(config))
-    result += [
+    return [
         # Health checks bring each process into HAProxy's rotation as it becomes ready.
         Component(
             haproxy.NAME,
@@ -239,9 +257,6 @@ def components(config: StackConfig, report: Callable[[str], None]) -> list[Compo
             stop_signal=signal.SIGTERM,
         ),
     ]
-    if config.runtime == "containers":
-        result = _in_containers(config, result)
-    return result
 
 
 def _in_containers(config: StackConfig, result: list[Component]) -> list[Component]:

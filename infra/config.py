@@ -5,6 +5,19 @@ from typing import Literal
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from api.config import ApiSettings
+from ingest.config import IngestSettings
+from notifier.config import NotifierSettings
+from photo_worker.config import PhotoWorkerSettings
+from runtime.settings import (
+    LOCAL_KAFKA_PORT,
+    LOCAL_PGBOUNCER_PORT,
+    LOCAL_PROMETHEUS_PORT,
+    LOCAL_REDIS_PORT,
+    default_of,
+)
+from streams.config import StreamsSettings
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -33,24 +46,27 @@ class StackConfig(BaseSettings):
     # infra/containers/ (built by `telemetry images`) on Podman, through testcontainers.
     runtime: Literal["processes", "containers"] = "processes"
 
-    kafka_port: int = 19092
+    kafka_port: int = LOCAL_KAFKA_PORT
     kafka_controller_port: int = 19093
     postgres_primary_port: int = 15432
     postgres_replica_port: int = 15433
-    pgbouncer_port: int = 16432
-    redis_port: int = 16379
-    ingest_port: int = 18001  # ingest-N listens on ingest_port + N - 1
-    api_port: int = 18101  # api-N likewise
-    streams_web_port: int = 18201  # streams-N's Faust web server likewise
-    photo_worker_port: int = 18301  # photo-worker-N's probes likewise
-    notifier_port: int = 18401  # notifier-N's WebSocket (/ws) and probes likewise
+    pgbouncer_port: int = LOCAL_PGBOUNCER_PORT
+    redis_port: int = LOCAL_REDIS_PORT
+    # The services' first ports are their own settings' defaults: ingest-N listens on
+    # ingest_port + N - 1, api-N, streams-N (its Faust web server), photo-worker-N (its
+    # probes) and notifier-N (its WebSocket and probes) likewise.
+    ingest_port: int = default_of(IngestSettings, "port")
+    api_port: int = default_of(ApiSettings, "port")
+    streams_web_port: int = default_of(StreamsSettings, "web_port")
+    photo_worker_port: int = default_of(PhotoWorkerSettings, "port")
+    notifier_port: int = default_of(NotifierSettings, "port")
     # The public port: nginx, the edge cache, in front of HAProxy (docs/edge.md).
     edge_port: int = 18080
     haproxy_port: int = 18081
     haproxy_stats_port: int = 18082  # its stats page (/) and Prometheus exporter (/metrics)
     # Ops (docs/ops.md): Prometheus, and the exporter of consumer lag, dead letters and
     # the replica's replay lag it scrapes.
-    prometheus_port: int = 18090
+    prometheus_port: int = LOCAL_PROMETHEUS_PORT
     ops_exporter_port: int = 18091
 
     ingest_processes: int = 1

@@ -86,8 +86,6 @@ _CACHE = f"""\
 def render(config: StackConfig) -> str:
     """The whole configuration; a pure function of the ports and paths."""
     base = base_dir(config)
-    requests_rate = config.edge_requests_per_client_s
-    shares_rate = config.edge_share_requests_per_client_s
     return f"""\
 # Written by the stack (infra/edge.py): edits are overwritten.
 worker_processes auto;
@@ -101,6 +99,19 @@ events {{
 }}
 
 http {{
+{_http(config)}
+
+{_server(config)}}}
+"""
+
+
+def _http(config: StackConfig) -> str:
+    """The http block's settings: temp paths, body limits and timeouts, the cache, the
+    per-client limits, and the upstream (HAProxy)."""
+    base = base_dir(config)
+    requests_rate = config.edge_requests_per_client_s
+    shares_rate = config.edge_share_requests_per_client_s
+    return f"""\
     access_log off;
     client_body_temp_path {base / "body"};
     proxy_temp_path {base / "proxy"};
@@ -146,8 +157,13 @@ http {{
         keepalive 64;
         # Shorter than HAProxy keeps them, so we are the side that closes an idle one.
         keepalive_timeout 30s;
-    }}
+    }}"""
 
+
+def _server(config: StackConfig) -> str:
+    """The public server: its limits, our own errors in the contract's shape, the health
+    path, the WebSocket tunnel and the routes (the photo's, share links cached, the rest)."""
+    return f"""\
     server {{
         listen 127.0.0.1:{config.edge_port} backlog=4096;
         limit_conn per_client {config.edge_connections_per_client};
@@ -224,7 +240,6 @@ http {{
 {_CACHE}
         }}
     }}
-}}
 """
 
 

@@ -4,17 +4,24 @@ passed by env."""
 import contextlib
 import functools
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
+from pydantic_settings import BaseSettings
 
+from api.config import ApiSettings
 from infra import pgbouncer, redis, runtimes
 from infra.config import REPO_ROOT, StackConfig
 from infra.launch import Command, Mount
 from infra.procs import APP_USER, ProcessRef, StackError, free_port, stop, wait_until
+from ingest.config import IngestSettings
+from notifier.config import NotifierSettings
+from photo_worker.config import PhotoWorkerSettings
+from runtime.settings import env_name
 from schemas.notifier import WS_PATH
+from streams.config import StreamsSettings
 
 
 @dataclass(frozen=True)
@@ -38,115 +45,109 @@ class ServiceSpec:
         return {"url": self.url}
 
 
-def _auth_env(prefix: str, config: StackConfig) -> dict[str, str]:
-    return {f"{prefix}JWT_PUBLIC_KEY_PATH": str(config.jwt_public_key)}
-
-
 def _key(config: StackConfig) -> Mount:
     """The tokens' public key (the signing key is the stack's alone)."""
     return Mount(config.jwt_public_key)
 
 
+@dataclass(frozen=True)
+class _Kind:
+    """One service: its settings class (the names of its environment variables), how many
+    processes the stack runs from which port, what it is given, and what it needs."""
+
+    name: str  # its processes are name-1, name-2, ...
+    module: str
+    settings: type[BaseSettings]
+    port_setting: str
+    port_env: str  # the TELEMETRY_ variable that moves its first port
+    count: Callable[[StackConfig], int]
+    first_port: Callable[[StackConfig], int]
+    given: Callable[[StackConfig], dict[str, object]]  # settings (by field) the stack sets
+    after: tuple[str, ...]
+    mounts: Callable[[StackConfig], tuple[Mount, ...]]
+
+
+def _kinds() -> list[_Kind]:
+    def bounded(config: StackConfig, read_only: bool) -> str:
+        return pgbouncer.dsn(config, read_only=read_only, bounded=True)
+
+    return [
+        _Kind(
+            "ingest", "ingest", IngestSettings, "port", "TELEMETRY_INGEST_PORT",
+            lambda c: c.ingest_processes, lambda c: c.ingest_port,
+            lambda c: {
+                "jwt_public_key_path": c.jwt_public_key,
+                "kafka_bootstrap": c.kafka_bootstrap,
+                "redis_url": redis.url(c),
+            },
+            ("kafka", "redis"), lambda c: (_key(c),),
+        ),
+        _Kind(
+            "streams", "streams", StreamsSettings, "web_port", "TELEMETRY_STREAMS_WEB_PORT",
+            lambda c: c.stream_workers, lambda c: c.streams_web_port,
+            lambda c: {
+                "kafka_bootstrap": c.kafka_bootstrap,
+                "database_dsn": pgbouncer.dsn(c, read_only=False),
+                "data_dir": streams_data_dir(c),
+            },
+            ("kafka", "pgbouncer"), lambda c: (Mount(streams_data_dir(c), writable=True),),
+        ),
+        _Kind(
+            "api", "api", ApiSettings, "port", "TELEMETRY_API_PORT",
+            lambda c: c.api_processes, lambda c: c.api_port,
+            lambda c: {
+                "jwt_public_key_path": c.jwt_public_key,
+                "read_dsn": bounded(c, read_only=True),
+                "write_dsn": bounded(c, read_only=False),
+                "kafka_bootstrap": c.kafka_bootstrap,
+                "redis_url": redis.url(c),
+                "blob_dir": blob_dir(c),
+                "prometheus_url": c.prometheus_url,
+            },
+            ("pgbouncer", "kafka", "redis"),
+            lambda c: (_key(c), Mount(blob_dir(c), writable=True)),
+        ),
+        _Kind(
+            "photo-worker", "photo_worker", PhotoWorkerSettings, "port",
+            "TELEMETRY_PHOTO_WORKER_PORT",
+            lambda c: c.photo_workers, lambda c: c.photo_worker_port,
+            lambda c: {
+                "kafka_bootstrap": c.kafka_bootstrap,
+                "database_dsn": pgbouncer.dsn(c, read_only=False),
+                "blob_dir": blob_dir(c),
+            },
+            ("kafka", "pgbouncer"), lambda c: (Mount(blob_dir(c), writable=True),),
+        ),
+        _Kind(
+            "notifier", "notifier", NotifierSettings, "port", "TELEMETRY_NOTIFIER_PORT",
+            lambda c: c.notifier_processes, lambda c: c.notifier_port,
+            lambda c: {
+                "jwt_public_key_path": c.jwt_public_key,
+                "kafka_bootstrap": c.kafka_bootstrap,
+                "write_dsn": bounded(c, read_only=False),
+                "read_dsn": bounded(c, read_only=True),
+                "redis_url": redis.url(c),
+            },
+            ("kafka", "pgbouncer", "redis"), lambda c: (_key(c),),
+        ),
+    ]  # fmt: skip
+
+
 def specs(config: StackConfig) -> list[ServiceSpec]:
+    """Every service process the stack runs, in start order, with the environment that sets
+    its settings (the names come from each service's settings class)."""
     result: list[ServiceSpec] = []
-    for i in range(config.ingest_processes):
-        port = config.ingest_port + i
-        env = _auth_env("INGEST_", config) | {
-            "INGEST_PORT": str(port),
-            "INGEST_KAFKA_BOOTSTRAP": config.kafka_bootstrap,
-            "INGEST_REDIS_URL": redis.url(config),
-        }
-        result.append(
-            ServiceSpec(
-                f"ingest-{i + 1}",
-                "ingest",
-                port,
-                env,
-                "TELEMETRY_INGEST_PORT",
-                ("kafka", "redis"),
-                (_key(config),),
-            )
-        )
-    for i in range(config.stream_workers):
-        port = config.streams_web_port + i
-        env = {
-            "STREAMS_WEB_PORT": str(port),
-            "STREAMS_KAFKA_BOOTSTRAP": config.kafka_bootstrap,
-            "STREAMS_DATABASE_DSN": pgbouncer.dsn(config, read_only=False),
-            "STREAMS_DATA_DIR": str(streams_data_dir(config)),
-        }
-        result.append(
-            ServiceSpec(
-                f"streams-{i + 1}",
-                "streams",
-                port,
-                env,
-                "TELEMETRY_STREAMS_WEB_PORT",
-                ("kafka", "pgbouncer"),
-                (Mount(streams_data_dir(config), writable=True),),
-            )
-        )
-    for i in range(config.api_processes):
-        port = config.api_port + i
-        env = _auth_env("API_", config) | {
-            "API_PORT": str(port),
-            "API_READ_DSN": pgbouncer.dsn(config, read_only=True, bounded=True),
-            "API_WRITE_DSN": pgbouncer.dsn(config, read_only=False, bounded=True),
-            "API_KAFKA_BOOTSTRAP": config.kafka_bootstrap,
-            "API_REDIS_URL": redis.url(config),
-            "API_BLOB_DIR": str(blob_dir(config)),
-            "API_PROMETHEUS_URL": config.prometheus_url,
-        }
-        result.append(
-            ServiceSpec(
-                f"api-{i + 1}",
-                "api",
-                port,
-                env,
-                "TELEMETRY_API_PORT",
-                ("pgbouncer", "kafka", "redis"),
-                (_key(config), Mount(blob_dir(config), writable=True)),
-            )
-        )
-    for i in range(config.photo_workers):
-        port = config.photo_worker_port + i
-        env = {
-            "PHOTO_WORKER_PORT": str(port),
-            "PHOTO_WORKER_KAFKA_BOOTSTRAP": config.kafka_bootstrap,
-            "PHOTO_WORKER_DATABASE_DSN": pgbouncer.dsn(config, read_only=False),
-            "PHOTO_WORKER_BLOB_DIR": str(blob_dir(config)),
-        }
-        result.append(
-            ServiceSpec(
-                f"photo-worker-{i + 1}",
-                "photo_worker",
-                port,
-                env,
-                "TELEMETRY_PHOTO_WORKER_PORT",
-                ("kafka", "pgbouncer"),
-                (Mount(blob_dir(config), writable=True),),
-            )
-        )
-    for i in range(config.notifier_processes):
-        port = config.notifier_port + i
-        env = _auth_env("NOTIFIER_", config) | {
-            "NOTIFIER_PORT": str(port),
-            "NOTIFIER_KAFKA_BOOTSTRAP": config.kafka_bootstrap,
-            "NOTIFIER_WRITE_DSN": pgbouncer.dsn(config, read_only=False, bounded=True),
-            "NOTIFIER_READ_DSN": pgbouncer.dsn(config, read_only=True, bounded=True),
-            "NOTIFIER_REDIS_URL": redis.url(config),
-        }
-        result.append(
-            ServiceSpec(
-                f"notifier-{i + 1}",
-                "notifier",
-                port,
-                env,
-                "TELEMETRY_NOTIFIER_PORT",
-                ("kafka", "pgbouncer", "redis"),
-                (_key(config),),
-            )
-        )
+    for kind in _kinds():
+        given = kind.given(config)
+        for i in range(kind.count(config)):
+            port = kind.first_port(config) + i
+            env = {env_name(kind.settings, field): str(v) for field, v in given.items()}
+            env[env_name(kind.settings, kind.port_setting)] = str(port)
+            spec = ServiceSpec(
+                f"{kind.name}-{i + 1}", kind.module, port, env, kind.port_env, kind.after,
+                kind.mounts(config),
+            )  # fmt: skip
+            result.append(spec)
     return result
 
 

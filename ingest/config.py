@@ -2,7 +2,7 @@
 
 from pydantic_settings import SettingsConfigDict
 
-from runtime.settings import HttpServiceSettings
+from runtime.settings import LOCAL_KAFKA, LOCAL_REDIS_URL, HttpServiceSettings
 from schemas import topics
 
 
@@ -10,7 +10,7 @@ class IngestSettings(HttpServiceSettings):
     model_config = SettingsConfigDict(env_prefix="INGEST_", extra="ignore")
 
     port: int = 18001
-    kafka_bootstrap: str = "127.0.0.1:19092"
+    kafka_bootstrap: str = LOCAL_KAFKA
     pings_topic: str = topics.PINGS
     # The contract promises a 503 within 2 s when Kafka is down: the whole wait for the
     # broker (connecting included) stays under it.
@@ -19,7 +19,7 @@ class IngestSettings(HttpServiceSettings):
     shutdown_timeout_s: float = 5.0
     # Requests waiting for a Kafka ack at once; beyond it, 503 rather than unbounded memory.
     max_in_flight: int = 2000
-    redis_url: str = "redis://127.0.0.1:16379/0"
+    redis_url: str = LOCAL_REDIS_URL
     redis_timeout_s: float = 0.2
     # Connections to Redis at once; a request finding none free fails open like a timeout.
     redis_max_connections: int = 64

@@ -6,7 +6,8 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import redis.asyncio as aioredis
@@ -42,7 +43,24 @@ MAX_CLIENT_MESSAGE_BYTES = 16 * 1024
 HEARTBEAT_TICK_S = 0.2
 
 
+@dataclass(frozen=True)
+class _Parts:
+    """What a running notifier's connections share."""
+
+    primary: Pool
+    replica: Pool
+    event_log: EventLog
+    store: Store
+    hub: Hub
+    resumer: Resumer
+    limits: Limits
+
+
 class Notifier:
+    """The notifier process: `running()` starts everything and serves WebSocket clients
+    until its block ends, then stops it all within bounded time. One per process; its
+    state belongs to the event loop it runs in."""
+
     def __init__(self, settings: NotifierSettings, registry: CollectorRegistry) -> None:
         self.settings = settings
         self.registry = registry
@@ -61,21 +79,39 @@ class Notifier:
     async def running(self) -> AsyncIterator[Server]:
         """Everything started: the pools, Redis, the live reader, the heartbeat and the
         server; all of it stopped on the way out, within bounded time."""
+        parts = await self._open_parts()
+        tasks = [
+            asyncio.create_task(self.reader.run_forever(), name="live-reader"),
+            asyncio.create_task(self._heartbeat(), name="heartbeat"),
+            asyncio.create_task(self._recheck_shares(parts.store), name="share-recheck"),
+        ]
+        try:
+            async with self._serve(functools.partial(self._session, parts)) as server:
+                yield server
+                # Going away (1001): clients reconnect to another process and resume.
+                server.close(close_connections=True)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(5):
+                        await server.wait_closed()
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await parts.event_log.close()
+            await parts.primary.close(timeout=5)
+            await parts.replica.close(timeout=5)
+
+    async def _open_parts(self) -> "_Parts":
+        """The pools and the Redis client (opened, not yet connected), and the hub, the
+        resumer and the live reader wired over them."""
         s = self.settings
-        primary = await open_pool(
-            s.write_dsn,
-            min_size=1,
-            max_size=s.pool_max_size,
-            name="notifier-primary",
-            timeout_s=s.db_timeout_s,
+        opening = functools.partial(
+            open_pool, min_size=1, max_size=s.pool_max_size, timeout_s=s.db_timeout_s
         )
-        replica = await open_pool(
-            s.read_dsn,
-            min_size=1,
-            max_size=s.pool_max_size,
-            name="notifier-replica",
-            timeout_s=s.db_timeout_s,
-        )
+        primary = await opening(s.write_dsn, name="notifier-primary")
+        replica = await opening(s.read_dsn, name="notifier-replica")
         self._primary: Pool = primary
         redis_client = aioredis.Redis.from_url(
             s.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0
@@ -91,6 +127,8 @@ class Notifier:
             primary, replica, max_concurrency=s.db_max_concurrency, timeout_s=s.db_timeout_s
         )
 
+        # The hub and the resumer call each other: the hub asks for a catch-up, the resumer
+        # hands the hub what it fetched.
         def catch_up(sub: Subscription) -> None:
             resumer.catch_up_later(sub)
 
@@ -113,71 +151,56 @@ class Notifier:
             failed_lookups=FailedLookups(s.failed_share_lookups_per_s, s.failed_share_lookup_burst),
             budget=Budget(s.max_queued_bytes_total),
         )
+        return _Parts(primary, replica, event_log, store, hub, resumer, limits)
 
-        async def handler(ws: ServerConnection) -> None:
-            client = _client(ws.remote_address, ws.request)
-            self._waiting.arrived(client)
-            session = Session(
-                ws,
-                verifier=self._verifier,
-                store=store,
-                hub=hub,
-                resumer=resumer,
-                metrics=self.metrics,
-                limits=limits,
-                client=client,
-                authenticated=functools.partial(self._waiting.done, client),
-            )
-            self.sessions.add(session)
-            self._keepalive.add(session, time.monotonic())
-            self.metrics.connections.inc()
-            try:
-                await session.run()
-            finally:
-                self.sessions.discard(session)
-                self._keepalive.remove(session)
-                self.metrics.connections.dec()
-
-        tasks = [
-            asyncio.create_task(self.reader.run_forever(), name="live-reader"),
-            asyncio.create_task(self._heartbeat(), name="heartbeat"),
-            asyncio.create_task(self._recheck_shares(store), name="share-recheck"),
-        ]
+    async def _session(self, parts: "_Parts", ws: ServerConnection) -> None:
+        """One connection, from its handshake to its end."""
+        client = _client(ws.remote_address, ws.request)
+        self._waiting.arrived(client)
+        session = Session(
+            ws,
+            verifier=self._verifier,
+            store=parts.store,
+            hub=parts.hub,
+            resumer=parts.resumer,
+            metrics=self.metrics,
+            limits=parts.limits,
+            client=client,
+            authenticated=functools.partial(self._waiting.done, client),
+        )
+        self.sessions.add(session)
+        self._keepalive.add(session, time.monotonic())
+        self.metrics.connections.inc()
         try:
-            async with serve(
-                handler,
-                s.host,
-                s.port,
-                process_request=self._process_request,
-                # None: no Origin header (not a browser). A listed page's origin, or 403.
-                origins=[None, *(Origin(o) for o in s.allowed_origins)],
-                compression="deflate" if s.compression else None,
-                # Our heartbeat sends the pings, spread out (notifier/heartbeat.py); the
-                # library's would be a task per connection, in step after a storm.
-                ping_interval=None,
-                close_timeout=2,
-                max_size=MAX_CLIENT_MESSAGE_BYTES,
-                max_queue=4,
-                server_header=None,
-                # A reconnect storm (a process died, its clients come here) opens thousands
-                # of connections at once: the kernel's default queue of 100 drops SYNs.
-                backlog=s.accept_backlog,
-            ) as server:
-                yield server
-                # Going away (1001): clients reconnect to another process and resume.
-                server.close(close_connections=True)
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(5):
-                        await server.wait_closed()
+            await session.run()
         finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            await event_log.close()
-            await primary.close(timeout=5)
-            await replica.close(timeout=5)
+            self.sessions.discard(session)
+            self._keepalive.remove(session)
+            self.metrics.connections.dec()
+
+    def _serve(
+        self, handler: Callable[[ServerConnection], Awaitable[None]]
+    ) -> contextlib.AbstractAsyncContextManager[Server]:
+        s = self.settings
+        return serve(
+            handler,
+            s.host,
+            s.port,
+            process_request=self._process_request,
+            # None: no Origin header (not a browser). A listed page's origin, or 403.
+            origins=[None, *(Origin(o) for o in s.allowed_origins)],
+            compression="deflate" if s.compression else None,
+            # Our heartbeat sends the pings, spread out (notifier/heartbeat.py); the
+            # library's would be a task per connection, in step after a storm.
+            ping_interval=None,
+            close_timeout=2,
+            max_size=MAX_CLIENT_MESSAGE_BYTES,
+            max_queue=4,
+            server_header=None,
+            # A reconnect storm (a process died, its clients come here) opens thousands of
+            # connections at once: the kernel's default queue of 100 drops SYNs.
+            backlog=s.accept_backlog,
+        )
 
     async def _heartbeat(self) -> None:
         """Each connection's keepalive every `ping_interval_s`, spread over the interval."""

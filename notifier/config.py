@@ -2,7 +2,13 @@
 
 from pydantic_settings import SettingsConfigDict
 
-from runtime.settings import HttpServiceSettings
+from runtime.settings import (
+    LOCAL_KAFKA,
+    LOCAL_PRIMARY_DSN,
+    LOCAL_REDIS_URL,
+    LOCAL_REPLICA_DSN,
+    HttpServiceSettings,
+)
 from schemas import topics
 
 
@@ -10,19 +16,19 @@ class NotifierSettings(HttpServiceSettings):
     model_config = SettingsConfigDict(env_prefix="NOTIFIER_", extra="ignore")
 
     port: int = 18401
-    kafka_bootstrap: str = "127.0.0.1:19092"
+    kafka_bootstrap: str = LOCAL_KAFKA
     job_events_topic: str = topics.JOB_EVENTS
     positions_topic: str = topics.POSITIONS
     # Job rows and share links are read on the primary: a snapshot's seq must include every
     # event this process may already have consumed (a critical read: docs/notifier.md).
-    write_dsn: str = "host=127.0.0.1 port=16432 dbname=telemetry user=telemetry"
+    write_dsn: str = LOCAL_PRIMARY_DSN
     # Driver positions and the fallback replay of job events read the replica first.
-    read_dsn: str = "host=127.0.0.1 port=16432 dbname=telemetry_ro user=telemetry"
+    read_dsn: str = LOCAL_REPLICA_DSN
     pool_max_size: int = 4
     db_timeout_s: float = 2.0
     # Database queries at once per process; a reconnect storm waits its turn here.
     db_max_concurrency: int = 4
-    redis_url: str = "redis://127.0.0.1:16379/0"
+    redis_url: str = LOCAL_REDIS_URL
     # A slow Redis costs a resume this much before it falls back to PostgreSQL.
     redis_timeout_s: float = 0.25
     # Job events a resume replays at most; older gaps get `resync`. Also the length of each

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from pydantic_settings import SettingsConfigDict
 
-from runtime.settings import ServedSettings
+from runtime.settings import LOCAL_KAFKA, LOCAL_PRIMARY_DSN, ServedSettings
 from schemas import topics
 
 
@@ -15,10 +15,10 @@ class PhotoWorkerSettings(ServedSettings):
 
     port: int = 18301  # /healthz, /readyz, /metrics
     max_concurrent_requests: int = 64  # probes and scrapes only
-    kafka_bootstrap: str = "127.0.0.1:19092"
+    kafka_bootstrap: str = LOCAL_KAFKA
     group_id: str = topics.PHOTO_WORKER_GROUP
     # PgBouncer's read-write entry (the primary).
-    database_dsn: str = "host=127.0.0.1 port=16432 dbname=telemetry user=telemetry"
+    database_dsn: str = LOCAL_PRIMARY_DSN
     blob_dir: Path = Path(".telemetry/blobs")
     retry_s: float = 1.0
     # The blob sweep (jobs/blob_sweep.py): how often, when an unreferenced upload is an

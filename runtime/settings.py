@@ -6,6 +6,34 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.auth import JWT_AUDIENCE, JWT_ISSUER
 
+# Where the local stack (`telemetry up`, infra/) serves Kafka, PgBouncer and Redis: every
+# service's defaults point there, and the stack's own settings (infra/config.py) start its
+# servers there. The one place these ports are written.
+LOCAL_KAFKA_PORT = 19092
+LOCAL_PGBOUNCER_PORT = 16432
+LOCAL_REDIS_PORT = 16379
+LOCAL_PROMETHEUS_PORT = 18090
+LOCAL_KAFKA = f"127.0.0.1:{LOCAL_KAFKA_PORT}"
+LOCAL_REDIS_URL = f"redis://127.0.0.1:{LOCAL_REDIS_PORT}/0"
+LOCAL_PROMETHEUS_URL = f"http://127.0.0.1:{LOCAL_PROMETHEUS_PORT}"
+# PgBouncer's two entries: `telemetry` (the primary) and `telemetry_ro` (the replica).
+LOCAL_PRIMARY_DSN = f"host=127.0.0.1 port={LOCAL_PGBOUNCER_PORT} dbname=telemetry user=telemetry"
+LOCAL_REPLICA_DSN = f"host=127.0.0.1 port={LOCAL_PGBOUNCER_PORT} dbname=telemetry_ro user=telemetry"
+
+
+def env_name(settings: type[BaseSettings], field: str) -> str:
+    """The environment variable that sets `field` of a settings class."""
+    if field not in settings.model_fields:
+        raise KeyError(f"{settings.__name__} has no setting {field!r}")
+    return f"{settings.model_config.get('env_prefix', '')}{field}".upper()
+
+
+def default_of(settings: type[BaseSettings], field: str) -> int:
+    """A settings class's default for an int field (a service's own port)."""
+    value = settings.model_fields[field].default
+    assert isinstance(value, int), (settings.__name__, field)
+    return value
+
 
 class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore")

@@ -119,6 +119,9 @@ def create_app(
     *,
     on_unfinished_batch: Callable[[], None] = exit_without_commit,
 ) -> StreamsApp:
+    """The worker: the consumer feeding the batch step, the sink and the producer it uses,
+    partition maintenance and the probes. `on_unfinished_batch` ends the process when a
+    batch cannot finish (its offsets uncommitted: another worker replays it)."""
     metrics = metrics or StreamsMetrics()
     app = WorkerApp(
         settings.app_id,
@@ -162,33 +165,54 @@ def create_app(
         await consumer.stop()
         await producer.close()
 
+    _schedule_maintenance(app, settings, sink)
+    _add_pages(app, settings, processor, sink, metrics)
+    return StreamsApp(app, processor)
+
+
+async def maintain_once(settings: StreamsSettings, sink: LazySink) -> None:
+    """Keeps the daily partitions ahead and drops what retention ends. Never raises: it runs
+    again at the next interval."""
+    try:
+        target = await sink.get()
+        created = await target.ensure_partitions(
+            settings.partition_days_back, settings.partition_days_ahead
+        )
+        dropped = await target.drop_partitions_older_than(settings.retention_days)
+        rows = await target.drop_aggregates_older_than(
+            timedelta(days=settings.minute_aggregates_retention_days),
+            timedelta(days=settings.hourly_aggregates_retention_days),
+        )
+    except Exception as exc:  # maintenance must never kill the worker; it runs again
+        log.warning("maintenance failed: %r", exc)
+        return
+    if created or dropped or rows:
+        log.info(
+            "maintenance: %d partitions created, %d dropped, %d aggregate rows expired",
+            created, dropped, rows,
+        )  # fmt: skip
+
+
+def _schedule_maintenance(app: faust.App, settings: StreamsSettings, sink: LazySink) -> None:
     async def maintain() -> None:
-        try:
-            target = await sink.get()
-            created = await target.ensure_partitions(
-                settings.partition_days_back, settings.partition_days_ahead
-            )
-            dropped = await target.drop_partitions_older_than(settings.retention_days)
-            rows = await target.drop_aggregates_older_than(
-                timedelta(days=settings.minute_aggregates_retention_days),
-                timedelta(days=settings.hourly_aggregates_retention_days),
-            )
-        except Exception as exc:  # maintenance must never kill the worker; it runs again
-            log.warning("maintenance failed: %r", exc)
-            return
-        if created or dropped or rows:
-            log.info(
-                "maintenance: %d partitions created, %d dropped, %d aggregate rows expired",
-                created, dropped, rows,
-            )  # fmt: skip
+        await maintain_once(settings, sink)
 
     # Every worker keeps the daily partitions ahead: at start, then periodically. Idempotent.
     app.task(maintain)
     app.timer(interval=settings.maintenance_interval_s, on_leader=False)(maintain)
 
-    def counted(route: str) -> Callable[[Any], Any]:
-        """A page whose requests count in the request metrics, like every service's."""
 
+def _add_pages(
+    app: faust.App,
+    settings: StreamsSettings,
+    processor: PingBatchProcessor,
+    sink: LazySink,
+    metrics: StreamsMetrics,
+) -> None:
+    """The worker's probes and metrics on Faust's web server, counted in the request
+    metrics like every service's pages."""
+
+    def counted(route: str) -> Callable[[Any], Any]:
         def wrap(view: Any) -> Any:
             @functools.wraps(view)
             async def counted_view(web: Any, request: Any) -> Any:
@@ -226,5 +250,3 @@ def create_app(
         return web.bytes(
             generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )
-
-    return StreamsApp(app, processor)

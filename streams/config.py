@@ -6,7 +6,7 @@ from typing import Self
 from pydantic import model_validator
 from pydantic_settings import SettingsConfigDict
 
-from runtime.settings import ServiceSettings
+from runtime.settings import LOCAL_KAFKA, LOCAL_PRIMARY_DSN, ServiceSettings
 from schemas import topics
 
 
@@ -14,11 +14,11 @@ class StreamsSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="STREAMS_", extra="ignore")
 
     app_id: str = topics.STREAMS_GROUP
-    kafka_bootstrap: str = "127.0.0.1:19092"
+    kafka_bootstrap: str = LOCAL_KAFKA
     pings_topic: str = topics.PINGS
     positions_topic: str = topics.POSITIONS
     # Through PgBouncer to the primary.
-    database_dsn: str = "host=127.0.0.1 port=16432 dbname=telemetry user=telemetry"
+    database_dsn: str = LOCAL_PRIMARY_DSN
     pool_max_size: int = 4
     session_timeout_s: float = 10.0
     # How long the group waits for its members to rejoin in a rebalance (a member's

@@ -67,56 +67,100 @@ def _measured(
     return {"name": name, **result, "cpu_pct": sampler.mean_cpu_pct()}
 
 
-def run(stack: Stack, options: dict[str, Any]) -> dict[str, Any]:
-    install.ensure_debian_packages({"wrk": Path("/usr/bin/wrk")})
-    duration = int(options.get("duration_s", 20))
-    connections = int(options.get("connections", 64))
-    workdir = stack.config.state_dir / "bench"
-    workdir.mkdir(parents=True, exist_ok=True)
-    tokens = driver_tokens_file(stack, int(options.get("drivers", 20000)), workdir / "tokens.txt")
-    ingest_url = stack.records["ingest-1"].endpoint["url"] + "/v1/pings"
-    streams = [r.ref for n, r in stack.records.items() if n.startswith("streams-")]
-    phases: list[dict[str, Any]] = []
+class _IngestRun:
+    """One run's phases, appended in order; each measured with the CPU of every process."""
+
+    def __init__(self, stack: Stack, options: dict[str, Any]) -> None:
+        self.stack = stack
+        self.options = options
+        self.duration = int(options.get("duration_s", 20))
+        self.connections = int(options.get("connections", 64))
+        self.workdir = stack.config.state_dir / "bench"
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        drivers = int(options.get("drivers", 20000))
+        self.tokens = driver_tokens_file(stack, drivers, self.workdir / "tokens.txt")
+        self.ingest_url = stack.records["ingest-1"].endpoint["url"] + "/v1/pings"
+        self.phases: list[dict[str, Any]] = []
+        self.loadgen = ensure_built(stack.config.state_dir / "bin")
+        # `via=haproxy`: the open-loop phases go through the balancer, to every ingest process.
+        self.via = str(options.get("via", "ingest-1"))
+        self.fleet_url = (
+            haproxy.url(stack.config) + "/v1/pings" if self.via == "haproxy" else self.ingest_url
+        )
+        self.warmup = float(options.get("warmup_s", 8))
 
     def wrk_phase(
+        self,
         name: str,
         url: str,
         batch: int,
-        rate: float = 0.0,
-        conns: int = connections,
         extra: dict[str, ProcessRef] | None = None,
         drain: bool = True,
     ) -> None:
         # Start from a caught-up stream, so that its catching up does not take CPU from
         # this phase (not possible while the stream is paused on purpose).
-        drain_s = drain_stream(stack) if drain else None
+        drain_s = drain_stream(self.stack) if drain else None
 
         def body() -> dict[str, Any]:
             result = run_wrk(
-                url, tokens, batch=batch, duration_s=duration, connections=conns, rate_per_s=rate
-            )
-            return {"batch": batch, "offered_requests_per_s": rate or None, **result.summary(batch)}
+                url, self.tokens, batch=batch, duration_s=self.duration,
+                connections=self.connections,
+            )  # fmt: skip
+            return {"batch": batch, "offered_requests_per_s": None, **result.summary(batch)}
 
-        phases.append(_measured(stack, name, extra or {}, body) | {"drain_before_s": drain_s})
+        phase = _measured(self.stack, name, extra or {}, body)
+        self.phases.append(phase | {"drain_before_s": drain_s})
 
-    # The ceiling: the same kind of records, straight into the broker.
-    records = _records(2000, 100)
+    def bare_producer(self) -> None:
+        """The ceiling: the same kind of records, straight into the broker."""
+        records = _records(2000, 100)
+        kafka = self.stack.config.kafka_bootstrap
 
-    def bare() -> dict[str, Any]:
-        result = asyncio.run(produce(stack.config.kafka_bootstrap, topics.PINGS, records, duration))
-        return {
-            "batch": 100,
-            "seconds": round(result.seconds, 2),
-            "records_per_s": round(result.records_per_s, 1),
-            "accepted_pings_per_s": round(result.records_per_s * 100, 1),
-        }
+        def bare() -> dict[str, Any]:
+            result = asyncio.run(produce(kafka, topics.PINGS, records, self.duration))
+            return {
+                "batch": 100,
+                "seconds": round(result.seconds, 2),
+                "records_per_s": round(result.records_per_s, 1),
+                "accepted_pings_per_s": round(result.records_per_s * 100, 1),
+            }
 
-    drain_s = drain_stream(stack)
-    phases.append(_measured(stack, "bare producer (ceiling), 100/record", {}, bare))
-    phases[-1]["drain_before_s"] = drain_s
-    wrk_phase("ingest, 100/request, whole stack", ingest_url, 100)
+        drain_s = drain_stream(self.stack)
+        phase = _measured(self.stack, "bare producer (ceiling), 100/record", {}, bare)
+        self.phases.append(phase | {"drain_before_s": drain_s})
+
+    def open_loop(self, drivers: int, seconds: float) -> LoadResult:
+        return run_loadgen(
+            self.loadgen, self.fleet_url, self.tokens, drivers=drivers, interval_s=4.0,
+            duration_s=seconds, warmup_s=self.warmup,
+        )  # fmt: skip
+
+    def fleet_phase(self, name: str, drivers: int, seconds: float) -> None:
+        drain_s = drain_stream(self.stack)
+        phase = _measured(self.stack, name, {}, lambda: self.open_loop(drivers, seconds).summary())
+        self.phases.append(phase | {"drain_before_s": drain_s, "open_loop": True})
+
+    def profile(self, rate: int, seconds: int) -> dict[str, Any]:
+        """Where ingest's time goes, under a load it keeps up with."""
+        raw = self.workdir / "ingest-profile.txt"
+        with contextlib.ExitStack() as running:
+            pool = running.enter_context(concurrent.futures.ThreadPoolExecutor(1))
+            load = pool.submit(self.open_loop, rate * 4, seconds + 4)
+            time.sleep(self.warmup + 2)  # the warm-up, then into the measured part
+            profile.record(self.stack.records["ingest-1"].ref.pid, seconds, raw)
+            profiled_load = load.result().summary()
+        hotspots = profile.summarise(raw).as_dict()
+        return hotspots | {"requests_per_s": rate, "seconds": seconds, "load": profiled_load}
+
+
+def run(stack: Stack, options: dict[str, Any]) -> dict[str, Any]:
+    install.ensure_debian_packages({"wrk": Path("/usr/bin/wrk")})
+    bench = _IngestRun(stack, options)
+    streams = [r.ref for n, r in stack.records.items() if n.startswith("streams-")]
+    bench.bare_producer()
+    bench.wrk_phase("ingest, 100/request, whole stack", bench.ingest_url, 100)
     with naive_endpoint(stack, "bare_handler") as (bare_base, bare_handler):
-        wrk_phase(
+        bench.wrk_phase(
             "bare handler (HTTP ceiling), 1/request",
             f"{bare_base}/v1/pings",
             1,
@@ -126,32 +170,14 @@ def run(stack: Stack, options: dict[str, Any]) -> dict[str, Any]:
     with contextlib.ExitStack() as paused:
         for ref in streams:
             paused.enter_context(frozen(ref))
-        wrk_phase("ingest, 100/request, streams paused", ingest_url, 100, drain=False)
-        wrk_phase("ingest, 1/request, streams paused", ingest_url, 1, drain=False)
-    wrk_phase("ingest, 1/request, whole stack", ingest_url, 1)
+        bench.wrk_phase("ingest, 100/request, streams paused", bench.ingest_url, 100, drain=False)
+        bench.wrk_phase("ingest, 1/request, streams paused", bench.ingest_url, 1, drain=False)
+    bench.wrk_phase("ingest, 1/request, whole stack", bench.ingest_url, 1)
     # The seed's load: every driver with its own token, a ping every 4 s at its own phase,
     # open loop. The unmeasured warm-up lets each ingest process verify each driver's token
     # once (a driver app reuses its token; the check is then a cache hit).
-    loadgen = ensure_built(stack.config.state_dir / "bin")
-    # `via=haproxy`: the open-loop phases go through the balancer, to every ingest process.
-    via = str(options.get("via", "ingest-1"))
-    fleet_url = haproxy.url(stack.config) + "/v1/pings" if via == "haproxy" else ingest_url
     fleet_drivers = int(options.get("fleet_drivers", 15000))
-    warmup = float(options.get("warmup_s", 8))
-
-    def open_loop(drivers: int, seconds: float) -> LoadResult:
-        return run_loadgen(
-            loadgen, fleet_url, tokens, drivers=drivers, interval_s=4.0,
-            duration_s=seconds, warmup_s=warmup,
-        )  # fmt: skip
-
-    def fleet_phase(name: str, drivers: int, seconds: float) -> dict[str, Any]:
-        drain_s = drain_stream(stack)
-        phase = _measured(stack, name, {}, lambda: open_loop(drivers, seconds).summary())
-        phases.append(phase | {"drain_before_s": drain_s, "open_loop": True})
-        return phase
-
-    fleet_phase(
+    bench.fleet_phase(
         f"seed fleet: {fleet_drivers} drivers, 1 ping / 4 s each, whole stack",
         fleet_drivers,
         float(options.get("fleet_s", 60)),
@@ -160,40 +186,31 @@ def run(stack: Stack, options: dict[str, Any]) -> dict[str, Any]:
     for rate in [
         int(r) for r in str(options.get("steps", "250,500,750,1000,1250,1500")).split(",")
     ]:
-        fleet_phase(
+        bench.fleet_phase(
             f"open-loop step: {rate} req/s ({rate * 4} drivers), whole stack",
             rate * 4,
             float(options.get("step_s", 20)),
         )
-    # Where ingest's time goes, under a load it keeps up with.
-    profile_rate = int(options.get("profile_rate", 500))
-    profile_s = int(options.get("profile_s", 15))
-    raw = workdir / "ingest-profile.txt"
-    with contextlib.ExitStack() as running:
-        pool = running.enter_context(concurrent.futures.ThreadPoolExecutor(1))
-        load = pool.submit(open_loop, profile_rate * 4, profile_s + 4)
-        time.sleep(warmup + 2)  # the warm-up, then into the measured part: no deadline here
-        profile.record(stack.records["ingest-1"].ref.pid, profile_s, raw)
-        profiled_load = load.result().summary()
-    hotspots = profile.summarise(raw).as_dict()
+    hotspots = bench.profile(
+        int(options.get("profile_rate", 500)), int(options.get("profile_s", 15))
+    )
     with naive_endpoint(stack, "naive_ingest") as (naive_base, naive):
         naive_url = f"{naive_base}/v1/pings"
         extra = {"naive": naive}
-        wrk_phase("naive insert-per-ping (floor), 100/request", naive_url, 100, extra=extra)
-        wrk_phase("naive insert-per-ping (floor), 1/request", naive_url, 1, extra=extra)
+        bench.wrk_phase("naive insert-per-ping (floor), 100/request", naive_url, 100, extra=extra)
+        bench.wrk_phase("naive insert-per-ping (floor), 1/request", naive_url, 1, extra=extra)
     return {
-        "profile": hotspots
-        | {"requests_per_s": profile_rate, "seconds": profile_s, "load": profiled_load},
+        "profile": hotspots,
         "config": {
-            "duration_s": duration,
-            "connections": connections,
+            "duration_s": bench.duration,
+            "connections": bench.connections,
             "fleet_drivers": fleet_drivers,
-            "warmup_s": warmup,
-            "open_loop_via": via,
+            "warmup_s": bench.warmup,
+            "open_loop_via": bench.via,
             "ingest_processes": sum(1 for n in stack.records if n.startswith("ingest-")),
             "cpus": os.cpu_count(),
         },
-        "phases": phases,
+        "phases": bench.phases,
     }
 
 

@@ -18,6 +18,7 @@ from bench.probe import LatencyProbe
 from bench.sampler import Sampler
 from bench.wrk_runner import run_wrk
 from infra import install, postgres
+from infra.procs import ProcessRef
 from infra.stack import Stack
 from schemas import topics
 
@@ -42,49 +43,7 @@ def run(stack: Stack, options: dict[str, Any]) -> dict[str, Any]:
     processes = {n: r.ref for n, r in stack.records.items() if r.ref.alive()}
     results: list[dict[str, Any]] = []
     for rate in steps:
-        drain_stream(stack)
-        sampler = Sampler(processes, config.kafka_bootstrap, STREAMS_GROUP, [topics.PINGS]).start()
-        probe = LatencyProbe(ingest, primary, config.jwt_private_key)
-        probe.start()
-        try:
-            requests_per_s = rate / batch
-            # Few connections: wrk waits its pacing delay after each answer, and the delay
-            # must dwarf the latency for the offered rate to be near the asked one.
-            connections = max(4, min(256, int(requests_per_s / 10)))
-            result = run_wrk(
-                ingest,
-                tokens,
-                batch=batch,
-                duration_s=step_s,
-                connections=connections,
-                rate_per_s=requests_per_s,
-                shape=shape,
-            )
-        finally:
-            probe.stop()
-            samples = sampler.stop()
-        tail = [
-            s["lag_seconds"] for s in samples[len(samples) // 2 :] if s["lag_seconds"] is not None
-        ]
-        summary = result.summary(batch)
-        step = {
-            "offered_pings_per_s": rate,
-            "accepted_pings_per_s": summary["accepted_pings_per_s"],
-            "request_latency_ms": summary["latency_ms"],
-            "statuses": summary["statuses"],
-            "lag_seconds_max_second_half": max(tail) if tail else None,
-            "ping_to_queryable_ms": {
-                "p50": probe.percentile_ms(50),
-                "p99": probe.percentile_ms(99),
-                "count": probe.histogram.get_total_count(),
-                "lost": probe.lost,
-            },
-            "cpu_pct": sampler.mean_cpu_pct(),
-            "samples": samples,
-        }
-        # Sustained: the stream kept up (lag bounded under MAX_LAG_S) with what ingest
-        # accepted; wrk's pacing offers somewhat less than asked, so the accepted rate counts.
-        step["sustained"] = bool(tail) and max(tail) < MAX_LAG_S
+        step = _step(stack, processes, tokens, ingest, primary, rate, batch, step_s, shape)
         results.append(step)
         if not step["sustained"]:
             break
@@ -149,3 +108,60 @@ def summary(report: dict[str, Any]) -> list[str]:
             f"({q['count']} probes, {q['lost']} lost), sustained: {s['sustained']}; CPU: {cpu}"
         )
     return lines
+
+
+def _step(
+    stack: Stack,
+    processes: dict[str, ProcessRef],
+    tokens: Path,
+    ingest: str,
+    primary: str,
+    rate: int,
+    batch: int,
+    step_s: int,
+    shape: str,
+) -> dict[str, Any]:
+    """One offered rate: wrk at that rate, the stream's lag, ping-to-queryable latency."""
+    config = stack.config
+    drain_stream(stack)
+    sampler = Sampler(processes, config.kafka_bootstrap, STREAMS_GROUP, [topics.PINGS]).start()
+    probe = LatencyProbe(ingest, primary, config.jwt_private_key)
+    probe.start()
+    try:
+        requests_per_s = rate / batch
+        # Few connections: wrk waits its pacing delay after each answer, and the delay
+        # must dwarf the latency for the offered rate to be near the asked one.
+        connections = max(4, min(256, int(requests_per_s / 10)))
+        result = run_wrk(
+            ingest,
+            tokens,
+            batch=batch,
+            duration_s=step_s,
+            connections=connections,
+            rate_per_s=requests_per_s,
+            shape=shape,
+        )
+    finally:
+        probe.stop()
+        samples = sampler.stop()
+    tail = [s["lag_seconds"] for s in samples[len(samples) // 2 :] if s["lag_seconds"] is not None]
+    summary = result.summary(batch)
+    step = {
+        "offered_pings_per_s": rate,
+        "accepted_pings_per_s": summary["accepted_pings_per_s"],
+        "request_latency_ms": summary["latency_ms"],
+        "statuses": summary["statuses"],
+        "lag_seconds_max_second_half": max(tail) if tail else None,
+        "ping_to_queryable_ms": {
+            "p50": probe.percentile_ms(50),
+            "p99": probe.percentile_ms(99),
+            "count": probe.histogram.get_total_count(),
+            "lost": probe.lost,
+        },
+        "cpu_pct": sampler.mean_cpu_pct(),
+        "samples": samples,
+    }
+    # Sustained: the stream kept up (lag bounded under MAX_LAG_S) with what ingest
+    # accepted; wrk's pacing offers somewhat less than asked, so the accepted rate counts.
+    step["sustained"] = bool(tail) and max(tail) < MAX_LAG_S
+    return step

@@ -5,6 +5,7 @@ is left alone."""
 
 import contextlib
 import resource
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -103,6 +104,14 @@ def serving(config: StackConfig) -> Iterator[None]:
 
 
 def ready(config: StackConfig) -> bool:
+    # Listening at all, first: httpcore leaves the socket of a refused Unix connection
+    # open, and the stack polls this until the API answers.
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(2)
+        try:
+            probe.connect(str(socket_path(config)))
+        except OSError:
+            return False
     transport = httpx.HTTPTransport(uds=str(socket_path(config)))
     try:
         with httpx.Client(transport=transport, timeout=2) as client:
