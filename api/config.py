@@ -15,6 +15,9 @@ from runtime.settings import (
 
 
 class ApiSettings(HttpServiceSettings):
+    """The api's settings (env prefix `API_`): its databases, Redis, the view cache, the relay and
+    the limits."""
+
     model_config = SettingsConfigDict(env_prefix="API_", extra="ignore")
 
     port: int = 18101

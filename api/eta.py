@@ -21,6 +21,9 @@ Basis = Literal["live", "stale_position"]
 
 @dataclass(frozen=True)
 class EtaSettings:
+    """How an ETA is estimated from straight-line distance: road factors and the speeds a city
+    delivery keeps."""
+
     road_factor: float = 1.3
     short_trip_road_factor: float = 1.4
     short_trip_m: float = 2000.0
@@ -35,6 +38,9 @@ class EtaSettings:
 
 @dataclass(frozen=True)
 class Eta:
+    """An estimate: seconds to the next stop, and what it rests on (the driver's recent speed or a
+    typical one)."""
+
     seconds: int
     basis: Basis
 

@@ -90,6 +90,9 @@ def number(text: str) -> float | None:
 
 @dataclass
 class PrometheusClient:
+    """Where the overview asks Prometheus (its URL and timeout); `transport` lets a test answer for
+    it."""
+
     url: str
     timeout_s: float = 3.0
     transport: httpx.AsyncBaseTransport | None = None  # tests answer for Prometheus

@@ -25,6 +25,10 @@ LIMITED_ROLES = frozenset({Role.CUSTOMER, Role.DRIVER})
 
 
 class PrincipalLimit:
+    """A token bucket per caller (customers and drivers), in this process: `admit` raises
+    TooManyRequests past the rate. Bounded in how many callers it tracks; for one event loop's
+    tasks."""
+
     def __init__(
         self,
         rate_per_s: float,

@@ -18,6 +18,9 @@ PingDict = dict[str, Any]
 
 @dataclass
 class DriverApp:
+    """One simulated driver app: drives its route, buffers fixes in dead zones, and posts them as a
+    real app would."""
+
     driver_id: str
     vehicle: Vehicle
     rng: random.Random

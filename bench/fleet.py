@@ -26,6 +26,9 @@ from bench.tokens import Tokens
 
 @dataclass(frozen=True)
 class FleetConfig:
+    """A simulated fleet: its size, pace, duration, city, where it posts and whether it does
+    deliveries."""
+
     drivers: int
     interval_s: float
     duration_s: float

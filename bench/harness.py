@@ -32,6 +32,9 @@ STREAMS_GROUP = topics.STREAMS_GROUP
 
 
 class Scenario(Protocol):
+    """A benchmark scenario module: `run` measures on a stack and returns its report; `summary`
+    gives its lines."""
+
     def run(self, stack: Stack, options: dict[str, Any]) -> dict[str, Any]: ...
 
     def summary(self, report: dict[str, Any]) -> list[str]: ...

@@ -29,6 +29,8 @@ from schemas.auth import Role
 
 @dataclass(frozen=True)
 class JobsConfig:
+    """The simulated deliveries: how often customers order, and where the api is."""
+
     api_urls: list[str]
     # A new order per fleet process every so many seconds, on average, while a driver is
     # free to take it (customers of a busy fleet wait; the simulator does not queue them).
@@ -46,6 +48,8 @@ class JobsConfig:
 
 
 class Phase(Enum):
+    """Where a simulated driver is in a delivery."""
+
     IDLE = "idle"
     TO_PICKUP = "to_pickup"
     AT_PICKUP = "at_pickup"
@@ -54,12 +58,16 @@ class Phase(Enum):
 
 
 class Action(Enum):
+    """What a simulated delivery does next."""
+
     PICKUP = "pickup"
     COMPLETE = "complete"
 
 
 @dataclass
 class Order:
+    """One simulated delivery: its job, customer, pickup, dropoff, and driver once assigned."""
+
     job_id: str
     customer_id: str
     pickup: LatLon

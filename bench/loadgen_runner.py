@@ -51,6 +51,9 @@ def ensure_built(directory: Path) -> Path:
 
 @dataclass(frozen=True)
 class LoadResult:
+    """What the open-loop generator measured: requests by outcome, and latency from each request's
+    due time."""
+
     raw: dict[str, Any]
 
     @property

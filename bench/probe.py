@@ -16,6 +16,9 @@ from schemas.auth import Role
 
 
 class LatencyProbe(threading.Thread):
+    """A thread that posts a marked ping now and then and times it until it is queryable in
+    PostgreSQL."""
+
     def __init__(
         self,
         ingest_url: str,

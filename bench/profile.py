@@ -35,6 +35,8 @@ _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^:()]*):\d+\)$")
 
 @dataclass(frozen=True)
 class Profile:
+    """A py-spy profile summed by function and by area, as percentages of the samples."""
+
     samples: int
     self_pct: list[tuple[str, float]]  # function, share of samples it was the leaf of
     inclusive_pct: list[tuple[str, float]]  # function, share of samples it was on

@@ -26,6 +26,9 @@ def parse_retry_after(value: str | None, now: datetime) -> float | None:
 
 @dataclass(frozen=True)
 class RetryPolicy:
+    """How a simulated app retries: backoff with jitter, honouring Retry-After, reusing the ping
+    ids."""
+
     max_attempts: int = 8
     base_s: float = 0.25
     cap_s: float = 30.0

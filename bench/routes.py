@@ -11,6 +11,8 @@ LatLon = tuple[float, float]
 
 @dataclass(frozen=True)
 class City:
+    """A simulated city: its name, its centre and how far its routes reach."""
+
     name: str
     south: float
     west: float

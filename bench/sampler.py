@@ -43,6 +43,9 @@ def tree_cpu_seconds(roots: set[int]) -> dict[int, float]:
 
 @dataclass
 class Sampler:
+    """A thread that samples every process's CPU and the stream's lag once a second while a phase
+    runs."""
+
     processes: dict[str, ProcessRef]
     bootstrap: str
     group: str

@@ -14,6 +14,8 @@ from infra.config import StackConfig
 
 @dataclass(frozen=True)
 class Statement:
+    """One SQL statement of a script, with where it starts."""
+
     query: str
     calls: int
     total_ms: float

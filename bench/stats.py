@@ -15,6 +15,9 @@ def new_histogram() -> HdrHistogram:
 
 @dataclass
 class FleetStats:
+    """A fleet's running counts and latency histogram; safe to read from the display while the fleet
+    updates it."""
+
     requests: int = 0
     pings_sent: int = 0  # pings in requests that got an answer, counted once per batch
     accepted: int = 0

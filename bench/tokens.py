@@ -11,6 +11,8 @@ from schemas.auth import Role
 
 
 class Tokens:
+    """Per-driver tokens for a simulated fleet, minted on first use."""
+
     TTL_S = 12 * 3600
     RENEW_BEFORE_S = 3600
 

@@ -15,6 +15,8 @@ SCRIPT = Path(__file__).resolve().parent / "wrk" / "pings.lua"
 
 @dataclass(frozen=True)
 class WrkResult:
+    """What wrk measured: requests, statuses and latency percentiles."""
+
     raw: dict[str, Any]
     cpu_s: float  # wrk's own CPU time: the load generator's cost
 

@@ -46,6 +46,9 @@ class Tally:
 
 
 class JobWatcher:
+    """A WebSocket client following one job as an app would: it reconnects and resumes by seq, and
+    tallies what it saw (duplicates and gaps included)."""
+
     def __init__(
         self,
         url: str | list[str],

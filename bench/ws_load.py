@@ -24,6 +24,8 @@ OPEN_AT_ONCE = 200
 
 
 class Load:
+    """Many WebSocket clients in one process, for the notifier scenario."""
+
     def __init__(self, plan: dict[str, Any]) -> None:
         self.plan = plan
         self.samples: dict[str, list[float]] = {}

@@ -32,6 +32,10 @@ def _nothing() -> None:
 
 @dataclass(frozen=True)
 class Component:
+    """One component of the stack as the registry describes it: what it runs, how to prepare it,
+    when it is ready and alive, its ports, what it needs first, and whether the supervisor
+    restarts it."""
+
     name: str
     # What runs (infra/launch.py), after `prepare`.
     command: Callable[[], Command]

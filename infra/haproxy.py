@@ -30,6 +30,8 @@ WS_PATH = "/ws"
 
 @dataclass(frozen=True)
 class Server:
+    """One process behind a HAProxy backend: its component name and port."""
+
     name: str  # "api-2"
     port: int
 

@@ -42,6 +42,8 @@ AMENDED = {
 
 @dataclass(frozen=True)
 class Migration:
+    """One migration file: its version (the file's name) and its SQL."""
+
     version: str
     sql: str
 

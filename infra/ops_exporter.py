@@ -37,6 +37,8 @@ log = logging.getLogger(NAME)
 
 
 class OpsMetrics:
+    """What the ops exporter publishes: consumer lag, dead letters and the replica's lag."""
+
     def __init__(self, registry: CollectorRegistry) -> None:
         partition = ["group", "topic", "partition"]
         self.lag_messages = Gauge(
@@ -91,6 +93,9 @@ class OpsMetrics:
 
 
 class Exporter:
+    """Samples Kafka and the replica every interval into OpsMetrics; runs in the ops exporter's
+    process, one sampling at a time."""
+
     def __init__(self, config: StackConfig, metrics: OpsMetrics, replica_dsn: str) -> None:
         self._config = config
         self._replica_dsn = replica_dsn

@@ -26,6 +26,9 @@ from streams.config import StreamsSettings
 
 @dataclass(frozen=True)
 class ServiceSpec:
+    """One service process of the stack: its name, module, port, environment (its settings), what it
+    needs first and what it may read or write."""
+
     name: str  # e.g. "ingest-1"
     module: str  # run as `python -m module`
     port: int

@@ -49,6 +49,9 @@ SIMULATOR = "simulator"
 
 
 class ExitedDuringStartup(StackError):
+    """A process that exited while the stack waited for it to become ready (it may be started
+    again)."""
+
     def __init__(self, message: str, ref: ProcessRef) -> None:
         super().__init__(message)
         self.ref = ref

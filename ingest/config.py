@@ -7,6 +7,9 @@ from schemas import topics
 
 
 class IngestSettings(HttpServiceSettings):
+    """Ingest's settings (env prefix `INGEST_`): Kafka, Redis, the rate limit and the in-flight
+    limit."""
+
     model_config = SettingsConfigDict(env_prefix="INGEST_", extra="ignore")
 
     port: int = 18001

@@ -4,6 +4,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 class IngestMetrics:
+    """Ingest's Prometheus metrics: pings accepted and rejected by reason, rate limiting, 503s by
+    cause, requests in flight."""
+
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         self.accepted = Counter(

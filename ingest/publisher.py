@@ -9,6 +9,9 @@ from runtime.kafka import AckedProducer, Headers, Message, ProduceFailed
 
 
 class PingPublisher:
+    """The Publisher port on Kafka: `publish` returns once the broker has acked the record
+    (acks=all), BrokerUnavailable otherwise."""
+
     def __init__(self, producer: AckedProducer, topic: str, metrics: IngestMetrics) -> None:
         self._producer = producer
         self._topic = topic

@@ -52,6 +52,9 @@ MAX_BATCH = 256
 
 @dataclass(frozen=True, slots=True)
 class Decision:
+    """A rate limit's answer: allowed or not, when to retry, and whether Redis was asked at all (it
+    fails open)."""
+
     allowed: bool
     retry_after_s: float = 0.0
     # False when Redis could not be asked and the request was let through (fail open).

@@ -22,6 +22,8 @@ class Problem:
 
 @dataclass(frozen=True, slots=True)
 class Rejection:
+    """Why one ping of a batch was refused: its index, its id if it has one, a code, a message."""
+
     index: int
     ping_id: str | None
     code: str
@@ -38,6 +40,8 @@ class Rejection:
 
 @dataclass(frozen=True, slots=True)
 class BatchVerdict:
+    """A batch after validation: the pings accepted, and the ones rejected with why."""
+
     accepted: list[Ping]
     rejected: list[Rejection]
 

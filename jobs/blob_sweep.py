@@ -23,6 +23,9 @@ UPLOAD_KEY = re.compile(r"^[0-9a-f]{64}$")  # content-addressed: an upload as re
 
 @dataclass(frozen=True)
 class SweepLimits:
+    """When an unreferenced upload is an orphan, how long a proof's raw upload is kept, and how much
+    one sweep removes."""
+
     orphan_after_s: float = 3600.0
     raw_keep_s: float = 7 * 86400.0
     batch: int = 1000

@@ -9,6 +9,10 @@ from typing import Protocol
 
 
 class BlobStore(Protocol):
+    """Where uploads live (a directory here; a bucket would be another implementation). Writes are
+    durable when they return; keys derive from the content. Blocking: call it from a thread. Safe
+    for concurrent use."""
+
     def put(self, data: bytes) -> str:
         """Stores `data` durably; returns its key (the same bytes, the same key)."""
         ...

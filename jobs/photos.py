@@ -31,6 +31,9 @@ def check_photo(data: bytes) -> str:
 
 @dataclass(frozen=True)
 class ProcessedPhoto:
+    """A proof photo after processing: the cleaned JPEG (no EXIF), its thumbnail, its digest, format
+    and size."""
+
     sha256: str  # of the upload as received
     format: str
     width: int

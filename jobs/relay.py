@@ -37,6 +37,9 @@ SWEEP_LOCK_KEY = LOCK_KEY + 1  # one sweeper at a time, never in a relay round's
 
 @dataclass(frozen=True)
 class RelayLimits:
+    """The relay's pace and bounds: rows per round, how often it polls, and how long sent rows,
+    idempotency keys and ended links are kept."""
+
     batch: int = 500
     # Idle wait between empty rounds: an event waits at most this long (plus the send).
     poll_s: float = 0.1
@@ -59,6 +62,9 @@ AfterPublish = Callable[[list[str]], Awaitable[None]]
 
 
 class Publisher(Protocol):
+    """Where the relay sends the outbox's rows (Kafka): `send_all` returns once every record is
+    acked, ProduceFailed otherwise."""
+
     async def send_all(self, messages: Sequence[Message]) -> None:
         """Returns once Kafka acked every message; ProduceFailed otherwise."""
 

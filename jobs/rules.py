@@ -11,6 +11,8 @@ from schemas.jobs import JobStatus, visible_to
 
 
 class Action(StrEnum):
+    """What can be done to a job, by a person or the platform."""
+
     ASSIGN = "assign"
     PICKUP = "pickup"
     COMPLETE = "complete"  # the proof is accepted; a worker finishes it
@@ -21,6 +23,8 @@ class Action(StrEnum):
 
 @dataclass(frozen=True)
 class Rule:
+    """Who may take an action, and from which statuses to which."""
+
     roles: frozenset[Role]
     before: frozenset[JobStatus]
     after: JobStatus

@@ -13,6 +13,9 @@ from schemas import topics
 
 
 class NotifierSettings(HttpServiceSettings):
+    """The notifier's settings (env prefix `NOTIFIER_`): its topics, databases, Redis log and the
+    bounds on connections and what they may queue."""
+
     model_config = SettingsConfigDict(env_prefix="NOTIFIER_", extra="ignore")
 
     port: int = 18401

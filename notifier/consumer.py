@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ReaderSettings:
+    """Where the live reader reads: the bootstrap servers and the two topics."""
+
     bootstrap: str
     job_events_topic: str
     positions_topic: str
@@ -55,6 +57,10 @@ def live_consumer(s: ReaderSettings) -> AIOKafkaConsumer:
 
 
 class LiveReader:
+    """Reads `job-events.v1` and `positions.v1` from the end, every partition, no consumer group,
+    and hands each record to the hub (job events are appended to the Redis log first).
+    `run_forever` reconnects after a broker failure; one per process."""
+
     def __init__(
         self,
         settings: ReaderSettings,

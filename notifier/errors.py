@@ -4,14 +4,20 @@ from schemas.notifier import CloseCode
 
 
 class NotifierError(Exception):
+    """Base of the errors that end a connection; each carries the close code the client gets."""
+
     close_code: CloseCode = CloseCode.INTERNAL_ERROR
 
 
 class BadMessage(NotifierError):
+    """A client message that is not JSON of the protocol, or too large."""
+
     close_code = CloseCode.BAD_MESSAGE
 
 
 class AuthFailed(NotifierError):
+    """No valid token or share token in the first message, or none in time."""
+
     close_code = CloseCode.AUTH_FAILED
 
 
@@ -34,6 +40,8 @@ class PeerGone(NotifierError):
 
 
 class TooManySubscriptions(NotifierError):
+    """A connection past its subscriptions' limit."""
+
     close_code = CloseCode.TOO_MANY_SUBSCRIPTIONS
 
 

@@ -44,6 +44,11 @@ def log_key(job_id: UUID) -> str:
 
 
 class EventLog:
+    """Each job's recent events in a Redis Stream, for resumes: `append` after the live reader reads
+    them, `read_after` for a resume (None when the log cannot answer: the caller reads
+    PostgreSQL). Redis failures are counted and skipped for a while, never raised. For one event
+    loop's tasks."""
+
     def __init__(
         self,
         client: aioredis.Redis,

@@ -13,6 +13,9 @@ T = TypeVar("T", bound=Hashable)
 
 
 class Schedule(Generic[T]):
+    """When each connection's next keepalive is due: spread over the interval, so a storm of new
+    connections does not ping in step. Pure; not thread-safe."""
+
     def __init__(self, interval_s: float, rng: random.Random | None = None) -> None:
         self._interval = interval_s
         self._rng = rng or random.Random()

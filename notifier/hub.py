@@ -31,6 +31,9 @@ RECENT_FIX = timedelta(minutes=5)
 
 
 class Subscription:
+    """One connection's interest in one job: its send queue, its sequencer (exactly once, in order),
+    and how to end it."""
+
     __slots__ = (
         "catching_up",
         "end",
@@ -84,6 +87,10 @@ class JobFeed:
 
 
 class Hub:
+    """The process's subscriptions by job and by the job's driver, and the routing of each consumed
+    job event and position to them. No I/O: frames go to each subscription's send queue. For one
+    event loop; not thread-safe."""
+
     def __init__(
         self,
         metrics: NotifierMetrics,

@@ -15,6 +15,9 @@ MESSAGE_KINDS = (
 
 
 class NotifierMetrics:
+    """The notifier's Prometheus metrics: connections, subscriptions, messages sent by type, closes
+    by code, resumes by source, the send queues."""
+
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
         self.connections = Gauge(

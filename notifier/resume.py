@@ -63,6 +63,10 @@ def job_view(
 
 
 class Resumer:
+    """Starts a subscription exactly where the client left off: a snapshot, then the missed events
+    from the Redis log or PostgreSQL, then live ones; catches a subscription up after a gap. For
+    one event loop's tasks."""
+
     def __init__(
         self, store: Store, event_log: EventLog, hub: Hub, metrics: NotifierMetrics
     ) -> None:

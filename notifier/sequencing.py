@@ -11,6 +11,9 @@ from notifier.frames import EventFrame
 
 @dataclass
 class Sequencer:
+    """The seq rule for one subscriber: which events to send, hold or drop so that each reaches it
+    once, in order. Pure."""
+
     # The newest seq the subscriber has (sent, or part of what it had before a resume).
     sent_seq: int
     # The most live events held during a catch-up; past it the held ones are dropped and

@@ -42,6 +42,9 @@ SHARE_TOKEN = re.compile(SHARE_TOKEN_PATTERN)
 
 @dataclass(frozen=True)
 class Limits:
+    """The bounds every connection has: time to authenticate, subscriptions, unsent bytes, held
+    events, failed share lookups, the process's queued bytes."""
+
     auth_timeout_s: float
     max_subscriptions: int
     max_unsent_bytes: int
@@ -79,6 +82,10 @@ class _Socket:
 
 
 class Session:
+    """One WebSocket connection from its handshake to its end: authentication, subscribe and
+    unsubscribe, keepalives. `run` returns when the connection is closed; it never raises for
+    what the client did (the close code says it)."""
+
     def __init__(
         self,
         ws: ServerConnection,

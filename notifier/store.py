@@ -64,6 +64,9 @@ class Batcher(Generic[K, V]):
 
 @dataclass(frozen=True)
 class JobRow:
+    """A job as the notifier reads it: who may see it, its status and seq, and every column for the
+    snapshot."""
+
     job_id: UUID
     status: JobStatus
     customer_id: str | None
@@ -74,6 +77,8 @@ class JobRow:
 
 @dataclass(frozen=True)
 class ShareRow:
+    """A live share link: its token's hash, its job and when it ends."""
+
     token_hash: bytes
     job_id: UUID
     expires_at: datetime
@@ -84,6 +89,10 @@ MAX_BATCH = 500
 
 
 class Store:
+    """The notifier's reads (jobs/store.py's queries): jobs and share links on the primary,
+    positions and replayed events on the replica first, batched per loop turn and bounded in
+    concurrency. Raises DatabaseUnavailable when no server answers in time."""
+
     def __init__(
         self, primary: Pool, replica: Pool, *, max_concurrency: int, timeout_s: float
     ) -> None:

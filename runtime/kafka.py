@@ -74,6 +74,8 @@ def error_header(error: str) -> tuple[str, bytes]:
 
 @dataclass(frozen=True, slots=True)
 class Message:
+    """One record to produce: its topic, key, value and headers."""
+
     topic: str
     key: bytes | None
     value: bytes

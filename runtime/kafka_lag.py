@@ -15,6 +15,9 @@ from aiokafka.errors import CoordinatorLoadInProgressError, GroupCoordinatorNotA
 
 @dataclass(frozen=True)
 class PartitionLag:
+    """One partition's lag for one consumer group: end and committed offsets, lag in messages and in
+    seconds."""
+
     group: str
     topic: str
     partition: int

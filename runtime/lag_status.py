@@ -18,6 +18,8 @@ from enum import StrEnum
 
 
 class Status(StrEnum):
+    """A partition's lag status over a window of looks, after Burrow's rules."""
+
     OK = "OK"
     WARN = "WARN"
     STALL = "STALL"

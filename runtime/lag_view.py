@@ -12,6 +12,8 @@ from schemas.topics import CONSUMER_GROUPS
 
 @dataclass(frozen=True)
 class PartitionRow:
+    """One partition's lag with its status, as the CLI, the api and the ops page show it."""
+
     group: str
     topic: str
     partition: int
@@ -24,6 +26,8 @@ class PartitionRow:
 
 @dataclass(frozen=True)
 class Look:
+    """One look at Kafka: every partition's lag, and how many members each group has."""
+
     partitions: list[PartitionLag]
     members: dict[str, int]  # group -> consumers now
 

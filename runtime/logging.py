@@ -55,6 +55,9 @@ def accepted_request_id(given: str | None) -> str:
 
 
 class JsonFormatter(logging.Formatter):
+    """Formats a log record as one JSON object per line: time, level, logger, message, service, pid
+    and the request id when there is one."""
+
     def __init__(self, service: str = "") -> None:
         super().__init__()
         self._service = service

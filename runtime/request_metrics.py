@@ -18,6 +18,8 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 
 
 class RequestMetrics:
+    """HTTP request counts and latencies by route template, method and status; every service's."""
+
     def __init__(self, registry: CollectorRegistry) -> None:
         self.requests = Counter(
             "http_requests",

@@ -36,6 +36,8 @@ def default_of(settings: type[BaseSettings], field: str) -> int:
 
 
 class ServiceSettings(BaseSettings):
+    """What every service's settings have: its log level."""
+
     model_config = SettingsConfigDict(extra="ignore")
 
     log_level: str = "INFO"

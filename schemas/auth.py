@@ -8,6 +8,8 @@ from schemas.ids import EntityId
 
 
 class Role(StrEnum):
+    """Who a token's subject is: a driver, a customer, a dispatcher, or ops."""
+
     DRIVER = "driver"
     CUSTOMER = "customer"
     DISPATCHER = "dispatcher"

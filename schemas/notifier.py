@@ -50,6 +50,8 @@ class Subscribe(BaseModel):
 
 
 class Unsubscribe(BaseModel):
+    """Client message: stop following a job."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     type: Literal["unsubscribe"]

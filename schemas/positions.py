@@ -8,6 +8,8 @@ from pydantic import BaseModel, ConfigDict
 
 
 class PositionUpdate(BaseModel):
+    """A `positions.v1` record: a driver's latest fix moved (at least once, keyed by driver)."""
+
     model_config = ConfigDict(frozen=True)
 
     v: Literal[1] = 1

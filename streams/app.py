@@ -110,6 +110,9 @@ class WorkerBoot(BootStrategy):
 
 
 class WorkerApp(faust.App):
+    """The Faust app of a stream worker, booted without Faust's own consumer and producer
+    (WorkerBoot)."""
+
     BootStrategy = WorkerBoot
 
 

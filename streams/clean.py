@@ -35,6 +35,9 @@ class Position(msgspec.Struct, frozen=True, gc=False):
 # Structs, not frozen dataclasses: one is made per ping, and a frozen dataclass takes
 # nine times as long to build.
 class CleanPing(msgspec.Struct, frozen=True, gc=False):
+    """A ping after cleaning: its driver, the ping, and what cleaning found (late, teleport, future)
+    and whether it counts in the aggregates."""
+
     driver_id: str
     ping: WirePing
     received_at: datetime
@@ -52,6 +55,8 @@ class CleanPing(msgspec.Struct, frozen=True, gc=False):
 
 @dataclass(frozen=True, slots=True)
 class CleanBatch:
+    """A batch after cleaning: every ping, and each driver's newest position that moved."""
+
     pings: list[CleanPing]
     # Per driver, the position this batch sets: its newest valid ping when newer than the
     # stored one, or the stored one itself when this batch set it before (a replay after a

@@ -11,6 +11,9 @@ from schemas import topics
 
 
 class StreamsSettings(ServiceSettings):
+    """The stream worker's settings (env prefix `STREAMS_`): Kafka, the database, batching, retries,
+    retention and its web server."""
+
     model_config = SettingsConfigDict(env_prefix="STREAMS_", extra="ignore")
 
     app_id: str = topics.STREAMS_GROUP

@@ -22,6 +22,8 @@ class Incoming(msgspec.Struct, frozen=True, gc=False):
 
 
 class Poison(msgspec.Struct, frozen=True, gc=False):
+    """A record that can never be stored: its bytes, and why, for the dead-letter topic."""
+
     key: bytes | None
     value: bytes
     error: str

@@ -9,6 +9,9 @@ FRESHNESS_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300
 
 
 class StreamsMetrics:
+    """The stream's Prometheus metrics: batches, pings by outcome, flush time, dead letters,
+    aggregates, its pages' requests."""
+
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         self.records = Counter(

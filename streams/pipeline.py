@@ -26,12 +26,18 @@ T = TypeVar("T")
 
 
 class Sink(Protocol):
+    """Where a batch is stored (streams/sink.py: PostgreSQL). `write` stores it in one transaction,
+    idempotently (a replay changes nothing), and raises SinkUnavailable (transient) or BadData
+    (the rows), having written nothing. For one event loop's tasks."""
+
     async def write(self, batch: list[Incoming]) -> CleanBatch:
         """Stores the records in one transaction; SinkUnavailable or BadData otherwise."""
 
 
 @dataclass(frozen=True, slots=True)
 class Outgoing:
+    """A record the batch step sends after its write: a moved position or a dead letter."""
+
     topic: str
     key: bytes | None
     value: bytes
@@ -39,6 +45,9 @@ class Outgoing:
 
 
 class Sender(Protocol):
+    """Where the batch step's records go (Kafka). `send_all` returns once every record is acked,
+    SendFailed otherwise (some may have been sent: consumers are idempotent)."""
+
     async def send_all(self, messages: list[Outgoing]) -> None:
         """Returns once Kafka acked every message; SendFailed otherwise."""
 
@@ -140,6 +149,11 @@ def position_update(moved: CleanPing) -> PositionUpdate:
 
 
 class PingBatchProcessor:
+    """The batch step: decode, store through the Sink (retried with backoff, poison isolated by
+    bisection and dead-lettered), then send moved positions and dead letters; only then may the
+    batch's offsets be committed. Raises Stopping when the worker stops before the batch is done.
+    For one event loop's tasks."""
+
     def __init__(
         self,
         sink: Sink,

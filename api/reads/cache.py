@@ -91,6 +91,9 @@ class Loaded:
 
 @dataclass(frozen=True, slots=True)
 class Envelope:
+    """A rendered view as stored: its body and ETag, the WAL position it was read at, who may see
+    it, and until when it is fresh and then usable stale."""
+
     body: bytes
     etag: str
     lsn: int
@@ -150,6 +153,9 @@ Loader = Callable[[int], Awaitable[Loaded]]
 
 
 class CacheMetrics:
+    """The view cache's Prometheus metrics (how each request was answered, Redis's failures and
+    latency)."""
+
     def __init__(self, registry: CollectorRegistry) -> None:
         self.requests = Counter(
             "api_cache_requests",
@@ -193,6 +199,8 @@ class LocalCache:
 
 @dataclass(frozen=True)
 class CacheSettings:
+    """The view cache's bounds: leases, waits, Redis's deadlines and circuit, the local cache."""
+
     enabled: bool = True
     lease_s: float = 2.0  # how long one process may take to recompute a key
     lease_wait_s: float = 1.0  # a cold key's lease losers wait this long for its winner

@@ -43,6 +43,9 @@ SERVER_LSN = (
 
 
 class ReadMetrics:
+    """The read path's Prometheus metrics: reads by view, target and reason; the database cap; the
+    replica's state."""
+
     def __init__(self, registry: CollectorRegistry) -> None:
         self.reads = Counter(
             "api_db_reads",

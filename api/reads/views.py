@@ -27,6 +27,9 @@ from schemas.jobs import Job, SharedJob, share_token_hash
 
 @dataclass(frozen=True)
 class Views:
+    """The three cached views (a job, a share link's view, a driver's position) with their
+    freshness, and their Cache-Control."""
+
     job: View
     share: View
     position: View

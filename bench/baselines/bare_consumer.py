@@ -36,6 +36,8 @@ TYPES = [
 
 @dataclass(frozen=True)
 class ConsumeResult:
+    """What the bare consumer stored: records, pings and the time it took."""
+
     records: int
     pings: int
     seconds: float

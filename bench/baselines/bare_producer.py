@@ -12,6 +12,8 @@ WINDOW = 2000  # records awaiting their ack at once
 
 @dataclass(frozen=True)
 class BareResult:
+    """What the bare producer sent: records and the time it took."""
+
     records: int
     seconds: float
 

@@ -62,6 +62,8 @@ def sized_photo(target_bytes: int) -> bytes:
 
 
 class Users:
+    """The tokens of the users a jobs run acts as."""
+
     def __init__(self, stack: Stack, prefix: str) -> None:
         self.tokens = Tokens(stack.config.jwt_private_key)
         self.prefix = prefix

@@ -81,6 +81,8 @@ def percentiles(samples: list[float]) -> dict[str, Any]:
 
 
 class Phases:
+    """The notifier scenario's phases, appended as they are measured."""
+
     def __init__(self, stack: Stack, options: dict[str, Any]) -> None:
         self.stack = stack
         self.config = stack.config

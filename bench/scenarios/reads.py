@@ -77,6 +77,8 @@ def wrk_summary(result: WrkResult) -> dict[str, Any]:
 
 
 class Phases:
+    """The reads scenario's phases, appended as they are measured."""
+
     def __init__(self, stack: Stack, options: dict[str, Any]) -> None:
         self.stack = stack
         self.config = stack.config

@@ -40,6 +40,9 @@ Inputs = dict[str, Path]
 
 @dataclass(frozen=True)
 class Image:
+    """A container image we build: its name, the files its build context needs, and how the context
+    is finished (the app's wheels)."""
+
     name: str
     inputs: Callable[[StackConfig], Inputs] = lambda _: {}
     # Turns the staged inputs into the build context (the app: its wheels).
