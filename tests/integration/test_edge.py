@@ -27,9 +27,9 @@ from infra.config import StackConfig
 from infra.procs import free_port, stop, wait_until
 from infra.stack import Stack
 from schemas.auth import Role
-from tests.integration.conftest import metric, wait_for
-from tests.integration.driving import ping_at
-from tests.integration.handshakes import close_all, open_many
+from tests.support.driving import ping_at
+from tests.support.handshakes import close_all, open_many
+from tests.support.stack import metric, wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -21,7 +21,7 @@ from infra.stack import Stack
 from schemas import topics
 from schemas.auth import Role
 from schemas.pings import PingBatchRecord
-from tests.forged_tokens import b64url, claims, hs256_with_public_key
+from tests.support.forged_tokens import b64url, claims, hs256_with_public_key
 
 pytestmark = pytest.mark.integration
 

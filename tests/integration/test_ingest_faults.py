@@ -20,7 +20,7 @@ from infra.containers import engine
 from infra.procs import ProcessRef, stop, wait_until
 from runtime.auth import generate_keypair, issue_token
 from schemas.auth import Role
-from tests.integration.conftest import scratch_config, wait_for
+from tests.support.stack import scratch_config, wait_for
 
 pytestmark = pytest.mark.integration
 

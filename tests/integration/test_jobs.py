@@ -35,9 +35,9 @@ from runtime.postgres import open_pool
 from schemas import topics
 from schemas.auth import Role
 from schemas.jobs import JobEvent, JobStatus
-from tests.crafted_photos import corrupt_gps_jpeg
-from tests.integration.conftest import wait_for
-from tests.integration.driving import ping_at, post, stored, wait_stored
+from tests.support.crafted_photos import corrupt_gps_jpeg
+from tests.support.driving import ping_at, post, stored, wait_stored
+from tests.support.stack import wait_for
 
 pytestmark = pytest.mark.integration
 

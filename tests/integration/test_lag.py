@@ -20,8 +20,8 @@ from runtime.auth import issue_token
 from runtime.kafka_lag import consumer_group_lag
 from schemas import topics
 from schemas.auth import Role
-from tests.integration.conftest import wait_for
-from tests.integration.driving import ping_at, post, wait_stored
+from tests.support.driving import ping_at, post, wait_stored
+from tests.support.stack import wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -22,8 +22,8 @@ from runtime.auth import issue_token
 from runtime.logging import FIELDS
 from schemas import topics
 from schemas.auth import Role
-from tests.integration.conftest import wait_for
-from tests.integration.driving import ping_at, wait_stored
+from tests.support.driving import ping_at, wait_stored
+from tests.support.stack import wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -34,9 +34,9 @@ from infra.services import ServiceSpec, variants
 from infra.stack import Stack
 from schemas import topics
 from schemas.auth import Role
-from tests.integration.conftest import metric, wait_for
-from tests.integration.driving import ping_at, stored
-from tests.integration.handshakes import close_all, open_many
+from tests.support.driving import ping_at, stored
+from tests.support.handshakes import close_all, open_many
+from tests.support.stack import metric, wait_for
 
 BODY = {"pickup": {"lat": 12.97, "lon": 77.59}, "dropoff": {"lat": 12.93, "lon": 77.62}}
 Token = Callable[..., str]

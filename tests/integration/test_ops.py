@@ -18,8 +18,8 @@ from infra.config import REPO_ROOT
 from infra.stack import Stack
 from runtime.auth import issue_token
 from schemas.auth import Role
-from tests.integration.conftest import wait_for
-from tests.integration.driving import ping_at, post, wait_stored
+from tests.support.driving import ping_at, post, wait_stored
+from tests.support.stack import wait_for
 
 pytestmark = pytest.mark.integration
 

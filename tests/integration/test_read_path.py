@@ -28,7 +28,7 @@ from infra.services import api_variants
 from infra.stack import Stack
 from runtime.postgres import open_pool
 from schemas.auth import Role
-from tests.integration.conftest import metric, wait_for
+from tests.support.stack import metric, wait_for
 
 BODY = {"pickup": {"lat": 12.97, "lon": 77.59}, "dropoff": {"lat": 12.93, "lon": 77.62}}
 Token = Callable[..., str]

@@ -10,7 +10,7 @@ from bench.fleet import FleetConfig, run_fleet
 from bench.jobs_flow import JobsConfig
 from infra import postgres
 from infra.stack import Stack
-from tests.integration.conftest import wait_for
+from tests.support.stack import wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -17,7 +17,7 @@ from infra import postgres
 from infra.config import StackConfig
 from infra.stack import Stack
 from schemas.auth import Role
-from tests.integration.conftest import session_storage, wait_for
+from tests.support.stack import session_storage, wait_for
 
 pytestmark = pytest.mark.integration
 

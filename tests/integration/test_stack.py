@@ -17,7 +17,7 @@ from infra.config import StackConfig
 from infra.procs import APP_USER, DATABASE_USER, StackError, run
 from infra.stack import Stack
 from schemas import topics
-from tests.integration.conftest import wait_for
+from tests.support.stack import wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ from infra.procs import StackError
 from infra.stack import Stack
 from runtime.auth import issue_token
 from schemas.auth import Role
-from tests.integration.conftest import scratch_config, wait_for
+from tests.support.stack import scratch_config, wait_for
 
 pytestmark = pytest.mark.integration
 

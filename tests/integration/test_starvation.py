@@ -19,8 +19,8 @@ import pytest
 
 from infra.stack import Stack
 from schemas.auth import Role
-from tests.integration.conftest import wait_for
-from tests.integration.driving import ping_at, stored
+from tests.support.driving import ping_at, stored
+from tests.support.stack import wait_for
 
 pytestmark = pytest.mark.integration
 

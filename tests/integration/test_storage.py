@@ -18,9 +18,9 @@ from infra.config import StackConfig
 from schemas import topics
 from schemas.auth import Role
 from schemas.pings import PingBatchRecord
-from tests.integration.conftest import session_storage, wait_for
-from tests.integration.driving import ping_at, post, stored, wait_stored
-from tests.integration.recompute import Stats, assert_same, recomputed_hourly, stored_stats
+from tests.support.driving import ping_at, post, stored, wait_stored
+from tests.support.recompute import Stats, assert_same, recomputed_hourly, stored_stats
+from tests.support.stack import session_storage, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.storage]
 

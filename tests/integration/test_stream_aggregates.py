@@ -24,9 +24,9 @@ from streams.decode import Incoming
 from streams.locks import key_partition
 from streams.rows import PING_COLUMNS, ping_rows
 from streams.sink import PingSink, SinkLimits
-from tests.integration.conftest import session_storage
-from tests.integration.driving import ORIGIN
-from tests.integration.recompute import assert_aggregates_exact, stored_aggregates
+from tests.support.driving import ORIGIN
+from tests.support.recompute import assert_aggregates_exact, stored_aggregates
+from tests.support.stack import session_storage
 
 pytestmark = [pytest.mark.integration, pytest.mark.storage]
 

@@ -22,9 +22,9 @@ from runtime.geo import haversine_m
 from schemas import topics
 from schemas.auth import Role
 from schemas.positions import PositionUpdate
-from tests.integration.conftest import wait_for
-from tests.integration.driving import ping_at, post, stored, wait_stored
-from tests.integration.recompute import recomputed_stats
+from tests.support.driving import ping_at, post, stored, wait_stored
+from tests.support.recompute import recomputed_stats
+from tests.support.stack import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.storage]
 

@@ -25,8 +25,8 @@ from runtime.kafka_lag import consumer_group_lag
 from schemas import topics
 from schemas.auth import Role
 from streams.locks import key_partition, partition_lock
-from tests.integration.conftest import scratch_config, wait_for
-from tests.integration.recompute import assert_stats_match
+from tests.support.recompute import assert_stats_match
+from tests.support.stack import scratch_config, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.storage]
 GROUP = topics.STREAMS_GROUP

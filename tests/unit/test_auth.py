@@ -19,7 +19,7 @@ from runtime.auth import (
     require_role,
 )
 from schemas.auth import JWT_AUDIENCE, JWT_ISSUER, Principal, Role
-from tests.forged_tokens import b64url, claims, hs256_with_public_key
+from tests.support.forged_tokens import b64url, claims, hs256_with_public_key
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from jobs.blobs import DirectoryBlobStore
 from jobs.errors import InvalidPhoto, PhotoTooLarge
 from jobs.photos import THUMBNAIL_PX, check_photo, process_photo
 from schemas.tasks import MAX_PHOTO_BYTES
-from tests.crafted_photos import corrupt_gps_jpeg
+from tests.support.crafted_photos import corrupt_gps_jpeg
 
 
 def image_bytes(fmt: str = "JPEG", size: tuple[int, int] = (800, 600), gps: bool = False) -> bytes:

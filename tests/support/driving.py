@@ -10,7 +10,7 @@ import psycopg
 from infra import postgres
 from infra.config import StackConfig
 from runtime.geo import destination
-from tests.integration.conftest import wait_for
+from tests.support.stack import wait_for
 
 ORIGIN = (12.97, 77.59)
 

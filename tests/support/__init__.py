@@ -1,0 +1,1 @@
+"""Helpers the tests share (conftest.py files hold only fixtures and hooks)."""
