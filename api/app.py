@@ -30,6 +30,7 @@ from api.reads.views import ReadPath, ViewLoaders, Views, write_through
 from jobs import relay
 from jobs.blobs import DirectoryBlobStore
 from runtime.auth import verifier_from_settings
+from runtime.clock import Clock, SystemClock
 from runtime.http import (
     BodyLimit,
     app_options,
@@ -66,6 +67,7 @@ def build_read_path(
     pools: Pools,
     registry: CollectorRegistry,
     db_errors: Callable[[], None],
+    clock: Clock,
 ) -> ReadPath:
     """The cache, the read router and its cap, from the settings (nothing connects yet)."""
     read_metrics = ReadMetrics(registry)
@@ -98,8 +100,8 @@ def build_read_path(
         max_wait_s=settings.redis_max_wait_s,
         ryw_window_s=settings.ryw_window_s,
     )
-    cache = ViewCache(client, cache_settings, CacheMetrics(registry))
-    return ReadPath(cache, Views.from_settings(settings), ViewLoaders(router), router)
+    cache = ViewCache(client, cache_settings, CacheMetrics(registry), clock)
+    return ReadPath(cache, Views.from_settings(settings), ViewLoaders(router, clock), router)
 
 
 @asynccontextmanager
@@ -115,7 +117,9 @@ async def _replica_watch(router: ReadRouter) -> AsyncIterator[None]:
 
 
 @asynccontextmanager
-async def _relay(settings: ApiSettings, pool: Pool, read_path: ReadPath) -> AsyncIterator[None]:
+async def _relay(
+    settings: ApiSettings, pool: Pool, read_path: ReadPath, clock: Clock
+) -> AsyncIterator[None]:
     """The outbox relay as a background task of the process, when enabled."""
     if not settings.relay_enabled:
         yield
@@ -139,7 +143,9 @@ async def _relay(settings: ApiSettings, pool: Pool, read_path: ReadPath) -> Asyn
             producer,
             limits,
             stopping,
-            after_publish=lambda job_ids: write_through(pool, cache, views, job_ids, max_links),
+            after_publish=lambda job_ids: write_through(
+                pool, cache, views, job_ids, max_links, clock
+            ),
         )
     )
     try:
@@ -160,6 +166,7 @@ def create_app(
     open_read_pool: PoolOpener | None = None,
     open_write_pool: PoolOpener | None = None,
     read_path: ReadPath | None = None,
+    clock: Clock | None = None,
 ) -> FastAPI:
     """The api app. Pools open in its lifespan (`open_*_pool`, or real ones from the
     settings); `read_path` replaces the cache and the view loaders built from the settings
@@ -167,20 +174,27 @@ def create_app(
     registry = registry or CollectorRegistry()
     db_errors = Counter("api_db_unavailable", "Requests failed by the database", registry=registry)
     pools = Pools()
+    clock = clock or SystemClock()
     shared = State(
         settings=settings,
         pools=pools,
-        read_path=read_path or build_read_path(settings, pools, registry, db_errors.inc),
+        read_path=read_path or build_read_path(settings, pools, registry, db_errors.inc, clock),
         verifier=verifier_from_settings(settings),
-        limit=PrincipalLimit(settings.principal_rate_per_s, settings.principal_burst),
+        limit=PrincipalLimit(settings.principal_rate_per_s, settings.principal_burst, clock=clock),
         blobs=DirectoryBlobStore(settings.blob_dir),
         db_errors=db_errors,
-        lag=LagMonitor(settings.kafka_bootstrap, settings.lag_window, settings.lag_min_interval_s),
+        lag=LagMonitor(
+            settings.kafka_bootstrap,
+            settings.lag_window,
+            settings.lag_min_interval_s,
+            clock=clock,
+        ),
         overview=OverviewMonitor(
-            PrometheusClient(settings.prometheus_url), settings.overview_min_interval_s
+            PrometheusClient(settings.prometheus_url), settings.overview_min_interval_s, clock
         ),
         simplifying=asyncio.Semaphore(TRACKS_AT_ONCE),
         registry=registry,
+        clock=clock,
     )
     open_read = open_read_pool or pool_opener(settings, settings.read_dsn, "api-read")
     open_write = open_write_pool or pool_opener(settings, settings.write_dsn, "api-write")
@@ -190,7 +204,10 @@ def create_app(
         pools.read, pools.write = await open_read(), await open_write()
         cache, router = shared.read_path.cache, shared.read_path.router
         await cache.warm_up()
-        async with _replica_watch(router), _relay(settings, pools.writer(), shared.read_path):
+        async with (
+            _replica_watch(router),
+            _relay(settings, pools.writer(), shared.read_path, clock),
+        ):
             yield
         await cache.close()
         for pool in (pools.reader(), pools.writer()):

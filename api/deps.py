@@ -19,6 +19,7 @@ from api.reads.routing import Pools
 from api.reads.views import ReadPath
 from jobs.blobs import BlobStore
 from runtime.auth import TokenVerifier, require_role
+from runtime.clock import Clock
 from runtime.http import bearer_credentials, bearer_scheme
 from schemas.auth import Principal, Role
 
@@ -40,6 +41,7 @@ class State:
     # Tracks simplified at once: each is up to MAX_FIXES points of CPU work.
     simplifying: asyncio.Semaphore
     registry: CollectorRegistry  # the process's metrics
+    clock: Clock
 
 
 def state(request: Request) -> State:

@@ -4,7 +4,6 @@ writer's WAL position for read-your-writes; a job's view comes through the view 
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -285,7 +284,7 @@ async def track(
     )
     check_visible(who, job_store.owners(job), job_id)
     assert job is not None
-    lo, hi = track_span(assigned_at, ended_at, start, end, datetime.now(UTC))
+    lo, hi = track_span(assigned_at, ended_at, start, end, shared.clock.now())
     points: list[tuple[float, float]] = []
     if job.driver_id is not None and assigned_at is not None and lo < hi:
         # At least what the primary held when the job was read: every fix stored

@@ -9,13 +9,14 @@ The queries are fixed here, one place; the answer is computed at most once per
 
 import asyncio
 import math
-import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 from pydantic import BaseModel
+
+from runtime.clock import Clock, SystemClock
 
 # Rates over a minute: recent enough to see a change, smooth enough to read.
 RATE = "1m"
@@ -239,7 +240,10 @@ class OverviewMonitor:
     """One overview at a time, reused for `min_interval_s`: a room of ops pages polling
     costs Prometheus one set of queries per interval."""
 
-    def __init__(self, prometheus: PrometheusClient, min_interval_s: float) -> None:
+    def __init__(
+        self, prometheus: PrometheusClient, min_interval_s: float, clock: Clock | None = None
+    ) -> None:
+        self._clock = clock or SystemClock()
         self._prometheus = prometheus
         self._min_interval_s = min_interval_s
         self._lock = asyncio.Lock()
@@ -248,7 +252,8 @@ class OverviewMonitor:
 
     async def report(self) -> dict[str, Any]:
         async with self._lock:
-            if self._latest is None or time.monotonic() - self._taken_at >= self._min_interval_s:
-                self._latest = await overview(self._prometheus, time.time())
-                self._taken_at = time.monotonic()
+            due = self._clock.monotonic() - self._taken_at >= self._min_interval_s
+            if self._latest is None or due:
+                self._latest = await overview(self._prometheus, self._clock.wall())
+                self._taken_at = self._clock.monotonic()
             return self._latest

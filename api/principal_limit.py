@@ -14,11 +14,10 @@ forgotten (it comes back with a full bucket, the most it could have had anyway a
 enough idle time)."""
 
 import math
-import time
 from collections import OrderedDict
-from collections.abc import Callable
 
 from api.errors import TooManyRequests
+from runtime.clock import Clock, SystemClock
 from schemas.auth import Principal, Role
 
 LIMITED_ROLES = frozenset({Role.CUSTOMER, Role.DRIVER})
@@ -35,12 +34,12 @@ class PrincipalLimit:
         burst: int,
         *,
         max_tracked: int = 100_000,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock | None = None,
     ) -> None:
         self._rate = rate_per_s
         self._burst = float(burst)
         self._max_tracked = max_tracked
-        self._clock = clock
+        self._clock = clock or SystemClock()
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # tokens, at
 
     def admit(self, who: Principal) -> None:
@@ -50,7 +49,7 @@ class PrincipalLimit:
 
     def take(self, key: str) -> None:
         """Takes one of `key`'s tokens, or raises TooManyRequests with the wait."""
-        now = self._clock()
+        now = self._clock.monotonic()
         tokens, at = self._buckets.pop(key, (self._burst, now))
         tokens = min(self._burst, tokens + (now - at) * self._rate)
         refused = tokens < 1.0

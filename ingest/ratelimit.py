@@ -7,11 +7,12 @@ the check itself, so under load this is most of the limiter's cost gone, and alo
 request still waits for one round trip only."""
 
 import asyncio
-import time
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
+
+from runtime.clock import Clock, SystemClock
 
 # One round trip for a batch, atomic: per key in order (a driver twice in a batch sees its
 # first check's tokens gone), refill by elapsed time (Redis's own clock, so every ingest
@@ -82,7 +83,9 @@ class RateLimiter:
         burst: int,
         breaker_s: float = 1.0,
         key_prefix: str = "ingest:rl:",
+        clock: Clock | None = None,
     ) -> None:
+        self._clock = clock or SystemClock()
         self._client = client
         self._rate = rate_per_s
         self._burst = burst
@@ -97,7 +100,7 @@ class RateLimiter:
     async def check(self, driver_id: str, cost: int = 1) -> Decision:
         # After a failure, do not ask Redis again for a moment: every request would
         # otherwise pay the connect timeout while Redis is down.
-        if time.monotonic() < self._skip_until:
+        if self._clock.monotonic() < self._skip_until:
             return UNCHECKED
         decided: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
         self._waiting.append(_Check(self._prefix + driver_id, cost, decided))
@@ -126,7 +129,7 @@ class RateLimiter:
                 Decision(bool(answer[2 * i]), answer[2 * i + 1] / 1000.0) for i in range(len(batch))
             ]
         except (RedisError, OSError, TimeoutError):
-            self._skip_until = time.monotonic() + self._breaker_s
+            self._skip_until = self._clock.monotonic() + self._breaker_s
             decisions = [UNCHECKED] * len(batch)
         except Exception as exc:  # a bug: its requests fail with it, the next batch still goes
             decisions = exc

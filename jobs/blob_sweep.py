@@ -11,10 +11,10 @@ removed. The cleaned photo and the thumbnail (`<task id>-photo`, `-thumbnail`) s
 import asyncio
 import logging
 import re
-import time
 from dataclasses import dataclass
 
 from jobs.blobs import BlobStore
+from runtime.clock import Clock, SystemClock
 from runtime.postgres import Pool
 
 log = logging.getLogger(__name__)
@@ -31,11 +31,12 @@ class SweepLimits:
     batch: int = 1000
 
 
-async def sweep_blobs(pool: Pool, blobs: BlobStore, limits: SweepLimits) -> int:
+async def sweep_blobs(
+    pool: Pool, blobs: BlobStore, limits: SweepLimits, clock: Clock | None = None
+) -> int:
     """Removes up to a batch of orphans and expired raw uploads; returns how many."""
-    old = await asyncio.to_thread(
-        blobs.stored_before, time.time() - limits.orphan_after_s, limits.batch
-    )
+    orphaned_before = (clock or SystemClock()).wall() - limits.orphan_after_s
+    old = await asyncio.to_thread(blobs.stored_before, orphaned_before, limits.batch)
     uploads = [key for key in old if UPLOAD_KEY.match(key)]
     if not uploads:
         return 0

@@ -5,10 +5,8 @@ import asyncio
 import contextlib
 import functools
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import redis.asyncio as aioredis
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -31,6 +29,7 @@ from notifier.send_queue import Budget
 from notifier.session import Limits, Session
 from notifier.store import Store
 from runtime.auth import verifier_from_settings
+from runtime.clock import Clock, SystemClock
 from runtime.postgres import DATABASE_ERRORS, Pool, open_pool
 from runtime.request_metrics import UNMATCHED, RequestMetrics, process_metrics
 from schemas.notifier import WS_PATH
@@ -61,7 +60,10 @@ class Notifier:
     until its block ends, then stops it all within bounded time. One per process; its
     state belongs to the event loop it runs in."""
 
-    def __init__(self, settings: NotifierSettings, registry: CollectorRegistry) -> None:
+    def __init__(
+        self, settings: NotifierSettings, registry: CollectorRegistry, clock: Clock | None = None
+    ) -> None:
+        self._clock = clock or SystemClock()
         self.settings = settings
         self.registry = registry
         self.metrics = NotifierMetrics(registry)
@@ -122,6 +124,7 @@ class Notifier:
             retained=s.retained_events,
             ttl_s=s.log_ttl_s,
             timeout_s=s.redis_timeout_s,
+            clock=self._clock,
         )
         store = Store(
             primary, replica, max_concurrency=s.db_max_concurrency, timeout_s=s.db_timeout_s
@@ -135,13 +138,14 @@ class Notifier:
         def revoke(sub: Subscription, error: NotifierError) -> None:
             self._end_later(sub.end(error))
 
-        hub = Hub(self.metrics, catch_up, revoke=revoke)
+        hub = Hub(self.metrics, catch_up, revoke=revoke, clock=self._clock)
         resumer = Resumer(store, event_log, hub, self.metrics)
         self.reader = LiveReader(
             ReaderSettings(s.kafka_bootstrap, s.job_events_topic, s.positions_topic),
             hub,
             event_log,
             self.metrics,
+            clock=self._clock,
         )
         limits = Limits(
             auth_timeout_s=s.auth_timeout_s,
@@ -167,9 +171,10 @@ class Notifier:
             limits=parts.limits,
             client=client,
             authenticated=functools.partial(self._waiting.done, client),
+            clock=self._clock,
         )
         self.sessions.add(session)
-        self._keepalive.add(session, time.monotonic())
+        self._keepalive.add(session, self._clock.monotonic())
         self.metrics.connections.inc()
         try:
             await session.run()
@@ -205,9 +210,9 @@ class Notifier:
     async def _heartbeat(self) -> None:
         """Each connection's keepalive every `ping_interval_s`, spread over the interval."""
         while True:
-            await asyncio.sleep(HEARTBEAT_TICK_S)
-            frame = ping_frame(datetime.now(UTC))
-            for session in self._keepalive.due(time.monotonic()):
+            await self._clock.sleep(HEARTBEAT_TICK_S)
+            frame = ping_frame(self._clock.now())
+            for session in self._keepalive.due(self._clock.monotonic()):
                 session.keepalive(frame)
 
     async def _recheck_shares(self, store: Store) -> None:
@@ -215,7 +220,7 @@ class Notifier:
         live (revoked, or ended by its job's cancel): one query for all of them. While the
         database does not answer, they stay open until the next look."""
         while True:
-            await asyncio.sleep(self.settings.share_recheck_s)
+            await self._clock.sleep(self.settings.share_recheck_s)
             held = [s for s in self.sessions if s.share_hash]
             if not held:
                 continue
@@ -251,13 +256,13 @@ class Notifier:
         return True
 
     async def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
-        started = time.perf_counter()
+        started = self._clock.monotonic()
         response = await self._answer(ws, request)
         path = request.path.partition("?")[0]
         route = path if path in ROUTES else UNMATCHED
         # An upgrade counts as its 101 here, when the handshake goes on.
         status = 101 if response is None else response.status_code
-        self.requests.observe(route, "GET", status, time.perf_counter() - started)
+        self.requests.observe(route, "GET", status, self._clock.monotonic() - started)
         return response
 
     async def _answer(self, ws: ServerConnection, request: Request) -> Response | None:

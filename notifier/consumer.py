@@ -21,6 +21,7 @@ from notifier.event_log import EventLog
 from notifier.frames import event_frame
 from notifier.hub import Hub
 from notifier.metrics import NotifierMetrics
+from runtime.clock import Clock, SystemClock
 from schemas.jobs import JobEvent
 from schemas.positions import PositionUpdate
 
@@ -68,7 +69,9 @@ class LiveReader:
         event_log: EventLog,
         metrics: NotifierMetrics,
         consumer_factory: ConsumerFactory = live_consumer,
+        clock: Clock | None = None,
     ) -> None:
+        self._clock = clock or SystemClock()
         self._settings = settings
         self._hub = hub
         self._log = event_log
@@ -88,7 +91,7 @@ class LiveReader:
                 # A bug must not end live delivery for the process's lifetime.
                 log.exception("live reader failed unexpectedly, restarting")
             self.assigned = False
-            await asyncio.sleep(self._settings.retry_s)
+            await self._clock.sleep(self._settings.retry_s)
 
     async def _run(self) -> None:
         s = self._settings

@@ -8,7 +8,6 @@ events; a log that lost entries (Redis restarted without them) shows as a gap.""
 
 import asyncio
 import logging
-import time
 from collections.abc import Sequence
 from uuid import UUID
 
@@ -18,6 +17,7 @@ from redis.exceptions import RedisError
 
 from notifier.frames import EventFrame, event_frame
 from notifier.metrics import NotifierMetrics
+from runtime.clock import Clock, SystemClock
 from schemas.jobs import JobEvent
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,9 @@ class EventLog:
         ttl_s: int,
         timeout_s: float,
         breaker_s: float = 1.0,
+        clock: Clock | None = None,
     ) -> None:
+        self._clock = clock or SystemClock()
         self._client = client
         self._metrics = metrics
         self._retained = retained
@@ -116,14 +118,14 @@ class EventLog:
         return frames
 
     def _skipping(self) -> bool:
-        return time.monotonic() < self._skip_until
+        return self._clock.monotonic() < self._skip_until
 
     def _failed(self, op: str, exc: BaseException) -> None:
         self._metrics.log_failures.labels(op).inc()
         if not self._skipping():
             log.warning("redis log %s failed, using PostgreSQL for a moment: %r", op, exc)
         # Every resume would otherwise pay the timeout while Redis is away.
-        self._skip_until = time.monotonic() + self._breaker_s
+        self._skip_until = self._clock.monotonic() + self._breaker_s
 
     async def close(self) -> None:
         await self._client.aclose()

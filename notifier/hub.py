@@ -4,7 +4,7 @@ and a subscriber that needs events it was not sent gets a catch-up started."""
 
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from uuid import UUID
 
 from pydantic import ValidationError
@@ -14,6 +14,7 @@ from notifier.frames import EventFrame, position_frame
 from notifier.metrics import NotifierMetrics
 from notifier.send_queue import SendQueue
 from notifier.sequencing import Sequencer
+from runtime.clock import Clock, SystemClock
 from schemas.auth import Principal, Role
 from schemas.jobs import JobStatus
 from schemas.positions import PositionUpdate
@@ -98,7 +99,7 @@ class Hub:
         *,
         revoke: Callable[[Subscription, NotifierError], None],
         recent_drivers: int = RECENT_DRIVERS,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        clock: Clock | None = None,
     ) -> None:
         self._metrics = metrics
         self._catch_up = catch_up
@@ -107,7 +108,7 @@ class Hub:
         self._by_driver: dict[str, set[JobFeed]] = {}
         self._recent: OrderedDict[str, bytes] = OrderedDict()
         self._recent_drivers = recent_drivers
-        self._clock = clock
+        self._clock = clock or SystemClock()
 
     # --- subscriptions --------------------------------------------------------------
     def watch(self, sub: Subscription) -> None:
@@ -160,7 +161,7 @@ class Hub:
             update = PositionUpdate.model_validate_json(raw)
         except ValidationError:
             return
-        if update.ts >= self._clock() - RECENT_FIX:
+        if update.ts >= self._clock.now() - RECENT_FIX:
             self._position_to(feed, update)
 
     # --- consumed records -------------------------------------------------------------

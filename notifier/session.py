@@ -5,7 +5,6 @@ import asyncio
 import contextlib
 import logging
 import re
-import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +30,7 @@ from notifier.resume import Resumer
 from notifier.send_queue import Budget, SendQueue
 from notifier.store import ShareRow, Store
 from runtime.auth import AuthError, TokenVerifier
+from runtime.clock import Clock, SystemClock
 from schemas.auth import Principal
 from schemas.jobs import SHARE_TOKEN_PATTERN, share_token_hash, visible_to
 from schemas.notifier import CLIENT_MESSAGE, Auth, Pong, Subscribe, Unsubscribe
@@ -98,7 +98,7 @@ class Session:
         limits: Limits,
         client: str,
         authenticated: Callable[[], None],
-        clock: Callable[[], float] = time.time,
+        clock: Clock | None = None,
     ) -> None:
         self.ws = ws
         self._client = client  # the client's address (behind our tiers: as they name it)
@@ -109,7 +109,7 @@ class Session:
         self._resumer = resumer
         self._metrics = metrics
         self._limits = limits
-        self._clock = clock
+        self._clock = clock or SystemClock()
         self.send_queue = SendQueue(
             _Socket(ws),
             max_unsent_bytes=limits.max_unsent_bytes,
@@ -133,7 +133,7 @@ class Session:
                 self._authenticated()
             # The connection ends when its token (or share link) does.
             self._expiry = asyncio.get_running_loop().call_later(
-                max(0.0, self.grant.expires_at - self._clock()),
+                max(0.0, self.grant.expires_at - self._clock.wall()),
                 self._in_background,
                 lambda: self.end(AuthFailed("token expired")),
             )
@@ -179,11 +179,11 @@ class Session:
         token = message.token
         if "." not in token and SHARE_TOKEN.fullmatch(token):
             failures = self._limits.failed_lookups
-            if not failures.may_try(self._client, time.monotonic()):
+            if not failures.may_try(self._client, self._clock.monotonic()):
                 raise AuthFailed("too many unknown share links from this address; wait")
             share = await self._store.shares.get(share_token_hash(token))
             if share is None:
-                failures.failed(self._client, time.monotonic())
+                failures.failed(self._client, self._clock.monotonic())
                 raise AuthFailed("unknown or expired share link")
             return Grant(None, share, share.expires_at.timestamp())
         try:
@@ -268,7 +268,7 @@ class Session:
         await self.end(SlowConsumer(f"more than {self._limits.max_unsent_bytes} bytes unsent"))
 
     def _sent(self, kind: str, origin: float | None) -> None:
-        self._metrics.count_sent(kind, None if origin is None else self._clock() - origin)
+        self._metrics.count_sent(kind, None if origin is None else self._clock.wall() - origin)
 
 
 def _parse(raw: str | bytes) -> Auth | Subscribe | Unsubscribe | Pong:

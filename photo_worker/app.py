@@ -16,6 +16,7 @@ from jobs.blob_sweep import SweepLimits, sweep_blobs
 from jobs.blobs import BlobStore, DirectoryBlobStore
 from photo_worker.config import PhotoWorkerSettings
 from photo_worker.worker import WorkerSteps, consume
+from runtime.clock import Clock, SystemClock
 from runtime.http import json_response, metrics_response
 from runtime.kafka import AckedProducer, durable_producer
 from runtime.postgres import DATABASE_ERRORS, Pool, open_pool
@@ -26,34 +27,39 @@ NOT_READY: tuple[type[Exception], ...] = (*DATABASE_ERRORS, LookupError)
 
 
 async def _consume_forever(
-    settings: PhotoWorkerSettings, steps: WorkerSteps, outcomes: Counter
+    settings: PhotoWorkerSettings, steps: WorkerSteps, outcomes: Counter, clock: Clock
 ) -> None:
     while True:  # the broker may be down at start, or go away
         try:
-            await consume(settings, steps, outcomes)
+            await consume(settings, steps, outcomes, clock)
         except (KafkaError, OSError) as exc:
             log.warning("consumer failed, restarting: %r", exc)
-            await asyncio.sleep(settings.retry_s)
+            await clock.sleep(settings.retry_s)
 
 
-async def _sweep_forever(settings: PhotoWorkerSettings, pool: Pool, blobs: BlobStore) -> None:
+async def _sweep_forever(
+    settings: PhotoWorkerSettings, pool: Pool, blobs: BlobStore, clock: Clock
+) -> None:
     limits = SweepLimits(
         orphan_after_s=settings.orphan_blob_after_s,
         raw_keep_s=settings.raw_photo_keep_hours * 3600,
     )
     while True:
         try:
-            await sweep_blobs(pool, blobs, limits)
+            await sweep_blobs(pool, blobs, limits, clock)
         except Exception:  # the next sweep tries again; tasks go on meanwhile
             log.exception("blob sweep failed")
-        await asyncio.sleep(settings.blob_sweep_every_s)
+        await clock.sleep(settings.blob_sweep_every_s)
 
 
-def create_app(settings: PhotoWorkerSettings, registry: CollectorRegistry) -> FastAPI:
+def create_app(
+    settings: PhotoWorkerSettings, registry: CollectorRegistry, clock: Clock | None = None
+) -> FastAPI:
     """The worker's app. Its lifespan opens the pool and the DLQ producer, runs the consumer
     and the sweep until shutdown, then cancels them (an unfinished task's offset is not
     committed: the next worker does it again) and closes what it opened."""
     outcomes = Counter("photo_worker_tasks", "Tasks by outcome", ["outcome"], registry=registry)
+    clock = clock or SystemClock()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -64,8 +70,8 @@ def create_app(settings: PhotoWorkerSettings, registry: CollectorRegistry) -> Fa
             shutdown_timeout_s=2.0,
         )
         steps = WorkerSteps(pool, DirectoryBlobStore(settings.blob_dir), producer)
-        consumer = asyncio.create_task(_consume_forever(settings, steps, outcomes))
-        sweeper = asyncio.create_task(_sweep_forever(settings, pool, steps.blobs))
+        consumer = asyncio.create_task(_consume_forever(settings, steps, outcomes, clock))
+        sweeper = asyncio.create_task(_sweep_forever(settings, pool, steps.blobs, clock))
         app.state.pool = pool
         app.state.consumer = consumer
         yield

@@ -25,6 +25,7 @@ from jobs.blobs import BlobStore
 from jobs.errors import InvalidPhoto
 from jobs.photos import process_photo
 from photo_worker.config import PhotoWorkerSettings
+from runtime.clock import Clock, SystemClock
 from runtime.kafka import AckedProducer, Message, ProduceFailed, error_header
 from runtime.postgres import TRANSIENT_ERRORS, Pool
 from schemas import topics
@@ -85,27 +86,34 @@ class Steps(Protocol):
     async def dead_letter(self, key: bytes | None, value: bytes, error: str) -> None: ...
 
 
-async def settle(steps: Steps, key: bytes | None, value: bytes, retry_s: float) -> str:
+async def settle(
+    steps: Steps,
+    key: bytes | None,
+    value: bytes,
+    retry_s: float,
+    clock: Clock | None = None,
+) -> str:
     """Takes one `tasks.v1` record to an outcome, after which its offset may be committed.
     Transient failures are retried. Anything else the record makes us raise is poison: it
     goes to `tasks.v1.dlq` with its error, its task fails and its job goes back to the
     driver, and the records after it go on (one record never stops the worker)."""
+    clock = clock or SystemClock()
     try:
         task = ProofPhotoTask.model_validate_json(value)
     except ValidationError as exc:
         log.error("not a task record, to the DLQ: %r", exc)
         malformed = f"not a task record: {exc}"
-        await _retrying(lambda: steps.dead_letter(key, value, malformed), retry_s)
+        await _retrying(lambda: steps.dead_letter(key, value, malformed), retry_s, clock)
         return "malformed"
     try:
-        return await _retrying(lambda: steps.handle(task), retry_s)
+        return await _retrying(lambda: steps.handle(task), retry_s, clock)
     except Exception as exc:
         log.exception("task %s failed unexpectedly, to the DLQ", task.task_id)
         error = f"{type(exc).__name__}: {exc}"[:500]
-    await _retrying(lambda: steps.dead_letter(key, value, error), retry_s)
+    await _retrying(lambda: steps.dead_letter(key, value, error), retry_s, clock)
     reason = f"proof could not be processed ({error})"
     try:
-        await _retrying(lambda: steps.refuse(task, reason), retry_s)
+        await _retrying(lambda: steps.refuse(task, reason), retry_s, clock)
     except Exception:
         # The task or its job refuses the change too (not pending, not completing): the
         # record is in the DLQ with its error for an operator.
@@ -113,13 +121,13 @@ async def settle(steps: Steps, key: bytes | None, value: bytes, retry_s: float) 
     return "dead_lettered"
 
 
-async def _retrying(operation: Callable[[], Awaitable[T]], retry_s: float) -> T:
+async def _retrying(operation: Callable[[], Awaitable[T]], retry_s: float, clock: Clock) -> T:
     while True:
         try:
             return await operation()
         except TRANSIENT as exc:
             log.warning("a task's step failed, retrying: %r", exc)
-            await asyncio.sleep(retry_s)
+            await clock.sleep(retry_s)
 
 
 @dataclass(frozen=True)
@@ -141,7 +149,9 @@ class WorkerSteps:
         await self.producer.send_all([dead])
 
 
-async def consume(settings: PhotoWorkerSettings, steps: Steps, outcomes: Counter) -> None:
+async def consume(
+    settings: PhotoWorkerSettings, steps: Steps, outcomes: Counter, clock: Clock
+) -> None:
     """Settles `tasks.v1` records one by one, committing each offset once its record is
     settled. Returns never; raises what the broker raises (the caller starts again)."""
     consumer = AIOKafkaConsumer(
@@ -155,7 +165,8 @@ async def consume(settings: PhotoWorkerSettings, steps: Steps, outcomes: Counter
     await consumer.start()
     try:
         async for message in consumer:
-            outcome = await settle(steps, message.key, message.value or b"", settings.retry_s)
+            value = message.value or b""
+            outcome = await settle(steps, message.key, value, settings.retry_s, clock)
             outcomes.labels(outcome).inc()
             await consumer.commit()
     finally:

@@ -1,8 +1,7 @@
 """JWT: Ed25519-signed tokens. Services verify with the public key; only tooling signs."""
 
-import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +9,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from runtime.clock import Clock, SystemClock
 from runtime.settings import HttpServiceSettings
 from schemas.auth import JWT_AUDIENCE, JWT_ISSUER, Principal, Role
 
@@ -42,7 +42,7 @@ class TokenVerifier:
         max_lifetime_s: int = 24 * 3600,
         leeway_s: int = 30,
         cache_size: int = 100_000,
-        clock: Callable[[], float] = time.time,
+        clock: Clock | None = None,
     ) -> None:
         self._key = public_key
         self._audience = audience
@@ -51,7 +51,7 @@ class TokenVerifier:
         self._leeway_s = leeway_s
         self._cache: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
         self._cache_size = cache_size
-        self._clock = clock
+        self._clock = clock or SystemClock()
 
     @classmethod
     def from_file(cls, path: Path, **kwargs: Any) -> "TokenVerifier":
@@ -68,7 +68,7 @@ class TokenVerifier:
         outlives its token ends then."""
         cached = self._cache.get(token)
         if cached is not None:
-            if self._clock() < cached[1]:
+            if self._clock.wall() < cached[1]:
                 self._cache.move_to_end(token)
                 return cached
             del self._cache[token]
@@ -98,7 +98,7 @@ class TokenVerifier:
         # would sign, and an iat in the future beyond the leeway (PyJWT checks nbf).
         if lifetime > self._max_lifetime_s:
             raise AuthError(f"invalid token: lifetime {lifetime:.0f} s exceeds the maximum")
-        if float(claims["iat"]) > self._clock() + self._leeway_s:
+        if float(claims["iat"]) > self._clock.wall() + self._leeway_s:
             raise AuthError("invalid token: issued in the future")
         return principal, float(claims["exp"])
 
@@ -153,13 +153,13 @@ def issue_token(
     ttl_s: int = 3600,
     audience: str = JWT_AUDIENCE,
     issuer: str = JWT_ISSUER,
-    now: float | None = None,
+    clock: Clock | None = None,
     extra: dict[str, Any] | None = None,
 ) -> str:
     key = serialization.load_pem_private_key(private_key_path.read_bytes(), password=None)
     if not isinstance(key, Ed25519PrivateKey):
         raise ValueError(f"{private_key_path} is not an Ed25519 private key")
-    issued = int(now if now is not None else time.time())
+    issued = int((clock or SystemClock()).wall())
     claims: dict[str, Any] = {
         "sub": sub,
         "role": role.value,

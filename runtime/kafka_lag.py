@@ -3,7 +3,6 @@ in seconds (the age of the oldest record not yet committed). Reused by ops and b
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -11,6 +10,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import CoordinatorLoadInProgressError, GroupCoordinatorNotAvailableError
+
+from runtime.clock import Clock, SystemClock
 
 
 @dataclass(frozen=True)
@@ -39,11 +40,11 @@ async def consumer_group_lag(
     topics: list[str],
     *,
     timeout_s: float = 5.0,
-    now_s: float | None = None,
+    clock: Clock | None = None,
 ) -> list[PartitionLag]:
-    """Lag of `group` on every partition of `topics`."""
+    """Lag of `group` on every partition of `topics` (in seconds: by `clock`'s wall time)."""
     async with _clients(bootstrap, timeout_s) as (admin, consumer):
-        return await _lag(admin, consumer, group, topics, timeout_s, now_s)
+        return await _lag(admin, consumer, group, topics, timeout_s, clock or SystemClock())
 
 
 @contextlib.asynccontextmanager
@@ -76,7 +77,7 @@ async def _lag(
     group: str,
     topics: list[str],
     timeout_s: float,
-    now_s: float | None,
+    clock: Clock,
 ) -> list[PartitionLag]:
     described = await asyncio.wait_for(admin.describe_topics(topics), timeout_s)
     partitions: list[TopicPartition] = []
@@ -85,7 +86,7 @@ async def _lag(
             raise LookupError(f"topic {topic['topic']!r}: Kafka error {topic['error_code']}")
         ids = sorted(p["partition"] for p in topic["partitions"])
         partitions += [TopicPartition(topic["topic"], p) for p in ids]
-    committed_raw = await _committed_offsets(admin, group, timeout_s)
+    committed_raw = await _committed_offsets(admin, group, timeout_s, clock)
     committed = {tp: meta.offset for tp, meta in committed_raw.items() if meta.offset >= 0}
     ends = await asyncio.wait_for(consumer.end_offsets(partitions), timeout_s)
     beginnings = await asyncio.wait_for(consumer.beginning_offsets(partitions), timeout_s)
@@ -94,8 +95,8 @@ async def _lag(
         for tp in partitions
         if lag_messages(ends[tp], committed.get(tp), beginnings[tp]) > 0
     }
-    oldest_ms = await _oldest_timestamps(consumer, lagging, timeout_s)
-    now = now_s if now_s is not None else time.time()
+    oldest_ms = await _oldest_timestamps(consumer, lagging, timeout_s, clock)
+    now = clock.wall()
     return [
         PartitionLag(
             group=group,
@@ -111,11 +112,11 @@ async def _lag(
 
 
 async def _committed_offsets(
-    admin: AIOKafkaAdminClient, group: str, timeout_s: float
+    admin: AIOKafkaAdminClient, group: str, timeout_s: float, clock: Clock
 ) -> dict[TopicPartition, Any]:
     # A fresh cluster creates __consumer_offsets on the first coordinator lookup and says
     # "coordinator not available" until it is ready: retry that within the deadline.
-    deadline = time.monotonic() + timeout_s
+    deadline = clock.monotonic() + timeout_s
     while True:
         try:
             result: dict[TopicPartition, Any] = await asyncio.wait_for(
@@ -123,13 +124,16 @@ async def _committed_offsets(
             )
             return result
         except (GroupCoordinatorNotAvailableError, CoordinatorLoadInProgressError):
-            if time.monotonic() > deadline:
+            if clock.monotonic() > deadline:
                 raise
-            await asyncio.sleep(0.2)
+            await clock.sleep(0.2)
 
 
 async def _oldest_timestamps(
-    consumer: AIOKafkaConsumer, positions: dict[TopicPartition, int], timeout_s: float
+    consumer: AIOKafkaConsumer,
+    positions: dict[TopicPartition, int],
+    timeout_s: float,
+    clock: Clock,
 ) -> dict[TopicPartition, int]:
     """The timestamp (ms) of the record at each partition's position."""
     if not positions:
@@ -138,8 +142,8 @@ async def _oldest_timestamps(
     for tp, offset in positions.items():
         consumer.seek(tp, offset)
     found: dict[TopicPartition, int] = {}
-    deadline = time.monotonic() + timeout_s
-    while len(found) < len(positions) and time.monotonic() < deadline:
+    deadline = clock.monotonic() + timeout_s
+    while len(found) < len(positions) and clock.monotonic() < deadline:
         batch = await consumer.getmany(timeout_ms=200, max_records=len(positions) * 4)
         for tp, records in batch.items():
             if tp not in found and records:

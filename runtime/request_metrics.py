@@ -5,11 +5,11 @@ The route is the matched route's template (`/v1/jobs/{job_id}`), never the raw p
 scanner walking random URLs must not create a series per URL. Unmatched paths count as
 `UNMATCHED`."""
 
-import time
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
 
+from runtime.clock import Clock, SystemClock
 from runtime.logging import RequestIdMiddleware
 
 UNMATCHED = "(unmatched)"
@@ -49,15 +49,16 @@ class RequestMetricsMiddleware:
     """ASGI middleware that counts every HTTP request, those refused before routing too
     (place it outermost). The route comes from the scope the router fills in."""
 
-    def __init__(self, app: Any, metrics: RequestMetrics) -> None:
+    def __init__(self, app: Any, metrics: RequestMetrics, clock: Clock | None = None) -> None:
         self._app = app
         self._metrics = metrics
+        self._clock = clock or SystemClock()
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self._app(scope, receive, send)
             return
-        started = time.perf_counter()
+        started = self._clock.monotonic()
         status = 500  # an exception that escapes every handler is the server's 500
 
         async def recording_send(message: Any) -> None:
@@ -71,7 +72,8 @@ class RequestMetricsMiddleware:
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or UNMATCHED
-            self._metrics.observe(template, scope["method"], status, time.perf_counter() - started)
+            elapsed = self._clock.monotonic() - started
+            self._metrics.observe(template, scope["method"], status, elapsed)
 
 
 def instrument(app: Any, registry: CollectorRegistry) -> RequestMetricsMiddleware:

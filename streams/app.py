@@ -6,7 +6,6 @@ import asyncio
 import functools
 import logging
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -16,6 +15,7 @@ import faust
 from faust.app import BootStrategy
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from runtime.clock import Clock, SystemClock
 from runtime.kafka import AckedProducer, Message, ProduceFailed, durable_producer
 from runtime.postgres import open_pool
 from schemas import topics
@@ -126,6 +126,7 @@ def create_app(
     partition maintenance and the probes. `on_unfinished_batch` ends the process when a
     batch cannot finish (its offsets uncommitted: another worker replays it)."""
     metrics = metrics or StreamsMetrics()
+    clock = SystemClock()
     app = WorkerApp(
         settings.app_id,
         broker=f"kafka://{settings.kafka_bootstrap}",
@@ -152,6 +153,7 @@ def create_app(
         shutdown_grace_s=settings.shutdown_grace_s,
         max_pings=settings.batch_max_pings,
         concurrent_flushes=settings.concurrent_flushes,
+        clock=clock,
     )
 
     consumer = PingConsumer(settings, processor.process, on_unfinished_batch)
@@ -169,7 +171,7 @@ def create_app(
         await producer.close()
 
     _schedule_maintenance(app, settings, sink)
-    _add_pages(app, settings, processor, sink, metrics)
+    _add_pages(app, settings, processor, sink, metrics, clock)
     return StreamsApp(app, processor)
 
 
@@ -211,6 +213,7 @@ def _add_pages(
     processor: PingBatchProcessor,
     sink: LazySink,
     metrics: StreamsMetrics,
+    clock: Clock,
 ) -> None:
     """The worker's probes and metrics on Faust's web server, counted in the request
     metrics like every service's pages."""
@@ -219,9 +222,9 @@ def _add_pages(
         def wrap(view: Any) -> Any:
             @functools.wraps(view)
             async def counted_view(web: Any, request: Any) -> Any:
-                started = time.perf_counter()
+                started = clock.monotonic()
                 response = await view(web, request)
-                elapsed = time.perf_counter() - started
+                elapsed = clock.monotonic() - started
                 metrics.requests.observe(route, request.method, response.status, elapsed)
                 return response
 
@@ -232,7 +235,7 @@ def _add_pages(
     # Faust's view functions receive its web adapter and the request.
     @counted("/healthz")
     async def healthz(web: Any, request: Any) -> Any:
-        stalled_s = processor.health.stalled_for(time.monotonic())
+        stalled_s = processor.health.stalled_for(clock.monotonic())
         if stalled_s > settings.health_stall_s:
             return web.json(
                 {"status": "stalled", "batch_waiting_s": round(stalled_s, 1)}, status=503

@@ -7,12 +7,12 @@ import asyncio
 import collections
 import logging
 import random
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Protocol, TypeVar
 
+from runtime.clock import Clock, SystemClock
 from runtime.kafka import error_header
 from runtime.logging import REQUEST_ID_KAFKA_HEADER
 from schemas.positions import PositionUpdate
@@ -164,7 +164,7 @@ class PingBatchProcessor:
         metrics: StreamsMetrics,
         backoff: Backoff,
         shutdown_grace_s: float,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock | None = None,
         rng: random.Random | None = None,
         unexpected_retries: int = 3,
         max_pings: int = 5_000,
@@ -177,7 +177,7 @@ class PingBatchProcessor:
         self._metrics = metrics
         self._backoff = backoff
         self._grace_s = shutdown_grace_s
-        self._clock = clock
+        self._clock = clock or SystemClock()
         self._rng = rng or random.Random()
         # Unexpected write errors in a row before the batch is searched for a poison record.
         self._unexpected_retries = unexpected_retries
@@ -196,8 +196,7 @@ class PingBatchProcessor:
     async def process(self, messages: Sequence[Raw]) -> None:
         """Stores or dead-letters every record and publishes the moved positions; returns
         only when all of it is durable. Raises Stopping if the worker stops first."""
-        self.health.pending_since = self._clock()
-        started = time.perf_counter()
+        self.health.pending_since = started = self._clock.monotonic()
         incoming, poison = split_batch(messages)
         for bad in poison:
             log.warning(
@@ -210,7 +209,7 @@ class PingBatchProcessor:
             *(self._write(flush) for flush in flushes(incoming, self._max_pings))
         ):
             written = written.merge(flushed)
-        stored_at = datetime.now(UTC)
+        stored_at = self._clock.now()
         dead = poison + written.dead
         outgoing = [self._dead_letter(p) for p in dead] + [
             Outgoing(
@@ -224,9 +223,9 @@ class PingBatchProcessor:
         if outgoing:
             await self._retry("send", lambda: self._sender.send_all(outgoing))
         self._count(len(incoming), written, dead, stored_at)
-        self._metrics.flush_latency.observe(time.perf_counter() - started)
+        self._metrics.flush_latency.observe(self._clock.monotonic() - started)
         self.health.pending_since = None
-        self.health.last_write = self._clock()
+        self.health.last_write = self._clock.monotonic()
 
     async def _write(self, incoming: list[Incoming]) -> _Written:
         async with self._flushing:

@@ -28,7 +28,6 @@ import logging
 import math
 import random
 import secrets
-import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +37,8 @@ import orjson
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry, Counter
 from redis.exceptions import RedisError
+
+from runtime.clock import Clock, SystemClock
 
 log = logging.getLogger(__name__)
 
@@ -226,8 +227,13 @@ class ViewCache:
     it fresh enough for the reader."""
 
     def __init__(
-        self, client: aioredis.Redis | None, settings: CacheSettings, metrics: CacheMetrics
+        self,
+        client: aioredis.Redis | None,
+        settings: CacheSettings,
+        metrics: CacheMetrics,
+        clock: Clock | None = None,
     ) -> None:
+        self._clock = clock or SystemClock()
         # Off (`enabled` false): no view is stored, but principals' write positions are:
         # read-your-writes holds across processes with the cache off too.
         self._redis = client
@@ -257,11 +263,11 @@ class ViewCache:
         (views that depend on no reader may sit in the in-process cache)."""
         name = f"{view.name}:{key}"
         local = view.local_s > 0 and reader is None
-        if local and (env := self._local.get(name, time.monotonic())) is not None:
+        if local and (env := self._local.get(name, self._clock.monotonic())) is not None:
             self._count(view, "hit")
             return env
         env, min_lsn = await self._fetch(name, reader)
-        now = time.time()
+        now = self._clock.wall()
         if env is not None and env.lsn >= min_lsn and env.usable(now):
             if env.fresh(now) and not env.refresh_early(now):
                 self._count(view, "hit")
@@ -302,7 +308,7 @@ class ViewCache:
             env = await self._fetch_now(name)
         else:
             env = None
-        if env is not None and env.lsn >= min_lsn and env.usable(time.time()):
+        if env is not None and env.lsn >= min_lsn and env.usable(self._clock.wall()):
             if lease is not None:
                 await self._give_back(name, lease)
             self._count(view, "coalesced")
@@ -334,7 +340,7 @@ class ViewCache:
                     return
                 # The lease was free: perhaps because its last holder has just refreshed.
                 env = await self._fetch_now(name)
-                if env is not None and env.fresh(time.time()):
+                if env is not None and env.fresh(self._clock.wall()):
                     await self._give_back(name, lease)
                     return
                 await self._load(view, name, load, 0, lease)
@@ -350,10 +356,10 @@ class ViewCache:
     async def _load(
         self, view: View, name: str, load: Loader, min_lsn: int, lease: str | None
     ) -> Envelope:
-        started = time.monotonic()
+        started = self._clock.monotonic()
         try:
             loaded = await load(min_lsn)
-            env = envelope(view, loaded, time.monotonic() - started, time.time())
+            env = envelope(view, loaded, self._clock.monotonic() - started, self._clock.wall())
             await self._put(view, name, env)
             return env
         finally:
@@ -365,14 +371,14 @@ class ViewCache:
     async def put(self, view: View, key: str, loaded: Loaded) -> Envelope:
         """Stores a view just read (write-through after a change; unless a newer one is
         there already) and returns its envelope."""
-        env = envelope(view, loaded, 0.0, time.time())
+        env = envelope(view, loaded, 0.0, self._clock.wall())
         await self._put(view, f"{view.name}:{key}", env)
         return env
 
     async def put_many(self, items: Sequence[tuple[View, str, Loaded]]) -> None:
         """`put` of several views in one Redis round trip (a pipeline): the relay's
         write-through of a round's jobs and their share links."""
-        now = time.time()
+        now = self._clock.wall()
         stored = [
             (view, f"{view.name}:{key}", envelope(view, loaded, 0.0, now))
             for view, key, loaded in items
@@ -416,7 +422,7 @@ class ViewCache:
         self._keep_local(view, name, env)
         if not self._redis_usable():
             return
-        ttl_ms = max(1, int((env.stale_until - time.time()) * 1000))
+        ttl_ms = max(1, int((env.stale_until - self._clock.wall()) * 1000))
         try:
             await self._bounded(
                 self._store(keys=[f"api:view:{name}"], args=[env.lsn, env.encode(), ttl_ms])
@@ -428,7 +434,7 @@ class ViewCache:
         """After `reader` committed at `lsn`, or saw the primary at `lsn`: their reads
         include it for the next `ryw_window_s` (read-your-writes, and never back in time)."""
         window = self._settings.ryw_window_s
-        self._written[reader] = (time.monotonic() + window, lsn)
+        self._written[reader] = (self._clock.monotonic() + window, lsn)
         self._written.move_to_end(reader)
         while len(self._written) > self._settings.local_entries:
             self._written.popitem(last=False)
@@ -515,7 +521,7 @@ class ViewCache:
     def _local_write(self, reader: str | None) -> int:
         if reader is None or (mine := self._written.get(reader)) is None:
             return 0
-        return mine[1] if mine[0] > time.monotonic() else 0
+        return mine[1] if mine[0] > self._clock.monotonic() else 0
 
     async def _take_lease(self, name: str) -> str | None:
         if not self._views_on or not self._redis_usable():
@@ -542,12 +548,12 @@ class ViewCache:
             self._trip(exc)
 
     async def _wait_for_other(self, name: str) -> Envelope | None:
-        deadline = time.monotonic() + self._settings.lease_wait_s
+        deadline = self._clock.monotonic() + self._settings.lease_wait_s
         pause = 0.01
-        while time.monotonic() < deadline:
-            await asyncio.sleep(pause)  # poll interval while the lease holder loads
+        while self._clock.monotonic() < deadline:
+            await self._clock.sleep(pause)  # poll interval while the lease holder loads
             env, _ = await self._fetch(name, None)
-            if env is not None and env.usable(time.time()):
+            if env is not None and env.usable(self._clock.wall()):
                 return env
             if not self._redis_usable():
                 return None
@@ -584,24 +590,26 @@ class ViewCache:
     def _redis_usable(self) -> bool:
         if self._redis is None:
             return False
-        if time.monotonic() < self._skip_until:
+        if self._clock.monotonic() < self._skip_until:
             self._metrics.unavailable.inc()
             return False
         return True
 
     def _trip(self, error: BaseException) -> None:
-        if time.monotonic() >= self._skip_until:  # one line per trip, not one per call
+        if self._clock.monotonic() >= self._skip_until:  # one line per trip, not one per call
             log.warning(
                 "Redis unavailable (%r): views come from the database for %.1f s",
                 error,
                 self._settings.breaker_s,
             )
         self._metrics.unavailable.inc()
-        self._skip_until = time.monotonic() + self._settings.breaker_s
+        self._skip_until = self._clock.monotonic() + self._settings.breaker_s
 
     def _keep_local(self, view: View, name: str, env: Envelope) -> None:
         if view.local_s > 0:
-            until = time.monotonic() + min(view.local_s, max(0.0, env.fresh_until - time.time()))
+            until = self._clock.monotonic() + min(
+                view.local_s, max(0.0, env.fresh_until - self._clock.wall())
+            )
             self._local.put(name, env, until)
 
     def _count(self, view: View, result: str) -> None:

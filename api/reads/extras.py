@@ -1,7 +1,7 @@
 """What a job shows beyond its row: the driver's live position and ETA (replica reads,
 combined here, never joined to jobs in SQL: each service owns its tables), and the track's span."""
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from psycopg import AsyncConnection
@@ -41,12 +41,11 @@ def track_span(
     return lo, max(lo, hi)
 
 
-async def with_live_position(conn: AsyncConnection[Any], job: Job) -> None:
-    """Adds the driver's position and the ETA while the job is under way (the position and
-    the speed come from the stream's tables, read apart, never joined to jobs)."""
+async def with_live_position(conn: AsyncConnection[Any], job: Job, now: datetime) -> None:
+    """Adds the driver's position and the ETA (from `now`) while the job is under way (the
+    position and the speed come from the stream's tables, read apart, never joined to jobs)."""
     if job.driver_id is None or job.status not in LIVE:
         return
-    now = datetime.now(UTC)
     position = await read_driver_position(conn, job.driver_id)
     speed = await read_recent_speed(conn, job.driver_id, now - RECENT)
     if position is None:

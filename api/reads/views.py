@@ -3,7 +3,6 @@ and a driver's position, how each is loaded from the database, answered over HTT
 304, Cache-Control), and written through after a change."""
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -19,6 +18,7 @@ from api.reads.routing import ReadRouter, write_position
 from jobs import store as job_store
 from jobs.errors import NotFound
 from jobs.rules import Owners, check_visible, visible
+from runtime.clock import Clock, SystemClock
 from runtime.http import ApiError, error_response
 from runtime.postgres import Pool
 from schemas.auth import Principal
@@ -85,13 +85,14 @@ def render_share(job: Job, expires_at: Any) -> bytes:
 class ViewLoaders:
     """Reads each view from where the read router sends it."""
 
-    def __init__(self, router: ReadRouter) -> None:
+    def __init__(self, router: ReadRouter, clock: Clock | None = None) -> None:
         self._router = router
+        self._clock = clock or SystemClock()
 
     async def job(self, job_id: UUID, min_lsn: int, *, critical: bool = False) -> Loaded:
         sql = f"{job_store.SELECT} WHERE job_id = %s"
         got, job = await self._router.read_then(
-            "job", sql, [job_id], _with_position, min_lsn=min_lsn, critical=critical
+            "job", sql, [job_id], self._with_position, min_lsn=min_lsn, critical=critical
         )
         if job is None:
             raise NotFound(f"no job {job_id}")
@@ -100,7 +101,7 @@ class ViewLoaders:
 
     async def share(self, token_hash: bytes) -> Loaded:
         got, job = await self._router.read_then(
-            "share", job_store.SELECT_SHARED, [token_hash], _with_position
+            "share", job_store.SELECT_SHARED, [token_hash], self._with_position
         )
         if job is None:
             raise NotFound("no such share link, or it has expired")
@@ -114,14 +115,15 @@ class ViewLoaders:
         body = DriverPosition.model_validate(got.rows[0]).model_dump(mode="json")
         return Loaded(orjson.dumps(body), got.lsn)
 
-
-async def _with_position(conn: AsyncConnection[Any], rows: list[dict[str, Any]]) -> Job | None:
-    """The job of the first row, with its driver's live position while under way."""
-    if not rows:
-        return None
-    job = job_store.from_row(rows[0])
-    await with_live_position(conn, job)
-    return job
+    async def _with_position(
+        self, conn: AsyncConnection[Any], rows: list[dict[str, Any]]
+    ) -> Job | None:
+        """The job of the first row, with its driver's live position while under way."""
+        if not rows:
+            return None
+        job = job_store.from_row(rows[0])
+        await with_live_position(conn, job, self._clock.now())
+        return job
 
 
 def answer(env: Envelope, if_none_match: str | None, cache_control: str) -> Response:
@@ -190,7 +192,12 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
 
 
 async def write_through(
-    pool: Pool, cache: ViewCache, views: Views, job_ids: list[str], max_links: int
+    pool: Pool,
+    cache: ViewCache,
+    views: Views,
+    job_ids: list[str],
+    max_links: int,
+    clock: Clock,
 ) -> None:
     """After the changes of `job_ids` were committed and their events published: stores
     each job's new view and those of its live share links, read on the primary at its
@@ -206,10 +213,10 @@ async def write_through(
             job = await job_store.read(conn, job_id)
             if job is None:
                 continue
-            await with_live_position(conn, job)
+            now = clock.now()
+            await with_live_position(conn, job, now)
             rendered = render_job(job)
             items.append((views.job, raw_id, Loaded(rendered.body, lsn, rendered.owners)))
-            now = datetime.now(UTC)
             links = await job_store.recent_share_links(conn, job_id, 2 * max_links)
             for token_hash, expires_at in links:
                 if expires_at <= now:

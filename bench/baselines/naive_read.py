@@ -5,6 +5,7 @@ no cache, no replica), with the same code as the api."""
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 from uuid import UUID
@@ -46,7 +47,7 @@ def create_app(dsn: str, public_key: Path, pool_size: int = 10) -> FastAPI:
             found = await job_store.read(conn, job_id)
             check_visible(who, job_store.owners(found), job_id)
             assert found is not None
-            await with_live_position(conn, found)
+            await with_live_position(conn, found, datetime.now(UTC))
         return json_response(found.model_dump(mode="json"))
 
     return app

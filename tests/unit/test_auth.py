@@ -18,6 +18,7 @@ from runtime.auth import (
     issue_token,
     require_role,
 )
+from runtime.clock import ManualClock
 from schemas.auth import JWT_AUDIENCE, JWT_ISSUER, Principal, Role
 from tests.support.forged_tokens import b64url, claims, hs256_with_public_key
 
@@ -119,14 +120,14 @@ def test_roles_are_enforced() -> None:
 
 
 def test_a_cached_token_still_expires(keys: tuple[Path, Path]) -> None:
-    now = [time.time()]
+    clock = ManualClock(wall=time.time())
     verifier = TokenVerifier.from_file(
-        keys[1], audience=JWT_AUDIENCE, issuer=JWT_ISSUER, clock=lambda: now[0]
+        keys[1], audience=JWT_AUDIENCE, issuer=JWT_ISSUER, clock=clock
     )
-    token = issue_token(keys[0], sub="d", role=Role.DRIVER, ttl_s=60, now=time.time())
+    token = issue_token(keys[0], sub="d", role=Role.DRIVER, ttl_s=60, clock=clock)
     assert verifier.verify(token).sub == "d"
     assert verifier.verify(token).sub == "d"  # from the cache
-    now[0] = time.time() + 61
+    clock.advance(61)
     with pytest.raises(AuthError):
         verifier.verify(token)
 
@@ -160,9 +161,10 @@ def test_a_token_living_longer_than_the_maximum_is_refused(keys: tuple[Path, Pat
 def test_a_token_issued_in_the_future_beyond_the_leeway_is_refused(
     keys: tuple[Path, Path], verifier: TokenVerifier
 ) -> None:
-    assert verifier.verify(issue_token(keys[0], sub="d", role=Role.DRIVER, now=time.time() + 10))
+    soon, later = ManualClock(time.time() + 10), ManualClock(time.time() + 300)
+    assert verifier.verify(issue_token(keys[0], sub="d", role=Role.DRIVER, clock=soon))
     with pytest.raises(AuthError):
-        verifier.verify(issue_token(keys[0], sub="d", role=Role.DRIVER, now=time.time() + 300))
+        verifier.verify(issue_token(keys[0], sub="d", role=Role.DRIVER, clock=later))
 
 
 @pytest.mark.parametrize("sub", ["drv\x00x", "", "a b", "d" * 129])

@@ -6,7 +6,7 @@ import asyncio
 import random
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -342,15 +342,16 @@ async def test_a_fix_that_came_before_the_assignment_is_sent_after_its_event() -
 
     from notifier.hub import Hub, Subscription
     from notifier.metrics import NotifierMetrics
+    from runtime.clock import ManualClock
     from schemas.positions import PositionUpdate
 
-    now = datetime(2026, 11, 28, 12, 0, 30, tzinfo=UTC)
+    clock = ManualClock(datetime(2026, 11, 28, 12, 0, 30, tzinfo=UTC).timestamp())
     hub = Hub(
         NotifierMetrics(CollectorRegistry()),
         lambda _: None,
         revoke=never_revoked,
         recent_drivers=2,
-        clock=lambda: now,
+        clock=clock,
     )
 
     async def end(_: object) -> None:
@@ -402,7 +403,7 @@ async def test_a_fix_that_came_before_the_assignment_is_sent_after_its_event() -
     sockets = {evicted: watcher(evicted), stale: watcher(stale)}
     hub.job_event(frame(2, job=evicted), "d-1")
     # A fix older than five minutes is not where the driver is.
-    now += timedelta(minutes=6)
+    clock.advance(6 * 60)
     hub.job_event(frame(2, job=stale), "d-3")
     await until(lambda: all(len(sock.sent) == 1 for sock in sockets.values()))
     assert nothing_pending()

@@ -13,21 +13,14 @@ from api.config import ApiSettings
 from api.errors import TooManyRequests
 from api.principal_limit import PrincipalLimit
 from runtime.auth import generate_keypair, issue_token
+from runtime.clock import ManualClock
 from runtime.postgres import Pool
 from schemas.auth import Role
 from tests.unit.test_api_http import UnavailablePool
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_a_principal_gets_its_burst_then_its_rate_and_others_their_own() -> None:
-    clock = Clock()
+    clock = ManualClock()
     limit = PrincipalLimit(rate_per_s=2.0, burst=4, clock=clock)
     for _ in range(4):
         limit.take("customer:a")
@@ -35,11 +28,11 @@ def test_a_principal_gets_its_burst_then_its_rate_and_others_their_own() -> None
         limit.take("customer:a")
     assert refused.value.retry_after_s == 1  # half a second to the next token, rounded up
     limit.take("customer:b")  # another tenant: its own bucket, full
-    clock.now += 0.5
+    clock.advance(0.5)
     limit.take("customer:a")  # one token back after 1/rate
     with pytest.raises(TooManyRequests):
         limit.take("customer:a")
-    clock.now += 60
+    clock.advance(60)
     for _ in range(4):  # refilled to its burst, never past it
         limit.take("customer:a")
     with pytest.raises(TooManyRequests):
@@ -47,19 +40,19 @@ def test_a_principal_gets_its_burst_then_its_rate_and_others_their_own() -> None
 
 
 def test_refusals_cost_no_token_and_a_slow_rate_says_how_long_to_wait() -> None:
-    clock = Clock()
+    clock = ManualClock()
     limit = PrincipalLimit(rate_per_s=0.1, burst=1, clock=clock)
     limit.take("k")
     for _ in range(50):  # a client hammering while refused does not push its turn back
         with pytest.raises(TooManyRequests) as refused:
             limit.take("k")
     assert refused.value.retry_after_s == 10
-    clock.now += 10
+    clock.advance(10)
     limit.take("k")
 
 
 def test_memory_is_bounded_by_forgetting_the_principal_idle_longest() -> None:
-    clock = Clock()
+    clock = ManualClock()
     limit = PrincipalLimit(rate_per_s=1.0, burst=1, max_tracked=3, clock=clock)
     for key in ("a", "b", "c"):
         limit.take(key)

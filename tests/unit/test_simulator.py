@@ -18,6 +18,7 @@ from bench.scenarios import storage as storage_scenario
 from bench.stats import FleetStats
 from bench.tokens import Tokens
 from runtime.auth import TokenVerifier, generate_keypair
+from runtime.clock import ManualClock
 from runtime.geo import bearing_deg, destination, haversine_m
 from schemas.auth import JWT_AUDIENCE, JWT_ISSUER
 from schemas.pings import PingBatchRecord
@@ -144,17 +145,17 @@ def test_stats_merge_across_processes() -> None:
 def test_a_long_running_fleet_renews_tokens_the_services_accept(tmp_path: Path) -> None:
     private, public = tmp_path / "k.pem", tmp_path / "k.pub.pem"
     generate_keypair(private, public)
-    now = [time.time()]
+    clock = ManualClock(wall=time.time())
     verifier = TokenVerifier.from_file(public, audience=JWT_AUDIENCE, issuer=JWT_ISSUER)
-    tokens = Tokens(private, clock=lambda: now[0])
+    tokens = Tokens(private, clock=clock)
     first = tokens.get("sim-1")
     assert verifier.verify(first).sub == "sim-1"  # within the default 24 h lifetime cap
     assert tokens.get("sim-1") == first  # reused while it has long to live
     # Half an hour before it expires (PyJWT checks times against the real clock, so the
     # renewed token's claims are read rather than verified here).
-    now[0] += Tokens.TTL_S - Tokens.RENEW_BEFORE_S / 2
+    clock.advance(Tokens.TTL_S - Tokens.RENEW_BEFORE_S / 2)
     renewed = jwt.decode(tokens.get("sim-1"), options={"verify_signature": False})
-    assert renewed["iat"] == int(now[0])
+    assert renewed["iat"] == int(clock.wall())
     assert renewed["exp"] - renewed["iat"] == Tokens.TTL_S <= 24 * 3600
 
 
