@@ -54,3 +54,20 @@ def test_every_public_class_has_a_docstring() -> None:
         and ast.get_docstring(node) is None
     ]
     assert not bare, bare
+
+
+def test_services_read_time_only_through_the_clock() -> None:
+    """runtime/clock.py is the one place that asks the machine for the time or sleeps: a
+    service given a ManualClock then runs on it entirely."""
+    reads = ["time.time(", "time.monotonic(", "time.perf_counter(", "datetime.now("]
+    reads += ["asyncio.sleep(", "time.sleep("]
+    services = ("runtime", "jobs", "ingest", "streams", "api", "photo_worker", "notifier")
+    found = [
+        f"{path.relative_to(ROOT)}:{n}: {line.strip()}"
+        for package in services
+        for path in sorted((ROOT / package).rglob("*.py"))
+        if path != ROOT / "runtime" / "clock.py"
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if any(read in line for read in reads)
+    ]
+    assert not found, found
