@@ -3,24 +3,13 @@ says what it promises in a docstring. The models the OpenAPI documents publish a
 exception: a docstring would become their published description, and the documents are
 the contract."""
 
-import ast
 import json
 from pathlib import Path
 
+from tests.support.shape import functions, public_classes
+
 ROOT = Path(__file__).resolve().parents[2]
-PRODUCTION = (
-    "schemas", "runtime", "jobs", "ingest", "streams", "api", "photo_worker", "notifier",
-    "infra", "bench", "cli",
-)  # fmt: skip
 MAX_FUNCTION_LINES = 100
-
-
-def modules() -> list[tuple[Path, ast.Module]]:
-    return [
-        (path, ast.parse(path.read_text()))
-        for package in PRODUCTION
-        for path in sorted((ROOT / package).rglob("*.py"))
-    ]
 
 
 def published_models() -> set[str]:
@@ -31,28 +20,15 @@ def published_models() -> set[str]:
 
 
 def test_no_production_function_is_over_100_lines() -> None:
-    long = [
-        f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({lines} lines)"
-        for path, tree in modules()
-        for node in ast.walk(tree)
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
-        and (lines := (node.end_lineno or node.lineno) - node.lineno + 1) > MAX_FUNCTION_LINES
-    ]
+    long = [f for f in functions(ROOT) if f.lines > MAX_FUNCTION_LINES]
+    assert functions(ROOT), "the packages were read"
     assert not long, long
 
 
 def test_every_public_class_has_a_docstring() -> None:
     published = published_models()
     assert {"Job", "PingBatch"} <= published  # the documents were read
-    bare = [
-        f"{path.relative_to(ROOT)}:{node.lineno} {node.name}"
-        for path, tree in modules()
-        for node in tree.body
-        if isinstance(node, ast.ClassDef)
-        and not node.name.startswith("_")
-        and node.name not in published
-        and ast.get_docstring(node) is None
-    ]
+    bare = [c for c in public_classes(ROOT) if not c.documented and c.name not in published]
     assert not bare, bare
 
 
