@@ -33,14 +33,17 @@ def modules(root: Path) -> list[tuple[Path, ast.Module]]:
     ]
 
 
+def _definition(
+    root: Path, path: Path, node: ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef
+) -> Definition:
+    lines = (node.end_lineno or node.lineno) - node.lineno + 1
+    where = f"{path.relative_to(root)}:{node.lineno}"
+    return Definition(where, node.name, lines, ast.get_docstring(node) is not None)
+
+
 def functions(root: Path) -> list[Definition]:
     return [
-        Definition(
-            f"{path.relative_to(root)}:{node.lineno}",
-            node.name,
-            (node.end_lineno or node.lineno) - node.lineno + 1,
-            ast.get_docstring(node) is not None,
-        )
+        _definition(root, path, node)
         for path, tree in modules(root)
         for node in ast.walk(tree)
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
@@ -49,12 +52,7 @@ def functions(root: Path) -> list[Definition]:
 
 def public_classes(root: Path) -> list[Definition]:
     return [
-        Definition(
-            f"{path.relative_to(root)}:{node.lineno}",
-            node.name,
-            (node.end_lineno or node.lineno) - node.lineno + 1,
-            ast.get_docstring(node) is not None,
-        )
+        _definition(root, path, node)
         for path, tree in modules(root)
         for node in tree.body
         if isinstance(node, ast.ClassDef) and not node.name.startswith("_")

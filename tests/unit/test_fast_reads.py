@@ -10,7 +10,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
-import httpx
 import orjson
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -29,6 +28,7 @@ from runtime.auth import generate_keypair, issue_token
 from runtime.postgres import Pool
 from schemas.auth import Role
 from schemas.jobs import Job, JobStatus, Point, share_token_hash
+from tests.support.answers import whole
 
 NOW = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
 SHARE_TOKEN, UNKNOWN_TOKEN = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
@@ -136,16 +136,6 @@ def app(public: Path, fast: bool) -> FastAPI:
     return built
 
 
-def headers_of(r: httpx.Response) -> list[tuple[str, str]]:
-    """The answer's headers; a 503's Retry-After is jittered on purpose (1 to 3 s, so that
-    clients do not all come back at once): checked for its range, not its value."""
-    headers = sorted(r.headers.items())
-    if r.status_code == 503:
-        assert 1 <= int(r.headers["retry-after"]) <= 3
-        headers = [(k, "1..3" if k == "retry-after" else v) for k, v in headers]
-    return headers
-
-
 def answers(keys: tuple[Path, Path], fast: bool) -> list[tuple[str, int, list[Any], bytes]]:
     private, public = keys
 
@@ -180,13 +170,13 @@ def answers(keys: tuple[Path, Path], fast: bool) -> list[tuple[str, int, list[An
     with TestClient(app(public, fast)) as client:
         for path, headers in requests:
             r = client.get(path, headers=headers)
-            got.append((path, r.status_code, headers_of(r), r.content))
+            got.append((path, *whole(r)))
             if r.status_code == 200 and "etag" in r.headers:  # and again, as a cache would ask
                 again = client.get(path, headers=headers | {"If-None-Match": r.headers["etag"]})
-                got.append((path, again.status_code, headers_of(again), again.content))
+                got.append((path, *whole(again)))
         for _ in range(45):  # past a customer's burst: 429
             r = client.get(f"/v1/jobs/{one}", headers=owner)
-        got.append(("burst", r.status_code, headers_of(r), r.content))
+        got.append(("burst", *whole(r)))
     return got
 
 

@@ -27,6 +27,7 @@ from runtime.http import ConcurrencyCap
 from runtime.kafka import Headers
 from runtime.request_metrics import instrument
 from schemas.auth import JWT_AUDIENCE, JWT_ISSUER, Role
+from tests.support.answers import Answer, whole
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
@@ -323,17 +324,7 @@ class DeclaredRoute:
         await FastAPI.__call__(self.app, scope, receive, send)
 
 
-def headers_of(r: httpx.Response) -> list[tuple[str, str]]:
-    """The answer's headers; a 503's Retry-After is jittered on purpose (1 to 3 s, so that
-    clients do not all come back at once): checked for its range, not its value."""
-    headers = sorted(r.headers.items())
-    if r.status_code == 503:
-        assert 1 <= int(r.headers["retry-after"]) <= 3
-        headers = [(k, "1..3" if k == "retry-after" else v) for k, v in headers]
-    return headers
-
-
-def answers(keys: tuple[Path, Path], declared: bool) -> list[tuple[int, list[Any], bytes]]:
+def answers(keys: tuple[Path, Path], declared: bool) -> list[Answer]:
     """The same requests, in the same order, to a fresh app: every answer whole."""
     publisher = FakePublisher()
     app = create_app(
@@ -362,14 +353,14 @@ def answers(keys: tuple[Path, Path], declared: bool) -> list[tuple[int, list[Any
     with TestClient(served) as client:
         for headers, content in requests:
             r = client.post("/v1/pings", content=content, headers=headers)
-            got.append((r.status_code, headers_of(r), r.content))
+            got.append(whole(r))
         publisher.fail = True  # 503: the broker is away
         r = client.post("/v1/pings", content=requests[0][1], headers=driver)
-        got.append((r.status_code, headers_of(r), r.content))
+        got.append(whole(r))
         publisher.fail = False
         for _ in range(3):  # past the limiter's budget: 429
             r = client.post("/v1/pings", content=requests[0][1], headers=driver)
-            got.append((r.status_code, headers_of(r), r.content))
+            got.append(whole(r))
     return got
 
 
