@@ -100,9 +100,11 @@ def run_loadgen(
     warmup_s: float = 0.0,
     timeout_s: float = 10.0,
     max_conns: int = 4000,
+    conn_per_driver: bool = False,
 ) -> LoadResult:
     """`drivers` drivers, each posting one ping every `interval_s`, for `duration_s` measured
-    seconds after `warmup_s` unmeasured ones, on at most `max_conns` connections."""
+    seconds after `warmup_s` unmeasured ones, on at most `max_conns` connections; or, with
+    `conn_per_driver`, each driver on a kept-alive connection of its own, as phones are."""
     argv = [
         str(binary),
         f"-url={url}",
@@ -113,6 +115,7 @@ def run_loadgen(
         f"-warmup={warmup_s}s",
         f"-timeout={timeout_s}s",
         f"-max-conns={max_conns}",
+        *(["-conn-per-driver"] if conn_per_driver else []),
     ]
     done = subprocess.run(
         argv,

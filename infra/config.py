@@ -84,7 +84,10 @@ class StackConfig(BaseSettings):
     # Connections each tier holds at once (a WebSocket through both is one at each). The
     # machine's open-file limit bounds them. HAProxy gives each service its own budget, so
     # WebSockets held open (a share link's, for days) cannot take the pings' or the api's.
-    edge_worker_connections: int = 8192
+    # Per nginx worker (one per core): each phone's kept-alive connection takes one, and
+    # each request in flight to HAProxy another. The seed's fleet is 15,000 phones, and the
+    # kernel does not spread them evenly over the workers: one worker may hold them all.
+    edge_worker_connections: int = 16384
     haproxy_ingest_maxconn: int = 3000
     haproxy_api_maxconn: int = 2000
     haproxy_notifier_maxconn: int = 3000

@@ -89,7 +89,8 @@ def render(config: StackConfig) -> str:
     return f"""\
 # Written by the stack (infra/edge.py): edits are overwritten.
 worker_processes auto;
-worker_rlimit_nofile {2 * config.edge_worker_connections + 64};
+# A descriptor per connection, and some for the logs and the cache's and bodies' files.
+worker_rlimit_nofile {config.edge_worker_connections + 1024};
 pid {base / "nginx.pid"};
 error_log stderr warn;
 daemon off;

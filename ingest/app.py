@@ -11,8 +11,10 @@ from fastapi.responses import Response
 from fastapi.routing import APIRoute
 
 from ingest import http_errors
-from ingest.accept import Accept, Adapters
+from ingest.accept import Accept, Adapters, Limiter, Publisher
 from ingest.config import IngestSettings
+from ingest.confluent_publisher import ConfluentPublisher, producer_config
+from ingest.local_ratelimit import SyncedRateLimiter, redis_exchange
 from ingest.metrics import IngestMetrics
 from ingest.publisher import PingPublisher
 from ingest.ratelimit import RateLimiter
@@ -37,11 +39,6 @@ from schemas.pings import PingBatch, PingsAccepted
 def build_adapters(settings: IngestSettings) -> Adapters:
     """The real adapters: Kafka, Redis, the public key; nothing connects yet."""
     metrics = IngestMetrics()
-    producer = AckedProducer(
-        lambda: durable_producer(settings.kafka_bootstrap, client_id="ingest"),
-        timeout_s=settings.produce_timeout_s,
-        shutdown_timeout_s=settings.shutdown_timeout_s,
-    )
     redis = aioredis.Redis.from_url(
         settings.redis_url,
         socket_timeout=settings.redis_timeout_s,
@@ -49,13 +46,41 @@ def build_adapters(settings: IngestSettings) -> Adapters:
         max_connections=settings.redis_max_connections,
     )
     return Adapters(
-        publisher=PingPublisher(producer, settings.pings_topic, metrics),
-        limiter=RateLimiter(
-            redis, rate_per_s=settings.rate_limit_per_s, burst=settings.rate_limit_burst
-        ),
+        publisher=_publisher(settings, metrics),
+        limiter=_limiter(settings, redis, metrics),
         verifier=verifier_from_settings(settings),
         metrics=metrics,
     )
+
+
+def _limiter(settings: IngestSettings, redis: aioredis.Redis, metrics: IngestMetrics) -> Limiter:
+    rate, burst = settings.rate_limit_per_s, settings.rate_limit_burst
+    if settings.rate_limit_mode == "redis":
+        return RateLimiter(redis, rate_per_s=rate, burst=burst)
+    return SyncedRateLimiter(
+        redis_exchange(redis, rate_per_s=rate, burst=burst, key_prefix="ingest:rls:"),
+        rate_per_s=rate,
+        burst=burst,
+        sync_s=settings.rate_limit_sync_s,
+        on_sync_failed=metrics.rate_limit_sync_failures.inc,
+        close=redis.aclose,
+    )
+
+
+def _publisher(settings: IngestSettings, metrics: IngestMetrics) -> Publisher:
+    if settings.producer == "confluent":
+        config = producer_config(
+            settings.kafka_bootstrap, client_id="ingest", timeout_s=settings.produce_timeout_s
+        )
+        return ConfluentPublisher(
+            config, settings.pings_topic, metrics, timeout_s=settings.produce_timeout_s
+        )
+    producer = AckedProducer(
+        lambda: durable_producer(settings.kafka_bootstrap, client_id="ingest"),
+        timeout_s=settings.produce_timeout_s,
+        shutdown_timeout_s=settings.shutdown_timeout_s,
+    )
+    return PingPublisher(producer, settings.pings_topic, metrics)
 
 
 class IngestApp(FastAPI):
@@ -85,14 +110,15 @@ class IngestApp(FastAPI):
 def create_app(
     settings: IngestSettings, adapters: Adapters, *, clock: Clock | None = None
 ) -> IngestApp:
-    """The app over its adapters. Its lifespan starts the publisher, and closes it and the
-    limiter at shutdown."""
+    """The app over its adapters. Its lifespan starts the publisher and the limiter, and
+    closes them at shutdown."""
     publisher, limiter, metrics = adapters.publisher, adapters.limiter, adapters.metrics
     accept = Accept(settings, adapters, clock or SystemClock())
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await publisher.start()
+        await limiter.start()
         yield
         await publisher.close()
         await limiter.close()
@@ -133,7 +159,8 @@ def create_app(
 
     @app.get("/readyz", responses=PROBE_RESPONSES)
     async def readyz() -> Response:
-        # Kafka must answer a metadata request; Redis is not required (the limiter fails open).
+        # Kafka must answer a metadata request; Redis is not required (the limit is decided
+        # in the process; in "redis" mode it fails open).
         if await publisher.ready():
             return json_response({"status": "ready"})
         return json_response({"status": "unavailable", "kafka": False}, 503, http_errors.RETRY_1S)

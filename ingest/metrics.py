@@ -29,6 +29,11 @@ class IngestMetrics:
             "Requests let through unchecked because Redis was unavailable",
             registry=self.registry,
         )
+        self.rate_limit_sync_failures = Counter(
+            "ingest_rate_limit_sync_failures",
+            "Syncs of the local rate limit with Redis that failed (limits stayed per process)",
+            registry=self.registry,
+        )
         self.in_flight = Gauge(
             "ingest_produce_in_flight", "Requests waiting for a Kafka ack", registry=self.registry
         )

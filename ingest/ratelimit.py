@@ -97,6 +97,9 @@ class RateLimiter:
         self._sending = False
         self._in_flight: asyncio.Task[None] | None = None
 
+    async def start(self) -> None:
+        """Nothing to start: Redis is connected on the first check."""
+
     async def check(self, driver_id: str, cost: int = 1) -> Decision:
         # After a failure, do not ask Redis again for a moment: every request would
         # otherwise pay the connect timeout while Redis is down.

@@ -1,5 +1,7 @@
 """Serving a FastAPI app the same way in every HTTP service: uvicorn, uvloop, httptools."""
 
+from typing import Any
+
 import uvicorn
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, start_http_server
@@ -10,13 +12,18 @@ from runtime.request_metrics import instrument
 from runtime.settings import ServedSettings
 
 
+def wrapped(app: FastAPI, settings: ServedSettings, registry: CollectorRegistry) -> Any:
+    """The app as served: request metrics outermost (the requests the cap refuses are
+    counted too), then the concurrency cap."""
+    return instrument(ConcurrencyCap(app, settings.max_concurrent_requests), registry)
+
+
 def serve(app: FastAPI, settings: ServedSettings, registry: CollectorRegistry) -> None:
     if settings.metrics_port is not None:
         # Scrapes on a port of their own (not exposed with the API), from a thread.
         start_http_server(settings.metrics_port, addr=settings.host, registry=registry)
-    # Metrics outermost: the requests the cap refuses are counted too.
     uvicorn.run(
-        instrument(ConcurrencyCap(app, settings.max_concurrent_requests), registry),
+        wrapped(app, settings, registry),
         host=settings.host,
         port=settings.port,
         loop="uvloop",

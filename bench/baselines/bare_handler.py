@@ -27,5 +27,10 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": ACCEPTED})
 
 
+def factory() -> Any:
+    """The same handler, for a server that takes a factory (granian in ingest_front)."""
+    return app
+
+
 if __name__ == "__main__":
     serve(app)

@@ -24,6 +24,8 @@ type loop struct {
 	// The most requests queued at once, waiting for a connection.
 	queuedMax int
 	dialled   int64
+	// -conn-per-driver: each driver's own connection (nil until dialled, or once closed).
+	byDriver []*conn
 }
 
 // queued is a request due while every connection was busy and no more could be opened:
@@ -43,6 +45,8 @@ type conn struct {
 	dialing  bool   // connect() in progress: write once the socket is writable
 	in       []byte // answer bytes read so far
 	lastUsed time.Time
+	driver   int      // -conn-per-driver: whose connection it is
+	waiting  []queued // -conn-per-driver: the driver's pings due while this one was busy
 }
 
 func newLoop(o options, addr string) (*loop, error) {
@@ -55,6 +59,9 @@ func newLoop(o options, addr string) (*loop, error) {
 		return nil, err
 	}
 	l := &loop{o: o, epfd: epfd, conns: map[int]*conn{}}
+	if o.perDriver {
+		l.byDriver = make([]*conn, o.drivers)
+	}
 	l.addr.Port = tcp.Port
 	copy(l.addr.Addr[:], tcp.IP.To4())
 	return l, nil
@@ -152,6 +159,9 @@ func max0(n int) int {
 // start puts request j on an idle connection, or on a new one: a request never waits for
 // another's answer, unless -max-conns connections are open already (then it queues).
 func (l *loop) start(j int, due time.Time, request []byte, now time.Time) error {
+	if l.byDriver != nil {
+		return l.startOnOwn(j, due, request, now)
+	}
 	c := l.idleConn(now)
 	if c == nil {
 		if len(l.conns) >= l.o.maxConns {
@@ -166,6 +176,27 @@ func (l *loop) start(j int, due time.Time, request []byte, now time.Time) error 
 		if c, err = l.dial(); err != nil {
 			return err
 		}
+	}
+	return l.assign(c, j, due, request, now)
+}
+
+// startOnOwn puts request j on its driver's own connection: dialled if the driver has
+// none, queued behind the driver's unanswered request if it is busy.
+func (l *loop) startOnOwn(j int, due time.Time, request []byte, now time.Time) error {
+	d := j % l.o.drivers
+	c := l.byDriver[d]
+	if c == nil {
+		var err error
+		if c, err = l.dial(); err != nil {
+			return err
+		}
+		c.driver = d
+		l.byDriver[d] = c
+	}
+	if c.j >= 0 {
+		c.waiting = append(c.waiting, queued{j, due, request})
+		l.busy++
+		return nil
 	}
 	return l.assign(c, j, due, request, now)
 }
@@ -324,11 +355,21 @@ func (l *loop) read(c *conn, outcomes []outcome, now time.Time) {
 	outcomes[c.j] = outcome{due: c.due, status: status, latency: now.Sub(c.due), service: now.Sub(c.left)}
 	l.busy--
 	c.j = -1
-	if keep {
+	switch {
+	case !keep:
+		l.fail(c, outcomes, now, "closed")
+	case l.byDriver != nil && len(c.waiting) > 0:
+		q := c.waiting[0]
+		c.waiting = c.waiting[1:]
+		l.busy--
+		if err := l.assign(c, q.j, q.due, q.request, now); err != nil {
+			outcomes[q.j] = outcome{due: q.due, err: err.Error(), latency: now.Sub(q.due)}
+		}
+	case l.byDriver != nil:
+		c.lastUsed = now // kept for the driver's next ping
+	default:
 		c.lastUsed = now
 		l.idle = append(l.idle, c)
-	} else {
-		l.close(c)
 	}
 }
 
@@ -357,10 +398,19 @@ func (l *loop) fail(c *conn, outcomes []outcome, now time.Time, reason string) {
 		l.busy--
 		c.j = -1
 	}
+	// A driver's waiting pings go with its connection: each is an error of its own.
+	for _, q := range c.waiting {
+		outcomes[q.j] = outcome{due: q.due, err: reason, latency: now.Sub(q.due)}
+		l.busy--
+	}
+	c.waiting = nil
 	l.close(c)
 }
 
 func (l *loop) close(c *conn) {
+	if l.byDriver != nil && l.byDriver[c.driver] == c {
+		l.byDriver[c.driver] = nil // the driver's next ping dials again
+	}
 	delete(l.conns, c.fd)
 	_ = syscall.EpollCtl(l.epfd, syscall.EPOLL_CTL_DEL, c.fd, nil)
 	syscall.Close(c.fd)

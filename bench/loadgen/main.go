@@ -39,6 +39,7 @@ type options struct {
 	maxConns    int
 	idleTimeout time.Duration
 	tick        time.Duration
+	perDriver   bool
 }
 
 // outcome of one request, written once, when it is answered or given up on.
@@ -94,6 +95,7 @@ func main() {
 	flag.DurationVar(&o.idleTimeout, "idle-timeout", 30*time.Second, "a connection idle this long is closed, not reused (keep it below the server's keep-alive)")
 	flag.DurationVar(&o.tick, "tick", time.Millisecond, "the scheduler's resolution: requests due within it leave together")
 	flag.IntVar(&o.maxConns, "max-conns", 4000, "connections open at once at most; a request due when all are busy waits for one (its latency still counts from its due time)")
+	flag.BoolVar(&o.perDriver, "conn-per-driver", false, "each driver on a kept-alive connection of its own, as a phone holds one; a ping due while the driver's previous one is unanswered waits behind it (-max-conns and -idle-timeout do not apply)")
 	flag.IntVar(&o.maxFlight, "max-in-flight", 20000, "requests awaiting answers at once; a due request beyond it is dropped and counted")
 	flag.Parse()
 	runtime.GOMAXPROCS(1) // one thread runs the loop; more would only hand work around

@@ -3,16 +3,21 @@ ceilings (a bare aiokafka producer sending the same records; a bare HTTP handler
 reads and parses the body) and the floor (the naive design: one INSERT per ping inside the
 request), all measured in the same run on the same stack.
 
-Throughput phases load with wrk (C) as fast as it goes. The seed's fleet (15,000 drivers,
-one ping each every 4 s) and the rate steps load with bench/loadgen (Go, open loop,
-latency from each request's due time). A profile phase samples ingest with py-spy under a
-fixed load. Options (--set KEY=VALUE): duration_s (per wrk phase, default 20), connections
-(default 64), drivers (distinct tokens, default 20000), fleet_drivers (default 15000),
-fleet_s (default 60), warmup_s (unmeasured seconds before each open-loop phase, default
-8), steps (request rates, default 250,500,750,1000,1250,1500), step_s (default 20),
-profile_rate (requests/s while profiling, default 500), profile_s (default 15), via
-(where the open-loop phases post: ingest-1, the default, or haproxy, the balancer in front
-of every ingest process)."""
+Throughput phases load with wrk (C) as fast as it goes. The seed's fleet (15,000
+drivers, one ping each every 4 s) and the rate steps load with bench/loadgen (Go, open
+loop, latency from each request's due time); the seed's fleet twice more through the edge,
+each driver on a connection of its own to nginx as a phone is, with the CPU of every tier.
+A profile phase samples ingest with py-spy under a fixed load.
+
+Options (--set KEY=VALUE): duration_s (per wrk phase, default 20), connections (default
+64), drivers (distinct tokens, default 20000), fleet_drivers (default 15000), fleet_s
+(default 60), warmup_s (unmeasured seconds before each open-loop phase, default 8), steps
+(request rates, default 250,500,750,1000,1250,1500), step_s (default 20), profile_rate
+(requests/s while profiling, default 500), profile_s (default 15), edge_ingest (the ingest
+processes behind the edge in its seed phases, default 1,2), edge_fleets (the fleets sent
+through the edge, default fleet_drivers), only (seed: the seed phases
+alone, straight and through the edge), via (where the open-loop phases post: ingest-1, the
+default, or haproxy, the balancer in front of every ingest process)."""
 
 import asyncio
 import concurrent.futures
@@ -34,10 +39,12 @@ from bench.loadgen_runner import LoadResult, ensure_built, run_loadgen
 from bench.sampler import Sampler
 from bench.wrk_runner import run_wrk
 from infra import haproxy, install
-from infra.procs import ProcessRef
+from infra.procs import ProcessRef, StackError
 from infra.stack import Stack
 from schemas import topics
 from schemas.pings import Ping, PingBatchRecord
+
+DEFAULT_STEPS = "250,500,750,1000,1250,1500"
 
 
 def _records(count: int, batch: int) -> list[tuple[bytes, bytes]]:
@@ -140,6 +147,32 @@ class _IngestRun:
         phase = _measured(self.stack, name, {}, lambda: self.open_loop(drivers, seconds).summary())
         self.phases.append(phase | {"drain_before_s": drain_s, "open_loop": True})
 
+    def edge_fleet_phase(self, drivers: int, seconds: float, ingest_processes: int) -> None:
+        """The seed's fleet as phones reach it: each driver on a kept-alive connection of its
+        own to the edge (nginx), which passes the requests to HAProxy and the ingest
+        processes over a few kept-alive connections of its own."""
+        public = self.stack.public_url()
+        if public is None:
+            raise StackError("the edge is not running: start the stack with 'telemetry up'")
+        # Every driver's first ping dials its connection, and each ingest process verifies
+        # each driver's token once: all of it inside the unmeasured warm-up.
+        warmup = max(self.warmup, 12.0)
+
+        def body() -> dict[str, Any]:
+            result = run_loadgen(
+                self.loadgen, public + "/v1/pings", self.tokens, drivers=drivers,
+                interval_s=4.0, duration_s=seconds, warmup_s=warmup, conn_per_driver=True,
+            )  # fmt: skip
+            return result.summary()
+
+        drain_s = drain_stream(self.stack)
+        name = (
+            f"seed fleet through the edge: {drivers} drivers on their own connections, "
+            f"{ingest_processes} ingest process(es)"
+        )
+        phase = _measured(self.stack, name, {}, body)
+        self.phases.append(phase | {"drain_before_s": drain_s, "open_loop": True, "edge": True})
+
     def profile(self, rate: int, seconds: int) -> dict[str, Any]:
         """Where ingest's time goes, under a load it keeps up with."""
         raw = self.workdir / "ingest-profile.txt"
@@ -153,9 +186,8 @@ class _IngestRun:
         return hotspots | {"requests_per_s": rate, "seconds": seconds, "load": profiled_load}
 
 
-def run(stack: Stack, options: dict[str, Any]) -> dict[str, Any]:
-    install.ensure_debian_packages({"wrk": Path("/usr/bin/wrk")})
-    bench = _IngestRun(stack, options)
+def _closed_loop(stack: Stack, bench: _IngestRun) -> None:
+    """The throughput phases (wrk) beside their ceilings."""
     streams = [r.ref for n, r in stack.records.items() if n.startswith("streams-")]
     bench.bare_producer()
     bench.wrk_phase("ingest, 100/request, whole stack", bench.ingest_url, 100)
@@ -173,32 +205,51 @@ def run(stack: Stack, options: dict[str, Any]) -> dict[str, Any]:
         bench.wrk_phase("ingest, 100/request, streams paused", bench.ingest_url, 100, drain=False)
         bench.wrk_phase("ingest, 1/request, streams paused", bench.ingest_url, 1, drain=False)
     bench.wrk_phase("ingest, 1/request, whole stack", bench.ingest_url, 1)
-    # The seed's load: every driver with its own token, a ping every 4 s at its own phase,
-    # open loop. The unmeasured warm-up lets each ingest process verify each driver's token
-    # once (a driver app reuses its token; the check is then a cache hit).
-    fleet_drivers = int(options.get("fleet_drivers", 15000))
+
+
+def _seed(stack: Stack, bench: _IngestRun, options: dict[str, Any], drivers: int) -> None:
+    """The seed's load: every driver with its own token, a ping every 4 s at its own phase,
+    open loop; straight to ingest, then through the edge as phones reach it. The unmeasured
+    warm-up lets each ingest process verify each driver's token once (a driver app reuses
+    its token; the check is then a cache hit)."""
+    seconds = float(options.get("fleet_s", 60))
     bench.fleet_phase(
-        f"seed fleet: {fleet_drivers} drivers, 1 ping / 4 s each, whole stack",
-        fleet_drivers,
-        float(options.get("fleet_s", 60)),
+        f"seed fleet: {drivers} drivers, 1 ping / 4 s each, whole stack", drivers, seconds
     )
-    # The highest rate that meets the latency goal on this machine, step by step.
-    for rate in [
-        int(r) for r in str(options.get("steps", "250,500,750,1000,1250,1500")).split(",")
-    ]:
-        bench.fleet_phase(
-            f"open-loop step: {rate} req/s ({rate * 4} drivers), whole stack",
-            rate * 4,
-            float(options.get("step_s", 20)),
+    fleets = [int(n) for n in str(options.get("edge_fleets", drivers)).split(",")]
+    for count in [int(n) for n in str(options.get("edge_ingest", "1,2")).split(",")]:
+        stack.scale("ingest", count)
+        try:
+            for fleet in fleets:
+                bench.edge_fleet_phase(fleet, seconds, count)
+        finally:
+            stack.scale("ingest", 1)
+
+
+def run(stack: Stack, options: dict[str, Any]) -> dict[str, Any]:
+    install.ensure_debian_packages({"wrk": Path("/usr/bin/wrk")})
+    bench = _IngestRun(stack, options)
+    seed_only = options.get("only") == "seed"
+    fleet_drivers = int(options.get("fleet_drivers", 15000))
+    if not seed_only:
+        _closed_loop(stack, bench)
+    _seed(stack, bench, options, fleet_drivers)
+    hotspots = None
+    if not seed_only:
+        # The highest rate that meets the latency goal on this machine, step by step.
+        for rate in [int(r) for r in str(options.get("steps", DEFAULT_STEPS)).split(",")]:
+            bench.fleet_phase(
+                f"open-loop step: {rate} req/s ({rate * 4} drivers), whole stack",
+                rate * 4,
+                float(options.get("step_s", 20)),
+            )
+        hotspots = bench.profile(
+            int(options.get("profile_rate", 500)), int(options.get("profile_s", 15))
         )
-    hotspots = bench.profile(
-        int(options.get("profile_rate", 500)), int(options.get("profile_s", 15))
-    )
-    with naive_endpoint(stack, "naive_ingest") as (naive_base, naive):
-        naive_url = f"{naive_base}/v1/pings"
-        extra = {"naive": naive}
-        bench.wrk_phase("naive insert-per-ping (floor), 100/request", naive_url, 100, extra=extra)
-        bench.wrk_phase("naive insert-per-ping (floor), 1/request", naive_url, 1, extra=extra)
+        with naive_endpoint(stack, "naive_ingest") as (naive_base, naive):
+            url, extra = f"{naive_base}/v1/pings", {"naive": naive}
+            bench.wrk_phase("naive insert-per-ping (floor), 100/request", url, 100, extra=extra)
+            bench.wrk_phase("naive insert-per-ping (floor), 1/request", url, 1, extra=extra)
     return {
         "profile": hotspots,
         "config": {
@@ -248,33 +299,83 @@ def _phase_line(p: dict[str, Any]) -> str:
     return f"{line}; CPU: {cpu}"
 
 
-def _goals(phases: dict[str, dict[str, Any]], report: dict[str, Any]) -> list[str]:
-    def find(prefix: str) -> dict[str, Any]:
-        return next(p for name, p in phases.items() if name.startswith(prefix))
+# The tiers of the capacity table, by component name (a prefix takes every process of it).
+TIERS = (
+    ("nginx (edge)", "edge"), ("HAProxy", "haproxy"), ("ingest", "ingest-"), ("Kafka", "kafka"),
+    ("Redis", "redis"), ("stream workers", "streams-"), ("PostgreSQL primary", "postgres-primary"),
+    ("PgBouncer", "pgbouncer"),
+)  # fmt: skip
 
-    def meets(p: dict[str, Any]) -> bool:
-        return bool(p["accepted_first_try_pct"] >= 99.9 and p["latency_ms"]["p99"] < 50.0)
 
-    seed = find("seed fleet")
+def capacity(phase: dict[str, Any]) -> dict[str, float]:
+    """Each tier's cores per 1,000 accepted pings/s in an open-loop phase, the generator's
+    included (its own measure of its CPU)."""
+    per_k = phase["accepted_pings_per_s"] / 1000
+    if not per_k:
+        return {}
+    cpu = phase["cpu_pct"]
+    out = {
+        tier: sum(v for k, v in cpu.items() if k == prefix or k.startswith(prefix)) / 100 / per_k
+        for tier, prefix in TIERS
+    }
+    out["load generator"] = phase["generator_cpu_cores"] / per_k
+    return {k: round(v, 3) for k, v in out.items()}
+
+
+def _goals(phases: dict[str, dict[str, Any]]) -> list[str]:
+    def find(prefix: str) -> dict[str, Any] | None:
+        return next((p for name, p in phases.items() if name.startswith(prefix)), None)
+
+    def meets(p: dict[str, Any], first_try: float = 99.9, p99_ms: float = 50.0) -> bool:
+        return bool(p["accepted_first_try_pct"] >= first_try and p["latency_ms"]["p99"] < p99_ms)
+
+    lines = []
+    seed = find("seed fleet: ")
+    if seed:
+        lines.append(
+            f"GOAL seed fleet direct (>= 99.9 % first try, p99 < 50 ms): "
+            f"{seed['accepted_first_try_pct']:.2f} %, p99 {seed['latency_ms']['p99']:.1f} ms: "
+            f"{'met' if meets(seed) else 'not met'}"
+        )
+    for name, p in phases.items():
+        if p.get("edge"):
+            per_request = _ingest_ms_per_request(p)
+            lines.append(
+                f"GOAL {name} (>= 99 % first try, p99 < 1 s): "
+                f"{p['accepted_first_try_pct']:.2f} %, p99 {p['latency_ms']['p99']:.1f} ms: "
+                f"{'met' if meets(p, 99.0, 1000.0) else 'not met'}; ingest CPU "
+                + (f"{per_request:.3f} ms/ping" if per_request else "unmeasured")
+            )
+            lines.append(
+                f"CAPACITY {name}, cores per 1,000 pings/s: "
+                + ", ".join(f"{tier} {cores}" for tier, cores in capacity(p).items())
+            )
     steps = [p for name, p in phases.items() if name.startswith("open-loop step")]
-    held = [p["offered_requests_per_s"] for p in steps if meets(p)]
-    bare_http = find("bare handler")["requests_per_s"]
-    bare_kafka = find("bare producer")["accepted_pings_per_s"]
-    single_paused = find("ingest, 1/request, streams paused")["requests_per_s"]
-    single_whole = find("ingest, 1/request, whole stack")["requests_per_s"]
-    batched = find("ingest, 100/request, whole stack")["accepted_pings_per_s"]
-    return [
-        f"GOAL seed fleet (>= 99.9 % first try, p99 < 50 ms): "
-        f"{seed['accepted_first_try_pct']:.2f} %, p99 {seed['latency_ms']['p99']:.1f} ms: "
-        f"{'met' if meets(seed) else 'not met'}",
-        "GOAL highest open-loop step that holds both: "
-        + (f"{max(held):,.0f} req/s" if held else "none of the steps"),
-        f"GOAL single-ping ingest >= 0.5 x bare handler: {single_paused:,.0f} req/s streams "
-        f"paused ({single_paused / bare_http:.2f} x), {single_whole:,.0f} whole stack "
-        f"({single_whole / bare_http:.2f} x) vs {bare_http:,.0f}",
-        f"GOAL batched ingest, whole stack >= 0.5 x bare producer: {batched:,.0f} vs "
-        f"{bare_kafka:,.0f} pings/s ({batched / bare_kafka:.2f} x)",
-    ]
+    if steps:
+        held = [p["offered_requests_per_s"] for p in steps if meets(p)]
+        lines.append(
+            "GOAL highest open-loop step that holds both: "
+            + (f"{max(held):,.0f} req/s" if held else "none of the steps")
+        )
+    bare, single_paused = find("bare handler"), find("ingest, 1/request, streams paused")
+    single_whole = find("ingest, 1/request, whole stack")
+    if bare and single_paused and single_whole:
+        bare_http = bare["requests_per_s"]
+        lines.append(
+            f"GOAL single-ping ingest >= 0.5 x bare handler: "
+            f"{single_paused['requests_per_s']:,.0f} req/s streams paused "
+            f"({single_paused['requests_per_s'] / bare_http:.2f} x), "
+            f"{single_whole['requests_per_s']:,.0f} whole stack "
+            f"({single_whole['requests_per_s'] / bare_http:.2f} x) vs {bare_http:,.0f}"
+        )
+    bare_kafka, batched = find("bare producer"), find("ingest, 100/request, whole stack")
+    if bare_kafka and batched:
+        ours, ceiling = batched["accepted_pings_per_s"], bare_kafka["accepted_pings_per_s"]
+        lines.append(
+            f"GOAL batched ingest, whole stack >= 0.5 x bare producer: {ours:,.0f} vs "
+            f"{ceiling:,.0f} pings/s ({ours / ceiling:.2f} x)"
+        )
+    return lines
 
 
 def summary(report: dict[str, Any]) -> list[str]:
@@ -286,8 +387,10 @@ def summary(report: dict[str, Any]) -> list[str]:
         f"{config['open_loop_via']} ({config['ingest_processes']} ingest process(es) running)"
     ]
     lines += [_phase_line(p) for p in report["phases"]]
-    lines += _goals({p["name"]: p for p in report["phases"]}, report)
+    lines += _goals({p["name"]: p for p in report["phases"]})
     prof = report["profile"]
+    if prof is None:
+        return lines
     load = prof["load"]
     lines.append(
         f"PROFILE of ingest-1 (py-spy, {prof['samples']} samples over {prof['seconds']} s at "

@@ -1,7 +1,7 @@
 """Ingest when the broker dies: 503 within 2 s, recovery without a restart, bounded shutdown.
 
 These tests kill brokers, so they get a stack of their own (Kafka and ingest only; without
-Redis the rate limiter fails open)."""
+Redis each ingest process holds drivers to its own buckets)."""
 
 import os
 import shutil

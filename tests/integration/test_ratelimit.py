@@ -1,5 +1,6 @@
-"""The rate limiter against the real Redis: concurrent checks share round trips and still
-count every request, a driver twice in one batch included."""
+"""The rate limiters against the real Redis. Per request: concurrent checks share round
+trips and still count every request, a driver twice in one batch included. Local and
+synced: processes share one bucket through the sync script."""
 
 import asyncio
 import uuid
@@ -10,6 +11,7 @@ import redis.asyncio as aioredis
 
 from infra.config import StackConfig
 from infra.redis import url as redis_url
+from ingest.local_ratelimit import SyncedRateLimiter, redis_exchange
 from ingest.ratelimit import RateLimiter
 
 pytestmark = pytest.mark.integration
@@ -80,3 +82,52 @@ async def test_redis_gone_mid_flight_lets_every_waiting_request_through_unchecke
         await rl.close()
     assert all(d.allowed and not d.checked for d in decisions)
     assert after.allowed and not after.checked
+
+
+def synced(config: StackConfig, prefix: str, sync_s: float = 0.1) -> SyncedRateLimiter:
+    client = aioredis.Redis.from_url(redis_url(config))
+    return SyncedRateLimiter(
+        redis_exchange(client, rate_per_s=5.0, burst=20, key_prefix=prefix),
+        rate_per_s=5.0, burst=20, sync_s=sync_s, close=client.aclose,
+    )  # fmt: skip
+
+
+async def test_two_synced_processes_share_one_bucket_through_redis(config: StackConfig) -> None:
+    prefix = f"test:{uuid.uuid4().hex}:"
+    a, b = synced(config, prefix), synced(config, prefix)
+    try:
+        first = sum([(await a.check("drv-1")).allowed for _ in range(30)])
+        await a.sync()  # the script took A's 20 from the shared bucket
+        await b.check("drv-1")  # B starts the driver full: one gets in (the promised slack)
+        await b.sync()  # and B learns the bucket is empty, everything A spent included
+        after = sum([(await b.check("drv-1")).allowed for _ in range(10)])
+    finally:
+        await a.close()
+        await b.close()
+    assert first == 20
+    assert after == 0
+
+
+async def test_a_driver_hammering_two_synced_processes_stays_within_the_bound(
+    config: StackConfig,
+) -> None:
+    prefix = f"test:{uuid.uuid4().hex}:"
+    processes = [synced(config, prefix), synced(config, prefix)]
+    for rl in processes:
+        await rl.start()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    admitted = 0
+    try:
+        while loop.time() - started < 3.0:
+            for rl in processes:
+                admitted += sum([(await rl.check("drv-1")).allowed for _ in range(2)])
+            await asyncio.sleep(0.01)
+        seconds = loop.time() - started
+    finally:
+        for rl in processes:
+            await rl.close()
+    bound = 20 + 5.0 * seconds + (len(processes) - 1) * (20 + 5.0 * 0.1)
+    assert admitted <= bound, (admitted, bound)
+    # Two buckets that never synced would have let in 2 * (20 + 5 * seconds).
+    assert admitted < 2 * (20 + 5.0 * seconds) - 10, admitted

@@ -69,6 +69,9 @@ class FakeLimiter:
         self.budget = budget
         self.checked = 0
 
+    async def start(self) -> None:
+        pass
+
     async def check(self, driver_id: str, cost: int = 1) -> Decision:
         self.checked += 1
         if self.checked > self.budget:

@@ -28,6 +28,7 @@ class Server:
         self.delay_s = delay_s
         self.fail_every = fail_every
         self.requests: list[tuple[float, str, bytes]] = []
+        self.ports: list[tuple[str, int]] = []  # each request's token and client port
         self.lock = threading.Lock()
 
 
@@ -51,6 +52,7 @@ def serve(behaviour: Server) -> Iterator[str]:
             body = self.rfile.read(int(self.headers["Content-Length"]))
             with behaviour.lock:
                 behaviour.requests.append((time.time(), self.headers["Authorization"], body))
+                behaviour.ports.append((self.headers["Authorization"], self.client_address[1]))
                 n = len(behaviour.requests)
             time.sleep(behaviour.delay_s)  # a slow server: the answer waits until its time is up
             status = 503 if behaviour.fail_every and n % behaviour.fail_every == 0 else 202
@@ -91,6 +93,7 @@ def run(loadgen: Path, url: str, tokens: Path, **kwargs: float) -> LoadResult:
         warmup_s=options.get("warmup_s", 0.0),
         timeout_s=options.get("timeout_s", 10.0),
         max_conns=int(options.get("max_conns", 4000)),
+        conn_per_driver=bool(options.get("conn_per_driver", False)),
     )
 
 
@@ -114,6 +117,21 @@ def test_each_driver_posts_a_fresh_valid_ping_on_its_schedule_with_its_own_token
         assert abs(ping.ts.timestamp() - sent_at) < 1.0  # dated when it was due
     assert len(ids) == 80  # a fresh id each: the stream would deduplicate a repeated one
     assert sum(s["sent"] for s in raw["timeline"]) == 80
+
+
+def test_with_a_connection_per_driver_each_driver_keeps_its_own(
+    loadgen: Path, tokens: Path
+) -> None:
+    behaviour = Server()
+    for url in serve(behaviour):
+        result = run(loadgen, url, tokens, conn_per_driver=True)
+    assert result.raw["statuses"] == {"202": 80}
+    assert result.raw["connections"] == 20  # one per driver, dialled once, kept alive
+    ports_of: dict[str, set[int]] = {}
+    for auth, port in behaviour.ports:
+        ports_of.setdefault(auth, set()).add(port)
+    assert len(ports_of) == 20 and all(len(p) == 1 for p in ports_of.values())
+    assert len({p for ports in ports_of.values() for p in ports}) == 20  # none shared
 
 
 def test_slow_answers_do_not_slow_the_schedule_and_count_from_the_due_time(

@@ -1,5 +1,6 @@
-"""The stream's msgspec decoder (schemas/pings_wire.py) against the contract's pydantic
-models: the same records accepted, to the same values, and the same refused."""
+"""The msgspec decoders (schemas/pings_wire.py) against the contract's pydantic models: the
+stream's records and ingest's bodies accepted to the same values, and the same refused; the
+records ingest encodes read back as the models wrote them."""
 
 import json
 from datetime import UTC, datetime, timedelta, timezone
@@ -11,8 +12,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from ingest.validation import validate_body
 from schemas.pings import MAX_PING_AGE, MAX_PING_AHEAD, PingBatchRecord
-from schemas.pings_wire import decode_record, from_model
+from schemas.pings_wire import (
+    decode_record,
+    decode_valid_batch,
+    encode_record,
+    from_model,
+    wire_ping,
+)
 
 PING_ID = "6f1c2a8e-1d2b-4c3d-9e8f-0a1b2c3d4e5f"
 
@@ -275,3 +283,71 @@ def records(draw: st.DrawFn) -> bytes:
 @given(records())
 def test_the_decoder_agrees_with_the_models_on_generated_records(value: bytes) -> None:
     assert_agree(value)
+
+
+# The body of POST /v1/pings: ingest's msgspec path against its validation by the models.
+
+
+def body_of(record: bytes) -> tuple[bytes, datetime | None]:
+    """A body made of a record's pings (its other fields dropped, an unknown one kept), and
+    the record's receipt as the moment of the request (None when it is not a time)."""
+    try:
+        doc = json.loads(record)
+        received = datetime.fromisoformat(doc["received_at"].replace("Z", "+00:00"))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return record, None
+    body = {"pings": doc.get("pings")} | ({"unknown": 1} if "unknown" in doc else {})
+    return json.dumps(body, ensure_ascii=record.isascii()).encode(), received
+
+
+def assert_body_agrees(body: bytes, now: datetime) -> None:
+    """Where the msgspec path answers, the models accept every ping, with the same values."""
+    fast = decode_valid_batch(body, now)
+    if fast is None:
+        return  # the models decide alone: nothing to compare
+    verdict = validate_body(body, now)
+    assert not verdict.rejected, body
+    assert msgspec.json.encode(fast) == msgspec.json.encode(
+        [wire_ping(p) for p in verdict.accepted]
+    ), body
+
+
+@pytest.mark.parametrize("case", EDGE_CASES)
+def test_the_body_decoder_agrees_with_the_models_on_edge_cases(
+    case: dict[str, Any] | bytes,
+) -> None:
+    body, now = body_of(case if isinstance(case, bytes) else json.dumps(case).encode())
+    # `now` is a server's clock: never within a week of the ends of time.
+    ends_of_time = (datetime(2, 1, 1, tzinfo=UTC), datetime(9999, 1, 1, tzinfo=UTC))
+    if now is not None and now.tzinfo is not None and ends_of_time[0] < now < ends_of_time[1]:
+        assert_body_agrees(body, now)
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(records())
+def test_the_body_decoder_agrees_with_the_models_on_generated_bodies(value: bytes) -> None:
+    body, now = body_of(value)
+    if now is not None and now.tzinfo is not None:
+        assert_body_agrees(body, now)
+
+
+def test_a_valid_body_takes_the_msgspec_path_and_an_invalid_one_the_models() -> None:
+    now = datetime(2026, 12, 4, 10, tzinfo=UTC)
+    valid = json.dumps({"pings": document()["pings"]}).encode()
+    assert decode_valid_batch(valid, now) is not None
+    for bad in (document(lat=91.0), document(lat=0, lon=0), document(extra=1)):
+        assert decode_valid_batch(json.dumps({"pings": bad["pings"]}).encode(), now) is None
+    too_old = json.dumps({"pings": document()["pings"]}).encode()
+    assert decode_valid_batch(too_old, now + MAX_PING_AGE + timedelta(days=1)) is None
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(records())
+def test_an_encoded_record_reads_back_as_the_models_would_have_written_it(value: bytes) -> None:
+    try:
+        record = PingBatchRecord.model_validate_json(value)
+    except ValidationError:
+        return
+    encoded = encode_record(record.driver_id, record.received_at, from_model(record).pings)
+    assert PingBatchRecord.model_validate_json(encoded) == record
+    assert msgspec.json.encode(decode_record(encoded)) == msgspec.json.encode(from_model(record))
