@@ -69,6 +69,10 @@ class StackConfig(BaseSettings):
     prometheus_port: int = LOCAL_PROMETHEUS_PORT
     ops_exporter_port: int = 18091
 
+    # The browser pages the api, ingest and the notifier let in (CORS, the WebSocket's
+    # Origin): a web app's dev server.
+    allowed_origins: tuple[str, ...] = ("http://localhost:3000", "http://127.0.0.1:3000")
+
     ingest_processes: int = 1
     api_processes: int = 1
     stream_workers: int = 1

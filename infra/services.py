@@ -3,12 +3,15 @@ passed by env."""
 
 import contextlib
 import functools
+import logging
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
+import orjson
 from pydantic_settings import BaseSettings
 
 from api.config import ApiSettings
@@ -19,9 +22,12 @@ from infra.procs import APP_USER, ProcessRef, StackError, free_port, stop, wait_
 from ingest.config import IngestSettings
 from notifier.config import NotifierSettings
 from photo_worker.config import PhotoWorkerSettings
+from runtime import heartbeat
 from runtime.settings import env_name
 from schemas.notifier import WS_PATH
 from streams.config import StreamsSettings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,7 @@ class ServiceSpec:
     port_env: str  # the TELEMETRY_ variable that moves the port
     after: tuple[str, ...]  # the components it needs
     mounts: tuple[Mount, ...] = ()  # what of the state dir it reads or writes
+    heartbeat: Path | None = None  # the file its loop touches (runtime/heartbeat.py)
 
     @property
     def url(self) -> str:
@@ -82,6 +89,7 @@ def _kinds() -> list[_Kind]:
                 "jwt_public_key_path": c.jwt_public_key,
                 "kafka_bootstrap": c.kafka_bootstrap,
                 "redis_url": redis.url(c),
+                "allowed_origins": c.allowed_origins,
             },
             ("kafka", "redis"), lambda c: (_key(c),),
         ),
@@ -106,6 +114,7 @@ def _kinds() -> list[_Kind]:
                 "redis_url": redis.url(c),
                 "blob_dir": blob_dir(c),
                 "prometheus_url": c.prometheus_url,
+                "allowed_origins": c.allowed_origins,
             },
             ("pgbouncer", "kafka", "redis"),
             lambda c: (_key(c), Mount(blob_dir(c), writable=True)),
@@ -130,6 +139,7 @@ def _kinds() -> list[_Kind]:
                 "write_dsn": bounded(c, read_only=False),
                 "read_dsn": bounded(c, read_only=True),
                 "redis_url": redis.url(c),
+                "allowed_origins": c.allowed_origins,
             },
             ("kafka", "pgbouncer", "redis"), lambda c: (_key(c),),
         ),
@@ -144,14 +154,30 @@ def specs(config: StackConfig) -> list[ServiceSpec]:
         given = kind.given(config)
         for i in range(kind.count(config)):
             port = kind.first_port(config) + i
-            env = {env_name(kind.settings, field): str(v) for field, v in given.items()}
+            name = f"{kind.name}-{i + 1}"
+            env = {env_name(kind.settings, field): _env_value(v) for field, v in given.items()}
             env[env_name(kind.settings, kind.port_setting)] = str(port)
+            beat = heartbeat_path(config, name)
+            env[env_name(kind.settings, "heartbeat_path")] = str(beat)
+            mounts = (*kind.mounts(config), Mount(heartbeat_dir(config), writable=True))
             spec = ServiceSpec(
-                f"{kind.name}-{i + 1}", kind.module, port, env, kind.port_env, kind.after,
-                kind.mounts(config),
-            )  # fmt: skip
+                name, kind.module, port, env, kind.port_env, kind.after, mounts, beat
+            )
             result.append(spec)
     return result
+
+
+def _env_value(value: object) -> str:
+    # pydantic-settings reads a list or a tuple from JSON.
+    return orjson.dumps(value).decode() if isinstance(value, tuple | list) else str(value)
+
+
+def heartbeat_dir(config: StackConfig) -> Path:
+    return config.state_dir / "heartbeats"
+
+
+def heartbeat_path(config: StackConfig, name: str) -> Path:
+    return heartbeat_dir(config) / name
 
 
 def command(spec: ServiceSpec) -> Command:
@@ -161,7 +187,7 @@ def command(spec: ServiceSpec) -> Command:
 
 def writable_dirs(config: StackConfig) -> list[Path]:
     """Where our services write (uploads, the stream's local state): their user's own."""
-    return [blob_dir(config), streams_data_dir(config)]
+    return [blob_dir(config), streams_data_dir(config), heartbeat_dir(config)]
 
 
 def blob_dir(config: StackConfig) -> Path:
@@ -188,15 +214,26 @@ def ready(spec: ServiceSpec) -> bool:
     return url_ready(spec.url, spec.name)
 
 
-# A process this slow to say it lives is as stuck as one that says it is not.
+# A process this slow to say it lives, and whose loop has not turned for as long, is as
+# stuck as one that says it is not.
 LIVENESS_TIMEOUT_S = 5.0
 
 
-def live(spec: ServiceSpec) -> bool:
+def live(spec: ServiceSpec, timeout_s: float = LIVENESS_TIMEOUT_S) -> bool:
     """Every service answers /healthz with 200 while it works: a consumer whose task died
-    or whose batch is stuck answers 503, and a process that does not answer is stuck too."""
+    or whose batch is stuck answers 503, and a process that does not answer is stuck too,
+    unless its heartbeat is fresh: then its loop turns and the probe only waited behind its
+    load (an overloaded process is not a stuck one; restarting it would refuse its
+    connections and lose nothing of the load)."""
     try:
-        return httpx.get(spec.url + "/healthz", timeout=LIVENESS_TIMEOUT_S).status_code == 200
+        return httpx.get(spec.url + "/healthz", timeout=timeout_s).status_code == 200
+    except httpx.TimeoutException:
+        if spec.heartbeat is not None and heartbeat.fresh(spec.heartbeat, time.time()):
+            log.warning(
+                "%s: /healthz unanswered in %.0f s, its loop turns: busy", spec.name, timeout_s
+            )
+            return True
+        return False
     except httpx.HTTPError:
         return False
 
@@ -213,8 +250,13 @@ def variants(
     try:
         for i in range(count):
             port = free_port()
-            overrides = {f"{module.upper()}_PORT": str(port)} | env
-            spec = replace(base, name=f"{name}-{i + 1}", port=port, env=base.env | overrides)
+            variant = f"{name}-{i + 1}"
+            beat = heartbeat_path(config, variant)
+            overrides = {
+                f"{module.upper()}_PORT": str(port),
+                f"{module.upper()}_HEARTBEAT_PATH": str(beat),
+            } | env
+            spec = replace(base, name=variant, port=port, env=base.env | overrides, heartbeat=beat)
             started.append((spec, start(config, spec)))
         for spec, _ in started:
             if not wait_until(functools.partial(ready, spec), 60, 0.2):

@@ -9,6 +9,8 @@ from prometheus_client import CollectorRegistry
 
 from notifier.app import Notifier
 from notifier.config import NotifierSettings
+from runtime.clock import SystemClock
+from runtime.heartbeat import beating
 from runtime.logging import configure_logging
 
 
@@ -18,7 +20,7 @@ async def serve(settings: NotifierSettings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with notifier.running():
+    async with beating(settings.heartbeat_path, SystemClock()), notifier.running():
         await stop.wait()
 
 

@@ -192,7 +192,8 @@ class Notifier:
             s.host,
             s.port,
             process_request=self._process_request,
-            # None: no Origin header (not a browser). A listed page's origin, or 403.
+            # None: no Origin header (not a browser). A listed page's origin, or 403: a
+            # page elsewhere must not ride a user's credentials (the same list as CORS).
             origins=[None, *(Origin(o) for o in s.allowed_origins)],
             compression="deflate" if s.compression else None,
             # Our heartbeat sends the pings, spread out (notifier/heartbeat.py); the

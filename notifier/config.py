@@ -40,10 +40,6 @@ class NotifierSettings(HttpServiceSettings):
     # A job's Redis log outlives its last event this long (finished jobs' logs go away).
     log_ttl_s: int = 7 * 24 * 3600
 
-    # A browser's handshake carries its page's Origin: only these may open a connection (a
-    # page elsewhere must not ride a user's credentials). Apps and devices send none, and
-    # are let in. The local stack's: a web app's dev server.
-    allowed_origins: tuple[str, ...] = ("http://localhost:3000", "http://127.0.0.1:3000")
     # Connections: the first message (auth) must come within `auth_timeout_s`.
     auth_timeout_s: float = 10.0
     max_connections: int = 20_000

@@ -197,15 +197,17 @@ def retry_after() -> dict[str, str]:
 
 class ConcurrencyCap:
     """ASGI middleware: at most `limit` HTTP requests in progress; beyond it, 503 with
-    Retry-After at once (a queue would be the unbounded buffer the design forbids)."""
+    Retry-After at once (a queue would be the unbounded buffer the design forbids). The
+    `exempt` paths are never refused nor counted (the liveness probe)."""
 
-    def __init__(self, app: Any, limit: int) -> None:
+    def __init__(self, app: Any, limit: int, exempt: tuple[str, ...] = ()) -> None:
         self._app = app
         self._limit = limit
+        self._exempt = exempt
         self._active = 0
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"] in self._exempt:
             await self._app(scope, receive, send)
             return
         if self._active >= self._limit:

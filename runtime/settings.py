@@ -41,6 +41,9 @@ class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore")
 
     log_level: str = "INFO"
+    # A file touched every second while the event loop turns (runtime/heartbeat.py): the
+    # supervisor tells a busy process from a stuck one by it. None: no heartbeat.
+    heartbeat_path: Path | None = None
 
 
 class ServedSettings(ServiceSettings):
@@ -58,6 +61,9 @@ class ServedSettings(ServiceSettings):
     # connections to us, so it is HAProxy that closes them: a request it sends never meets
     # a connection we are closing (a POST would get a 502).
     keep_alive_s: float = 65.0
+    # Browser pages allowed to call it (CORS; the notifier: the WebSocket's Origin), each
+    # as scheme://host[:port]. None by default; never a wildcard (runtime/cors.py).
+    allowed_origins: tuple[str, ...] = ()
 
 
 class HttpServiceSettings(ServedSettings):

@@ -9,6 +9,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -16,6 +17,7 @@ from faust.app import BootStrategy
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from runtime.clock import Clock, SystemClock
+from runtime.heartbeat import beat
 from runtime.kafka import AckedProducer, Message, ProduceFailed, durable_producer
 from runtime.postgres import open_pool
 from schemas import topics
@@ -171,6 +173,8 @@ def create_app(
         await producer.close()
 
     _schedule_maintenance(app, settings, sink)
+    if settings.heartbeat_path is not None:
+        _beat_while_running(app, settings.heartbeat_path, clock)
     _add_pages(app, settings, processor, sink, metrics, clock)
     return StreamsApp(app, processor)
 
@@ -205,6 +209,14 @@ def _schedule_maintenance(app: faust.App, settings: StreamsSettings, sink: LazyS
     # Every worker keeps the daily partitions ahead: at start, then periodically. Idempotent.
     app.task(maintain)
     app.timer(interval=settings.maintenance_interval_s, on_leader=False)(maintain)
+
+
+def _beat_while_running(app: faust.App, path: Path, clock: Clock) -> None:
+    # The supervisor's proof that this worker's loop turns (runtime/heartbeat.py).
+    async def heartbeat() -> None:
+        await beat(path, clock)
+
+    app.task(heartbeat)
 
 
 def _add_pages(

@@ -15,9 +15,10 @@ Options (--set KEY=VALUE): duration_s (per wrk phase, default 20), connections (
 (request rates, default 250,500,750,1000,1250,1500), step_s (default 20), profile_rate
 (requests/s while profiling, default 500), profile_s (default 15), edge_ingest (the ingest
 processes behind the edge in its seed phases, default 1,2), edge_fleets (the fleets sent
-through the edge, default fleet_drivers), only (seed: the seed phases
-alone, straight and through the edge), via (where the open-loop phases post: ingest-1, the
-default, or haproxy, the balancer in front of every ingest process)."""
+through the edge, default fleet_drivers; empty: none), only (seed: the seed phases alone,
+straight and through the edge; profile: the profile phase alone), via (where the open-loop
+phases post: ingest-1, the default, or haproxy, the balancer in front of every ingest
+process)."""
 
 import asyncio
 import concurrent.futures
@@ -216,8 +217,9 @@ def _seed(stack: Stack, bench: _IngestRun, options: dict[str, Any], drivers: int
     bench.fleet_phase(
         f"seed fleet: {drivers} drivers, 1 ping / 4 s each, whole stack", drivers, seconds
     )
-    fleets = [int(n) for n in str(options.get("edge_fleets", drivers)).split(",")]
-    for count in [int(n) for n in str(options.get("edge_ingest", "1,2")).split(",")]:
+    fleets = [int(n) for n in str(options.get("edge_fleets", drivers)).split(",") if n]
+    counts = [int(n) for n in str(options.get("edge_ingest", "1,2")).split(",")]
+    for count in counts if fleets else []:
         stack.scale("ingest", count)
         try:
             for fleet in fleets:
@@ -229,13 +231,18 @@ def _seed(stack: Stack, bench: _IngestRun, options: dict[str, Any], drivers: int
 def run(stack: Stack, options: dict[str, Any]) -> dict[str, Any]:
     install.ensure_debian_packages({"wrk": Path("/usr/bin/wrk")})
     bench = _IngestRun(stack, options)
-    seed_only = options.get("only") == "seed"
+    only = options.get("only")
     fleet_drivers = int(options.get("fleet_drivers", 15000))
-    if not seed_only:
+    if only is None:
         _closed_loop(stack, bench)
-    _seed(stack, bench, options, fleet_drivers)
+    if only in (None, "seed"):
+        _seed(stack, bench, options, fleet_drivers)
     hotspots = None
-    if not seed_only:
+    if only == "profile":
+        hotspots = bench.profile(
+            int(options.get("profile_rate", 500)), int(options.get("profile_s", 15))
+        )
+    if only is None:
         # The highest rate that meets the latency goal on this machine, step by step.
         for rate in [int(r) for r in str(options.get("steps", DEFAULT_STEPS)).split(",")]:
             bench.fleet_phase(

@@ -124,6 +124,40 @@ def test_every_route_reaches_its_service_through_one_port(
     assert api_requests(stack) > 0
 
 
+def test_a_browser_app_on_the_dev_server_calls_the_api_and_ingest_through_the_edge(
+    public: str, token: Token
+) -> None:
+    dev_server, elsewhere = "http://localhost:3000", "https://evil.example"
+    customer = token(Role.CUSTOMER, f"cust-cors-{uuid.uuid4().hex[:6]}")
+    driver = token(Role.DRIVER, f"drv-cors-{uuid.uuid4().hex[:6]}")
+    for path, method in (("/v1/jobs", "POST"), ("/v1/pings", "POST"), ("/v1/jobs", "GET")):
+        asked = {
+            "Access-Control-Request-Method": method,
+            "Access-Control-Request-Headers": "authorization",
+        }
+        r = httpx.options(public + path, headers={"Origin": dev_server, **asked})
+        assert r.status_code == 200, (path, r.status_code, r.text)
+        assert r.headers["access-control-allow-origin"] == dev_server
+        assert method in r.headers["access-control-allow-methods"]
+        assert "access-control-max-age" in r.headers
+        r = httpx.options(public + path, headers={"Origin": elsewhere, **asked})
+        assert not [h for h in r.headers if h.lower().startswith("access-control-")], path
+    created = httpx.post(
+        public + "/v1/jobs", json=BODY, headers={"Origin": dev_server, **bearer(customer)}
+    )
+    assert created.status_code == 201
+    assert created.headers["access-control-allow-origin"] == dev_server
+    ping = ping_at(datetime.now(UTC), metres_east=0)
+    for origin, expected in ((dev_server, dev_server), (elsewhere, None)):
+        r = httpx.post(
+            public + "/v1/pings",
+            json={"pings": [ping]},
+            headers={"Origin": origin, **bearer(driver)},
+        )
+        assert r.status_code == 202
+        assert r.headers.get("access-control-allow-origin") == expected
+
+
 def test_share_views_are_fetched_once_however_many_ask(
     stack: Stack, public: str, token: Token
 ) -> None:

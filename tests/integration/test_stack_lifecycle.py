@@ -2,6 +2,7 @@
 
 import shutil
 import socket
+import time
 import uuid
 from datetime import UTC, datetime
 
@@ -9,10 +10,11 @@ import httpx
 import psycopg
 import pytest
 
-from infra import postgres
+from infra import postgres, services
 from infra.procs import StackError
 from infra.stack import Stack
 from runtime.auth import issue_token
+from runtime.heartbeat import fresh
 from schemas.auth import Role
 from tests.support.stack import scratch_config, wait_for
 
@@ -71,6 +73,20 @@ def test_every_ingest_process_serves(stack: Stack) -> None:
         )
         assert r.status_code == 202, url
     assert stack.status()["ingest-2"]["healthy"]
+
+
+def test_every_service_process_proves_its_loop_turns(stack: Stack) -> None:
+    # The supervisor forgives a late /healthz only while this file is fresh: each kind of
+    # service must write it (uvicorn's, the notifier's and Faust's loops alike).
+    names = {spec.name: spec.heartbeat for spec in services.specs(stack.config)}
+    assert {name.rsplit("-", 1)[0] for name in names} == {
+        "ingest", "streams", "api", "photo-worker", "notifier"
+    }  # fmt: skip
+
+    def all_fresh() -> bool | None:
+        return all(b is not None and fresh(b, time.time()) for b in names.values()) or None
+
+    wait_for(all_fresh, timeout_s=10)
 
 
 def test_the_simulated_fleet_of_up_simulate_gets_its_pings_stored(stack: Stack) -> None:

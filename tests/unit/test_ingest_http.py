@@ -225,6 +225,31 @@ async def test_the_concurrency_cap_refuses_at_once_beyond_its_limit() -> None:
     assert second.status_code == 503 and 1 <= int(second.headers["Retry-After"]) <= 3
 
 
+async def test_the_liveness_probe_is_answered_past_the_concurrency_cap() -> None:
+    # A process at its cap is busy, not dead: the probe the supervisor reads must not be
+    # refused with the requests (a 503 there would get the process killed).
+    release, entered = asyncio.Event(), asyncio.Event()
+
+    async def app(scope: dict[str, object], receive: object, send: object) -> None:
+        if scope["path"] != "/healthz":
+            entered.set()
+            await release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})  # type: ignore[operator]
+        await send({"type": "http.response.body", "body": b"ok"})  # type: ignore[operator]
+
+    capped = ConcurrencyCap(app, limit=1, exempt=("/healthz",))
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=capped), base_url="http://x"
+    ) as c:
+        first = asyncio.ensure_future(c.get("/v1/pings"))
+        await asyncio.wait_for(entered.wait(), timeout=5)  # it holds the only slot
+        refused = await c.get("/v1/pings")
+        probe = await c.get("/healthz")
+        release.set()
+        assert (await first).status_code == 200
+    assert (refused.status_code, probe.status_code) == (503, 200)
+
+
 def test_the_request_id_is_answered_and_travels_on_the_kafka_record(
     keys: tuple[Path, Path], publisher: FakePublisher
 ) -> None:
