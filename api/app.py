@@ -15,6 +15,7 @@ from api import (
     ops_routes,
     position_routes,
     probes,
+    proof_routes,
     share_routes,
     task_routes,
 )
@@ -226,7 +227,8 @@ def create_app(
     app.add_middleware(
         FastReads, read_path=shared.read_path, verifier=shared.verifier, limit=shared.limit
     )
-    for router in (job_routes.router, task_routes.router, share_routes.router, ops_routes.router):
+    routers = (job_routes, proof_routes, task_routes, share_routes, ops_routes)
+    for router in (module.router for module in routers):
         app.include_router(router)
     mount_ops_page(app)
     app.include_router(position_routes.router)

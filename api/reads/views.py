@@ -129,7 +129,7 @@ class ViewLoaders:
 def answer(env: Envelope, if_none_match: str | None, cache_control: str) -> Response:
     """The view, or 304 when the client holds it already (If-None-Match)."""
     headers = {"ETag": env.etag, "Cache-Control": cache_control}
-    if _matches(if_none_match, env.etag):
+    if etag_matches(if_none_match, env.etag):
         return Response(status_code=304, headers=headers)
     return Response(env.body, media_type="application/json", headers=headers)
 
@@ -184,7 +184,7 @@ async def position_answer(
     return answer(env, if_none_match, read_path.views.cache_control(view))
 
 
-def _matches(if_none_match: str | None, etag: str) -> bool:
+def etag_matches(if_none_match: str | None, etag: str) -> bool:
     if not if_none_match:
         return False
     tags = (tag.strip().removeprefix("W/") for tag in if_none_match.split(","))

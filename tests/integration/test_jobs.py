@@ -803,6 +803,46 @@ def test_complete_answers_202_and_the_worker_completes_the_job(
     assert send_photo(driver, path, jpeg()).status_code == 409  # completed already
 
 
+def test_the_proof_photo_is_served_cleaned_to_the_jobs_people_only(
+    people: dict[str, Caller],
+) -> None:
+    customer, driver = people["customer"], people["driver"]
+    path = picked_up_job(people)
+    assert customer.get(f"{path}/proof").status_code == 404  # no proof yet
+    upload = jpeg((1200, 900))
+    task_id = send_photo(driver, path, upload).json()["task_id"]
+    assert wait_for(lambda: task_done(customer, task_id))["status"] == "done"
+
+    photo = customer.get(f"{path}/proof")
+    assert photo.status_code == 200, photo.text
+    assert photo.headers["content-type"] == "image/jpeg"
+    assert photo.headers["cache-control"].startswith("private")
+    assert photo.content != upload  # never the raw upload
+    image = Image.open(BytesIO(photo.content))
+    assert image.size == (1200, 900) and not image.getexif()  # no location leaves with it
+    thumb = customer.get(f"{path}/proof", size="thumb")
+    assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
+    assert max(Image.open(BytesIO(thumb.content)).size) < 1200
+    assert thumb.headers["etag"] != photo.headers["etag"]
+    # The client's copy is current: 304, no body.
+    again = httpx.get(
+        f"{customer.base}{path}/proof",
+        headers=customer.headers | {"If-None-Match": photo.headers["etag"]},
+    )
+    assert again.status_code == 304 and again.content == b""
+    # The job's customer, a dispatcher and the assigned driver; anyone else: 404.
+    for name, status in (("dispatcher", 200), ("driver", 200), ("other_customer", 404),
+                         ("other_driver", 404), ("ops", 404)):  # fmt: skip
+        r = people[name].get(f"{path}/proof")
+        assert r.status_code == status, name
+        if status == 200:
+            assert r.content == photo.content
+    assert httpx.get(f"{customer.base}{path}/proof").status_code == 401
+    bad = customer.get(f"{path}/proof", size="huge")
+    assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid"
+    assert customer.get(f"/v1/jobs/{uuid.uuid4()}/proof").status_code == 404
+
+
 def test_a_bad_proof_is_refused_and_a_broken_one_sends_the_job_back(
     people: dict[str, Caller],
 ) -> None:

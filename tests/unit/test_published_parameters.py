@@ -22,6 +22,11 @@ PUBLISHED: dict[tuple[str, str, str], set[tuple[str, str]]] = {
     ("api", "POST", "/v1/jobs/{job_id}/share"): {JOB, KEY},
     ("api", "DELETE", "/v1/jobs/{job_id}/share"): {JOB},
     ("api", "GET", "/v1/jobs/{job_id}/track"): {JOB, ("query", "from"), ("query", "to")},
+    ("api", "GET", "/v1/jobs/{job_id}/proof"): {
+        JOB,
+        ("query", "size"),
+        ("header", "If-None-Match"),
+    },
     ("api", "GET", "/v1/ops/lag"): set(),
     ("api", "GET", "/v1/ops/overview"): set(),
     ("api", "GET", "/v1/share/{token}"): {("path", "token")},
