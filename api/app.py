@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, Counter
 from api import (
     http_errors,
     job_routes,
+    keys_routes,
     ops_routes,
     position_routes,
     probes,
@@ -227,7 +228,7 @@ def create_app(
     app.add_middleware(
         FastReads, read_path=shared.read_path, verifier=shared.verifier, limit=shared.limit
     )
-    routers = (job_routes, proof_routes, task_routes, share_routes, ops_routes)
+    routers = (job_routes, proof_routes, task_routes, share_routes, ops_routes, keys_routes)
     for router in (module.router for module in routers):
         app.include_router(router)
     mount_ops_page(app)

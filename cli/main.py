@@ -7,6 +7,7 @@ import re
 import signal
 import sys
 from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
@@ -17,6 +18,7 @@ from rich.table import Table
 # and matplotlib, which `telemetry token` or `status` must not pay for.
 from bench.routes import CITIES
 from bench.scenarios import SCENARIOS
+from infra import keys as token_keys
 from infra.config import StackConfig
 from infra.procs import StackError
 from infra.topology import SCALABLE
@@ -349,6 +351,41 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys(args: argparse.Namespace) -> int:
+    """The token keys (infra/keys.py): list them, rotate the signing key, retire one."""
+    config = StackConfig()
+    if not config.jwt_private_key.exists():
+        raise StackError(f"no signing key at {config.jwt_private_key}: run 'telemetry up' first")
+    if args.action == "rotate":
+        console.print(
+            f"signing with {token_keys.rotate(config)}; the old key verifies until retired"
+        )
+        return 0
+    if args.action == "retire":
+        token_keys.retire(config, args.kid)
+        console.print(f"retired {args.kid}: tokens it signed are refused from now")
+        return 0
+
+    def at(ts: object) -> str:
+        if not isinstance(ts, float):
+            return "-"
+        return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+
+    token_keys.ensure(config)
+    table = Table(title="token keys")
+    table.add_column("kid", no_wrap=True, min_width=43)  # whole: `retire` takes it
+    for column in ("made", "role", "signed until", "may retire from"):
+        table.add_column(column)
+    for row in token_keys.listing(config):
+        role = "signs and verifies" if row["signs"] else "verifies"
+        signed = at(row["signed_until"])
+        table.add_row(
+            str(row["kid"]), at(row["created_at"]), role, signed, at(row["retirable_from"])
+        )
+    console.print(table)
+    return 0
+
+
 def cmd_ops_url(args: argparse.Namespace) -> int:
     """The ops page's URL with a short-lived ops token in its fragment (never sent to a
     server, so never in a log); the page keeps it for its tab only."""
@@ -535,6 +572,14 @@ def _tool_commands(sub: Any) -> None:
     token.add_argument("--sub", required=True, help="the driver/customer/dispatcher/ops id")
     token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds")
     token.set_defaults(func=cmd_token)
+
+    keys = sub.add_parser("keys", help="the token keys: list, rotate, retire KID")
+    key_actions = keys.add_subparsers(dest="action", required=True)
+    key_actions.add_parser("list", help="each key, whether it signs, when it may retire")
+    key_actions.add_parser("rotate", help="sign with a new key; the old one still verifies")
+    retire = key_actions.add_parser("retire", help="stop verifying with an old key")
+    retire.add_argument("kid")
+    keys.set_defaults(func=cmd_keys)
 
     ops_url = sub.add_parser(
         "ops-url", help="print the ops page's URL, logged in with a short-lived ops token"

@@ -141,7 +141,9 @@ class StackConfig(BaseSettings):
 
     @property
     def jwt_public_key(self) -> Path:
-        return self.state_dir / "keys" / "jwt_ed25519.pub.pem"
+        """The JWKS document of every key that verifies (infra/keys.py), in a directory of
+        its own: what services are given to read, nothing else of the keys."""
+        return self.state_dir / "keys" / "public" / "jwks.json"
 
     @property
     def prometheus_url(self) -> str:

@@ -56,8 +56,9 @@ class ServiceSpec:
 
 
 def _key(config: StackConfig) -> Mount:
-    """The tokens' public key (the signing key is the stack's alone)."""
-    return Mount(config.jwt_public_key)
+    """The tokens' public keys, as a directory: a rotation renames a new document in (the
+    signing key is the stack's alone)."""
+    return Mount(config.jwt_public_key.parent)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from infra import (
     edge,
     haproxy,
     install,
+    keys,
     prometheus,
     runtimes,
     services,
@@ -42,7 +43,6 @@ from infra.procs import (
     wait_until,
     write_private,
 )
-from runtime.auth import generate_keypair
 
 Reporter = Callable[[str], None]
 SIMULATOR = "simulator"
@@ -351,8 +351,7 @@ class Stack:
         self.report(f"storage: {ensure_storage(cfg, self.report)}")
         for path in (cfg.state_dir, cfg.logs_dir, cfg.run_dir, cfg.jwt_private_key.parent):
             path.mkdir(parents=True, exist_ok=True)
-        if not cfg.jwt_private_key.exists():
-            generate_keypair(cfg.jwt_private_key, cfg.jwt_public_key)
+        keys.ensure(cfg)
         # The counts asked for here (`up --api 3`) become the running stack's topology;
         # HAProxy's configuration follows it when it is ready.
         self._reconfigure(topology.requested(self._requested))

@@ -1,5 +1,6 @@
 """JWT: Ed25519-signed tokens. Services verify with the public key; only tooling signs."""
 
+import logging
 from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
@@ -10,11 +11,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from runtime.clock import Clock, SystemClock
+from runtime.jwks import kid_of, read_keys
 from runtime.settings import HttpServiceSettings
 from schemas.auth import JWT_AUDIENCE, JWT_ISSUER, Principal, Role
 
 # Hard-coded: the algorithm is never taken from the token header ("alg: none", HS256
 # signed with the public key as a secret, and so on are all refused).
+log = logging.getLogger(__name__)
+
 ALGORITHMS = ["EdDSA"]
 REQUIRED_CLAIMS = ["exp", "iat", "aud", "iss", "sub"]
 
@@ -27,6 +31,65 @@ class ForbiddenError(Exception):
     """The token is valid but its role may not do this (HTTP 403)."""
 
 
+class UnknownKey(Exception):
+    """The token names a key id the key set does not hold (retired, or never ours)."""
+
+
+class KeySet:
+    """The public keys tokens are verified with, from a file: a JWKS document (or one PEM
+    key). The file is looked at again at most every `recheck_s`, and at once for a key id
+    it does not hold: services pick up `telemetry keys rotate` and `retire` without a
+    restart. A file that cannot be read keeps the keys read before (and says so in the
+    log); the first read must succeed (a service that cannot verify refuses to start)."""
+
+    def __init__(self, path: Path, clock: Clock, recheck_s: float = 1.0) -> None:
+        self._path = path
+        self._clock = clock
+        self._recheck_s = recheck_s
+        self._stamp = self._stat()
+        self._keys = read_keys(path.read_bytes())
+        self._checked = clock.monotonic()
+
+    def _stat(self) -> tuple[int, int] | None:
+        try:
+            st = self._path.stat()
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_ino
+
+    def _refresh(self) -> None:
+        self._checked = self._clock.monotonic()
+        stamp = self._stat()
+        if stamp is None or stamp == self._stamp:
+            return
+        try:
+            self._keys = read_keys(self._path.read_bytes())
+        except (OSError, ValueError) as exc:
+            log.error(
+                "the keys in %s could not be read, the previous ones stay: %s", self._path, exc
+            )
+            return
+        self._stamp = stamp
+        log.info("keys read again from %s: %s", self._path, ", ".join(self._keys))
+
+    def current(self) -> dict[str, Ed25519PublicKey]:
+        if self._clock.monotonic() - self._checked >= self._recheck_s:
+            self._refresh()
+        return self._keys
+
+    def candidates(self, kid: str | None) -> list[Ed25519PublicKey]:
+        """The key `kid` names; without a kid (a token from before key ids), every key."""
+        keys = self.current()
+        if kid is None:
+            return list(keys.values())
+        if kid not in keys:
+            self._refresh()  # a key added a moment ago
+            keys = self._keys
+        if kid not in keys:
+            raise UnknownKey(f"unknown key id {kid!r}")
+        return [keys[kid]]
+
+
 class TokenVerifier:
     """Verifies tokens, remembering the ones it verified: a driver app sends the same token
     with every ping, and the signature check is most of the cost of a small request. The
@@ -35,7 +98,7 @@ class TokenVerifier:
 
     def __init__(
         self,
-        public_key: Ed25519PublicKey,
+        keys: "KeySet",
         *,
         audience: str,
         issuer: str,
@@ -44,7 +107,7 @@ class TokenVerifier:
         cache_size: int = 100_000,
         clock: Clock | None = None,
     ) -> None:
-        self._key = public_key
+        self._keys = keys
         self._audience = audience
         self._issuer = issuer
         self._max_lifetime_s = max_lifetime_s
@@ -55,10 +118,13 @@ class TokenVerifier:
 
     @classmethod
     def from_file(cls, path: Path, **kwargs: Any) -> "TokenVerifier":
-        key = serialization.load_pem_public_key(path.read_bytes())
-        if not isinstance(key, Ed25519PublicKey):
-            raise ValueError(f"{path} is not an Ed25519 public key")
-        return cls(key, **kwargs)
+        """Verifying with the keys of `path` (a JWKS document or one PEM public key), read
+        again when it changes."""
+        return cls(KeySet(path, kwargs.get("clock") or SystemClock()), **kwargs)
+
+    @property
+    def keys(self) -> "KeySet":
+        return self._keys
 
     def verify(self, token: str) -> Principal:
         return self.verify_expiring(token)[0]
@@ -81,18 +147,13 @@ class TokenVerifier:
 
     def _verify(self, token: str) -> tuple[Principal, float]:
         try:
-            claims = jwt.decode(
-                token,
-                self._key,
-                algorithms=ALGORITHMS,
-                audience=self._audience,
-                issuer=self._issuer,
-                options={"require": REQUIRED_CLAIMS},
-                leeway=self._leeway_s,
+            kid = jwt.get_unverified_header(token).get("kid")
+            claims = self._decode(
+                token, self._keys.candidates(kid if isinstance(kid, str) else None)
             )
             principal = Principal(sub=str(claims["sub"]), role=Role(claims["role"]))
             lifetime = float(claims["exp"]) - float(claims["iat"])
-        except (jwt.PyJWTError, KeyError, ValueError, TypeError) as exc:
+        except (jwt.PyJWTError, KeyError, ValueError, TypeError, UnknownKey) as exc:
             raise AuthError(f"invalid token: {exc}") from exc
         # A stolen long-lived token is a long-lived breach: refuse what no issuer of ours
         # would sign, and an iat in the future beyond the leeway (PyJWT checks nbf).
@@ -101,6 +162,27 @@ class TokenVerifier:
         if float(claims["iat"]) > self._clock.wall() + self._leeway_s:
             raise AuthError("invalid token: issued in the future")
         return principal, float(claims["exp"])
+
+    def _decode(self, token: str, keys: list[Ed25519PublicKey]) -> dict[str, Any]:
+        """The claims, checked with the first of `keys` whose signature holds."""
+        for key in keys[:-1]:
+            try:
+                return self._decode_with(token, key)
+            except jwt.InvalidSignatureError:
+                continue
+        return self._decode_with(token, keys[-1])
+
+    def _decode_with(self, token: str, key: Ed25519PublicKey) -> dict[str, Any]:
+        claims: dict[str, Any] = jwt.decode(
+            token,
+            key,
+            algorithms=ALGORITHMS,
+            audience=self._audience,
+            issuer=self._issuer,
+            options={"require": REQUIRED_CLAIMS},
+            leeway=self._leeway_s,
+        )
+        return claims
 
 
 def verifier_from_settings(settings: HttpServiceSettings) -> TokenVerifier:
@@ -169,4 +251,5 @@ def issue_token(
         "iss": issuer,
         **(extra or {}),
     }
-    return jwt.encode(claims, key, algorithm="EdDSA")
+    # The key's id, so that verifiers holding several keys (a rotation) know which.
+    return jwt.encode(claims, key, algorithm="EdDSA", headers={"kid": kid_of(key.public_key())})

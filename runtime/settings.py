@@ -69,7 +69,8 @@ class ServedSettings(ServiceSettings):
 class HttpServiceSettings(ServedSettings):
     """An HTTP service that verifies tokens."""
 
-    # Required: a service that cannot verify tokens must refuse to start.
+    # Required: a service that cannot verify tokens must refuse to start. A JWKS document
+    # (every key that verifies, by kid; read again when it changes) or one PEM public key.
     jwt_public_key_path: Path
     jwt_audience: str = JWT_AUDIENCE
     jwt_issuer: str = JWT_ISSUER

@@ -26,7 +26,18 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from infra import edge, haproxy, kafka, pgbouncer, postgres, prometheus, redis, services, storage
+from infra import (
+    edge,
+    haproxy,
+    kafka,
+    keys,
+    pgbouncer,
+    postgres,
+    prometheus,
+    redis,
+    services,
+    storage,
+)
 from infra import supervisor as supervisor_module
 from infra.components import Component, components
 from infra.config import StackConfig
@@ -44,7 +55,6 @@ from infra.procs import (
     wait_until,
     write_private,
 )
-from runtime.auth import generate_keypair
 
 STATE_DIR = Path("/var/lib/telemetry")
 SCRIPTS = STATE_DIR / "compose"  # scripts_dir(stack_config())
@@ -131,8 +141,7 @@ def write_config(config: StackConfig) -> None:
     exists already (keys, the password, a cluster) is kept."""
     for path in (config.state_dir, config.logs_dir, config.run_dir, config.jwt_private_key.parent):
         path.mkdir(parents=True, exist_ok=True)
-    if not config.jwt_private_key.exists():
-        generate_keypair(config.jwt_private_key, config.jwt_public_key)
+    keys.ensure(config)
     storage.prepare(config, _report, ensure=lambda _c, _r: None)
     postgres.prepare_for_initdb(config)
     directory = scripts_dir(config)

@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from bench.ws_client import JobWatcher, watch_until
-from infra import edge, haproxy, runtimes, supervisor
+from infra import edge, haproxy, keys, runtimes, supervisor
 from infra.config import StackConfig
 from infra.procs import free_port, stop, wait_until
 from infra.stack import Stack
@@ -156,6 +156,38 @@ def test_a_browser_app_on_the_dev_server_calls_the_api_and_ingest_through_the_ed
         )
         assert r.status_code == 202
         assert r.headers.get("access-control-allow-origin") == expected
+
+
+def test_a_key_rotation_reaches_every_service_without_a_restart(
+    stack: Stack, public: str, token: Token
+) -> None:
+    def kids(url: str) -> set[str]:
+        r = httpx.get(url + "/.well-known/jwks.json")
+        assert r.status_code == 200 and r.headers["cache-control"].startswith("public")
+        return {k["kid"] for k in r.json()["keys"]}
+
+    before = kids(public)  # public, through the edge
+    services = ("ingest-1", "api-1", "notifier-1")
+    pids = {name: stack.records[name].ref.pid for name in services}
+    customer_sub = f"cust-rot-{uuid.uuid4().hex[:6]}"
+    old_customer = token(Role.CUSTOMER, customer_sub)
+    new_kid = keys.rotate(stack.config)
+    assert new_kid not in before
+    # The api publishes what it holds: the new document once it has looked (every second).
+    api = stack.urls("api")[0]
+    wait_for(lambda: kids(api) == before | {new_kid} or None, timeout_s=10)
+    # Tokens of the new key, at once, at each service; the old key's still verify.
+    customer = token(Role.CUSTOMER, customer_sub)
+    driver = token(Role.DRIVER, f"drv-rot-{uuid.uuid4().hex[:6]}")
+    ping = ping_at(datetime.now(UTC), metres_east=0)
+    r = httpx.post(public + "/v1/pings", json={"pings": [ping]}, headers=bearer(driver))
+    assert r.status_code == 202, r.text
+    job_id = create_job(public, customer)
+    assert httpx.get(f"{public}/v1/jobs/{job_id}", headers=bearer(old_customer)).status_code == 200
+    watcher = JobWatcher(ws(stack), customer, uuid.UUID(job_id))
+    [snapshot] = asyncio.run(watch_until(watcher, lambda m: m["type"] == "snapshot", 30))
+    assert snapshot["job"]["job_id"] == job_id
+    assert {name: stack.records[name].ref.pid for name in services} == pids  # no restart
 
 
 def test_share_views_are_fetched_once_however_many_ask(

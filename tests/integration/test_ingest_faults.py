@@ -14,11 +14,11 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
-from infra import install, kafka, runtimes, services
+from infra import install, kafka, keys, runtimes, services
 from infra.config import StackConfig
 from infra.containers import engine
 from infra.procs import ProcessRef, stop, wait_until
-from runtime.auth import generate_keypair, issue_token
+from runtime.auth import issue_token
 from schemas.auth import Role
 from tests.support.stack import scratch_config, wait_for
 
@@ -54,8 +54,7 @@ class BrokerAndIngest:
 def broker_and_ingest() -> Iterator[BrokerAndIngest]:
     config = scratch_config()
     install.ensure_kafka_jars(config)
-    config.jwt_private_key.parent.mkdir(parents=True)
-    generate_keypair(config.jwt_private_key, config.jwt_public_key)
+    keys.ensure(config)
     [spec] = [s for s in services.specs(config) if s.module == "ingest"]
     try:
         # The container engine's API, on the container backend (the test has no stack).

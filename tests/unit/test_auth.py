@@ -133,11 +133,8 @@ def test_a_cached_token_still_expires(keys: tuple[Path, Path]) -> None:
 
 
 def test_the_cache_is_bounded_and_never_trusts_a_changed_token(keys: tuple[Path, Path]) -> None:
-    verifier = TokenVerifier(
-        serialization.load_pem_public_key(keys[1].read_bytes()),  # type: ignore[arg-type]
-        audience=JWT_AUDIENCE,
-        issuer=JWT_ISSUER,
-        cache_size=3,
+    verifier = TokenVerifier.from_file(
+        keys[1], audience=JWT_AUDIENCE, issuer=JWT_ISSUER, cache_size=3
     )
     tokens = [issue_token(keys[0], sub=f"d{i}", role=Role.DRIVER) for i in range(10)]
     for t in tokens:

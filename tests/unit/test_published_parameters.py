@@ -9,6 +9,7 @@ KEY = ("header", "Idempotency-Key")
 JOB = ("path", "job_id")
 PUBLISHED: dict[tuple[str, str, str], set[tuple[str, str]]] = {
     ("api", "GET", "/healthz"): set(),
+    ("api", "GET", "/.well-known/jwks.json"): set(),
     ("api", "GET", "/readyz"): set(),
     ("api", "GET", "/metrics"): set(),
     ("api", "GET", "/v1/drivers/{driver_id}/position"): {("path", "driver_id")},
