@@ -18,6 +18,7 @@ from rich.table import Table
 # and matplotlib, which `telemetry token` or `status` must not pay for.
 from bench.routes import CITIES
 from bench.scenarios import SCENARIOS
+from infra import devices as device_registry
 from infra import keys as token_keys
 from infra.config import StackConfig
 from infra.procs import StackError
@@ -386,6 +387,28 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_device(args: argparse.Namespace) -> int:
+    """GPS devices on the OsmAnd protocol (infra/devices.py): add, list, remove."""
+    config = StackConfig()
+    if args.action == "add":
+        record = device_registry.add(config, args.device_id, args.driver)
+        console.print(f"device {args.device_id} sends fixes for driver {record.driver_id}")
+        return 0
+    if args.action == "remove":
+        if not device_registry.remove(config, args.device_id):
+            raise StackError(f"no device {args.device_id!r} (telemetry device list)")
+        console.print(f"removed device {args.device_id}: its fixes are refused from now")
+        return 0
+    table = Table(title="GPS devices (OsmAnd)")
+    for column in ("device", "driver", "added"):
+        table.add_column(column, no_wrap=True)
+    for device_id, record in sorted(device_registry.listing(config).items()):
+        added = record.added_at.isoformat(timespec="seconds")
+        table.add_row(device_id, record.driver_id, added)
+    console.print(table)
+    return 0
+
+
 def cmd_ops_url(args: argparse.Namespace) -> int:
     """The ops page's URL with a short-lived ops token in its fragment (never sent to a
     server, so never in a log); the page keeps it for its tab only."""
@@ -580,6 +603,16 @@ def _tool_commands(sub: Any) -> None:
     retire = key_actions.add_parser("retire", help="stop verifying with an old key")
     retire.add_argument("kid")
     keys.set_defaults(func=cmd_keys)
+
+    device = sub.add_parser("device", help="GPS devices on the OsmAnd protocol: add, list, remove")
+    device_actions = device.add_subparsers(dest="action", required=True)
+    add = device_actions.add_parser("add", help="register a device to a driver")
+    add.add_argument("device_id", help="the id the device sends (Traccar Client's identifier)")
+    add.add_argument("--driver", required=True, help="the driver whose fixes it sends")
+    device_actions.add_parser("list", help="every registered device and its driver")
+    remove = device_actions.add_parser("remove", help="unregister a device")
+    remove.add_argument("device_id")
+    device.set_defaults(func=cmd_device)
 
     ops_url = sub.add_parser(
         "ops-url", help="print the ops page's URL, logged in with a short-lived ops token"

@@ -24,7 +24,7 @@ ROUTED = ("ingest", "api", "notifier")
 BINARY = "/usr/sbin/haproxy"
 MONITOR_PATH = "/lb/healthz"
 # Routes (docs/edge.md): everything not matched goes to the api.
-INGEST_PATHS = ("/v1/pings",)
+INGEST_PATHS = ("/v1/pings", "/osmand")
 WS_PATH = "/ws"
 
 

@@ -24,7 +24,10 @@ TOPICS = [
     (topics.TASKS, topics.DRIVER_TOPIC_PARTITIONS),
     (topics.dlq(topics.PINGS), 3),
     (topics.dlq(topics.TASKS), 3),
+    (topics.DEVICES, 1),
 ]
+# Topics that are tables: the latest record of each key kept for good.
+TOPIC_CONFIGS = {topics.DEVICES: {"cleanup.policy": "compact"}}
 
 
 def data_dir(config: StackConfig) -> Path:
@@ -126,7 +129,11 @@ async def _create_topics(bootstrap: str, wanted: list[tuple[str, int]]) -> None:
     await asyncio.wait_for(admin.start(), 15)
     try:
         existing = set(await asyncio.wait_for(admin.list_topics(), 15))
-        new = [NewTopic(name, parts, 1) for name, parts in wanted if name not in existing]
+        new = [
+            NewTopic(name, parts, 1, topic_configs=TOPIC_CONFIGS.get(name, {}))
+            for name, parts in wanted
+            if name not in existing
+        ]
         if new:
             # Another `up` may have created them in the meantime.
             with contextlib.suppress(TopicAlreadyExistsError):

@@ -55,6 +55,22 @@ class Limiter(Protocol):
     async def close(self) -> None: ...
 
 
+class Devices(Protocol):
+    """The device registry (ingest/devices.py). `start` and `close` once each."""
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    @property
+    def loaded(self) -> bool: ...
+
+    @property
+    def alive(self) -> bool: ...
+
+    def driver_of(self, device_id: str) -> str | None: ...
+
+
 @dataclass
 class Adapters:
     """Ingest's ports, built outside the app (`build_adapters`; fakes in tests)."""
@@ -63,6 +79,7 @@ class Adapters:
     limiter: Limiter
     verifier: TokenVerifier
     metrics: IngestMetrics
+    devices: Devices
 
 
 class InFlight:
@@ -115,13 +132,19 @@ class Accept:
         authorization = next((v for k, v in scope["headers"] if k == b"authorization"), None)
         principal = driver(self._adapters.verifier, authorization)
         # Charged before the body is even read: a flood of invalid bodies is a flood too.
-        if self._settings.rate_limit_enabled:
-            await self._enforce_rate_limit(principal.sub)
+        await self.limit(principal.sub)
         body = await receive_body_limited(
             scope, receive, MAX_BATCH_BYTES, self._settings.body_timeout_s
         )
         if body is None:
             return None
+        accepted, rejected = await self.store(principal.sub, body)
+        return json_response({"accepted": accepted, "rejected": rejected}, 202)
+
+    async def store(self, driver_id: str, body: bytes) -> tuple[int, list[dict[str, Any]]]:
+        """Validates a `POST /v1/pings` body of `driver_id`'s and publishes its valid pings
+        in one record; how many, and why the others were refused. NoValidPing when none
+        is valid; BrokerUnavailable or Backpressure when the record is not durable."""
         now = self._clock.now()
         # The usual request, every ping valid, read by msgspec; anything else by the models,
         # which say what is wrong with which ping (schemas/pings_wire.py: the two agree).
@@ -136,12 +159,16 @@ class Accept:
             if not verdict.accepted:
                 raise NoValidPing(rejected)
             pings = [wire_ping(p) for p in verdict.accepted]
-        # One record per request, keyed by driver: the driver id comes from the token only.
-        await self._publish(principal.sub, encode_record(principal.sub, now, pings))
+        # One record per request, keyed by driver: the driver id comes from the token (or
+        # the registered device) only.
+        await self._publish(driver_id, encode_record(driver_id, now, pings))
         self._metrics.accepted.inc(len(pings))
-        return json_response({"accepted": len(pings), "rejected": rejected}, 202)
+        return len(pings), rejected
 
-    async def _enforce_rate_limit(self, driver_id: str) -> None:
+    async def limit(self, driver_id: str) -> None:
+        """RateLimited when the driver is over its rate (charged one request)."""
+        if not self._settings.rate_limit_enabled:
+            return
         decision = await self._adapters.limiter.check(driver_id)
         if not decision.checked:
             self._metrics.rate_limit_unchecked.inc()

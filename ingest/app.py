@@ -14,8 +14,11 @@ from ingest import http_errors
 from ingest.accept import Accept, Adapters, Limiter, Publisher
 from ingest.config import IngestSettings
 from ingest.confluent_publisher import ConfluentPublisher, producer_config
+from ingest.devices import KafkaDevices
+from ingest.fixes import AcceptFixes
 from ingest.local_ratelimit import SyncedRateLimiter, redis_exchange
 from ingest.metrics import IngestMetrics
+from ingest.osmand import QUERY_PARAMETERS
 from ingest.publisher import PingPublisher
 from ingest.ratelimit import RateLimiter
 from runtime.auth import verifier_from_settings
@@ -35,6 +38,26 @@ from runtime.http import (
 from runtime.kafka import AckedProducer, durable_producer
 from schemas.pings import PingBatch, PingsAccepted
 
+# The OsmAnd route's published parameters and bodies (ingest/osmand.py reads them).
+OSMAND_QUERY: dict[str, Any] = {
+    "parameters": [
+        {"name": name, "in": "query", "required": False, "schema": {"type": "string"}}
+        for name in QUERY_PARAMETERS
+    ]
+}
+OSMAND_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": False,
+        "content": {
+            "application/json": {"schema": {"type": "object"}},
+            "application/x-www-form-urlencoded": {"schema": {"type": "object"}},
+        },
+    }
+}
+OSMAND_OK: dict[int | str, dict[str, Any]] = {
+    200: {"description": "The fixes are durable in Kafka (no body)"}
+}
+
 
 def build_adapters(settings: IngestSettings) -> Adapters:
     """The real adapters: Kafka, Redis, the public key; nothing connects yet."""
@@ -50,6 +73,7 @@ def build_adapters(settings: IngestSettings) -> Adapters:
         limiter=_limiter(settings, redis, metrics),
         verifier=verifier_from_settings(settings),
         metrics=metrics,
+        devices=KafkaDevices(settings, metrics, SystemClock()),
     )
 
 
@@ -113,13 +137,18 @@ def create_app(
     """The app over its adapters. Its lifespan starts the publisher and the limiter, and
     closes them at shutdown."""
     publisher, limiter, metrics = adapters.publisher, adapters.limiter, adapters.metrics
-    accept = Accept(settings, adapters, clock or SystemClock())
+    devices = adapters.devices
+    clock = clock or SystemClock()
+    accept = Accept(settings, adapters, clock)
+    accept_fixes = AcceptFixes(accept, devices, metrics, clock, settings.body_timeout_s)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await publisher.start()
         await limiter.start()
+        await devices.start()
         yield
+        await devices.close()
         await publisher.close()
         await limiter.close()
 
@@ -153,17 +182,40 @@ def create_app(
     app.hot_route = next(r for r in app.routes if isinstance(r, APIRoute) and r.path == "/v1/pings")
     app.hot_handler = post_pings
 
+    async def osmand(request: Request) -> Response:
+        response = await accept_fixes(request.scope, request.receive)
+        return response if response is not None else Response(status_code=400)
+
+    for method, extra in (("GET", OSMAND_QUERY), ("POST", OSMAND_QUERY | OSMAND_BODY)):
+        app.add_api_route(
+            "/osmand",
+            osmand,
+            methods=[method],
+            summary=f"A GPS device's fix on Traccar's OsmAnd protocol ({method})",
+            responses=OSMAND_OK | error_responses(403, 408, 413, 422, 429, 503),
+            openapi_extra=extra,
+            operation_id=f"osmand_{method.lower()}",
+        )
+
     @app.get("/healthz", responses=PROBE_RESPONSES)
     async def healthz() -> Response:
+        # The device registry's reader never ends but by a bug: restart the process.
+        if not devices.alive:
+            return json_response({"status": "failed", "devices": False}, 503)
         return json_response({"status": "ok"})
 
     @app.get("/readyz", responses=PROBE_RESPONSES)
     async def readyz() -> Response:
-        # Kafka must answer a metadata request; Redis is not required (the limit is decided
-        # in the process; in "redis" mode it fails open).
-        if await publisher.ready():
-            return json_response({"status": "ready"})
-        return json_response({"status": "unavailable", "kafka": False}, 503, http_errors.RETRY_1S)
+        # Kafka must answer a metadata request, and the device registry be read (/osmand);
+        # Redis is not required (the limit is decided in the process; in "redis" mode it
+        # fails open).
+        if not await publisher.ready():
+            answer = {"status": "unavailable", "kafka": False}
+            return json_response(answer, 503, http_errors.RETRY_1S)
+        if not devices.loaded:
+            answer = {"status": "unavailable", "devices": False}
+            return json_response(answer, 503, http_errors.RETRY_1S)
+        return json_response({"status": "ready"})
 
     if settings.metrics_port is None:
 

@@ -17,6 +17,8 @@ class IngestSettings(HttpServiceSettings):
     port: int = 18001
     kafka_bootstrap: str = LOCAL_KAFKA
     pings_topic: str = topics.PINGS
+    # The device registry (GPS devices on the OsmAnd protocol), a compacted topic.
+    devices_topic: str = topics.DEVICES
     # The Kafka client: aiokafka (in the event loop) or confluent-kafka (librdkafka's threads).
     producer: Literal["aiokafka", "confluent"] = "aiokafka"
     # The contract promises a 503 within 2 s when Kafka is down: the whole wait for the

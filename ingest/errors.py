@@ -31,3 +31,11 @@ class RateLimited(IngestError):
     def __init__(self, retry_after_s: int) -> None:
         super().__init__("rate limit exceeded")
         self.retry_after_s = retry_after_s
+
+
+class UnknownDevice(IngestError):
+    """An OsmAnd fix from a device no driver has (HTTP 403): nothing is stored."""
+
+
+class DevicesUnavailable(IngestError):
+    """The device registry is not read yet (HTTP 503): the broker has not answered."""

@@ -6,10 +6,12 @@ from fastapi import FastAPI
 from ingest.errors import (
     Backpressure,
     BrokerUnavailable,
+    DevicesUnavailable,
     IngestError,
     InvalidBatch,
     NoValidPing,
     RateLimited,
+    UnknownDevice,
 )
 from runtime.auth import AuthError, ForbiddenError
 from runtime.http import ApiError, auth_api_error, map_errors, retry_after
@@ -29,6 +31,10 @@ def to_api_error(exc: Exception) -> ApiError:
             return ApiError(503, "too many requests in flight, retry later", headers=retry_after())
         case BrokerUnavailable():
             return ApiError(503, "event log unavailable, retry later", headers=retry_after())
+        case UnknownDevice():
+            return ApiError(403, str(exc))
+        case DevicesUnavailable():
+            return ApiError(503, "device registry not read yet, retry later", headers=retry_after())
     raise TypeError(f"no HTTP mapping for {exc!r}")
 
 
@@ -46,5 +52,8 @@ def answer_for(exc: ApiError | AuthError | ForbiddenError | IngestError) -> ApiE
 
 
 def install(app: FastAPI) -> None:
-    kinds = (InvalidBatch, NoValidPing, RateLimited, Backpressure, BrokerUnavailable)
+    kinds = (
+        InvalidBatch, NoValidPing, RateLimited, Backpressure, BrokerUnavailable, UnknownDevice,
+        DevicesUnavailable,
+    )  # fmt: skip
     map_errors(app, kinds, to_api_error)

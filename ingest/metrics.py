@@ -34,6 +34,16 @@ class IngestMetrics:
             "Syncs of the local rate limit with Redis that failed (limits stayed per process)",
             registry=self.registry,
         )
+        self.unknown_devices = Counter(
+            "ingest_unknown_devices",
+            "OsmAnd requests refused: the device is not registered",
+            registry=self.registry,
+        )
+        self.device_records_failed = Counter(
+            "ingest_device_records_failed",
+            "Records of the device registry that could not be read (skipped)",
+            registry=self.registry,
+        )
         self.in_flight = Gauge(
             "ingest_produce_in_flight", "Requests waiting for a Kafka ack", registry=self.registry
         )

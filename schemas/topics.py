@@ -6,6 +6,8 @@ PINGS: Final = "pings.v1"
 POSITIONS: Final = "positions.v1"
 JOB_EVENTS: Final = "job-events.v1"
 TASKS: Final = "tasks.v1"
+# GPS devices registered to drivers: compacted, keyed by device id (schemas/devices.py).
+DEVICES: Final = "devices.v1"
 
 # Partition count of the driver-keyed topics; per-driver state relies on it staying fixed.
 DRIVER_TOPIC_PARTITIONS: Final = 12

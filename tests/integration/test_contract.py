@@ -54,7 +54,7 @@ def test_ingest_keeps_its_published_contract(stack: Stack, token: Callable[..., 
         # A driver of its own per case: the rate limit is per driver, not what this tests.
         return "Bearer " + token(Role.DRIVER, f"contract-{uuid.uuid4().hex[:8]}")
 
-    assert check_every_operation(stack.urls("ingest")[0] + "/openapi.json", driver) == 4
+    assert check_every_operation(stack.urls("ingest")[0] + "/openapi.json", driver) == 6
 
 
 def test_api_keeps_its_published_contract(stack: Stack, token: Callable[..., str]) -> None:

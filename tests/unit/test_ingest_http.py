@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 from ingest.accept import Adapters
 from ingest.app import create_app
 from ingest.config import IngestSettings
-from ingest.errors import BrokerUnavailable
+from ingest.errors import BrokerUnavailable, DevicesUnavailable
 from ingest.metrics import IngestMetrics
 from ingest.ratelimit import Decision
 from runtime.auth import TokenVerifier, generate_keypair, issue_token
@@ -93,9 +93,38 @@ def settings(public: Path, **overrides: object) -> IngestSettings:
     return IngestSettings(jwt_public_key_path=public, **overrides)  # type: ignore[arg-type]
 
 
-def adapters(public: Path, publisher: FakePublisher, limiter: FakeLimiter) -> Adapters:
+class FakeDevices:
+    """The device registry, in memory: `rows` device -> driver; None until loaded."""
+
+    def __init__(self, rows: dict[str, str] | None = None) -> None:
+        self.rows = rows
+        self.alive = True
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    @property
+    def loaded(self) -> bool:
+        return self.rows is not None
+
+    def driver_of(self, device_id: str) -> str | None:
+        if self.rows is None:
+            raise DevicesUnavailable("not read yet")
+        return self.rows.get(device_id)
+
+
+def adapters(
+    public: Path,
+    publisher: FakePublisher,
+    limiter: FakeLimiter,
+    devices: FakeDevices | None = None,
+) -> Adapters:
     verifier = TokenVerifier.from_file(public, audience=JWT_AUDIENCE, issuer=JWT_ISSUER)
-    return Adapters(publisher, limiter, verifier, IngestMetrics())
+    devices = devices if devices is not None else FakeDevices({})
+    return Adapters(publisher, limiter, verifier, IngestMetrics(), devices)
 
 
 def body() -> dict[str, object]:
