@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings
 
 from api.app import create_app as create_api
 from api.config import ApiSettings
+from cli import asyncapi
 from infra.config import REPO_ROOT, StackConfig
 from ingest.app import build_adapters
 from ingest.app import create_app as create_ingest
@@ -111,6 +112,7 @@ def rendered() -> dict[Path, str]:
     }
     for service, doc in documents.items():
         files[DOCS / f"openapi-{service}.json"] = json.dumps(doc, indent=2, sort_keys=True) + "\n"
+    files[DOCS / "asyncapi.json"] = json.dumps(asyncapi.document(), indent=2, sort_keys=True) + "\n"
     return files
 
 

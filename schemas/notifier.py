@@ -1,8 +1,9 @@
 """The notifier's WebSocket protocol (docs/notifier.md): what a client sends, what the server
 answers, and the close codes that say why a connection ended."""
 
+from datetime import datetime
 from enum import IntEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
@@ -71,21 +72,87 @@ CLIENT_MESSAGE: TypeAdapter[Auth | Subscribe | Unsubscribe | Pong] = TypeAdapter
 
 
 # Server messages -----------------------------------------------------------------------
-# Sent as JSON text frames, built with orjson from these shapes:
-#
-#   {"type": "snapshot", "job_id", "seq", "job": {...}, "position": {...} | null,
-#    "resumed_from": n | null}
-#       `job` is the job now (a share link's subscriber sees the share view: status and
-#       times only), `seq` the job's newest event; job events follow in seq order, those
-#       after `resumed_from` (when the client gave `last_seq`) or after `seq`.
-#   {"type": "job.created" | "job.status" | "job.completed" | "job.arrived", "job_id",
-#    "seq", "status", "at", "data"}
-#       `at` is the commit time; a share link's subscriber gets `data` empty.
-#   {"type": "position", "job_id", "ts", "lat", "lon", "speed_mps", "heading_deg"}
-#       latest-value, not in the seq stream: drop one older than the one you have.
-#   {"type": "resync", "job_id", "reason"}
-#       the events after `last_seq` are no longer retained; a fresh snapshot follows.
-#   {"type": "ping", "ts"}
-#       every `ping_interval_s` (25 s); the client may answer {"type": "pong"}.
+# Sent as JSON text frames, built with orjson by notifier/frames.py (one encoding for every
+# subscriber); these models are their published shapes (docs/asyncapi.json), and a test
+# reads every frame the notifier builds back through them.
 
 ResyncReason = Literal["not_retained", "unknown_seq"]
+
+
+class Fix(BaseModel):
+    """The driver's newest fix."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ts: datetime
+    lat: float
+    lon: float
+    speed_mps: float | None
+    heading_deg: float | None
+
+
+class Snapshot(BaseModel):
+    """First after each subscribe. `job` is the job now (the api's job view; a share link's
+    subscriber gets the share view: status, position and times only), `seq` its newest
+    event. Job events follow in seq order: those after `resumed_from` when the client gave
+    `last_seq`, else those after `seq`. `position`: while the job is under way."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["snapshot"]
+    job_id: UUID
+    seq: int
+    job: dict[str, Any]
+    position: Fix | None
+    resumed_from: int | None
+
+
+class EventMessage(BaseModel):
+    """A job event, in seq order, each exactly once; `at` is its commit time. A share
+    link's subscriber gets `data` empty (it may name the driver or the dispatcher)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["job.created", "job.status", "job.completed", "job.arrived"]
+    job_id: UUID
+    seq: int
+    status: str
+    at: datetime
+    data: dict[str, Any]
+
+
+class PositionMessage(Fix):
+    """The driver's newest fix while the job is under way. Latest-value, not in the seq
+    stream: drop one older (by `ts`) than the one you have."""
+
+    type: Literal["position"]
+    job_id: UUID
+
+
+class Resync(BaseModel):
+    """The events after `last_seq` cannot be replayed; a fresh snapshot follows."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["resync"]
+    job_id: UUID
+    reason: ResyncReason
+
+
+class ServerPing(BaseModel):
+    """Every `ping_interval_s` (25 s); the client may answer `pong`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["ping"]
+    ts: datetime
+
+
+SERVER_MESSAGES: tuple[type[BaseModel], ...] = (
+    Snapshot,
+    EventMessage,
+    PositionMessage,
+    Resync,
+    ServerPing,
+)
+CLIENT_MESSAGES: tuple[type[BaseModel], ...] = (Auth, Subscribe, Unsubscribe, Pong)
