@@ -232,6 +232,7 @@ def create_app(
     for router in (module.router for module in routers):
         app.include_router(router)
     mount_ops_page(app)
+    share_routes.mount_share_page(app)
     app.include_router(position_routes.router)
     app.include_router(probes.router)
     if settings.metrics_port is None:  # else served on a port of its own

@@ -146,6 +146,12 @@ class StackConfig(BaseSettings):
         return self.state_dir / "keys" / "public" / "jwks.json"
 
     @property
+    def public_origins(self) -> tuple[str, ...]:
+        """The edge's own origins: pages it serves (the share page) open the notifier's
+        WebSocket from there."""
+        return (f"http://127.0.0.1:{self.edge_port}", f"http://localhost:{self.edge_port}")
+
+    @property
     def prometheus_url(self) -> str:
         return f"http://127.0.0.1:{self.prometheus_port}"
 

@@ -140,7 +140,8 @@ def _kinds() -> list[_Kind]:
                 "write_dsn": bounded(c, read_only=False),
                 "read_dsn": bounded(c, read_only=True),
                 "redis_url": redis.url(c),
-                "allowed_origins": c.allowed_origins,
+                # And the edge's own: the share page it serves follows its job live.
+                "allowed_origins": c.allowed_origins + c.public_origins,
             },
             ("kafka", "pgbouncer", "redis"), lambda c: (_key(c),),
         ),

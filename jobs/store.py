@@ -264,7 +264,9 @@ async def create_share(
     )
     row = await cur.fetchone()
     assert row is not None
-    return ShareLink(token=token, url=f"/v1/share/{token}", expires_at=row[0])
+    return ShareLink(
+        token=token, url=f"/v1/share/{token}", page_url=f"/s/{token}", expires_at=row[0]
+    )
 
 
 def check_sharer(who: Principal, job: Job | None, job_id: UUID) -> None:

@@ -209,15 +209,20 @@ class Session:
     async def _subscribe(self, message: Subscribe) -> None:
         grant = self.grant
         assert grant is not None
-        if grant.share is not None and message.job_id != grant.share.job_id:
+        job_id = message.job_id
+        if job_id is None:
+            if grant.share is None:
+                raise BadMessage("subscribe: job_id is required")
+            job_id = grant.share.job_id  # a share link's holder: its link's job
+        if grant.share is not None and job_id != grant.share.job_id:
             raise Forbidden("a share link sees its own job only")
-        previous = self._subs.pop(message.job_id, None)
+        previous = self._subs.pop(job_id, None)
         if previous is not None:  # subscribing again: a fresh start from the new last_seq
             self._hub.unwatch(previous)
         if len(self._subs) >= self._limits.max_subscriptions:
             raise TooManySubscriptions(f"at most {self._limits.max_subscriptions} jobs")
         sub = Subscription(
-            message.job_id,
+            job_id,
             self.send_queue,
             self.end,
             share=grant.share is not None,
@@ -226,17 +231,17 @@ class Session:
         )
         # Watched before the job is read: every event after the read is held, none lost.
         self._hub.watch(sub)
-        self._subs[message.job_id] = sub
+        self._subs[job_id] = sub
         try:
-            job = await self._store.jobs.get(message.job_id)
+            job = await self._store.jobs.get(job_id)
             if job is None or (
                 grant.principal is not None
                 and not visible_to(grant.principal, job.customer_id, job.driver_id)
             ):
-                raise Forbidden(f"no job {message.job_id} of yours")
+                raise Forbidden(f"no job {job_id} of yours")
             await self._resumer.start(sub, job, message.last_seq, grant.share)
         except BaseException:
-            self._subs.pop(message.job_id, None)
+            self._subs.pop(job_id, None)
             self._hub.unwatch(sub)
             raise
 

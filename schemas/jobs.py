@@ -130,8 +130,11 @@ class ShareCreate(BaseModel):
 
 
 class ShareLink(BaseModel):
+    """A new share link: `url` is its JSON view, `page_url` the page to send to a phone."""
+
     token: str
     url: str
+    page_url: str
     expires_at: datetime
 
 

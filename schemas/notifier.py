@@ -41,12 +41,14 @@ class Auth(BaseModel):
 
 class Subscribe(BaseModel):
     """Follow a job. `last_seq`: the newest job event the client has; the server then sends
-    every event after it, exactly once, or `resync` when they are no longer retained."""
+    every event after it, exactly once, or `resync` when they are no longer retained.
+    `job_id` may be left out by a share link's holder (its link names the job; the share
+    view does not show the id): a user must name the job."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     type: Literal["subscribe"]
-    job_id: UUID
+    job_id: UUID | None = None
     last_seq: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = None
 
 

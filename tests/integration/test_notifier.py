@@ -352,6 +352,18 @@ def test_who_may_follow_which_job(stack: Stack, jobs: Jobs, token: Token) -> Non
         "status", "driver_position", "eta_seconds", "eta_basis", "updated_at", "expires_at"
     }  # fmt: skip
     assert seen[-1]["data"] == {} and seen[-1]["status"] == "assigned"
+    # A share link's holder need not know the job's id (the share view does not show it):
+    # its link's job. A user must name the job.
+    assert refusal(url, auth(tok), {"type": "subscribe"})[0] == 4400
+
+    async def by_link() -> dict[str, Any]:
+        async with connect(url, compression=None) as ws:
+            await ws.send(orjson.dumps(auth(share)).decode())
+            await ws.send(orjson.dumps({"type": "subscribe"}).decode())
+            return dict(orjson.loads(await ws.recv()))
+
+    snapshot = asyncio.run(by_link())
+    assert snapshot["type"] == "snapshot" and snapshot["job"]["status"] == "assigned"
 
 
 def test_a_revoked_share_links_open_connections_are_closed(

@@ -259,7 +259,7 @@ def test_client_messages_parse_or_say_what_is_wrong() -> None:
     for bad, words in [
         ("{", "Invalid JSON"),
         ('{"type":"nope"}', "does not match any of the expected tags"),
-        ('{"type":"subscribe"}', "job_id"),
+        ('{"type":"subscribe","job_id":"not-a-uuid"}', "job_id"),
         (f'{{"type":"subscribe","job_id":"{job}","last_seq":-1}}', "last_seq"),
         (f'{{"type":"subscribe","job_id":"{job}","x":1}}', "x"),
     ]:

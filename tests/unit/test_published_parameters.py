@@ -38,6 +38,7 @@ PUBLISHED: dict[tuple[str, str, str], set[tuple[str, str]]] = {
     ("api", "GET", "/v1/ops/lag"): set(),
     ("api", "GET", "/v1/ops/overview"): set(),
     ("api", "GET", "/v1/share/{token}"): {("path", "token")},
+    ("api", "GET", "/s/{token}"): {("path", "token")},
     ("api", "GET", "/v1/tasks/{task_id}"): {("path", "task_id")},
     ("ingest", "GET", "/healthz"): set(),
     ("ingest", "GET", "/readyz"): set(),
