@@ -8,18 +8,18 @@ from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from runtime.clock import Clock, SystemClock
-from runtime.jwks import kid_of, read_keys
+from runtime.jwks import VerifyingKey, kid_of, read_keys
 from runtime.settings import HttpServiceSettings
 from schemas.auth import JWT_AUDIENCE, JWT_ISSUER, Principal, Role
 
-# Hard-coded: the algorithm is never taken from the token header ("alg: none", HS256
-# signed with the public key as a secret, and so on are all refused).
 log = logging.getLogger(__name__)
 
-ALGORITHMS = ["EdDSA"]
+# The algorithm is never taken from the token header ("alg: none", HS256 signed with the
+# public key as a secret, and so on are all refused): each key verifies with its own
+# (runtime/jwks.py).
 REQUIRED_CLAIMS = ["exp", "iat", "aud", "iss", "sub"]
 
 
@@ -72,12 +72,12 @@ class KeySet:
         self._stamp = stamp
         log.info("keys read again from %s: %s", self._path, ", ".join(self._keys))
 
-    def current(self) -> dict[str, Ed25519PublicKey]:
+    def current(self) -> dict[str, VerifyingKey]:
         if self._clock.monotonic() - self._checked >= self._recheck_s:
             self._refresh()
         return self._keys
 
-    def candidates(self, kid: str | None) -> list[Ed25519PublicKey]:
+    def candidates(self, kid: str | None) -> list[VerifyingKey]:
         """The key `kid` names; without a kid (a token from before key ids), every key."""
         keys = self.current()
         if kid is None:
@@ -163,7 +163,7 @@ class TokenVerifier:
             raise AuthError("invalid token: issued in the future")
         return principal, float(claims["exp"])
 
-    def _decode(self, token: str, keys: list[Ed25519PublicKey]) -> dict[str, Any]:
+    def _decode(self, token: str, keys: list[VerifyingKey]) -> dict[str, Any]:
         """The claims, checked with the first of `keys` whose signature holds."""
         for key in keys[:-1]:
             try:
@@ -172,11 +172,12 @@ class TokenVerifier:
                 continue
         return self._decode_with(token, keys[-1])
 
-    def _decode_with(self, token: str, key: Ed25519PublicKey) -> dict[str, Any]:
+    def _decode_with(self, token: str, verifying: VerifyingKey) -> dict[str, Any]:
+        # The key's own algorithm, never the token's say.
         claims: dict[str, Any] = jwt.decode(
             token,
-            key,
-            algorithms=ALGORITHMS,
+            verifying.key,
+            algorithms=[verifying.algorithm],
             audience=self._audience,
             issuer=self._issuer,
             options={"require": REQUIRED_CLAIMS},

@@ -1,13 +1,28 @@
-"""JSON Web Keys for our Ed25519 keys, pure: a key's id (its RFC 7638 thumbprint), its
-public JWK, and a JWKS document read back into keys."""
+"""JSON Web Keys, pure: our Ed25519 keys' ids (RFC 7638 thumbprints) and public JWKs, and a
+JWKS document read back into verifying keys: ours, or an identity provider's (RSA or EC
+P-256 keys, RS256 and ES256). Each key verifies with the one algorithm its type implies:
+never the token's say (no "none", no HMAC keyed with a public key)."""
 
 import base64
 import hashlib
+from dataclasses import dataclass
 from typing import Any
 
+import jwt
 import orjson
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+# What a verifier accepts, by key type: Ed25519 (ours), RSA, EC P-256.
+ALGORITHMS = frozenset({"EdDSA", "RS256", "ES256"})
+
+
+@dataclass(frozen=True)
+class VerifyingKey:
+    """A public key and the one algorithm tokens signed by it use."""
+
+    key: Any
+    algorithm: str
 
 
 def _b64url(data: bytes) -> str:
@@ -36,35 +51,46 @@ def public_jwk(key: Ed25519PublicKey, kid: str | None = None) -> dict[str, str]:
     }
 
 
-def document(keys: dict[str, Ed25519PublicKey]) -> dict[str, Any]:
+def document(keys: dict[str, VerifyingKey]) -> dict[str, Any]:
     """A JWKS document of `keys` (by kid)."""
-    return {"keys": [public_jwk(key, kid) for kid, key in keys.items()]}
+    entries = []
+    for kid, verifying in keys.items():
+        if isinstance(verifying.key, Ed25519PublicKey):
+            entries.append(public_jwk(verifying.key, kid))
+            continue
+        algorithm = jwt.algorithms.get_default_algorithms()[verifying.algorithm]
+        jwk = orjson.loads(algorithm.to_jwk(verifying.key))
+        entries.append(jwk | {"kid": kid, "use": "sig", "alg": verifying.algorithm})
+    return {"keys": entries}
 
 
-def read_keys(data: bytes) -> dict[str, Ed25519PublicKey]:
-    """The keys of a JWKS document (by kid), or of one PEM public key; ValueError for
-    anything else. Keys of other types are skipped (a set may hold more than ours)."""
+def read_keys(data: bytes) -> dict[str, VerifyingKey]:
+    """The keys of a JWKS document (by kid), or of one Ed25519 PEM public key; ValueError
+    for anything else. Keys for other uses or algorithms (HMAC secrets) are skipped."""
     if data.lstrip().startswith(b"-----BEGIN"):
         key = serialization.load_pem_public_key(data)
         if not isinstance(key, Ed25519PublicKey):
             raise ValueError("not an Ed25519 public key")
-        return {kid_of(key): key}
+        return {kid_of(key): VerifyingKey(key, "EdDSA")}
     try:
         entries = orjson.loads(data)["keys"]
     except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
         raise ValueError(f"not a JWKS document ({exc})") from exc
-    keys: dict[str, Ed25519PublicKey] = {}
-    for entry in entries:
-        if (
-            not isinstance(entry, dict)
-            or entry.get("kty") != "OKP"
-            or entry.get("crv") != "Ed25519"
-        ):
+    keys: dict[str, VerifyingKey] = {}
+    for entry in entries if isinstance(entries, list) else []:
+        if not isinstance(entry, dict) or entry.get("use", "sig") != "sig":
             continue
-        raw = base64.urlsafe_b64decode(str(entry["x"]) + "==")
-        key = Ed25519PublicKey.from_public_bytes(raw)
+        try:
+            parsed = jwt.PyJWK(entry)
+        except jwt.PyJWTError:
+            continue  # a type or curve we do not verify with
+        if parsed.algorithm_name not in ALGORITHMS:
+            continue
+        key = parsed.key
         # Ours are thumbprints; an identity provider's may be any string.
-        keys[str(entry.get("kid") or kid_of(key))] = key
+        kid = str(entry.get("kid") or (kid_of(key) if isinstance(key, Ed25519PublicKey) else ""))
+        if kid:
+            keys[kid] = VerifyingKey(key, parsed.algorithm_name)
     if not keys:
-        raise ValueError("no Ed25519 key in the JWKS document")
+        raise ValueError("no key to verify with in the JWKS document")
     return keys

@@ -24,9 +24,11 @@ def claims(**changes: Any) -> dict[str, Any]:
     return base | changes
 
 
-def hs256_with_public_key(public_key: Path, **changes: Any) -> str:
-    """The classic algorithm-confusion forgery: HMAC keyed with the server's public key."""
-    header = b64url(b'{"alg":"HS256","typ":"JWT"}')
+def hs256_with_public_key(public_key: Path, kid: str | None = None, **changes: Any) -> str:
+    """The classic algorithm-confusion forgery: HMAC keyed with the server's public key
+    (naming the key `kid` when given)."""
+    head: dict[str, str] = {"alg": "HS256", "typ": "JWT"} | ({"kid": kid} if kid else {})
+    header = b64url(json.dumps(head).encode())
     payload = b64url(json.dumps(claims(**changes)).encode())
     mac = hmac.new(public_key.read_bytes(), f"{header}.{payload}".encode(), hashlib.sha256)
     return f"{header}.{payload}.{b64url(mac.digest())}"

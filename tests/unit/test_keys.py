@@ -10,6 +10,7 @@ import jwt
 import orjson
 import pytest
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from infra import keys
@@ -17,8 +18,9 @@ from infra.config import StackConfig
 from infra.procs import StackError
 from runtime.auth import AuthError, TokenVerifier, generate_keypair, issue_token
 from runtime.clock import ManualClock
-from runtime.jwks import document, kid_of, read_keys
+from runtime.jwks import VerifyingKey, document, kid_of, read_keys
 from schemas.auth import JWT_AUDIENCE, JWT_ISSUER, Role
+from tests.support.forged_tokens import hs256_with_public_key
 
 DAY = 24 * 3600.0
 # Now: PyJWT checks `iat` against the machine's clock, whatever the verifier's.
@@ -45,7 +47,8 @@ def test_a_key_id_is_its_rfc_7638_thumbprint() -> None:
     x = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"
     key = Ed25519PublicKey.from_public_bytes(base64.urlsafe_b64decode(x + "="))
     assert kid_of(key) == "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"
-    assert read_keys(orjson.dumps(document({kid_of(key): key}))).keys() == {kid_of(key)}
+    published = document({kid_of(key): VerifyingKey(key, "EdDSA")})
+    assert read_keys(orjson.dumps(published)).keys() == {kid_of(key)}
 
 
 def test_the_ring_is_made_once_and_every_token_names_its_key(config: StackConfig) -> None:
@@ -142,3 +145,43 @@ def test_a_stack_from_before_key_ids_keeps_its_key(config: StackConfig) -> None:
     before = token(config, "kept", clock)
     keys.ensure(config, T0)
     assert verifier(config, clock).verify(before).sub == "kept"
+
+
+def test_an_identity_providers_rsa_and_ec_keys_verify_their_tokens_and_nothing_else(
+    tmp_path: Path,
+) -> None:
+    # An identity provider signs RS256 or ES256 with kids of its own: its JWKS document
+    # as the services' key file is all it takes.
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ec_key = ec.generate_private_key(ec.SECP256R1())
+    entries = [
+        orjson.loads(jwt.algorithms.RSAAlgorithm.to_jwk(rsa_key.public_key())) | {"kid": "idp-rsa"},
+        orjson.loads(jwt.algorithms.ECAlgorithm.to_jwk(ec_key.public_key())) | {"kid": "idp-ec"},
+        {"kty": "oct", "k": "c2VjcmV0", "kid": "idp-hmac"},  # a secret: never a verifying key
+    ]
+    path = tmp_path / "jwks.json"
+    path.write_bytes(orjson.dumps({"keys": entries}))
+    clock = ManualClock(T0)
+    verifier = TokenVerifier.from_file(path, audience=JWT_AUDIENCE, issuer=JWT_ISSUER, clock=clock)
+    assert set(verifier.keys.current()) == {"idp-rsa", "idp-ec"}
+    claims = {"sub": "u1", "role": "customer", "iat": int(T0), "exp": int(T0) + 600,
+              "aud": JWT_AUDIENCE, "iss": JWT_ISSUER}  # fmt: skip
+    for key, alg, kid in ((rsa_key, "RS256", "idp-rsa"), (ec_key, "ES256", "idp-ec")):
+        signed = jwt.encode(claims, key, algorithm=alg, headers={"kid": kid})
+        assert verifier.verify(signed).sub == "u1"
+    # The algorithm is the key's: an RS256 key's kid on an HS256 token, signed with the
+    # public key as the secret, is refused; so is the HMAC entry's kid.
+    public_pem = tmp_path / "idp.pub.pem"
+    public_pem.write_bytes(
+        rsa_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    with pytest.raises(AuthError):
+        verifier.verify(hs256_with_public_key(public_pem, kid="idp-rsa"))
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"secret")
+    with pytest.raises(AuthError, match="unknown key id"):
+        verifier.verify(hs256_with_public_key(secret, kid="idp-hmac"))
+    republished = {k["kid"]: k["alg"] for k in document(verifier.keys.current())["keys"]}
+    assert republished == {"idp-rsa": "RS256", "idp-ec": "ES256"}
