@@ -2,16 +2,17 @@
 
 import logging
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from runtime.clock import Clock, SystemClock
-from runtime.jwks import VerifyingKey, kid_of, read_keys
+from runtime.jwks import UnknownKey, VerifyingKey, kid_of, read_keys
+from runtime.remote_keys import RemoteKeySet
 from runtime.settings import HttpServiceSettings
 from schemas.auth import JWT_AUDIENCE, JWT_ISSUER, Principal, Role
 
@@ -31,8 +32,15 @@ class ForbiddenError(Exception):
     """The token is valid but its role may not do this (HTTP 403)."""
 
 
-class UnknownKey(Exception):
-    """The token names a key id the key set does not hold (retired, or never ours)."""
+class KeySource(Protocol):
+    """Where a verifier's keys come from: a file (`KeySet`) or an identity provider's URL
+    (runtime/remote_keys.py `RemoteKeySet`)."""
+
+    def current(self) -> dict[str, VerifyingKey]: ...
+
+    def candidates(self, kid: str | None) -> list[VerifyingKey]:
+        """The key `kid` names (UnknownKey if none); without a kid, every key."""
+        ...
 
 
 class KeySet:
@@ -98,7 +106,7 @@ class TokenVerifier:
 
     def __init__(
         self,
-        keys: "KeySet",
+        keys: KeySource,
         *,
         audience: str,
         issuer: str,
@@ -106,8 +114,12 @@ class TokenVerifier:
         leeway_s: int = 30,
         cache_size: int = 100_000,
         clock: Clock | None = None,
+        role_claim: str = "role",
+        role_map: Mapping[str, Role] | None = None,
     ) -> None:
         self._keys = keys
+        self._role_claim = role_claim.split(".")
+        self._role_map = dict(role_map or {})
         self._audience = audience
         self._issuer = issuer
         self._max_lifetime_s = max_lifetime_s
@@ -123,7 +135,7 @@ class TokenVerifier:
         return cls(KeySet(path, kwargs.get("clock") or SystemClock()), **kwargs)
 
     @property
-    def keys(self) -> "KeySet":
+    def keys(self) -> KeySource:
         return self._keys
 
     def verify(self, token: str) -> Principal:
@@ -151,7 +163,7 @@ class TokenVerifier:
             claims = self._decode(
                 token, self._keys.candidates(kid if isinstance(kid, str) else None)
             )
-            principal = Principal(sub=str(claims["sub"]), role=Role(claims["role"]))
+            principal = Principal(sub=str(claims["sub"]), role=self._role(claims))
             lifetime = float(claims["exp"]) - float(claims["iat"])
         except (jwt.PyJWTError, KeyError, ValueError, TypeError, UnknownKey) as exc:
             raise AuthError(f"invalid token: {exc}") from exc
@@ -162,6 +174,22 @@ class TokenVerifier:
         if float(claims["iat"]) > self._clock.wall() + self._leeway_s:
             raise AuthError("invalid token: issued in the future")
         return principal, float(claims["exp"])
+
+    def _role(self, claims: dict[str, Any]) -> Role:
+        """The role the token's role claim names: ours by name, or an identity provider's
+        mapped (a claim may hold a list: its first value that maps)."""
+        value: Any = claims
+        for name in self._role_claim:
+            value = value.get(name) if isinstance(value, dict) else None
+        for candidate in value if isinstance(value, list) else [value]:
+            if not isinstance(candidate, str):
+                continue
+            if self._role_map:
+                if candidate in self._role_map:
+                    return self._role_map[candidate]
+            elif candidate in Role._value2member_map_:
+                return Role(candidate)
+        raise ValueError(f"no role of ours in the claim {'.'.join(self._role_claim)!r}")
 
     def _decode(self, token: str, keys: list[VerifyingKey]) -> dict[str, Any]:
         """The claims, checked with the first of `keys` whose signature holds."""
@@ -187,12 +215,22 @@ class TokenVerifier:
 
 
 def verifier_from_settings(settings: HttpServiceSettings) -> TokenVerifier:
-    return TokenVerifier.from_file(
-        settings.jwt_public_key_path,
+    clock = SystemClock()
+    keys: KeySource
+    if settings.jwt_jwks_url is not None:
+        keys = RemoteKeySet(settings.jwt_jwks_url, clock)
+    else:
+        assert settings.jwt_public_key_path is not None  # the settings check one is set
+        keys = KeySet(settings.jwt_public_key_path, clock)
+    return TokenVerifier(
+        keys,
         audience=settings.jwt_audience,
         issuer=settings.jwt_issuer,
         max_lifetime_s=settings.token_max_lifetime_s,
         leeway_s=settings.token_leeway_s,
+        clock=clock,
+        role_claim=settings.jwt_role_claim,
+        role_map=settings.jwt_role_map,
     )
 
 

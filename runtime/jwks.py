@@ -17,6 +17,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 ALGORITHMS = frozenset({"EdDSA", "RS256", "ES256"})
 
 
+class UnknownKey(Exception):
+    """The token names a key id the key set does not hold (retired, or never ours)."""
+
+
 @dataclass(frozen=True)
 class VerifyingKey:
     """A public key and the one algorithm tokens signed by it use."""

@@ -1,10 +1,12 @@
 """Settings every service shares; each service subclasses one with its own env prefix."""
 
 from pathlib import Path
+from typing import Self
 
+from pydantic import field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from schemas.auth import JWT_AUDIENCE, JWT_ISSUER
+from schemas.auth import JWT_AUDIENCE, JWT_ISSUER, Role
 
 # Where the local stack (`telemetry up`, infra/) serves Kafka, PgBouncer and Redis: every
 # service's defaults point there, and the stack's own settings (infra/config.py) start its
@@ -69,11 +71,29 @@ class ServedSettings(ServiceSettings):
 class HttpServiceSettings(ServedSettings):
     """An HTTP service that verifies tokens."""
 
-    # Required: a service that cannot verify tokens must refuse to start. A JWKS document
-    # (every key that verifies, by kid; read again when it changes) or one PEM public key.
-    jwt_public_key_path: Path
+    @field_validator("jwt_public_key_path", "jwt_jwks_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value  # `API_JWT_JWKS_URL=` unsets it
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> Self:
+        if (self.jwt_public_key_path is None) == (self.jwt_jwks_url is None):
+            raise ValueError("set one of jwt_public_key_path and jwt_jwks_url")
+        return self
+
+    # Where the keys that verify tokens are, one of the two (a service that cannot verify
+    # must refuse to start): a file, a JWKS document (every key that verifies, by kid; read
+    # again when it changes) or one PEM public key; or an identity provider's JWKS URL
+    # (fetched at start, every 5 minutes and for an unknown kid: docs/auth.md).
+    jwt_public_key_path: Path | None = None
+    jwt_jwks_url: str | None = None
     jwt_audience: str = JWT_AUDIENCE
     jwt_issuer: str = JWT_ISSUER
+    # The claim naming the caller's role (dotted: `realm_access.roles`; a string or a
+    # list), and how its values map to our roles ({} : the values are our role names).
+    jwt_role_claim: str = "role"
+    jwt_role_map: dict[str, Role] = {}
     # Tokens living longer than this (exp - iat) are refused; `iat`/`nbf` may be this far
     # in the future (clock skew between the issuer and us).
     token_max_lifetime_s: int = 24 * 3600
