@@ -61,6 +61,9 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 	@# The load generator's Go, where there is a Go (bench/loadgen installs one when it runs).
 	@if command -v go >/dev/null; then cd bench/loadgen && go vet . && test -z "$$(gofmt -l .)"; fi
+	@# The AsyncAPI document, with AsyncAPI's own parser (Node.js, pinned in its lock file).
+	npm ci --prefix tools/asyncapi --no-audit --no-fund --loglevel=error
+	node tools/asyncapi/validate.mjs docs/asyncapi.yaml
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .

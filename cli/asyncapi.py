@@ -1,4 +1,4 @@
-"""The AsyncAPI 3.0 document of the platform's asynchronous contract (docs/asyncapi.json):
+"""The AsyncAPI 3.0 document of the platform's asynchronous contract (docs/asyncapi.yaml):
 the notifier's WebSocket protocol and the Kafka topics, their messages' schemas generated
 from the same pydantic models the services use (schemas/). `python -m cli.docs` writes
 it; a test reads the notifier's real frames and the topics' real records through it."""
@@ -14,7 +14,7 @@ from runtime.settings import LOCAL_KAFKA
 from schemas import topics
 from schemas.devices import DeviceRecord
 from schemas.jobs import JobEvent
-from schemas.notifier import CLIENT_MESSAGES, SERVER_MESSAGES, WS_PATH
+from schemas.notifier import CLIENT_MESSAGES, SERVER_MESSAGES, WS_PATH, CloseCode
 from schemas.pings import PingBatchRecord
 from schemas.positions import PositionUpdate
 from schemas.tasks import ProofPhotoTask
@@ -49,6 +49,39 @@ def _message(model: type[BaseModel]) -> dict[str, Any]:
     }
 
 
+# What a client does on each close code (docs/notifier.md, "Close codes").
+CLOSE_ACTIONS = {
+    CloseCode.GOING_AWAY: "reconnect (another process) and resume",
+    CloseCode.INTERNAL_ERROR: "reconnect after a backoff and resume",
+    CloseCode.TRY_AGAIN_LATER: "reconnect after a backoff and resume",
+    CloseCode.BAD_MESSAGE: "fix the client",
+    CloseCode.AUTH_FAILED: "get a new token",
+    CloseCode.FORBIDDEN: "do not retry",
+    CloseCode.SLOW_CONSUMER: "reconnect and resume, reading faster",
+    CloseCode.TOO_MANY_SUBSCRIPTIONS: "follow fewer jobs on one connection",
+}
+DEAD_LETTERS = {
+    topics.dlq(topics.PINGS): "a pings.v1 record the stream could not take",
+    topics.dlq(topics.TASKS): "a tasks.v1 record the photo worker could not process",
+}
+DEAD_LETTER: dict[str, Any] = {
+    "name": "DeadLetter",
+    "title": "DeadLetter",
+    "summary": "The original record's bytes, as they came; its key is the original key.",
+    "contentType": "application/octet-stream",
+    "headers": {
+        "type": "object",
+        "properties": {"error": {"type": "string", "description": "why it was refused"}},
+    },
+    "payload": {"type": "string", "format": "binary"},
+}
+
+
+def _close_codes() -> str:
+    lines = [f"- {int(code)} {code.name}: {CLOSE_ACTIONS[code]}" for code in CloseCode]
+    return "Close codes (the server's, with what a client does):\n" + "\n".join(lines)
+
+
 def document() -> dict[str, Any]:
     public_host = f"127.0.0.1:{StackConfig.model_fields['edge_port'].default}"
     partitions = dict(TOPICS)
@@ -59,8 +92,10 @@ def document() -> dict[str, Any]:
         "notifier": {
             "address": WS_PATH,
             "title": "Live push of jobs and positions (docs/notifier.md)",
+            "description": _close_codes(),
             "servers": [{"$ref": "#/servers/edge"}],
             "messages": ws_messages,
+            "x-close-codes": {str(int(c)): c.name for c in CloseCode},
         }
     }
     operations: dict[str, Any] = {}
@@ -88,6 +123,20 @@ def document() -> dict[str, Any]:
             "channel": {"$ref": f"#/channels/{channel}"},
             "messages": [{"$ref": f"#/channels/{channel}/messages/{name}"}],
         }
+    for topic, what in DEAD_LETTERS.items():
+        channel = topic.replace(".", "_").replace("-", "_")
+        channels[channel] = {
+            "address": topic,
+            "description": f"Dead letters: {what}, with its error.",
+            "servers": [{"$ref": "#/servers/kafka"}],
+            "messages": {"deadLetter": {"$ref": "#/components/messages/deadLetter"}},
+            "bindings": {"kafka": {"topic": topic, "partitions": partitions[topic]}},
+        }
+        operations[f"send_{channel}"] = {
+            "action": "send",
+            "channel": {"$ref": f"#/channels/{channel}"},
+            "messages": [{"$ref": f"#/channels/{channel}/messages/deadLetter"}],
+        }
     return {
         "asyncapi": "3.0.0",
         "info": {
@@ -108,7 +157,8 @@ def document() -> dict[str, Any]:
         "channels": channels,
         "operations": operations,
         "components": {
-            "messages": {_message_name(m): _message(m) for m in models},
+            "messages": {_message_name(m): _message(m) for m in models}
+            | {"deadLetter": DEAD_LETTER},
             "schemas": _schemas(models),
         },
     }

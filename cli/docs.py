@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import yaml
 from fastapi import FastAPI
 from pydantic_settings import BaseSettings
 
@@ -112,7 +113,8 @@ def rendered() -> dict[Path, str]:
     }
     for service, doc in documents.items():
         files[DOCS / f"openapi-{service}.json"] = json.dumps(doc, indent=2, sort_keys=True) + "\n"
-    files[DOCS / "asyncapi.json"] = json.dumps(asyncapi.document(), indent=2, sort_keys=True) + "\n"
+    # YAML, as AsyncAPI documents are usually written (and read by its tools).
+    files[DOCS / "asyncapi.yaml"] = yaml.safe_dump(asyncapi.document(), sort_keys=True, width=100)
     return files
 
 

@@ -75,7 +75,7 @@ CLIENT_MESSAGE: TypeAdapter[Auth | Subscribe | Unsubscribe | Pong] = TypeAdapter
 
 # Server messages -----------------------------------------------------------------------
 # Sent as JSON text frames, built with orjson by notifier/frames.py (one encoding for every
-# subscriber); these models are their published shapes (docs/asyncapi.json), and a test
+# subscriber); these models are their published shapes (docs/asyncapi.yaml), and a test
 # reads every frame the notifier builds back through them.
 
 ResyncReason = Literal["not_retained", "unknown_seq"]

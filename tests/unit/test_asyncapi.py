@@ -1,4 +1,4 @@
-"""docs/asyncapi.json against reality: every frame the notifier builds and every record the
+"""docs/asyncapi.yaml against reality: every frame the notifier builds and every record the
 services write validates against the schema the document publishes for it, and a frame
 that breaks the shape does not (jsonschema, Draft 2020-12, over the document itself)."""
 
@@ -14,7 +14,7 @@ from cli.asyncapi import document
 from notifier.frames import event_frame, ping_frame, position_frame, resync_frame, snapshot_frame
 from schemas.devices import DeviceRecord
 from schemas.jobs import JobEvent, JobStatus
-from schemas.notifier import Auth, Subscribe
+from schemas.notifier import Auth, CloseCode, Subscribe
 from schemas.pings import Ping
 from schemas.pings_wire import encode_record, wire_ping
 from schemas.positions import PositionUpdate
@@ -101,3 +101,13 @@ def test_what_a_client_sends_and_the_topics_records_are_published() -> None:
     }
     for message, record in records.items():
         assert valid(message, orjson.loads(record)), message
+
+
+def test_the_close_codes_and_the_dead_letter_topics_are_published() -> None:
+    notifier = DOC["channels"]["notifier"]
+    assert notifier["x-close-codes"] == {str(int(c)): c.name for c in CloseCode}
+    for code in CloseCode:
+        assert f"- {int(code)} {code.name}:" in notifier["description"]
+    addresses = {channel["address"] for channel in DOC["channels"].values()}
+    assert {"pings.v1.dlq", "tasks.v1.dlq", "pings.v1", "positions.v1", "job-events.v1",
+            "tasks.v1", "devices.v1"} <= addresses  # fmt: skip
