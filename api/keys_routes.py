@@ -18,7 +18,23 @@ CACHE_CONTROL = "public, max-age=300"
 JWKS: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "A JWK Set (RFC 7517): every key that verifies, each with its `kid`",
-        "content": {"application/json": {"schema": {"type": "object"}}},
+        "content": {
+            "application/json": {
+                "schema": {"type": "object"},
+                "example": {
+                    "keys": [
+                        {
+                            "kty": "OKP",
+                            "crv": "Ed25519",
+                            "use": "sig",
+                            "alg": "EdDSA",
+                            "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo",
+                            "kid": "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k",
+                        }
+                    ]
+                },
+            }
+        },
     }
 }
 

@@ -18,6 +18,8 @@ from ingest.devices import KafkaDevices
 from ingest.fixes import AcceptFixes
 from ingest.local_ratelimit import SyncedRateLimiter, redis_exchange
 from ingest.metrics import IngestMetrics
+from ingest.osmand import EXAMPLE_JSON as OSMAND_EXAMPLE_JSON
+from ingest.osmand import EXAMPLE_QUERY as OSMAND_EXAMPLE_QUERY
 from ingest.osmand import QUERY_PARAMETERS
 from ingest.publisher import PingPublisher
 from ingest.ratelimit import RateLimiter
@@ -42,6 +44,7 @@ from schemas.pings import PingBatch, PingsAccepted
 OSMAND_QUERY: dict[str, Any] = {
     "parameters": [
         {"name": name, "in": "query", "required": False, "schema": {"type": "string"}}
+        | ({"example": OSMAND_EXAMPLE_QUERY[name]} if name in OSMAND_EXAMPLE_QUERY else {})
         for name in QUERY_PARAMETERS
     ]
 }
@@ -49,8 +52,11 @@ OSMAND_BODY: dict[str, Any] = {
     "requestBody": {
         "required": False,
         "content": {
-            "application/json": {"schema": {"type": "object"}},
-            "application/x-www-form-urlencoded": {"schema": {"type": "object"}},
+            "application/json": {"schema": {"type": "object"}, "example": OSMAND_EXAMPLE_JSON},
+            "application/x-www-form-urlencoded": {
+                "schema": {"type": "object"},
+                "example": OSMAND_EXAMPLE_QUERY,
+            },
         },
     }
 }

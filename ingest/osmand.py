@@ -36,6 +36,24 @@ QUERY_PARAMETERS = (
 )  # fmt: skip
 
 
+# What Traccar Client sends, in each form (the OpenAPI document's examples).
+EXAMPLE_QUERY = {
+    "id": "867530900000001", "timestamp": "1796472000", "lat": "12.971599",
+    "lon": "77.594566", "speed": "10.0", "bearing": "90.5", "altitude": "920.0",
+    "accuracy": "12.0", "batt": "87.0",
+}  # fmt: skip
+EXAMPLE_JSON = {
+    "device_id": "867530900000001",
+    "location": {
+        "timestamp": "2026-12-05T12:00:00Z",
+        "coords": {"latitude": 12.971599, "longitude": 77.594566, "speed": 5.2,
+                   "heading": 271.0, "accuracy": 8.5, "altitude": 920.0},
+        "is_moving": True,
+        "battery": {"level": 0.83, "is_charging": False},
+    },
+}  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Fixes:
     """What one request carries: the device's id and its fixes as pings (the models'
