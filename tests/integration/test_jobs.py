@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from PIL import ExifTags, Image
 
-from infra import pgbouncer, postgres
+from infra import devices, pgbouncer, postgres
 from infra.config import StackConfig
 from infra.redis import url as redis_url
 from infra.stack import Stack
@@ -467,6 +467,24 @@ def test_no_post_route_obeys_a_query_parameter_it_does_not_publish(
     assert r.status_code == 202, r.text
     assert len(wait_stored(config, pinger, 1)) == 1
     checked.add("/v1/pings")
+
+    # A device's fix (OsmAnd carries it in the query): its registered driver's, whatever
+    # else the query says.
+    device, owner = f"dev-q-{uuid.uuid4().hex[:6]}", f"drv-dev-q-{uuid.uuid4().hex[:6]}"
+    devices.add(config, device, owner)
+    lat, lon = destination(12.97, 77.59, 90.0, 0.0)
+    fix = {"id": device, "lat": str(lat), "lon": str(lon)}
+
+    def post_fix() -> httpx.Response | None:
+        answer = httpx.post(
+            f"http://127.0.0.1:{config.ingest_port}/osmand", params=HOSTILE_QUERY | fix
+        )
+        return answer if answer.status_code != 403 else None  # until ingest has the device
+
+    assert wait_for(post_fix, timeout_s=15).status_code == 200
+    assert len(wait_stored(config, owner, 1)) >= 1
+    assert stored(config, "intruder") == []
+    checked.add("/osmand")
 
     # Every POST the services publish was tried above.
     published = {

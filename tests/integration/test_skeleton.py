@@ -1,5 +1,6 @@
 """The walking skeleton: POST /v1/pings -> Kafka -> Faust -> PostgreSQL -> replica -> api."""
 
+import json
 import os
 import stat
 import subprocess
@@ -154,7 +155,11 @@ def test_api_position_errors(config: StackConfig, token: Callable[..., str]) -> 
 
 def test_status_json_redacts_passwords_and_the_state_file_is_private(stack: Stack) -> None:
     env = os.environ | {
-        f"TELEMETRY_{name.upper()}": str(value) for name, value in stack.config.model_dump().items()
+        # Lists as JSON, as pydantic-settings reads them from the environment.
+        f"TELEMETRY_{name.upper()}": json.dumps(value)
+        if isinstance(value, list | tuple)
+        else str(value)
+        for name, value in stack.config.model_dump().items()
     }
     run = [sys.executable, "-m", "cli", "status", "--json"]
     shown = subprocess.run(run, env=env, capture_output=True, text=True, check=False)

@@ -157,7 +157,9 @@ def test_an_online_step_waits_for_its_lock_in_bounded_tries(fresh_database: str)
         wait_for(lambda: True if runner_waits(watcher) else None)  # and tried again
         assert not applied.done()
         reader.rollback()
-        assert applied.result(timeout=60) == ["0014_late_window_online", "0015_drop_job_arrived"]
+        assert applied.result(timeout=60) == [
+            "0014_late_window_online", "0015_drop_job_arrived", "0016_tasks_proof_index"
+        ]  # fmt: skip
         indexes = watcher.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'pings'")
         assert indexes.fetchall() == [("pings_pkey",)]
 

@@ -267,6 +267,7 @@ async def test_a_database_of_the_recounting_schema_upgrades_in_place(
         "0013_stream_apply_aggregates",
         "0014_late_window_online",
         "0015_drop_job_arrived",
+        "0016_tasks_proof_index",
     ]
     # The window's rows got their sums, and the hours exact averages.
     assert_aggregates_exact(fresh_database, hourly=HOURLY_IN_STREAM)
