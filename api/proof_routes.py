@@ -65,7 +65,7 @@ async def proof(
     job_id: UUID,
     who: CallerDep,
     shared: StateDep,
-    size: Annotated[Literal["full", "thumb"], Query()] = "full",
+    size: Annotated[Literal["full", "thumb"], Query(examples=["thumb"])] = "full",
     if_none_match: Annotated[str | None, Header(alias="If-None-Match")] = None,
 ) -> Response:
     # The primary: the photo is asked for right after `job.completed` said it was there.

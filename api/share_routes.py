@@ -14,7 +14,9 @@ from api.reads.views import share_answer
 from runtime.http import error_responses
 from schemas.jobs import SHARE_TOKEN_PATTERN, SharedJob
 
-ShareToken = Annotated[str, PathParameter(pattern=SHARE_TOKEN_PATTERN)]
+ShareToken = Annotated[
+    str, PathParameter(pattern=SHARE_TOKEN_PATTERN, examples=["q3vN8d0XkZ1cR7tYwB5eLm2H"])
+]
 
 
 router = APIRouter(prefix="/v1/share", tags=["share"])
