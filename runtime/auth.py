@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from runtime.clock import Clock, SystemClock
-from runtime.jwks import UnknownKey, VerifyingKey, kid_of, read_keys
+from runtime.jwks import UnknownKey, VerifyingKey, kid_of, pick, read_keys
 from runtime.remote_keys import RemoteKeySet
 from runtime.settings import HttpServiceSettings
 from schemas.auth import JWT_AUDIENCE, JWT_ISSUER, Principal, Role
@@ -86,16 +86,8 @@ class KeySet:
         return self._keys
 
     def candidates(self, kid: str | None) -> list[VerifyingKey]:
-        """The key `kid` names; without a kid (a token from before key ids), every key."""
-        keys = self.current()
-        if kid is None:
-            return list(keys.values())
-        if kid not in keys:
-            self._refresh()  # a key added a moment ago
-            keys = self._keys
-        if kid not in keys:
-            raise UnknownKey(f"unknown key id {kid!r}")
-        return [keys[kid]]
+        # Not held: the file again at once (a key added a moment ago).
+        return pick(self.current, kid, self._refresh)
 
 
 class TokenVerifier:

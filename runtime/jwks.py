@@ -5,6 +5,7 @@ never the token's say (no "none", no HMAC keyed with a public key)."""
 
 import base64
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,23 @@ class VerifyingKey:
 
     key: Any
     algorithm: str
+
+
+def pick(
+    current: Callable[[], dict[str, VerifyingKey]], kid: str | None, on_miss: Callable[[], None]
+) -> list[VerifyingKey]:
+    """The key `kid` names among `current()`'s, after `on_miss` (a look for new keys) when
+    it is not there; UnknownKey if still not. Without a kid (a token from before key ids),
+    every key."""
+    keys = current()
+    if kid is None:
+        return list(keys.values())
+    if kid not in keys:
+        on_miss()
+        keys = current()
+    if kid not in keys:
+        raise UnknownKey(f"unknown key id {kid!r}")
+    return [keys[kid]]
 
 
 def _b64url(data: bytes) -> str:

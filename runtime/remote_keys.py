@@ -13,7 +13,7 @@ import threading
 import httpx
 
 from runtime.clock import Clock
-from runtime.jwks import UnknownKey, VerifyingKey, read_keys
+from runtime.jwks import VerifyingKey, pick, read_keys
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +68,5 @@ class RemoteKeySet:
         return self._keys
 
     def candidates(self, kid: str | None) -> list[VerifyingKey]:
-        keys = self.current()
-        if kid is None:
-            return list(keys.values())
-        if kid not in keys:
-            self._fetch_in_background()  # the provider may have rotated
-            raise UnknownKey(f"unknown key id {kid!r}")
-        return [keys[kid]]
+        # Not held: the provider may have rotated; its fetch runs aside, this token is refused.
+        return pick(self.current, kid, self._fetch_in_background)
