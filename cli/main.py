@@ -10,6 +10,7 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
@@ -41,7 +42,8 @@ def _stack(config: StackConfig, report: Any = None) -> "Stack":
 
 def _config(args: argparse.Namespace) -> StackConfig:
     overrides = {}
-    for field in ("ingest_processes", "api_processes", "stream_workers", "notifier_processes"):
+    fields = ("ingest_processes", "api_processes", "stream_workers", "notifier_processes")
+    for field in (*fields, "kafka_brokers"):
         value = getattr(args, field, None)
         if value is not None:
             overrides[field] = value
@@ -111,14 +113,14 @@ def cmd_scale(args: argparse.Namespace) -> int:
 def cmd_lag(args: argparse.Namespace) -> int:
     import time
 
+    from infra import kafka
     from runtime import lag_view as lag
     from runtime.lag_status import LagWindow, Status
 
     stack = _stack(StackConfig())
-    record = stack.records.get("kafka")
-    if record is None or not record.ref.alive():
+    if not any(stack.running(name) for name in kafka.names(stack.config)):
         raise StackError("Kafka is not running: start the platform with 'telemetry up'")
-    bootstrap = record.endpoint["bootstrap"]
+    bootstrap = stack.config.kafka_bootstrap
     window = LagWindow(args.window)
 
     def table(rows: list[lag.PartitionRow], members: dict[str, int]) -> Table:
@@ -505,6 +507,10 @@ def _stack_commands(sub: Any) -> None:
         "--notifier", dest="notifier_processes", type=int, help="notifier (WebSocket) processes"
     )
     up.add_argument(
+        "--kafka", dest="kafka_brokers", type=int, choices=(1, 3, 4, 5),
+        help="Kafka brokers: 1, or a cluster of 3 (fixed when the stack is made; docs/ha.md)",
+    )  # fmt: skip
+    up.add_argument(
         "--simulate", type=int, metavar="DRIVERS", default=0,
         help="also run a simulated fleet of DRIVERS drivers until `down`",
     )  # fmt: skip
@@ -641,6 +647,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
     except StackError as exc:
+        console.print(f"[bold red]error:[/bold red] {exc}")
+        return 1
+    except ValidationError as exc:  # a setting from the environment out of its range
         console.print(f"[bold red]error:[/bold red] {exc}")
         return 1
     except KeyboardInterrupt:

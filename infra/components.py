@@ -88,6 +88,7 @@ def _bootstrap_primary(config: StackConfig, report: Callable[[str], None]) -> No
 def components(config: StackConfig, report: Callable[[str], None]) -> list[Component]:
     """The stack's components in a valid start order (each after its dependencies)."""
     result = [*_servers(config, report), *_services(config), *_front(config)]
+    result = _after_every_broker(config, result)
     if config.runtime == "containers":
         result = _in_containers(config, result)
     return result
@@ -104,25 +105,10 @@ def _servers(config: StackConfig, report: Callable[[str], None]) -> list[Compone
         if postgres.init_replica(config):
             report("cloned the replica (pg_basebackup)")
 
-    def create_topics() -> None:
-        report("creating Kafka topics")
-        kafka.create_topics(config)
-
     return [
         # Kafka's JVM takes longest to come up: first in the list, waited for only when a
         # component that needs it is about to start.
-        Component(
-            "kafka",
-            command=lambda: kafka.command(config),
-            prepare=lambda: kafka.prepare(config),
-            ready=lambda: kafka.ready(config),
-            ports=(
-                (config.kafka_port, "TELEMETRY_KAFKA_PORT"),
-                (config.kafka_controller_port, "TELEMETRY_KAFKA_CONTROLLER_PORT"),
-            ),
-            endpoint={"bootstrap": config.kafka_bootstrap},
-            on_ready=create_topics,
-        ),
+        *_kafka(config, report),
         Component(
             "redis",
             command=lambda: redis.command(config),
@@ -171,6 +157,49 @@ def _servers(config: StackConfig, report: Callable[[str], None]) -> list[Compone
             },
             after=("postgres-primary", "postgres-replica"),
         ),
+    ]
+
+
+def _kafka(config: StackConfig, report: Callable[[str], None]) -> list[Component]:
+    """Kafka's nodes, all started at once: a cluster's brokers answer once a majority of
+    its controllers has elected a leader. The last one makes the topics, once every
+    broker is registered (a topic's three copies need three brokers)."""
+
+    def create_topics() -> None:
+        if not wait_until(lambda: kafka.all_registered(config), config.startup_timeout_s, 0.5):
+            raise StackError(f"not every one of {config.kafka_brokers} Kafka brokers registered")
+        report("creating Kafka topics")
+        kafka.create_topics(config)
+
+    last = config.kafka_brokers
+    return [
+        Component(
+            kafka.name(config, node),
+            command=lambda node=node: kafka.command(config, node),  # type: ignore[misc]
+            prepare=lambda node=node: kafka.prepare(config, node),  # type: ignore[misc]
+            ready=lambda node=node: kafka.ready(config, node),  # type: ignore[misc]
+            ports=(
+                (kafka.broker_port(config, node), "TELEMETRY_KAFKA_PORT"),
+                (kafka.controller_port(config, node), "TELEMETRY_KAFKA_CONTROLLER_PORT"),
+            ),
+            endpoint={"bootstrap": config.kafka_bootstrap},
+            on_ready=create_topics if node == last else _nothing,
+            # A cluster's broker killed or crashed rejoins and catches up from the others;
+            # a lone broker is a data store, left to an operator like PostgreSQL.
+            supervised=config.kafka_brokers > 1,
+        )
+        for node in kafka.nodes(config)
+    ]
+
+
+def _after_every_broker(config: StackConfig, result: list[Component]) -> list[Component]:
+    """`after=("kafka",)` means every broker of a cluster."""
+    brokers = tuple(kafka.names(config))
+    if brokers == ("kafka",):
+        return result
+    return [
+        replace(c, after=tuple(n for a in c.after for n in (brokers if a == "kafka" else (a,))))
+        for c in result
     ]
 
 

@@ -1,8 +1,9 @@
 """Where the local stack lives and which ports it uses (env prefix TELEMETRY_)."""
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Self
 
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from api.config import ApiSettings
@@ -46,8 +47,10 @@ class StackConfig(BaseSettings):
     # infra/containers/ (built by `telemetry images`) on Podman, through testcontainers.
     runtime: Literal["processes", "containers"] = "processes"
 
+    # Broker N of a cluster listens on kafka_port + N - 1, its controller on
+    # kafka_controller_port + N - 1.
     kafka_port: int = LOCAL_KAFKA_PORT
-    kafka_controller_port: int = 19093
+    kafka_controller_port: int = 19192
     postgres_primary_port: int = 15432
     postgres_replica_port: int = 15433
     pgbouncer_port: int = LOCAL_PGBOUNCER_PORT
@@ -72,6 +75,11 @@ class StackConfig(BaseSettings):
     # The browser pages the api, ingest and the notifier let in (CORS, the WebSocket's
     # Origin): a web app's dev server.
     allowed_origins: tuple[str, ...] = ("http://localhost:3000", "http://127.0.0.1:3000")
+
+    # Kafka's brokers: one (light, for a laptop), or a cluster of three or more in KRaft
+    # combined mode (every node a broker and a controller), whose topics keep three copies
+    # and take a write once two have it (docs/ha.md). Fixed when the stack is made.
+    kafka_brokers: int = Field(default=1, ge=1, le=5)
 
     ingest_processes: int = 1
     api_processes: int = 1
@@ -157,4 +165,14 @@ class StackConfig(BaseSettings):
 
     @property
     def kafka_bootstrap(self) -> str:
-        return f"127.0.0.1:{self.kafka_port}"
+        """Every broker: a client finds the cluster through any that answers."""
+        ports = range(self.kafka_port, self.kafka_port + self.kafka_brokers)
+        return ",".join(f"127.0.0.1:{port}" for port in ports)
+
+    @model_validator(mode="after")
+    def _a_quorum_survives_a_loss(self) -> Self:
+        # Two voters cannot lose one (a majority of two is two), and two copies with two
+        # in sync stop every write while either broker is down.
+        if self.kafka_brokers == 2:
+            raise ValueError("kafka_brokers: 1, or 3 to 5 (two brokers survive no loss)")
+        return self

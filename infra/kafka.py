@@ -1,7 +1,10 @@
-"""One Apache Kafka node in KRaft mode (broker and controller) from Maven Central's jars."""
+"""Apache Kafka in KRaft mode from Maven Central's jars: one node, or a cluster of nodes each
+a broker and a controller voter (`up --kafka 3`, docs/ha.md)."""
 
 import asyncio
+import base64
 import contextlib
+import uuid
 from pathlib import Path
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -30,36 +33,92 @@ TOPICS = [
 TOPIC_CONFIGS = {topics.DEVICES: {"cleanup.policy": "compact"}}
 
 
-def data_dir(config: StackConfig) -> Path:
-    return config.state_dir / "kafka" / "data"
+def nodes(config: StackConfig) -> range:
+    return range(1, config.kafka_brokers + 1)
 
 
-def properties_path(config: StackConfig) -> Path:
-    return config.state_dir / "kafka" / "server.properties"
+def name(config: StackConfig, node: int) -> str:
+    """The component's name: `kafka` alone, `kafka-1`... in a cluster."""
+    return "kafka" if config.kafka_brokers == 1 else f"kafka-{node}"
 
 
-def write_properties(config: StackConfig) -> Path:
-    path = properties_path(config)
+def names(config: StackConfig) -> list[str]:
+    return [name(config, node) for node in nodes(config)]
+
+
+def root(config: StackConfig) -> Path:
+    return config.state_dir / "kafka"
+
+
+def node_dir(config: StackConfig, node: int) -> Path:
+    return root(config) if config.kafka_brokers == 1 else root(config) / f"node-{node}"
+
+
+def data_dir(config: StackConfig, node: int = 1) -> Path:
+    return node_dir(config, node) / "data"
+
+
+def properties_path(config: StackConfig, node: int = 1) -> Path:
+    return node_dir(config, node) / "server.properties"
+
+
+def cluster_id_path(config: StackConfig) -> Path:
+    """Every node of a cluster is formatted with the same id."""
+    return root(config) / "cluster-id"
+
+
+def broker_port(config: StackConfig, node: int) -> int:
+    return config.kafka_port + node - 1
+
+
+def controller_port(config: StackConfig, node: int) -> int:
+    return config.kafka_controller_port + node - 1
+
+
+def replication_factor(config: StackConfig) -> int:
+    """Three copies of every partition in a cluster (one broker may be lost, or down for
+    an upgrade, while another is slow); one when there is one broker."""
+    return min(3, config.kafka_brokers)
+
+
+def min_insync_replicas(config: StackConfig) -> int:
+    """An acks=all write is on this many brokers before it is acknowledged: two of three,
+    so a broker lost for good takes no acknowledged record with it, and writes go on
+    while one broker is down."""
+    return 2 if config.kafka_brokers >= 3 else 1
+
+
+def write_properties(config: StackConfig, node: int = 1) -> Path:
+    path = properties_path(config, node)
     path.parent.mkdir(parents=True, exist_ok=True)
+    voters = ",".join(f"{n}@127.0.0.1:{controller_port(config, n)}" for n in nodes(config))
+    copies, insync = replication_factor(config), min_insync_replicas(config)
+    port, controller = broker_port(config, node), controller_port(config, node)
     path.write_text(
         "\n".join(
             [
+                # Combined mode: every node is a broker and a voter of the controller quorum.
                 "process.roles=broker,controller",
-                "node.id=1",
-                f"controller.quorum.voters=1@127.0.0.1:{config.kafka_controller_port}",
-                f"listeners=PLAINTEXT://127.0.0.1:{config.kafka_port},"
-                f"CONTROLLER://127.0.0.1:{config.kafka_controller_port}",
-                f"advertised.listeners=PLAINTEXT://127.0.0.1:{config.kafka_port}",
+                f"node.id={node}",
+                f"controller.quorum.voters={voters}",
+                f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}",
+                f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
                 "controller.listener.names=CONTROLLER",
                 "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
                 "inter.broker.listener.name=PLAINTEXT",
-                f"log.dirs={data_dir(config)}",
-                # One node: internal topics cannot have more replicas than that.
-                "offsets.topic.replication.factor=1",
-                "transaction.state.log.replication.factor=1",
-                "transaction.state.log.min.isr=1",
-                "share.coordinator.state.topic.replication.factor=1",
-                "share.coordinator.state.topic.min.isr=1",
+                f"log.dirs={data_dir(config, node)}",
+                # Internal topics (offsets, transactions) as many copies as ours; on one
+                # node they cannot have more replicas than that.
+                f"offsets.topic.replication.factor={copies}",
+                f"transaction.state.log.replication.factor={copies}",
+                f"transaction.state.log.min.isr={insync}",
+                f"share.coordinator.state.topic.replication.factor={copies}",
+                f"share.coordinator.state.topic.min.isr={insync}",
+                # Topics a client creates (Faust's own) get the same guarantees as ours.
+                f"default.replication.factor={copies}",
+                f"min.insync.replicas={insync}",
+                # A replica that missed acknowledged records never becomes the leader.
+                "unclean.leader.election.enable=false",
                 "num.partitions=12",
                 # Consumer groups in tests and dev should not wait 3 s for a first rebalance.
                 "group.initial.rebalance.delay.ms=0",
@@ -91,46 +150,77 @@ def _java(config: StackConfig, main_class: str, *args: str, heap_mb: int) -> lis
     ]
 
 
-def format_command(config: StackConfig, cluster_id: str) -> list[str]:
-    """Formats the KRaft metadata dir for `cluster_id`."""
-    properties = str(properties_path(config))
+def format_command(config: StackConfig, cluster_id: str, node: int = 1) -> list[str]:
+    """Formats a node's KRaft metadata dir for `cluster_id`."""
+    properties = str(properties_path(config, node))
     return _java(
         config, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", properties,
         heap_mb=256,
     )  # fmt: skip
 
 
-def format_storage(config: StackConfig) -> bool:
-    """Formats the KRaft metadata dir once; returns True if it did."""
-    if (data_dir(config) / "meta.properties").exists():
+def cluster_id(config: StackConfig) -> str:
+    """The cluster's id, made once: a random UUID, base64url without padding, as Kafka's
+    own `random-uuid` writes one."""
+    path = cluster_id_path(config)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode())
+    return path.read_text().strip()
+
+
+def check_broker_count(config: StackConfig) -> None:
+    """A stack keeps the broker count it was made with: the controller quorum's voters are
+    fixed in every node's configuration, and one broker's records have no copies to
+    spread. The count is recorded when the first node is formatted."""
+    path = root(config) / "brokers"
+    if path.exists():
+        made = int(path.read_text())
+    elif (root(config) / "data" / "meta.properties").exists():
+        made = 1  # made before the count was recorded
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(str(config.kafka_brokers))
+        return
+    if made != config.kafka_brokers:
+        raise StackError(
+            f"the Kafka in {root(config)} was made with {made} broker(s), not "
+            f"{config.kafka_brokers}: start it with `--kafka {made}`, or remove "
+            f"{config.state_dir} for a new stack"
+        )
+
+
+def format_storage(config: StackConfig, node: int = 1) -> bool:
+    """Formats a node's KRaft metadata dir once; returns True if it did."""
+    check_broker_count(config)
+    if (data_dir(config, node) / "meta.properties").exists():
         return False
-    cluster_id = run(_java(config, "kafka.tools.StorageTool", "random-uuid", heap_mb=128)).strip()
-    run(format_command(config, cluster_id.splitlines()[-1].strip()))
+    run(format_command(config, cluster_id(config), node))
     return True
 
 
-def prepare(config: StackConfig) -> None:
+def prepare(config: StackConfig, node: int = 1) -> None:
     java_binary()
-    write_properties(config)
-    format_storage(config)
-    own_tree(data_dir(config), APP_USER)
+    write_properties(config, node)
+    format_storage(config, node)
+    own_tree(data_dir(config, node), APP_USER)
 
 
-def command(config: StackConfig) -> Command:
-    properties = str(properties_path(config))
-    argv = _java(config, "kafka.Kafka", properties, heap_mb=config.kafka_heap_mb)
+def command(config: StackConfig, node: int = 1) -> Command:
+    properties = properties_path(config, node)
+    argv = _java(config, "kafka.Kafka", str(properties), heap_mb=config.kafka_heap_mb)
     # The services' user: no secret is in its files (the listener is PLAINTEXT).
-    mounts = (Mount(properties_path(config)), Mount(data_dir(config), writable=True))
-    return Command("kafka", "kafka", argv, user=APP_USER, mounts=mounts)
+    mounts = (Mount(properties), Mount(data_dir(config, node), writable=True))
+    return Command(name(config, node), "kafka", argv, user=APP_USER, mounts=mounts)
 
 
-async def _create_topics(bootstrap: str, wanted: list[tuple[str, int]]) -> None:
+async def _create_topics(bootstrap: str, wanted: list[tuple[str, int]], copies: int) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
     await asyncio.wait_for(admin.start(), 15)
     try:
         existing = set(await asyncio.wait_for(admin.list_topics(), 15))
         new = [
-            NewTopic(name, parts, 1, topic_configs=TOPIC_CONFIGS.get(name, {}))
+            NewTopic(name, parts, copies, topic_configs=TOPIC_CONFIGS.get(name, {}))
             for name, parts in wanted
             if name not in existing
         ]
@@ -144,7 +234,7 @@ async def _create_topics(bootstrap: str, wanted: list[tuple[str, int]]) -> None:
 
 def create_topics(config: StackConfig, wanted: list[tuple[str, int]] = TOPICS) -> None:
     try:
-        asyncio.run(_create_topics(config.kafka_bootstrap, wanted))
+        asyncio.run(_create_topics(config.kafka_bootstrap, wanted, replication_factor(config)))
     except (KafkaError, TimeoutError, OSError) as exc:
         raise StackError(
             f"could not create Kafka topics on {config.kafka_bootstrap}: {exc!r}"
@@ -164,5 +254,25 @@ async def _broker_ready(bootstrap: str) -> bool:
             await asyncio.wait_for(admin.close(), 5)
 
 
-def ready(config: StackConfig) -> bool:
-    return asyncio.run(_broker_ready(config.kafka_bootstrap))
+def ready(config: StackConfig, node: int = 1) -> bool:
+    """This node answers as a broker (a cluster's node only once the quorum has a leader)."""
+    return asyncio.run(_broker_ready(f"127.0.0.1:{broker_port(config, node)}"))
+
+
+async def _brokers_registered(bootstrap: str) -> int:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+    try:
+        await asyncio.wait_for(admin.start(), 5)
+        cluster = await asyncio.wait_for(admin.describe_cluster(), 5)
+        return len(cluster["brokers"])
+    except (KafkaError, TimeoutError, OSError):
+        return 0
+    finally:
+        with contextlib.suppress(KafkaError, TimeoutError, OSError):
+            await asyncio.wait_for(admin.close(), 5)
+
+
+def all_registered(config: StackConfig) -> bool:
+    """Every broker of the cluster is known to the controller: a topic with three
+    replicas can be made."""
+    return asyncio.run(_brokers_registered(config.kafka_bootstrap)) >= config.kafka_brokers

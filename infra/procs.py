@@ -217,7 +217,7 @@ def ensure_port_free(port: int, what: str, env_var: str, grace_s: float = 5.0) -
         )
 
 
-# Scratch stacks take ports from here: above the stack's default ports (15432 to 19093)
+# Scratch stacks take ports from here: above the stack's default ports (15432 to 19196)
 # and below the kernel's ephemeral range, where a port found free now can be taken a moment
 # later as the local port of some outgoing connection (seen: api-2 unable to bind).
 SCRATCH_PORTS = (20000, 32768)

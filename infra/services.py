@@ -15,7 +15,7 @@ import orjson
 from pydantic_settings import BaseSettings
 
 from api.config import ApiSettings
-from infra import pgbouncer, redis, runtimes
+from infra import kafka, pgbouncer, redis, runtimes
 from infra.config import REPO_ROOT, StackConfig
 from infra.launch import Command, Mount
 from infra.procs import APP_USER, ProcessRef, StackError, free_port, stop, wait_until
@@ -99,6 +99,7 @@ def _kinds() -> list[_Kind]:
             lambda c: c.stream_workers, lambda c: c.streams_web_port,
             lambda c: {
                 "kafka_bootstrap": c.kafka_bootstrap,
+                "topic_replication_factor": kafka.replication_factor(c),
                 "database_dsn": pgbouncer.dsn(c, read_only=False),
                 "data_dir": streams_data_dir(c),
             },

@@ -132,6 +132,7 @@ def create_app(
     app = WorkerApp(
         settings.app_id,
         broker=f"kafka://{settings.kafka_bootstrap}",
+        topic_replication_factor=settings.topic_replication_factor,
         store="memory://",
         datadir=str(settings.data_dir),
         web_host=settings.web_host,

@@ -18,6 +18,9 @@ class StreamsSettings(ServiceSettings):
 
     app_id: str = topics.STREAMS_GROUP
     kafka_bootstrap: str = LOCAL_KAFKA
+    # Copies of the topics Faust makes for itself (its partition assignor's): as many as
+    # the stack's own topics have (3 on a cluster).
+    topic_replication_factor: int = 1
     pings_topic: str = topics.PINGS
     positions_topic: str = topics.POSITIONS
     # Through PgBouncer to the primary.

@@ -11,4 +11,5 @@ SCENARIOS = (
     "edge",
     "drain",
     "ingest_front",
+    "failover",
 )

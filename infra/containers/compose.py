@@ -17,12 +17,10 @@ Two one-shot services of the app image do what `up` does around the processes:
 Compose's restart policy stands in for the supervisor."""
 
 import argparse
-import base64
 import shlex
 import signal
 import sys
 import tempfile
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -82,20 +80,11 @@ def scripts_dir(config: StackConfig) -> Path:
     return config.state_dir / "compose"
 
 
-def kafka_cluster_id() -> str:
-    """A KRaft cluster id as Kafka writes one: a random UUID, base64url without padding."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
-
-
 def _first_run(config: StackConfig, name: str) -> list[str]:
     """The shell lines a component's container runs before its command."""
     sh = shlex.join
     if name == "kafka":
-        id_file = kafka.data_dir(config).parent / "cluster-id"
-        if not id_file.exists():
-            id_file.parent.mkdir(parents=True, exist_ok=True)
-            id_file.write_text(kafka_cluster_id())
-        format_argv = kafka.format_command(config, id_file.read_text().strip())
+        format_argv = kafka.format_command(config, kafka.cluster_id(config))
         return [
             f"test -f {kafka.data_dir(config) / 'meta.properties'} || "
             + sh([in_image(config, a) for a in format_argv])

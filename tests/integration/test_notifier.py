@@ -36,7 +36,7 @@ from schemas import topics
 from schemas.auth import Role
 from tests.support.driving import ping_at, stored
 from tests.support.handshakes import close_all, open_many
-from tests.support.stack import metric, wait_for
+from tests.support.stack import metric, until, wait_for
 
 BODY = {"pickup": {"lat": 12.97, "lon": 77.59}, "dropoff": {"lat": 12.93, "lon": 77.62}}
 Token = Callable[..., str]
@@ -593,14 +593,6 @@ async def drive_events(
                 newest[job_id] = await jobs.assign(client, job_id, "drv-flow")
             on_round(n)
     return newest
-
-
-async def until(condition: Callable[[], bool], timeout_s: float = 60) -> None:
-    """Lets the event loop run until `condition` holds; fails past the deadline."""
-    async with asyncio.timeout(timeout_s):
-        # Polled: the conditions are other tasks' plain state, with no event to wait on.
-        while not condition():  # noqa: ASYNC110
-            await asyncio.sleep(0.01)  # the poll interval, bounded by the deadline
 
 
 def check_exactly_once(watchers: list[JobWatcher], newest: dict[str, int]) -> None:

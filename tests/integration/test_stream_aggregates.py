@@ -5,9 +5,8 @@ that recounted every batch."""
 
 import asyncio
 import random
-import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -26,7 +25,7 @@ from streams.rows import PING_COLUMNS, ping_rows
 from streams.sink import PingSink, SinkLimits
 from tests.support.driving import ORIGIN
 from tests.support.recompute import assert_aggregates_exact, stored_aggregates
-from tests.support.stack import session_storage
+from tests.support.stack import session_storage, until
 
 pytestmark = [pytest.mark.integration, pytest.mark.storage]
 
@@ -154,14 +153,6 @@ async def test_a_mixed_backlog_leaves_every_aggregate_equal_to_a_recount(
     with psycopg.connect(fresh_database) as conn:
         assert stored_aggregates(conn) == before
     assert paths.batches[-3:] == [(0, 0)] * 3
-
-
-async def until(probe: Callable[[], bool], timeout_s: float = 30.0) -> None:
-    """Polls `probe` (a quick query) without blocking the writers' event loop."""
-    deadline = time.monotonic() + timeout_s
-    while not probe():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)  # the poll interval; the deadline bounds the wait
 
 
 async def test_a_rebalance_in_the_middle_of_a_flush_counts_each_ping_once(

@@ -1,6 +1,7 @@
 """The test stack's helpers: where it runs and on which storage, a scratch configuration,
 a service's metric, a bounded poll, a superuser connection."""
 
+import asyncio
 import os
 import time
 from collections.abc import Callable
@@ -68,6 +69,14 @@ def wait_for(probe: Callable[[], T | None], timeout_s: float = 30.0, interval_s:
         if time.monotonic() > deadline:
             pytest.fail(f"condition not met within {timeout_s} s")
         time.sleep(interval_s)  # the poll interval; the deadline above bounds the wait
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 60) -> None:
+    """Lets the event loop run until `condition` holds; fails past the deadline."""
+    async with asyncio.timeout(timeout_s):
+        # Polled: the conditions are other tasks' plain state, with no event to wait on.
+        while not condition():  # noqa: ASYNC110
+            await asyncio.sleep(0.01)  # the poll interval, bounded by the deadline
 
 
 def superuser(config: StackConfig, dbname: str = postgres.DATABASE) -> psycopg.Connection[Any]:

@@ -1,12 +1,13 @@
 """The compose file and the scripts its containers run, generated from the component
 registry (infra/containers/compose.py)."""
 
+import base64
 import stat
 from pathlib import Path
 
 import pytest
 
-from infra import procs
+from infra import kafka, procs
 from infra.config import StackConfig
 from infra.containers import compose
 from infra.containers.run import IMAGE_KAFKA_LIB, IMAGE_PYTHON
@@ -94,7 +95,9 @@ def test_config_keeps_what_exists(tmp_path: Path) -> None:
     assert (tmp_path / "kafka" / "cluster-id").read_text() == cluster
 
 
-def test_a_kafka_cluster_id_is_a_base64url_uuid() -> None:
-    cluster_id = compose.kafka_cluster_id()
+def test_a_kafka_cluster_id_is_a_base64url_uuid_made_once(tmp_path: Path) -> None:
+    one, other = scratch(tmp_path / "one"), scratch(tmp_path / "other")
+    cluster_id = kafka.cluster_id(one)
     assert len(cluster_id) == 22 and "=" not in cluster_id
-    assert cluster_id != compose.kafka_cluster_id()
+    assert base64.urlsafe_b64decode(cluster_id + "==") and kafka.cluster_id(one) == cluster_id
+    assert cluster_id != kafka.cluster_id(other)

@@ -1,0 +1,202 @@
+"""Kafka as a three-broker KRaft cluster (`telemetry up --kafka 3`, docs/ha.md): topics
+with three copies taking a write once two have it, and a broker killed with SIGKILL under a
+fleet of drivers while a customer follows a job. Nothing acknowledged is lost: every ping
+answered 202 is stored; ingest answers 503 only, inside one window after the kill; the
+stream, the relay and the notifier go on; the broker rejoins when started again, and the
+supervisor restarts one that crashes.
+
+The stack is this module's own: it kills brokers."""
+
+import asyncio
+import os
+import shutil
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+from bench.ws_client import JobWatcher, watch_until
+from infra import kafka, postgres
+from infra.stack import Stack
+from runtime.auth import issue_token
+from schemas import topics
+from schemas.auth import Role
+from tests.support.driving import ping_at
+from tests.support.stack import scratch_config, until, wait_for
+
+pytestmark = pytest.mark.integration
+
+DRIVERS = 20
+# After the kill: the window is over once this many pings in a row were answered 202.
+RECOVERED_RUN = 300
+JOB = {"pickup": {"lat": 12.97, "lon": 77.59}, "dropoff": {"lat": 12.93, "lon": 77.62}}
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Stack]:
+    config = scratch_config(kafka_brokers=3)
+    running = Stack(config, report=lambda step: print(f"[cluster] {step}", flush=True))
+    try:
+        running.up()
+        yield running
+    finally:
+        running.down()
+        if not os.environ.get("TELEMETRY_KEEP_TEST_STATE"):
+            shutil.rmtree(config.state_dir, ignore_errors=True)
+
+
+async def _describe(bootstrap: str) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
+    await admin.start()
+    try:
+        [described] = await admin.describe_topics([topics.PINGS])
+        [answer] = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topics.PINGS)]
+        )
+        configs = {entry[0]: entry[1] for entry in answer.resources[0][4]}
+        return list(described["partitions"]), configs
+    finally:
+        await admin.close()
+
+
+def partitions(stack: Stack) -> list[dict[str, Any]]:
+    return asyncio.run(_describe(stack.config.kafka_bootstrap))[0]
+
+
+def test_topics_keep_three_copies_and_take_a_write_once_two_have_it(cluster: Stack) -> None:
+    described, configs = asyncio.run(_describe(cluster.config.kafka_bootstrap))
+    assert len(described) == topics.DRIVER_TOPIC_PARTITIONS
+    assert all(sorted(p["replicas"]) == [1, 2, 3] for p in described)
+    assert all(sorted(p["isr"]) == [1, 2, 3] for p in described)
+    # Leadership is spread: each broker leads some partitions.
+    assert {p["leader"] for p in described} == {1, 2, 3}
+    assert configs["min.insync.replicas"] == "2"
+    assert configs["unclean.leader.election.enable"] == "false"
+
+
+class Fleet:
+    """Drivers posting one ping a request to ingest, every answer counted by ping."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.url = stack.urls("ingest")[0] + "/v1/pings"
+        key = stack.config.jwt_private_key
+        self.drivers = [f"drv-{uuid.uuid4().hex[:8]}" for _ in range(DRIVERS)]
+        self.tokens = {d: issue_token(key, sub=d, role=Role.DRIVER) for d in self.drivers}
+        self.acked: list[str] = []
+        self.answers: list[int] = []
+        self.sent = 0
+
+    async def post(self, client: httpx.AsyncClient, driver: str) -> int:
+        self.sent += 1
+        ts = datetime.now(UTC) - timedelta(milliseconds=self.sent)
+        ping = ping_at(ts, float(self.sent % 1000))
+        try:
+            r = await client.post(
+                self.url,
+                json={"pings": [ping]},
+                headers={"Authorization": f"Bearer {self.tokens[driver]}"},
+            )
+            status = r.status_code
+        except httpx.TimeoutException:
+            status = 0  # no answer at all: the contract promises one
+        self.answers.append(status)
+        if status == 202:
+            self.acked.append(ping["ping_id"])
+        return status
+
+    async def round(self, client: httpx.AsyncClient) -> list[int]:
+        """One ping from every driver at once."""
+        return list(await asyncio.gather(*(self.post(client, d) for d in self.drivers)))
+
+
+def stored_of(stack: Stack, ping_ids: list[str]) -> int:
+    with psycopg.connect(postgres.dsn(stack.config, "primary")) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pings WHERE ping_id = ANY(%s::uuid[])", [ping_ids]
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def test_a_broker_killed_under_the_fleet_loses_nothing_acknowledged(cluster: Stack) -> None:
+    config = cluster.config
+    fleet = Fleet(cluster)
+    api = cluster.urls("api")[0]
+    key = config.jwt_private_key
+    owner, driver = f"cust-{uuid.uuid4().hex[:8]}", fleet.drivers[0]
+    dispatcher = {"Authorization": f"Bearer {issue_token(key, sub='disp', role=Role.DISPATCHER)}"}
+    customer = {"Authorization": f"Bearer {issue_token(key, sub=owner, role=Role.CUSTOMER)}"}
+    r = httpx.post(api + "/v1/jobs", json=JOB, headers=customer, timeout=30)
+    assert r.status_code == 201, r.text
+    job_id = r.json()["job_id"]
+
+    # The broker leading the most partitions of pings.v1.
+    leaders = Counter(p["leader"] for p in partitions(cluster))
+    victim = kafka.name(config, leaders.most_common(1)[0][0])
+
+    async def drive() -> tuple[list[int], list[int], list[int]]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            before = [s for _ in range(5) for s in await fleet.round(client)]
+            cluster.kill(victim)  # SIGKILL, and left down
+            during: list[int] = []
+            run = 0
+            while run < RECOVERED_RUN:
+                for status in await fleet.round(client):
+                    during.append(status)
+                    run = run + 1 if status == 202 else 0
+                assert len(during) < 10 * RECOVERED_RUN, Counter(during)
+            after = [s for _ in range(10) for s in await fleet.round(client)]
+            # The relay and the notifier, on two brokers: an event and a position reach a
+            # customer following the job.
+            watcher = JobWatcher(
+                cluster.records["notifier-1"].endpoint["ws"],
+                customer["Authorization"].removeprefix("Bearer "),
+                uuid.UUID(job_id),
+            )
+
+            async def act() -> None:
+                await until(lambda: watcher.tally.snapshots == 1)
+                r = await client.post(
+                    f"{api}/v1/jobs/{job_id}/assign", json={"driver_id": driver},
+                    headers=dispatcher,
+                )  # fmt: skip
+                assert r.status_code == 200, r.text
+                await until(lambda: len(watcher.tally.events) >= 1)
+                assert await fleet.post(client, driver) == 202
+
+            actor = asyncio.create_task(act())
+            seen = await watch_until(watcher, lambda m: m["type"] == "position", 90)
+            await actor
+            assert [m["type"] for m in seen][-1] == "position"
+            return before, during, after
+
+    before, during, after = asyncio.run(drive())
+    assert set(before) == {202}
+    # Failures are 503s only, and only inside one window: once pings were accepted again,
+    # every later answer was a 202.
+    assert set(during) <= {202, 503}, Counter(during)
+    assert set(after) == {202}
+    print(f"after the kill of {victim}: {Counter(during)}")
+
+    # Every acknowledged ping is stored by the stream, on the two brokers left.
+    wait_for(lambda: True if stored_of(cluster, fleet.acked) == len(fleet.acked) else None, 120)
+
+    # Started again, the broker catches up: every partition has three copies in sync.
+    cluster.start(victim)
+    wait_for(lambda: True if all(len(p["isr"]) == 3 for p in partitions(cluster)) else None, 120)
+
+
+def test_the_supervisor_restarts_a_crashed_broker(cluster: Stack) -> None:
+    name = kafka.name(cluster.config, 2)
+    crashed = cluster.records[name].ref
+    cluster.crash(name)
+    wait_for(lambda: True if cluster.records[name].ref != crashed else None, 60)
+    wait_for(lambda: True if kafka.ready(cluster.config, 2) else None, 120)
+    wait_for(lambda: True if all(len(p["isr"]) == 3 for p in partitions(cluster)) else None, 120)
+    assert cluster.records[name].restarts >= 1
