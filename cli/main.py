@@ -118,9 +118,11 @@ def cmd_lag(args: argparse.Namespace) -> int:
     from runtime.lag_status import LagWindow, Status
 
     stack = _stack(StackConfig())
-    if not any(stack.running(name) for name in kafka.names(stack.config)):
+    # The running brokers' own record: the ports they were started on.
+    running = [n for n in kafka.names(stack.config) if stack.running(n)]
+    if not running:
         raise StackError("Kafka is not running: start the platform with 'telemetry up'")
-    bootstrap = stack.config.kafka_bootstrap
+    bootstrap = stack.records[running[0]].endpoint["bootstrap"]
     window = LagWindow(args.window)
 
     def table(rows: list[lag.PartitionRow], members: dict[str, int]) -> Table:
