@@ -1,8 +1,6 @@
 """Session fixtures that start the real stack (Kafka, PostgreSQL primary + replica, PgBouncer,
 Redis, and our services) on free ports in a scratch state dir, and stop it afterwards."""
 
-import os
-import shutil
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -13,7 +11,7 @@ from infra.config import StackConfig
 from infra.stack import Stack
 from runtime.auth import issue_token
 from schemas.auth import Role
-from tests.support.stack import scratch_config, session_storage, superuser
+from tests.support.stack import running_stack, scratch_config, session_storage, superuser
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -29,15 +27,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Stack]:
     # Two ingest processes: every test also exercises the scale-out path.
-    config = scratch_config(ingest_processes=2)
-    running = Stack(config, report=lambda step: print(f"[stack] {step}", flush=True))
-    try:
-        running.up()
+    with running_stack(scratch_config(ingest_processes=2)) as running:
         yield running
-    finally:
-        running.down()
-        if not os.environ.get("TELEMETRY_KEEP_TEST_STATE"):
-            shutil.rmtree(config.state_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

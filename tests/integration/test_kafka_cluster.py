@@ -8,8 +8,6 @@ supervisor restarts one that crashes.
 The stack is this module's own: it kills brokers."""
 
 import asyncio
-import os
-import shutil
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -17,19 +15,19 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
+from bench.scenarios.failover import stored_of
 from bench.ws_client import JobWatcher, watch_until
-from infra import kafka, postgres
+from infra import kafka
 from infra.stack import Stack
 from runtime.auth import issue_token
 from schemas import topics
 from schemas.auth import Role
 from tests.support.driving import ping_at
-from tests.support.stack import scratch_config, until, wait_for
+from tests.support.stack import running_stack, scratch_config, until, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -41,15 +39,8 @@ JOB = {"pickup": {"lat": 12.97, "lon": 77.59}, "dropoff": {"lat": 12.93, "lon": 
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Stack]:
-    config = scratch_config(kafka_brokers=3)
-    running = Stack(config, report=lambda step: print(f"[cluster] {step}", flush=True))
-    try:
-        running.up()
+    with running_stack(scratch_config(kafka_brokers=3), "cluster") as running:
         yield running
-    finally:
-        running.down()
-        if not os.environ.get("TELEMETRY_KEEP_TEST_STATE"):
-            shutil.rmtree(config.state_dir, ignore_errors=True)
 
 
 async def _describe(bootstrap: str) -> tuple[list[dict[str, Any]], dict[str, str]]:
@@ -114,14 +105,6 @@ class Fleet:
     async def round(self, client: httpx.AsyncClient) -> list[int]:
         """One ping from every driver at once."""
         return list(await asyncio.gather(*(self.post(client, d) for d in self.drivers)))
-
-
-def stored_of(stack: Stack, ping_ids: list[str]) -> int:
-    with psycopg.connect(postgres.dsn(stack.config, "primary")) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM pings WHERE ping_id = ANY(%s::uuid[])", [ping_ids]
-        ).fetchone()
-    return int(row[0]) if row else 0
 
 
 def test_a_broker_killed_under_the_fleet_loses_nothing_acknowledged(cluster: Stack) -> None:

@@ -2,9 +2,11 @@
 a service's metric, a bounded poll, a superuser connection."""
 
 import asyncio
+import contextlib
 import os
+import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import httpx
@@ -77,6 +79,20 @@ async def until(condition: Callable[[], bool], timeout_s: float = 60) -> None:
         # Polled: the conditions are other tasks' plain state, with no event to wait on.
         while not condition():  # noqa: ASYNC110
             await asyncio.sleep(0.01)  # the poll interval, bounded by the deadline
+
+
+@contextlib.contextmanager
+def running_stack(config: StackConfig, tag: str = "stack") -> Iterator[stack_module.Stack]:
+    """A stack up for the block, then down and its state dir removed (kept when
+    TELEMETRY_KEEP_TEST_STATE is set, to read after a failure)."""
+    running = stack_module.Stack(config, report=lambda step: print(f"[{tag}] {step}", flush=True))
+    try:
+        running.up()
+        yield running
+    finally:
+        running.down()
+        if not os.environ.get("TELEMETRY_KEEP_TEST_STATE"):
+            shutil.rmtree(config.state_dir, ignore_errors=True)
 
 
 def superuser(config: StackConfig, dbname: str = postgres.DATABASE) -> psycopg.Connection[Any]:
