@@ -161,10 +161,13 @@ def test_an_identity_providers_rsa_and_ec_keys_verify_their_tokens_and_nothing_e
     ]
     path = tmp_path / "jwks.json"
     path.write_bytes(orjson.dumps({"keys": entries}))
-    clock = ManualClock(T0)
+    # PyJWT checks `exp` against the wall clock: tokens made now, not at import (the
+    # suite reaches this test more than their 600 s after it starts).
+    now = float(int(time.time()))
+    clock = ManualClock(now)
     verifier = TokenVerifier.from_file(path, audience=JWT_AUDIENCE, issuer=JWT_ISSUER, clock=clock)
     assert set(verifier.keys.current()) == {"idp-rsa", "idp-ec"}
-    claims = {"sub": "u1", "role": "customer", "iat": int(T0), "exp": int(T0) + 600,
+    claims = {"sub": "u1", "role": "customer", "iat": int(now), "exp": int(now) + 600,
               "aud": JWT_AUDIENCE, "iss": JWT_ISSUER}  # fmt: skip
     for key, alg, kid in ((rsa_key, "RS256", "idp-rsa"), (ec_key, "ES256", "idp-ec")):
         signed = jwt.encode(claims, key, algorithm=alg, headers={"kid": kid})
