@@ -22,7 +22,7 @@ from bench.scenarios import SCENARIOS
 from infra import devices as device_registry
 from infra import keys as token_keys
 from infra.config import StackConfig
-from infra.procs import StackError
+from infra.procs import StackError, wait_until
 from infra.topology import SCALABLE
 from runtime.auth import issue_token
 from schemas.auth import Role
@@ -43,7 +43,7 @@ def _stack(config: StackConfig, report: Any = None) -> "Stack":
 def _config(args: argparse.Namespace) -> StackConfig:
     overrides = {}
     fields = ("ingest_processes", "api_processes", "stream_workers", "notifier_processes")
-    for field in (*fields, "kafka_brokers"):
+    for field in (*fields, "kafka_brokers", "postgres_ha"):
         value = getattr(args, field, None)
         if value is not None:
             overrides[field] = value
@@ -107,6 +107,22 @@ def cmd_scale(args: argparse.Namespace) -> int:
     stack = _stack(StackConfig(), lambda step: console.log(step))
     stack.scale(args.service, args.count)
     print_endpoints(stack.status())
+    return 0
+
+
+def cmd_switchover(args: argparse.Namespace) -> int:
+    from infra import patroni, topology
+
+    config = topology.recorded(StackConfig())
+    if not config.postgres_ha:
+        raise StackError(
+            "this stack's PostgreSQL is not under Patroni (telemetry up --postgres-ha)"
+        )
+    console.log(patroni.switchover(config, args.to).strip())
+    # The old leader restarts as a replica of the new one: shown once it is.
+    with console.status("waiting for the old leader to follow"):
+        wait_until(lambda: patroni.replicas(config) != [], config.startup_timeout_s, 0.5)
+    print_endpoints(_stack(config).status())
     return 0
 
 
@@ -244,8 +260,12 @@ def print_endpoints(components: dict[str, dict[str, object]]) -> None:
         elif "ws" in info:  # the notifier's processes, and the edge: both URLs
             endpoint = f"{info['url']}\n{info['ws']}"
         else:
-            shown = info.get("url") or info.get("bootstrap") or info.get("dsn")
+            shown = info.get("url") or info.get("bootstrap") or info.get("dsn") or info.get("api")
             endpoint = _display(shown) if shown else "-"
+            if "role" in info:  # a Patroni node
+                endpoint += f"\n{info['role']}, timeline {info['timeline']}"
+                if "lag_bytes" in info:
+                    endpoint += f", {info['lag_bytes']} bytes behind"
             if "metrics" in info:
                 endpoint += f"\nmetrics: {info['metrics']}"
             if "storage" in info:
@@ -513,6 +533,11 @@ def _stack_commands(sub: Any) -> None:
         help="Kafka brokers: 1, or a cluster of 3 (fixed when the stack is made; docs/ha.md)",
     )  # fmt: skip
     up.add_argument(
+        "--postgres-ha", dest="postgres_ha", action="store_true", default=None,
+        help="PostgreSQL as two nodes under Patroni and etcd, failing over by itself "
+        "(fixed when the stack is made; docs/ha.md)",
+    )  # fmt: skip
+    up.add_argument(
         "--simulate", type=int, metavar="DRIVERS", default=0,
         help="also run a simulated fleet of DRIVERS drivers until `down`",
     )  # fmt: skip
@@ -563,6 +588,13 @@ def _stack_commands(sub: Any) -> None:
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
     logs.add_argument("-n", "--lines", type=int, default=50, help="lines to show first")
     logs.set_defaults(func=cmd_logs)
+
+    switch = sub.add_parser(
+        "switchover",
+        help="move PostgreSQL's leadership to the other node on purpose (--postgres-ha)",
+    )
+    switch.add_argument("--to", type=int, choices=(1, 2), help="the node to lead (postgres-N)")
+    switch.set_defaults(func=cmd_switchover)
 
     status = sub.add_parser("status", help="each component's endpoint, pid and health")
     status.add_argument("--json", action="store_true", help="machine-readable output")

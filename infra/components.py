@@ -8,10 +8,13 @@ from dataclasses import dataclass, field, replace
 
 from infra import (
     edge,
+    etcd,
     haproxy,
+    haproxy_db,
     kafka,
     migrate,
     ops_exporter,
+    patroni,
     pgbouncer,
     postgres,
     prometheus,
@@ -23,7 +26,7 @@ from infra import (
 from infra.config import StackConfig
 from infra.containers import engine
 from infra.launch import Command
-from infra.procs import StackError, wait_until
+from infra.procs import StackError, port_open, wait_until
 
 
 def _nothing() -> None:
@@ -95,16 +98,7 @@ def components(config: StackConfig, report: Callable[[str], None]) -> list[Compo
 
 
 def _servers(config: StackConfig, report: Callable[[str], None]) -> list[Component]:
-    """Kafka, Redis, PostgreSQL's primary and replica, PgBouncer."""
-
-    def init_primary() -> None:
-        if postgres.init_primary(config):
-            report("initialised the PostgreSQL primary")
-
-    def init_replica() -> None:
-        if postgres.init_replica(config):
-            report("cloned the replica (pg_basebackup)")
-
+    """Kafka, Redis, PostgreSQL, PgBouncer."""
     return [
         # Kafka's JVM takes longest to come up: first in the list, waited for only when a
         # component that needs it is about to start.
@@ -117,6 +111,40 @@ def _servers(config: StackConfig, report: Callable[[str], None]) -> list[Compone
             ports=((config.redis_port, "TELEMETRY_REDIS_PORT"),),
             endpoint={"url": redis.url(config)},
         ),
+        *_postgres(config, report),
+        Component(
+            "pgbouncer",
+            command=lambda: pgbouncer.command(config),
+            prepare=lambda: pgbouncer.write_config(config),
+            ready=lambda: pgbouncer.ready(config),
+            ports=((config.pgbouncer_port, "TELEMETRY_PGBOUNCER_PORT"),),
+            endpoint={
+                "dsn": pgbouncer.dsn(config, read_only=False),
+                "dsn_read_write": pgbouncer.dsn(config, read_only=False),
+                "dsn_read_only": pgbouncer.dsn(config, read_only=True),
+            },
+            after=(haproxy_db.NAME,)
+            if config.postgres_ha
+            else ("postgres-primary", "postgres-replica"),
+        ),
+    ]
+
+
+def _postgres(config: StackConfig, report: Callable[[str], None]) -> list[Component]:
+    """A primary and a replica, or etcd, Patroni's nodes and HAProxy's frontends on the
+    primary's and the replica's ports."""
+    if config.postgres_ha:
+        return _patroni(config, report)
+
+    def init_primary() -> None:
+        if postgres.init_primary(config):
+            report("initialised the PostgreSQL primary")
+
+    def init_replica() -> None:
+        if postgres.init_replica(config):
+            report("cloned the replica (pg_basebackup)")
+
+    return [
         Component(
             "postgres-primary",
             command=lambda: postgres.command(
@@ -144,18 +172,66 @@ def _servers(config: StackConfig, report: Callable[[str], None]) -> list[Compone
             stop_signal=signal.SIGINT,
             prepare=init_replica,
         ),
+    ]
+
+
+def _patroni(config: StackConfig, report: Callable[[str], None]) -> list[Component]:
+    """Every one supervised: a node killed comes back and rejoins (as a replica, rewound,
+    when the other was promoted meanwhile); etcd keeps its data on disk."""
+    nodes = [
         Component(
-            "pgbouncer",
-            command=lambda: pgbouncer.command(config),
-            prepare=lambda: pgbouncer.write_config(config),
-            ready=lambda: pgbouncer.ready(config),
-            ports=((config.pgbouncer_port, "TELEMETRY_PGBOUNCER_PORT"),),
+            patroni.name(node),
+            command=lambda node=node: patroni.command(config, node),  # type: ignore[misc]
+            prepare=lambda node=node: patroni.prepare(  # type: ignore[misc]
+                config, node, timescaledb=storage.on_timescaledb(config)
+            ),
+            ready=lambda node=node: patroni.ready(config, node),  # type: ignore[misc]
+            # Not its PostgreSQL's port: a Patroni killed alone leaves its server running
+            # (Patroni starts it in a session of its own), and the one started again
+            # adopts it rather than finding the port taken.
+            ports=((patroni.rest_port(config, node), "TELEMETRY_PATRONI_PORT"),),
+            endpoint={"api": patroni.rest_url(config, node)},
+            describe=lambda node=node: patroni.describe(config, node),  # type: ignore[misc]
+            after=(etcd.NAME,),
+            supervised=True,
+        )
+        for node in postgres.ha_nodes()
+    ]
+
+    def leading() -> bool:
+        return port_open(config.postgres_primary_port) and patroni.leader(config) is not None
+
+    return [
+        Component(
+            etcd.NAME,
+            command=lambda: etcd.command(config),
+            prepare=lambda: etcd.prepare(config),
+            ready=lambda: etcd.ready(config),
+            ports=(
+                (config.etcd_port, "TELEMETRY_ETCD_PORT"),
+                (config.etcd_peer_port, "TELEMETRY_ETCD_PEER_PORT"),
+            ),
+            endpoint={"url": etcd.url(config)},
+            supervised=True,
+        ),
+        *nodes,
+        Component(
+            haproxy_db.NAME,
+            command=lambda: haproxy_db.command(config),
+            prepare=lambda: haproxy_db.prepare(config),
+            ready=lambda: haproxy_db.ready(config),
+            ports=(
+                (config.postgres_primary_port, "TELEMETRY_POSTGRES_PRIMARY_PORT"),
+                (config.postgres_replica_port, "TELEMETRY_POSTGRES_REPLICA_PORT"),
+            ),
             endpoint={
-                "dsn": pgbouncer.dsn(config, read_only=False),
-                "dsn_read_write": pgbouncer.dsn(config, read_only=False),
-                "dsn_read_only": pgbouncer.dsn(config, read_only=True),
+                "dsn": postgres.dsn(config, "primary"),
+                "dsn_replica": postgres.dsn(config, "replica"),
             },
-            after=("postgres-primary", "postgres-replica"),
+            after=tuple(c.name for c in nodes),
+            startup_ready=leading,
+            on_ready=lambda: _bootstrap_primary(config, report),
+            supervised=True,
         ),
     ]
 
@@ -264,7 +340,7 @@ def _front(config: StackConfig) -> list[Component]:
             ready=lambda: ops_exporter.ready(config),
             ports=((config.ops_exporter_port, "TELEMETRY_OPS_EXPORTER_PORT"),),
             endpoint={"metrics": ops_exporter.url(config) + "/metrics"},
-            after=("kafka", "postgres-replica"),
+            after=("kafka", "pgbouncer"),
             supervised=True,
         ),
         Component(

@@ -51,8 +51,16 @@ class StackConfig(BaseSettings):
     # kafka_controller_port + N - 1.
     kafka_port: int = LOCAL_KAFKA_PORT
     kafka_controller_port: int = 19192
+    # The primary's and the replica's ports: the servers themselves, or with
+    # `postgres_ha` HAProxy's frontends that follow Patroni's leader and replica.
     postgres_primary_port: int = 15432
     postgres_replica_port: int = 15433
+    # With `postgres_ha`: node N's PostgreSQL on postgres_node_port + N - 1, its Patroni
+    # REST API on patroni_port + N - 1; etcd's client and peer ports.
+    postgres_node_port: int = 15441
+    patroni_port: int = 18008
+    etcd_port: int = 12379
+    etcd_peer_port: int = 12380
     pgbouncer_port: int = LOCAL_PGBOUNCER_PORT
     redis_port: int = LOCAL_REDIS_PORT
     # The services' first ports are their own settings' defaults: ingest-N listens on
@@ -80,6 +88,10 @@ class StackConfig(BaseSettings):
     # combined mode (every node a broker and a controller), whose topics keep three copies
     # and take a write once two have it (docs/ha.md). Fixed when the stack is made.
     kafka_brokers: int = Field(default=1, ge=1, le=5)
+    # PostgreSQL: a primary and a streaming replica, or (True) two nodes under Patroni
+    # with etcd, synchronous replication and automatic failover behind HAProxy
+    # (docs/ha.md). Fixed when the stack is made.
+    postgres_ha: bool = False
 
     ingest_processes: int = 1
     api_processes: int = 1
@@ -175,4 +187,9 @@ class StackConfig(BaseSettings):
         # in sync stop every write while either broker is down.
         if self.kafka_brokers == 2:
             raise ValueError("kafka_brokers: 1, or 3 to 5 (two brokers survive no loss)")
+        if self.postgres_ha and self.runtime == "containers":
+            raise ValueError(
+                "postgres_ha runs on local processes only: Patroni and etcd have no container"
+                " images yet (docs/ha.md)"
+            )
         return self

@@ -33,6 +33,9 @@ DEBIAN_PACKAGES = {
     "haproxy": Path("/usr/sbin/haproxy"),
     "nginx": Path("/usr/sbin/nginx"),
     "prometheus": Path("/usr/bin/prometheus"),
+    # PostgreSQL's failover (`up --postgres-ha`): Patroni and its store.
+    "patroni": Path("/usr/bin/patroni"),
+    "etcd-server": Path("/usr/bin/etcd"),
 }
 # What the tests need besides: Chromium for the ops page test (tests/integration/test_ops.py).
 TEST_DEBIAN_PACKAGES = {

@@ -62,6 +62,9 @@ max_client_conn = 2000
 default_pool_size = 20
 reserve_pool_size = 5
 server_connect_timeout = 5
+# After a failed connection to PostgreSQL, try again this soon (the default waits 15 s): a
+# failover's new leader is in rotation about a second after its promotion.
+server_login_retry = 1
 query_wait_timeout = 10
 idle_transaction_timeout = {config.idle_in_transaction_timeout_s}
 ignore_startup_parameters = extra_float_digits,options

@@ -1,4 +1,6 @@
-"""PostgreSQL 15: a primary and a streaming replica, run as the postgres OS user."""
+"""PostgreSQL 15, run as the postgres OS user: a primary and a streaming replica, or
+(`postgres_ha`) two nodes under Patroni (infra/patroni.py) whose roles move. Either way
+`dsn(config, "primary")` reaches the primary and `dsn(config, "replica")` a replica."""
 
 import contextlib
 import secrets
@@ -11,7 +13,7 @@ import psycopg
 from infra.config import StackConfig
 from infra.install import PG_BIN
 from infra.launch import Command, Mount
-from infra.procs import DATABASE_USER, chown_for, run, write_private
+from infra.procs import DATABASE_USER, StackError, chown_for, run, write_private
 
 DATABASE = "telemetry"
 APP_USER = "telemetry"
@@ -34,8 +36,46 @@ def socket_dir(config: StackConfig, role: str) -> Path:
     return pg_root(config) / f"{role}-socket"
 
 
+# Patroni's nodes, `postgres_ha`: node N in its own dir, on postgres_node_port + N - 1.
+HA_NODES = 2
+
+
+def ha_nodes() -> range:
+    return range(1, HA_NODES + 1)
+
+
+def node_dir(config: StackConfig, node: int) -> Path:
+    return pg_root(config) / f"node-{node}"
+
+
+def node_data_dir(config: StackConfig, node: int) -> Path:
+    return node_dir(config, node) / "data"
+
+
+def node_socket_dir(config: StackConfig, node: int) -> Path:
+    return node_dir(config, node) / "socket"
+
+
+def node_port(config: StackConfig, node: int) -> int:
+    return config.postgres_node_port + node - 1
+
+
 def cluster_exists(config: StackConfig) -> bool:
-    return (data_dir(config, "primary") / "PG_VERSION").exists()
+    data_dirs = [data_dir(config, "primary"), *(node_data_dir(config, n) for n in ha_nodes())]
+    return any((path / "PG_VERSION").exists() for path in data_dirs)
+
+
+def check_layout(config: StackConfig) -> None:
+    """A stack keeps the layout its database was made with (`postgres_ha` or not)."""
+    plain = (data_dir(config, "primary") / "PG_VERSION").exists()
+    under_patroni = any((node_data_dir(config, n) / "PG_VERSION").exists() for n in ha_nodes())
+    if (plain and config.postgres_ha) or (under_patroni and not config.postgres_ha):
+        made = "under Patroni" if under_patroni else "as a primary and a replica"
+        raise StackError(
+            f"this state dir's database was made {made}: start it with "
+            f"TELEMETRY_POSTGRES_HA={'true' if under_patroni else 'false'} ('telemetry down' "
+            f"and removing {pg_root(config)} makes a new one)"
+        )
 
 
 def storage_record(config: StackConfig) -> Path:
@@ -63,21 +103,41 @@ def dsn(config: StackConfig, role: str, *, user: str = APP_USER, dbname: str = D
     )
 
 
+def _superuser_at(socket: Path, port: int, dbname: str) -> str:
+    return f"host={socket} port={port} dbname={dbname} user={SUPERUSER} connect_timeout=5"
+
+
+def _in_recovery(dsn: str) -> bool | None:
+    try:
+        with psycopg.connect(dsn, connect_timeout=2) as conn:
+            row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+    except psycopg.Error:
+        return None
+    return None if row is None else bool(row[0])
+
+
+def _node_superuser(config: StackConfig, *, replica: bool, dbname: str) -> str:
+    """The superuser of the Patroni node in that role now, found by asking each node."""
+    for node in ha_nodes():
+        dsn = _superuser_at(node_socket_dir(config, node), node_port(config, node), dbname)
+        if _in_recovery(dsn) is replica:
+            return dsn
+    raise StackError(f"no PostgreSQL node is {'a replica' if replica else 'the primary'} now")
+
+
 def superuser_dsn(config: StackConfig) -> str:
     """The primary's superuser, over the private unix socket: local connections are
     trusted, TCP ones need a password. `postgres` database: ours may not exist yet."""
-    return (
-        f"host={socket_dir(config, 'primary')} port={config.postgres_primary_port} "
-        f"dbname=postgres user={SUPERUSER} connect_timeout=5"
-    )
+    if config.postgres_ha:
+        return _node_superuser(config, replica=False, dbname="postgres")
+    return _superuser_at(socket_dir(config, "primary"), config.postgres_primary_port, "postgres")
 
 
 def replica_superuser_dsn(config: StackConfig) -> str:
     """The replica's superuser in our database, over its private unix socket."""
-    return (
-        f"host={socket_dir(config, 'replica')} port={config.postgres_replica_port}"
-        f" dbname={DATABASE} user={SUPERUSER} connect_timeout=5"
-    )
+    if config.postgres_ha:
+        return _node_superuser(config, replica=True, dbname=DATABASE)
+    return _superuser_at(socket_dir(config, "replica"), config.postgres_replica_port, DATABASE)
 
 
 @contextlib.contextmanager
@@ -160,6 +220,7 @@ def prepare_for_initdb(config: StackConfig) -> None:
 
 def init_primary(config: StackConfig) -> bool:
     """initdb once; returns True when it created the cluster."""
+    check_layout(config)
     _prepare_state_dirs(config)
     if cluster_exists(config):
         return False
@@ -203,8 +264,20 @@ WAL_SETTINGS = {
 }
 
 
+def server_settings(config: StackConfig, *, timescaledb: bool) -> dict[str, str]:
+    """The settings every server of ours runs with (Patroni's nodes too)."""
+    return (
+        STATISTICS_SETTINGS
+        | WAL_SETTINGS
+        | (TIMESCALEDB_SETTINGS if timescaledb else {})
+        # A client paused inside a transaction (a stopped stream worker) loses it, and the
+        # locks it held, after this.
+        | {"idle_in_transaction_session_timeout": f"{config.idle_in_transaction_timeout_s}s"}
+    )
+
+
 def command(config: StackConfig, role: str, *, timescaledb: bool) -> Command:
-    settings = STATISTICS_SETTINGS | WAL_SETTINGS | (TIMESCALEDB_SETTINGS if timescaledb else {})
+    settings = server_settings(config, timescaledb=timescaledb)
     argv = [
         str(PG_BIN / "postgres"),
         "-D",
@@ -213,10 +286,6 @@ def command(config: StackConfig, role: str, *, timescaledb: bool) -> Command:
         str(port(config, role)),
         "-c",
         f"unix_socket_directories={socket_dir(config, role)}",
-        # A client paused inside a transaction (a stopped stream worker) loses it, and the
-        # locks it held, after this.
-        "-c",
-        f"idle_in_transaction_session_timeout={config.idle_in_transaction_timeout_s}s",
         *(arg for name, value in settings.items() for arg in ("-c", f"{name}={value}")),
     ]
     mounts = (Mount(data_dir(config, role), True), Mount(socket_dir(config, role), True))

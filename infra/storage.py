@@ -30,6 +30,13 @@ def recorded(config: StackConfig) -> Storage | None:
     return "timescaledb" if text == "timescaledb" else "native"
 
 
+def on_timescaledb(config: StackConfig) -> bool:
+    """Whether the servers preload TimescaleDB: what `prepare` chose, read before the
+    cluster exists too (Patroni makes it, after its configuration is written)."""
+    path = postgres.storage_record(config)
+    return path.exists() and path.read_text().strip() == "timescaledb"
+
+
 def prepare(config: StackConfig, report: Report, ensure: Ensure = timescaledb.ensure) -> Storage:
     """Settles the storage and makes sure what it needs is installed (building TimescaleDB
     the first time on this machine); records it for a new cluster."""

@@ -25,8 +25,8 @@ def _path(config: StackConfig) -> Path:
     return config.run_dir / "topology.json"
 
 
-# What `up` records: the counts, the runtime and Kafka's brokers.
-RECORDED = (*SCALABLE.values(), "runtime", "kafka_brokers")
+# What `up` records: the counts, the runtime, Kafka's brokers and PostgreSQL's layout.
+RECORDED = (*SCALABLE.values(), "runtime", "kafka_brokers", "postgres_ha")
 
 
 def shape(config: StackConfig) -> dict[str, object]:

@@ -14,9 +14,14 @@ Pool = AsyncConnectionPool[AsyncConnection[Any]]
 # now (a lost connection, a lock or statement timeout, a serialization failure: all
 # OperationalError), the pool had no connection in time, or the caller's own deadline
 # (asyncio.timeout) passed. What psycopg raises about the data or the SQL itself fails the
-# same way every time, and is not here.
+# same way every time, and is not here. A failover (docs/ha.md) adds two: a write that
+# reaches a server no longer the primary (read_only_sql_transaction, an InternalError),
+# and a connection whose server PgBouncer lost in the middle of a command, which psycopg
+# reports as an InternalError of its own ("received 2 results from command 'BEGIN'", seen
+# under `telemetry bench failover`).
 TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
     psycopg.OperationalError,
+    psycopg.InternalError,
     PoolTimeout,
     TimeoutError,
 )

@@ -1,15 +1,23 @@
-"""failover: Kafka brokers killed with SIGKILL under a fleet of drivers, on a stack of its
-own with three brokers (`up --kafka 3`). For each kill: ingest's window of failed answers
-(from the kill to the last failure after it), how many answers failed and how, when no
-partition was led by the dead broker any more, and how long the broker took to rejoin
-(every partition three copies in sync again) once started again. At the end: the pings
-ingest acknowledged against those stored.
+"""failover: servers killed with SIGKILL under a fleet of drivers and customers creating
+jobs, on a stack of its own with three Kafka brokers and PostgreSQL under Patroni (`up
+--kafka 3 --postgres-ha`).
 
-PostgreSQL leader kills are not part of it yet: the stack's PostgreSQL has no automatic
-failover (docs/ha.md)."""
+Kafka brokers first: for each kill, ingest's window of failed answers (from the kill to the
+last failure after it), how many answers failed and how, when no partition was led by the
+dead broker any more, and how long the broker took to rejoin (every partition three copies
+in sync again) once started again.
+
+Then PostgreSQL's leader: for each kill (Patroni and its server, kept down as a lost
+machine would be), the write outage (from the kill to the first job created by a request
+sent after it), the failed job answers, when the other node was promoted, and once the old
+leader is started again how long it took to be the synchronous standby again (rewound and
+caught up). Then the synchronous standby (not strict: the leader goes on alone): the job
+answers while it is down and the longest a job waited. At the end: the pings and the jobs
+acknowledged against those stored."""
 
 import asyncio
 import shutil
+import statistics
 import time
 import uuid
 from collections import Counter
@@ -24,7 +32,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from bench.report import save_figure
-from infra import kafka, postgres
+from infra import kafka, patroni, postgres
 from infra.stack import Stack, scratch_config
 from runtime.auth import issue_token
 from runtime.geo import destination
@@ -33,6 +41,8 @@ from schemas.auth import Role
 
 # This scenario starts its own stack: it kills brokers.
 NEEDS_STACK = False
+# The job its customers create.
+JOB = {"pickup": {"lat": 12.97, "lon": 77.59}, "dropoff": {"lat": 12.93, "lon": 77.62}}
 
 
 async def _leaders(bootstrap: str) -> tuple[Counter[int], int]:
@@ -92,6 +102,47 @@ class Fleet:
             if status == 202:
                 self.acked.append(ping_id)
             await asyncio.sleep(max(0.0, self.interval_s - (time.monotonic() - sent)))
+
+
+class Customers:
+    """Customers creating jobs through the api, each one every `interval_s`, every answer
+    kept with the times it was sent and answered."""
+
+    def __init__(self, stack: Stack, customers: int, interval_s: float) -> None:
+        self.url = stack.urls("api")[0] + "/v1/jobs"
+        key = stack.config.jwt_private_key
+        prefix = f"failover{uuid.uuid4().hex[:6]}"
+        self.tokens = [
+            issue_token(key, sub=f"{prefix}-c{i}", role=Role.CUSTOMER) for i in range(customers)
+        ]
+        self.interval_s = interval_s
+        # (sent, answered, status; 0: no answer).
+        self.answers: list[tuple[float, float, int]] = []
+        self.created: list[str] = []
+        self.running = True
+
+    async def customer(self, client: httpx.AsyncClient, i: int) -> None:
+        headers = {"Authorization": f"Bearer {self.tokens[i]}"}
+        await asyncio.sleep(self.interval_s * i / len(self.tokens))
+        while self.running:
+            sent = time.monotonic()
+            try:
+                r = await client.post(self.url, json=JOB, headers=headers)
+                status = r.status_code
+            except httpx.HTTPError:
+                status = 0
+            self.answers.append((sent, time.monotonic(), status))
+            if status == 201:
+                self.created.append(r.json()["job_id"])
+            await asyncio.sleep(max(0.0, self.interval_s - (time.monotonic() - sent)))
+
+
+def stored_jobs(stack: Stack, job_ids: list[str]) -> int:
+    with psycopg.connect(postgres.dsn(stack.config, "primary")) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM jobs WHERE job_id = ANY(%s::uuid[])", [job_ids]
+        ).fetchone()
+    return int(row[0]) if row else 0
 
 
 def stored_of(stack: Stack, ping_ids: list[str]) -> int:
@@ -155,12 +206,109 @@ async def broker_kills(
     return result
 
 
+def _settled(config: Any) -> bool:
+    """One leader and its synchronous standby, on one timeline."""
+    members = patroni.members(config)
+    roles = sorted(str(m.get("role")) for m in members)
+    return roles == ["leader", "sync_standby"] and len({m.get("timeline") for m in members}) == 1
+
+
+async def leader_kills(
+    stack: Stack, customers: Customers, kills: int, settle_s: float
+) -> list[dict[str, Any]]:
+    config = stack.config
+    result = []
+    for _ in range(kills):
+        await asyncio.sleep(settle_s)
+        if await _until(lambda: asyncio.to_thread(_settled, config), 180) < 0:
+            raise RuntimeError("PostgreSQL's nodes did not settle before a kill")
+        node = await asyncio.to_thread(patroni.leader, config)
+        assert node is not None
+        name = patroni.name(node)
+        stack.report(f"kill -9 {name}, the PostgreSQL leader (Patroni and its server)")
+        killed_at = time.monotonic()
+        patroni.kill_server(config, node)
+        await asyncio.to_thread(stack.kill, name)
+
+        async def promoted(node: int = node) -> bool:
+            return await asyncio.to_thread(patroni.leader, config) not in (None, node)
+
+        promoted_s = await _until(promoted, 120)
+        await asyncio.sleep(settle_s)
+        await asyncio.to_thread(stack.start, name)
+        restarted_at = time.monotonic()
+        rejoined_s = await _until(lambda: asyncio.to_thread(_settled, config), 240)
+        result.append(
+            {
+                "node": name,
+                "killed_at": killed_at,
+                "restarted_at": restarted_at,
+                "promoted_s": promoted_s,
+                "down_s": round(restarted_at - killed_at, 1),
+                "rejoined_s": rejoined_s,
+            }
+        )
+    return result
+
+
+async def standby_kills(stack: Stack, kills: int, settle_s: float) -> list[dict[str, Any]]:
+    """The synchronous standby killed (Patroni and its server) and started again after
+    `settle_s`: commits wait for it until Patroni drops it from the synchronous names (not
+    strict), then the leader goes on alone."""
+    config = stack.config
+    result = []
+    for _ in range(kills):
+        await asyncio.sleep(settle_s)
+        if await _until(lambda: asyncio.to_thread(_settled, config), 180) < 0:
+            raise RuntimeError("PostgreSQL's nodes did not settle before a kill")
+        [node] = await asyncio.to_thread(patroni.replicas, config)
+        name = patroni.name(node)
+        stack.report(f"kill -9 {name}, the synchronous standby (Patroni and its server)")
+        killed_at = time.monotonic()
+        patroni.kill_server(config, node)
+        await asyncio.to_thread(stack.kill, name)
+        await asyncio.sleep(settle_s)
+        await asyncio.to_thread(stack.start, name)
+        restarted_at = time.monotonic()
+        rejoined_s = await _until(lambda: asyncio.to_thread(_settled, config), 240)
+        result.append(
+            {
+                "node": name,
+                "killed_at": killed_at,
+                "restarted_at": restarted_at,
+                "down_s": round(restarted_at - killed_at, 1),
+                "rejoined_s": rejoined_s,
+            }
+        )
+    return result
+
+
+def write_stalls(kills: list[dict[str, Any]], answers: list[tuple[float, float, int]]) -> None:
+    """Adds to each standby kill the job answers while it was down, and the longest a job
+    request sent then waited for its answer."""
+    for kill in kills:
+        down = [(a - t, s) for t, a, s in answers if kill["killed_at"] <= t < kill["restarted_at"]]
+        kill["job_answers_while_down"] = dict(Counter(str(s) for _, s in down))
+        kill["longest_job_answer_s"] = round(max((w for w, _ in down), default=0.0), 2)
+
+
+def write_outages(kills: list[dict[str, Any]], answers: list[tuple[float, float, int]]) -> None:
+    """Adds to each leader kill its write outage: from the kill to the answer of the first
+    job created by a request sent after it; and the job answers until the next kill."""
+    ends = [k["killed_at"] for k in kills[1:]] + [float("inf")]
+    for kill, end in zip(kills, ends, strict=False):  # no kills: nothing
+        after = [(a, s) for t, a, s in answers if kill["killed_at"] <= t < end]
+        created = [a for a, s in after if s == 201]
+        kill["outage_s"] = round(min(created) - kill["killed_at"], 2) if created else -1.0
+        kill["job_answers"] = dict(Counter(str(s) for _, s in after))
+
+
 def windows(kills: list[dict[str, Any]], answers: list[tuple[float, int]]) -> None:
     """Adds to each kill the answers sent while the broker was down, with the window from
     the kill to the last failed one, and the answers sent from its start to the next kill
     (a broker starting takes CPU the others need, on two cores)."""
     ends = [k["killed_at"] for k in kills[1:]] + [float("inf")]
-    for kill, end in zip(kills, ends, strict=True):
+    for kill, end in zip(kills, ends, strict=False):  # no kills: nothing
         down = [(t, s) for t, s in answers if kill["killed_at"] <= t < kill["restarted_at"]]
         failed = [t for t, s in down if s != 202]
         kill["answers_while_down"] = dict(Counter(str(s) for _, s in down))
@@ -173,57 +321,84 @@ def run(stack: Stack, options: dict[str, Any]) -> dict[str, Any]:
     drivers = int(options.get("drivers", 200))
     interval_s = float(options.get("interval_s", 1.0))
     kills = int(options.get("broker_kills", 3))
+    node_kills = int(options.get("leader_kills", 10))
+    standby_down = int(options.get("standby_kills", 2))
+    customers = int(options.get("customers", 5))
+    job_every_s = float(options.get("job_every_s", 0.5))
     settle_s = float(options.get("settle_s", 15))
-    config = scratch_config("telemetry-bench-failover-", kafka_brokers=3)
+    config = scratch_config("telemetry-bench-failover-", kafka_brokers=3, postgres_ha=True)
     own = Stack(config, stack.report)
     try:
         own.up()
         fleet = Fleet(own, drivers, interval_s)
+        writers = Customers(own, customers, job_every_s)
 
-        async def drive() -> list[dict[str, Any]]:
+        async def drive() -> tuple[list[dict[str, Any]], ...]:
             limits = httpx.Limits(max_connections=drivers, max_keepalive_connections=drivers)
             async with httpx.AsyncClient(timeout=30, limits=limits) as client:
                 tasks = [asyncio.create_task(fleet.driver(client, i)) for i in range(drivers)]
+                tasks += [
+                    asyncio.create_task(writers.customer(client, i)) for i in range(customers)
+                ]
                 try:
-                    return await broker_kills(own, fleet, kills, settle_s)
+                    brokers = await broker_kills(own, fleet, kills, settle_s)
+                    leaders = await leader_kills(own, writers, node_kills, settle_s)
+                    standbys = await standby_kills(own, standby_down, settle_s)
+                    return brokers, leaders, standbys
                 finally:
                     await asyncio.sleep(settle_s)
-                    fleet.running = False
+                    fleet.running = writers.running = False
                     await asyncio.gather(*tasks)
 
         started = time.monotonic()
-        result = asyncio.run(drive())
+        result, leaders, standbys = asyncio.run(drive())
         windows(result, fleet.answers)
+        write_outages(leaders, writers.answers)
+        write_stalls(standbys, writers.answers)
         stack.report("waiting for the stream to store every acknowledged ping")
         deadline = time.monotonic() + 180
         stored = stored_of(own, fleet.acked)
         while stored < len(fleet.acked) and time.monotonic() < deadline:
             time.sleep(1)
             stored = stored_of(own, fleet.acked)
+        jobs_stored = stored_jobs(own, writers.created)
     finally:
         own.down()
         shutil.rmtree(config.state_dir, ignore_errors=True)
-    for kill in result:
+    for kill in result + leaders + standbys:
         kill["killed_at_s"] = round(kill.pop("killed_at") - started, 1)
         kill.pop("restarted_at")
     first = min((k["killed_at_s"] for k in result), default=float("inf"))
+    outages = sorted(k["outage_s"] for k in leaders)
     return {
         "config": {
             "drivers": drivers,
             "interval_s": interval_s,
             "broker_kills": kills,
+            "leader_kills": node_kills,
+            "standby_kills": standby_down,
+            "customers": customers,
+            "job_every_s": job_every_s,
             "settle_s": settle_s,
         },
         "broker_kills": result,
+        "leader_kills": leaders,
+        "standby_kills": standbys,
+        "write_outage_p50_s": round(statistics.median(outages), 2) if outages else None,
+        "write_outage_max_s": outages[-1] if outages else None,
         "answers": dict(Counter(str(s) for _, s in fleet.answers)),
         "answers_before_the_first_kill": dict(
             Counter(str(s) for t, s in fleet.answers if t - started < first)
         ),
         "unavailable_reasons": dict(fleet.unavailable),
         "timeline": [(round(t - started, 2), s) for t, s in fleet.answers],
+        "job_timeline": [(round(t - started, 2), s) for t, _, s in writers.answers],
         "acknowledged": len(fleet.acked),
         "stored": stored,
         "lost": len(fleet.acked) - stored,
+        "jobs_acknowledged": len(writers.created),
+        "jobs_stored": jobs_stored,
+        "jobs_lost": len(writers.created) - jobs_stored,
     }
 
 
@@ -246,10 +421,32 @@ def summary(report: dict[str, Any]) -> list[str]:
         f" 503s by reason {report['unavailable_reasons']}"
     )
     lines.append(
-        f"acknowledged {report['acknowledged']} pings, stored {report['stored']},"
-        f" lost {report['lost']}"
+        f"{c['customers']} customers each creating a job every {c['job_every_s']} s;"
+        f" {c['leader_kills']} kill -9s of the PostgreSQL leader, kept down {c['settle_s']} s"
+        " past the promotion"
     )
-    lines.append("PostgreSQL leader kills: not measured (no automatic failover yet, docs/ha.md)")
+    for k in report["leader_kills"]:
+        lines.append(
+            f"{k['node']} killed at {k['killed_at_s']} s: write outage {k['outage_s']} s"
+            f" (the other promoted in {k['promoted_s']} s); job answers until the next kill"
+            f" {k['job_answers']}; started again after {k['down_s']} s, the synchronous"
+            f" standby again in {k['rejoined_s']} s"
+        )
+    lines.append(
+        f"write outage p50 {report['write_outage_p50_s']} s, max {report['write_outage_max_s']} s"
+    )
+    for k in report["standby_kills"]:
+        lines.append(
+            f"the standby {k['node']} killed at {k['killed_at_s']} s: job answers while it was"
+            f" down {k['job_answers_while_down']}, the longest wait for one"
+            f" {k['longest_job_answer_s']} s; started again after {k['down_s']} s, the"
+            f" synchronous standby again in {k['rejoined_s']} s"
+        )
+    lines.append(
+        f"acknowledged {report['acknowledged']} pings, stored {report['stored']},"
+        f" lost {report['lost']}; jobs created {report['jobs_acknowledged']}, stored"
+        f" {report['jobs_stored']}, lost {report['jobs_lost']}"
+    )
     return lines
 
 
@@ -263,9 +460,16 @@ def plot(report: dict[str, Any], path: Path) -> Path:
     fig.suptitle(f"{report['scenario']} - {report['started_at']}")
     ax.plot(seconds, [per_second[s]["202"] for s in seconds], label="202 a second")
     ax.plot(seconds, [per_second[s]["failed"] for s in seconds], label="failed a second")
-    for k in report["broker_kills"]:
+    jobs: dict[int, Counter[str]] = {}
+    for t, status in report["job_timeline"]:
+        jobs.setdefault(int(t), Counter())["201" if status == 201 else "failed"] += 1
+    job_seconds = sorted(jobs)
+    ax.plot(job_seconds, [jobs[s]["201"] for s in job_seconds], label="jobs created a second")
+    ax.plot(job_seconds, [jobs[s]["failed"] for s in job_seconds], label="jobs failed a second")
+    for k in report["broker_kills"] + report["leader_kills"] + report["standby_kills"]:
+        victim = k.get("broker") or k["node"]
         ax.axvline(k["killed_at_s"], color="red", linestyle="--")
-        ax.annotate(f"kill {k['broker']}", (k["killed_at_s"], 0), rotation=90, fontsize=8)
+        ax.annotate(f"kill {victim}", (k["killed_at_s"], 0), rotation=90, fontsize=8)
     ax.set_xlabel("s since the fleet started")
     ax.legend()
     return save_figure(fig, path)

@@ -11,7 +11,6 @@ import asyncio
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -26,7 +25,7 @@ from infra.stack import Stack
 from runtime.auth import issue_token
 from schemas import topics
 from schemas.auth import Role
-from tests.support.driving import ping_at
+from tests.support.fleet import Fleet
 from tests.support.stack import running_stack, scratch_config, until, wait_for
 
 pytestmark = pytest.mark.integration
@@ -72,44 +71,9 @@ def test_topics_keep_three_copies_and_take_a_write_once_two_have_it(cluster: Sta
     assert configs["unclean.leader.election.enable"] == "false"
 
 
-class Fleet:
-    """Drivers posting one ping a request to ingest, every answer counted by ping."""
-
-    def __init__(self, stack: Stack) -> None:
-        self.url = stack.urls("ingest")[0] + "/v1/pings"
-        key = stack.config.jwt_private_key
-        self.drivers = [f"drv-{uuid.uuid4().hex[:8]}" for _ in range(DRIVERS)]
-        self.tokens = {d: issue_token(key, sub=d, role=Role.DRIVER) for d in self.drivers}
-        self.acked: list[str] = []
-        self.answers: list[int] = []
-        self.sent = 0
-
-    async def post(self, client: httpx.AsyncClient, driver: str) -> int:
-        self.sent += 1
-        ts = datetime.now(UTC) - timedelta(milliseconds=self.sent)
-        ping = ping_at(ts, float(self.sent % 1000))
-        try:
-            r = await client.post(
-                self.url,
-                json={"pings": [ping]},
-                headers={"Authorization": f"Bearer {self.tokens[driver]}"},
-            )
-            status = r.status_code
-        except httpx.TimeoutException:
-            status = 0  # no answer at all: the contract promises one
-        self.answers.append(status)
-        if status == 202:
-            self.acked.append(ping["ping_id"])
-        return status
-
-    async def round(self, client: httpx.AsyncClient) -> list[int]:
-        """One ping from every driver at once."""
-        return list(await asyncio.gather(*(self.post(client, d) for d in self.drivers)))
-
-
 def test_a_broker_killed_under_the_fleet_loses_nothing_acknowledged(cluster: Stack) -> None:
     config = cluster.config
-    fleet = Fleet(cluster)
+    fleet = Fleet(cluster, DRIVERS)
     api = cluster.urls("api")[0]
     key = config.jwt_private_key
     owner, driver = f"cust-{uuid.uuid4().hex[:8]}", fleet.drivers[0]

@@ -1,0 +1,106 @@
+"""HAProxy in TCP mode in front of Patroni's nodes (`postgres_ha`): the primary's port
+leads to the node whose Patroni answers 200 on /primary, the replica's port to a node
+answering 200 on /replica, or to the primary while no replica runs (just after a failover,
+before the old leader is back). PgBouncer, the migrations and the ops exporter connect to
+these two ports, never to a node, so a failover needs no client to be told of it."""
+
+from pathlib import Path
+
+import psycopg
+
+from infra import haproxy, patroni, postgres
+from infra.config import StackConfig
+from infra.launch import Command, Mount
+from infra.procs import HAPROXY_USER, run
+
+NAME = "haproxy-db"
+
+
+def conf_dir(config: StackConfig) -> Path:
+    return config.run_dir / "haproxy-db.d"
+
+
+def config_path(config: StackConfig) -> Path:
+    return conf_dir(config) / "haproxy.cfg"
+
+
+def _backend(config: StackConfig, backend: str, check: str) -> str:
+    servers = "\n".join(
+        f"    server {patroni.name(node)} 127.0.0.1:{postgres.node_port(config, node)}"
+        f" check port {patroni.rest_port(config, node)}"
+        for node in postgres.ha_nodes()
+    )
+    return f"""\
+backend {backend}
+    option httpchk
+    http-check send meth GET uri {check}
+    http-check expect status 200
+{servers}
+"""
+
+
+def render(config: StackConfig) -> str:
+    """The whole configuration; a pure function of the ports."""
+    return f"""\
+# Written by the stack (infra/haproxy_db.py): edits are overwritten.
+global
+    maxconn 4000
+    log stdout format raw local0 info
+
+defaults
+    mode tcp
+    log global
+    option tcplog
+    option dontlognull
+    timeout connect 2s
+    # PgBouncer's server connections idle for minutes; keepalives find a dead peer.
+    timeout client 30m
+    timeout server 30m
+    option clitcpka
+    option srvtcpka
+    timeout check 2s
+    # A node is checked every second: a new leader is in rotation within about a second
+    # of Patroni promoting it, and a demoted one leaves it as fast. Leaving it ends the
+    # connections it held, so PgBouncer and the pools reconnect to the new leader at once
+    # instead of waiting on a server that no longer leads.
+    default-server inter 1s fall 2 rise 1 on-marked-down shutdown-sessions
+
+frontend primary
+    bind 127.0.0.1:{config.postgres_primary_port}
+    default_backend primary
+
+frontend replica
+    bind 127.0.0.1:{config.postgres_replica_port}
+    use_backend replica if {{ nbsrv(replica) gt 0 }}
+    default_backend primary
+
+{_backend(config, "primary", "/primary")}
+{_backend(config, "replica", "/replica")}"""
+
+
+def prepare(config: StackConfig) -> None:
+    conf_dir(config).mkdir(parents=True, exist_ok=True)
+    path = config_path(config)
+    candidate = path.with_suffix(".new")
+    candidate.write_text(render(config))
+    run(haproxy.check_command(candidate, haproxy.binary()))
+    candidate.replace(path)
+
+
+def command(config: StackConfig) -> Command:
+    argv = [haproxy.BINARY, "-W", "-db", "-f", str(config_path(config))]
+    return Command(NAME, "haproxy", argv, user=HAPROXY_USER, mounts=(Mount(conf_dir(config)),))
+
+
+def _logs_in(dsn: str) -> bool:
+    try:
+        with psycopg.connect(dsn, connect_timeout=2) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.Error:
+        return False
+    return True
+
+
+def ready(config: StackConfig) -> bool:
+    """The application logs in through both ports."""
+    return _logs_in(postgres.dsn(config, "primary")) and _logs_in(postgres.dsn(config, "replica"))
