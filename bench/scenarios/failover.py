@@ -213,73 +213,43 @@ def _settled(config: Any) -> bool:
     return roles == ["leader", "sync_standby"] and len({m.get("timeline") for m in members}) == 1
 
 
-async def leader_kills(
-    stack: Stack, customers: Customers, kills: int, settle_s: float
+async def node_kills(
+    stack: Stack, kills: int, settle_s: float, *, leader: bool
 ) -> list[dict[str, Any]]:
+    """PostgreSQL's leader (or its synchronous standby) killed, Patroni and its server, as a
+    lost machine: kept down `settle_s` past the other node's promotion (past the kill, for
+    the standby), then started again, and how long it took to be the synchronous standby
+    again (rewound and caught up)."""
     config = stack.config
+    role = "the PostgreSQL leader" if leader else "the synchronous standby"
     result = []
     for _ in range(kills):
         await asyncio.sleep(settle_s)
         if await _until(lambda: asyncio.to_thread(_settled, config), 180) < 0:
             raise RuntimeError("PostgreSQL's nodes did not settle before a kill")
-        node = await asyncio.to_thread(patroni.leader, config)
+        if leader:
+            node = await asyncio.to_thread(patroni.leader, config)
+        else:
+            [node] = await asyncio.to_thread(patroni.replicas, config)
         assert node is not None
         name = patroni.name(node)
-        stack.report(f"kill -9 {name}, the PostgreSQL leader (Patroni and its server)")
+        stack.report(f"kill -9 {name}, {role} (Patroni and its server)")
         killed_at = time.monotonic()
         patroni.kill_server(config, node)
         await asyncio.to_thread(stack.kill, name)
+        kill: dict[str, Any] = {"node": name, "killed_at": killed_at}
 
         async def promoted(node: int = node) -> bool:
             return await asyncio.to_thread(patroni.leader, config) not in (None, node)
 
-        promoted_s = await _until(promoted, 120)
+        if leader:
+            kill["promoted_s"] = await _until(promoted, 120)
         await asyncio.sleep(settle_s)
         await asyncio.to_thread(stack.start, name)
-        restarted_at = time.monotonic()
-        rejoined_s = await _until(lambda: asyncio.to_thread(_settled, config), 240)
-        result.append(
-            {
-                "node": name,
-                "killed_at": killed_at,
-                "restarted_at": restarted_at,
-                "promoted_s": promoted_s,
-                "down_s": round(restarted_at - killed_at, 1),
-                "rejoined_s": rejoined_s,
-            }
-        )
-    return result
-
-
-async def standby_kills(stack: Stack, kills: int, settle_s: float) -> list[dict[str, Any]]:
-    """The synchronous standby killed (Patroni and its server) and started again after
-    `settle_s`: commits wait for it until Patroni drops it from the synchronous names (not
-    strict), then the leader goes on alone."""
-    config = stack.config
-    result = []
-    for _ in range(kills):
-        await asyncio.sleep(settle_s)
-        if await _until(lambda: asyncio.to_thread(_settled, config), 180) < 0:
-            raise RuntimeError("PostgreSQL's nodes did not settle before a kill")
-        [node] = await asyncio.to_thread(patroni.replicas, config)
-        name = patroni.name(node)
-        stack.report(f"kill -9 {name}, the synchronous standby (Patroni and its server)")
-        killed_at = time.monotonic()
-        patroni.kill_server(config, node)
-        await asyncio.to_thread(stack.kill, name)
-        await asyncio.sleep(settle_s)
-        await asyncio.to_thread(stack.start, name)
-        restarted_at = time.monotonic()
-        rejoined_s = await _until(lambda: asyncio.to_thread(_settled, config), 240)
-        result.append(
-            {
-                "node": name,
-                "killed_at": killed_at,
-                "restarted_at": restarted_at,
-                "down_s": round(restarted_at - killed_at, 1),
-                "rejoined_s": rejoined_s,
-            }
-        )
+        kill["restarted_at"] = time.monotonic()
+        kill["down_s"] = round(kill["restarted_at"] - killed_at, 1)
+        kill["rejoined_s"] = await _until(lambda: asyncio.to_thread(_settled, config), 240)
+        result.append(kill)
     return result
 
 
@@ -321,8 +291,8 @@ def run(stack: Stack, options: dict[str, Any]) -> dict[str, Any]:
     drivers = int(options.get("drivers", 200))
     interval_s = float(options.get("interval_s", 1.0))
     kills = int(options.get("broker_kills", 3))
-    node_kills = int(options.get("leader_kills", 10))
-    standby_down = int(options.get("standby_kills", 2))
+    leader_kills = int(options.get("leader_kills", 10))
+    standby_kills = int(options.get("standby_kills", 2))
     customers = int(options.get("customers", 5))
     job_every_s = float(options.get("job_every_s", 0.5))
     settle_s = float(options.get("settle_s", 15))
@@ -342,8 +312,8 @@ def run(stack: Stack, options: dict[str, Any]) -> dict[str, Any]:
                 ]
                 try:
                     brokers = await broker_kills(own, fleet, kills, settle_s)
-                    leaders = await leader_kills(own, writers, node_kills, settle_s)
-                    standbys = await standby_kills(own, standby_down, settle_s)
+                    leaders = await node_kills(own, leader_kills, settle_s, leader=True)
+                    standbys = await node_kills(own, standby_kills, settle_s, leader=False)
                     return brokers, leaders, standbys
                 finally:
                     await asyncio.sleep(settle_s)
@@ -375,8 +345,8 @@ def run(stack: Stack, options: dict[str, Any]) -> dict[str, Any]:
             "drivers": drivers,
             "interval_s": interval_s,
             "broker_kills": kills,
-            "leader_kills": node_kills,
-            "standby_kills": standby_down,
+            "leader_kills": leader_kills,
+            "standby_kills": standby_kills,
             "customers": customers,
             "job_every_s": job_every_s,
             "settle_s": settle_s,
