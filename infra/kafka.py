@@ -5,6 +5,7 @@ import asyncio
 import base64
 import contextlib
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -159,13 +160,22 @@ def format_command(config: StackConfig, cluster_id: str, node: int = 1) -> list[
     )  # fmt: skip
 
 
+def new_cluster_id(random: Callable[[], uuid.UUID] = uuid.uuid4) -> str:
+    """A random UUID, base64url without padding, as Kafka's own `random-uuid` writes one.
+    Like Kafka's `Uuid.randomUuid`, it never begins with '-': the storage tool's argument
+    parser would read such an id as an option (one in 64 ids did, and failed a CI run)."""
+    while True:
+        made = base64.urlsafe_b64encode(random().bytes).rstrip(b"=").decode()
+        if not made.startswith("-"):
+            return made
+
+
 def cluster_id(config: StackConfig) -> str:
-    """The cluster's id, made once: a random UUID, base64url without padding, as Kafka's
-    own `random-uuid` writes one."""
+    """The cluster's id, made once."""
     path = cluster_id_path(config)
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode())
+        path.write_text(new_cluster_id())
     return path.read_text().strip()
 
 

@@ -2,6 +2,7 @@
 registry (infra/containers/compose.py)."""
 
 import base64
+import uuid
 import stat
 from pathlib import Path
 
@@ -101,3 +102,9 @@ def test_a_kafka_cluster_id_is_a_base64url_uuid_made_once(tmp_path: Path) -> Non
     assert len(cluster_id) == 22 and "=" not in cluster_id
     assert base64.urlsafe_b64decode(cluster_id + "==") and kafka.cluster_id(one) == cluster_id
     assert cluster_id != kafka.cluster_id(other)
+
+
+def test_a_kafka_cluster_id_never_begins_with_a_dash() -> None:
+    # 0xf8 encodes as '-' in base64url: the storage tool would take such an id for an option.
+    made = iter([uuid.UUID(bytes=b"\xf8" + bytes(15)), uuid.UUID(bytes=b"\x08" + bytes(15))])
+    assert kafka.new_cluster_id(lambda: next(made)) == "CAAAAAAAAAAAAAAAAAAAAA"
