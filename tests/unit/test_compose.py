@@ -2,8 +2,8 @@
 registry (infra/containers/compose.py)."""
 
 import base64
-import uuid
 import stat
+import uuid
 from pathlib import Path
 
 import pytest
