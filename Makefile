@@ -35,12 +35,12 @@ test: install-test ## unit and integration tests; the integration tests start th
 	TELEMETRY_STORAGE=native $(BIN)/pytest -m storage tests/integration $(PYTEST_ARGS)
 
 # Integration tests again with every component in a container of its image (Podman, through
-# testcontainers): by default the stack's own, the skeleton path and the stream's and
-# ingest's fault tests (what CI runs); CONTAINER_TESTS=tests/integration runs them all. The
-# images are built first, once (`telemetry images`).
+# testcontainers): by default the stack's own, the skeleton path, the stream's and
+# ingest's fault tests and PostgreSQL's failover (what CI runs); CONTAINER_TESTS=
+# tests/integration runs them all. The images are built first, once (`telemetry images`).
 CONTAINER_TESTS ?= tests/integration/test_stack.py tests/integration/test_stack_lifecycle.py \
 	tests/integration/test_skeleton.py tests/integration/test_streams_reliability.py \
-	tests/integration/test_ingest_faults.py
+	tests/integration/test_ingest_faults.py tests/integration/test_postgres_ha.py
 test-containers: install-test ## integration tests on containers (Podman)
 	$(BIN)/telemetry images
 	TELEMETRY_TEST_BACKEND=containers $(BIN)/pytest $(CONTAINER_TESTS) $(PYTEST_ARGS)

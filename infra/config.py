@@ -187,9 +187,4 @@ class StackConfig(BaseSettings):
         # in sync stop every write while either broker is down.
         if self.kafka_brokers == 2:
             raise ValueError("kafka_brokers: 1, or 3 to 5 (two brokers survive no loss)")
-        if self.postgres_ha and self.runtime == "containers":
-            raise ValueError(
-                "postgres_ha runs on local processes only: Patroni and etcd have no container"
-                " images yet (docs/ha.md)"
-            )
         return self

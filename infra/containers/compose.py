@@ -1,8 +1,9 @@
 """The stack on `docker compose` (or Podman's compose): `compose.yaml`, beside this file, runs
 the components of `telemetry up`'s default topology from the same images, on the same ports
-(host networking), with the state dir in one volume. It is generated from the component
-registry (`python -m infra.containers.compose yaml`; a test fails when it is stale), so it
-cannot drift from what `up` runs.
+(host networking), with the state dir in one volume; `compose-ha.yaml` runs `up
+--postgres-ha`'s (etcd, PostgreSQL under Patroni, HAProxy on Patroni's checks). They are
+generated from the component registry (`python -m infra.containers.compose yaml`; a test
+fails when one is stale), so they cannot drift from what `up` runs.
 
 Two one-shot services of the app image do what `up` does around the processes:
 
@@ -11,8 +12,9 @@ Two one-shot services of the app image do what `up` does around the processes:
   (`<state>/compose/<name>.sh`): the component's own command, after the first-run step that
   needs the component's binaries (initdb, pg_basebackup, Kafka's storage format) and the
   check the stack makes of a configuration (nginx -t, haproxy -c, promtool).
-- `bootstrap`, once Kafka and the primary answer: the roles, the database, the migrations
-  and the topics (the components' own `on_ready` steps).
+- `bootstrap`, once Kafka and the primary (under Patroni: a leader behind HAProxy) answer:
+  the roles, the database, the migrations and the topics (the components' own `on_ready`
+  steps).
 
 Compose's restart policy stands in for the supervisor."""
 
@@ -26,9 +28,12 @@ from typing import Any
 
 from infra import (
     edge,
+    etcd,
     haproxy,
+    haproxy_db,
     kafka,
     keys,
+    patroni,
     pgbouncer,
     postgres,
     prometheus,
@@ -58,14 +63,22 @@ STATE_DIR = Path("/var/lib/telemetry")
 SCRIPTS = STATE_DIR / "compose"  # scripts_dir(stack_config())
 VOLUME = "telemetry-state"
 COMPOSE_FILE = Path(__file__).resolve().parent / "compose.yaml"
+HA_COMPOSE_FILE = COMPOSE_FILE.with_name("compose-ha.yaml")
 # What compose runs instead of these: its restart policy, and the engine itself.
 NOT_IN_COMPOSE = (supervisor_module.NAME, engine.NAME)
-BOOTSTRAPPED = ("kafka", "postgres-primary")
 
 
-def stack_config() -> StackConfig:
+def stack_config(postgres_ha: bool = False) -> StackConfig:
     """The default topology and ports, TimescaleDB (the postgres image has it)."""
-    return StackConfig(state_dir=STATE_DIR, storage="timescaledb", runtime="containers")
+    return StackConfig(
+        state_dir=STATE_DIR, storage="timescaledb", runtime="containers", postgres_ha=postgres_ha
+    )
+
+
+def bootstrapped(config: StackConfig) -> tuple[str, str]:
+    """The components whose `on_ready` steps the bootstrap runs: Kafka's topics, and the
+    roles and migrations once the primary (under Patroni, HAProxy's leader) answers."""
+    return ("kafka", haproxy_db.NAME if config.postgres_ha else "postgres-primary")
 
 
 def _report(step: str) -> None:
@@ -108,6 +121,8 @@ def _first_run(config: StackConfig, name: str) -> list[str]:
         ]
     if name == haproxy.NAME:
         return [sh(haproxy.check_command(haproxy.config_path(config)))]
+    if name == haproxy_db.NAME:
+        return [sh(haproxy.check_command(haproxy_db.config_path(config)))]
     if name == edge.NAME:
         return [sh(edge.check_command(edge.config_path(config)))]
     if name == prometheus.NAME:
@@ -132,13 +147,21 @@ def write_config(config: StackConfig) -> None:
         path.mkdir(parents=True, exist_ok=True)
     keys.ensure(config)
     storage.prepare(config, _report, ensure=lambda _c, _r: None)
-    postgres.prepare_for_initdb(config)
     directory = scripts_dir(config)
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "primary.conf").write_text(postgres.PRIMARY_CONF)
-    (directory / "pg_hba.conf").write_text(postgres.PRIMARY_HBA)
-    # The replica's container reads it for pg_basebackup, as the postgres user.
-    chown_for(postgres.pg_root(config) / "password", DATABASE_USER)
+    if config.postgres_ha:
+        etcd.prepare(config)
+        for node in postgres.ha_nodes():
+            patroni.prepare(config, node, timescaledb=True)
+        # Checked in its container (haproxy -c), as the edge's is.
+        haproxy_db.conf_dir(config).mkdir(parents=True, exist_ok=True)
+        haproxy_db.config_path(config).write_text(haproxy_db.render(config))
+    else:
+        postgres.prepare_for_initdb(config)
+        (directory / "primary.conf").write_text(postgres.PRIMARY_CONF)
+        (directory / "pg_hba.conf").write_text(postgres.PRIMARY_HBA)
+        # The replica's container reads it for pg_basebackup, as the postgres user.
+        chown_for(postgres.pg_root(config) / "password", DATABASE_USER)
     kafka.write_properties(config)
     redis.prepare(config)
     pgbouncer.write_config(config)
@@ -169,7 +192,7 @@ def write_config(config: StackConfig) -> None:
 def bootstrap(config: StackConfig) -> None:
     """What `up` does once Kafka and the primary are ready: topics, roles, migrations."""
     by_name = {c.name: c for c in _components(config)}
-    for name in BOOTSTRAPPED:
+    for name in bootstrapped(config):
         component = by_name[name]
         check = component.startup_ready or component.ready
         if not wait_until(check, config.startup_timeout_s, 1.0):
@@ -180,12 +203,24 @@ def bootstrap(config: StackConfig) -> None:
 
 # --- the compose file, generated -------------------------------------------------------
 def _command(config: StackConfig, component: Component) -> Command:
-    if component.name.startswith("postgres-"):
+    if component.name in ("postgres-primary", "postgres-replica"):
         # The registry asks the cluster which storage it has; on compose it is made later,
         # in the container, always on TimescaleDB.
         role = component.name.removeprefix("postgres-")
         return postgres.command(config, role, timescaledb=True)
     return component.command()
+
+
+def _upstream(by_name: dict[str, Component], names: tuple[str, ...]) -> set[str]:
+    """`names` and every component they start after, transitively."""
+    found: set[str] = set()
+    pending = list(names)
+    while pending:
+        name = pending.pop()
+        if name not in found and name in by_name:
+            found.add(name)
+            pending.extend(by_name[name].after)
+    return found
 
 
 def _healthcheck(component: Component, command: Command) -> dict[str, Any]:
@@ -217,24 +252,28 @@ def compose_document(config: StackConfig) -> dict[str, Any]:
         return {"condition": "service_completed_successfully"}
 
     steps = ["python", "-m", "infra.containers.compose"]
+    layout = ["--postgres-ha"] if config.postgres_ha else []
+    listed = _components(config)
+    # What the bootstrap needs running cannot wait for it.
+    before_bootstrap = _upstream({c.name: c for c in listed}, bootstrapped(config))
     services: dict[str, Any] = {
-        "config": _service("app", [*steps, "config"], restart="no"),
+        "config": _service("app", [*steps, "config", *layout], restart="no"),
         # It waits for Kafka and the primary itself: health checks need not run.
         "bootstrap": _service(
             "app",
-            [*steps, "bootstrap"],
+            [*steps, "bootstrap", *layout],
             restart="on-failure",
             depends_on={"config": done()}
-            | {name: {"condition": "service_started"} for name in BOOTSTRAPPED},
+            | {name: {"condition": "service_started"} for name in bootstrapped(config)},
         ),
     }
-    for component in _components(config):
+    for component in listed:
         command = _command(config, component)
         assert command.image is not None
         depends: dict[str, Any] = {"config": done()}
         needs = [d for d in component.after if d not in NOT_IN_COMPOSE]
         depends |= {name: {"condition": "service_healthy"} for name in needs}
-        if needs and component.name not in BOOTSTRAPPED:
+        if needs and component.name not in before_bootstrap:
             depends["bootstrap"] = done()  # `up` bootstraps before anything that needs it
         services[component.name] = _service(
             command.image,
@@ -251,9 +290,11 @@ def compose_document(config: StackConfig) -> dict[str, Any]:
 def render_compose(config: StackConfig) -> str:
     import yaml  # a dev dependency: the file is generated on a developer's machine
 
+    layout = " `up --postgres-ha`'s layout;" if config.postgres_ha else ""
     header = (
         "# Generated by `python -m infra.containers.compose yaml` from the component registry\n"
-        "# (infra/components.py): edit that, not this. docs/containers.md says how to run it.\n"
+        f"# (infra/components.py):{layout} edit that, not this. docs/containers.md says how\n"
+        "# to run it.\n"
     )
     return header + yaml.safe_dump(
         compose_document(config), sort_keys=False, width=100, default_flow_style=None
@@ -263,19 +304,23 @@ def render_compose(config: StackConfig) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m infra.containers.compose")
     parser.add_argument("step", choices=("config", "bootstrap", "yaml"))
+    parser.add_argument("--postgres-ha", action="store_true", help="up --postgres-ha's layout")
     args = parser.parse_args(argv)
-    config = stack_config()
+    config = stack_config(args.postgres_ha)
     if args.step == "config":
         write_config(config)
     elif args.step == "bootstrap":
         bootstrap(config)
     else:
-        # The file names no path of the state dir but SCRIPTS and the volume's: a scratch
-        # one is written to (passwords) while the registry is read.
-        with tempfile.TemporaryDirectory() as scratch:
-            text = render_compose(config.model_copy(update={"state_dir": Path(scratch)}))
-        COMPOSE_FILE.write_text(text)
-        print(f"wrote {COMPOSE_FILE}")
+        for path, ha in ((COMPOSE_FILE, False), (HA_COMPOSE_FILE, True)):
+            # The file names no path of the state dir but SCRIPTS and the volume's: a
+            # scratch one is written to (passwords) while the registry is read.
+            with tempfile.TemporaryDirectory() as scratch:
+                text = render_compose(
+                    stack_config(ha).model_copy(update={"state_dir": Path(scratch)})
+                )
+            path.write_text(text)
+            print(f"wrote {path}")
     return 0
 
 

@@ -40,13 +40,15 @@ Inputs = dict[str, Path]
 
 @dataclass(frozen=True)
 class Image:
-    """A container image we build: its name, the files its build context needs, and how the context
-    is finished (the app's wheels)."""
+    """A container image we build: its name, the files its build context needs, how the context
+    is finished (the app's wheels), and the image of ours it is built FROM, if any."""
 
     name: str
     inputs: Callable[[StackConfig], Inputs] = lambda _: {}
     # Turns the staged inputs into the build context (the app: its wheels).
     finish_context: Callable[[Path], None] = lambda _: None
+    # Its Dockerfile's FROM is this image's `latest`: built first, and part of the digest.
+    base: str | None = None
 
     @property
     def dockerfile(self) -> Path:
@@ -108,6 +110,8 @@ def _app_wheels(context: Path) -> None:
 IMAGES = (
     Image("kafka", _kafka_inputs),
     Image("postgres", _postgres_inputs),
+    Image("patroni", base="postgres"),
+    Image("etcd"),
     Image("pgbouncer"),
     Image("redis"),
     Image("haproxy"),
@@ -128,9 +132,11 @@ def _files(path: Path) -> Iterator[Path]:
                 yield Path(root, name)
 
 
-def digest(image: Image, inputs: Inputs) -> str:
-    """What the image is made of: its Dockerfile, and each input's paths and bytes."""
-    h = hashlib.sha256(image.dockerfile.read_bytes())
+def digest(image: Image, inputs: Inputs, base_digest: str = "") -> str:
+    """What the image is made of: its base's digest, its Dockerfile, and each input's paths
+    and bytes."""
+    h = hashlib.sha256(base_digest.encode())
+    h.update(image.dockerfile.read_bytes())
     for target, source in sorted(inputs.items()):
         for path in _files(source):
             h.update(f"\0{target}/{path.relative_to(source)}\0".encode())
@@ -234,14 +240,21 @@ def build(
     if unknown:
         known = ", ".join(image.name for image in IMAGES)
         raise StackError(f"no image named {', '.join(sorted(unknown))}; the images are {known}")
+    # An image named brings the images it is built from.
+    wanted = set(names)
+    for image in reversed(IMAGES):
+        if image.name in wanted and image.base is not None:
+            wanted.add(image.base)
     cli = builder(config, program)
     ensure_base(config, cli, report)
     built = []
+    digests: dict[str, str] = {}
     for image in IMAGES:
-        if names and image.name not in names:
+        if names and image.name not in wanted:
             continue
         inputs = image.inputs(config)
-        tag = reference(image.name, digest(image, inputs))
+        digests[image.name] = digest(image, inputs, digests[image.base] if image.base else "")
+        tag = reference(image.name, digests[image.name])
         if not cli.has(tag):
             report(f"building {tag}")
             context = config.cache_dir / "images" / "context" / image.name

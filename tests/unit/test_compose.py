@@ -31,6 +31,40 @@ def test_the_committed_compose_file_is_current(tmp_path: Path) -> None:
     )
 
 
+def test_the_committed_patroni_compose_file_is_current(tmp_path: Path) -> None:
+    config = compose.stack_config(postgres_ha=True).model_copy(update={"state_dir": tmp_path})
+    assert compose.render_compose(config) == compose.HA_COMPOSE_FILE.read_text(), (
+        "infra/containers/compose-ha.yaml is stale: run python -m infra.containers.compose yaml"
+    )
+
+
+def test_the_patroni_layout_starts_the_database_before_the_bootstrap(tmp_path: Path) -> None:
+    config = compose.stack_config(postgres_ha=True).model_copy(update={"state_dir": tmp_path})
+    services = compose.compose_document(config)["services"]
+    assert "postgres-primary" not in services and "postgres-replica" not in services
+    assert services["config"]["command"][-2:] == ["config", "--postgres-ha"]
+    assert services["bootstrap"]["command"][-2:] == ["bootstrap", "--postgres-ha"]
+    assert set(services["bootstrap"]["depends_on"]) == {"config", "kafka", "haproxy-db"}
+    # The bootstrap waits for a leader behind HAProxy: what that needs cannot wait for it.
+    for name, image in (("etcd", "etcd"), ("postgres-1", "patroni"), ("haproxy-db", "haproxy")):
+        assert services[name]["image"] == f"localhost/telemetry/{image}:latest"
+        assert "bootstrap" not in services[name]["depends_on"], name
+    assert services["postgres-2"]["depends_on"]["etcd"] == {"condition": "service_healthy"}
+    assert "bootstrap" in services["pgbouncer"]["depends_on"]
+
+    compose.write_config(config)
+    scripts = compose.scripts_dir(config)
+    for node in (1, 2):
+        text = (scripts / f"postgres-{node}.sh").read_text()
+        assert (
+            text.splitlines()[-1]
+            == f"exec /usr/bin/patroni {tmp_path}/postgres/node-{node}/patroni.yml"
+        )
+        assert (tmp_path / "postgres" / f"node-{node}" / "patroni.yml").exists()
+    assert "haproxy -c" in (scripts / "haproxy-db.sh").read_text()
+    assert (scripts / "etcd.sh").read_text().splitlines()[-1].startswith("exec /usr/bin/etcd ")
+
+
 def test_compose_runs_every_component_of_up_but_the_supervisor(tmp_path: Path) -> None:
     document = compose.compose_document(scratch(tmp_path))
     services = document["services"]

@@ -66,10 +66,21 @@ def test_compiled_files_do_not_count(tmp_path: Path) -> None:
     assert images.digest(image, {"src": src}) == before
 
 
-def test_every_image_has_its_dockerfile() -> None:
+def test_every_image_has_its_dockerfile_from_debian_or_an_earlier_image() -> None:
+    built: list[str] = []
     for image in images.IMAGES:
         text = image.dockerfile.read_text()
-        assert "FROM debian:bookworm" in text, image.name
+        if image.base is None:
+            assert "FROM debian:bookworm" in text, image.name
+        else:
+            assert image.base in built, image.name
+            assert f"FROM {images.reference(image.base)}" in text, image.name
+        built.append(image.name)
+
+
+def test_an_image_is_rebuilt_when_its_base_changes() -> None:
+    image = next(i for i in images.IMAGES if i.base is not None)
+    assert images.digest(image, {}, "one") != images.digest(image, {}, "two")
 
 
 def test_an_unknown_image_name_is_a_clear_error(tmp_path: Path) -> None:

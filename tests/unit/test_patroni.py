@@ -7,10 +7,10 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from pydantic import ValidationError
 
 from infra import components, haproxy, haproxy_db, patroni, pgbouncer, postgres
 from infra.config import StackConfig
+from infra.containers import images
 from infra.procs import StackError
 from runtime.postgres import TRANSIENT_ERRORS
 
@@ -137,9 +137,17 @@ def test_a_database_keeps_the_layout_it_was_made_with(tmp_path: Path) -> None:
     postgres.check_layout(config(other))
 
 
-def test_containers_are_refused_until_patroni_has_images(tmp_path: Path) -> None:
-    with pytest.raises(ValidationError, match="local processes only"):
-        config(tmp_path, runtime="containers")
+def test_on_containers_each_runs_from_an_image_of_ours(tmp_path: Path) -> None:
+    on_containers = config(tmp_path, runtime="containers")
+    listed = {c.name: c for c in components.components(on_containers, lambda _: None)}
+    built = {image.name for image in images.IMAGES}
+    for name, image in (("etcd", "etcd"), ("postgres-1", "patroni"), (haproxy_db.NAME, "haproxy")):
+        command = listed[name].command()
+        assert command.image == image and image in built
+        assert command.user == ("haproxy" if image == "haproxy" else "postgres")
+    # A node's container sees its own directory (data, socket, config), not the other's.
+    (mount,) = listed["postgres-2"].command().mounts
+    assert mount.path == postgres.node_dir(on_containers, 2) and mount.writable
 
 
 def test_a_failovers_errors_are_transient_a_503_or_a_retried_batch() -> None:
