@@ -116,7 +116,7 @@ def cmd_switchover(args: argparse.Namespace) -> int:
     config = topology.recorded(StackConfig())
     if not config.postgres_ha:
         raise StackError(
-            "this stack's PostgreSQL is not under Patroni (telemetry up --postgres-ha)"
+            "this stack's PostgreSQL is not under Patroni: it was made with --no-postgres-ha"
         )
     console.log(patroni.switchover(config, args.to).strip())
     # The old leader restarts as a replica of the new one: shown once it is.
@@ -533,9 +533,11 @@ def _stack_commands(sub: Any) -> None:
         help="Kafka brokers: 1, or a cluster of 3 (fixed when the stack is made; docs/ha.md)",
     )  # fmt: skip
     up.add_argument(
-        "--postgres-ha", dest="postgres_ha", action="store_true", default=None,
-        help="PostgreSQL as two nodes under Patroni and etcd, failing over by itself "
-        "(fixed when the stack is made; docs/ha.md)",
+        "--postgres-ha", dest="postgres_ha", action=argparse.BooleanOptionalAction,
+        default=None,
+        help="PostgreSQL as two nodes under Patroni and etcd, failing over by itself (the "
+        "default), or with --no-postgres-ha a primary and an asynchronous replica that "
+        "nothing promotes (lighter; fixed when the stack is made; docs/ha.md)",
     )  # fmt: skip
     up.add_argument(
         "--simulate", type=int, metavar="DRIVERS", default=0,
@@ -591,7 +593,7 @@ def _stack_commands(sub: Any) -> None:
 
     switch = sub.add_parser(
         "switchover",
-        help="move PostgreSQL's leadership to the other node on purpose (--postgres-ha)",
+        help="move PostgreSQL's leadership to the other node on purpose (under Patroni)",
     )
     switch.add_argument("--to", type=int, choices=(1, 2), help="the node to lead (postgres-N)")
     switch.set_defaults(func=cmd_switchover)

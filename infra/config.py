@@ -88,10 +88,10 @@ class StackConfig(BaseSettings):
     # combined mode (every node a broker and a controller), whose topics keep three copies
     # and take a write once two have it (docs/ha.md). Fixed when the stack is made.
     kafka_brokers: int = Field(default=1, ge=1, le=5)
-    # PostgreSQL: a primary and a streaming replica, or (True) two nodes under Patroni
-    # with etcd, synchronous replication and automatic failover behind HAProxy
-    # (docs/ha.md). Fixed when the stack is made.
-    postgres_ha: bool = False
+    # PostgreSQL: two nodes under Patroni with etcd, synchronous replication and automatic
+    # failover behind HAProxy (docs/ha.md), or (False) the lighter primary and
+    # asynchronous replica that nothing promotes. Fixed when the stack is made.
+    postgres_ha: bool = True
 
     ingest_processes: int = 1
     api_processes: int = 1

@@ -162,9 +162,11 @@ def _drain(stack: Stack, workers: int, records: list[tuple[bytes, bytes]], pings
 
 
 def _cpu_us_per_ping(cpu_pct: dict[str, float], seconds: float, pings: int) -> dict[str, float]:
-    """CPU microseconds per ping stored, of PostgreSQL (the primary) and of the workers."""
+    """CPU microseconds per ping stored, of PostgreSQL (every node: under Patroni the
+    leader is whichever was elected, and the standby's replay is a cost of each write too)
+    and of the workers."""
     workers = sum(v for k, v in cpu_pct.items() if k.startswith("streams-"))
-    database = cpu_pct.get("postgres-primary", 0.0)
+    database = sum(v for k, v in cpu_pct.items() if k.startswith("postgres-"))
     return {
         name: round(pct / 100 * seconds * 1e6 / pings, 1)
         for name, pct in (("postgres", database), ("workers", workers))

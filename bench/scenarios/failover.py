@@ -1,6 +1,6 @@
 """failover: servers killed with SIGKILL under a fleet of drivers and customers creating
 jobs, on a stack of its own with three Kafka brokers and PostgreSQL under Patroni (`up
---kafka 3 --postgres-ha`).
+--kafka 3`, Patroni being the default layout).
 
 Kafka brokers first: for each kill, ingest's window of failed answers (from the kill to the
 last failure after it), how many answers failed and how, when no partition was led by the

@@ -306,10 +306,11 @@ def _phase_line(p: dict[str, Any]) -> str:
     return f"{line}; CPU: {cpu}"
 
 
-# The tiers of the capacity table, by component name (a prefix takes every process of it).
+# The tiers of the capacity table, by component name (a prefix takes every process of it;
+# PostgreSQL's is every node's, the standby's replay included, in either layout).
 TIERS = (
     ("nginx (edge)", "edge"), ("HAProxy", "haproxy"), ("ingest", "ingest-"), ("Kafka", "kafka"),
-    ("Redis", "redis"), ("stream workers", "streams-"), ("PostgreSQL primary", "postgres-primary"),
+    ("Redis", "redis"), ("stream workers", "streams-"), ("PostgreSQL", "postgres-"),
     ("PgBouncer", "pgbouncer"),
 )  # fmt: skip
 

@@ -1,4 +1,4 @@
-"""PostgreSQL under Patroni (`telemetry up --postgres-ha`, docs/ha.md): two nodes, one
+"""PostgreSQL under Patroni (`telemetry up`'s default layout, docs/ha.md): two nodes, one
 leading and one a synchronous standby, reached through HAProxy's primary and replica
 ports. The leader killed with SIGKILL under a fleet of drivers and a writer of jobs, a
 switchover under the same load, and etcd lost: every job answered 201 and every ping

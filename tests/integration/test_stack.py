@@ -149,7 +149,7 @@ def test_our_services_run_unprivileged_and_cannot_read_the_stacks_secrets(stack:
         uid = _uid(record.ref.pid)
         if name in ours:
             assert uid == app_uid, name
-        elif name.startswith(("postgres-", "pgbouncer")):
+        elif name.startswith(("postgres-", "pgbouncer", "etcd")):
             assert uid == db_uid, name
         component = stack.components.get(name)
         in_a_container = component is not None and component.command().image is not None

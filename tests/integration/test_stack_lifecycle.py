@@ -48,8 +48,12 @@ def test_up_again_is_idempotent_and_status_reports_every_component(stack: Stack)
     again.up()
     assert {name: record.ref.pid for name, record in again.records.items()} == pids
     status = again.status()
-    for name in ("kafka", "postgres-primary", "postgres-replica", "pgbouncer", "redis",
-                 "ingest-1", "streams-1", "api-1"):  # fmt: skip
+    database = (
+        ("etcd", "postgres-1", "postgres-2", "haproxy-db")
+        if stack.config.postgres_ha
+        else ("postgres-primary", "postgres-replica")
+    )
+    for name in ("kafka", *database, "pgbouncer", "redis", "ingest-1", "streams-1", "api-1"):
         assert status[name]["healthy"], name
         assert status[name]["pid"] == pids[name]
     assert status["kafka"]["bootstrap"] == stack.config.kafka_bootstrap

@@ -214,12 +214,15 @@ def test_no_offset_moves_while_the_database_is_down_and_nothing_is_missing_after
     own_stack: Stack,
 ) -> None:
     config = own_stack.config
+    # The database out of reach: the primary itself, or under Patroni HAProxy's frontends
+    # (stopping a node would only move the leader).
+    database = "haproxy-db" if config.postgres_ha else "postgres-primary"
     fleet = Fleet(config)
     fleet.start()
     try:
         fleet.wait_accepted(200)
         wait_stored(config, fleet, 50)
-        own_stack.stop("postgres-primary")
+        own_stack.stop(database)
         fleet.wait_accepted(len(fleet.accepted) + 150)
         # Once the stream has failed a write, and a second has passed since, the
         # committed offsets are those of the last batch written before the outage.
@@ -238,7 +241,7 @@ def test_no_offset_moves_while_the_database_is_down_and_nothing_is_missing_after
         assert time.monotonic() - signalled < 10, "shutdown during the outage took too long"
         assert committed(config) == before, "the stopping worker committed an unwritten batch"
     finally:
-        own_stack.start("postgres-primary")
+        own_stack.start(database)
         if not own_stack.running("streams-1"):
             own_stack.start("streams-1")
     try:

@@ -21,29 +21,27 @@ def _as_a_user(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(procs, "running_as_root", lambda: False)
 
 
-def scratch(tmp_path: Path) -> StackConfig:
-    return compose.stack_config().model_copy(update={"state_dir": tmp_path})
+def scratch(tmp_path: Path, postgres_ha: bool = True) -> StackConfig:
+    return compose.stack_config(postgres_ha).model_copy(update={"state_dir": tmp_path})
 
 
-def test_the_committed_compose_file_is_current(tmp_path: Path) -> None:
-    assert compose.render_compose(scratch(tmp_path)) == compose.COMPOSE_FILE.read_text(), (
-        "infra/containers/compose.yaml is stale: run python -m infra.containers.compose yaml"
-    )
-
-
-def test_the_committed_patroni_compose_file_is_current(tmp_path: Path) -> None:
-    config = compose.stack_config(postgres_ha=True).model_copy(update={"state_dir": tmp_path})
-    assert compose.render_compose(config) == compose.HA_COMPOSE_FILE.read_text(), (
-        "infra/containers/compose-ha.yaml is stale: run python -m infra.containers.compose yaml"
+@pytest.mark.parametrize(
+    ("path", "postgres_ha"), [(compose.COMPOSE_FILE, True), (compose.PLAIN_COMPOSE_FILE, False)]
+)
+def test_the_committed_compose_files_are_current(
+    tmp_path: Path, path: Path, postgres_ha: bool
+) -> None:
+    assert compose.render_compose(scratch(tmp_path, postgres_ha)) == path.read_text(), (
+        f"{path} is stale: run python -m infra.containers.compose yaml"
     )
 
 
 def test_the_patroni_layout_starts_the_database_before_the_bootstrap(tmp_path: Path) -> None:
-    config = compose.stack_config(postgres_ha=True).model_copy(update={"state_dir": tmp_path})
+    config = scratch(tmp_path)
     services = compose.compose_document(config)["services"]
     assert "postgres-primary" not in services and "postgres-replica" not in services
-    assert services["config"]["command"][-2:] == ["config", "--postgres-ha"]
-    assert services["bootstrap"]["command"][-2:] == ["bootstrap", "--postgres-ha"]
+    assert services["config"]["command"][-1] == "config"
+    assert services["bootstrap"]["command"][-1] == "bootstrap"
     assert set(services["bootstrap"]["depends_on"]) == {"config", "kafka", "haproxy-db"}
     # The bootstrap waits for a leader behind HAProxy: what that needs cannot wait for it.
     for name, image in (("etcd", "etcd"), ("postgres-1", "patroni"), ("haproxy-db", "haproxy")):
@@ -66,13 +64,24 @@ def test_the_patroni_layout_starts_the_database_before_the_bootstrap(tmp_path: P
 
 
 def test_compose_runs_every_component_of_up_but_the_supervisor(tmp_path: Path) -> None:
-    document = compose.compose_document(scratch(tmp_path))
-    services = document["services"]
+    services = compose.compose_document(scratch(tmp_path))["services"]
     assert set(services) == {
-        "config", "bootstrap", "kafka", "redis", "postgres-primary", "postgres-replica",
-        "pgbouncer", "ingest-1", "streams-1", "api-1", "photo-worker-1", "notifier-1",
-        "haproxy", "edge", "ops-exporter", "prometheus",
+        "config", "bootstrap", "kafka", "redis", "etcd", "postgres-1", "postgres-2",
+        "haproxy-db", "pgbouncer", "ingest-1", "streams-1", "api-1", "photo-worker-1",
+        "notifier-1", "haproxy", "edge", "ops-exporter", "prometheus",
     }  # fmt: skip
+    # The lighter layout's file: a primary and a replica instead.
+    plain = compose.compose_document(scratch(tmp_path / "plain", postgres_ha=False))["services"]
+    assert set(plain) == set(services) - {"etcd", "postgres-1", "postgres-2", "haproxy-db"} | {
+        "postgres-primary",
+        "postgres-replica",
+    }
+    assert plain["config"]["command"][-2:] == ["config", "--no-postgres-ha"]
+    assert plain["bootstrap"]["command"][-2:] == ["bootstrap", "--no-postgres-ha"]
+    for name, service in services.items():
+        assert service["network_mode"] == "host", name
+        assert service["volumes"] == [f"{compose.VOLUME}:{compose.STATE_DIR}"], name
+    services = plain
     for name, service in services.items():
         assert service["network_mode"] == "host", name
         assert service["volumes"] == [f"{compose.VOLUME}:{compose.STATE_DIR}"], name
@@ -90,7 +99,7 @@ def test_compose_runs_every_component_of_up_but_the_supervisor(tmp_path: Path) -
 
 
 def test_the_scripts_run_up_s_commands_from_the_images_paths(tmp_path: Path) -> None:
-    config = scratch(tmp_path)
+    config = scratch(tmp_path, postgres_ha=False)
     compose.write_config(config)
     scripts = compose.scripts_dir(config)
 

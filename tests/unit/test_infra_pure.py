@@ -106,13 +106,20 @@ def test_the_registry_lists_each_component_after_its_dependencies(tmp_path: Path
     config = StackConfig(state_dir=tmp_path, ingest_processes=2, stream_workers=2)
     listed = components(config, report=lambda _: None)
     names = [c.name for c in listed]
-    assert names[:5] == ["kafka", "redis", "postgres-primary", "postgres-replica", "pgbouncer"]
+    database = ["etcd", "postgres-1", "postgres-2", "haproxy-db"]
+    assert names[:7] == ["kafka", "redis", *database, "pgbouncer"]
     assert {"ingest-1", "ingest-2", "streams-1", "streams-2", "api-1"} <= set(names)
-    for position, component in enumerate(listed):
-        assert set(component.after) <= set(names[:position]), component.name
-    ports = [port for c in listed for port, _ in c.ports]
-    assert len(ports) == len(set(ports))
-    assert all(env.startswith("TELEMETRY_") for c in listed for _, env in c.ports)
+    light = components(config.model_copy(update={"postgres_ha": False}), report=lambda _: None)
+    assert [c.name for c in light][:5] == [
+        "kafka", "redis", "postgres-primary", "postgres-replica", "pgbouncer"
+    ]  # fmt: skip
+    for each in (listed, light):
+        names = [c.name for c in each]
+        for position, component in enumerate(each):
+            assert set(component.after) <= set(names[:position]), component.name
+        ports = [port for c in each for port, _ in c.ports]
+        assert len(ports) == len(set(ports))
+        assert all(env.startswith("TELEMETRY_") for c in each for _, env in c.ports)
 
 
 def test_status_fails_only_for_a_required_component() -> None:

@@ -1,4 +1,4 @@
-"""PostgreSQL under Patroni as the stack declares it (`up --postgres-ha`): each node's
+"""PostgreSQL under Patroni as the stack declares it (`up`'s default): each node's
 Patroni configuration, HAProxy's frontends on Patroni's checks, and the components."""
 
 import re
@@ -113,7 +113,10 @@ def test_the_stack_runs_etcd_two_supervised_nodes_and_haproxy_before_pgbouncer(
     # Clients keep the primary's and the replica's ports: HAProxy's now.
     ports = {port for port, _ in listed[haproxy_db.NAME].ports}
     assert ports == {config(tmp_path).postgres_primary_port, config(tmp_path).postgres_replica_port}
-    plain = {c.name for c in components.components(StackConfig(state_dir=tmp_path), lambda _: None)}
+    # The default; the lighter layout is asked for.
+    assert StackConfig().postgres_ha
+    light = StackConfig(state_dir=tmp_path, postgres_ha=False)
+    plain = {c.name for c in components.components(light, lambda _: None)}
     assert {"postgres-primary", "postgres-replica"} <= plain and "etcd" not in plain
 
 
@@ -128,12 +131,12 @@ def test_a_database_keeps_the_layout_it_was_made_with(tmp_path: Path) -> None:
     (postgres.data_dir(ha, "primary") / "PG_VERSION").write_text("15\n")
     with pytest.raises(StackError, match="TELEMETRY_POSTGRES_HA=false"):
         postgres.check_layout(ha)
-    postgres.check_layout(StackConfig(state_dir=tmp_path))
+    postgres.check_layout(StackConfig(state_dir=tmp_path, postgres_ha=False))
     other = tmp_path / "other"
     postgres.node_data_dir(config(other), 2).mkdir(parents=True)
     (postgres.node_data_dir(config(other), 2) / "PG_VERSION").write_text("15\n")
     with pytest.raises(StackError, match="TELEMETRY_POSTGRES_HA=true"):
-        postgres.check_layout(StackConfig(state_dir=other))
+        postgres.check_layout(StackConfig(state_dir=other, postgres_ha=False))
     postgres.check_layout(config(other))
 
 
