@@ -2,8 +2,9 @@
 the components of `telemetry up`'s default topology from the same images, on the same ports
 (host networking), with the state dir in one volume: etcd, PostgreSQL under Patroni and
 HAProxy on Patroni's checks among them. `compose-plain.yaml` runs `up --no-postgres-ha`'s
-(a primary and a replica instead). They are generated from the component registry (`python -m infra.containers.compose yaml`; a test
-fails when one is stale), so they cannot drift from what `up` runs.
+(a primary and a replica instead). They are generated from the component registry
+(`python -m infra.containers.compose yaml`; a test fails when one is stale), so they
+cannot drift from what `up` runs.
 
 Two one-shot services of the app image do what `up` does around the processes:
 
