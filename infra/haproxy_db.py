@@ -1,8 +1,10 @@
 """HAProxy in TCP mode in front of Patroni's nodes (`postgres_ha`): the primary's port
 leads to the node whose Patroni answers 200 on /primary, the replica's port to a node
 answering 200 on /replica, or to the primary while no replica runs (just after a failover,
-before the old leader is back). PgBouncer, the migrations and the ops exporter connect to
-these two ports, never to a node, so a failover needs no client to be told of it."""
+before the old leader is back, or while the standby is away); the leader's read sessions
+end when a replica is back, so reads move to it. PgBouncer, the migrations and the ops
+exporter connect to these two ports, never to a node, so a failover needs no client to be
+told of it."""
 
 from pathlib import Path
 
@@ -24,10 +26,10 @@ def config_path(config: StackConfig) -> Path:
     return conf_dir(config) / "haproxy.cfg"
 
 
-def _backend(config: StackConfig, backend: str, check: str) -> str:
-    servers = "\n".join(
+def _backend(config: StackConfig, backend: str, check: str, extra: str = "") -> str:
+    servers = "".join(
         f"    server {patroni.name(node)} 127.0.0.1:{postgres.node_port(config, node)}"
-        f" check port {patroni.rest_port(config, node)}"
+        f" check port {patroni.rest_port(config, node)}{extra}\n"
         for node in postgres.ha_nodes()
     )
     return f"""\
@@ -35,8 +37,17 @@ backend {backend}
     option httpchk
     http-check send meth GET uri {check}
     http-check expect status 200
-{servers}
-"""
+{servers}"""
+
+
+def _leader_as_backup(config: StackConfig) -> str:
+    """The replica backend's backup servers: each node as the primary backend sees it
+    (`track`), so reads reach the leader while no replica is up."""
+    return "".join(
+        f"    server {patroni.name(node)}-leading 127.0.0.1:{postgres.node_port(config, node)}"
+        f" backup track primary/{patroni.name(node)}\n"
+        for node in postgres.ha_nodes()
+    )
 
 
 def render(config: StackConfig) -> str:
@@ -71,11 +82,13 @@ frontend primary
 
 frontend replica
     bind 127.0.0.1:{config.postgres_replica_port}
-    use_backend replica if {{ nbsrv(replica) gt 0 }}
-    default_backend primary
+    default_backend replica
 
 {_backend(config, "primary", "/primary")}
-{_backend(config, "replica", "/replica")}"""
+# A replica back in rotation ends the sessions its backups (the leader) held meanwhile:
+# PgBouncer's read connections would otherwise stay on the leader for their lifetime.
+{_backend(config, "replica", "/replica", " on-marked-up shutdown-backup-sessions")}\
+{_leader_as_backup(config)}"""
 
 
 def prepare(config: StackConfig) -> None:

@@ -9,6 +9,7 @@ Each node's configuration is JSON, which Patroni's YAML loader reads as it is.""
 import contextlib
 import os
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from infra import postgres
 from infra.config import StackConfig
 from infra.install import PG_BIN
 from infra.launch import Command, Mount
-from infra.procs import DATABASE_USER, StackError, chown_for, write_private
+from infra.procs import DATABASE_USER, StackError, chown_for, wait_until, write_private
 
 BINARY = "/usr/bin/patroni"
 SCOPE = "telemetry"
@@ -233,6 +234,41 @@ def kill_server(config: StackConfig, node: int) -> None:
     if pid is not None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(os.getpgid(pid), signal.SIGKILL)
+
+
+def _set_paused(config: StackConfig, paused: bool) -> None:
+    """Patroni's maintenance mode on or off, in the cluster's configuration (etcd); every
+    node follows it on its next loop, which this waits for."""
+    try:
+        answer = httpx.patch(
+            rest_url(config, leader(config) or 1) + "/config",
+            json={"pause": paused},
+            auth=(REST_USER, postgres.password(config)),
+            timeout=10,
+        )
+    except httpx.HTTPError as exc:
+        raise StackError(f"Patroni did not answer: {exc}") from exc
+    if answer.status_code != 200:
+        raise StackError(f"Patroni refused the change ({answer.status_code}): {answer.text}")
+
+    def followed() -> bool:
+        states = [_get(config, node, "/patroni") for node in postgres.ha_nodes()]
+        return all(s is not None and bool(s.json().get("pause")) == paused for s in states)
+
+    if not wait_until(followed, 6 * LOOP_WAIT_S, 0.2):
+        raise StackError(f"Patroni's nodes did not {'enter' if paused else 'leave'} maintenance")
+
+
+@contextlib.contextmanager
+def maintenance(config: StackConfig) -> Iterator[None]:
+    """Patroni leaves both servers alone for the block: no failover, and no undoing of what
+    an operator (or a test) does to a server, such as a replay paused on purpose, which
+    Patroni otherwise resumes on its next loop."""
+    _set_paused(config, True)
+    try:
+        yield
+    finally:
+        _set_paused(config, False)
 
 
 def switchover(config: StackConfig, candidate: int | None = None) -> str:

@@ -143,14 +143,20 @@ def replica_superuser_dsn(config: StackConfig) -> str:
 @contextlib.contextmanager
 def replay_paused(config: StackConfig) -> Iterator[str]:
     """The replica applies nothing it receives until the block ends (a lagging replica, on
-    demand, for tests and benchmarks); yields its superuser DSN (the private socket)."""
-    dsn = replica_superuser_dsn(config)
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("SELECT pg_wal_replay_pause()")
-        try:
-            yield dsn
-        finally:
-            conn.execute("SELECT pg_wal_replay_resume()")
+    demand, for tests and benchmarks); yields its superuser DSN (the private socket). Under
+    Patroni, in its maintenance mode: it would resume the replay on its next loop."""
+    with contextlib.ExitStack() as held:
+        if config.postgres_ha:
+            from infra import patroni  # imported here: patroni builds on this module
+
+            held.enter_context(patroni.maintenance(config))
+        dsn = replica_superuser_dsn(config)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("SELECT pg_wal_replay_pause()")
+            try:
+                yield dsn
+            finally:
+                conn.execute("SELECT pg_wal_replay_resume()")
 
 
 def _make_service_dir(path: Path, mode: int = 0o700) -> None:

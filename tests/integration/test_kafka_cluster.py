@@ -38,7 +38,10 @@ JOB = {"pickup": {"lat": 12.97, "lon": 77.59}, "dropoff": {"lat": 12.93, "lon": 
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Stack]:
-    with running_stack(scratch_config(kafka_brokers=3), "cluster") as running:
+    # On the lighter PostgreSQL layout (--no-postgres-ha): Kafka is what this module
+    # tests, and so the suite runs both layouts (the others run the default, Patroni).
+    config = scratch_config(kafka_brokers=3, postgres_ha=False)
+    with running_stack(config, "cluster") as running:
         yield running
 
 

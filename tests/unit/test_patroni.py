@@ -89,7 +89,12 @@ def test_haproxy_sends_writes_to_the_leader_and_reads_to_a_replica_or_the_leader
         assert "server postgres-1 127.0.0.1:31000 check port 31100" in body
         assert "server postgres-2 127.0.0.1:31001 check port 31101" in body
     assert "bind 127.0.0.1:31300\n    default_backend primary" in text
-    assert "use_backend replica if { nbsrv(replica) gt 0 }" in text
+    assert "bind 127.0.0.1:31301\n    default_backend replica" in text
+    # With no replica up, reads go to whichever node the primary backend has up; a replica
+    # back ends those sessions, so PgBouncer's read connections move back to it.
+    replica = backends["replica"]
+    assert "server postgres-2-leading 127.0.0.1:31001 backup track primary/postgres-2" in replica
+    assert replica.count(" on-marked-up shutdown-backup-sessions") == 2
     # A node leaving the rotation ends its connections: clients reconnect to the leader.
     assert "on-marked-down shutdown-sessions" in text
     if Path(haproxy.BINARY).exists():
