@@ -59,6 +59,8 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	@# The Alertmanager configuration the stack writes, with amtool check-config.
+	$(BIN)/python -m infra.alertmanager check
 	@# The load generator's Go, where there is a Go (bench/loadgen installs one when it runs).
 	@if command -v go >/dev/null; then cd bench/loadgen && go vet . && test -z "$$(gofmt -l .)"; fi
 	@# The AsyncAPI document, with AsyncAPI's own parser (Node.js, pinned in its lock file).

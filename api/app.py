@@ -23,7 +23,7 @@ from api import (
 from api.config import ApiSettings
 from api.deps import State
 from api.ops import LagMonitor, mount_ops_page
-from api.overview import OverviewMonitor, PrometheusClient
+from api.overview import AlertmanagerClient, OverviewMonitor, PrometheusClient
 from api.principal_limit import PrincipalLimit
 from api.reads.cache import CacheMetrics, CacheSettings, ViewCache
 from api.reads.fast import FastReads
@@ -192,7 +192,10 @@ def create_app(
             clock=clock,
         ),
         overview=OverviewMonitor(
-            PrometheusClient(settings.prometheus_url), settings.overview_min_interval_s, clock
+            PrometheusClient(settings.prometheus_url),
+            AlertmanagerClient(settings.alertmanager_url),
+            settings.overview_min_interval_s,
+            clock,
         ),
         simplifying=asyncio.Semaphore(TRACKS_AT_ONCE),
         registry=registry,

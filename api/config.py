@@ -5,6 +5,7 @@ from pathlib import Path
 from pydantic_settings import SettingsConfigDict
 
 from runtime.settings import (
+    LOCAL_ALERTMANAGER_URL,
     LOCAL_KAFKA,
     LOCAL_PRIMARY_DSN,
     LOCAL_PROMETHEUS_URL,
@@ -86,4 +87,6 @@ class ApiSettings(HttpServiceSettings):
     lag_window: int = 5
     # GET /v1/ops/overview asks the stack's Prometheus, at most this often.
     prometheus_url: str = LOCAL_PROMETHEUS_URL
+    # ...and the stack's Alertmanager, for the alerts firing and the silences.
+    alertmanager_url: str = LOCAL_ALERTMANAGER_URL
     overview_min_interval_s: float = 2.0

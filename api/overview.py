@@ -1,8 +1,10 @@
 """`GET /v1/ops/overview` (role ops): the pipeline at a glance, from the stack's Prometheus,
 which scrapes every process (docs/ops.md). Throughput, freshness (fix → stored,
 receipt → stored, fix → pushed), each service's request and 5xx rates, the view cache's hit
-ratio, notifier connections, the replica's replay lag, consumer lag, the alerts firing, and
-the last minutes as series for the ops page's charts.
+ratio, notifier connections, the replica's replay lag, consumer lag, the last minutes as
+series for the ops page's charts; and from the stack's Alertmanager, the alerts it holds
+(firing, silenced or inhibited) and the silences set. With Alertmanager away, the alerts
+firing in Prometheus stand in, and the answer says so.
 
 The queries are fixed here, one place; the answer is computed at most once per
 `min_interval_s` however many ask (an ops page polls)."""
@@ -83,6 +85,10 @@ class PrometheusUnavailable(Exception):
     """Prometheus did not answer, or refused a query."""
 
 
+class AlertmanagerUnavailable(Exception):
+    """Alertmanager did not answer, or answered something else than its API's lists."""
+
+
 def number(text: str) -> float | None:
     """A sample's value; None for NaN (no traffic: 0/0) and the infinities."""
     value = float(text)
@@ -128,6 +134,36 @@ class PrometheusClient:
         return list(data["alerts"])
 
 
+@dataclass
+class AlertmanagerClient:
+    """Where the overview asks Alertmanager (API v2); `transport` lets a test answer for it."""
+
+    url: str
+    timeout_s: float = 3.0
+    transport: httpx.AsyncBaseTransport | None = None
+
+    async def _list(self, client: httpx.AsyncClient, path: str, **params: str) -> list[Any]:
+        try:
+            response = await client.get(self.url + path, params=params, timeout=self.timeout_s)
+            body = response.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            raise AlertmanagerUnavailable(f"{path}: {exc!r}") from exc
+        if response.status_code != 200 or not isinstance(body, list):
+            raise AlertmanagerUnavailable(f"{path}: {response.status_code} {response.text[:200]}")
+        return body
+
+    async def held(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The active alerts (silenced and inhibited ones too) and every silence."""
+        async with httpx.AsyncClient(transport=self.transport) as client:
+            alerts, silences = await asyncio.gather(
+                self._list(
+                    client, "/api/v2/alerts", active="true", silenced="true", inhibited="true"
+                ),
+                self._list(client, "/api/v2/silences"),
+            )
+        return alerts, silences
+
+
 def scalar(result: list[dict[str, Any]]) -> float | None:
     return number(result[0]["value"][1]) if result else None
 
@@ -140,15 +176,57 @@ def points(result: list[dict[str, Any]]) -> list[tuple[float, float | None]]:
     return [(float(t), number(v)) for t, v in result[0]["values"]] if result else []
 
 
-def alert_view(alert: dict[str, Any]) -> dict[str, Any]:
-    labels, annotations = alert.get("labels", {}), alert.get("annotations", {})
+def _alert(labels: dict[str, str], annotations: dict[str, str]) -> dict[str, Any]:
     return {
         "name": labels.get("alertname"),
         "severity": labels.get("severity"),
-        "state": alert.get("state"),
-        "since": alert.get("activeAt"),
         "summary": annotations.get("summary", ""),
+        "runbook_url": annotations.get("runbook_url"),
         "labels": {k: v for k, v in labels.items() if k not in ("alertname", "severity")},
+    }
+
+
+def alert_view(alert: dict[str, Any]) -> dict[str, Any]:
+    """One of Prometheus's alerts (its /api/v1/alerts)."""
+    view = _alert(alert.get("labels", {}), alert.get("annotations", {}))
+    return view | {"state": alert.get("state"), "since": alert.get("activeAt")}
+
+
+def held_alert_view(alert: dict[str, Any]) -> dict[str, Any]:
+    """One of Alertmanager's alerts: firing, or held back by a silence or a firing alert
+    that inhibits it."""
+    status = alert.get("status", {})
+    state = "firing"
+    if status.get("silencedBy"):
+        state = "silenced"
+    elif status.get("inhibitedBy"):
+        state = "inhibited"
+    view = _alert(alert.get("labels", {}), alert.get("annotations", {}))
+    return view | {
+        "state": state,
+        "since": alert.get("startsAt"),
+        "silenced_by": list(status.get("silencedBy", [])),
+        "receivers": [r.get("name") for r in alert.get("receivers", [])],
+    }
+
+
+# A silence's matcher as PromQL writes it: (isEqual, isRegex) -> the operator.
+MATCH = {(True, False): "=", (False, False): "!=", (True, True): "=~", (False, True): "!~"}
+
+
+def silence_view(silence: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": silence.get("id"),
+        "state": silence.get("status", {}).get("state"),
+        "matchers": [
+            f"{m.get('name')}{MATCH[bool(m.get('isEqual', True)), bool(m.get('isRegex'))]}"
+            f"{m.get('value')}"
+            for m in silence.get("matchers", [])
+        ],
+        "starts_at": silence.get("startsAt"),
+        "ends_at": silence.get("endsAt"),
+        "created_by": silence.get("createdBy"),
+        "comment": silence.get("comment"),
     }
 
 
@@ -181,10 +259,38 @@ class Overview(BaseModel):
     replica: dict[str, float | None]
     consumer_lag: dict[str, dict[str, float | None]]
     alerts: list[dict[str, Any]]
+    silences: list[dict[str, Any]]
+    alertmanager: dict[str, Any]
     series: dict[str, Any]
 
 
-async def overview(prometheus: PrometheusClient, now: float) -> dict[str, Any]:
+async def _alerts(
+    alertmanager: AlertmanagerClient, from_prometheus: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The alerts and silences Alertmanager holds; with it away, Prometheus's firing alerts
+    (no silence can be known then)."""
+    try:
+        alerts, silences = await alertmanager.held()
+    except AlertmanagerUnavailable as exc:
+        return {
+            "alerts": [alert_view(a) for a in from_prometheus if a.get("state") == "firing"],
+            "silences": [],
+            "alertmanager": {"up": False, "error": str(exc), "alerts_from": "prometheus"},
+        }
+    return {
+        "alerts": [held_alert_view(a) for a in alerts],
+        "silences": [
+            silence_view(s)
+            for s in silences
+            if s.get("status", {}).get("state") in ("active", "pending")
+        ],
+        "alertmanager": {"up": True, "alerts_from": "alertmanager"},
+    }
+
+
+async def overview(
+    prometheus: PrometheusClient, alertmanager: AlertmanagerClient, now: float
+) -> dict[str, Any]:
     async with prometheus.session() as client:
         asked: dict[tuple[str, str], Awaitable[Any]] = {}
         for name, expr in INSTANT.items():
@@ -230,10 +336,9 @@ async def overview(prometheus: PrometheusClient, now: float) -> dict[str, Any]:
             }
             for group, seconds in labelled["consumer_lag_s"].items()
         },
-        "alerts": [alert_view(a) for a in got["alerts", ""] if a.get("state") == "firing"],
         "series": {"window_s": SERIES_WINDOW_S, "step_s": SERIES_STEP_S}
         | {name: points(got["series", name]) for name in SERIES},
-    }
+    } | await _alerts(alertmanager, got["alerts", ""])
 
 
 class OverviewMonitor:
@@ -241,10 +346,15 @@ class OverviewMonitor:
     costs Prometheus one set of queries per interval."""
 
     def __init__(
-        self, prometheus: PrometheusClient, min_interval_s: float, clock: Clock | None = None
+        self,
+        prometheus: PrometheusClient,
+        alertmanager: AlertmanagerClient,
+        min_interval_s: float,
+        clock: Clock | None = None,
     ) -> None:
         self._clock = clock or SystemClock()
         self._prometheus = prometheus
+        self._alertmanager = alertmanager
         self._min_interval_s = min_interval_s
         self._lock = asyncio.Lock()
         self._latest: dict[str, Any] | None = None
@@ -254,6 +364,8 @@ class OverviewMonitor:
         async with self._lock:
             due = self._clock.monotonic() - self._taken_at >= self._min_interval_s
             if self._latest is None or due:
-                self._latest = await overview(self._prometheus, self._clock.wall())
+                self._latest = await overview(
+                    self._prometheus, self._alertmanager, self._clock.wall()
+                )
                 self._taken_at = self._clock.monotonic()
             return self._latest

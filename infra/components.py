@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from infra import (
+    alertmanager,
     edge,
     etcd,
     haproxy,
@@ -344,13 +345,22 @@ def _front(config: StackConfig) -> list[Component]:
             supervised=True,
         ),
         Component(
+            alertmanager.NAME,
+            command=lambda: alertmanager.command(config),
+            prepare=lambda: alertmanager.prepare(config),
+            ready=lambda: alertmanager.ready(config),
+            ports=((config.alertmanager_port, "TELEMETRY_ALERTMANAGER_PORT"),),
+            endpoint={"url": alertmanager.url(config)},
+            supervised=True,
+        ),
+        Component(
             prometheus.NAME,
             command=lambda: prometheus.command(config),
             prepare=lambda: prometheus.prepare(config),
             ready=lambda: prometheus.ready(config),
             ports=((config.prometheus_port, "TELEMETRY_PROMETHEUS_PORT"),),
             endpoint={"url": prometheus.url(config)},
-            after=(ops_exporter.NAME,),
+            after=(ops_exporter.NAME, alertmanager.NAME),
             # `up --api 3` on a running stack: the scrape targets follow the topology.
             on_ready=lambda: prometheus.follow(config),
             supervised=True,

@@ -11,6 +11,7 @@ from ingest.config import IngestSettings
 from notifier.config import NotifierSettings
 from photo_worker.config import PhotoWorkerSettings
 from runtime.settings import (
+    LOCAL_ALERTMANAGER_PORT,
     LOCAL_KAFKA_PORT,
     LOCAL_PGBOUNCER_PORT,
     LOCAL_PROMETHEUS_PORT,
@@ -79,6 +80,12 @@ class StackConfig(BaseSettings):
     # the replica's replay lag it scrapes.
     prometheus_port: int = LOCAL_PROMETHEUS_PORT
     ops_exporter_port: int = 18091
+    alertmanager_port: int = LOCAL_ALERTMANAGER_PORT
+    # Where Alertmanager sends the alerts (docs/ops.md): warnings, and critical alerts too
+    # unless the second is set (a pager's webhook). Unset: the alerts are kept in
+    # Alertmanager (the ops page shows them) and sent nowhere.
+    alert_webhook_url: str | None = None
+    alert_page_webhook_url: str | None = None
 
     # The browser pages the api, ingest and the notifier let in (CORS, the WebSocket's
     # Origin): a web app's dev server.
@@ -174,6 +181,10 @@ class StackConfig(BaseSettings):
     @property
     def prometheus_url(self) -> str:
         return f"http://127.0.0.1:{self.prometheus_port}"
+
+    @property
+    def alertmanager_url(self) -> str:
+        return f"http://127.0.0.1:{self.alertmanager_port}"
 
     @property
     def kafka_bootstrap(self) -> str:

@@ -33,6 +33,7 @@ DEBIAN_PACKAGES = {
     "haproxy": Path("/usr/sbin/haproxy"),
     "nginx": Path("/usr/sbin/nginx"),
     "prometheus": Path("/usr/bin/prometheus"),
+    "prometheus-alertmanager": Path("/usr/bin/prometheus-alertmanager"),
     # PostgreSQL's failover (`up --postgres-ha`): Patroni and its store.
     "patroni": Path("/usr/bin/patroni"),
     "etcd-server": Path("/usr/bin/etcd"),

@@ -1,8 +1,9 @@
 """Prometheus (Debian's), started by the stack (docs/ops.md): it scrapes every service
-process, HAProxy's exporter and the ops exporter (consumer lag, dead letters, the replica's
-replay lag) every few seconds, keeps a week, and evaluates the alert rules in
-`infra/alerts/rules.yml`. Its scrape targets are written from the running topology and
-reloaded when `telemetry scale` changes it."""
+process, HAProxy's exporter, the ops exporter (consumer lag, dead letters, the replica's
+replay lag) and Alertmanager every few seconds, keeps a week, evaluates the alert rules in
+`infra/alerts/rules.yml` and sends what fires to Alertmanager (infra/alertmanager.py).
+Its scrape targets are written from the running topology and reloaded when `telemetry
+scale` changes it."""
 
 import shutil
 from pathlib import Path
@@ -24,6 +25,7 @@ RULE_TESTS = REPO_ROOT / "infra" / "alerts" / "rules_test.yml"
 # groups a service's processes; the process's name is its `process` label.
 OPS_EXPORTER_JOB = "ops-exporter"
 HAPROXY_JOB = "haproxy"
+ALERTMANAGER_JOB = "alertmanager"
 
 
 def url(config: StackConfig) -> str:
@@ -58,6 +60,7 @@ def scrape_jobs(config: StackConfig) -> dict[str, list[tuple[str, str]]]:
         jobs.setdefault(service, []).append((spec.name, f"127.0.0.1:{spec.port}"))
     jobs[HAPROXY_JOB] = [(haproxy.NAME, f"127.0.0.1:{config.haproxy_stats_port}")]
     jobs[OPS_EXPORTER_JOB] = [(OPS_EXPORTER_JOB, f"127.0.0.1:{config.ops_exporter_port}")]
+    jobs[ALERTMANAGER_JOB] = [(ALERTMANAGER_JOB, f"127.0.0.1:{config.alertmanager_port}")]
     return jobs
 
 
@@ -71,6 +74,11 @@ def render(config: StackConfig, jobs: dict[str, list[tuple[str, str]]]) -> str:
             "evaluation_interval": f"{config.prometheus_scrape_interval_s}s",
         },
         "rule_files": [str(rules_path(config))],
+        "alerting": {
+            "alertmanagers": [
+                {"static_configs": [{"targets": [f"127.0.0.1:{config.alertmanager_port}"]}]}
+            ]
+        },
         "scrape_configs": [
             {
                 "job_name": job,

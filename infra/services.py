@@ -116,6 +116,7 @@ def _kinds() -> list[_Kind]:
                 "redis_url": redis.url(c),
                 "blob_dir": blob_dir(c),
                 "prometheus_url": c.prometheus_url,
+                "alertmanager_url": c.alertmanager_url,
                 "allowed_origins": c.allowed_origins,
             },
             ("pgbouncer", "kafka", "redis"),

@@ -18,6 +18,8 @@ LOCAL_PROMETHEUS_PORT = 18090
 LOCAL_KAFKA = f"127.0.0.1:{LOCAL_KAFKA_PORT}"
 LOCAL_REDIS_URL = f"redis://127.0.0.1:{LOCAL_REDIS_PORT}/0"
 LOCAL_PROMETHEUS_URL = f"http://127.0.0.1:{LOCAL_PROMETHEUS_PORT}"
+LOCAL_ALERTMANAGER_PORT = 18093
+LOCAL_ALERTMANAGER_URL = f"http://127.0.0.1:{LOCAL_ALERTMANAGER_PORT}"
 # PgBouncer's two entries: `telemetry` (the primary) and `telemetry_ro` (the replica).
 LOCAL_PRIMARY_DSN = f"host=127.0.0.1 port={LOCAL_PGBOUNCER_PORT} dbname=telemetry user=telemetry"
 LOCAL_REPLICA_DSN = f"host=127.0.0.1 port={LOCAL_PGBOUNCER_PORT} dbname=telemetry_ro user=telemetry"

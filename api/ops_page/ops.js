@@ -106,18 +106,46 @@ function showOverview(o) {
   text("connections", num(o.notifier.connections, 0));
   text("replica-lag", seconds(o.replica.lag_s));
 
+  // Alertmanager's alerts (firing, silenced, inhibited), each with its runbook; while it
+  // is away, Prometheus's firing alerts, and the page says so.
   const alerts = document.getElementById("alert-list");
   alerts.replaceChildren();
+  if (!o.alertmanager.up) {
+    const li = document.createElement("li");
+    li.dataset.severity = "critical";
+    li.textContent = "Alertmanager does not answer: alerts from Prometheus, sent to no one";
+    alerts.appendChild(li);
+  }
   for (const alert of o.alerts) {
     const li = document.createElement("li");
     li.dataset.severity = alert.severity;
-    li.textContent = `${alert.severity}: ${alert.name}: ${alert.summary}`;
+    li.dataset.state = alert.state;
+    li.textContent = `${alert.severity}: ${alert.name} (${alert.state}): ${alert.summary} `;
+    if (alert.runbook_url) {
+      const a = document.createElement("a");
+      a.href = alert.runbook_url;
+      a.textContent = "runbook";
+      li.appendChild(a);
+    }
     alerts.appendChild(li);
   }
   if (!o.alerts.length) {
     const li = document.createElement("li");
     li.textContent = "none firing";
     alerts.appendChild(li);
+  }
+  const silences = document.getElementById("silence-list");
+  silences.replaceChildren();
+  for (const s of o.silences) {
+    const li = document.createElement("li");
+    li.dataset.state = s.state;
+    li.textContent = `${s.matchers.join(", ")} until ${s.ends_at} by ${s.created_by}: ${s.comment} (${s.state})`;
+    silences.appendChild(li);
+  }
+  if (!o.silences.length) {
+    const li = document.createElement("li");
+    li.textContent = "none";
+    silences.appendChild(li);
   }
 
   const services = document.querySelector("#services-table tbody");

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from infra import (
+    alertmanager,
     edge,
     etcd,
     haproxy,
@@ -128,6 +129,8 @@ def _first_run(config: StackConfig, name: str) -> list[str]:
         return [sh(edge.check_command(edge.config_path(config)))]
     if name == prometheus.NAME:
         return [sh(prometheus.check_command(prometheus.config_path(config)))]
+    if name == alertmanager.NAME:
+        return [sh(alertmanager.check_command(alertmanager.config_path(config)))]
     return []
 
 
@@ -173,11 +176,14 @@ def write_config(config: StackConfig) -> None:
     prometheus.config_path(config).write_text(
         prometheus.render(config, prometheus.scrape_jobs(config))
     )
+    alertmanager.conf_dir(config).mkdir(parents=True, exist_ok=True)
+    alertmanager.config_path(config).write_text(alertmanager.render(config))
     # What each component writes, its user's (the images give the users fixed uids).
     for path in (*services.writable_dirs(config), kafka.data_dir(config)):
         own_tree(path, APP_USER)
     own_tree(haproxy.sockets_dir(config), HAPROXY_USER)
     own_tree(prometheus.data_dir(config), PROMETHEUS_USER)
+    own_tree(alertmanager.data_dir(config), PROMETHEUS_USER)
     write_private(supervisor_module.config_path(config), config.model_dump_json())
     chown_for(supervisor_module.config_path(config), APP_USER)
     for component in _components(config):

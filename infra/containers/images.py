@@ -117,6 +117,7 @@ IMAGES = (
     Image("haproxy"),
     Image("nginx"),
     Image("prometheus"),
+    Image("alertmanager"),
     Image("app", _app_inputs, _app_wheels),
 )
 

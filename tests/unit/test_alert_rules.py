@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 
 from infra import prometheus
+from infra.config import REPO_ROOT
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
@@ -59,3 +60,24 @@ def test_every_rule_has_a_test_in_which_it_fires() -> None:
     assert alerts <= firing, f"rules never seen firing in a test: {sorted(alerts - firing)}"
     severities = {rule["labels"]["severity"] for g in rules["groups"] for rule in g["rules"]}
     assert severities <= {"warning", "critical"}
+
+
+RUNBOOK_SECTIONS = ("## What it means", "## How to confirm", "## What to do")
+
+
+def test_every_rule_links_its_runbook_which_says_what_how_and_what_to_do() -> None:
+    rules = yaml.safe_load(prometheus.RULES.read_text())
+    runbooks = REPO_ROOT / "docs" / "runbooks"
+    alerts = set()
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            alert = rule["alert"]
+            alerts.add(alert)
+            link = rule["annotations"].get("runbook_url")
+            assert link == f"docs/runbooks/{alert}.md", alert
+            text = (REPO_ROOT / link).read_text()
+            assert text.startswith(f"# {alert} ({rule['labels']['severity']})"), alert
+            positions = [text.find(section) for section in RUNBOOK_SECTIONS]
+            assert -1 not in positions and positions == sorted(positions), alert
+    # No runbook for an alert that no longer exists.
+    assert {path.stem for path in runbooks.glob("*.md")} == alerts

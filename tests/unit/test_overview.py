@@ -1,6 +1,7 @@
-"""`GET /v1/ops/overview` over a Prometheus that answers what the test says: NaN (no
-traffic) becomes null, each service's 5xx ratio is its own, only firing alerts are listed,
-and a Prometheus that is away or refuses a query is a 503 with Retry-After."""
+"""`GET /v1/ops/overview` over a Prometheus and an Alertmanager that answer what the test
+says: NaN (no traffic) becomes null, each service's 5xx ratio is its own, the alerts and
+silences are Alertmanager's (Prometheus's firing alerts while it is away), and a Prometheus
+that is away or refuses a query is a 503 with Retry-After."""
 
 from typing import Any
 
@@ -9,7 +10,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from api import deps, ops_routes
-from api.overview import OverviewMonitor, PrometheusClient, overview
+from api.overview import AlertmanagerClient, OverviewMonitor, PrometheusClient, overview
 from runtime.http import install_error_handlers
 from schemas.auth import Principal, Role
 
@@ -46,9 +47,91 @@ def prometheus(request: httpx.Request) -> httpx.Response:
     return httpx.Response(200, json=vector())
 
 
+def alertmanager(request: httpx.Request) -> httpx.Response:
+    """An Alertmanager holding three alerts (one silenced, one inhibited) and a silence
+    active, one pending and one expired."""
+    if request.url.path == "/api/v2/alerts":
+        assert request.url.params["silenced"] == request.url.params["inhibited"] == "true"
+        lag = {"alertname": "ConsumerLagCritical", "severity": "critical", "group": "g"}
+        alerts = [
+            {"labels": lag, "startsAt": "2026-12-06T03:00:00Z",
+             "annotations": {"summary": "g is 3m behind",
+                             "runbook_url": "docs/runbooks/ConsumerLagCritical.md"},
+             "status": {"state": "active", "silencedBy": [], "inhibitedBy": []},
+             "receivers": [{"name": "critical"}]},
+            {"labels": lag | {"alertname": "ConsumerLagHigh", "severity": "warning"},
+             "annotations": {}, "receivers": [{"name": "warning"}],
+             "status": {"state": "suppressed", "silencedBy": [], "inhibitedBy": ["fp1"]}},
+            {"labels": {"alertname": "TargetDown", "severity": "critical", "process": "api-2"},
+             "annotations": {}, "receivers": [{"name": "critical"}],
+             "status": {"state": "suppressed", "silencedBy": ["s-1"], "inhibitedBy": []}},
+        ]  # fmt: skip
+        return httpx.Response(200, json=alerts)
+    if request.url.path == "/api/v2/silences":
+        matchers = [
+            {"name": "alertname", "value": "TargetDown", "isRegex": False, "isEqual": True},
+            {"name": "process", "value": "api-.*", "isRegex": True, "isEqual": True},
+            {"name": "job", "value": "edge", "isRegex": False, "isEqual": False},
+        ]
+        silences = [
+            {"id": f"s-{n}", "status": {"state": state}, "matchers": matchers,
+             "startsAt": "2026-12-06T03:00:00Z", "endsAt": "2026-12-06T05:00:00Z",
+             "createdBy": "ops-1", "comment": "rolling restart"}
+            for n, state in ((1, "active"), (2, "pending"), (3, "expired"))
+        ]  # fmt: skip
+        return httpx.Response(200, json=silences)
+    return httpx.Response(404)
+
+
+def clients(
+    answer_prometheus: Any = prometheus, answer_alertmanager: Any = alertmanager
+) -> tuple[PrometheusClient, AlertmanagerClient]:
+    return (
+        PrometheusClient("http://prometheus", transport=httpx.MockTransport(answer_prometheus)),
+        AlertmanagerClient("http://am", transport=httpx.MockTransport(answer_alertmanager)),
+    )
+
+
+async def test_the_overview_shows_what_alertmanager_holds() -> None:
+    body = await overview(*clients(), now=1000.0)
+    assert body["alertmanager"] == {"up": True, "alerts_from": "alertmanager"}
+    states = {a["name"]: a["state"] for a in body["alerts"]}
+    assert states == {
+        "ConsumerLagCritical": "firing",
+        "ConsumerLagHigh": "inhibited",
+        "TargetDown": "silenced",
+    }
+    firing = body["alerts"][0]
+    assert firing["runbook_url"] == "docs/runbooks/ConsumerLagCritical.md"
+    assert firing["receivers"] == ["critical"] and firing["labels"] == {"group": "g"}
+    assert body["alerts"][2]["silenced_by"] == ["s-1"]
+    assert [s["id"] for s in body["silences"]] == ["s-1", "s-2"]  # not the expired one
+    assert body["silences"][0]["matchers"] == [
+        "alertname=TargetDown",
+        "process=~api-.*",
+        "job!=edge",
+    ]
+    assert body["silences"][0]["comment"] == "rolling restart"
+
+
+async def test_with_alertmanager_away_prometheus_s_firing_alerts_stand_in() -> None:
+    def away(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    def not_alertmanager(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"status": "success"})
+
+    for answer in (away, not_alertmanager):
+        body = await overview(*clients(answer_alertmanager=answer), now=1000.0)
+        assert body["alertmanager"]["up"] is False, answer.__name__
+        assert body["alertmanager"]["alerts_from"] == "prometheus"
+        assert [a["name"] for a in body["alerts"]] == ["ConsumerLagHigh"]  # firing only
+        assert body["alerts"][0]["labels"] == {"group": "g"}
+        assert body["silences"] == []
+
+
 async def test_the_overview_takes_prometheus_answers_apart() -> None:
-    client = PrometheusClient("http://prometheus", transport=httpx.MockTransport(prometheus))
-    body = await overview(client, now=1000.0)
+    body = await overview(*clients(), now=1000.0)
     assert body["throughput"]["pings_accepted_per_s"] == 48.5
     assert body["throughput"]["pings_stored_per_s"] is None  # no series at all
     assert body["cache"]["hit_ratio"] is None  # NaN: nothing to divide
@@ -60,13 +143,15 @@ async def test_the_overview_takes_prometheus_answers_apart() -> None:
         "processes": 2,
     }
     assert body["services"]["api"]["error_ratio"] == 0.0
-    assert [a["name"] for a in body["alerts"]] == ["ConsumerLagHigh"]  # firing only
-    assert body["alerts"][0]["labels"] == {"group": "g"}
     assert body["series"]["pings_stored_per_s"] == [(0.0, 1.0), (15.0, None)]
 
 
 def app_over(transport: httpx.MockTransport) -> TestClient:
-    monitor = OverviewMonitor(PrometheusClient("http://p", transport=transport), 0.0)
+    monitor = OverviewMonitor(
+        PrometheusClient("http://p", transport=transport),
+        AlertmanagerClient("http://am", transport=httpx.MockTransport(alertmanager)),
+        0.0,
+    )
 
     async def principal() -> Principal:
         return Principal(sub="ops-1", role=Role.OPS)

@@ -1,0 +1,84 @@
+"""Alertmanager's configuration as the stack writes it: critical and warning alerts routed
+to their own webhooks (the pager's falling back to the other), resolutions sent, nothing
+sent where no URL is set, amtool's check passed; and Prometheus sending to it."""
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from infra import alertmanager, components, prometheus
+from infra.config import StackConfig
+
+
+def rendered(config: StackConfig) -> dict[str, Any]:
+    text = alertmanager.render(config)
+    assert text.startswith("# Written by the stack")
+    document: dict[str, Any] = orjson.loads(text.split("\n", 1)[1])
+    return document
+
+
+def webhooks(document: dict[str, Any]) -> dict[str, list[str]]:
+    return {
+        r["name"]: [hook["url"] for hook in r.get("webhook_configs", [])]
+        for r in document["receivers"]
+    }
+
+
+def test_each_severity_has_its_route_and_webhook(tmp_path: Path) -> None:
+    config = StackConfig(
+        state_dir=tmp_path,
+        alert_webhook_url="https://chat.example/hook",
+        alert_page_webhook_url="https://pager.example/hook",
+    )
+    document = rendered(config)
+    routes = {tuple(r["matchers"]): r for r in document["route"]["routes"]}
+    assert routes[('severity="critical"',)]["receiver"] == "critical"
+    assert routes[('severity="warning"',)]["receiver"] == "warning"
+    # Critical is told sooner and again more often.
+    assert routes[('severity="critical"',)]["group_wait"] == "10s"
+    assert routes[('severity="critical"',)]["repeat_interval"] == "1h"
+    assert webhooks(document) == {
+        "critical": ["https://pager.example/hook"],
+        "warning": ["https://chat.example/hook"],
+    }
+    for receiver in document["receivers"]:
+        assert all(hook["send_resolved"] for hook in receiver["webhook_configs"])
+    # A group far behind is one critical alert, not also a warning.
+    [inhibit] = document["inhibit_rules"]
+    assert inhibit["equal"] == ["group"]
+
+
+def test_critical_falls_back_to_the_one_webhook_and_none_sends_nowhere(tmp_path: Path) -> None:
+    one = StackConfig(state_dir=tmp_path, alert_webhook_url="https://chat.example/hook")
+    assert webhooks(rendered(one)) == {
+        "critical": ["https://chat.example/hook"],
+        "warning": ["https://chat.example/hook"],
+    }
+    assert webhooks(rendered(StackConfig(state_dir=tmp_path))) == {"critical": [], "warning": []}
+
+
+def test_amtool_accepts_the_configuration(tmp_path: Path) -> None:
+    for config in (
+        StackConfig(state_dir=tmp_path, alert_webhook_url="https://chat.example/hook"),
+        StackConfig(state_dir=tmp_path),
+    ):
+        path = tmp_path / "alertmanager.yml"
+        path.write_text(alertmanager.render(config))
+        subprocess.run(alertmanager.check_command(path), check=True, capture_output=True)
+
+
+def test_prometheus_sends_to_alertmanager_and_scrapes_it(tmp_path: Path) -> None:
+    config = StackConfig(state_dir=tmp_path, alertmanager_port=31900)
+    document = orjson.loads(
+        prometheus.render(config, prometheus.scrape_jobs(config)).split("\n", 1)[1]
+    )
+    [target] = document["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]
+    assert target == "127.0.0.1:31900"
+    jobs = {job["job_name"] for job in document["scrape_configs"]}
+    assert prometheus.ALERTMANAGER_JOB in jobs
+    listed = {c.name: c for c in components.components(config, lambda _: None)}
+    assert alertmanager.NAME in listed[prometheus.NAME].after
+    assert listed[alertmanager.NAME].supervised
+    assert listed[alertmanager.NAME].command().image == "alertmanager"
