@@ -59,6 +59,8 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	@# The migrations, with squawk (long locks, unsafe types, steps that cannot run twice).
+	$(BIN)/python -m infra.migrate lint
 	@# The Alertmanager configuration the stack writes, with amtool check-config.
 	$(BIN)/python -m infra.alertmanager check
 	@# The load generator's Go, where there is a Go (bench/loadgen installs one when it runs).

@@ -1,6 +1,6 @@
 -- The customer API's domain: jobs, their event log, the transactional outbox, background
 -- tasks, share links and idempotency keys. Plain tables on either storage. Ids are UUIDv7
--- made by the api (time-ordered: index locality, no central sequence; design section 17).
+-- made by the api (time-ordered: index locality, no central sequence).
 
 CREATE TABLE jobs (
     job_id          uuid             PRIMARY KEY,
@@ -19,6 +19,9 @@ CREATE TABLE jobs (
     reference       text,
     -- The seq of the job's newest event: the next event gets seq + 1 in the same
     -- transaction that changes the row (the row lock orders writers; no gaps, no reuse).
+    -- Exception (squawk): a job's event count and an HTTP status stay far below 2^31, so
+    -- integer is enough.
+    -- squawk-ignore prefer-bigint-over-int
     seq             integer          NOT NULL DEFAULT 0,
     created_at      timestamptz      NOT NULL DEFAULT now(),
     updated_at      timestamptz      NOT NULL DEFAULT now(),
@@ -35,6 +38,7 @@ CREATE INDEX jobs_by_id_desc ON jobs (job_id DESC);
 
 CREATE TABLE job_events (
     job_id      uuid        NOT NULL REFERENCES jobs (job_id),
+    -- squawk-ignore prefer-bigint-over-int
     seq         integer     NOT NULL CHECK (seq > 0),
     type        text        NOT NULL,
     data        jsonb       NOT NULL,
@@ -81,6 +85,7 @@ CREATE TABLE idempotency_keys (
     principal      text        NOT NULL,
     key            text        NOT NULL,
     request_hash   bytea       NOT NULL,
+    -- squawk-ignore prefer-bigint-over-int
     status         integer     NOT NULL,
     response       bytea       NOT NULL,  -- the first answer's exact body
     created_at     timestamptz NOT NULL DEFAULT now(),

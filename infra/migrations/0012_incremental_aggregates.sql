@@ -20,7 +20,11 @@ CREATE TABLE cell_members_1m (
 
 -- Sums that keep the averages exact under increments. NULL (rows written before this
 -- migration) means "recount this row from the raw pings" the next time it is touched.
+-- Exception (squawk): speed_n counts a driver's speeds in a minute (or an hour), far
+-- below 2^31, so integer is enough.
+-- squawk-ignore prefer-bigint-over-int
 ALTER TABLE driver_stats_1m ADD COLUMN speed_sum double precision, ADD COLUMN speed_n integer;
+-- squawk-ignore prefer-bigint-over-int
 ALTER TABLE driver_stats_1h ADD COLUMN speed_sum double precision, ADD COLUMN speed_n integer;
 
 -- Memberships expire with the minute aggregates' maintenance.

@@ -19,6 +19,9 @@
 -- Cell minutes count memberships (migration 0012); the hourly rollup, where the stream
 -- keeps it (native PostgreSQL), takes the minutes' increments or is recomputed from the
 -- minute rows of the hours recounted.
+-- Exception (squawk): the stream, its only caller, calls stream_apply_aggregates from
+-- this release on.
+-- squawk-ignore ban-drop-function
 DROP FUNCTION stream_recompute_aggregates(boolean);
 
 -- haversine_m (migration 0002) without STRICT, so that the planner inlines it into the

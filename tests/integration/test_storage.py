@@ -2,6 +2,7 @@
 TimescaleDB's own features (compression, the continuous aggregate) on real TimescaleDB."""
 
 import asyncio
+import threading
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -118,17 +119,28 @@ def test_an_amended_migration_accepts_what_databases_applied_before(fresh_databa
     migrate.apply_all(fresh_database, timescale=timescale)
     version = "0012_incremental_aggregates"
     with psycopg.connect(fresh_database, autocommit=True) as conn:
-        for earlier in migrate.AMENDED[version]:
-            conn.execute(
-                "UPDATE schema_migrations SET checksum = %s WHERE version = %s", [earlier, version]
-            )
-            assert migrate.apply_all(fresh_database, timescale=timescale) == []
+        for amended, earlier_forms in migrate.AMENDED.items():
+            for earlier in earlier_forms:
+                conn.execute(
+                    "UPDATE schema_migrations SET checksum = %s WHERE version = %s",
+                    [earlier, amended],
+                )
+                assert migrate.apply_all(fresh_database, timescale=timescale) == []
         conn.execute(
             "UPDATE schema_migrations SET checksum = 'no such version' WHERE version = %s",
             [version],
         )
     with pytest.raises(migrate.MigrationError, match="edited after it was applied"):
         migrate.apply_all(fresh_database, timescale=timescale)
+
+
+def runner_waits(conn: psycopg.Connection[Any]) -> bool:
+    """The runner's DROP INDEX waits for its lock on pings (the writers' waits are weaker)."""
+    row = conn.execute(
+        "SELECT count(*) FROM pg_locks WHERE relation = 'pings'::regclass AND NOT granted"
+        " AND mode = 'AccessExclusiveLock'"
+    ).fetchone()
+    return row is not None and row[0] > 0
 
 
 def test_an_online_step_waits_for_its_lock_in_bounded_tries(fresh_database: str) -> None:
@@ -138,13 +150,6 @@ def test_an_online_step_waits_for_its_lock_in_bounded_tries(fresh_database: str)
     timescale = session_storage() == "timescaledb"
     every = migrate.discover(timescale=timescale)
     migrate.apply_all(fresh_database, [m for m in every if m.version < "0014"], timescale=timescale)
-
-    def runner_waits(conn: psycopg.Connection[Any]) -> bool:
-        row = conn.execute(
-            "SELECT count(*) FROM pg_locks WHERE relation = 'pings'::regclass AND NOT granted"
-        ).fetchone()
-        return row is not None and row[0] > 0
-
     with (
         psycopg.connect(fresh_database) as reader,
         psycopg.connect(fresh_database, autocommit=True) as watcher,
@@ -162,6 +167,79 @@ def test_an_online_step_waits_for_its_lock_in_bounded_tries(fresh_database: str)
         ]  # fmt: skip
         indexes = watcher.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'pings'")
         assert indexes.fetchall() == [("pings_pkey",)]
+
+
+class Writer:
+    """Writes what the fleet writes (pings) and what jobs do (tasks) in a loop until told to
+    stop, each write waiting for its locks at most `lock_wait`: a write that would wait
+    longer fails with LockNotAvailable, and is counted."""
+
+    def __init__(self, dsn: str, lock_wait: str) -> None:
+        self.dsn, self.lock_wait = dsn, lock_wait
+        self.written = self.waited_too_long = 0
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute("SELECT set_config('lock_timeout', %s, false)", [self.lock_wait])
+            while not self.stopping.is_set():
+                try:
+                    conn.execute(
+                        "INSERT INTO pings (driver_id, ts, ping_id, lat, lon, received_at)"
+                        " VALUES ('drv-migrating', now(), gen_random_uuid(), 12.9, 77.6, now())"
+                    )
+                    conn.execute(
+                        "INSERT INTO tasks (task_id, kind, status)"
+                        " VALUES (gen_random_uuid(), 'proof_photo', 'done')"
+                    )
+                    self.written += 1
+                except psycopg.errors.LockNotAvailable:
+                    self.waited_too_long += 1
+
+
+def test_the_latest_migrations_never_hold_writers_past_the_lock_timeout(
+    fresh_database: str,
+) -> None:
+    """The last migrations (an index dropped from pings, one built on tasks) applied while
+    pings and tasks are written and a long reader holds pings: each write waits for its
+    locks at most the runner's lock timeout (plus half a second for the two processes to
+    wake), however long the reader holds the table. Without the runner's timeout, the
+    writers would queue behind the DROP INDEX as long as the reader held on."""
+    timescale = session_storage() == "timescaledb"
+    every = migrate.discover(timescale=timescale)
+    latest = [m for m in every if m.version >= "0014"]
+    migrate.apply_all(fresh_database, [m for m in every if m not in latest], timescale=timescale)
+    with psycopg.connect(fresh_database, autocommit=True) as conn:
+        if not timescale:  # native: the day's partition, as the stream makes it
+            conn.execute("SELECT ensure_pings_partitions(current_date - 1, current_date + 1)")
+    lock_wait = f"{float(migrate.LOCK_TIMEOUT.removesuffix('s')) + 0.5}s"
+    writers = [Writer(fresh_database, lock_wait) for _ in range(3)]
+    with (
+        psycopg.connect(fresh_database) as reader,
+        psycopg.connect(fresh_database, autocommit=True) as watcher,
+        ThreadPoolExecutor(len(writers) + 1) as pool,
+    ):
+        running = [pool.submit(w.run) for w in writers]
+        wait_for(lambda: True if all(w.written > 10 for w in writers) else None)
+        reader.execute("SELECT count(*) FROM pings")  # holds pings until it ends
+        applied = pool.submit(migrate.apply_all, fresh_database, timescale=timescale)
+        try:
+            before = sum(w.written for w in writers)
+            # The runner's DROP INDEX waits for the reader, gives up, and tries again,
+            # twice, while the writers go on.
+            for _ in range(2):
+                wait_for(lambda: True if runner_waits(watcher) else None)
+                wait_for(lambda: None if runner_waits(watcher) else True)
+            assert not applied.done()
+            reader.rollback()
+            assert applied.result(timeout=120) == [m.version for m in latest]
+        finally:
+            for w in writers:
+                w.stopping.set()
+        for done in running:
+            done.result(timeout=30)
+    assert sum(w.waited_too_long for w in writers) == 0
+    assert sum(w.written for w in writers) > before
 
 
 def test_a_replayed_six_day_old_ping_is_stored_once(
