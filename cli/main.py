@@ -110,6 +110,13 @@ def cmd_scale(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_restart(args: argparse.Namespace) -> int:
+    stack = _stack(StackConfig(), lambda step: console.log(step))
+    stack.roll(args.service)
+    print_endpoints(stack.status())
+    return 0
+
+
 def cmd_switchover(args: argparse.Namespace) -> int:
     from infra import patroni, topology
 
@@ -573,6 +580,14 @@ def _stack_commands(sub: Any) -> None:
     scale.add_argument("service", choices=sorted(SCALABLE))
     scale.add_argument("count", type=int)
     scale.set_defaults(func=cmd_scale)
+
+    restart = sub.add_parser(
+        "restart",
+        help="replace a service's processes one by one without failing a request (one "
+        "more first; each drained in HAProxy, stopped gracefully, started, ready)",
+    )
+    restart.add_argument("service", choices=sorted(SCALABLE))
+    restart.set_defaults(func=cmd_restart)
 
     lag = sub.add_parser(
         "lag", help="consumer lag per group and partition, with a status (OK, WARN, STALL, STOP)"

@@ -3,6 +3,8 @@ service's processes, health-checked on /readyz, idempotent requests retried on a
 process when one dies. Its configuration is written from the stack's topology and reloaded
 in place when that changes (`telemetry scale`)."""
 
+import csv
+import io
 import shutil
 import socket
 from collections.abc import Iterable
@@ -321,6 +323,41 @@ def follow(config: StackConfig) -> bool:
     except OSError as exc:
         raise StackError(f"could not reload HAProxy through its master socket: {exc}") from exc
     return True
+
+
+def runtime_command(config: StackConfig, command: str) -> str:
+    """One command on the current worker's runtime API (its admin socket); its answer."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as api:
+            api.settimeout(5)
+            api.connect(str(socket_path(config)))
+            api.sendall(command.encode() + b"\n")
+            chunks = []
+            while chunk := api.recv(65536):
+                chunks.append(chunk)
+    except OSError as exc:
+        raise StackError(f"HAProxy's runtime API did not answer {command!r}: {exc}") from exc
+    return b"".join(chunks).decode(errors="replace")
+
+
+# The services HAProxy balances: each one's backend has its name.
+BALANCED = ("ingest", "api", "notifier")
+
+
+def set_server_state(config: StackConfig, backend: str, server: str, state: str) -> None:
+    """`ready`, `drain` (no new request, those in flight finish) or `maint`."""
+    answer = runtime_command(config, f"set server {backend}/{server} state {state}").strip()
+    if answer:
+        raise StackError(f"HAProxy refused to set {backend}/{server} {state}: {answer}")
+
+
+def server_stat(config: StackConfig, backend: str, server: str) -> dict[str, str]:
+    """The server's row of `show stat` (status, scur: its connections now...)."""
+    text = runtime_command(config, "show stat").lstrip("# ")
+    for row in csv.DictReader(io.StringIO(text)):
+        if row.get("pxname") == backend and row.get("svname") == server:
+            return row
+    raise StackError(f"HAProxy has no server {backend}/{server}")
 
 
 def ready(config: StackConfig) -> bool:

@@ -46,6 +46,8 @@ from infra.procs import (
 
 Reporter = Callable[[str], None]
 SIMULATOR = "simulator"
+# How long a rolling restart waits for a drained process's connections to end.
+DRAIN_TIMEOUT_S = 30.0
 
 
 class ExitedDuringStartup(StackError):
@@ -397,6 +399,56 @@ class Stack:
         ]
         for name in sorted(extra, reverse=True):
             self.stop(name)
+
+    def roll(self, service: str) -> None:
+        """Replaces `service`'s processes one by one, none of its requests failing: one
+        process more first (so each one's absence costs no capacity, even with one), then
+        for each: drained in HAProxy (no new request; those in flight finish), stopped
+        gracefully, started, ready, back in HAProxy; the extra one goes last, as `scale`
+        stops one. Consumers (the stream, the photo worker) rebalance instead of draining."""
+        if not self.running(supervisor.NAME):
+            raise StackError("the stack is not running: start it with 'telemetry up'")
+        if service not in topology.SCALABLE:
+            known = ", ".join(topology.SCALABLE)
+            raise StackError(f"cannot restart {service!r}: choose one of {known}")
+        count = getattr(self.config, topology.SCALABLE[service])
+        if count == 0:
+            raise StackError(f"{service} runs no process: `telemetry scale {service} N` first")
+        surge = count < topology.MAX_PROCESSES
+        if surge:
+            self.scale(service, count + 1)
+        try:
+            for index in range(1, count + 1):
+                self._roll_one(service, f"{service}-{index}")
+        finally:
+            if surge:
+                self.scale(service, count)
+
+    def _roll_one(self, service: str, name: str) -> None:
+        balanced = service in haproxy.BALANCED and self.running(haproxy.NAME)
+        if balanced:
+            haproxy.set_server_state(self.config, service, name, "drain")
+            # Its requests in flight finish; a WebSocket (the notifier's) may last for
+            # hours, so the wait is bounded, and the stop closes what is left cleanly.
+            drained = wait_until(
+                lambda: haproxy.server_stat(self.config, service, name)["scur"] == "0",
+                DRAIN_TIMEOUT_S,
+                0.1,
+            )
+            if not drained:
+                self.report(f"{name} still had connections after {DRAIN_TIMEOUT_S:.0f} s")
+        self.stop(name)
+        self.start(name)
+        if balanced:
+            haproxy.set_server_state(self.config, service, name, "ready")
+            # Back in rotation once HAProxy's own check passes (every second).
+            if not wait_until(
+                lambda: haproxy.server_stat(self.config, service, name)["status"] == "UP",
+                30,
+                0.1,
+            ):
+                raise StackError(f"HAProxy does not see {name} up again")
+        self.report(f"replaced {name}")
 
     def start_simulator(self, drivers: int, interval_s: float = 4.0) -> None:
         """A simulated fleet posting to ingest until `down`, logging to simulator.log."""

@@ -365,6 +365,23 @@ def test_kill_9_of_an_api_process_under_gets_fails_none_and_it_comes_back(
     assert stack.status()["api-1"]["restarts"] >= 1
 
 
+def test_a_rolling_restart_of_the_api_under_gets_fails_none(
+    stack: Stack, public: str, token: Token
+) -> None:
+    customer = token(Role.CUSTOMER, f"cust-roll-{uuid.uuid4().hex[:6]}")
+    job_id = create_job(public, customer)
+    dispatcher = token(Role.DISPATCHER, f"disp-roll-{uuid.uuid4().hex[:6]}")
+    before = stack.records["api-1"].ref.pid
+    with SteadyGets(f"{public}/v1/jobs/{job_id}", bearer(dispatcher)) as gets:
+        gets.wait_for_more(50)
+        stack.roll("api")  # api-2 started, api-1 drained, replaced, api-2 drained, stopped
+        gets.wait_for_more(50)
+    assert set(gets.outcomes) == {"200"}, (gets.outcomes, gets.failures)
+    assert stack.records["api-1"].ref.pid != before
+    assert "api-2" not in stack.records and stack.config.api_processes == 1
+    assert haproxy.server_stat(stack.config, "api", "api-1")["status"] == "UP"
+
+
 def haproxy_processes(stack: Stack) -> str:
     """The master's list of workers, old ones (still finishing after a reload) included."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as master:
