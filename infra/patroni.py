@@ -239,17 +239,7 @@ def kill_server(config: StackConfig, node: int) -> None:
 def _set_paused(config: StackConfig, paused: bool) -> None:
     """Patroni's maintenance mode on or off, in the cluster's configuration (etcd); every
     node follows it on its next loop, which this waits for."""
-    try:
-        answer = httpx.patch(
-            rest_url(config, leader(config) or 1) + "/config",
-            json={"pause": paused},
-            auth=(REST_USER, postgres.password(config)),
-            timeout=10,
-        )
-    except httpx.HTTPError as exc:
-        raise StackError(f"Patroni did not answer: {exc}") from exc
-    if answer.status_code != 200:
-        raise StackError(f"Patroni refused the change ({answer.status_code}): {answer.text}")
+    _change(config, "PATCH", leader(config) or 1, "/config", {"pause": paused}, "maintenance")
 
     def followed() -> bool:
         states = [_get(config, node, "/patroni") for node in postgres.ha_nodes()]
@@ -282,15 +272,31 @@ def switchover(config: StackConfig, candidate: int | None = None) -> str:
         candidate = next(node for node in postgres.ha_nodes() if node != current)
     if candidate == current:
         raise StackError(f"{name(candidate)} leads already")
+    body = {"leader": name(current), "candidate": name(candidate)}
+    return _change(config, "POST", current, "/switchover", body, "switchover", timeout_s=90)
+
+
+def _change(
+    config: StackConfig,
+    method: str,
+    node: int,
+    path: str,
+    body: dict[str, Any],
+    what: str,
+    timeout_s: float = 10,
+) -> str:
+    """A change through node `node`'s REST API (behind its basic auth); Patroni's answer,
+    or StackError when it does not answer or refuses."""
     try:
-        answer = httpx.post(
-            rest_url(config, current) + "/switchover",
-            json={"leader": name(current), "candidate": name(candidate)},
+        answer = httpx.request(
+            method,
+            rest_url(config, node) + path,
+            json=body,
             auth=(REST_USER, postgres.password(config)),
-            timeout=90,
+            timeout=timeout_s,
         )
     except httpx.HTTPError as exc:
-        raise StackError(f"Patroni did not answer the switchover: {exc}") from exc
+        raise StackError(f"Patroni did not answer the {what}: {exc}") from exc
     if answer.status_code != 200:
-        raise StackError(f"Patroni refused the switchover ({answer.status_code}): {answer.text}")
+        raise StackError(f"Patroni refused the {what} ({answer.status_code}): {answer.text}")
     return answer.text

@@ -74,6 +74,7 @@ def routed() -> Iterator[tuple[StackConfig, Hooks]]:
                 stop(process)
     finally:
         hooks.server.shutdown()
+        hooks.server.server_close()
         shutil.rmtree(config.state_dir, ignore_errors=True)
 
 
@@ -101,9 +102,13 @@ def test_each_severity_reaches_its_own_webhook(
 
 def test_prometheus_sends_to_alertmanager_and_the_overview_shows_silences(stack: Stack) -> None:
     config = stack.config
-    answer = httpx.get(config.prometheus_url + "/api/v1/alertmanagers").json()
-    targets = [a["url"] for a in answer["data"]["activeAlertmanagers"]]
-    assert targets == [f"{config.alertmanager_url}/api/v2/alerts"]
+
+    def alertmanagers() -> list[str] | None:
+        answer = httpx.get(config.prometheus_url + "/api/v1/alertmanagers").json()
+        return [a["url"] for a in answer["data"]["activeAlertmanagers"]] or None
+
+    # Prometheus finds the Alertmanagers it is told of a moment after it starts.
+    assert wait_for(alertmanagers) == [f"{config.alertmanager_url}/api/v2/alerts"]
 
     name = f"Test{uuid.uuid4().hex[:8]}"
     now = datetime.now(UTC)
