@@ -14,6 +14,7 @@ from infra import (
     haproxy_db,
     kafka,
     migrate,
+    node_exporter,
     ops_exporter,
     patroni,
     pgbouncer,
@@ -345,6 +346,15 @@ def _front(config: StackConfig) -> list[Component]:
             supervised=True,
         ),
         Component(
+            node_exporter.NAME,
+            command=lambda: node_exporter.command(config),
+            prepare=lambda: node_exporter.prepare(config),
+            ready=lambda: node_exporter.ready(config),
+            ports=((config.node_exporter_port, "TELEMETRY_NODE_EXPORTER_PORT"),),
+            endpoint={"metrics": node_exporter.url(config) + "/metrics"},
+            supervised=True,
+        ),
+        Component(
             alertmanager.NAME,
             command=lambda: alertmanager.command(config),
             prepare=lambda: alertmanager.prepare(config),
@@ -360,7 +370,7 @@ def _front(config: StackConfig) -> list[Component]:
             ready=lambda: prometheus.ready(config),
             ports=((config.prometheus_port, "TELEMETRY_PROMETHEUS_PORT"),),
             endpoint={"url": prometheus.url(config)},
-            after=(ops_exporter.NAME, alertmanager.NAME),
+            after=(ops_exporter.NAME, alertmanager.NAME, node_exporter.NAME),
             # `up --api 3` on a running stack: the scrape targets follow the topology.
             on_ready=lambda: prometheus.follow(config),
             supervised=True,

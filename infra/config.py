@@ -81,6 +81,7 @@ class StackConfig(BaseSettings):
     prometheus_port: int = LOCAL_PROMETHEUS_PORT
     ops_exporter_port: int = 18091
     alertmanager_port: int = LOCAL_ALERTMANAGER_PORT
+    node_exporter_port: int = 18094
     # Where Alertmanager sends the alerts (docs/ops.md): warnings, and critical alerts too
     # unless the second is set (a pager's webhook). Unset: the alerts are kept in
     # Alertmanager (the ops page shows them) and sent nowhere.

@@ -34,6 +34,7 @@ DEBIAN_PACKAGES = {
     "nginx": Path("/usr/sbin/nginx"),
     "prometheus": Path("/usr/bin/prometheus"),
     "prometheus-alertmanager": Path("/usr/bin/prometheus-alertmanager"),
+    "prometheus-node-exporter": Path("/usr/bin/prometheus-node-exporter"),
     # PostgreSQL's failover (`up --postgres-ha`): Patroni and its store.
     "patroni": Path("/usr/bin/patroni"),
     "etcd-server": Path("/usr/bin/etcd"),

@@ -1,9 +1,9 @@
 """Prometheus (Debian's), started by the stack (docs/ops.md): it scrapes every service
 process, HAProxy's exporter, the ops exporter (consumer lag, dead letters, the replica's
-replay lag) and Alertmanager every few seconds, keeps a week, evaluates the alert rules in
-`infra/alerts/rules.yml` and sends what fires to Alertmanager (infra/alertmanager.py).
-Its scrape targets are written from the running topology and reloaded when `telemetry
-scale` changes it."""
+replay lag), Alertmanager and the machine (the node exporter) every few seconds, keeps a
+week, evaluates the alert rules in `infra/alerts/rules.yml` and sends what fires to
+Alertmanager (infra/alertmanager.py). Its scrape targets are written from the running
+topology and reloaded when `telemetry scale` changes it."""
 
 import shutil
 from pathlib import Path
@@ -26,6 +26,7 @@ RULE_TESTS = REPO_ROOT / "infra" / "alerts" / "rules_test.yml"
 OPS_EXPORTER_JOB = "ops-exporter"
 HAPROXY_JOB = "haproxy"
 ALERTMANAGER_JOB = "alertmanager"
+NODE_JOB = "node"
 
 
 def url(config: StackConfig) -> str:
@@ -61,6 +62,7 @@ def scrape_jobs(config: StackConfig) -> dict[str, list[tuple[str, str]]]:
     jobs[HAPROXY_JOB] = [(haproxy.NAME, f"127.0.0.1:{config.haproxy_stats_port}")]
     jobs[OPS_EXPORTER_JOB] = [(OPS_EXPORTER_JOB, f"127.0.0.1:{config.ops_exporter_port}")]
     jobs[ALERTMANAGER_JOB] = [(ALERTMANAGER_JOB, f"127.0.0.1:{config.alertmanager_port}")]
+    jobs[NODE_JOB] = [("node-exporter", f"127.0.0.1:{config.node_exporter_port}")]
     return jobs
 
 

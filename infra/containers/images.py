@@ -118,6 +118,7 @@ IMAGES = (
     Image("nginx"),
     Image("prometheus"),
     Image("alertmanager"),
+    Image("node-exporter"),
     Image("app", _app_inputs, _app_wheels),
 )
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from infra import alertmanager, components, prometheus
+from infra import alertmanager, components, node_exporter, prometheus
 from infra.config import StackConfig
 
 
@@ -82,3 +82,18 @@ def test_prometheus_sends_to_alertmanager_and_scrapes_it(tmp_path: Path) -> None
     assert alertmanager.NAME in listed[prometheus.NAME].after
     assert listed[alertmanager.NAME].supervised
     assert listed[alertmanager.NAME].command().image == "alertmanager"
+
+
+def test_the_node_exporter_is_scraped_and_reads_what_the_rules_need(tmp_path: Path) -> None:
+    config = StackConfig(state_dir=tmp_path, node_exporter_port=31901)
+    assert prometheus.scrape_jobs(config)[prometheus.NODE_JOB] == [
+        (node_exporter.NAME, "127.0.0.1:31901")
+    ]
+    command = node_exporter.command(config)
+    assert "--collector.filesystem" in command.argv and "--collector.meminfo" in command.argv
+    # In a container it sees the state dir's disk through this mount, read-only.
+    (mount,) = command.mounts
+    assert mount.path == node_exporter.disk_probe_dir(config) and not mount.writable
+    listed = {c.name: c for c in components.components(config, lambda _: None)}
+    assert listed[node_exporter.NAME].supervised
+    assert node_exporter.NAME in listed[prometheus.NAME].after

@@ -68,7 +68,8 @@ def test_compose_runs_every_component_of_up_but_the_supervisor(tmp_path: Path) -
     assert set(services) == {
         "config", "bootstrap", "kafka", "redis", "etcd", "postgres-1", "postgres-2",
         "haproxy-db", "pgbouncer", "ingest-1", "streams-1", "api-1", "photo-worker-1",
-        "notifier-1", "haproxy", "edge", "ops-exporter", "alertmanager", "prometheus",
+        "notifier-1", "haproxy", "edge", "ops-exporter", "node-exporter", "alertmanager",
+        "prometheus",
     }  # fmt: skip
     # The lighter layout's file: a primary and a replica instead.
     plain = compose.compose_document(scratch(tmp_path / "plain", postgres_ha=False))["services"]
