@@ -2,7 +2,8 @@
 which scrapes every process (docs/ops.md). Throughput, freshness (fix → stored,
 receipt → stored, fix → pushed), each service's request and 5xx rates, the view cache's hit
 ratio, notifier connections, the replica's replay lag, consumer lag, the last minutes as
-series for the ops page's charts; and from the stack's Alertmanager, the alerts it holds
+series for the ops page's charts, `telemetry doctor`'s findings (runtime/doctor.py); and
+from the stack's Alertmanager, the alerts it holds
 (firing, silenced or inhibited) and the silences set. With Alertmanager away, the alerts
 firing in Prometheus stand in, and the answer says so.
 
@@ -18,6 +19,7 @@ from typing import Any
 import httpx
 from pydantic import BaseModel
 
+from runtime import doctor
 from runtime.clock import Clock, SystemClock
 
 # Rates over a minute: recent enough to see a change, smooth enough to read.
@@ -258,10 +260,18 @@ class Overview(BaseModel):
     notifier: dict[str, float | None]
     replica: dict[str, float | None]
     consumer_lag: dict[str, dict[str, float | None]]
+    findings: list[dict[str, Any]]
     alerts: list[dict[str, Any]]
     silences: list[dict[str, Any]]
     alertmanager: dict[str, Any]
     series: dict[str, Any]
+
+
+async def _doctor_answers(prometheus: PrometheusClient) -> dict[str, doctor.Series]:
+    try:
+        return await doctor.ask(prometheus.url, prometheus.transport, prometheus.timeout_s)
+    except doctor.PrometheusUnanswered as exc:
+        raise PrometheusUnavailable(str(exc)) from exc
 
 
 async def _alerts(
@@ -304,6 +314,7 @@ async def overview(
             start = now - SERIES_WINDOW_S
             asked["series", name] = prometheus.query_range(client, expr, start, now, SERIES_STEP_S)
         asked["alerts", ""] = prometheus.alerts(client)
+        asked["doctor", ""] = _doctor_answers(prometheus)
         got = dict(zip(asked, await asyncio.gather(*asked.values()), strict=True))
     instant = {name: scalar(got["instant", name]) for name in INSTANT}
     labelled = {name: by_label(got["by", name], label) for name, (label, _) in BY_LABEL.items()}
@@ -336,6 +347,7 @@ async def overview(
             }
             for group, seconds in labelled["consumer_lag_s"].items()
         },
+        "findings": [f.as_dict() for f in doctor.diagnose(got["doctor", ""])],
         "series": {"window_s": SERIES_WINDOW_S, "step_s": SERIES_STEP_S}
         | {name: points(got["series", name]) for name in SERIES},
     } | await _alerts(alertmanager, got["alerts", ""])

@@ -227,6 +227,56 @@ def cmd_status(args: argparse.Namespace) -> int:
     return status_exit_code(components)
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from runtime import doctor
+
+    stack = _stack(StackConfig())
+    # The stack first: a component down explains most of what the metrics show.
+    findings = [
+        doctor.Finding(
+            "component-down",
+            doctor.CRITICAL,
+            f"{name} is not healthy",
+            f"`telemetry logs {name}`; the supervisor restarts a service that exits, so one "
+            "down for long cannot start (a dependency, a port, a setting).",
+            {"component": name, "pid": component.get("pid")},
+        )
+        for name, component in stack.status().items()
+        if component.get("required") and not component["healthy"]
+    ]
+    try:
+        answers = asyncio.run(doctor.ask(stack.config.prometheus_url))
+    except doctor.PrometheusUnanswered as exc:
+        findings.append(
+            doctor.Finding(
+                "prometheus-unanswered",
+                doctor.CRITICAL,
+                "Prometheus does not answer: the metrics cannot be read",
+                "`telemetry status` shows whether it runs; `telemetry logs prometheus`.",
+                {"error": str(exc)},
+            )
+        )
+    else:
+        findings += doctor.diagnose(answers)
+    if args.json:
+        sys.stdout.write(json.dumps({"findings": [f.as_dict() for f in findings]}, indent=2))
+        sys.stdout.write("\n")
+    elif not findings:
+        console.print("[green]healthy[/]: no known bottleneck in the live metrics")
+    else:
+        shown = Table(title="telemetry doctor", show_lines=True)
+        for column in ("severity", "finding", "evidence", "what to do"):
+            shown.add_column(column, overflow="fold")
+        for f in findings:
+            colour = "red" if f.severity == doctor.CRITICAL else "yellow"
+            evidence = ", ".join(f"{k} {v}" for k, v in f.evidence.items())
+            shown.add_row(f"[{colour}]{f.severity}[/]", f.summary, evidence, f.advice)
+        console.print(shown)
+    return doctor.exit_code(findings)
+
+
 def status_exit_code(components: dict[str, dict[str, Any]]) -> int:
     """1 when a component the platform needs is unhealthy; a stopped simulator is not one."""
     return 0 if all(c["healthy"] for c in components.values() if c.get("required")) else 1
@@ -622,7 +672,15 @@ def _stack_commands(sub: Any) -> None:
 
 
 def _tool_commands(sub: Any) -> None:
-    """Using it: simulate, bench, token, ops-url, watch."""
+    """Using it: doctor, simulate, bench, token, ops-url, watch."""
+    doctor = sub.add_parser(
+        "doctor",
+        help="name the bottleneck from the stack and its live metrics, with evidence and "
+        "advice (exit 0 healthy, 1 warnings, 2 critical)",
+    )
+    doctor.add_argument("--json", action="store_true", help="the findings as JSON")
+    doctor.set_defaults(func=cmd_doctor)
+
     sim = sub.add_parser("simulate", help="drive a simulated fleet against the running ingest")
     sim.add_argument("--drivers", type=int, default=100)
     sim.add_argument("--interval", type=float, default=4.0, help="seconds between fixes")

@@ -106,6 +106,22 @@ function showOverview(o) {
   text("connections", num(o.notifier.connections, 0));
   text("replica-lag", seconds(o.replica.lag_s));
 
+  // `telemetry doctor`'s findings: the bottleneck named, its evidence, what to do.
+  const findings = document.getElementById("finding-list");
+  findings.replaceChildren();
+  for (const f of o.findings) {
+    const li = document.createElement("li");
+    li.dataset.severity = f.severity;
+    const evidence = Object.entries(f.evidence).map(([k, v]) => `${k} ${v}`).join(", ");
+    li.textContent = `${f.severity}: ${f.summary} (${evidence}). ${f.advice}`;
+    findings.appendChild(li);
+  }
+  if (!o.findings.length) {
+    const li = document.createElement("li");
+    li.textContent = "no known bottleneck";
+    findings.appendChild(li);
+  }
+
   // Alertmanager's alerts (firing, silenced, inhibited), each with its runbook; while it
   // is away, Prometheus's firing alerts, and the page says so.
   const alerts = document.getElementById("alert-list");

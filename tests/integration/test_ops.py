@@ -3,6 +3,7 @@ request and process metrics and has the alert rules loaded; `GET /v1/ops/overvie
 pipeline up from it; the ops page, opened in headless Chromium through the URL `telemetry
 ops-url` prints, shows live lag, throughput and charts (a screenshot is kept)."""
 
+import json
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,6 +19,7 @@ from infra.config import REPO_ROOT
 from infra.stack import Stack
 from runtime.auth import issue_token
 from schemas.auth import Role
+from schemas.topics import STREAMS_GROUP
 from tests.support.driving import ping_at, post, wait_stored
 from tests.support.stack import wait_for
 
@@ -182,3 +184,32 @@ def test_the_ops_page_shows_live_lag_throughput_and_charts_in_chromium(
         finally:
             browser.close()
     assert Path(ARTIFACTS / "ops-page.png").stat().st_size > 10_000
+
+
+def test_doctor_names_a_stopped_stream_from_the_live_metrics(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("TELEMETRY_STATE_DIR", str(stack.config.state_dir))
+    driver = issue_token(
+        stack.config.jwt_private_key, sub=f"drv-{uuid.uuid4().hex[:6]}", role=Role.DRIVER
+    )
+    stack.stop("streams-1")
+    try:
+        post(stack.config, driver, [ping_at(datetime.now(UTC), 10.0 * i) for i in range(5)])
+
+        def found() -> tuple[int, dict[str, Any]] | None:
+            capsys.readouterr()
+            code = main(["doctor", "--json"])
+            body: dict[str, Any] = json.loads(capsys.readouterr().out)
+            named = [f["pattern"] for f in body["findings"]]
+            return (code, body) if "stream-stopped" in named else None
+
+        # The ops exporter looks every 5 s and Prometheus scrapes it every 5 s.
+        code, body = wait_for(found, timeout_s=90, interval_s=2)
+        assert code == 2  # critical
+        [stopped] = [f for f in body["findings"] if f["pattern"] == "stream-stopped"]
+        assert stopped["evidence"]["group"] == STREAMS_GROUP
+        assert stopped["evidence"]["records_waiting"] > 0
+        assert "telemetry up" in stopped["advice"]
+    finally:
+        stack.start("streams-1")

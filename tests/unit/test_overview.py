@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 
 from api import deps, ops_routes
 from api.overview import AlertmanagerClient, OverviewMonitor, PrometheusClient, overview
+from runtime import doctor
 from runtime.http import install_error_handlers
 from schemas.auth import Principal, Role
 
@@ -34,6 +35,8 @@ def prometheus(request: httpx.Request) -> httpx.Response:
         values = [[0.0, "1"], [15.0, "NaN"]]
         data = {"resultType": "matrix", "result": [{"metric": {}, "values": values}]}
         return httpx.Response(200, json={"status": "success", "data": data})
+    if query == doctor.QUERIES["machine_cpu_busy"]:
+        return httpx.Response(200, json=vector(({}, "0.95")))  # the doctor's one finding
     if "ingest_pings_accepted_total" in query:
         return httpx.Response(200, json=vector(({}, "48.5")))
     if "api_cache_requests_total" in query:
@@ -143,6 +146,7 @@ async def test_the_overview_takes_prometheus_answers_apart() -> None:
         "processes": 2,
     }
     assert body["services"]["api"]["error_ratio"] == 0.0
+    assert [f["pattern"] for f in body["findings"]] == ["machine-cpu-saturated"]
     assert body["series"]["pings_stored_per_s"] == [(0.0, 1.0), (15.0, None)]
 
 

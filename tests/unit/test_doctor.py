@@ -1,0 +1,157 @@
+"""`telemetry doctor`'s patterns on recorded Prometheus answers: each bottleneck named with
+its evidence, the healthy platform with none, and the exit code from the worst finding."""
+
+from typing import Any
+
+import httpx
+import pytest
+
+from runtime import doctor
+from runtime.doctor import CRITICAL, WARNING, Finding, diagnose, exit_code
+from schemas.topics import STREAMS_GROUP
+
+PARTITIONS = [str(p) for p in range(12)]
+
+
+def lag(seconds: list[float], group: str = STREAMS_GROUP) -> list[tuple[dict[str, str], float]]:
+    return [
+        ({"group": group, "topic": "pings.v1", "partition": p}, s)
+        for p, s in zip(PARTITIONS, seconds, strict=False)
+    ]
+
+
+def healthy(**changes: Any) -> dict[str, Any]:
+    """A platform keeping up: little lag, fast flushes, a warm cache, idle CPU."""
+    answers: dict[str, Any] = {
+        "partition_lag_s": lag([0.5] * 12),
+        "partition_lag_messages": [(labels, 3.0) for labels, _ in lag([0.0] * 12)],
+        "group_members": [({"group": STREAMS_GROUP}, 2.0)],
+        "flush_p99_s": [({}, 0.08)],
+        "batch_failures_per_s": [({}, 0.0)],
+        "replica_lag_s": [({}, 0.2)],
+        "replica_skipped_per_s": [({}, 0.0)],
+        "db_gate_refused_per_s": [({}, 0.0)],
+        "cache_requests_per_s": [({}, 40.0)],
+        "cache_hits_per_s": [({}, 36.0)],
+        "cache_failures_per_s": [({}, 0.0)],
+        "frontend_sessions": [({"proxy": "public"}, 120.0)],
+        "frontend_limit": [({"proxy": "public"}, 8000.0)],
+        "ingest_cpu": [({"process": "ingest-1"}, 0.3), ({"process": "ingest-2"}, 0.25)],
+        "ingest_refused_per_s": [({}, 0.0)],
+        "machine_cpu_busy": [({}, 0.45)],
+    }
+    return answers | changes
+
+
+def patterns(findings: list[Finding]) -> list[str]:
+    return [f.pattern for f in findings]
+
+
+def test_a_healthy_platform_has_no_finding_and_exits_0() -> None:
+    assert diagnose(healthy()) == []
+    assert exit_code([]) == 0
+
+
+def test_lag_on_every_partition_with_few_workers_asks_for_more_workers() -> None:
+    [found] = diagnose(healthy(partition_lag_s=lag([45.0] * 12)))
+    assert found.pattern == "stream-lag" and found.severity == WARNING
+    assert "telemetry scale streams 4" in found.advice  # twice the 2 members
+    assert found.evidence["members"] == 2.0 and found.evidence["worst_lag_s"] == 45.0
+    [critical] = diagnose(healthy(partition_lag_s=lag([150.0] * 12)))
+    assert critical.severity == CRITICAL
+    assert exit_code([found]) == 1 and exit_code([found, critical]) == 2
+
+
+def test_lag_with_a_worker_per_partition_points_past_the_workers() -> None:
+    answers = healthy(
+        partition_lag_s=lag([45.0] * 12), group_members=[({"group": STREAMS_GROUP}, 12.0)]
+    )
+    [found] = diagnose(answers)
+    assert "scale" not in found.advice and "past the workers" in found.advice
+
+
+def test_one_partition_far_behind_the_others_is_a_hot_key() -> None:
+    [found] = diagnose(healthy(partition_lag_s=lag([300.0] + [2.0] * 11)))
+    assert found.pattern == "stream-lag-hot-key" and found.severity == CRITICAL
+    assert found.evidence["worst_partition"] == "0" and found.evidence["median_lag_s"] == 2.0
+    assert "more workers do not help" in found.advice
+
+
+def test_a_group_with_no_consumer_and_records_waiting_is_stopped() -> None:
+    answers = healthy(group_members=[({"group": STREAMS_GROUP}, 0.0)])
+    [found] = diagnose(answers)
+    assert found.pattern == "stream-stopped" and found.severity == CRITICAL
+    assert found.evidence["records_waiting"] == 36.0
+
+
+def test_slow_flushes_while_lagging_are_the_database_bounding_writes() -> None:
+    answers = healthy(partition_lag_s=lag([45.0] * 12), flush_p99_s=[({}, 2.5)])
+    assert patterns(diagnose(answers)) == ["stream-lag", "database-bound-writes"]
+    # Slow flushes without lag are not (yet) a bottleneck.
+    assert diagnose(healthy(flush_p99_s=[({}, 2.5)])) == []
+    failing = diagnose(healthy(batch_failures_per_s=[({}, 0.2)]))
+    assert patterns(failing) == ["database-writes-failing"]
+    assert failing[0].severity == CRITICAL
+
+
+def test_the_read_path_lagging_replica_and_gate_refusals() -> None:
+    answers = healthy(
+        replica_lag_s=[({}, 12.0)],
+        replica_skipped_per_s=[({}, 3.0)],
+        db_gate_refused_per_s=[({}, 0.5)],
+    )
+    found = diagnose(answers)
+    assert patterns(found) == ["replica-lagging", "read-path-overloaded"]
+    assert found[0].evidence == {"replica_lag_s": 12.0, "reads_moved_per_s": 3.0}
+
+
+def test_a_cold_cache_under_traffic_and_a_failing_one() -> None:
+    [cold] = diagnose(healthy(cache_hits_per_s=[({}, 8.0)]))
+    assert cold.pattern == "cache-low-hit-ratio" and cold.evidence["hit_ratio"] == 0.2
+    # Little traffic says nothing of the ratio.
+    quiet = healthy(cache_requests_per_s=[({}, 0.2)], cache_hits_per_s=[({}, 0.0)])
+    assert diagnose(quiet) == []
+    [failing] = diagnose(healthy(cache_failures_per_s=[({}, 1.5)]))
+    assert failing.pattern == "cache-failing"
+
+
+def test_connections_near_a_frontend_s_limit() -> None:
+    [near] = diagnose(healthy(frontend_sessions=[({"proxy": "public"}, 7000.0)]))
+    assert near.pattern == "connections-near-limit" and near.severity == WARNING
+    [full] = diagnose(healthy(frontend_sessions=[({"proxy": "public"}, 8000.0)]))
+    assert full.severity == CRITICAL and full.evidence["proxy"] == "public"
+
+
+def test_ingest_saturated_or_refusing_and_the_machine_busy() -> None:
+    answers = healthy(
+        ingest_cpu=[({"process": "ingest-1"}, 0.97), ({"process": "ingest-2"}, 0.4)],
+        machine_cpu_busy=[({}, 0.95)],
+    )
+    found = diagnose(answers)
+    assert patterns(found) == ["ingest-saturated", "machine-cpu-saturated"]
+    assert found[0].evidence == {"cpu_cores_by_process": {"ingest-1": 0.97}}
+    [refusing] = diagnose(healthy(ingest_refused_per_s=[({}, 4.0)]))
+    assert refusing.pattern == "ingest-refusing" and refusing.severity == CRITICAL
+
+
+def test_missing_metrics_are_no_finding() -> None:
+    # A young stack, or a part not scraped yet: nothing to say, nothing invented.
+    assert diagnose({}) == []
+
+
+async def test_ask_reads_each_query_and_drops_non_finite_values() -> None:
+    def prometheus(request: httpx.Request) -> httpx.Response:
+        query = request.url.params["query"]
+        value = "NaN" if query == doctor.QUERIES["flush_p99_s"] else "1.5"
+        result = [{"metric": {"group": "g"}, "value": [0, value]}]
+        return httpx.Response(200, json={"status": "success", "data": {"result": result}})
+
+    answers = await doctor.ask("http://p", transport=httpx.MockTransport(prometheus))
+    assert set(answers) == set(doctor.QUERIES)
+    assert answers["flush_p99_s"] == [] and answers["replica_lag_s"] == [({"group": "g"}, 1.5)]
+
+    def refusing(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(400, json={"status": "error", "error": "parse error"})
+
+    with pytest.raises(doctor.PrometheusUnanswered, match="parse error"):
+        await doctor.ask("http://p", transport=httpx.MockTransport(refusing))
