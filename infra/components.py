@@ -10,6 +10,7 @@ from infra import (
     alertmanager,
     edge,
     etcd,
+    exporters,
     haproxy,
     haproxy_db,
     kafka,
@@ -344,6 +345,18 @@ def _front(config: StackConfig) -> list[Component]:
             endpoint={"metrics": ops_exporter.url(config) + "/metrics"},
             after=("kafka", "pgbouncer"),
             supervised=True,
+        ),
+        *(
+            Component(
+                exporter.name,
+                command=lambda exporter=exporter: exporter.command,  # type: ignore[misc]
+                ready=lambda exporter=exporter: exporters.ready(exporter),  # type: ignore[misc]
+                ports=((exporter.port, f"TELEMETRY_{exporter.job.upper()}_EXPORTER_PORT"),),
+                endpoint={"metrics": exporter.url + "/metrics"},
+                after=(exporter.after,),
+                supervised=True,
+            )
+            for exporter in exporters.exporters(config)
         ),
         Component(
             node_exporter.NAME,

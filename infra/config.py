@@ -74,6 +74,8 @@ class StackConfig(BaseSettings):
     notifier_port: int = default_of(NotifierSettings, "port")
     # The public port: nginx, the edge cache, in front of HAProxy (docs/edge.md).
     edge_port: int = 18080
+    # nginx's stub_status, for its exporter (loopback).
+    edge_status_port: int = 18083
     haproxy_port: int = 18081
     haproxy_stats_port: int = 18082  # its stats page (/) and Prometheus exporter (/metrics)
     # Ops (docs/ops.md): Prometheus, and the exporter of consumer lag, dead letters and
@@ -82,6 +84,11 @@ class StackConfig(BaseSettings):
     ops_exporter_port: int = 18091
     alertmanager_port: int = LOCAL_ALERTMANAGER_PORT
     node_exporter_port: int = 18094
+    # Debian's exporters of Redis, nginx and PostgreSQL (server N on postgres_exporter_port
+    # + N - 1: the primary and the replica, or Patroni's nodes).
+    redis_exporter_port: int = 18095
+    nginx_exporter_port: int = 18096
+    postgres_exporter_port: int = 18097
     # Where Alertmanager sends the alerts (docs/ops.md): warnings, and critical alerts too
     # unless the second is set (a pager's webhook). Unset: the alerts are kept in
     # Alertmanager (the ops page shows them) and sent nowhere.

@@ -102,7 +102,8 @@ events {{
 http {{
 {_http(config)}
 
-{_server(config)}}}
+{_server(config)}
+{_status_server(config)}}}
 """
 
 
@@ -159,6 +160,23 @@ def _http(config: StackConfig) -> str:
         # Shorter than HAProxy keeps them, so we are the side that closes an idle one.
         keepalive_timeout 30s;
     }}"""
+
+
+def _status_server(config: StackConfig) -> str:
+    """nginx's own counters (stub_status) for its exporter: loopback, apart from the public
+    port, so no client reaches them."""
+    return f"""\
+    server {{
+        listen 127.0.0.1:{config.edge_status_port};
+        access_log off;
+        location = /stub_status {{
+            stub_status;
+        }}
+        location / {{
+            return 404;
+        }}
+    }}
+"""
 
 
 def _server(config: StackConfig) -> str:

@@ -35,6 +35,9 @@ DEBIAN_PACKAGES = {
     "prometheus": Path("/usr/bin/prometheus"),
     "prometheus-alertmanager": Path("/usr/bin/prometheus-alertmanager"),
     "prometheus-node-exporter": Path("/usr/bin/prometheus-node-exporter"),
+    "prometheus-redis-exporter": Path("/usr/bin/prometheus-redis-exporter"),
+    "prometheus-nginx-exporter": Path("/usr/bin/prometheus-nginx-exporter"),
+    "prometheus-postgres-exporter": Path("/usr/bin/prometheus-postgres-exporter"),
     # PostgreSQL's failover (`up --postgres-ha`): Patroni and its store.
     "patroni": Path("/usr/bin/patroni"),
     "etcd-server": Path("/usr/bin/etcd"),

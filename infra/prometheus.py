@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import orjson
 
-from infra import haproxy, services
+from infra import exporters, haproxy, services
 from infra.config import REPO_ROOT, StackConfig
 from infra.launch import Command, Mount
 from infra.procs import PROMETHEUS_USER, StackError, own_tree, run
@@ -63,6 +63,8 @@ def scrape_jobs(config: StackConfig) -> dict[str, list[tuple[str, str]]]:
     jobs[OPS_EXPORTER_JOB] = [(OPS_EXPORTER_JOB, f"127.0.0.1:{config.ops_exporter_port}")]
     jobs[ALERTMANAGER_JOB] = [(ALERTMANAGER_JOB, f"127.0.0.1:{config.alertmanager_port}")]
     jobs[NODE_JOB] = [("node-exporter", f"127.0.0.1:{config.node_exporter_port}")]
+    for exporter in exporters.exporters(config):
+        jobs.setdefault(exporter.job, []).append((exporter.name, f"127.0.0.1:{exporter.port}"))
     return jobs
 
 

@@ -550,7 +550,8 @@ def scratch_config(prefix: str, **overrides: object) -> StackConfig:
         "ingest_port", "api_port", "streams_web_port", "photo_worker_port", "notifier_port",
         "edge_port", "haproxy_port", "haproxy_stats_port", "prometheus_port",
         "ops_exporter_port", "postgres_node_port", "patroni_port", "etcd_port",
-        "etcd_peer_port", "alertmanager_port", "node_exporter_port",
+        "etcd_peer_port", "alertmanager_port", "node_exporter_port", "edge_status_port",
+        "redis_exporter_port", "nginx_exporter_port", "postgres_exporter_port",
     )  # fmt: skip
     ports: dict[str, int] = {}
     taken: set[int] = set()

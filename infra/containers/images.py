@@ -119,6 +119,7 @@ IMAGES = (
     Image("prometheus"),
     Image("alertmanager"),
     Image("node-exporter"),
+    Image("exporters"),
     Image("app", _app_inputs, _app_wheels),
 )
 

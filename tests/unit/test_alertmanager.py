@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from infra import alertmanager, components, node_exporter, prometheus
 from infra.config import StackConfig
@@ -97,3 +98,28 @@ def test_the_node_exporter_is_scraped_and_reads_what_the_rules_need(tmp_path: Pa
     listed = {c.name: c for c in components.components(config, lambda _: None)}
     assert listed[node_exporter.NAME].supervised
     assert node_exporter.NAME in listed[prometheus.NAME].after
+
+
+@pytest.mark.parametrize("postgres_ha", [True, False])
+def test_every_postgresql_server_redis_and_nginx_have_their_exporter(
+    tmp_path: Path, postgres_ha: bool
+) -> None:
+    config = StackConfig(state_dir=tmp_path, postgres_ha=postgres_ha)
+    listed = {c.name: c for c in components.components(config, lambda _: None)}
+    servers = (
+        ["postgres-1", "postgres-2"] if postgres_ha else ["postgres-primary", "postgres-replica"]
+    )
+    for server in servers:
+        exporter = listed[f"{server}-exporter"]
+        assert exporter.after == (server,) and exporter.supervised
+        command = exporter.command()
+        # The server's own socket, as postgres: no password anywhere.
+        assert "host=" + str(command.mounts[0].path) in command.env["DATA_SOURCE_NAME"]
+    redis_exporter = listed["redis-exporter"].command()
+    password = (tmp_path / "redis" / "password").read_text().strip()
+    assert redis_exporter.env == {"REDIS_PASSWORD": password}
+    assert not any(password in arg for arg in redis_exporter.argv)  # not listable by ps
+    jobs = prometheus.scrape_jobs(config)
+    assert {name for name, _ in jobs["postgres"]} == {f"{s}-exporter" for s in servers}
+    assert [name for name, _ in jobs["redis"]] == ["redis-exporter"]
+    assert [name for name, _ in jobs["nginx"]] == ["nginx-exporter"]

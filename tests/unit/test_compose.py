@@ -68,14 +68,19 @@ def test_compose_runs_every_component_of_up_but_the_supervisor(tmp_path: Path) -
     assert set(services) == {
         "config", "bootstrap", "kafka", "redis", "etcd", "postgres-1", "postgres-2",
         "haproxy-db", "pgbouncer", "ingest-1", "streams-1", "api-1", "photo-worker-1",
-        "notifier-1", "haproxy", "edge", "ops-exporter", "node-exporter", "alertmanager",
+        "notifier-1", "haproxy", "edge", "ops-exporter", "redis-exporter", "nginx-exporter",
+        "postgres-1-exporter", "postgres-2-exporter", "node-exporter", "alertmanager",
         "prometheus",
     }  # fmt: skip
     # The lighter layout's file: a primary and a replica instead.
     plain = compose.compose_document(scratch(tmp_path / "plain", postgres_ha=False))["services"]
-    assert set(plain) == set(services) - {"etcd", "postgres-1", "postgres-2", "haproxy-db"} | {
+    patroni = {"etcd", "postgres-1", "postgres-2", "haproxy-db"}
+    patroni |= {"postgres-1-exporter", "postgres-2-exporter"}
+    assert set(plain) == set(services) - patroni | {
         "postgres-primary",
         "postgres-replica",
+        "postgres-primary-exporter",
+        "postgres-replica-exporter",
     }
     assert plain["config"]["command"][-2:] == ["config", "--no-postgres-ha"]
     assert plain["bootstrap"]["command"][-2:] == ["bootstrap", "--no-postgres-ha"]

@@ -91,6 +91,15 @@ def test_the_edge_caches_only_public_answers_to_anonymous_requests(tmp_path: Pat
     assert "user " not in text.split("worker_processes")[0]
 
 
+def test_nginx_s_counters_are_on_loopback_apart_from_the_public_port(tmp_path: Path) -> None:
+    cfg = config(tmp_path, edge_status_port=31883)
+    text = edge.render(cfg)
+    status = text.split("listen 127.0.0.1:31883;")[1].split("    }\n")[0]
+    assert "location = /stub_status {\n            stub_status;" in status
+    public = text.split(f"listen 127.0.0.1:{cfg.edge_port} ")[1]
+    assert "stub_status" not in public.split("listen 127.0.0.1:31883;")[0]
+
+
 def test_the_edge_runs_as_its_own_user_with_its_config_read_only(tmp_path: Path) -> None:
     command = edge.command(config(tmp_path))
     assert command.user == "www-data"
