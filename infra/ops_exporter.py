@@ -1,7 +1,8 @@
 """The ops exporter: a process of the stack that Prometheus scrapes for what no service
 process can say about itself (docs/ops.md): every consumer group's lag per partition,
 in messages and seconds, with its status over the last looks (the rules of `telemetry lag`),
-how many records the dead-letter topics hold, and the replica's replay lag.
+how many records the dead-letter topics hold, the replica's replay lag, and the age of the
+outbox's oldest unpublished event.
 
 It looks every `ops_exporter_interval_s` whatever the scrapes, so a partition's status is
 judged over evenly spaced looks; a look that fails is counted, and its gauges keep their
@@ -32,6 +33,12 @@ from schemas import topics
 
 NAME = "ops-exporter"
 REPLICA_DSN_ENV = "TELEMETRY_OPS_REPLICA_DSN"
+PRIMARY_DSN_ENV = "TELEMETRY_OPS_PRIMARY_DSN"
+# How long the oldest event the outbox has not published yet has waited (0 when none).
+OUTBOX_AGE = (
+    "SELECT coalesce(extract(epoch FROM now() - min(created_at)), 0) FROM outbox"
+    " WHERE sent_at IS NULL"
+)
 DEAD_LETTER_TOPICS = (topics.dlq(topics.PINGS), topics.dlq(topics.TASKS))
 log = logging.getLogger(NAME)
 
@@ -76,6 +83,11 @@ class OpsMetrics:
             "How far the replica's replay is behind the primary's commits",
             registry=registry,
         )
+        self.outbox_age = Gauge(
+            "telemetry_outbox_oldest_unsent_seconds",
+            "How long the oldest job event the relay has not published yet has waited",
+            registry=registry,
+        )
         self.success = Gauge(
             "telemetry_ops_look_success",
             "1 when the last look at the source succeeded",
@@ -88,7 +100,7 @@ class OpsMetrics:
             ["source"],
             registry=registry,
         )
-        for source in ("kafka", "replica"):
+        for source in ("kafka", "replica", "outbox"):
             self.failures.labels(source)
 
 
@@ -96,9 +108,12 @@ class Exporter:
     """Samples Kafka and the replica every interval into OpsMetrics; runs in the ops exporter's
     process, one sampling at a time."""
 
-    def __init__(self, config: StackConfig, metrics: OpsMetrics, replica_dsn: str) -> None:
+    def __init__(
+        self, config: StackConfig, metrics: OpsMetrics, replica_dsn: str, primary_dsn: str
+    ) -> None:
         self._config = config
         self._replica_dsn = replica_dsn
+        self._primary_dsn = primary_dsn
         self._metrics = metrics
         self._window = LagWindow(config.ops_exporter_window)
 
@@ -123,11 +138,17 @@ class Exporter:
             row = conn.execute(REPLICA_LAG).fetchone()
         self._metrics.replica_lag.set(float(row[0]) if row is not None else 0.0)
 
+    def look_at_outbox(self) -> None:
+        with psycopg.connect(self._primary_dsn, connect_timeout=3, autocommit=True) as conn:
+            row = conn.execute(OUTBOX_AGE).fetchone()
+        self._metrics.outbox_age.set(float(row[0]) if row is not None else 0.0)
+
     async def look_once(self) -> None:
         """One look at each source; a failure is counted and logged, never raised."""
         sources = {
             "kafka": self.look_at_kafka(),
             "replica": asyncio.to_thread(self.look_at_replica),
+            "outbox": asyncio.to_thread(self.look_at_outbox),
         }
         results = await asyncio.gather(*sources.values(), return_exceptions=True)
         for source, result in zip(sources, results, strict=True):
@@ -138,9 +159,11 @@ class Exporter:
                 log.warning("look at %s failed: %r", source, result)
 
 
-async def run(config: StackConfig, replica_dsn: str, stopping: asyncio.Event) -> None:
+async def run(
+    config: StackConfig, replica_dsn: str, primary_dsn: str, stopping: asyncio.Event
+) -> None:
     registry = CollectorRegistry()
-    exporter = Exporter(config, OpsMetrics(registry), replica_dsn)
+    exporter = Exporter(config, OpsMetrics(registry), replica_dsn, primary_dsn)
     start_http_server(config.ops_exporter_port, addr="127.0.0.1", registry=registry)
     log.info(
         "serving metrics on 127.0.0.1:%d; looking at Kafka and the replica every %g s",
@@ -165,13 +188,13 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging("INFO", NAME)
     config = StackConfig.model_validate_json(args.config.read_text())
     # From the stack, by env: this process's user cannot read the password files.
-    replica_dsn = os.environ[REPLICA_DSN_ENV]
+    replica_dsn, primary_dsn = os.environ[REPLICA_DSN_ENV], os.environ[PRIMARY_DSN_ENV]
 
     async def until_signalled() -> None:
         stopping = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             asyncio.get_running_loop().add_signal_handler(signum, stopping.set)
-        await run(config, replica_dsn, stopping)
+        await run(config, replica_dsn, primary_dsn, stopping)
 
     asyncio.run(until_signalled())
     return 0
@@ -183,7 +206,10 @@ def url(config: StackConfig) -> str:
 
 def command(config: StackConfig) -> Command:
     argv = [sys.executable, "-m", "infra.ops_exporter", str(supervisor.config_path(config))]
-    env = {REPLICA_DSN_ENV: postgres.dsn(config, "replica")}
+    env = {
+        REPLICA_DSN_ENV: postgres.dsn(config, "replica"),
+        PRIMARY_DSN_ENV: postgres.dsn(config, "primary"),
+    }
     mounts = (Mount(supervisor.config_path(config)),)
     return Command(NAME, "app", argv, env, REPO_ROOT, APP_USER, mounts)
 

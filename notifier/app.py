@@ -155,6 +155,7 @@ class Notifier:
             failed_lookups=FailedLookups(s.failed_share_lookups_per_s, s.failed_share_lookup_burst),
             budget=Budget(s.max_queued_bytes_total),
         )
+        self.metrics.watch(limits.budget)
         return _Parts(primary, replica, event_log, store, hub, resumer, limits)
 
     async def _session(self, parts: "_Parts", ws: ServerConnection) -> None:

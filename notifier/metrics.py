@@ -2,6 +2,8 @@
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from notifier.send_queue import Budget
+
 MESSAGE_KINDS = (
     "snapshot",
     "job.created",
@@ -50,6 +52,16 @@ class NotifierMetrics:
             "Connections closed because their unsent output passed the limit",
             registry=registry,
         )
+        self.queued_bytes = Gauge(
+            "notifier_queued_bytes",
+            "Bytes waiting in all the process's send queues together",
+            registry=registry,
+        )
+        self.queued_bytes_limit = Gauge(
+            "notifier_queued_bytes_limit",
+            "The process's bound on them: past it, the slowest connection is closed",
+            registry=registry,
+        )
         self.closes = Counter(
             "notifier_closes",
             "Connections the server closed, by close code",
@@ -90,6 +102,11 @@ class NotifierMetrics:
             ["op"],
             registry=registry,
         )
+
+    def watch(self, budget: Budget) -> None:
+        """The send queues' bytes, read from the process's budget at each scrape."""
+        self.queued_bytes.set_function(lambda: budget.used)
+        self.queued_bytes_limit.set(budget.limit)
 
     def count_sent(self, kind: str, delay_s: float | None) -> None:
         """A frame written; `delay_s` since its commit (an event) or fix (a position)."""

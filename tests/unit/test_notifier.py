@@ -13,10 +13,12 @@ import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
 
 from notifier.errors import BadMessage
 from notifier.frames import EventFrame, event_frame
-from notifier.send_queue import WRITE_NOW_BELOW_BYTES, SendQueue
+from notifier.metrics import NotifierMetrics
+from notifier.send_queue import WRITE_NOW_BELOW_BYTES, Budget, SendQueue
 from notifier.sequencing import Sequencer
 from notifier.session import _parse
 from schemas.jobs import JobEvent, JobStatus
@@ -611,3 +613,13 @@ async def test_the_live_reader_restarts_where_it_was_not_at_the_end() -> None:
     finally:
         task.cancel()
     assert consumers[1].sought == [(tp, 3)]  # not 5, the end it started at
+
+
+def test_the_send_queues_bytes_and_their_bound_are_scraped() -> None:
+    registry = CollectorRegistry()
+    metrics = NotifierMetrics(registry)
+    budget = Budget(1000)
+    metrics.watch(budget)
+    budget.used = 300  # what the queues hold now, read at each scrape
+    assert registry.get_sample_value("notifier_queued_bytes") == 300
+    assert registry.get_sample_value("notifier_queued_bytes_limit") == 1000
