@@ -2,7 +2,7 @@
 stub_status), and each PostgreSQL server (the primary and the replica, or every Patroni
 node). Each is a component of the stack, supervised and scraped (infra/prometheus.py), and
 the alert rules read them: connections near their limit, Redis's memory and evictions.
-PgBouncer's pools are not exported yet (docs/ops.md)."""
+PgBouncer's pools come from the ops exporter (its SHOW POOLS)."""
 
 from dataclasses import dataclass
 from pathlib import Path

@@ -1,8 +1,8 @@
 """The ops exporter: a process of the stack that Prometheus scrapes for what no service
 process can say about itself (docs/ops.md): every consumer group's lag per partition,
 in messages and seconds, with its status over the last looks (the rules of `telemetry lag`),
-how many records the dead-letter topics hold, the replica's replay lag, and the age of the
-outbox's oldest unpublished event.
+how many records the dead-letter topics hold, the replica's replay lag, the age of the
+outbox's oldest unpublished event, and PgBouncer's pools (its `SHOW POOLS`).
 
 It looks every `ops_exporter_interval_s` whatever the scrapes, so a partition's status is
 judged over evenly spaced looks; a look that fails is counted, and its gauges keep their
@@ -19,8 +19,9 @@ from pathlib import Path
 import httpx
 import psycopg
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from psycopg import ClientCursor
 
-from infra import postgres, supervisor
+from infra import pgbouncer, postgres, supervisor
 from infra.config import REPO_ROOT, StackConfig
 from infra.launch import Command, Mount
 from infra.procs import APP_USER
@@ -34,6 +35,8 @@ from schemas import topics
 NAME = "ops-exporter"
 REPLICA_DSN_ENV = "TELEMETRY_OPS_REPLICA_DSN"
 PRIMARY_DSN_ENV = "TELEMETRY_OPS_PRIMARY_DSN"
+PGBOUNCER_DSN_ENV = "TELEMETRY_OPS_PGBOUNCER_DSN"
+DSN_ENVS = (REPLICA_DSN_ENV, PRIMARY_DSN_ENV, PGBOUNCER_DSN_ENV)
 # How long the oldest event the outbox has not published yet has waited (0 when none).
 OUTBOX_AGE = (
     "SELECT coalesce(extract(epoch FROM now() - min(created_at)), 0) FROM outbox"
@@ -83,6 +86,23 @@ class OpsMetrics:
             "How far the replica's replay is behind the primary's commits",
             registry=registry,
         )
+        self.pgbouncer_clients = Gauge(
+            "telemetry_pgbouncer_clients",
+            "PgBouncer's client connections per database entry, active or waiting for a server",
+            ["database", "state"],
+            registry=registry,
+        )
+        self.pgbouncer_max_wait = Gauge(
+            "telemetry_pgbouncer_max_wait_seconds",
+            "How long the longest-waiting client of the entry has waited for a server",
+            ["database"],
+            registry=registry,
+        )
+        self.pgbouncer_client_limit = Gauge(
+            "telemetry_pgbouncer_max_client_connections",
+            "PgBouncer's max_client_conn",
+            registry=registry,
+        )
         self.outbox_age = Gauge(
             "telemetry_outbox_oldest_unsent_seconds",
             "How long the oldest job event the relay has not published yet has waited",
@@ -100,7 +120,7 @@ class OpsMetrics:
             ["source"],
             registry=registry,
         )
-        for source in ("kafka", "replica", "outbox"):
+        for source in ("kafka", "replica", "outbox", "pgbouncer"):
             self.failures.labels(source)
 
 
@@ -108,12 +128,11 @@ class Exporter:
     """Samples Kafka and the replica every interval into OpsMetrics; runs in the ops exporter's
     process, one sampling at a time."""
 
-    def __init__(
-        self, config: StackConfig, metrics: OpsMetrics, replica_dsn: str, primary_dsn: str
-    ) -> None:
+    def __init__(self, config: StackConfig, metrics: OpsMetrics, dsns: dict[str, str]) -> None:
         self._config = config
-        self._replica_dsn = replica_dsn
-        self._primary_dsn = primary_dsn
+        self._replica_dsn = dsns[REPLICA_DSN_ENV]
+        self._primary_dsn = dsns[PRIMARY_DSN_ENV]
+        self._pgbouncer_dsn = dsns[PGBOUNCER_DSN_ENV]
         self._metrics = metrics
         self._window = LagWindow(config.ops_exporter_window)
 
@@ -138,6 +157,24 @@ class Exporter:
             row = conn.execute(REPLICA_LAG).fetchone()
         self._metrics.replica_lag.set(float(row[0]) if row is not None else 0.0)
 
+    def look_at_pgbouncer(self) -> None:
+        # Its admin console speaks the simple query protocol only: client-side binding.
+        with psycopg.connect(
+            self._pgbouncer_dsn, connect_timeout=3, autocommit=True, cursor_factory=ClientCursor
+        ) as conn:
+            pools = conn.execute("SHOW POOLS")
+            names = [column.name for column in pools.description or ()]
+            rows = [dict(zip(names, row, strict=True)) for row in pools.fetchall()]
+            settings = {row[0]: row[1] for row in conn.execute("SHOW CONFIG").fetchall()}
+        m = self._metrics
+        for row in rows:
+            database = str(row["database"])
+            m.pgbouncer_clients.labels(database, "active").set(float(row["cl_active"]))
+            m.pgbouncer_clients.labels(database, "waiting").set(float(row["cl_waiting"]))
+            waited = float(row["maxwait"]) + float(row.get("maxwait_us", 0)) / 1e6
+            m.pgbouncer_max_wait.labels(database).set(waited)
+        m.pgbouncer_client_limit.set(float(settings["max_client_conn"]))
+
     def look_at_outbox(self) -> None:
         with psycopg.connect(self._primary_dsn, connect_timeout=3, autocommit=True) as conn:
             row = conn.execute(OUTBOX_AGE).fetchone()
@@ -149,6 +186,7 @@ class Exporter:
             "kafka": self.look_at_kafka(),
             "replica": asyncio.to_thread(self.look_at_replica),
             "outbox": asyncio.to_thread(self.look_at_outbox),
+            "pgbouncer": asyncio.to_thread(self.look_at_pgbouncer),
         }
         results = await asyncio.gather(*sources.values(), return_exceptions=True)
         for source, result in zip(sources, results, strict=True):
@@ -159,11 +197,9 @@ class Exporter:
                 log.warning("look at %s failed: %r", source, result)
 
 
-async def run(
-    config: StackConfig, replica_dsn: str, primary_dsn: str, stopping: asyncio.Event
-) -> None:
+async def run(config: StackConfig, dsns: dict[str, str], stopping: asyncio.Event) -> None:
     registry = CollectorRegistry()
-    exporter = Exporter(config, OpsMetrics(registry), replica_dsn, primary_dsn)
+    exporter = Exporter(config, OpsMetrics(registry), dsns)
     start_http_server(config.ops_exporter_port, addr="127.0.0.1", registry=registry)
     log.info(
         "serving metrics on 127.0.0.1:%d; looking at Kafka and the replica every %g s",
@@ -188,13 +224,15 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging("INFO", NAME)
     config = StackConfig.model_validate_json(args.config.read_text())
     # From the stack, by env: this process's user cannot read the password files.
-    replica_dsn, primary_dsn = os.environ[REPLICA_DSN_ENV], os.environ[PRIMARY_DSN_ENV]
+    dsns = {
+        name: os.environ[name] for name in (REPLICA_DSN_ENV, PRIMARY_DSN_ENV, PGBOUNCER_DSN_ENV)
+    }
 
     async def until_signalled() -> None:
         stopping = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             asyncio.get_running_loop().add_signal_handler(signum, stopping.set)
-        await run(config, replica_dsn, primary_dsn, stopping)
+        await run(config, dsns, stopping)
 
     asyncio.run(until_signalled())
     return 0
@@ -209,6 +247,10 @@ def command(config: StackConfig) -> Command:
     env = {
         REPLICA_DSN_ENV: postgres.dsn(config, "replica"),
         PRIMARY_DSN_ENV: postgres.dsn(config, "primary"),
+        # Its admin console, as the app's user (PgBouncer's `stats_users`).
+        PGBOUNCER_DSN_ENV: pgbouncer.dsn(config, read_only=False).replace(
+            f"dbname={pgbouncer.READ_WRITE_DB} ", "dbname=pgbouncer "
+        ),
     }
     mounts = (Mount(supervisor.config_path(config)),)
     return Command(NAME, "app", argv, env, REPO_ROOT, APP_USER, mounts)
