@@ -67,6 +67,7 @@ class Notifier:
         self.settings = settings
         self.registry = registry
         self.metrics = NotifierMetrics(registry)
+        self.metrics.connections_limit.set(settings.max_connections)
         self.requests = RequestMetrics(registry)
         process_metrics(registry)
         self.sessions: set[Session] = set()

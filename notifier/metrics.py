@@ -25,6 +25,11 @@ class NotifierMetrics:
         self.connections = Gauge(
             "notifier_connections", "Open WebSocket connections", registry=registry
         )
+        self.connections_limit = Gauge(
+            "notifier_connections_limit",
+            "Connections the process takes at most (past it, new ones are refused)",
+            registry=registry,
+        )
         self.subscriptions = Gauge(
             "notifier_subscriptions", "Job subscriptions of the open connections", registry=registry
         )
