@@ -623,4 +623,3 @@ def test_the_send_queues_bytes_and_their_bound_are_scraped() -> None:
     budget.used = 300  # what the queues hold now, read at each scrape
     assert registry.get_sample_value("notifier_queued_bytes") == 300
     assert registry.get_sample_value("notifier_queued_bytes_limit") == 1000
-
