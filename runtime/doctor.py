@@ -11,7 +11,8 @@ pattern is tested on recorded answers. The patterns:
 - the read path: the replica lagging past the api's limit, reads moved to the primary, the
   api's database gate refusing reads;
 - the view cache: a low hit ratio under traffic, or Redis failing it;
-- connections near their limit at the edge (HAProxy's frontends);
+- connections near their limit at any tier: HAProxy's frontends, PostgreSQL's servers,
+  PgBouncer (and its clients waiting for a server), the notifier's processes;
 - ingest saturated (a process near a whole core) or refusing pings (Kafka away);
 - the machine's CPU near saturation."""
 
@@ -58,6 +59,17 @@ QUERIES: dict[str, str] = {
     "cache_failures_per_s": "sum(rate(api_cache_unavailable_total[5m]))",
     "frontend_sessions": "max by (proxy) (haproxy_frontend_current_sessions)",
     "frontend_limit": "max by (proxy) (haproxy_frontend_limit_sessions)",
+    # Every other tier's connections as a share of its limit, by what holds them.
+    "postgres_connections_used": (
+        "sum by (process) (pg_stat_activity_count) / max by (process) (pg_settings_max_connections)"
+    ),
+    "pgbouncer_clients_used": (
+        "sum(telemetry_pgbouncer_clients) / max(telemetry_pgbouncer_max_client_connections)"
+    ),
+    "pgbouncer_wait_s": "max by (database) (telemetry_pgbouncer_max_wait_seconds)",
+    "notifier_connections_used": (
+        "max by (process) (notifier_connections / notifier_connections_limit)"
+    ),
     "ingest_cpu": 'rate(process_cpu_seconds_total{job="ingest"}[1m])',
     "ingest_refused_per_s": "sum(rate(ingest_unavailable_total[5m]))",
     "machine_cpu_busy": '1 - avg(rate(node_cpu_seconds_total{mode="idle"}[1m]))',
@@ -303,9 +315,55 @@ def _cache(answers: Mapping[str, Series]) -> list[Finding]:
     return []
 
 
+# (query, the label naming what holds them, the tier, what to do near the limit)
+TIERS = (
+    (
+        "postgres_connections_used", "process", "PostgreSQL",
+        "Connections from outside PgBouncer, or idle in a transaction: see the "
+        "PostgresConnectionsNearLimit runbook.",
+    ),
+    (
+        "pgbouncer_clients_used", "", "PgBouncer",
+        "More client connections than its max_client_conn allows soon: see the "
+        "PgBouncerConnectionsNearLimit runbook.",
+    ),
+    (
+        "notifier_connections_used", "process", "the notifier",
+        "`telemetry scale notifier N`, with HAProxy's notifier budget.",
+    ),
+)  # fmt: skip
+
+
 def _connections(answers: Mapping[str, Series]) -> list[Finding]:
     limits = by(answers, "frontend_limit", "proxy")
     findings = []
+    for query, label, tier, advice in TIERS:
+        for labels, used in answers.get(query, ()):
+            if used >= CONNECTIONS_NEAR:
+                holder = labels.get(label, "") if label else ""
+                findings.append(
+                    Finding(
+                        "connections-near-limit",
+                        CRITICAL if used >= 1 else WARNING,
+                        f"{tier}{f' ({holder})' if holder else ''} uses {used:.0%} of its "
+                        "connections",
+                        advice,
+                        {"tier": tier, "holder": holder, "used": round(used, 3)},
+                    )
+                )
+    for labels, waited in answers.get("pgbouncer_wait_s", ()):
+        if waited >= 1.0:
+            findings.append(
+                Finding(
+                    "pgbouncer-clients-waiting",
+                    WARNING,
+                    f"clients of PgBouncer's {labels.get('database', '')} wait {waited:.1f} s "
+                    "for a server",
+                    "Its pool's servers are all busy: slow transactions, or a pool too small "
+                    "(the PgBouncerClientsWaiting runbook).",
+                    {"database": labels.get("database", ""), "max_wait_s": round(waited, 2)},
+                )
+            )
     for proxy, current in sorted(by(answers, "frontend_sessions", "proxy").items()):
         limit = limits.get(proxy)
         if limit and current / limit >= CONNECTIONS_NEAR:

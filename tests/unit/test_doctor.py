@@ -122,6 +122,21 @@ def test_connections_near_a_frontend_s_limit() -> None:
     assert full.severity == CRITICAL and full.evidence["proxy"] == "public"
 
 
+def test_connections_near_the_limit_at_every_tier_and_pgbouncer_s_waits() -> None:
+    answers = healthy(
+        postgres_connections_used=[({"process": "postgres-1-exporter"}, 0.85)],
+        pgbouncer_clients_used=[({}, 1.0)],
+        notifier_connections_used=[({"process": "notifier-1"}, 0.3)],
+        pgbouncer_wait_s=[({"database": "telemetry_bounded"}, 2.5), ({"database": "x"}, 0.0)],
+    )
+    found = diagnose(answers)
+    tiers = [(f.evidence.get("tier"), f.severity) for f in found]
+    assert tiers == [("PostgreSQL", WARNING), ("PgBouncer", CRITICAL), (None, WARNING)]
+    assert found[0].evidence["holder"] == "postgres-1-exporter"
+    assert found[2].pattern == "pgbouncer-clients-waiting"
+    assert found[2].evidence == {"database": "telemetry_bounded", "max_wait_s": 2.5}
+
+
 def test_ingest_saturated_or_refusing_and_the_machine_busy() -> None:
     answers = healthy(
         ingest_cpu=[({"process": "ingest-1"}, 0.97), ({"process": "ingest-2"}, 0.4)],
