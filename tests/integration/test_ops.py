@@ -14,7 +14,7 @@ import pytest
 from playwright.sync_api import Page, sync_playwright
 
 from cli.main import main
-from infra import services
+from infra import exporters, prometheus, services
 from infra.config import REPO_ROOT
 from infra.stack import Stack
 from runtime.auth import issue_token
@@ -54,11 +54,31 @@ def test_prometheus_scrapes_every_process_with_request_and_process_metrics(stack
     pings_stored(stack, 3)
     processes = {spec.name for spec in services.specs(stack.config)}
 
+    # Every target: our processes, HAProxy, the ops exporter, Alertmanager, the node
+    # exporter, and Debian's exporters of Redis, nginx and each PostgreSQL server.
+    targets = {name for job in prometheus.scrape_jobs(stack.config).values() for name, _ in job}
+    assert {"redis-exporter", "nginx-exporter", "node-exporter", "alertmanager"} <= targets
+
     def all_up() -> set[str] | None:
         up = {r["metric"]["process"] for r in query(stack, "up == 1")}
-        return up if processes | {"haproxy", "ops-exporter"} <= up else None
+        return up if targets <= up else None
 
     wait_for(all_up, timeout_s=60)
+    # Each exporter reaches what it exports, and the ops exporter PgBouncer's pools.
+    reached = {
+        "pg_up == 1": len(exporters.postgres_servers(stack.config)),
+        "redis_up == 1": 1,
+        "nginx_up == 1": 1,
+        'node_filesystem_size_bytes{job="node"} > 0': 1,
+        "telemetry_pgbouncer_max_client_connections > 0": 1,
+        "telemetry_outbox_oldest_unsent_seconds >= 0": 1,
+    }
+    for expr, count in reached.items():
+
+        def found(expr: str = expr, count: int = count) -> bool | None:
+            return len(query(stack, expr)) >= count or None
+
+        wait_for(found, timeout_s=60)
     # Every service process counts its requests by route and status (Prometheus's own
     # scrapes of /metrics at least), and exports its process metrics.
     counted = {r["metric"]["process"] for r in query(stack, "http_requests_total")}
