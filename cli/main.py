@@ -246,8 +246,11 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         for name, component in stack.status().items()
         if component.get("required") and not component["healthy"]
     ]
+    # The running Prometheus's own record: the port it was started on.
+    running = stack.records.get("prometheus")
+    url = running.endpoint["url"] if running is not None else stack.config.prometheus_url
     try:
-        answers = asyncio.run(doctor.ask(stack.config.prometheus_url))
+        answers = asyncio.run(doctor.ask(url))
     except doctor.PrometheusUnanswered as exc:
         findings.append(
             doctor.Finding(

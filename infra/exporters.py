@@ -61,22 +61,32 @@ def _nginx(config: StackConfig) -> Exporter:
     return Exporter(name, "nginx", config.nginx_exporter_port, command, "edge")
 
 
-def postgres_servers(config: StackConfig) -> list[tuple[str, Path]]:
-    """(the server's component, its private socket dir) for every PostgreSQL server."""
+def postgres_servers(config: StackConfig) -> list[tuple[str, Path, int]]:
+    """(the server's component, its private socket dir, its port) for every PostgreSQL
+    server: the socket's name carries the port."""
     if config.postgres_ha:
-        return [(f"postgres-{n}", postgres.node_socket_dir(config, n)) for n in postgres.ha_nodes()]
-    return [(f"postgres-{r}", postgres.socket_dir(config, r)) for r in ("primary", "replica")]
+        return [
+            (f"postgres-{n}", postgres.node_socket_dir(config, n), postgres.node_port(config, n))
+            for n in postgres.ha_nodes()
+        ]
+    return [
+        (f"postgres-{r}", postgres.socket_dir(config, r), postgres.port(config, r))
+        for r in ("primary", "replica")
+    ]
 
 
 def _postgres(config: StackConfig) -> list[Exporter]:
     exporters = []
-    for index, (server, sockets) in enumerate(postgres_servers(config)):
+    for index, (server, sockets, server_port) in enumerate(postgres_servers(config)):
         name = f"{server}-exporter"
         port = config.postgres_exporter_port + index
         argv = [POSTGRES_BINARY, f"--web.listen-address=127.0.0.1:{port}"]
         # As the postgres user on the server's own socket (local trust): no password, and
         # what it reads (pg_stat_*) needs the superuser's view.
-        dsn = f"host={sockets} user={postgres.SUPERUSER} dbname=postgres sslmode=disable"
+        dsn = (
+            f"host={sockets} port={server_port} user={postgres.SUPERUSER} dbname=postgres"
+            " sslmode=disable"
+        )
         command = Command(
             name, IMAGE, argv, {"DATA_SOURCE_NAME": dsn}, user=DATABASE_USER,
             mounts=(Mount(sockets, writable=True),),

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
-from infra import alertmanager, components, node_exporter, prometheus
+from infra import alertmanager, components, exporters, node_exporter, prometheus
 from infra.config import StackConfig
 
 
@@ -109,12 +109,21 @@ def test_every_postgresql_server_redis_and_nginx_have_their_exporter(
     servers = (
         ["postgres-1", "postgres-2"] if postgres_ha else ["postgres-primary", "postgres-replica"]
     )
-    for server in servers:
+    assert [name for name, _, _ in exporters.postgres_servers(config)] == servers
+    for server, sockets, port in exporters.postgres_servers(config):
         exporter = listed[f"{server}-exporter"]
         assert exporter.after == (server,) and exporter.supervised
         command = exporter.command()
-        # The server's own socket, as postgres: no password anywhere.
-        assert "host=" + str(command.mounts[0].path) in command.env["DATA_SOURCE_NAME"]
+        # The server's own socket (its name carries the port), as postgres: no password.
+        assert command.mounts[0].path == sockets
+        assert f"host={sockets} port={port} user=postgres" in command.env["DATA_SOURCE_NAME"]
+    ports = {port for _, _, port in exporters.postgres_servers(config)}
+    expected = (
+        {config.postgres_node_port, config.postgres_node_port + 1}
+        if postgres_ha
+        else {config.postgres_primary_port, config.postgres_replica_port}
+    )
+    assert ports == expected
     redis_exporter = listed["redis-exporter"].command()
     password = (tmp_path / "redis" / "password").read_text().strip()
     assert redis_exporter.env == {"REDIS_PASSWORD": password}
