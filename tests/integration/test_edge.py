@@ -514,6 +514,7 @@ def tiers_beside(stack: Stack, **settings: int) -> Iterator[StackConfig]:
         "haproxy_port": free_port(),
         "haproxy_stats_port": free_port(),
         "edge_port": free_port(),
+        "edge_status_port": free_port(),
     }
     config = stack.config.model_copy(update={"state_dir": scratch, **ports, **settings})
     config.run_dir.mkdir(parents=True)
