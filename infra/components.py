@@ -351,6 +351,7 @@ def _front(config: StackConfig) -> list[Component]:
                 exporter.name,
                 command=lambda exporter=exporter: exporter.command,  # type: ignore[misc]
                 ready=lambda exporter=exporter: exporters.ready(exporter),  # type: ignore[misc]
+                prepare=exporter.prepare,
                 ports=((exporter.port, f"TELEMETRY_{exporter.job.upper()}_EXPORTER_PORT"),),
                 endpoint={"metrics": exporter.url + "/metrics"},
                 after=(exporter.after,),

@@ -2,8 +2,14 @@
 stub_status), and each PostgreSQL server (the primary and the replica, or every Patroni
 node). Each is a component of the stack, supervised and scraped (infra/prometheus.py), and
 the alert rules read them: connections near their limit, Redis's memory and evictions.
-PgBouncer's pools come from the ops exporter (its SHOW POOLS)."""
+PgBouncer's pools come from the ops exporter (its SHOW POOLS).
 
+The PostgreSQL exporter also runs two queries of ours (QUERIES): the backends waiting for a
+lock, and the server's own CPU time, which `telemetry doctor` gives as evidence when the
+database bounds the stream's writes."""
+
+import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +25,61 @@ REDIS_BINARY = "/usr/bin/prometheus-redis-exporter"
 NGINX_BINARY = "/usr/bin/prometheus-nginx-exporter"
 POSTGRES_BINARY = "/usr/bin/prometheus-postgres-exporter"
 
+# The server's CPU seconds: its live processes' (every one in pg_stat_activity, background
+# workers included) plus the postmaster's own and its reaped children's, read from /proc by
+# the server itself (so it is the server's /proc under either runtime). A backend ending
+# moves its time from one sum to the other: a counter. /proc counts in USER_HZ, which Linux
+# fixes at 100 for user space.
+SERVER_CPU = """
+WITH postmaster AS (
+  SELECT split_part(pg_read_file('postmaster.pid'), E'\\n', 1)::int AS pid
+), stat AS (
+  SELECT string_to_array(
+      split_part(pg_read_file('/proc/' || pid || '/stat', 0, 4096, true), ') ', 2), ' '
+    ) AS f, pid = (SELECT pid FROM postmaster) AS main
+  FROM (SELECT pid FROM pg_stat_activity UNION SELECT pid FROM postmaster) AS processes
+)
+SELECT coalesce(sum(
+    f[12]::bigint + f[13]::bigint + CASE WHEN main THEN f[14]::bigint + f[15]::bigint ELSE 0 END
+  ), 0) / 100.0 AS seconds_total
+FROM stat WHERE f IS NOT NULL
+"""
+
+# Backends waiting for a lock now, and the longest such wait (its statement's age, which
+# bounds it from above: the wait began after the statement did).
+LOCK_WAITS = """
+SELECT count(*) AS waiting,
+  coalesce(extract(epoch FROM max(now() - query_start)), 0) AS longest_seconds
+FROM pg_stat_activity WHERE wait_event_type = 'Lock'
+"""
+
+# postgres_exporter's --extend.query-path format: the metric is <name>_<column>.
+QUERIES = {
+    "pg_server_cpu": {
+        "query": SERVER_CPU,
+        "metrics": [
+            {
+                "seconds_total": {
+                    "usage": "COUNTER",
+                    "description": "CPU seconds used by the server's processes",
+                }
+            }
+        ],
+    },
+    "pg_lock_waits": {
+        "query": LOCK_WAITS,
+        "metrics": [
+            {"waiting": {"usage": "GAUGE", "description": "Backends waiting for a lock"}},
+            {
+                "longest_seconds": {
+                    "usage": "GAUGE",
+                    "description": "Age of the oldest statement waiting for a lock",
+                }
+            },
+        ],
+    },
+}
+
 
 @dataclass(frozen=True)
 class Exporter:
@@ -30,6 +91,8 @@ class Exporter:
     command: Command
     # What it exports: ready only once that answers it.
     after: str
+    # What it reads, written before it starts.
+    prepare: Callable[[], None] = lambda: None
 
     @property
     def url(self) -> str:
@@ -75,12 +138,30 @@ def postgres_servers(config: StackConfig) -> list[tuple[str, Path, int]]:
     ]
 
 
+def queries_dir(config: StackConfig) -> Path:
+    return config.run_dir / "postgres-exporter.d"
+
+
+def queries_path(config: StackConfig) -> Path:
+    return queries_dir(config) / "queries.yml"
+
+
+def write_queries(config: StackConfig) -> None:
+    queries_dir(config).mkdir(parents=True, exist_ok=True)
+    # JSON is YAML.
+    queries_path(config).write_text(json.dumps(QUERIES, indent=2) + "\n")
+
+
 def _postgres(config: StackConfig) -> list[Exporter]:
     exporters = []
     for index, (server, sockets, server_port) in enumerate(postgres_servers(config)):
         name = f"{server}-exporter"
         port = config.postgres_exporter_port + index
-        argv = [POSTGRES_BINARY, f"--web.listen-address=127.0.0.1:{port}"]
+        argv = [
+            POSTGRES_BINARY,
+            f"--web.listen-address=127.0.0.1:{port}",
+            f"--extend.query-path={queries_path(config)}",
+        ]
         # As the postgres user on the server's own socket (local trust): no password, and
         # what it reads (pg_stat_*) needs the superuser's view.
         dsn = (
@@ -89,9 +170,11 @@ def _postgres(config: StackConfig) -> list[Exporter]:
         )
         command = Command(
             name, IMAGE, argv, {"DATA_SOURCE_NAME": dsn}, user=DATABASE_USER,
-            mounts=(Mount(sockets, writable=True),),
+            mounts=(Mount(sockets, writable=True), Mount(queries_dir(config))),
         )  # fmt: skip
-        exporters.append(Exporter(name, "postgres", port, command, server))
+        exporters.append(
+            Exporter(name, "postgres", port, command, server, lambda: write_queries(config))
+        )
     return exporters
 
 

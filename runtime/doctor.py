@@ -7,7 +7,9 @@ pattern is tested on recorded answers. The patterns:
 
 - stream lag by partition: with skew (a hot key), without (too few workers, up to the
   partition count), or no consumer at all;
-- the database bound on writes: the stream's flushes slow or failing while it lags;
+- the database bound on writes: the stream's flushes slow or failing while it lags, with
+  PostgreSQL's CPU and lock waits (the postgres exporter's queries, infra/exporters.py) to
+  tell a busy server from a blocked one; and backends waiting long for a lock on their own;
 - the read path: the replica lagging past the api's limit, reads moved to the primary, the
   api's database gate refusing reads;
 - the view cache: a low hit ratio under traffic, or Redis failing it;
@@ -40,6 +42,8 @@ HIT_RATIO_LOW = 0.5
 CACHE_TRAFFIC_PER_S = 1.0
 CONNECTIONS_NEAR = 0.8
 CPU_NEAR = 0.9
+LOCK_WAIT_S = 5.0  # five times the migrations' lock_timeout: no migration holds one so long
+DATABASE_CPU_SHARE = 0.5  # a server using half the machine's cores bounds it on CPU
 
 QUERIES: dict[str, str] = {
     "partition_lag_s": "max by (group, topic, partition) (telemetry_consumer_lag_seconds)",
@@ -51,6 +55,10 @@ QUERIES: dict[str, str] = {
         "histogram_quantile(0.99, sum by (le) (rate(streams_flush_seconds_bucket[5m])))"
     ),
     "batch_failures_per_s": "sum(rate(streams_batch_failures_total[5m]))",
+    "postgres_cpu_cores": "max by (process) (rate(pg_server_cpu_seconds_total[1m]))",
+    "lock_waiting": "max by (process) (pg_lock_waits_waiting)",
+    "lock_wait_longest_s": "max by (process) (max_over_time(pg_lock_waits_longest_seconds[5m]))",
+    "machine_cores": 'count(node_cpu_seconds_total{mode="idle"})',
     "replica_lag_s": "max(telemetry_replica_replay_lag_seconds)",
     "replica_skipped_per_s": "sum(rate(api_replica_skipped_total[5m]))",
     "db_gate_refused_per_s": "sum(rate(api_db_saturated_total[5m]))",
@@ -226,8 +234,11 @@ def _database(answers: Mapping[str, Series]) -> list[Finding]:
         if labels.get("group") == STREAMS_GROUP
     ]
     lagging = max(stream_lags, default=0.0) >= LAG_WARN_S
+    cpu = {p: round(v, 2) for p, v in by(answers, "postgres_cpu_cores", "process").items()}
+    locks = by(answers, "lock_wait_longest_s", "process")
+    findings = _lock_waits(answers, locks)
     if failures > 0:
-        return [
+        findings.append(
             Finding(
                 "database-writes-failing",
                 CRITICAL,
@@ -237,21 +248,70 @@ def _database(answers: Mapping[str, Series]) -> list[Finding]:
                 "failover takes about 15 s and ends by itself.",
                 {"batch_failures_per_s": round(failures, 3), "flush_p99_s": flush},
             )
-        ]
-    if flush is not None and flush >= FLUSH_SLOW_S and lagging:
-        return [
-            Finding(
-                "database-bound-writes",
-                WARNING,
-                f"the stream lags and its flushes take {flush:.2f} s (p99): the database "
-                "bounds the writes",
-                "More workers will not help: look at PostgreSQL's CPU and lock waits "
-                "(`log_lock_waits`, `pg_stat_statements`; `telemetry bench drain` shows "
-                "where a flush's time goes), and at what else writes at the same time.",
-                {"flush_p99_s": round(flush, 3)},
-            )
-        ]
-    return []
+        )
+    elif flush is not None and flush >= FLUSH_SLOW_S and lagging:
+        findings.append(_database_bound(flush, cpu, locks, scalar(answers, "machine_cores")))
+    return findings
+
+
+def _database_bound(
+    flush: float, cpu: dict[str, float], locks: dict[str, float], cores: float | None
+) -> Finding:
+    """The stream lags on slow flushes: blocked (lock waits), busy (CPU), or neither."""
+    evidence: dict[str, Any] = {
+        "flush_p99_s": round(flush, 3),
+        "postgres_cpu_cores": cpu,
+        "lock_wait_longest_s": {p: round(v, 1) for p, v in locks.items()},
+        "machine_cores": cores,
+    }
+    busiest, busiest_cpu = max(cpu.items(), key=lambda kv: kv[1], default=("", 0.0))
+    if max(locks.values(), default=0.0) >= LOCK_WAIT_S:
+        cause = "writes wait for locks"
+        advice = (
+            "Something holds a lock the writes need (see the postgres-lock-waits finding): "
+            "end or shorten it; more workers only queue more writers behind it."
+        )
+    elif cores and busiest_cpu >= DATABASE_CPU_SHARE * cores:
+        cause = f"{busiest} uses {busiest_cpu:.1f} of the machine's {cores:.0f} cores"
+        advice = (
+            "PostgreSQL's CPU bounds the writes: more workers will not help. Look at what "
+            "else it runs (`pg_stat_statements`: the continuous aggregates' refresh, the "
+            "api's reads if the replica is away), or give it more cores."
+        )
+    else:
+        cause = "neither its CPU nor lock waits"
+        advice = (
+            "Not CPU, not locks: the disk's writes and fsyncs (the node exporter's disk "
+            "figures), or the network to it. `telemetry bench drain` shows where a flush's "
+            "time goes."
+        )
+    return Finding(
+        "database-bound-writes",
+        WARNING,
+        f"the stream lags and its flushes take {flush:.2f} s (p99): the database bounds "
+        f"the writes ({cause})",
+        advice,
+        evidence,
+    )
+
+
+def _lock_waits(answers: Mapping[str, Series], longest: dict[str, float]) -> list[Finding]:
+    waiting = by(answers, "lock_waiting", "process")
+    return [
+        Finding(
+            "postgres-lock-waits",
+            WARNING,
+            f"statements on {process} waited {seconds:.0f} s for a lock in the last 5 "
+            f"minutes ({waiting.get(process, 0):.0f} waiting now)",
+            "Find the holder: `SELECT pid, pg_blocking_pids(pid), query FROM "
+            "pg_stat_activity WHERE wait_event_type = 'Lock'` (the PostgresLockWaits "
+            "runbook). Our migrations give up a lock after 1 s; a manual DDL or a long "
+            "transaction is the usual holder.",
+            {"process": process, "longest_s": round(seconds, 1), "waiting": waiting.get(process)},
+        )
+        for process, seconds in sorted(longest.items())
+        if seconds >= LOCK_WAIT_S
+    ]
 
 
 def _read_path(answers: Mapping[str, Series]) -> list[Finding]:
@@ -266,7 +326,12 @@ def _read_path(answers: Mapping[str, Series]) -> list[Finding]:
                 f"the replica replays {lag:.0f} s behind; the api reads from the primary",
                 "The primary carries the reads too while this lasts: see the ReplicaLagging "
                 "runbook (docs/runbooks/ReplicaLagging.md).",
-                {"replica_lag_s": round(lag, 1), "reads_moved_per_s": round(skipped, 2)},
+                {
+                    "replica_lag_s": round(lag, 1),
+                    "reads_moved_per_s": round(skipped, 2),
+                    # A replica busy replaying, or with reads, shows its CPU here.
+                    "postgres_cpu_cores": by(answers, "postgres_cpu_cores", "process"),
+                },
             )
         )
     refused = scalar(answers, "db_gate_refused_per_s") or 0.0

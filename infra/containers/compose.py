@@ -31,6 +31,7 @@ from infra import (
     alertmanager,
     edge,
     etcd,
+    exporters,
     haproxy,
     haproxy_db,
     kafka,
@@ -178,6 +179,7 @@ def write_config(config: StackConfig) -> None:
     )
     alertmanager.conf_dir(config).mkdir(parents=True, exist_ok=True)
     alertmanager.config_path(config).write_text(alertmanager.render(config))
+    exporters.write_queries(config)
     # What each component writes, its user's (the images give the users fixed uids).
     for path in (*services.writable_dirs(config), kafka.data_dir(config)):
         own_tree(path, APP_USER)

@@ -4,17 +4,19 @@ pipeline up from it; the ops page, opened in headless Chromium through the URL `
 ops-url` prints, shows live lag, throughput and charts (a screenshot is kept)."""
 
 import json
+import threading
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 from playwright.sync_api import Page, sync_playwright
 
 from cli.main import main
-from infra import exporters, prometheus, services
+from infra import exporters, postgres, prometheus, services
 from infra.config import REPO_ROOT
 from infra.stack import Stack
 from runtime.auth import issue_token
@@ -67,6 +69,9 @@ def test_prometheus_scrapes_every_process_with_request_and_process_metrics(stack
     # Each exporter reaches what it exports, and the ops exporter PgBouncer's pools.
     reached = {
         "pg_up == 1": len(exporters.postgres_servers(stack.config)),
+        # Our queries of each server: its CPU and its lock waits.
+        "pg_server_cpu_seconds_total > 0": len(exporters.postgres_servers(stack.config)),
+        "pg_lock_waits_waiting >= 0": len(exporters.postgres_servers(stack.config)),
         "redis_up == 1": 1,
         "nginx_up == 1": 1,
         'node_filesystem_size_bytes{job="node"} > 0': 1,
@@ -233,3 +238,47 @@ def test_doctor_names_a_stopped_stream_from_the_live_metrics(
         assert "telemetry up" in stopped["advice"]
     finally:
         stack.start("streams-1")
+
+
+def test_doctor_names_a_writer_blocked_behind_a_lock_on_the_primary(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("TELEMETRY_STATE_DIR", str(stack.config.state_dir))
+    table = f"lock_probe_{uuid.uuid4().hex[:8]}"
+    dsn = postgres.superuser_dsn(stack.config)
+    with psycopg.connect(dsn, autocommit=True) as holder:
+        holder.execute(f"CREATE TABLE {table} (x int)")
+        holder.execute("BEGIN")
+        holder.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+
+        def insert() -> None:
+            with psycopg.connect(dsn, autocommit=True) as writer:
+                writer.execute(f"INSERT INTO {table} VALUES (1)")
+
+        blocked = threading.Thread(target=insert)
+        blocked.start()
+        try:
+
+            def found() -> dict[str, Any] | None:
+                capsys.readouterr()
+                main(["doctor", "--json"])
+                body: dict[str, Any] = json.loads(capsys.readouterr().out)
+                waits = [f for f in body["findings"] if f["pattern"] == "postgres-lock-waits"]
+                return waits[0] if waits else None
+
+            # Past doctor's 5 s, on the next 5 s scrape.
+            finding = wait_for(found, timeout_s=60, interval_s=2)
+        finally:
+            holder.execute("COMMIT")
+            blocked.join(timeout=10)
+        holder.execute(f"DROP TABLE {table}")
+    # Named on the primary's own exporter (the one on the socket we locked through).
+    [primary] = [
+        f"{server}-exporter"
+        for server, sockets, _ in exporters.postgres_servers(stack.config)
+        if f"host={sockets} " in dsn
+    ]
+    assert finding["evidence"]["process"] == primary
+    assert finding["evidence"]["longest_s"] >= 5
+    assert "pg_blocking_pids" in finding["advice"]
+    assert not blocked.is_alive()

@@ -11,6 +11,8 @@ from runtime.doctor import CRITICAL, WARNING, Finding, diagnose, exit_code
 from schemas.topics import STREAMS_GROUP
 
 PARTITIONS = [str(p) for p in range(12)]
+LEADER, STANDBY = "postgres-1-exporter", "postgres-2-exporter"
+SERVERS_CPU = [({"process": LEADER}, 0.3), ({"process": STANDBY}, 0.1)]
 
 
 def lag(seconds: list[float], group: str = STREAMS_GROUP) -> list[tuple[dict[str, str], float]]:
@@ -28,6 +30,10 @@ def healthy(**changes: Any) -> dict[str, Any]:
         "group_members": [({"group": STREAMS_GROUP}, 2.0)],
         "flush_p99_s": [({}, 0.08)],
         "batch_failures_per_s": [({}, 0.0)],
+        "postgres_cpu_cores": SERVERS_CPU,
+        "lock_waiting": [(labels, 0.0) for labels, _ in SERVERS_CPU],
+        "lock_wait_longest_s": [(labels, 0.0) for labels, _ in SERVERS_CPU],
+        "machine_cores": [({}, 2.0)],
         "replica_lag_s": [({}, 0.2)],
         "replica_skipped_per_s": [({}, 0.0)],
         "db_gate_refused_per_s": [({}, 0.0)],
@@ -87,11 +93,46 @@ def test_a_group_with_no_consumer_and_records_waiting_is_stopped() -> None:
 def test_slow_flushes_while_lagging_are_the_database_bounding_writes() -> None:
     answers = healthy(partition_lag_s=lag([45.0] * 12), flush_p99_s=[({}, 2.5)])
     assert patterns(diagnose(answers)) == ["stream-lag", "database-bound-writes"]
+    # Neither busy nor blocked: the finding says so, and points at the disk.
+    bound = diagnose(answers)[1]
+    assert "neither its CPU nor lock waits" in bound.summary and "disk" in bound.advice
+    assert bound.evidence["postgres_cpu_cores"] == {LEADER: 0.3, STANDBY: 0.1}
     # Slow flushes without lag are not (yet) a bottleneck.
     assert diagnose(healthy(flush_p99_s=[({}, 2.5)])) == []
     failing = diagnose(healthy(batch_failures_per_s=[({}, 0.2)]))
     assert patterns(failing) == ["database-writes-failing"]
     assert failing[0].severity == CRITICAL
+
+
+def test_a_database_bound_on_its_cpu_is_told_from_one_blocked_by_a_lock() -> None:
+    lagging = {"partition_lag_s": lag([45.0] * 12), "flush_p99_s": [({}, 2.5)]}
+    busy = healthy(**lagging, postgres_cpu_cores=[({"process": LEADER}, 1.6)])
+    [_, bound] = diagnose(busy)
+    assert f"{LEADER} uses 1.6 of the machine's 2 cores" in bound.summary
+    assert "CPU bounds the writes" in bound.advice
+    # A lock held for a minute: a finding of its own, and the bound writes blame it even
+    # with the server busy.
+    blocked = healthy(
+        **lagging,
+        postgres_cpu_cores=[({"process": LEADER}, 1.6)],
+        lock_waiting=[({"process": LEADER}, 3.0)],
+        lock_wait_longest_s=[({"process": LEADER}, 61.0)],
+    )
+    found = diagnose(blocked)
+    assert patterns(found) == ["stream-lag", "postgres-lock-waits", "database-bound-writes"]
+    assert found[1].evidence == {"process": LEADER, "longest_s": 61.0, "waiting": 3.0}
+    assert "pg_blocking_pids" in found[1].advice
+    assert "writes wait for locks" in found[2].summary
+    assert found[2].evidence["lock_wait_longest_s"] == {LEADER: 61.0}
+
+
+def test_lock_waits_without_lag_are_named_and_short_ones_are_not() -> None:
+    long_wait = healthy(lock_wait_longest_s=[({"process": STANDBY}, 12.0)])
+    [found] = diagnose(long_wait)
+    assert found.pattern == "postgres-lock-waits" and found.severity == WARNING
+    assert f"statements on {STANDBY} waited 12 s" in found.summary
+    # A migration's 1 s lock_timeout is not a finding.
+    assert diagnose(healthy(lock_wait_longest_s=[({"process": LEADER}, 1.0)])) == []
 
 
 def test_the_read_path_lagging_replica_and_gate_refusals() -> None:
@@ -102,7 +143,11 @@ def test_the_read_path_lagging_replica_and_gate_refusals() -> None:
     )
     found = diagnose(answers)
     assert patterns(found) == ["replica-lagging", "read-path-overloaded"]
-    assert found[0].evidence == {"replica_lag_s": 12.0, "reads_moved_per_s": 3.0}
+    assert found[0].evidence == {
+        "replica_lag_s": 12.0,
+        "reads_moved_per_s": 3.0,
+        "postgres_cpu_cores": {LEADER: 0.3, STANDBY: 0.1},
+    }
 
 
 def test_a_cold_cache_under_traffic_and_a_failing_one() -> None:
