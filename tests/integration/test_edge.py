@@ -16,13 +16,15 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from typing import Self
 
 import aiohttp
 import httpx
+import psycopg
 import pytest
 
 from bench.ws_client import JobWatcher, watch_until
-from infra import edge, haproxy, keys, runtimes, supervisor
+from infra import edge, haproxy, keys, postgres, runtimes, supervisor
 from infra.config import StackConfig
 from infra.procs import free_port, stop, wait_until
 from infra.stack import Stack
@@ -258,34 +260,39 @@ def test_private_and_authenticated_answers_are_never_cached(
     assert httpx.get(link, headers=bearer(other)).headers[edge.CACHE_STATUS_HEADER] == "BYPASS"
 
 
-class SteadyGets:
-    """GETs through the edge from a few threads until stopped, each answer counted; half
-    the threads open a connection per request, half keep theirs."""
+class Steady:
+    """One kind of request through the edge from a few threads until stopped, each answer
+    counted; half the threads open a connection per request, half keep theirs."""
 
-    def __init__(self, url: str, headers: dict[str, str], threads: int = 4) -> None:
-        self.url, self.headers = url, headers
+    def __init__(
+        self, send: Callable[[httpx.Client], httpx.Response], ok: int = 200, threads: int = 4
+    ) -> None:
+        self.send, self.ok = send, ok
         self.outcomes: Counter[str] = Counter()
-        self.failures: list[str] = []  # what each non-200 said (which tier, and why)
+        self.failures: list[str] = []  # what each other answer said (which tier, and why)
         self._stop = threading.Event()
         self._threads = [
             threading.Thread(target=self._run, args=(i % 2 == 0,)) for i in range(threads)
         ]
 
     def _run(self, reuse: bool) -> None:
-        with httpx.Client(timeout=15) as client:
+        with httpx.Client(timeout=15) as kept:
             while not self._stop.is_set():
                 try:
-                    get = client.get if reuse else httpx.get
-                    r = get(self.url, headers=self.headers)
+                    if reuse:
+                        r = self.send(kept)
+                    else:
+                        with httpx.Client(timeout=15) as new:
+                            r = self.send(new)
                     self.outcomes[str(r.status_code)] += 1
-                    if r.status_code != 200:
+                    if r.status_code != self.ok:
                         self.failures.append(f"{r.status_code} {r.text[:200]}")
                 except httpx.HTTPError as exc:
                     self.outcomes[type(exc).__name__] += 1
                     connection = "reused" if reuse else "new"
                     self.failures.append(f"{type(exc).__name__} ({connection} connection): {exc}")
 
-    def __enter__(self) -> "SteadyGets":
+    def __enter__(self) -> Self:
         for thread in self._threads:
             thread.start()
         return self
@@ -298,6 +305,28 @@ class SteadyGets:
     def wait_for_more(self, count: int) -> None:
         target = sum(self.outcomes.values()) + count
         wait_for(lambda: True if sum(self.outcomes.values()) >= target else None, 30)
+
+
+def steady_gets(url: str, headers: dict[str, str]) -> Steady:
+    return Steady(lambda client: client.get(url, headers=headers))
+
+
+class SteadyPings(Steady):
+    """A ping a request, each from a driver of its own (under the per-driver rate limit),
+    through the edge; the ids of those accepted are kept, to find them stored."""
+
+    def __init__(self, public: str, token: Token) -> None:
+        super().__init__(self._post, ok=202)
+        self.public, self.token = public, token
+        self.accepted: list[str] = []
+
+    def _post(self, client: httpx.Client) -> httpx.Response:
+        ping = ping_at(datetime.now(UTC), 0.0)
+        driver = bearer(self.token(Role.DRIVER, f"drv-roll-{uuid.uuid4().hex[:8]}"))
+        r = client.post(self.public + "/v1/pings", json={"pings": [ping]}, headers=driver)
+        if r.status_code == 202:
+            self.accepted.append(ping["ping_id"])
+        return r
 
 
 @pytest.fixture
@@ -351,7 +380,7 @@ def test_kill_9_of_an_api_process_under_gets_fails_none_and_it_comes_back(
     job_id = create_job(public, customer)
     # Read by a dispatcher: a customer this fast would be held to their rate (429).
     dispatcher = token(Role.DISPATCHER, f"disp-kill-{uuid.uuid4().hex[:6]}")
-    with SteadyGets(f"{public}/v1/jobs/{job_id}", bearer(dispatcher)) as gets:
+    with steady_gets(f"{public}/v1/jobs/{job_id}", bearer(dispatcher)) as gets:
         gets.wait_for_more(50)
         stack.scale("api", 2)  # HAProxy reloads under the load
         gets.wait_for_more(100)
@@ -372,7 +401,7 @@ def test_a_rolling_restart_of_the_api_under_gets_fails_none(
     job_id = create_job(public, customer)
     dispatcher = token(Role.DISPATCHER, f"disp-roll-{uuid.uuid4().hex[:6]}")
     before = stack.records["api-1"].ref.pid
-    with SteadyGets(f"{public}/v1/jobs/{job_id}", bearer(dispatcher)) as gets:
+    with steady_gets(f"{public}/v1/jobs/{job_id}", bearer(dispatcher)) as gets:
         gets.wait_for_more(50)
         stack.roll("api")  # api-2 started, api-1 drained, replaced, api-2 drained, stopped
         gets.wait_for_more(50)
@@ -380,6 +409,81 @@ def test_a_rolling_restart_of_the_api_under_gets_fails_none(
     assert stack.records["api-1"].ref.pid != before
     assert "api-2" not in stack.records and stack.config.api_processes == 1
     assert haproxy.server_stat(stack.config, "api", "api-1")["status"] == "UP"
+
+
+def test_rolling_restarts_of_ingest_and_the_stream_under_pings_fail_none_and_lose_none(
+    stack: Stack, public: str, token: Token
+) -> None:
+    before = {name: stack.records[name].ref.pid for name in ("ingest-1", "streams-1")}
+    with SteadyPings(public, token) as pings:
+        pings.wait_for_more(50)
+        stack.roll("ingest")  # drained in HAProxy, as the api is
+        pings.wait_for_more(50)
+        stack.roll("streams")  # the group rebalances onto the extra worker and back
+        pings.wait_for_more(50)
+    assert set(pings.outcomes) == {"202"}, (pings.outcomes, pings.failures[:5])
+    assert all(stack.records[name].ref.pid != pid for name, pid in before.items())
+    # Every ping acknowledged is stored, once.
+    accepted = list(pings.accepted)
+
+    def all_stored() -> int | None:
+        with psycopg.connect(postgres.dsn(stack.config, "primary")) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM pings WHERE ping_id = ANY(%s::uuid[])", (accepted,)
+            ).fetchone()
+        return row[0] if row and row[0] >= len(accepted) else None
+
+    assert wait_for(all_stored, timeout_s=60) == len(accepted)
+
+
+def test_a_rolling_restart_of_the_notifier_refuses_no_handshake_and_misses_no_event(
+    stack: Stack, public: str, token: Token
+) -> None:
+    customer = token(Role.CUSTOMER, f"cust-wsroll-{uuid.uuid4().hex[:6]}")
+    dispatcher = bearer(token(Role.DISPATCHER, "disp-wsroll"))
+    job_id = create_job(public, customer)
+    watcher = JobWatcher(ws(stack), customer, uuid.UUID(job_id))
+    before = stack.records["notifier-1"].ref.pid
+
+    async def run() -> tuple[list[dict[str, object]], list[int]]:
+        stream = watcher.messages()
+        assert (await anext(stream))["type"] == "snapshot"
+        seen: list[dict[str, object]] = []
+
+        async def follow() -> None:
+            async for message in stream:
+                seen.append(message)
+
+        follower = asyncio.create_task(follow())
+        # New handshakes through the edge all along the roll: each must open.
+        roll = asyncio.create_task(asyncio.to_thread(stack.roll, "notifier"))
+        handshakes: list[int] = []
+        while not roll.done():
+            statuses, held = await open_many(ws(stack), 1)
+            handshakes += statuses
+            await close_all(held)
+            await asyncio.wait({roll}, timeout=0.2)  # pacing: about five a second
+        await roll
+        async with httpx.AsyncClient(timeout=30) as client:
+            r = await client.post(
+                f"{public}/v1/jobs/{job_id}/assign", json={"driver_id": "drv-r"}, headers=dispatcher
+            )
+            assert r.status_code == 200, r.text
+        await asyncio.to_thread(
+            wait_for, lambda: any(m["type"] == "job.status" for m in seen) or None, 30
+        )
+        follower.cancel()
+        return seen, handshakes
+
+    seen, handshakes = asyncio.run(run())
+    assert handshakes and set(handshakes) == {101}, Counter(handshakes)
+    assert stack.records["notifier-1"].ref.pid != before
+    # Moved off each process as it stopped, with a clean close (1001, going away), and
+    # resumed by seq: the event after the roll arrived, once, with no gap.
+    assert watcher.tally.connects >= 2
+    assert set(watcher.tally.closes) == {1001}, watcher.tally.closes
+    assert (watcher.tally.duplicates, watcher.tally.gaps) == (0, 0)
+    assert [m["seq"] for m in seen if m["type"] == "job.status"] == [2]
 
 
 def haproxy_processes(stack: Stack) -> str:
