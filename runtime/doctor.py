@@ -166,10 +166,16 @@ def _stream(answers: Mapping[str, Series]) -> list[Finding]:
                 Finding(
                     "stream-stopped",
                     CRITICAL,
-                    f"{group} has no consumer: {waiting[group]:.0f} records wait",
+                    f"{group} has no consumer: {waiting[group]:.0f} records wait, the "
+                    f"oldest {max(partitions.values(), default=0):.0f} s",
                     "Start its processes (`telemetry up`; `telemetry status` shows which are "
                     "down) and read their logs (`telemetry logs`).",
-                    {"group": group, "members": 0, "records_waiting": waiting[group]},
+                    {
+                        "group": group,
+                        "members": 0,
+                        "records_waiting": waiting[group],
+                        "worst_lag_s": round(max(partitions.values(), default=0.0), 1),
+                    },
                 )
             )
             continue

@@ -235,6 +235,7 @@ def test_doctor_names_a_stopped_stream_from_the_live_metrics(
         [stopped] = [f for f in body["findings"] if f["pattern"] == "stream-stopped"]
         assert stopped["evidence"]["group"] == STREAMS_GROUP
         assert stopped["evidence"]["records_waiting"] > 0
+        assert stopped["evidence"]["worst_lag_s"] >= 0
         assert "telemetry up" in stopped["advice"]
     finally:
         stack.start("streams-1")

@@ -88,6 +88,7 @@ def test_a_group_with_no_consumer_and_records_waiting_is_stopped() -> None:
     [found] = diagnose(answers)
     assert found.pattern == "stream-stopped" and found.severity == CRITICAL
     assert found.evidence["records_waiting"] == 36.0
+    assert found.evidence["worst_lag_s"] == 0.5  # the lag, with the records behind it
 
 
 def test_slow_flushes_while_lagging_are_the_database_bounding_writes() -> None:
