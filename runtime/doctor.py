@@ -162,19 +162,20 @@ def _stream(answers: Mapping[str, Series]) -> list[Finding]:
     for group in sorted(set(lag) | set(waiting)):
         partitions = lag.get(group, {})
         if members.get(group, 1) == 0 and waiting.get(group, 0) > 0:
+            oldest = max(partitions.values(), default=0.0)
             findings.append(
                 Finding(
                     "stream-stopped",
                     CRITICAL,
                     f"{group} has no consumer: {waiting[group]:.0f} records wait, the "
-                    f"oldest {max(partitions.values(), default=0):.0f} s",
+                    f"oldest {oldest:.0f} s",
                     "Start its processes (`telemetry up`; `telemetry status` shows which are "
                     "down) and read their logs (`telemetry logs`).",
                     {
                         "group": group,
                         "members": 0,
                         "records_waiting": waiting[group],
-                        "worst_lag_s": round(max(partitions.values(), default=0.0), 1),
+                        "worst_lag_s": round(oldest, 1),
                     },
                 )
             )
