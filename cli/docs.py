@@ -64,6 +64,8 @@ def configuration_markdown() -> str:
             default = "required" if required else _default(field.get_default())
             kind = getattr(field.annotation, "__name__", str(field.annotation))
             kind = str(kind).replace("typing.", "").replace("pathlib.", "")
+            # A pipe would end the table's cell, even inside backticks.
+            kind = kind.replace(" | ", " or ")
             lines.append(f"| `{prefix}{name.upper()}` | {kind} | {default} |")
         lines.append("")
     return "\n".join(lines)

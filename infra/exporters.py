@@ -4,9 +4,9 @@ node). Each is a component of the stack, supervised and scraped (infra/prometheu
 the alert rules read them: connections near their limit, Redis's memory and evictions.
 PgBouncer's pools come from the ops exporter (its SHOW POOLS).
 
-The PostgreSQL exporter also runs two queries of ours (QUERIES): the backends waiting for a
-lock, and the server's own CPU time, which `telemetry doctor` gives as evidence when the
-database bounds the stream's writes."""
+The PostgreSQL exporter also runs queries of ours (QUERIES): the server's role and the
+standbys streaming from it, the backends waiting for a lock, and the server's own CPU time,
+which `telemetry doctor` gives as evidence when the database bounds the stream's writes."""
 
 import json
 from collections.abc import Callable
@@ -53,8 +53,22 @@ SELECT count(*) AS waiting,
 FROM pg_stat_activity WHERE wait_event_type = 'Lock'
 """
 
+# Whether this server is the primary, and the standbys streaming from it: a primary with
+# none has nowhere to fail over to (under Patroni HAProxy then sends reads to the leader,
+# so no read fails to show it).
+ROLE = "SELECT (NOT pg_is_in_recovery())::int AS is_primary"
+STANDBYS = "SELECT count(*) AS streaming FROM pg_stat_replication WHERE state = 'streaming'"
+
 # postgres_exporter's --extend.query-path format: the metric is <name>_<column>.
 QUERIES = {
+    "pg_server": {
+        "query": ROLE,
+        "metrics": [{"is_primary": {"usage": "GAUGE", "description": "1 on the primary"}}],
+    },
+    "pg_standbys": {
+        "query": STANDBYS,
+        "metrics": [{"streaming": {"usage": "GAUGE", "description": "Standbys streaming from it"}}],
+    },
     "pg_server_cpu": {
         "query": SERVER_CPU,
         "metrics": [

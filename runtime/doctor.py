@@ -10,8 +10,8 @@ pattern is tested on recorded answers. The patterns:
 - the database bound on writes: the stream's flushes slow or failing while it lags, with
   PostgreSQL's CPU and lock waits (the postgres exporter's queries, infra/exporters.py) to
   tell a busy server from a blocked one; and backends waiting long for a lock on their own;
-- the read path: the replica lagging past the api's limit, reads moved to the primary, the
-  api's database gate refusing reads;
+- the read path: no standby streaming from the primary, the replica lagging past the api's
+  limit, reads moved to the primary, the api's database gate refusing reads;
 - the view cache: a low hit ratio under traffic, or Redis failing it;
 - connections near their limit at any tier: HAProxy's frontends, PostgreSQL's servers,
   PgBouncer (and its clients waiting for a server), the notifier's processes;
@@ -59,6 +59,9 @@ QUERIES: dict[str, str] = {
     "lock_waiting": "max by (process) (pg_lock_waits_waiting)",
     "lock_wait_longest_s": "max by (process) (max_over_time(pg_lock_waits_longest_seconds[5m]))",
     "machine_cores": 'count(node_cpu_seconds_total{mode="idle"})',
+    "primary_standbys": (
+        "max by (process) (pg_standbys_streaming and on (process) (pg_server_is_primary == 1))"
+    ),
     "replica_lag_s": "max(telemetry_replica_replay_lag_seconds)",
     "replica_skipped_per_s": "sum(rate(api_replica_skipped_total[5m]))",
     "db_gate_refused_per_s": "sum(rate(api_db_saturated_total[5m]))",
@@ -322,7 +325,19 @@ def _lock_waits(answers: Mapping[str, Series], longest: dict[str, float]) -> lis
 
 
 def _read_path(answers: Mapping[str, Series]) -> list[Finding]:
-    findings = []
+    findings = [
+        Finding(
+            "standby-missing",
+            WARNING,
+            f"no standby streams from the primary ({primary}): a failover has nowhere to "
+            "go, and the reads run on the primary",
+            "See the StandbyNotStreaming runbook: `telemetry status` (the node down?), "
+            "its log (`telemetry logs postgres-N`).",
+            {"primary": primary, "standbys_streaming": 0},
+        )
+        for primary, streaming in by(answers, "primary_standbys", "process").items()
+        if streaming < 1
+    ]
     lag = scalar(answers, "replica_lag_s")
     skipped = scalar(answers, "replica_skipped_per_s") or 0.0
     if lag is not None and lag >= REPLICA_LAG_S:

@@ -72,6 +72,9 @@ def test_prometheus_scrapes_every_process_with_request_and_process_metrics(stack
         # Our queries of each server: its CPU and its lock waits.
         "pg_server_cpu_seconds_total > 0": len(exporters.postgres_servers(stack.config)),
         "pg_lock_waits_waiting >= 0": len(exporters.postgres_servers(stack.config)),
+        # One primary, and its standby streaming from it.
+        "pg_server_is_primary == 1": 1,
+        "pg_standbys_streaming and on (process) (pg_server_is_primary == 1) >= 1": 1,
         "redis_up == 1": 1,
         "nginx_up == 1": 1,
         'node_filesystem_size_bytes{job="node"} > 0': 1,

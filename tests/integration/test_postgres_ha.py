@@ -19,7 +19,9 @@ import pytest
 
 from bench.scenarios.failover import JOB, stored_jobs, stored_of
 from infra import patroni, postgres
+from infra.config import StackConfig
 from infra.stack import Stack
+from runtime import doctor
 from runtime.auth import issue_token
 from schemas.auth import Role
 from tests.support.fleet import Fleet
@@ -45,6 +47,11 @@ def settled(stack: Stack) -> list[dict[str, object]] | None:
     roles = sorted(str(m.get("role")) for m in members)
     timelines = {m.get("timeline") for m in members}
     return members if roles == ["leader", "sync_standby"] and len(timelines) == 1 else None
+
+
+def finding(config: StackConfig, pattern: str) -> doctor.Finding | None:
+    found = doctor.diagnose(asyncio.run(doctor.ask(config.prometheus_url)))
+    return next((f for f in found if f.pattern == pattern), None)
 
 
 def test_one_leader_and_a_synchronous_standby_behind_the_two_ports(ha: Stack) -> None:
@@ -208,6 +215,7 @@ def test_with_the_standby_lost_the_leader_goes_on_alone(ha: Stack) -> None:
     config = ha.config
     wait_for(lambda: settled(ha), 180, 0.5)
     leader = patroni.leader(config)
+    assert leader is not None
     [standby] = patroni.replicas(config)
 
     def alone() -> bool | None:
@@ -223,6 +231,9 @@ def test_with_the_standby_lost_the_leader_goes_on_alone(ha: Stack) -> None:
     fleet, writer = under_load(ha, kill_the_standby)
     assert patroni.leader(config) == leader
     everything_acknowledged_is_stored(ha, fleet, writer)
+    # No read failed, yet `telemetry doctor` names the lost standby from the leader's count.
+    missing = wait_for(lambda: finding(config, "standby-missing"), 60, 1)
+    assert missing.evidence["primary"] == f"{patroni.name(leader)}-exporter"
     ha.start(patroni.name(standby))
     wait_for(lambda: settled(ha), 180, 0.5)
 

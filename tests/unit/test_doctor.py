@@ -34,6 +34,7 @@ def healthy(**changes: Any) -> dict[str, Any]:
         "lock_waiting": [(labels, 0.0) for labels, _ in SERVERS_CPU],
         "lock_wait_longest_s": [(labels, 0.0) for labels, _ in SERVERS_CPU],
         "machine_cores": [({}, 2.0)],
+        "primary_standbys": [({"process": LEADER}, 1.0)],
         "replica_lag_s": [({}, 0.2)],
         "replica_skipped_per_s": [({}, 0.0)],
         "db_gate_refused_per_s": [({}, 0.0)],
@@ -134,6 +135,14 @@ def test_lock_waits_without_lag_are_named_and_short_ones_are_not() -> None:
     assert f"statements on {STANDBY} waited 12 s" in found.summary
     # A migration's 1 s lock_timeout is not a finding.
     assert diagnose(healthy(lock_wait_longest_s=[({"process": LEADER}, 1.0)])) == []
+
+
+def test_a_primary_with_no_standby_streaming_is_named() -> None:
+    [found] = diagnose(healthy(primary_standbys=[({"process": LEADER}, 0.0)]))
+    assert found.pattern == "standby-missing" and found.severity == WARNING
+    assert found.evidence == {"primary": LEADER, "standbys_streaming": 0}
+    # No primary reachable at all is PostgreSQL's own finding (its exporter), not this one.
+    assert diagnose(healthy(primary_standbys=[])) == []
 
 
 def test_the_read_path_lagging_replica_and_gate_refusals() -> None:
