@@ -81,12 +81,14 @@ def forget(config: StackConfig, view: str, key: str) -> None:
 
 
 def relayed(config: StackConfig, job_id: str) -> bool:
-    """Every event of the job has been published, its views written through before."""
+    """Every event of the new job has been published and its view written through. The
+    relay writes views after its round commits (jobs/relay.py), so a sent row alone is not
+    enough: until the view is there, its write-through is still to come."""
     with psycopg.connect(postgres.dsn(config, "primary"), autocommit=True) as conn:
         row = conn.execute(
             "SELECT count(*) FROM outbox WHERE key = %s AND sent_at IS NULL", [job_id]
         ).fetchone()
-    return row == (0,)
+    return row == (0,) and cached(config, "job", job_id) is not None
 
 
 def new_job(config: StackConfig, headers: dict[str, str], base: str | None = None) -> str:
