@@ -49,14 +49,17 @@ def ws_url(config: StackConfig) -> str:
 # What every route passes to HAProxy with. One upstream (HAProxy, which retries across
 # processes itself). A pooled connection HAProxy closed as we used it (a reload closes the
 # old workers' idle ones) is retried once on a new connection, for idempotent methods only:
-# nginx never resends a POST or a PATCH without `non_idempotent`.
-_PROXY = """\
+# nginx never resends a POST or a PATCH without `non_idempotent`, which the ingest routes
+# take: a ping is stored once however often it arrives (its key holds its id).
+def _proxy(resend_posts: bool = False) -> str:
+    retried = "error non_idempotent" if resend_posts else "error"
+    return f"""\
             proxy_pass http://balancer;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_set_header Host $host;
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-            proxy_next_upstream error;
+            proxy_next_upstream {retried};
             proxy_next_upstream_tries 2;
             proxy_read_timeout 35s;"""
 
@@ -239,22 +242,26 @@ def _server(config: StackConfig) -> str:
             return 404 '{_error("not_found", "no such route")}';
         }}
 
+        location ~ ^({"|".join(haproxy.INGEST_PATHS)})$ {{
+{_proxy(resend_posts=True)}
+        }}
+
         location ~ ^/v1/jobs/[^/]+/complete$ {{
             client_max_body_size {PHOTO_BODY_LIMIT_MIB}m;
-{_PROXY}
+{_proxy()}
         }}
 
         location ^~ /v1/share/ {{
             # Both limits: a location with its own limit_req inherits none of the server's.
             limit_req zone=requests burst={config.edge_request_burst} nodelay;
             limit_req zone=shares burst={2 * config.edge_share_requests_per_client_s} nodelay;
-{_PROXY}
+{_proxy()}
 
 {_CACHE}
         }}
 
         location / {{
-{_PROXY}
+{_proxy()}
 
 {_CACHE}
         }}

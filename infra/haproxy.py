@@ -351,13 +351,24 @@ def set_server_state(config: StackConfig, backend: str, server: str, state: str)
         raise StackError(f"HAProxy refused to set {backend}/{server} {state}: {answer}")
 
 
-def server_stat(config: StackConfig, backend: str, server: str) -> dict[str, str]:
-    """The server's row of `show stat` (status, scur: its connections now...)."""
+def _stat_row(config: StackConfig, backend: str, server: str) -> dict[str, str] | None:
     text = runtime_command(config, "show stat").lstrip("# ")
     for row in csv.DictReader(io.StringIO(text)):
         if row.get("pxname") == backend and row.get("svname") == server:
             return row
-    raise StackError(f"HAProxy has no server {backend}/{server}")
+    return None
+
+
+def has_server(config: StackConfig, backend: str, server: str) -> bool:
+    return _stat_row(config, backend, server) is not None
+
+
+def server_stat(config: StackConfig, backend: str, server: str) -> dict[str, str]:
+    """The server's row of `show stat` (status, scur: its connections now...)."""
+    row = _stat_row(config, backend, server)
+    if row is None:
+        raise StackError(f"HAProxy has no server {backend}/{server}")
+    return row
 
 
 def ready(config: StackConfig) -> bool:

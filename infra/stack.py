@@ -386,10 +386,6 @@ class Stack:
             self._start(self.components[name])
         for name in wanted:
             self._ensure_ready(name)
-        if self.running(haproxy.NAME) and haproxy.follow(self.config):
-            self.report("reloaded HAProxy with the new topology")
-        if self.running(prometheus.NAME) and prometheus.follow(self.config):
-            self.report("reloaded Prometheus with the new scrape targets")
         extra = [
             n
             for n in self.records
@@ -397,6 +393,14 @@ class Stack:
             and n not in self.components
             and n[len(service) + 1 :].isdigit()
         ]
+        # Drained before the reload: the old workers keep that state, so none of them
+        # sends a request (or reuses a pooled connection) to a process being stopped.
+        for name in extra:
+            self._drain(service, name)
+        if self.running(haproxy.NAME) and haproxy.follow(self.config):
+            self.report("reloaded HAProxy with the new topology")
+        if self.running(prometheus.NAME) and prometheus.follow(self.config):
+            self.report("reloaded Prometheus with the new scrape targets")
         for name in sorted(extra, reverse=True):
             self.stop(name)
 
@@ -424,19 +428,27 @@ class Stack:
             if surge:
                 self.scale(service, count)
 
+    def _drain(self, service: str, name: str) -> bool:
+        """Takes a balanced process out of HAProxy's rotation and waits for its requests
+        in flight. True when HAProxy balances it (and it was drained)."""
+        if service not in haproxy.BALANCED or not self.running(haproxy.NAME):
+            return False
+        if not haproxy.has_server(self.config, service, name):
+            return False  # a start that failed before HAProxy was told of it
+        haproxy.set_server_state(self.config, service, name, "drain")
+        # A WebSocket (the notifier's) may last for hours, so the wait is bounded, and the
+        # stop closes what is left cleanly.
+        drained = wait_until(
+            lambda: haproxy.server_stat(self.config, service, name)["scur"] == "0",
+            DRAIN_TIMEOUT_S,
+            0.1,
+        )
+        if not drained:
+            self.report(f"{name} still had connections after {DRAIN_TIMEOUT_S:.0f} s")
+        return True
+
     def _roll_one(self, service: str, name: str) -> None:
-        balanced = service in haproxy.BALANCED and self.running(haproxy.NAME)
-        if balanced:
-            haproxy.set_server_state(self.config, service, name, "drain")
-            # Its requests in flight finish; a WebSocket (the notifier's) may last for
-            # hours, so the wait is bounded, and the stop closes what is left cleanly.
-            drained = wait_until(
-                lambda: haproxy.server_stat(self.config, service, name)["scur"] == "0",
-                DRAIN_TIMEOUT_S,
-                0.1,
-            )
-            if not drained:
-                self.report(f"{name} still had connections after {DRAIN_TIMEOUT_S:.0f} s")
+        balanced = self._drain(service, name)
         self.stop(name)
         self.start(name)
         if balanced:
