@@ -46,7 +46,7 @@ from infra.procs import (
 
 Reporter = Callable[[str], None]
 SIMULATOR = "simulator"
-# How long a rolling restart waits for a drained process's connections to end.
+# How long a rolling restart or a scale-down waits for a drained process's connections to end.
 DRAIN_TIMEOUT_S = 30.0
 
 

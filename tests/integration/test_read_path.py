@@ -324,7 +324,19 @@ def test_with_the_replica_gone_every_route_is_still_served_through_the_edge(
         stack.start(replica)
     if ha:
         wait_for(lambda: True if patroni.replicas(config) else None, 120, 0.5)
+        # HAProxy ends the leader's read sessions (PgBouncer's) as it puts the standby back;
+        # a next test reading through PgBouncer before then would lose its connection.
+        wait_for(lambda: reads_reach_a_standby(config), 60, 0.5)
     wait_for(lambda: True if total(api, "api_replica_up") == len(api) else None)
+
+
+def reads_reach_a_standby(config: StackConfig) -> bool | None:
+    try:
+        with psycopg.connect(postgres.dsn(config, "replica"), connect_timeout=2) as conn:
+            row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+    except psycopg.Error:
+        return None
+    return True if row == (True,) else None
 
 
 def test_the_api_and_the_notifier_reach_the_database_with_a_statement_timeout(
