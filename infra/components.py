@@ -29,7 +29,7 @@ from infra import (
 from infra.config import StackConfig
 from infra.containers import engine
 from infra.launch import Command
-from infra.procs import StackError, port_open, wait_until
+from infra.procs import StackError, wait_until
 
 
 def _nothing() -> None:
@@ -201,9 +201,6 @@ def _patroni(config: StackConfig, report: Callable[[str], None]) -> list[Compone
         for node in postgres.ha_nodes()
     ]
 
-    def leading() -> bool:
-        return port_open(config.postgres_primary_port) and patroni.leader(config) is not None
-
     return [
         Component(
             etcd.NAME,
@@ -232,7 +229,8 @@ def _patroni(config: StackConfig, report: Callable[[str], None]) -> list[Compone
                 "dsn_replica": postgres.dsn(config, "replica"),
             },
             after=tuple(c.name for c in nodes),
-            startup_ready=leading,
+            # Roles and migrations need only the leader behind the primary's port.
+            startup_ready=lambda: haproxy_db.settled(config),
             on_ready=lambda: _bootstrap_primary(config, report),
             supervised=True,
         ),

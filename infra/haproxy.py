@@ -327,10 +327,15 @@ def follow(config: StackConfig) -> bool:
 
 def runtime_command(config: StackConfig, command: str) -> str:
     """One command on the current worker's runtime API (its admin socket); its answer."""
+    return ask(socket_path(config), command)
+
+
+def ask(path: Path, command: str) -> str:
+    """One command on the runtime API at the socket `path`; its answer."""
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as api:
             api.settimeout(5)
-            api.connect(str(socket_path(config)))
+            api.connect(str(path))
             api.sendall(command.encode() + b"\n")
             chunks = []
             while chunk := api.recv(65536):
@@ -351,9 +356,13 @@ def set_server_state(config: StackConfig, backend: str, server: str, state: str)
         raise StackError(f"HAProxy refused to set {backend}/{server} {state}: {answer}")
 
 
+def stat_rows(answer: str) -> list[dict[str, str]]:
+    """`show stat`'s answer as rows (pxname, svname, status, check_status...)."""
+    return list(csv.DictReader(io.StringIO(answer.lstrip("# "))))
+
+
 def _stat_row(config: StackConfig, backend: str, server: str) -> dict[str, str] | None:
-    text = runtime_command(config, "show stat").lstrip("# ")
-    for row in csv.DictReader(io.StringIO(text)):
+    for row in stat_rows(runtime_command(config, "show stat")):
         if row.get("pxname") == backend and row.get("svname") == server:
             return row
     return None

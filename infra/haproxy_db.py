@@ -13,7 +13,7 @@ import psycopg
 from infra import haproxy, patroni, postgres
 from infra.config import StackConfig
 from infra.launch import Command, Mount
-from infra.procs import HAPROXY_USER, run
+from infra.procs import HAPROXY_USER, StackError, own_tree, run
 
 NAME = "haproxy-db"
 
@@ -24,6 +24,15 @@ def conf_dir(config: StackConfig) -> Path:
 
 def config_path(config: StackConfig) -> Path:
     return conf_dir(config) / "haproxy.cfg"
+
+
+def sockets_dir(config: StackConfig) -> Path:
+    """Where HAProxy makes its runtime API's socket: its user's own dir."""
+    return config.run_dir / "haproxy-db"
+
+
+def socket_path(config: StackConfig) -> Path:
+    return sockets_dir(config) / "haproxy.sock"
 
 
 def _backend(config: StackConfig, backend: str, check: str, extra: str = "") -> str:
@@ -57,6 +66,8 @@ def render(config: StackConfig) -> str:
 global
     maxconn 4000
     log stdout format raw local0 info
+    # Read-only: the stack reads the servers' check states from it (`ready`).
+    stats socket {socket_path(config)} mode 600 level user
 
 defaults
     mode tcp
@@ -98,11 +109,32 @@ def prepare(config: StackConfig) -> None:
     candidate.write_text(render(config))
     run(haproxy.check_command(candidate, haproxy.binary()))
     candidate.replace(path)
+    own_tree(sockets_dir(config), HAPROXY_USER)
 
 
 def command(config: StackConfig) -> Command:
     argv = [haproxy.BINARY, "-W", "-db", "-f", str(config_path(config))]
-    return Command(NAME, "haproxy", argv, user=HAPROXY_USER, mounts=(Mount(conf_dir(config)),))
+    mounts = (Mount(conf_dir(config)), Mount(sockets_dir(config), writable=True))
+    return Command(NAME, "haproxy", argv, user=HAPROXY_USER, mounts=mounts)
+
+
+def checked(rows: list[dict[str, str]]) -> bool:
+    """Every node has had its first check and both ports lead somewhere. A freshly
+    started HAProxy counts each server up until its first check (`INI`), so until then the
+    primary's port may send a connection to a standby: a write there fails read-only."""
+    ours = [row for row in rows if row.get("pxname") in ("primary", "replica")]
+    backends = {row["pxname"]: row.get("status") for row in ours if row.get("svname") == "BACKEND"}
+    return backends == {"primary": "UP", "replica": "UP"} and all(
+        row.get("check_status") != "INI" for row in ours
+    )
+
+
+def settled(config: StackConfig) -> bool:
+    """HAProxy's checks have settled: the primary's port leads to the leader alone."""
+    try:
+        return checked(haproxy.stat_rows(haproxy.ask(socket_path(config), "show stat")))
+    except StackError:
+        return False
 
 
 def _logs_in(dsn: str) -> bool:
@@ -115,5 +147,9 @@ def _logs_in(dsn: str) -> bool:
 
 
 def ready(config: StackConfig) -> bool:
-    """The application logs in through both ports."""
-    return _logs_in(postgres.dsn(config, "primary")) and _logs_in(postgres.dsn(config, "replica"))
+    """Its checks have settled and the application logs in through both ports."""
+    return (
+        settled(config)
+        and _logs_in(postgres.dsn(config, "primary"))
+        and _logs_in(postgres.dsn(config, "replica"))
+    )

@@ -103,6 +103,61 @@ def test_haproxy_sends_writes_to_the_leader_and_reads_to_a_replica_or_the_leader
         subprocess.run(haproxy.check_command(path), check=True)
 
 
+def show_stat(*rows: str) -> str:
+    """A `show stat` answer (HAProxy 2.6's, with only the columns `checked` reads)."""
+    return "# pxname,svname,status,check_status,\n" + "".join(f"{row},\n" for row in rows)
+
+
+# HAProxy's answers just after a start, with postgres-1 leading and postgres-2 a standby.
+STARTED = (
+    "primary,FRONTEND,OPEN,",
+    "primary,postgres-1,UP 1/2,INI",
+    "primary,postgres-2,UP 1/2,INI",
+    "primary,BACKEND,UP,",
+    "replica,FRONTEND,OPEN,",
+    "replica,postgres-1,UP 1/2,INI",
+    "replica,postgres-2,UP 1/2,INI",
+    "replica,postgres-1-leading,UP,",
+    "replica,postgres-2-leading,UP,",
+    "replica,BACKEND,UP,",
+)
+
+
+def settle(rows: tuple[str, ...], **states: str) -> tuple[str, ...]:
+    """`rows` with the named servers' (backend__server) status and check result replaced."""
+    changed = []
+    for row in rows:
+        backend, server, *_ = row.split(",")
+        state = states.get(f"{backend}__{server}".replace("-", "_"))
+        changed.append(f"{backend},{server},{state}" if state else row)
+    return tuple(changed)
+
+
+def test_haproxy_db_is_ready_only_once_every_node_has_had_its_first_check() -> None:
+    # Until its first check, HAProxy counts the standby up in the primary's backend: a
+    # connection to the primary's port could reach it, and a write fail read-only.
+    assert not haproxy_db.checked(haproxy.stat_rows(show_stat(*STARTED)))
+    leader_checked = settle(STARTED, primary__postgres_1="UP,L7OK")
+    assert not haproxy_db.checked(haproxy.stat_rows(show_stat(*leader_checked)))
+    settled = settle(
+        STARTED,
+        primary__postgres_1="UP,L7OK",
+        primary__postgres_2="DOWN,L7STS",
+        replica__postgres_1="DOWN,L7STS",
+        replica__postgres_2="UP,L7OK",
+        replica__postgres_2_leading="DOWN,",
+    )
+    assert haproxy_db.checked(haproxy.stat_rows(show_stat(*settled)))
+    # No standby up: reads reach the leader through its backup server.
+    alone = settle(settled, replica__postgres_2="DOWN,L4CON", primary__postgres_2="DOWN,L4CON")
+    assert haproxy_db.checked(haproxy.stat_rows(show_stat(*alone)))
+    # No leader (mid-failover): the primary's port leads nowhere.
+    leaderless = settle(
+        settled, primary__postgres_1="DOWN,L7STS", primary__BACKEND="DOWN,", replica__BACKEND="UP,"
+    )
+    assert not haproxy_db.checked(haproxy.stat_rows(show_stat(*leaderless)))
+
+
 def test_the_stack_runs_etcd_two_supervised_nodes_and_haproxy_before_pgbouncer(
     tmp_path: Path,
 ) -> None:
